@@ -1,0 +1,97 @@
+//! File-system helpers shared by the file adapters: safe names, atomic writes, moves.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// Turns text from a message (a header, a rendered template) into one file name that stays in
+/// its directory: path separators and control characters become `_`, and a name that would be
+/// empty, `.`/`..` or hidden gets a `_` prefix.
+pub fn safe_file_name(raw: &str) -> String {
+    let mut name: String = raw
+        .chars()
+        .map(|c| {
+            if c == '/' || c == '\\' || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if name.len() > 200 {
+        let mut cut = 200;
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        name.truncate(cut);
+    }
+    if name.is_empty() || name.starts_with('.') {
+        name.insert(0, '_');
+    }
+    name
+}
+
+/// `name` with `-{n}` before its extension: `a.json` → `a-2.json`.
+pub fn with_suffix(name: &str, n: u64) -> String {
+    match name.rfind('.') {
+        Some(i) if i > 0 => format!("{}-{n}{}", &name[..i], &name[i..]),
+        _ => format!("{name}-{n}"),
+    }
+}
+
+/// Flushes a directory entry change (create, rename) to disk.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes `bytes` to a hidden temporary file in `dir` and fsyncs it; the caller links or
+/// renames it into place, so readers never see a half-written file.
+pub fn write_temp(dir: &Path, tag: &str, bytes: &[u8]) -> io::Result<PathBuf> {
+    let tmp = dir.join(format!(".switchyard-{tag}.tmp"));
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(tmp)
+}
+
+/// Moves `from` into `dir` as `name`, or as `name` with a numeric suffix when that is taken.
+/// Falls back to copy-and-remove across file systems. Returns the new path.
+pub fn move_into(from: &Path, dir: &Path, name: &str) -> io::Result<PathBuf> {
+    let mut target = dir.join(name);
+    let mut n = 1;
+    while target.exists() {
+        n += 1;
+        target = dir.join(with_suffix(name, n));
+    }
+    match fs::rename(from, &target) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
+            fs::copy(from, &target)?;
+            File::open(&target)?.sync_all()?;
+            fs::remove_file(from)?;
+        }
+        Err(e) => return Err(e),
+    }
+    sync_dir(dir)?;
+    Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cannot_escape() {
+        assert_eq!(safe_file_name("../../etc/passwd"), "_.._.._etc_passwd");
+        assert_eq!(safe_file_name(".."), "_..");
+        assert_eq!(safe_file_name(""), "_");
+        assert_eq!(safe_file_name("a\\b\n"), "a_b_");
+        assert_eq!(safe_file_name("order.json"), "order.json");
+        assert_eq!(with_suffix("a.json", 2), "a-2.json");
+        assert_eq!(with_suffix("noext", 3), "noext-3");
+    }
+}

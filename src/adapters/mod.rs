@@ -1,0 +1,7 @@
+//! Adapters connect routes to the outside world: [`inbound`] adapters receive messages and
+//! hand them to the store; [`outbound`] adapters deliver processed messages. One file per
+//! adapter kind.
+
+pub mod fs;
+pub mod inbound;
+pub mod outbound;

@@ -1,0 +1,200 @@
+//! File outbound: writes each message to a file.
+//!
+//! The body goes to a hidden temporary file in the target directory, is fsynced, and is then
+//! put in place atomically (a hard link for "never overwrite", a rename for "overwrite"), and
+//! the directory is fsynced: a reader sees the whole file or none, and a file that is there
+//! survives power loss. The name comes from a template whose result is sanitised into one
+//! file name, so nothing from a message can write outside the directory.
+//!
+//! After a crash a delivery may run again. When the target name already holds a file with
+//! exactly this content, the delivery counts as done, so a retry does not duplicate it.
+
+use super::{Outbound, RetryConfig, SendError, Sent};
+use crate::adapters::fs::{safe_file_name, sync_dir, with_suffix, write_temp};
+use crate::message::Message;
+use crate::template::Template;
+use async_trait::async_trait;
+use serde::Deserialize;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What to do when the target name is taken.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnClash {
+    /// Keep both: add `-2`, `-3`, … before the extension (default).
+    #[default]
+    Suffix,
+    /// Fail the delivery (it is retried, then dead).
+    Fail,
+    /// Replace the existing file.
+    Overwrite,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Target directory (relative paths are relative to the engine's working directory);
+    /// created when missing.
+    pub path: PathBuf,
+    /// File name template (default `{{id}}`); see `docs/routes.md` for the placeholders.
+    #[serde(default = "default_name")]
+    pub name: Template,
+    /// What to do when the name is taken: `suffix` (default), `fail` or `overwrite`.
+    #[serde(default)]
+    pub on_clash: OnClash,
+    /// Retry policy for failed writes.
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+fn default_name() -> Template {
+    Template::parse("{{id}}").expect("valid template")
+}
+
+impl Config {
+    pub fn build(&self) -> anyhow::Result<FileOutbound> {
+        // A missing directory is created now; one that cannot be created (yet) is not fatal:
+        // each delivery tries again and fails with the reason, so messages wait, not vanish.
+        if let Err(e) = std::fs::create_dir_all(&self.path) {
+            tracing::warn!(dir = %self.path.display(), error = %e, "cannot create output directory yet");
+        }
+        Ok(FileOutbound {
+            cfg: Arc::new(self.clone()),
+        })
+    }
+}
+
+pub struct FileOutbound {
+    cfg: Arc<Config>,
+}
+
+impl FileOutbound {
+    fn write(&self, msg: &Message) -> io::Result<PathBuf> {
+        let dir = &self.cfg.path;
+        std::fs::create_dir_all(dir)?;
+        let name = safe_file_name(&self.cfg.name.render(msg));
+        let tmp = write_temp(dir, &msg.id.to_string(), &msg.body)?;
+        let result = self.place(&tmp, dir, &name, &msg.body);
+        let _ = std::fs::remove_file(&tmp);
+        let target = result?;
+        sync_dir(dir)?;
+        Ok(target)
+    }
+
+    fn place(&self, tmp: &Path, dir: &Path, name: &str, body: &[u8]) -> io::Result<PathBuf> {
+        let mut n = 1;
+        loop {
+            let target = if n == 1 {
+                dir.join(name)
+            } else {
+                dir.join(with_suffix(name, n))
+            };
+            if self.cfg.on_clash == OnClash::Overwrite {
+                std::fs::rename(tmp, &target)?;
+                return Ok(target);
+            }
+            // link() never replaces an existing file, unlike rename().
+            match std::fs::hard_link(tmp, &target) {
+                Ok(()) => return Ok(target),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    if same_content(&target, body) {
+                        return Ok(target); // an earlier attempt of this delivery got through
+                    }
+                    if self.cfg.on_clash == OnClash::Fail {
+                        return Err(io::Error::new(
+                            io::ErrorKind::AlreadyExists,
+                            format!(
+                                "{} already exists (on_clash: fail); move it away or choose another `name`",
+                                target.display()
+                            ),
+                        ));
+                    }
+                    n += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn same_content(path: &Path, body: &[u8]) -> bool {
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() == body.len() as u64 => std::fs::read(path).is_ok_and(|b| b == body),
+        _ => false,
+    }
+}
+
+#[async_trait]
+impl Outbound for FileOutbound {
+    async fn send(&self, msg: &Message) -> Result<Sent, SendError> {
+        // File I/O blocks; keep it off the async workers.
+        let me = FileOutbound {
+            cfg: Arc::clone(&self.cfg),
+        };
+        let msg = msg.clone();
+        let dir = self.cfg.path.clone();
+        tokio::task::spawn_blocking(move || me.write(&msg))
+            .await
+            .map_err(|e| SendError::retryable(format!("writer task failed: {e}")))?
+            .map(|p| Sent(p.display().to_string()))
+            .map_err(|e| SendError::retryable(format!("cannot write to {}: {e}", dir.display())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn outbound(dir: &Path, yaml: &str) -> FileOutbound {
+        let cfg: Config =
+            serde_yaml::from_str(&format!("path: {}\n{yaml}", dir.display())).unwrap();
+        cfg.build().unwrap()
+    }
+
+    fn msg(name: &str, body: &str) -> Message {
+        let mut m = Message::new("r", Bytes::from(body.to_string()));
+        m.headers.insert("file.name".into(), name.into());
+        m
+    }
+
+    #[test]
+    fn names_from_input_stay_inside_the_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        let o = outbound(&out, "name: \"{{original_name}}\"");
+        let p = o.write(&msg("../../escape.txt", "x")).unwrap();
+        assert_eq!(p.parent().unwrap(), out);
+        assert!(!tmp.path().join("escape.txt").exists());
+    }
+
+    #[test]
+    fn clash_policies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let suffix = outbound(tmp.path(), "name: \"{{original_name}}\"");
+        let a = suffix.write(&msg("a.json", "1")).unwrap();
+        let b = suffix.write(&msg("a.json", "2")).unwrap();
+        assert_eq!(b.file_name().unwrap(), "a-2.json");
+        // The same content again is taken as an earlier attempt of the same delivery.
+        assert_eq!(suffix.write(&msg("a.json", "1")).unwrap(), a);
+
+        let fail = outbound(tmp.path(), "name: \"{{original_name}}\"\non_clash: fail");
+        let e = fail.write(&msg("a.json", "3")).unwrap_err();
+        assert!(e.to_string().contains("already exists"), "{e}");
+
+        let over = outbound(
+            tmp.path(),
+            "name: \"{{original_name}}\"\non_clash: overwrite",
+        );
+        over.write(&msg("a.json", "4")).unwrap();
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "4");
+        let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left behind");
+    }
+}

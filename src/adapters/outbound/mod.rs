@@ -1,0 +1,102 @@
+//! Outbound adapters: where processed messages go. Each destination of a route is one
+//! outbound adapter; the delivery worker ([`crate::delivery`]) calls [`Outbound::send`] and
+//! records the outcome, so adapters never touch the store.
+
+pub mod file;
+
+use crate::message::Message;
+use crate::route::values::Duration;
+use async_trait::async_trait;
+use serde::Deserialize;
+use std::fmt;
+use std::sync::Arc;
+
+/// One entry of a route's `to:` list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboundConfig {
+    /// Writes each message to a file in a directory.
+    File(file::Config),
+}
+
+impl OutboundConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            OutboundConfig::File(_) => "file",
+        }
+    }
+
+    pub fn retry(&self) -> &RetryConfig {
+        match self {
+            OutboundConfig::File(c) => &c.retry,
+        }
+    }
+
+    pub fn build(&self) -> anyhow::Result<Arc<dyn Outbound>> {
+        Ok(match self {
+            OutboundConfig::File(c) => Arc::new(c.build()?),
+        })
+    }
+}
+
+/// How a destination retries failed deliveries: exponential backoff with jitter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included (default 10). After the last the delivery is dead.
+    pub max_attempts: u32,
+    /// Wait before the second attempt (default `1s`); it doubles with each attempt.
+    pub backoff: Duration,
+    /// Longest wait between two attempts (default `5m`).
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: 10,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A running destination.
+#[async_trait]
+pub trait Outbound: Send + Sync {
+    /// Delivers one message. Called again for the same message after a failure or a crash,
+    /// so it should be idempotent where it can be.
+    async fn send(&self, msg: &Message) -> Result<Sent, SendError>;
+}
+
+/// What a successful delivery did, for the log (a path, a status code).
+#[derive(Debug, Clone)]
+pub struct Sent(pub String);
+
+/// Why a delivery failed, and whether trying again may help.
+#[derive(Debug, Clone)]
+pub struct SendError {
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl SendError {
+    pub fn retryable(message: impl Into<String>) -> SendError {
+        SendError {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+    pub fn permanent(message: impl Into<String>) -> SendError {
+        SendError {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}

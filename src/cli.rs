@@ -1,0 +1,189 @@
+//! The `switchyard` command line: `run` the engine, `check` route files.
+
+use crate::engine::Engine;
+use crate::route::{self, values, Diagnostic};
+use crate::settings::Dirs;
+use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
+use crate::telemetry;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "An integration engine: routes messages from inbound adapters through steps to destinations, tracking every message in a transactional store."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every route in the routes directory until Ctrl-C or SIGTERM.
+    Run {
+        #[command(flatten)]
+        dirs: Dirs,
+        /// How long to let work in hand finish at shutdown.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        drain_timeout: std::time::Duration,
+    },
+    /// Validate route files; prints `file:line:column: message` for each problem.
+    Check {
+        /// Route files or directories (default: the routes directory).
+        paths: Vec<PathBuf>,
+        /// Directory checked when no path is given.
+        #[arg(long, env = "SWITCHYARD_ROUTES", default_value = "routes")]
+        routes: PathBuf,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    serde_yaml::from_str::<values::Duration>(&format!("\"{s}\""))
+        .map(|d| d.0)
+        .map_err(|e| e.to_string())
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { paths, routes } => check(paths, routes),
+        Command::Run {
+            dirs,
+            drain_timeout,
+        } => {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run(dirs, drain_timeout)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Expands directories into their route files.
+fn route_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Diagnostic> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            files.extend(route::route_files(p).map_err(|e| Diagnostic {
+                file: p.clone(),
+                line: 1,
+                column: 1,
+                message: format!("cannot list route directory: {e}"),
+            })?);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    Ok(files)
+}
+
+fn check(paths: Vec<PathBuf>, routes: PathBuf) -> ExitCode {
+    let paths = if paths.is_empty() {
+        vec![routes]
+    } else {
+        paths
+    };
+    let files = match route_files(&paths) {
+        Ok(f) => f,
+        Err(d) => {
+            eprintln!("{d}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (loaded, problems) = route::load_all(&files);
+    for d in &problems {
+        eprintln!("{d}");
+    }
+    for r in &loaded {
+        println!("ok: {} (route `{}`)", r.file.display(), r.id);
+    }
+    if problems.is_empty() && !files.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        if files.is_empty() {
+            eprintln!(
+                "no route files found in {}",
+                paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        } else {
+            let bad: std::collections::BTreeSet<_> = problems.iter().map(|d| &d.file).collect();
+            eprintln!("{} problem(s) in {} file(s)", problems.len(), bad.len());
+        }
+        ExitCode::FAILURE
+    }
+}
+
+async fn run(dirs: Dirs, drain: std::time::Duration) -> anyhow::Result<()> {
+    let _log_guard = telemetry::init(Some(&dirs.logs))?;
+    let files = route::route_files(&dirs.routes).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read the routes directory {}: {e} (set --routes or SWITCHYARD_ROUTES)",
+            dirs.routes.display()
+        )
+    })?;
+    let (routes, problems) = route::load_all(&files);
+    if !problems.is_empty() {
+        for d in &problems {
+            tracing::error!("{d}");
+        }
+        anyhow::bail!(
+            "{} problem(s) in the route files; `switchyard check` lists them",
+            problems.len()
+        );
+    }
+    if routes.is_empty() {
+        anyhow::bail!("no route files (*.yaml) in {}", dirs.routes.display());
+    }
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dirs.store_file())?);
+    tracing::info!(store = %dirs.store_file().display(), logs = %dirs.logs.join(telemetry::LOG_FILE).display(), "store open");
+    let engine = match Engine::start(routes, store.clone()).await {
+        Ok(e) => e,
+        Err(e) => {
+            store.close().await?;
+            return Err(e);
+        }
+    };
+    wait_for_signal().await;
+    engine.shutdown(drain).await
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,182 @@
+//! Delivery: one worker per destination of each route.
+//!
+//! The store is the queue. A worker asks the store for its destination's due deliveries,
+//! sends them (several at a time), and records each attempt: delivered, retry at a later time
+//! (exponential backoff with jitter), or dead after the last attempt. Because each destination
+//! has its own worker and its own rows, a slow or dead destination delays nobody else, and a
+//! crash loses nothing: pending rows are simply found again.
+
+use crate::adapters::outbound::{Outbound, RetryConfig};
+use crate::store::{Attempt, AttemptOutcome, Delivery, Store};
+use crate::telemetry;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Due deliveries fetched per store query.
+const BATCH: usize = 64;
+/// Deliveries in flight per destination.
+const IN_FLIGHT: usize = 8;
+/// Longest sleep between looks at the store, in case a wake-up was missed.
+const IDLE_POLL: Duration = Duration::from_secs(5);
+
+/// A route's destination, ready to run.
+pub struct Destination {
+    pub route: String,
+    /// `to[0]` and so on: what delivery records name.
+    pub name: String,
+    pub outbound: Arc<dyn Outbound>,
+    pub retry: RetryConfig,
+    /// Signalled when new deliveries for this destination were stored.
+    pub wake: Arc<Notify>,
+}
+
+/// Runs until `shutdown`; deliveries in flight then finish, nothing new starts.
+pub async fn run(dest: Arc<Destination>, store: Arc<dyn Store>, shutdown: CancellationToken) {
+    let limit = Arc::new(Semaphore::new(IN_FLIGHT));
+    while !shutdown.is_cancelled() {
+        let due = match store
+            .due_deliveries(&dest.route, &dest.name, SystemTime::now(), BATCH)
+            .await
+        {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(route = %dest.route, destination = %dest.name, error = %e, "cannot read deliveries; retrying");
+                wait(&dest, &shutdown, Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if due.is_empty() {
+            let until_next = match store.next_due(&dest.route, &dest.name).await {
+                Ok(Some(t)) => t
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO)
+                    .min(IDLE_POLL),
+                _ => IDLE_POLL,
+            };
+            wait(&dest, &shutdown, until_next.max(Duration::from_millis(10))).await;
+            continue;
+        }
+        let mut tasks = JoinSet::new();
+        for delivery in due {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                break;
+            };
+            let (dest, store) = (dest.clone(), store.clone());
+            tasks.spawn(async move {
+                attempt(&dest, store.as_ref(), delivery).await;
+                drop(permit);
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn wait(dest: &Destination, shutdown: &CancellationToken, at_most: Duration) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = dest.wake.notified() => {}
+        _ = tokio::time::sleep(at_most) => {}
+    }
+}
+
+async fn attempt(dest: &Destination, store: &dyn Store, d: Delivery) {
+    let number = d.attempts + 1;
+    let started = Instant::now();
+    let result = dest.outbound.send(&d.message).await;
+    let duration = started.elapsed();
+    let (outcome, detail) = match result {
+        Ok(sent) => (AttemptOutcome::Delivered, sent.0),
+        Err(e) if e.retryable && number < dest.retry.max_attempts => {
+            let next = SystemTime::now() + backoff(&dest.retry, number, d.id);
+            let detail = e.message.clone();
+            (
+                AttemptOutcome::Retry {
+                    error: e.message,
+                    next_attempt_at: next,
+                },
+                detail,
+            )
+        }
+        Err(e) => {
+            let error = if e.retryable {
+                format!("{} (attempt {number} was the last)", e.message)
+            } else {
+                e.message
+            };
+            (
+                AttemptOutcome::Dead {
+                    error: error.clone(),
+                },
+                error,
+            )
+        }
+    };
+    let outcome_name = match outcome {
+        AttemptOutcome::Delivered => "delivered",
+        AttemptOutcome::Retry { .. } => "retry",
+        AttemptOutcome::Dead { .. } => "dead",
+    };
+    telemetry::attempt(
+        &d.message,
+        &dest.name,
+        number,
+        duration,
+        outcome_name,
+        &detail,
+    );
+    let record = Attempt {
+        delivery: d.id,
+        message: d.message.id,
+        destination: &dest.name,
+        number,
+        duration,
+        outcome,
+    };
+    match store.record_attempt(record).await {
+        Ok(Some(state)) => telemetry::finished(&d.message, state),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!(route = %dest.route, destination = %dest.name, message_id = %d.message.id, error = %e,
+            "could not record the delivery attempt; the delivery stays pending and runs again")
+        }
+    }
+}
+
+/// `backoff * 2^(attempt-1)`, capped at `max_backoff`, spread by ±20% so that many failed
+/// deliveries do not all return at the same instant.
+pub fn backoff(retry: &RetryConfig, attempt: u32, salt: i64) -> Duration {
+    let base = retry.backoff.0.as_secs_f64() * 2f64.powi(attempt.saturating_sub(1).min(30) as i32);
+    let capped = base.min(retry.max_backoff.0.as_secs_f64());
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    (salt, attempt).hash(&mut h);
+    let unit = (h.finish() % 10_000) as f64 / 10_000.0; // 0..1
+    Duration::from_secs_f64(capped * (0.8 + 0.4 * unit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::values::Duration as D;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let r = RetryConfig {
+            max_attempts: 10,
+            backoff: D::from_secs(1),
+            max_backoff: D::from_secs(10),
+        };
+        let b1 = backoff(&r, 1, 7).as_secs_f64();
+        let b3 = backoff(&r, 3, 7).as_secs_f64();
+        let b9 = backoff(&r, 9, 7).as_secs_f64();
+        assert!((0.8..=1.2).contains(&b1), "{b1}");
+        assert!((3.2..=4.8).contains(&b3), "{b3}");
+        assert!((8.0..=12.0).contains(&b9), "{b9}");
+    }
+}

@@ -1,0 +1,19 @@
+//! Switchyard: an enterprise integration engine.
+//!
+//! Data flows one way: an inbound adapter hands a message to the [`store`]; once it is
+//! committed the sender is acknowledged; the route's [`steps`] transform it; the result is
+//! recorded with one delivery per destination; each destination's worker hands it to an
+//! outbound adapter and records the outcome. The [`engine`] wires routes together and owns
+//! start-up, resume after a crash, and graceful shutdown.
+
+pub mod adapters;
+pub mod cli;
+pub mod delivery;
+pub mod engine;
+pub mod message;
+pub mod route;
+pub mod settings;
+pub mod steps;
+pub mod store;
+pub mod telemetry;
+pub mod template;

@@ -1,0 +1,592 @@
+//! The embedded SQLite store (WAL, `synchronous=FULL`).
+//!
+//! All writes go through one writer thread that owns the write connection. It takes every job
+//! waiting in its queue, runs each in its own savepoint (one failing job does not undo the
+//! others), commits them in one transaction and only then answers each caller. This is group
+//! commit: one fsync covers many messages, and no caller hears "stored" before it is. Reads use
+//! a second connection, which WAL lets run beside the writer.
+
+use super::*;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::UNIX_EPOCH;
+use tokio::sync::{mpsc, oneshot};
+
+/// Jobs a single transaction may hold; bounds the latency one commit adds.
+const MAX_BATCH: usize = 512;
+const SCHEMA_VERSION: i64 = 1;
+
+type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
+
+pub struct SqliteStore {
+    path: PathBuf,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+fn sql_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+fn closed() -> StoreError {
+    StoreError("the store is closed (the engine is shutting down)".into())
+}
+
+fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn from_millis(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    // FULL: a commit survives power loss, not only a process crash — "stored" must mean stored.
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the store at `path` and applies the schema.
+    pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError(format!(
+                    "cannot create the store directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
+        }
+        let conn = open_connection(path)
+            .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+        migrate(&conn).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+        let reader = open_connection(path).map_err(sql_err)?;
+
+        let (tx, rx) = mpsc::channel::<Job>(4096);
+        let writer = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || write_loop(conn, rx))
+            .map_err(sql_err)?;
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            jobs: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            reader: Arc::new(Mutex::new(reader)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn write<R, F>(&self, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    {
+        let jobs = self
+            .jobs
+            .lock()
+            .map_err(|_| closed())?
+            .clone()
+            .ok_or_else(closed)?;
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn: &Connection| -> Completion {
+            let result = in_savepoint(conn, f);
+            Box::new(move |commit: Result<(), String>| {
+                let out = match (result, commit) {
+                    (Err(e), _) => Err(sql_err(e)),
+                    (Ok(_), Err(e)) => Err(StoreError(format!("commit failed: {e}"))),
+                    (Ok(r), Ok(())) => Ok(r),
+                };
+                let _ = tx.send(out);
+            })
+        });
+        jobs.send(job).await.map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+
+    async fn read<R, F>(&self, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().map_err(|_| closed())?;
+            f(&conn).map_err(sql_err)
+        })
+        .await
+        .map_err(sql_err)?
+    }
+}
+
+fn in_savepoint<R>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
+) -> rusqlite::Result<R> {
+    conn.execute_batch("SAVEPOINT job")?;
+    match f(conn) {
+        Ok(r) => {
+            conn.execute_batch("RELEASE job")?;
+            Ok(r)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+            Err(e)
+        }
+    }
+}
+
+fn write_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            // Nothing ran: run each job outside a transaction is not an option (it would not be
+            // atomic), so every caller hears the error and keeps its message unacknowledged.
+            let msg = format!("cannot begin a transaction: {e}");
+            for job in batch {
+                let completion = job(&conn);
+                completion(Err(msg.clone()));
+            }
+            continue;
+        }
+        let completions: Vec<Completion> = batch.into_iter().map(|job| job(&conn)).collect();
+        let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for c in completions {
+            c(commit.clone());
+        }
+    }
+}
+
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    // Must precede the first table so freed pages can be handed back to the file system later.
+    conn.execute_batch("PRAGMA auto_vacuum=INCREMENTAL;")?;
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);")?;
+    let version: Option<i64> = conn
+        .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
+        .optional()?
+        .flatten();
+    if version.unwrap_or(0) >= SCHEMA_VERSION {
+        return Ok(());
+    }
+    conn.execute_batch(
+        "BEGIN;
+        CREATE TABLE messages (
+            id            TEXT PRIMARY KEY,   -- UUIDv7: sorts by arrival
+            route         TEXT NOT NULL,
+            route_version TEXT NOT NULL,
+            state         TEXT NOT NULL,
+            received_at   INTEGER NOT NULL,   -- unix ms
+            updated_at    INTEGER NOT NULL,
+            headers       TEXT NOT NULL,      -- JSON object, as received
+            body          BLOB,               -- as received
+            out_headers   TEXT,               -- after the steps
+            out_body      BLOB,
+            error         TEXT
+        );
+        CREATE INDEX messages_route_state ON messages (route, state, id);
+        CREATE INDEX messages_state ON messages (state, id);
+        CREATE TABLE deliveries (
+            id              INTEGER PRIMARY KEY,
+            message_id      TEXT NOT NULL,
+            route           TEXT NOT NULL,
+            destination     TEXT NOT NULL,
+            state           TEXT NOT NULL,    -- pending, delivered, dead
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at INTEGER NOT NULL,
+            last_error      TEXT,
+            updated_at      INTEGER NOT NULL
+        );
+        CREATE INDEX deliveries_due ON deliveries (route, destination, state, next_attempt_at, id);
+        CREATE INDEX deliveries_message ON deliveries (message_id);
+        CREATE TABLE transitions (
+            id          INTEGER PRIMARY KEY,
+            message_id  TEXT NOT NULL,
+            at          INTEGER NOT NULL,
+            event       TEXT NOT NULL,        -- received, step, attempt, state
+            name        TEXT,                 -- the step or destination
+            outcome     TEXT NOT NULL,
+            duration_us INTEGER,
+            detail      TEXT
+        );
+        CREATE INDEX transitions_message ON transitions (message_id);
+        INSERT INTO schema_version (version) VALUES (1);
+        COMMIT;",
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn transition(
+    conn: &Connection,
+    message: &str,
+    at: i64,
+    event: &str,
+    name: Option<&str>,
+    outcome: &str,
+    duration: Option<Duration>,
+    detail: Option<&str>,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO transitions (message_id, at, event, name, outcome, duration_us, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        message,
+        at,
+        event,
+        name,
+        outcome,
+        duration.map(|d| d.as_micros() as i64),
+        detail
+    ])?;
+    Ok(())
+}
+
+fn headers_json(h: &Headers) -> String {
+    serde_json::to_string(h).unwrap_or_else(|_| "{}".into())
+}
+
+fn parse_headers(text: Option<String>) -> Headers {
+    text.and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+fn parse_id(text: &str) -> rusqlite::Result<Uuid> {
+    Uuid::parse_str(text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert(
+        &self,
+        msg: &Message,
+        route_version: &str,
+        state: MessageState,
+        error: Option<&str>,
+    ) -> StoreResult<()> {
+        let id = msg.id.to_string();
+        let route = msg.route.clone();
+        let version = route_version.to_string();
+        let received = millis(msg.received_at);
+        let headers = headers_json(&msg.headers);
+        let body = msg.body.clone();
+        let error = error.map(str::to_string);
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO messages (id, route, route_version, state, received_at, updated_at, headers, body, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![id, route, version, state.as_str(), received, headers, &body[..], error])?;
+            transition(conn, &id, received, "received", None, state.as_str(), None, error.as_deref())
+        })
+        .await
+    }
+
+    async fn finish_steps(
+        &self,
+        id: Uuid,
+        steps: Vec<StepRecord>,
+        result: Processed,
+    ) -> StoreResult<Option<MessageState>> {
+        let id = id.to_string();
+        self.write(move |conn| {
+            let now = millis(SystemTime::now());
+            let waiting = conn
+                .prepare_cached("SELECT 1 FROM messages WHERE id = ?1 AND state = 'received'")?
+                .exists([&id])?;
+            if !waiting {
+                return Ok(None);
+            }
+            for s in &steps {
+                transition(
+                    conn,
+                    &id,
+                    now,
+                    "step",
+                    Some(&s.step),
+                    if s.ok { "ok" } else { "error" },
+                    Some(s.duration),
+                    s.detail.as_deref(),
+                )?;
+            }
+            let state = match &result {
+                Processed::Routed {
+                    headers,
+                    body,
+                    destinations,
+                } => {
+                    conn.prepare_cached(
+                        "UPDATE messages SET state = 'delivering', updated_at = ?2, out_headers = ?3, out_body = ?4
+                         WHERE id = ?1",
+                    )?
+                    .execute(params![id, now, headers_json(headers), &body[..]])?;
+                    let route: String = conn.query_row(
+                        "SELECT route FROM messages WHERE id = ?1",
+                        [&id],
+                        |r| r.get(0),
+                    )?;
+                    for d in destinations {
+                        conn.prepare_cached(
+                            "INSERT INTO deliveries (message_id, route, destination, state, next_attempt_at, updated_at)
+                             VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
+                        )?
+                        .execute(params![id, route, d, now])?;
+                    }
+                    MessageState::Delivering
+                }
+                Processed::Failed { error } => {
+                    conn.prepare_cached(
+                        "UPDATE messages SET state = 'failed', updated_at = ?2, error = ?3 WHERE id = ?1",
+                    )?
+                    .execute(params![id, now, error])?;
+                    MessageState::Failed
+                }
+            };
+            transition(conn, &id, now, "state", None, state.as_str(), None, None)?;
+            Ok(Some(state))
+        })
+        .await
+    }
+
+    async fn record_attempt(&self, a: Attempt<'_>) -> StoreResult<Option<MessageState>> {
+        let id = a.message.to_string();
+        let destination = a.destination.to_string();
+        let (delivery, number, duration, outcome) = (a.delivery, a.number, a.duration, a.outcome);
+        self.write(move |conn| {
+            let now = millis(SystemTime::now());
+            let (state, next, error) = match &outcome {
+                AttemptOutcome::Delivered => ("delivered", now, None),
+                AttemptOutcome::Retry {
+                    error,
+                    next_attempt_at,
+                } => ("pending", millis(*next_attempt_at), Some(error.as_str())),
+                AttemptOutcome::Dead { error } => ("dead", now, Some(error.as_str())),
+            };
+            conn.prepare_cached(
+                "UPDATE deliveries SET state = ?2, attempts = ?3, next_attempt_at = ?4, last_error = ?5, updated_at = ?6
+                 WHERE id = ?1",
+            )?
+            .execute(params![delivery, state, number, next, error, now])?;
+            let outcome_name = match &outcome {
+                AttemptOutcome::Delivered => "delivered",
+                AttemptOutcome::Retry { .. } => "retry",
+                AttemptOutcome::Dead { .. } => "dead",
+            };
+            let detail = match error {
+                Some(e) => format!("attempt {number}: {e}"),
+                None => format!("attempt {number}"),
+            };
+            transition(
+                conn,
+                &id,
+                now,
+                "attempt",
+                Some(&destination),
+                outcome_name,
+                Some(duration),
+                Some(&detail),
+            )?;
+            if state == "pending" {
+                return Ok(None);
+            }
+            let (open, dead): (i64, i64) = conn
+                .prepare_cached(
+                    "SELECT COALESCE(SUM(state = 'pending'), 0), COALESCE(SUM(state = 'dead'), 0)
+                     FROM deliveries WHERE message_id = ?1",
+                )?
+                .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            if open > 0 {
+                return Ok(None);
+            }
+            let final_state = if dead > 0 {
+                MessageState::Dead
+            } else {
+                MessageState::Delivered
+            };
+            conn.prepare_cached("UPDATE messages SET state = ?2, updated_at = ?3 WHERE id = ?1")?
+                .execute(params![id, final_state.as_str(), now])?;
+            transition(conn, &id, now, "state", None, final_state.as_str(), None, None)?;
+            Ok(Some(final_state))
+        })
+        .await
+    }
+
+    async fn received_messages(
+        &self,
+        route: &str,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> StoreResult<Vec<Message>> {
+        let route = route.to_string();
+        let after = after.map(|u| u.to_string()).unwrap_or_default();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, headers, body, received_at FROM messages
+                 WHERE route = ?1 AND state = 'received' AND id > ?2 ORDER BY id LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![route, after, limit as i64], |r| {
+                let id: String = r.get(0)?;
+                Ok(Message {
+                    id: parse_id(&id)?,
+                    route: route.clone(),
+                    headers: parse_headers(r.get(1)?),
+                    body: Bytes::from(r.get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default()),
+                    received_at: from_millis(r.get(3)?),
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn due_deliveries(
+        &self,
+        route: &str,
+        destination: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        let route = route.to_string();
+        let destination = destination.to_string();
+        let now = millis(now);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT d.id, d.attempts, m.id, m.out_headers, m.out_body, m.received_at
+                 FROM deliveries d JOIN messages m ON m.id = d.message_id
+                 WHERE d.route = ?1 AND d.destination = ?2 AND d.state = 'pending' AND d.next_attempt_at <= ?3
+                 ORDER BY d.id LIMIT ?4",
+            )?;
+            let rows = stmt.query_map(params![route, destination, now, limit as i64], |r| {
+                let id: String = r.get(2)?;
+                Ok(Delivery {
+                    id: r.get(0)?,
+                    destination: destination.clone(),
+                    attempts: r.get(1)?,
+                    message: Message {
+                        id: parse_id(&id)?,
+                        route: route.clone(),
+                        headers: parse_headers(r.get(3)?),
+                        body: Bytes::from(r.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default()),
+                        received_at: from_millis(r.get(5)?),
+                    },
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn next_due(&self, route: &str, destination: &str) -> StoreResult<Option<SystemTime>> {
+        let route = route.to_string();
+        let destination = destination.to_string();
+        self.read(move |conn| {
+            let next: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT MIN(next_attempt_at) FROM deliveries
+                     WHERE route = ?1 AND destination = ?2 AND state = 'pending'",
+                )?
+                .query_row(params![route, destination], |r| r.get(0))?;
+            Ok(next.map(from_millis))
+        })
+        .await
+    }
+
+    async fn message(&self, id: Uuid) -> StoreResult<Option<StoredMessage>> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            conn.prepare_cached(&format!("{SELECT_STORED} WHERE id = ?1"))?
+                .query_row([id], stored_row)
+                .optional()
+        })
+        .await
+    }
+
+    async fn count_by_state(
+        &self,
+        route: Option<&str>,
+    ) -> StoreResult<BTreeMap<MessageState, u64>> {
+        let route = route.map(str::to_string);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT state, COUNT(*) FROM messages WHERE ?1 IS NULL OR route = ?1 GROUP BY state",
+            )?;
+            let rows = stmt.query_map([route], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })?;
+            let mut out = BTreeMap::new();
+            for row in rows {
+                let (state, n) = row?;
+                if let Some(s) = MessageState::parse(&state) {
+                    out.insert(s, n as u64);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn list_messages(
+        &self,
+        route: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredMessage>> {
+        let route = route.map(str::to_string);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "{SELECT_STORED} WHERE ?1 IS NULL OR route = ?1 ORDER BY id LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![route, limit as i64], stored_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn close(&self) -> StoreResult<()> {
+        // Dropping the last sender ends the writer loop once it has committed what it holds.
+        drop(self.jobs.lock().map_err(|_| closed())?.take());
+        let handle = self.writer.lock().map_err(|_| closed())?.take();
+        if let Some(h) = handle {
+            tokio::task::spawn_blocking(move || h.join())
+                .await
+                .map_err(sql_err)?
+                .map_err(|_| StoreError("the writer thread panicked".into()))?;
+        }
+        Ok(())
+    }
+}
+
+const SELECT_STORED: &str =
+    "SELECT id, route, route_version, state, headers, error, received_at FROM messages";
+
+fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+    let id: String = r.get(0)?;
+    let state: String = r.get(3)?;
+    Ok(StoredMessage {
+        id: parse_id(&id)?,
+        route: r.get(1)?,
+        route_version: r.get(2)?,
+        state: MessageState::parse(&state).unwrap_or(MessageState::Failed),
+        headers: parse_headers(r.get(4)?),
+        error: r.get(5)?,
+        received_at: from_millis(r.get(6)?),
+    })
+}

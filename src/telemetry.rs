@@ -1,0 +1,113 @@
+//! The processing log. Every lifecycle transition of a message is one structured event with
+//! the same field names — `event`, `message_id`, `route`, `step` or `destination`, `outcome`,
+//! `duration_ms`, `error` — written as a readable line on the console and as one JSON object
+//! per line in `logs/switchyard.jsonl`. The functions below are the only places that emit
+//! them, so this file is the list of what the engine reports.
+
+use crate::message::Message;
+use crate::store::MessageState;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::Duration;
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, EnvFilter, Layer};
+
+/// The target of lifecycle events, for filtering (`SWITCHYARD_LOG=switchyard::message=debug`).
+pub const TARGET: &str = "switchyard::message";
+/// Name of the JSON-lines processing log inside the log directory.
+pub const LOG_FILE: &str = "switchyard.jsonl";
+
+/// Installs console and JSON-file logging. Keep the guard alive: dropping it flushes the file.
+/// The level comes from `SWITCHYARD_LOG` (default `info`).
+pub fn init(log_dir: Option<&Path>) -> anyhow::Result<Option<WorkerGuard>> {
+    let filter =
+        || EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let console = fmt::layer()
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .with_filter(filter());
+    let (file_layer, guard) = match log_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                anyhow::anyhow!("cannot create log directory {}: {e}", dir.display())
+            })?;
+            let appender = tracing_appender::rolling::never(dir, LOG_FILE);
+            // Not lossy: a processing log with holes is worse than a briefly slower engine.
+            let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+                .lossy(false)
+                .finish(appender);
+            let layer = fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .with_writer(writer)
+                .with_filter(filter());
+            (Some(layer), Some(guard))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(console)
+        .with(file_layer)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot install logging: {e}"))?;
+    Ok(guard)
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+pub fn received(msg: &Message) {
+    tracing::info!(target: TARGET, event = "received", message_id = %msg.id, route = %msg.route,
+        bytes = msg.body.len(), file = msg.header("file.name").unwrap_or(""), outcome = "stored", "received");
+}
+
+pub fn refused(msg: &Message, reason: &str) {
+    tracing::warn!(target: TARGET, event = "received", message_id = %msg.id, route = %msg.route,
+        file = msg.header("file.name").unwrap_or(""), outcome = "failed", error = reason, "refused at intake");
+}
+
+pub fn step(msg: &Message, step: &str, duration: Duration, error: Option<&str>) {
+    match error {
+        None => {
+            tracing::debug!(target: TARGET, event = "step", message_id = %msg.id, route = %msg.route,
+            step, outcome = "ok", duration_ms = ms(duration), "step done")
+        }
+        Some(e) => {
+            tracing::warn!(target: TARGET, event = "step", message_id = %msg.id, route = %msg.route,
+            step, outcome = "error", duration_ms = ms(duration), error = e, "step failed")
+        }
+    }
+}
+
+pub fn processed(msg: &Message, state: MessageState, destinations: usize, duration: Duration) {
+    tracing::info!(target: TARGET, event = "processed", message_id = %msg.id, route = %msg.route,
+        outcome = state.as_str(), destinations, duration_ms = ms(duration), "steps finished");
+}
+
+pub fn attempt(
+    msg: &Message,
+    destination: &str,
+    number: u32,
+    duration: Duration,
+    outcome: &str,
+    detail: &str,
+) {
+    if outcome == "delivered" {
+        tracing::info!(target: TARGET, event = "attempt", message_id = %msg.id, route = %msg.route,
+            destination, attempt = number, outcome, duration_ms = ms(duration), to = detail, "delivered");
+    } else {
+        tracing::warn!(target: TARGET, event = "attempt", message_id = %msg.id, route = %msg.route,
+            destination, attempt = number, outcome, duration_ms = ms(duration), error = detail, "delivery failed");
+    }
+}
+
+pub fn finished(msg: &Message, state: MessageState) {
+    tracing::info!(target: TARGET, event = "finished", message_id = %msg.id, route = %msg.route,
+        outcome = state.as_str(), "message complete");
+}
