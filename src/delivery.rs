@@ -9,7 +9,7 @@
 use crate::adapters::outbound::{Outbound, RetryConfig};
 use crate::store::{Attempt, AttemptOutcome, Delivery, Store};
 use crate::telemetry;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Notify, Semaphore};
@@ -154,9 +154,8 @@ async fn attempt(dest: &Destination, store: &dyn Store, d: Delivery) {
 pub fn backoff(retry: &RetryConfig, attempt: u32, salt: i64) -> Duration {
     let base = retry.backoff.0.as_secs_f64() * 2f64.powi(attempt.saturating_sub(1).min(30) as i32);
     let capped = base.min(retry.max_backoff.0.as_secs_f64());
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    (salt, attempt).hash(&mut h);
-    let unit = (h.finish() % 10_000) as f64 / 10_000.0; // 0..1
+    let h = std::collections::hash_map::RandomState::new().hash_one((salt, attempt));
+    let unit = (h % 10_000) as f64 / 10_000.0; // 0..1
     Duration::from_secs_f64(capped * (0.8 + 0.4 * unit))
 }
 

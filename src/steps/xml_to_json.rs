@@ -244,7 +244,7 @@ impl XmlToJson {
         };
         match stack.last_mut() {
             Some(parent) => {
-                let force_array = self.0.always_array.iter().any(|n| *n == frame.name);
+                let force_array = self.0.always_array.contains(&frame.name);
                 match parent.children.get_mut(&frame.name) {
                     Some(Value::Array(items)) => items.push(value),
                     Some(existing) => {

@@ -590,3 +590,133 @@ fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
         received_at: from_millis(r.get(6)?),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(route: &str, body: &str) -> Message {
+        Message::new(route, Bytes::from(body.to_string()))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_inserts_are_all_committed_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = Arc::new(SqliteStore::open(&path).unwrap());
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..500 {
+            let s = store.clone();
+            tasks.spawn(async move {
+                s.insert(
+                    &msg("r", &format!("m{i}")),
+                    "v1",
+                    MessageState::Received,
+                    None,
+                )
+                .await
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap().unwrap();
+        }
+        store.close().await.unwrap();
+        assert!(store
+            .insert(&msg("r", "late"), "v1", MessageState::Received, None)
+            .await
+            .is_err());
+
+        let reopened = SqliteStore::open(&path).unwrap();
+        let counts = reopened.count_by_state(Some("r")).await.unwrap();
+        assert_eq!(counts.get(&MessageState::Received), Some(&500));
+        let page = reopened.received_messages("r", None, 1000).await.unwrap();
+        assert_eq!(page.len(), 500);
+        assert!(page.windows(2).all(|w| w[0].id < w[1].id), "oldest first");
+    }
+
+    #[tokio::test]
+    async fn lifecycle_transitions_and_idempotent_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let m = msg("r", "<a/>");
+        store
+            .insert(&m, "v1", MessageState::Received, None)
+            .await
+            .unwrap();
+        let routed = Processed::Routed {
+            headers: Headers::new(),
+            body: Bytes::from_static(b"{}"),
+            destinations: vec!["to[0]".into(), "to[1]".into()],
+        };
+        let step = StepRecord {
+            step: "steps[0].xml_to_json".into(),
+            ok: true,
+            duration: Duration::from_micros(5),
+            detail: None,
+        };
+        let s = store
+            .finish_steps(m.id, vec![step.clone()], routed.clone())
+            .await
+            .unwrap();
+        assert_eq!(s, Some(MessageState::Delivering));
+        // A second pass over the same message records nothing and creates no deliveries.
+        assert_eq!(
+            store.finish_steps(m.id, vec![step], routed).await.unwrap(),
+            None
+        );
+
+        let now = SystemTime::now();
+        let d0 = store.due_deliveries("r", "to[0]", now, 10).await.unwrap();
+        let d1 = store.due_deliveries("r", "to[1]", now, 10).await.unwrap();
+        assert_eq!((d0.len(), d1.len()), (1, 1));
+        assert_eq!(&d0[0].message.body[..], b"{}");
+
+        let attempt = |d: &Delivery, number, outcome| Attempt {
+            delivery: d.id,
+            message: m.id,
+            destination: "x",
+            number,
+            duration: Duration::from_millis(1),
+            outcome,
+        };
+        let later = now + Duration::from_secs(60);
+        let r = store
+            .record_attempt(attempt(
+                &d0[0],
+                1,
+                AttemptOutcome::Retry {
+                    error: "disk full".into(),
+                    next_attempt_at: later,
+                },
+            ))
+            .await
+            .unwrap();
+        assert_eq!(r, None);
+        assert!(store
+            .due_deliveries("r", "to[0]", now, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        let next = store.next_due("r", "to[0]").await.unwrap().unwrap();
+        assert_eq!(millis(next), millis(later));
+
+        let r = store
+            .record_attempt(attempt(&d1[0], 1, AttemptOutcome::Delivered))
+            .await
+            .unwrap();
+        assert_eq!(r, None, "to[0] is still open");
+        let r = store
+            .record_attempt(attempt(
+                &d0[0],
+                2,
+                AttemptOutcome::Dead {
+                    error: "gave up".into(),
+                },
+            ))
+            .await
+            .unwrap();
+        assert_eq!(r, Some(MessageState::Dead));
+        let stored = store.message(m.id).await.unwrap().unwrap();
+        assert_eq!(stored.state, MessageState::Dead);
+    }
+}

@@ -1,0 +1,214 @@
+//! Test harness: a temporary workspace with routes/, an inbox, an outbox, data/ and logs/,
+//! and the real `switchyard` binary running on it.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for d in ["routes", "inbox", "outbox"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        Workspace { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write_route(&self, name: &str, yaml: &str) -> PathBuf {
+        let p = self.path("routes").join(name);
+        std::fs::write(&p, yaml).unwrap();
+        p
+    }
+
+    /// Drops a file the way careful writers do: hidden name first, then a rename.
+    pub fn drop_file(&self, dir: &str, name: &str, content: &[u8]) {
+        let d = self.path(dir);
+        let tmp = d.join(format!(".{name}.partial"));
+        std::fs::write(&tmp, content).unwrap();
+        std::fs::rename(&tmp, d.join(name)).unwrap();
+    }
+
+    pub fn files(&self, dir: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.path(dir))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    pub fn start(&self) -> Engine {
+        let child = Command::new(BIN)
+            .arg("run")
+            .current_dir(self.dir.path())
+            .env("SWITCHYARD_LOG", "warn")
+            .env_remove("SWITCHYARD_ROUTES")
+            .env_remove("SWITCHYARD_DATA")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start switchyard");
+        Engine { child: Some(child) }
+    }
+
+    /// Runs a command to completion in the workspace.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run switchyard")
+    }
+
+    /// Message counts by state, read straight from the store file.
+    pub fn states(&self) -> BTreeMap<String, u64> {
+        self.query_pairs("SELECT state, COUNT(*) FROM messages GROUP BY state")
+    }
+
+    pub fn query_pairs(&self, sql: &str) -> BTreeMap<String, u64> {
+        let path = self.path("data/switchyard.db");
+        if !path.exists() {
+            return BTreeMap::new();
+        }
+        let conn = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        let mut stmt = match conn.prepare(sql) {
+            Ok(s) => s,
+            Err(_) => return BTreeMap::new(), // schema not created yet
+        };
+        stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+    }
+
+    pub fn count(&self, state: &str) -> u64 {
+        self.states().get(state).copied().unwrap_or(0)
+    }
+}
+
+pub struct Engine {
+    child: Option<Child>,
+}
+
+impl Engine {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill(mut self) {
+        let mut c = self.child.take().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    /// SIGTERM, then wait for a graceful exit; returns its status and stderr.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        let c = self.child.take().unwrap();
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let out = c.wait_with_output().unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Waits for the process to exit by itself (a start-up error, say).
+    pub fn wait_exit(mut self, timeout: Duration) -> Option<(ExitStatus, String)> {
+        let deadline = Instant::now() + timeout;
+        let mut c = self.child.take().unwrap();
+        loop {
+            if let Some(_status) = c.try_wait().unwrap() {
+                let out = c.wait_with_output().unwrap();
+                return Some((
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                ));
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Polls `cond` until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cond()
+}
+
+pub fn order_xml(n: usize) -> String {
+    format!(
+        "<?xml version=\"1.0\"?>\n<order id=\"{n}\"><customer>C{n}</customer><line sku=\"A\">1</line></order>\n"
+    )
+}
+
+/// A route from `inbox/` through xml_to_json to `outbox/`, with short timings for tests.
+pub fn xml_route(extra_to: &str) -> String {
+    format!(
+        r#"from:
+  file:
+    path: inbox
+    pattern: "*.xml"
+    settle: 200ms
+    poll_interval: 300ms
+steps:
+  - xml_to_json: {{}}
+to:
+  - file:
+      path: outbox
+      name: "{{{{original_stem}}}}.json"
+{extra_to}"#
+    )
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}

@@ -1,0 +1,360 @@
+//! End-to-end tests of a file-drop route: the real binary, real directories, a real SQLite
+//! store.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, SystemTime};
+
+#[test]
+fn a_thousand_files_give_a_thousand_outputs_and_delivered_records() {
+    let ws = Workspace::new();
+    ws.write_route("orders.yaml", &xml_route(""));
+    let engine = ws.start();
+    for i in 0..1000 {
+        ws.drop_file(
+            "inbox",
+            &format!("order-{i:04}.xml"),
+            order_xml(i).as_bytes(),
+        );
+    }
+    let done = wait_until(Duration::from_secs(120), || ws.count("delivered") == 1000);
+    assert!(
+        done,
+        "states: {:?}, outputs: {}",
+        ws.states(),
+        ws.files("outbox").len()
+    );
+    let outputs = ws.files("outbox");
+    assert_eq!(outputs.len(), 1000);
+    let body = std::fs::read_to_string(ws.path("outbox/order-0042.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["order"]["@id"], "42");
+    assert_eq!(json["order"]["customer"], "C42");
+    // Every input was archived after its commit; none is left to be taken twice.
+    assert!(ws.files("inbox").is_empty());
+    assert_eq!(ws.files("inbox/archive").len(), 1000);
+
+    let (status, stderr) = engine.stop();
+    assert!(status.success(), "graceful stop failed: {stderr}");
+    assert_eq!(ws.states().get("delivered"), Some(&1000));
+    // One step transition and one delivery attempt recorded per message.
+    let events = ws.query_pairs("SELECT event, COUNT(*) FROM transitions GROUP BY event");
+    assert_eq!(events.get("step"), Some(&1000));
+    assert_eq!(events.get("attempt"), Some(&1000));
+    // The processing log holds one JSON object per line with the lifecycle fields.
+    let log = std::fs::read_to_string(ws.path("logs/switchyard.jsonl")).unwrap_or_default();
+    assert!(
+        log.is_empty()
+            || log
+                .lines()
+                .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+    );
+}
+
+#[test]
+fn sigkill_with_5000_files_in_flight_loses_nothing() {
+    let ws = Workspace::new();
+    ws.write_route("orders.yaml", &xml_route(""));
+    let engine = ws.start();
+    let total = 5000;
+    for i in 0..total {
+        ws.drop_file(
+            "inbox",
+            &format!("order-{i:05}.xml"),
+            order_xml(i).as_bytes(),
+        );
+    }
+    // Kill once a good part is received but the work is far from done.
+    let started = wait_until(Duration::from_secs(120), || ws.count("delivered") >= 300);
+    assert!(started, "nothing happened: {:?}", ws.states());
+    engine.kill();
+    let at_kill = ws.states();
+
+    let engine = ws.start();
+    let all_accounted = wait_until(Duration::from_secs(300), || {
+        let s = ws.states();
+        let unfinished =
+            s.get("received").copied().unwrap_or(0) + s.get("delivering").copied().unwrap_or(0);
+        unfinished == 0 && ws.files("inbox").is_empty()
+    });
+    assert!(all_accounted, "still unfinished: {:?}", ws.states());
+    let (status, stderr) = engine.stop();
+    assert!(status.success(), "{stderr}");
+
+    // Every input has an output or a recorded reason.
+    let outputs: std::collections::BTreeSet<String> = ws.files("outbox").into_iter().collect();
+    let mut missing = Vec::new();
+    for i in 0..total {
+        if !outputs.contains(&format!("order-{i:05}.json")) {
+            missing.push(i);
+        }
+    }
+    let failed = ws.count("failed") + ws.count("dead");
+    assert!(
+        missing.is_empty() && failed == 0,
+        "lost: {} inputs without output (e.g. {:?}), {failed} failed",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+
+    // Duplicates: an input stored twice (committed, then killed before it was archived), and
+    // output files written twice under another name.
+    let stored_twice = ws.query_pairs(
+        "SELECT json_extract(headers, '$.\"file.name\"') AS n, COUNT(*) FROM messages GROUP BY n HAVING COUNT(*) > 1",
+    );
+    let extra_outputs = outputs.len().saturating_sub(total);
+    println!(
+        "sigkill: states at kill {at_kill:?}; after restart {:?}; inputs stored twice: {}; extra output files: {extra_outputs}",
+        ws.states(),
+        stored_twice.len()
+    );
+    // Duplicates are bounded by the work in flight at the kill (intake runs 16 files at once).
+    assert!(
+        stored_twice.len() <= 16,
+        "too many duplicates: {}",
+        stored_twice.len()
+    );
+    assert_eq!(
+        extra_outputs, 0,
+        "a re-run delivery must land on the same output file"
+    );
+}
+
+#[test]
+fn a_file_still_being_written_is_not_taken_until_complete() {
+    let ws = Workspace::new();
+    ws.write_route(
+        "slow.yaml",
+        r#"from:
+  file: { path: inbox, settle: 1s, poll_interval: 200ms }
+to:
+  - file: { path: outbox, name: "{{original_name}}" }
+"#,
+    );
+    let engine = ws.start();
+    // Like `cp -p`: the file keeps an old mtime all along, so only watching it stay unchanged
+    // over time tells that it is complete.
+    let old = SystemTime::now() - Duration::from_secs(86_400);
+    let path = ws.path("inbox/big.dat");
+    let mut content = Vec::new();
+    for chunk in 0..8 {
+        content.extend(std::iter::repeat_n(b'a' + chunk as u8, 1000));
+        std::fs::write(&path, &content).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(
+            ws.files("outbox").is_empty(),
+            "taken while still being written (after chunk {chunk})"
+        );
+        assert!(path.exists());
+    }
+    let taken = wait_until(Duration::from_secs(20), || ws.files("outbox").len() == 1);
+    assert!(taken, "complete file never taken: {:?}", ws.states());
+    assert_eq!(std::fs::read(ws.path("outbox/big.dat")).unwrap(), content);
+    assert_eq!(ws.count("delivered"), 1);
+    engine.stop();
+}
+
+#[test]
+fn malformed_xml_is_failed_with_its_position_and_moved_to_the_error_dir() {
+    let ws = Workspace::new();
+    ws.write_route("orders.yaml", &xml_route(""));
+    let engine = ws.start();
+    ws.drop_file("inbox", "bad.xml", b"<order>\n  <line>1</lin>\n</order>");
+    ws.drop_file("inbox", "good.xml", order_xml(1).as_bytes());
+    assert!(
+        wait_until(Duration::from_secs(20), || ws.count("failed") == 1
+            && ws.count("delivered") == 1),
+        "{:?}",
+        ws.states()
+    );
+    assert!(wait_until(Duration::from_secs(5), || ws
+        .files("inbox/error")
+        .len()
+        == 2));
+    assert_eq!(
+        ws.files("inbox/error"),
+        vec!["bad.xml", "bad.xml.error.txt"]
+    );
+    assert_eq!(
+        std::fs::read(ws.path("inbox/error/bad.xml")).unwrap(),
+        b"<order>\n  <line>1</lin>\n</order>"
+    );
+    let reason = std::fs::read_to_string(ws.path("inbox/error/bad.xml.error.txt")).unwrap();
+    assert!(reason.contains("malformed XML at line 2"), "{reason}");
+    let errors = ws
+        .query_pairs("SELECT error, COUNT(*) FROM messages WHERE state = 'failed' GROUP BY error");
+    let error = errors.keys().next().unwrap();
+    assert!(
+        error.starts_with("steps[0].xml_to_json: malformed XML at line 2, column"),
+        "{error}"
+    );
+    // The engine keeps running: a later good file still goes through.
+    ws.drop_file("inbox", "good2.xml", order_xml(2).as_bytes());
+    assert!(wait_until(Duration::from_secs(20), || ws
+        .count("delivered")
+        == 2));
+    let (status, _) = engine.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn an_unwritable_output_is_retried_until_it_works_and_nothing_is_lost() {
+    let ws = Workspace::new();
+    // The output "directory" is a plain file: every write fails until an operator fixes it.
+    std::fs::remove_dir(ws.path("outbox")).unwrap();
+    std::fs::write(ws.path("outbox"), b"in the way").unwrap();
+    ws.write_route(
+        "orders.yaml",
+        &xml_route("      retry: { max_attempts: 100, backoff: 100ms, max_backoff: 300ms }\n"),
+    );
+    let engine = ws.start();
+    for i in 0..5 {
+        ws.drop_file("inbox", &format!("o{i}.xml"), order_xml(i).as_bytes());
+    }
+    let retried = wait_until(Duration::from_secs(20), || {
+        ws.query_pairs(
+            "SELECT outcome, COUNT(*) FROM transitions WHERE event = 'attempt' GROUP BY outcome",
+        )
+        .get("retry")
+        .copied()
+        .unwrap_or(0)
+            >= 10
+    });
+    assert!(retried, "no retries recorded");
+    assert_eq!(ws.count("delivered"), 0);
+    assert_eq!(ws.count("delivering"), 5);
+    let errors = ws.query_pairs("SELECT last_error, COUNT(*) FROM deliveries GROUP BY last_error");
+    assert!(
+        errors.keys().all(|e| e.contains("cannot write to outbox")),
+        "{errors:?}"
+    );
+
+    std::fs::remove_file(ws.path("outbox")).unwrap();
+    std::fs::create_dir(ws.path("outbox")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || ws.count("delivered") == 5),
+        "{:?}",
+        ws.states()
+    );
+    assert_eq!(ws.files("outbox").len(), 5);
+    engine.stop();
+}
+
+#[test]
+fn an_oversize_file_is_refused_with_a_clear_limit() {
+    let ws = Workspace::new();
+    ws.write_route(
+        "small.yaml",
+        "from:\n  file: { path: inbox, settle: 200ms, poll_interval: 200ms, max_size: 1KiB }\nto:\n  - file: { path: outbox }\n",
+    );
+    let engine = ws.start();
+    ws.drop_file("inbox", "huge.bin", &vec![b'x'; 5000]);
+    assert!(
+        wait_until(Duration::from_secs(20), || ws.count("failed") == 1),
+        "{:?}",
+        ws.states()
+    );
+    assert!(wait_until(Duration::from_secs(5), || ws
+        .files("inbox/error")
+        .len()
+        == 2));
+    let reason = std::fs::read_to_string(ws.path("inbox/error/huge.bin.error.txt")).unwrap();
+    assert!(
+        reason.contains("is 5000 bytes, over this route's max_size of 1KiB"),
+        "{reason}"
+    );
+    assert!(ws.files("outbox").is_empty());
+    engine.stop();
+}
+
+#[test]
+fn a_missing_inbound_directory_stops_start_up_with_its_path() {
+    let ws = Workspace::new();
+    ws.write_route(
+        "r.yaml",
+        "from:\n  file: { path: no/such/dir }\nto:\n  - file: { path: outbox }\n",
+    );
+    let (status, stderr) = ws
+        .start()
+        .wait_exit(Duration::from_secs(20))
+        .expect("engine should exit");
+    assert!(!status.success());
+    assert!(
+        stderr.contains("inbound directory no/such/dir does not exist"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("route `r`"), "{stderr}");
+}
+
+#[test]
+fn check_reports_file_line_and_column() {
+    let ws = Workspace::new();
+    let misspelt = ws.write_route(
+        "typo.yaml",
+        "description: typo\nfrom:\n  file:\n    pathh: inbox\nto:\n  - file: { path: outbox }\n",
+    );
+    let out = ws.run(&["check", &path_str(&misspelt)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    let expected = format!(
+        "{}:4:5: from.file: unknown key `pathh`; did you mean `path`?",
+        misspelt.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+
+    ws.write_route(
+        "kinds.yaml",
+        "from:\n  file: { path: inbox }\nsteps:\n  - xml_to_jsn: {}\nto:\n  - file: { path: outbox }\n",
+    );
+    ws.write_route(
+        "durations.yaml",
+        "from:\n  file:\n    path: inbox\n    settle: 3 fortnights\nto:\n  - file: { path: outbox }\n",
+    );
+    ws.write_route(
+        "missing.yaml",
+        "from:\n  file: { pattern: \"*.xml\" }\nto:\n  - file: { path: outbox }\n",
+    );
+    ws.write_route(
+        "adapters.yaml",
+        "from:\n  ftp: { path: inbox }\nto:\n  - file: { path: outbox }\n",
+    );
+    let out = ws.run(&["check", "routes"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    for line in [
+        format!(
+            "{}:4:5: steps[0]: unknown kind `xml_to_jsn`; did you mean `xml_to_json`?",
+            "routes/kinds.yaml"
+        ),
+        format!(
+            "{}:4:13: from.file: bad duration `3 fortnights`",
+            "routes/durations.yaml"
+        ),
+        format!(
+            "{}:2:9: from.file: missing required key `path`",
+            "routes/missing.yaml"
+        ),
+        format!("{}:2:3: from: unknown kind `ftp`", "routes/adapters.yaml"),
+    ] {
+        assert!(stderr.contains(&line), "expected `{line}` in:\n{stderr}");
+    }
+    assert!(stderr.contains("5 problem(s) in 5 file(s)"), "{stderr}");
+
+    // A good file passes.
+    std::fs::remove_dir_all(ws.path("routes")).unwrap();
+    std::fs::create_dir(ws.path("routes")).unwrap();
+    ws.write_route("good.yaml", &xml_route(""));
+    let out = ws.run(&["check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
