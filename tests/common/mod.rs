@@ -55,19 +55,39 @@ impl Workspace {
         names
     }
 
+    /// Starts `switchyard run` in the workspace. Its console output goes to `console.log`
+    /// (a file, not a pipe nobody reads, which would block the engine once full).
     pub fn start(&self) -> Engine {
+        let console = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("console.log"))
+            .unwrap();
         let child = Command::new(BIN)
             .arg("run")
             .current_dir(self.dir.path())
-            .env("SWITCHYARD_LOG", "warn")
+            .env("SWITCHYARD_LOG", "info")
             .env_remove("SWITCHYARD_ROUTES")
             .env_remove("SWITCHYARD_DATA")
+            .env_remove("SWITCHYARD_LOGS")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(console)
             .spawn()
             .expect("start switchyard");
-        Engine { child: Some(child) }
+        Engine {
+            child: Some(child),
+            console: self.path("console.log"),
+        }
+    }
+
+    /// The JSON-lines processing log, parsed.
+    pub fn log_events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.path("logs/switchyard.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad log line {l}: {e}")))
+            .collect()
     }
 
     /// Runs a command to completion in the workspace.
@@ -114,11 +134,16 @@ impl Workspace {
 
 pub struct Engine {
     child: Option<Child>,
+    console: PathBuf,
 }
 
 impl Engine {
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    fn console(&self) -> String {
+        std::fs::read_to_string(&self.console).unwrap_or_default()
     }
 
     /// SIGKILL: no chance to flush or clean up.
@@ -128,17 +153,15 @@ impl Engine {
         c.wait().unwrap();
     }
 
-    /// SIGTERM, then wait for a graceful exit; returns its status and stderr.
+    /// SIGTERM, then wait for a graceful exit; returns its status and console output.
     pub fn stop(mut self) -> (ExitStatus, String) {
-        let c = self.child.take().unwrap();
+        let mut c = self.child.take().unwrap();
+        // SAFETY: kill(2) on a child we started and have not reaped yet.
         unsafe {
             libc::kill(c.id() as i32, libc::SIGTERM);
         }
-        let out = c.wait_with_output().unwrap();
-        (
-            out.status,
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let status = c.wait().unwrap();
+        (status, self.console())
     }
 
     /// Waits for the process to exit by itself (a start-up error, say).
@@ -146,12 +169,8 @@ impl Engine {
         let deadline = Instant::now() + timeout;
         let mut c = self.child.take().unwrap();
         loop {
-            if let Some(_status) = c.try_wait().unwrap() {
-                let out = c.wait_with_output().unwrap();
-                return Some((
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).into_owned(),
-                ));
+            if let Some(status) = c.try_wait().unwrap() {
+                return Some((status, self.console()));
             }
             if Instant::now() > deadline {
                 let _ = c.kill();

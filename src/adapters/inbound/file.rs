@@ -189,7 +189,10 @@ impl Inner {
                 continue;
             }
             let path = entry.path();
-            let Ok(meta) = entry.metadata() else { continue };
+            // Follows symlinks: a link to a file is taken like the file.
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
             if !meta.is_file() || skip.contains(&path) {
                 continue;
             }
