@@ -186,6 +186,36 @@ impl Engine {
     }
 }
 
+/// Applies the route's steps in order, stopping at the first failure. Returns the message as
+/// the steps left it, what each step did, and the failure, if any.
+fn run_steps(route: &RunningRoute, msg: Message) -> (Message, Vec<StepRecord>, Option<String>) {
+    let mut current = msg;
+    let mut records = Vec::with_capacity(route.steps.len());
+    for (name, step) in &route.steps {
+        let t = Instant::now();
+        // A bug in a step must fail the message, not take the engine down.
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| step.apply(&mut current)))
+            .unwrap_or_else(|_| {
+                Err(crate::steps::StepError(
+                    "the step panicked (a bug in Switchyard; please report it)".into(),
+                ))
+            });
+        let took = t.elapsed();
+        let error = result.err().map(|e| e.0);
+        telemetry::step(&current, name, took, error.as_deref());
+        records.push(StepRecord {
+            step: name.clone(),
+            ok: error.is_none(),
+            duration: took,
+            detail: error.clone(),
+        });
+        if let Some(e) = error {
+            return (current, records, Some(format!("{name}: {e}")));
+        }
+    }
+    (current, records, None)
+}
+
 /// Queues the route's messages that an earlier run stored but did not finish processing.
 async fn resume(
     route: &str,
@@ -226,35 +256,18 @@ async fn resume(
 }
 
 /// Runs the steps on one message and records the outcome.
-async fn process(route: &RunningRoute, store: &dyn Store, msg: Message) {
+async fn process(route: &Arc<RunningRoute>, store: &dyn Store, msg: Message) {
     let started = Instant::now();
     let original = msg.clone();
-    let mut current = msg;
-    let mut records = Vec::with_capacity(route.steps.len());
-    let mut failure = None;
-    for (name, step) in &route.steps {
-        let t = Instant::now();
-        // A bug in a step must fail the message, not take the engine down.
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| step.apply(&mut current)))
-            .unwrap_or_else(|_| {
-                Err(crate::steps::StepError(
-                    "the step panicked (a bug in Switchyard; please report it)".into(),
-                ))
-            });
-        let took = t.elapsed();
-        let error = result.err().map(|e| e.0);
-        telemetry::step(&current, name, took, error.as_deref());
-        records.push(StepRecord {
-            step: name.clone(),
-            ok: error.is_none(),
-            duration: took,
-            detail: error.clone(),
-        });
-        if let Some(e) = error {
-            failure = Some(format!("{name}: {e}"));
-            break;
-        }
-    }
+    // Steps are CPU work (parsing, mapping): keep them off the threads that serve I/O, so a
+    // large message never delays intake acknowledgements or deliveries.
+    let r = route.clone();
+    let ran = tokio::task::spawn_blocking(move || run_steps(&r, msg)).await;
+    let Ok((current, records, failure)) = ran else {
+        tracing::error!(route = %route.id, message_id = %original.id,
+            "step worker failed; the message stays received and is processed again at the next start");
+        return;
+    };
     let result = match &failure {
         None => Processed::Routed {
             headers: current.headers.clone(),

@@ -328,6 +328,25 @@ to:
 }
 
 #[test]
+fn polling_alone_finds_files_where_no_events_arrive() {
+    let ws = Workspace::new();
+    ws.write_route(
+        "share.yaml",
+        "from:\n  file: { path: inbox, watch: false, settle: 100ms, poll_interval: 300ms }\nto:\n  - file: { path: outbox, name: \"{{original_name}}\" }\n",
+    );
+    let engine = ws.start();
+    std::thread::sleep(Duration::from_millis(500));
+    ws.drop_file("inbox", "late.txt", b"found by polling");
+    assert!(
+        wait_until(Duration::from_secs(20), || ws.files("outbox")
+            == vec!["late.txt"]),
+        "{:?}",
+        ws.states()
+    );
+    engine.stop();
+}
+
+#[test]
 fn a_missing_inbound_directory_stops_start_up_with_its_path() {
     let ws = Workspace::new();
     ws.write_route(
@@ -399,6 +418,20 @@ fn check_reports_file_line_and_column() {
         assert!(stderr.contains(&line), "expected `{line}` in:\n{stderr}");
     }
     assert!(stderr.contains("5 problem(s) in 5 file(s)"), "{stderr}");
+
+    // Two routes may not take files from one directory, however it is spelt.
+    std::fs::remove_dir_all(ws.path("routes")).unwrap();
+    std::fs::create_dir(ws.path("routes")).unwrap();
+    ws.write_route("a.yaml", &xml_route(""));
+    ws.write_route(
+        "b.yaml",
+        "from:\n  file: { path: ./inbox/ }\nto:\n  - file: { path: elsewhere }\n",
+    );
+    let out = ws.run(&["check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("routes/b.yaml:1:1: directory"), "{stderr}");
+    assert!(stderr.contains("is already used by route `a`"), "{stderr}");
 
     // A good file passes.
     std::fs::remove_dir_all(ws.path("routes")).unwrap();

@@ -55,6 +55,10 @@ pub struct Config {
     /// How often to rescan even without file-system events (default `5s`).
     #[serde(default = "default_poll")]
     pub poll_interval: Duration,
+    /// Use file-system events to notice new files at once (default `true`). Set `false` on
+    /// network shares where events never arrive: `poll_interval` then does all the work.
+    #[serde(default = "default_true")]
+    pub watch: bool,
     /// `archive` (default) moves a taken file to `archive_dir`; `delete` removes it.
     #[serde(default)]
     pub after: After,
@@ -80,6 +84,9 @@ pub struct Config {
 
 fn default_settle() -> Duration {
     Duration::from_secs(1)
+}
+fn default_true() -> bool {
+    true
 }
 fn default_poll() -> Duration {
     Duration::from_secs(5)
@@ -343,26 +350,40 @@ impl Inbound for FileInbound {
     async fn run(&self, intake: Intake, shutdown: CancellationToken) -> anyhow::Result<()> {
         let inner = &self.0;
         let (tx, mut events) = mpsc::channel::<()>(1);
-        let watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-            let _ = tx.try_send(()); // a full channel already holds a wake-up
-        })
-        .and_then(|mut w| {
-            w.watch(&inner.cfg.path, notify::RecursiveMode::NonRecursive)
-                .map(|_| w)
-        });
-        let _watcher = match watcher {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!(route = %intake.route, dir = %inner.cfg.path.display(), error = %e,
-                    "file-system events unavailable; relying on polling");
-                None
+        let _watcher = if inner.cfg.watch {
+            let watcher =
+                notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+                    let _ = tx.try_send(()); // a full channel already holds a wake-up
+                })
+                .and_then(|mut w| {
+                    w.watch(&inner.cfg.path, notify::RecursiveMode::NonRecursive)
+                        .map(|_| w)
+                });
+            match watcher {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(route = %intake.route, dir = %inner.cfg.path.display(), error = %e,
+                        "file-system events unavailable; relying on polling");
+                    None
+                }
             }
+        } else {
+            None
         };
         let mut seen = HashMap::new();
         let mut skip: HashSet<PathBuf> = HashSet::new();
         let mut reported_scan_error = false;
         loop {
-            let (ready, next) = match inner.scan(&mut seen, &skip) {
+            // Listing a large directory blocks: do it on a blocking thread.
+            let (me, skipped) = (inner.clone(), skip.clone());
+            let mut observed = std::mem::take(&mut seen);
+            let (scanned, observed) = tokio::task::spawn_blocking(move || {
+                let r = me.scan(&mut observed, &skipped);
+                (r, observed)
+            })
+            .await?;
+            seen = observed;
+            let (ready, next) = match scanned {
                 Ok(r) => {
                     reported_scan_error = false;
                     r

@@ -36,7 +36,13 @@ impl InboundConfig {
     /// may take too.
     pub fn claim(&self) -> Option<String> {
         match self {
-            InboundConfig::File(c) => Some(format!("directory {}", c.path.display())),
+            InboundConfig::File(c) => {
+                // Compare resolved paths, so `inbox` and `./inbox` are seen as one directory.
+                let p = std::fs::canonicalize(&c.path)
+                    .or_else(|_| std::path::absolute(&c.path))
+                    .unwrap_or_else(|_| c.path.clone());
+                Some(format!("directory {}", p.display()))
+            }
         }
     }
 
