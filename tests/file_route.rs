@@ -347,6 +347,31 @@ fn polling_alone_finds_files_where_no_events_arrive() {
 }
 
 #[test]
+fn an_unreadable_file_is_recorded_as_failed_with_its_path() {
+    let ws = Workspace::new();
+    ws.write_route("orders.yaml", &xml_route(""));
+    // A symlink loop cannot be opened even by root, unlike a file without read permission.
+    std::os::unix::fs::symlink("loop.xml", ws.path("inbox/loop.xml")).unwrap();
+    let engine = ws.start();
+    ws.drop_file("inbox", "fine.xml", order_xml(7).as_bytes());
+    assert!(
+        wait_until(Duration::from_secs(20), || ws.count("failed") == 1
+            && ws.count("delivered") == 1),
+        "{:?}",
+        ws.states()
+    );
+    let errors = ws.query_pairs("SELECT error, 1 FROM messages WHERE state = 'failed'");
+    let error = errors.keys().next().unwrap();
+    assert!(error.starts_with("cannot read inbox/loop.xml:"), "{error}");
+    assert!(wait_until(Duration::from_secs(5), || ws
+        .files("inbox/error")
+        .contains(&"loop.xml.error.txt".to_string())));
+    assert!(ws.path("inbox/error/loop.xml").symlink_metadata().is_ok());
+    let (status, _) = engine.stop();
+    assert!(status.success());
+}
+
+#[test]
 fn a_missing_inbound_directory_stops_start_up_with_its_path() {
     let ws = Workspace::new();
     ws.write_route(

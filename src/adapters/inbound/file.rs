@@ -197,8 +197,17 @@ impl Inner {
             }
             let path = entry.path();
             // Follows symlinks: a link to a file is taken like the file.
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // gone already
+                Err(_) => {
+                    // Unreadable (permissions, a symlink loop): `take` records why and moves
+                    // it to the error directory, rather than ignoring it forever.
+                    if !skip.contains(&path) {
+                        ready.push(path);
+                    }
+                    continue;
+                }
             };
             if !meta.is_file() || skip.contains(&path) {
                 continue;
