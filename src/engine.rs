@@ -17,11 +17,10 @@ use crate::adapters::inbound::{Inbound, Intake};
 use crate::delivery::{self, Destination};
 use crate::message::Message;
 use crate::route::Route;
-use crate::steps::Step;
+use crate::steps::{self, BuiltStep};
 use crate::store::{Processed, StepRecord, Store};
 use crate::telemetry;
 use anyhow::Context;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Mutex, Notify};
@@ -45,7 +44,7 @@ pub struct Engine {
 struct RunningRoute {
     id: String,
     inbound: Arc<dyn Inbound>,
-    steps: Vec<(String, Box<dyn Step>)>,
+    steps: Vec<BuiltStep>,
     destinations: Vec<Arc<Destination>>,
 }
 
@@ -57,15 +56,7 @@ impl Engine {
         for route in &routes {
             let context = || format!("route `{}` ({})", route.id, route.file.display());
             let inbound = route.from.build().with_context(context)?;
-            let mut steps = Vec::new();
-            for (i, step) in route.steps.iter().enumerate() {
-                let name = format!("steps[{i}].{}", step.kind());
-                steps.push((
-                    name.clone(),
-                    step.build()
-                        .with_context(|| format!("{}: {name}", context()))?,
-                ));
-            }
+            let steps = route.steps.clone();
             let mut destinations = Vec::new();
             for (i, to) in route.to.iter().enumerate() {
                 destinations.push(Arc::new(Destination {
@@ -186,34 +177,21 @@ impl Engine {
     }
 }
 
-/// Applies the route's steps in order, stopping at the first failure. Returns the message as
-/// the steps left it, what each step did, and the failure, if any.
+/// Applies the route's steps, logging each, and turns what they did into store records.
 fn run_steps(route: &RunningRoute, msg: Message) -> (Message, Vec<StepRecord>, Option<String>) {
-    let mut current = msg;
-    let mut records = Vec::with_capacity(route.steps.len());
-    for (name, step) in &route.steps {
-        let t = Instant::now();
-        // A bug in a step must fail the message, not take the engine down.
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| step.apply(&mut current)))
-            .unwrap_or_else(|_| {
-                Err(crate::steps::StepError(
-                    "the step panicked (a bug in Switchyard; please report it)".into(),
-                ))
-            });
-        let took = t.elapsed();
-        let error = result.err().map(|e| e.0);
-        telemetry::step(&current, name, took, error.as_deref());
-        records.push(StepRecord {
-            step: name.clone(),
-            ok: error.is_none(),
-            duration: took,
-            detail: error.clone(),
-        });
-        if let Some(e) = error {
-            return (current, records, Some(format!("{name}: {e}")));
-        }
-    }
-    (current, records, None)
+    let (current, runs, failure) = steps::run_all(&route.steps, msg, |run, msg| {
+        telemetry::step(msg, &run.name, run.duration, run.error.as_deref());
+    });
+    let records = runs
+        .into_iter()
+        .map(|r| StepRecord {
+            step: r.name,
+            ok: r.error.is_none(),
+            duration: r.duration,
+            detail: r.error,
+        })
+        .collect();
+    (current, records, failure)
 }
 
 /// Queues the route's messages that an earlier run stored but did not finish processing.

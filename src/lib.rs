@@ -8,10 +8,12 @@
 
 pub mod adapters;
 pub mod cli;
+pub mod convert;
 pub mod delivery;
 pub mod engine;
 pub mod message;
 pub mod route;
+pub mod script;
 pub mod settings;
 pub mod steps;
 pub mod store;

@@ -33,3 +33,47 @@ impl Message {
         self.headers.get(name).map(String::as_str)
     }
 }
+
+/// The body as UTF-8 text, or an error saying where the first bad byte is.
+pub fn utf8<'a>(body: &'a [u8], what: &str) -> Result<&'a str, String> {
+    std::str::from_utf8(body).map_err(|e| {
+        let (line, col) = crate::convert::xml::line_col(body, e.valid_up_to());
+        format!(
+            "{what} body is not UTF-8: bad byte at line {line}, column {col} (offset {}); convert it to UTF-8 first",
+            e.valid_up_to()
+        )
+    })
+}
+
+impl Message {
+    /// The body as text.
+    pub fn body_text(&self) -> Result<&str, String> {
+        utf8(&self.body, "the")
+    }
+
+    /// The body parsed as JSON.
+    pub fn body_json(&self) -> Result<serde_json::Value, String> {
+        let text = utf8(&self.body, "JSON")?;
+        serde_json::from_str(text).map_err(|e| format!("body is not valid JSON: {e}"))
+    }
+
+    /// Whether the `content-type` header says JSON.
+    pub fn is_json(&self) -> bool {
+        self.header("content-type")
+            .is_some_and(|c| c.contains("json"))
+    }
+
+    /// Replaces the body with `value` as JSON and says so in `content-type`.
+    pub fn set_json(&mut self, value: &serde_json::Value) {
+        self.body = Bytes::from(serde_json::to_vec(value).unwrap_or_default());
+        self.headers
+            .insert("content-type".into(), "application/json".into());
+    }
+
+    /// Replaces the body with text and sets `content-type`.
+    pub fn set_text(&mut self, text: String, content_type: &str) {
+        self.body = Bytes::from(text.into_bytes());
+        self.headers
+            .insert("content-type".into(), content_type.into());
+    }
+}

@@ -11,7 +11,7 @@ pub mod yaml;
 
 use crate::adapters::inbound::InboundConfig;
 use crate::adapters::outbound::OutboundConfig;
-use crate::steps::StepConfig;
+use crate::steps::{BuildContext, BuildError, BuiltStep, StepConfig};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::fmt;
@@ -48,7 +48,8 @@ pub struct Route {
     pub version: String,
     pub file: PathBuf,
     pub from: InboundConfig,
-    pub steps: Vec<StepConfig>,
+    /// The steps, built: scripts compiled, schemas and tables loaded.
+    pub steps: Vec<BuiltStep>,
     pub to: Vec<OutboundConfig>,
     pub concurrency: usize,
 }
@@ -131,6 +132,17 @@ pub fn load_file(path: &Path) -> Result<Route, Vec<Diagnostic>> {
             "`concurrency` must be at least 1".into(),
         ));
     }
+    let cx = BuildContext {
+        dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+    };
+    let mut steps = Vec::new();
+    for (i, config) in file.steps.iter().enumerate() {
+        let name = format!("steps[{i}].{}", config.kind());
+        match config.build(&cx) {
+            Ok(step) => steps.push(BuiltStep { name, step }),
+            Err(e) => problems.push(step_diagnostic(path, &source, i, &name, e)),
+        }
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -140,10 +152,50 @@ pub fn load_file(path: &Path) -> Result<Route, Vec<Diagnostic>> {
         version: version_hash(source.as_bytes()),
         file: path.to_path_buf(),
         from: file.from,
-        steps: file.steps,
+        steps,
         to: file.to,
         concurrency: file.concurrency.unwrap_or(4),
     })
+}
+
+/// Places a step's build error: in the script file, at the script's position inside the
+/// route file when the script is inline, or at the step's entry.
+fn step_diagnostic(
+    path: &Path,
+    source: &str,
+    index: usize,
+    name: &str,
+    e: BuildError,
+) -> Diagnostic {
+    let message = format!("{name}: {}", e.message);
+    let step_line = yaml::locate_list_item(source, "steps", index);
+    if let Some(pos) = e.script {
+        if let Some(file) = pos.file {
+            return Diagnostic {
+                file,
+                line: pos.line,
+                column: pos.column,
+                message,
+            };
+        }
+        if let Some((line, column)) =
+            step_line.and_then(|(l, _)| yaml::locate_inline_script(source, l, pos.line, pos.column))
+        {
+            return Diagnostic {
+                file: path.to_path_buf(),
+                line,
+                column,
+                message,
+            };
+        }
+    }
+    let (line, column) = step_line.unwrap_or((1, 1));
+    Diagnostic {
+        file: path.to_path_buf(),
+        line,
+        column,
+        message,
+    }
 }
 
 /// The route files in `dir` (`*.yaml`, `*.yml`, not hidden), sorted by name.

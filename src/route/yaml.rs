@@ -101,6 +101,67 @@ pub fn locate_key(source: &str, key: &str) -> Option<(usize, usize)> {
     })
 }
 
+/// Line and column of item `index` (0-based) of the block list under the top-level `key`.
+pub fn locate_list_item(source: &str, key: &str, index: usize) -> Option<(usize, usize)> {
+    let lines: Vec<&str> = source.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with(key) && l[key.len()..].trim_start().starts_with(':'))?;
+    let mut item_indent = None;
+    let mut seen = 0;
+    for (i, line) in lines.iter().enumerate().skip(start + 1) {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        if indent == 0 && !trimmed.starts_with('-') {
+            break; // the next top-level key
+        }
+        if trimmed.starts_with("- ") || trimmed == "-" {
+            let expected = *item_indent.get_or_insert(indent);
+            if indent == expected {
+                if seen == index {
+                    return Some((i + 1, indent + 3));
+                }
+                seen += 1;
+            }
+        }
+    }
+    None
+}
+
+/// Maps a position inside an inline `script:` (1-based line and column in the script) to
+/// the route file, looking for the first `script:` key from line `from` (1-based) on.
+pub fn locate_inline_script(
+    source: &str,
+    from: usize,
+    line: usize,
+    column: usize,
+) -> Option<(usize, usize)> {
+    let lines: Vec<&str> = source.lines().collect();
+    let (key_index, key_line) =
+        lines
+            .iter()
+            .enumerate()
+            .skip(from.saturating_sub(1))
+            .find(|(_, l)| {
+                let t = l.trim_start().trim_start_matches("- ");
+                t.starts_with("script:")
+            })?;
+    let value = key_line[key_line.find("script:")? + "script:".len()..].trim_start();
+    if value.starts_with('|') || value.starts_with('>') {
+        // Block scalar: the script starts on the next line, at that line's indentation.
+        let first = lines.get(key_index + line)?;
+        let indent = first.len() - first.trim_start().len();
+        Some((key_index + 1 + line, indent + column))
+    } else {
+        let value_col = key_line.len() - value.len();
+        let quoted = usize::from(value.starts_with('"') || value.starts_with('\''));
+        Some((key_index + 1, value_col + quoted + column))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,15 +1,25 @@
 //! Steps: the ordered processing a route applies to each message after it is stored.
 //!
-//! Each step is a config struct (the `kind: { options }` entry of a route's `steps:` list) plus
-//! a [`StepConfig::build`] into a running [`Step`]. A step changes the message in place or
-//! fails it with a [`StepError`] saying what was wrong and where.
+//! Each step is a config struct (the `kind: { options }` entry of a route's `steps:` list) and
+//! a [`StepConfig::build`] into a running [`Step`]. Building happens when the route file is
+//! loaded — scripts are compiled, schemas and lookup tables read — so every mistake is found
+//! by `switchyard check`, and nothing is compiled per message. Building has no side effects.
 
+pub mod csv_to_json;
+pub mod fixed_width;
+pub mod json_to_csv;
+pub mod json_to_xml;
+pub mod map;
 pub mod set_header;
+pub mod transform;
+pub mod validate;
 pub mod xml_to_json;
 
 use crate::message::Message;
 use serde::Deserialize;
 use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// One entry of a route's `steps:` list.
 #[derive(Debug, Clone, Deserialize)]
@@ -17,8 +27,58 @@ use std::fmt;
 pub enum StepConfig {
     /// Sets one header to a static or templated value.
     SetHeader(set_header::Config),
-    /// Turns an XML body into JSON (see `docs/steps.md` for the convention).
+    /// Runs a Rhai script on the message.
+    Transform(transform::Config),
+    /// Checks the message against a JSON Schema, XML well-formedness or a script predicate.
+    Validate(validate::Config),
+    /// Builds a new JSON body field by field from paths and expressions.
+    Map(map::Config),
+    /// XML body to JSON.
     XmlToJson(xml_to_json::Config),
+    /// JSON body to XML.
+    JsonToXml(json_to_xml::Config),
+    /// CSV body to a JSON array.
+    CsvToJson(csv_to_json::Config),
+    /// JSON array body to CSV.
+    JsonToCsv(json_to_csv::Config),
+    /// Fixed-width text records to a JSON array.
+    FixedWidth(fixed_width::Config),
+}
+
+/// What building a step may need: where the route file is, for relative file names.
+pub struct BuildContext {
+    /// The directory of the route file.
+    pub dir: PathBuf,
+}
+
+impl BuildContext {
+    pub fn resolve(&self, file: &Path) -> PathBuf {
+        self.dir.join(file)
+    }
+}
+
+/// Why a step could not be built; `script` points into a script when the problem is there.
+#[derive(Debug, Clone)]
+pub struct BuildError {
+    pub message: String,
+    pub script: Option<ScriptPosition>,
+}
+
+/// A position in a script: in its own file (`script_file`) or inline in the route file.
+#[derive(Debug, Clone)]
+pub struct ScriptPosition {
+    pub file: Option<PathBuf>,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl BuildError {
+    pub fn new(message: impl Into<String>) -> BuildError {
+        BuildError {
+            message: message.into(),
+            script: None,
+        }
+    }
 }
 
 impl StepConfig {
@@ -26,19 +86,34 @@ impl StepConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             StepConfig::SetHeader(_) => "set_header",
+            StepConfig::Transform(_) => "transform",
+            StepConfig::Validate(_) => "validate",
+            StepConfig::Map(_) => "map",
             StepConfig::XmlToJson(_) => "xml_to_json",
+            StepConfig::JsonToXml(_) => "json_to_xml",
+            StepConfig::CsvToJson(_) => "csv_to_json",
+            StepConfig::JsonToCsv(_) => "json_to_csv",
+            StepConfig::FixedWidth(_) => "fixed_width",
         }
     }
 
-    pub fn build(&self) -> anyhow::Result<Box<dyn Step>> {
+    pub fn build(&self, cx: &BuildContext) -> Result<Arc<dyn Step>, BuildError> {
         Ok(match self {
-            StepConfig::SetHeader(c) => Box::new(c.build()),
-            StepConfig::XmlToJson(c) => Box::new(c.build()),
+            StepConfig::SetHeader(c) => Arc::new(c.build()),
+            StepConfig::Transform(c) => Arc::new(c.build(cx)?),
+            StepConfig::Validate(c) => Arc::new(c.build(cx)?),
+            StepConfig::Map(c) => Arc::new(c.build(cx)?),
+            StepConfig::XmlToJson(c) => Arc::new(xml_to_json::build(c)),
+            StepConfig::JsonToXml(c) => Arc::new(json_to_xml::build(c)?),
+            StepConfig::CsvToJson(c) => Arc::new(csv_to_json::build(c)?),
+            StepConfig::JsonToCsv(c) => Arc::new(json_to_csv::build(c)?),
+            StepConfig::FixedWidth(c) => Arc::new(c.build()?),
         })
     }
 }
 
-/// A running step. Steps are synchronous and CPU-bound; they must not block on I/O.
+/// A running step. Steps are synchronous, CPU-bound and never block on I/O; the engine runs
+/// them on blocking threads.
 pub trait Step: Send + Sync {
     fn apply(&self, msg: &mut Message) -> Result<(), StepError>;
 }
@@ -54,3 +129,114 @@ impl fmt::Display for StepError {
 }
 
 impl std::error::Error for StepError {}
+
+impl From<String> for StepError {
+    fn from(s: String) -> Self {
+        StepError(s)
+    }
+}
+
+/// A step whose configuration was built, with the name it is recorded under.
+#[derive(Clone)]
+pub struct BuiltStep {
+    /// `steps[0].transform` and the like.
+    pub name: String,
+    pub step: Arc<dyn Step>,
+}
+
+impl fmt::Debug for BuiltStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// What one step did to a message.
+#[derive(Debug, Clone)]
+pub struct StepRun {
+    pub name: String,
+    pub duration: std::time::Duration,
+    pub error: Option<String>,
+}
+
+/// Applies `steps` in order, stopping at the first failure; `observe` sees each step's
+/// outcome and the message as that step left it. Returns the message, what each step did,
+/// and the failure (`steps[N].kind: reason`), if any.
+pub fn run_all(
+    steps: &[BuiltStep],
+    msg: Message,
+    mut observe: impl FnMut(&StepRun, &Message),
+) -> (Message, Vec<StepRun>, Option<String>) {
+    let mut current = msg;
+    let mut runs = Vec::with_capacity(steps.len());
+    for built in steps {
+        let started = std::time::Instant::now();
+        // A bug in a step must fail the message, not take the engine down.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            built.step.apply(&mut current)
+        }))
+        .unwrap_or_else(|_| {
+            Err(StepError(
+                "the step panicked (a bug in Switchyard; please report it)".into(),
+            ))
+        });
+        let run = StepRun {
+            name: built.name.clone(),
+            duration: started.elapsed(),
+            error: result.err().map(|e| e.0),
+        };
+        observe(&run, &current);
+        let failure = run.error.as_ref().map(|e| format!("{}: {e}", run.name));
+        runs.push(run);
+        if failure.is_some() {
+            return (current, runs, failure);
+        }
+    }
+    (current, runs, None)
+}
+
+/// The script engine for one step, with the step's lookup tables loaded.
+pub(crate) fn script_engine(
+    lookups: &std::collections::BTreeMap<String, PathBuf>,
+    limits: &crate::script::Limits,
+    cx: &BuildContext,
+) -> Result<Arc<rhai::Engine>, BuildError> {
+    let tables = crate::script::lookup::Tables::load(lookups, &cx.dir).map_err(BuildError::new)?;
+    Ok(Arc::new(crate::script::engine(limits, Arc::new(tables))))
+}
+
+/// Compiles a step's script from `script:` (inline) or `script_file:` (relative to the route
+/// file); at most one may be given. Errors point at the script's line and column.
+pub(crate) fn compile_script(
+    engine: &Arc<rhai::Engine>,
+    limits: &crate::script::Limits,
+    inline: Option<&str>,
+    file: Option<&Path>,
+    cx: &BuildContext,
+) -> Result<Option<crate::script::Script>, BuildError> {
+    let (source, file) = match (inline, file) {
+        (Some(_), Some(_)) => {
+            return Err(BuildError::new(
+                "give either `script` or `script_file`, not both",
+            ))
+        }
+        (Some(s), None) => (s.to_string(), None),
+        (None, Some(f)) => {
+            let path = cx.resolve(f);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                BuildError::new(format!("cannot read script_file {}: {e}", path.display()))
+            })?;
+            (text, Some(path))
+        }
+        (None, None) => return Ok(None),
+    };
+    crate::script::Script::compile(engine.clone(), limits, &source)
+        .map(Some)
+        .map_err(|e| BuildError {
+            message: format!("script syntax error: {}", e.message),
+            script: Some(ScriptPosition {
+                file,
+                line: e.line,
+                column: e.column,
+            }),
+        })
+}

@@ -1,0 +1,308 @@
+//! Rhai scripting: the sandboxed engine, compiled scripts, and how a message is shown to a
+//! script and read back.
+//!
+//! A script sees `body` (a map or array when the body is JSON, else a string), `headers` (a
+//! map of strings, writable), `id` and `route`. Scripts are compiled once when the route is
+//! loaded; a syntax error is a load error with its line and column. At run time the engine
+//! enforces limits — operations, call depth, expression depth, string/array/map sizes and a
+//! wall-clock timeout — and has no file, network or module access, so an endless loop or a
+//! runaway allocation fails the one message, not the engine.
+
+pub mod helpers;
+pub mod lookup;
+
+use crate::message::Message;
+use crate::route::values::{ByteSize, Duration};
+use rhai::{Dynamic, Engine, EvalAltResult, Map, Position, Scope, AST};
+use serde::Deserialize;
+use std::cell::Cell;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Sandbox limits for a step's scripts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Operations one run may take (default 1,000,000) — stops endless loops.
+    pub max_operations: u64,
+    /// Deepest function call nesting (default 32).
+    pub max_call_depth: usize,
+    /// Longest string a script may build (default `16MiB`).
+    pub max_string_size: ByteSize,
+    /// Most items in one array (default 100,000).
+    pub max_array_size: usize,
+    /// Most entries in one map (default 100,000).
+    pub max_map_size: usize,
+    /// Longest one run may take (default `1s`).
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_operations: 1_000_000,
+            max_call_depth: 32,
+            max_string_size: ByteSize(16 << 20),
+            max_array_size: 100_000,
+            max_map_size: 100_000,
+            timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+thread_local! {
+    /// When the script running on this thread must stop; checked from `on_progress`.
+    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// What `reject("reason")` throws, told apart from script errors when it surfaces.
+#[derive(Debug, Clone)]
+struct Rejected(String);
+
+/// Builds a sandboxed engine with every helper registered.
+pub fn engine(limits: &Limits, tables: Arc<lookup::Tables>) -> Engine {
+    let mut engine = Engine::new();
+    engine
+        .set_max_operations(limits.max_operations)
+        .set_max_call_levels(limits.max_call_depth)
+        .set_max_expr_depths(64, 32)
+        .set_max_string_size(limits.max_string_size.0 as usize)
+        .set_max_array_size(limits.max_array_size)
+        .set_max_map_size(limits.max_map_size)
+        .set_max_modules(0)
+        .set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new())
+        .set_strict_variables(true);
+    // `eval` would compile code at run time, out of reach of the load-time checks.
+    engine.disable_symbol("eval");
+    engine.on_progress(|ops| {
+        if ops % 1024 != 0 {
+            return None;
+        }
+        DEADLINE.with(|d| match d.get() {
+            Some(t) if Instant::now() > t => Some(Dynamic::from("timeout")),
+            _ => None,
+        })
+    });
+    engine.on_print(|s| tracing::info!(target: "switchyard::script", "{s}"));
+    engine.on_debug(
+        |s, _src, pos| tracing::debug!(target: "switchyard::script", position = %pos, "{s}"),
+    );
+    engine.register_fn(
+        "reject",
+        |reason: &str| -> Result<Dynamic, Box<EvalAltResult>> {
+            Err(EvalAltResult::ErrorRuntime(
+                Dynamic::from(Rejected(reason.to_string())),
+                Position::NONE,
+            )
+            .into())
+        },
+    );
+    helpers::register(&mut engine);
+    lookup::register(&mut engine, tables);
+    engine
+}
+
+/// A compile error with its position in the script (1-based).
+#[derive(Debug, Clone)]
+pub struct CompileError {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// A compiled script or expression, ready to run on messages.
+pub struct Script {
+    engine: Arc<Engine>,
+    ast: AST,
+    limits: Limits,
+}
+
+/// Why a run did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunError {
+    /// The script called `reject(reason)`.
+    Rejected(String),
+    /// The script failed; the text names the script position and the message id.
+    Failed(String),
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::Rejected(r) => write!(f, "rejected by the script: {r}"),
+            RunError::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+/// The variables a script sees. Names are fixed so `strict_variables` can check scripts at
+/// load time.
+fn declared_scope() -> Scope<'static> {
+    let mut scope = Scope::new();
+    scope.push("body", Dynamic::UNIT);
+    scope.push("headers", Map::new());
+    scope.push_constant("id", String::new());
+    scope.push_constant("route", String::new());
+    scope
+}
+
+impl Script {
+    /// Compiles a whole script.
+    pub fn compile(
+        engine: Arc<Engine>,
+        limits: &Limits,
+        source: &str,
+    ) -> Result<Script, CompileError> {
+        let ast = engine
+            .compile_with_scope(&declared_scope(), source)
+            .map_err(compile_error)?;
+        Ok(Script {
+            engine,
+            ast,
+            limits: limits.clone(),
+        })
+    }
+
+    /// Compiles one expression (no statements), as the `map` step uses.
+    pub fn compile_expression(
+        engine: Arc<Engine>,
+        limits: &Limits,
+        source: &str,
+    ) -> Result<Script, CompileError> {
+        let ast = engine
+            .compile_expression_with_scope(&declared_scope(), source)
+            .map_err(compile_error)?;
+        Ok(Script {
+            engine,
+            ast,
+            limits: limits.clone(),
+        })
+    }
+
+    /// Runs on `msg` with `body` already converted; returns the script's value and the scope
+    /// as the script left it.
+    pub fn run(&self, msg: &Message, body: Dynamic) -> Result<(Dynamic, Scope<'static>), RunError> {
+        let mut scope = Scope::new();
+        scope.push("body", body);
+        scope.push("headers", headers_map(msg));
+        scope.push_constant("id", msg.id.to_string());
+        scope.push_constant("route", msg.route.clone());
+        DEADLINE.with(|d| d.set(Some(Instant::now() + self.limits.timeout.0)));
+        let result = self
+            .engine
+            .eval_ast_with_scope::<Dynamic>(&mut scope, &self.ast);
+        DEADLINE.with(|d| d.set(None));
+        match result {
+            Ok(v) => Ok((v, scope)),
+            Err(e) => Err(self.explain(*e, msg)),
+        }
+    }
+
+    fn explain(&self, e: EvalAltResult, msg: &Message) -> RunError {
+        let inner = e.unwrap_inner();
+        if let EvalAltResult::ErrorRuntime(v, _) = inner {
+            if let Some(r) = v.clone().try_cast::<Rejected>() {
+                return RunError::Rejected(r.0);
+            }
+        }
+        let pos = match inner.position() {
+            p if !p.is_none() => p,
+            _ => e.position(),
+        };
+        let what = match inner {
+            EvalAltResult::ErrorTooManyOperations(_) => format!(
+                "stopped after {} operations (limits.max_operations); is there an endless loop?",
+                self.limits.max_operations
+            ),
+            EvalAltResult::ErrorTerminated(..) => format!(
+                "stopped after running longer than {:?} (limits.timeout)",
+                self.limits.timeout.0
+            ),
+            other => {
+                // The position is reported once, in front, in the engine's own words.
+                let text = other.to_string();
+                match text.rfind(" (line ") {
+                    Some(i) if text.ends_with(')') => text[..i].to_string(),
+                    _ => text,
+                }
+            }
+        };
+        let at = match (pos.line(), pos.position()) {
+            (Some(l), Some(c)) => format!(" at line {l}, column {c}"),
+            (Some(l), None) => format!(" at line {l}"),
+            _ => String::new(),
+        };
+        RunError::Failed(format!("script error{at} (message {}): {what}", msg.id))
+    }
+}
+
+fn compile_error(e: rhai::ParseError) -> CompileError {
+    let pos = e.position();
+    CompileError {
+        line: pos.line().unwrap_or(1),
+        column: pos.position().unwrap_or(1),
+        message: e.0.to_string(),
+    }
+}
+
+fn headers_map(msg: &Message) -> Map {
+    msg.headers
+        .iter()
+        .map(|(k, v)| (k.as_str().into(), Dynamic::from(v.clone())))
+        .collect()
+}
+
+/// The body as a script sees it: a map or array when it is JSON (by `content-type`, or by
+/// its look when there is none), else a string.
+pub fn body_to_dynamic(msg: &Message) -> Result<Dynamic, String> {
+    let text = msg.body_text()?;
+    let looks_json = msg.header("content-type").is_none()
+        && matches!(text.trim_start().as_bytes().first(), Some(b'{' | b'['));
+    if msg.is_json() || looks_json {
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(v) => return rhai::serde::to_dynamic(&v).map_err(|e| e.to_string()),
+            Err(e) if msg.is_json() => return Err(format!("body is not valid JSON: {e}")),
+            Err(_) => {}
+        }
+    }
+    Ok(Dynamic::from(text.to_string()))
+}
+
+/// A script value as JSON.
+pub fn to_json(v: &Dynamic) -> Result<serde_json::Value, String> {
+    rhai::serde::from_dynamic(v)
+        .map_err(|e| format!("cannot turn {} into JSON: {e}", v.type_name()))
+}
+
+/// Writes the scope's `body` and `headers` back into the message.
+pub fn write_back(msg: &mut Message, scope: &mut Scope) -> Result<(), String> {
+    let headers = scope.get_value::<Dynamic>("headers").unwrap_or_default();
+    let Some(headers) = headers.try_cast::<Map>() else {
+        return Err("`headers` must stay a map".into());
+    };
+    msg.headers = headers
+        .into_iter()
+        .map(|(k, v)| {
+            let v = if v.is_string() {
+                v.into_string().unwrap_or_default()
+            } else {
+                v.to_string()
+            };
+            (k.to_string(), v)
+        })
+        .collect();
+    let body = scope.get_value::<Dynamic>("body").unwrap_or_default();
+    if body.is_map() || body.is_array() {
+        let json = to_json(&body)?;
+        msg.set_json(&json);
+    } else if body.is_unit() {
+        msg.body = bytes::Bytes::new();
+    } else if body.is_string() {
+        msg.body = bytes::Bytes::from(body.into_string().unwrap_or_default().into_bytes());
+    } else if body.is_blob() {
+        msg.body = bytes::Bytes::from(body.cast::<rhai::Blob>());
+    } else {
+        msg.body = bytes::Bytes::from(body.to_string().into_bytes());
+    }
+    Ok(())
+}

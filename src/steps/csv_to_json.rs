@@ -1,0 +1,24 @@
+//! `csv_to_json`: a CSV body becomes a JSON array of records (see [`crate::convert::csv`]).
+
+use super::{BuildError, Step, StepError};
+use crate::convert::csv::{ascii, csv_to_value, ReadOptions};
+use crate::message::Message;
+
+/// The step's options: see [`ReadOptions`].
+pub type Config = ReadOptions;
+
+pub fn build(cfg: &Config) -> Result<CsvToJson, BuildError> {
+    ascii(cfg.delimiter, "delimiter").map_err(BuildError::new)?;
+    ascii(cfg.quote, "quote").map_err(BuildError::new)?;
+    Ok(CsvToJson(cfg.clone()))
+}
+
+pub struct CsvToJson(ReadOptions);
+
+impl Step for CsvToJson {
+    fn apply(&self, msg: &mut Message) -> Result<(), StepError> {
+        let json = csv_to_value(&msg.body, &self.0)?;
+        msg.set_json(&json);
+        Ok(())
+    }
+}

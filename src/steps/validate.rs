@@ -1,0 +1,159 @@
+//! `validate`: checks each message and fails it with every problem listed (path and reason).
+//!
+//! Checks, any combination, all run: `json_schema` (a schema file, or the schema inline),
+//! `xml` (well-formedness, with DOCTYPEs refused), and `script` (a predicate). XSD is not
+//! supported: see `docs/steps.md#validate` for why.
+
+use super::{compile_script, script_engine, BuildContext, BuildError, Step, StepError};
+use crate::convert::xml::{xml_to_value, ReadOptions};
+use crate::message::Message;
+use crate::script::{body_to_dynamic, Limits, Script};
+use rhai::Dynamic;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// A JSON Schema: a file name (relative to the route file) or the schema itself, inline.
+    /// Remote `$ref`s are not fetched.
+    #[serde(default)]
+    pub json_schema: Option<serde_json::Value>,
+    /// Check that the body is well-formed XML.
+    #[serde(default)]
+    pub xml: bool,
+    /// A predicate script: it passes by returning `true` (or nothing); `false`, a string (the
+    /// reason) or an array of strings (several reasons) fail the message.
+    #[serde(default)]
+    pub script: Option<String>,
+    /// The predicate script in its own file, relative to the route file.
+    #[serde(default)]
+    pub script_file: Option<PathBuf>,
+    /// Lookup tables for the script, as in `transform`.
+    #[serde(default)]
+    pub lookups: BTreeMap<String, PathBuf>,
+    /// Sandbox limits for the script.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+impl Config {
+    pub fn build(&self, cx: &BuildContext) -> Result<Validate, BuildError> {
+        let schema = match &self.json_schema {
+            None => None,
+            Some(serde_json::Value::String(file)) => {
+                let path = cx.resolve(file.as_ref());
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    BuildError::new(format!("cannot read json_schema {}: {e}", path.display()))
+                })?;
+                let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                    BuildError::new(format!("json_schema {} is not JSON: {e}", path.display()))
+                })?;
+                Some(v)
+            }
+            Some(inline) => Some(inline.clone()),
+        };
+        let schema = schema
+            .map(|s| {
+                jsonschema::validator_for(&s)
+                    .map_err(|e| BuildError::new(format!("invalid JSON Schema: {e}")))
+            })
+            .transpose()?;
+        let script = if self.script.is_some() || self.script_file.is_some() {
+            let engine = script_engine(&self.lookups, &self.limits, cx)?;
+            compile_script(
+                &engine,
+                &self.limits,
+                self.script.as_deref(),
+                self.script_file.as_deref(),
+                cx,
+            )?
+        } else {
+            None
+        };
+        if schema.is_none() && !self.xml && script.is_none() {
+            return Err(BuildError::new(
+                "validate checks nothing: set `json_schema`, `xml: true` or `script`",
+            ));
+        }
+        Ok(Validate {
+            schema,
+            xml: self.xml,
+            script,
+        })
+    }
+}
+
+pub struct Validate {
+    schema: Option<jsonschema::Validator>,
+    xml: bool,
+    script: Option<Script>,
+}
+
+impl Step for Validate {
+    fn apply(&self, msg: &mut Message) -> Result<(), StepError> {
+        let mut errors: Vec<String> = Vec::new();
+        if self.xml {
+            if let Err(e) = xml_to_value(&msg.body, &ReadOptions::default()) {
+                errors.push(e);
+            }
+        }
+        if let Some(schema) = &self.schema {
+            match msg.body_json() {
+                Ok(json) => {
+                    for e in schema.iter_errors(&json) {
+                        let path = e.instance_path().to_string();
+                        let path = if path.is_empty() {
+                            "/".to_string()
+                        } else {
+                            path
+                        };
+                        errors.push(format!("{path}: {e}"));
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if let Some(script) = &self.script {
+            let body = body_to_dynamic(msg)?;
+            match script.run(msg, body) {
+                Ok((verdict, _)) => errors.extend(verdict_errors(verdict)),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(StepError(format!("invalid: {}", errors[0]))),
+            n => Err(StepError(format!(
+                "{n} validation errors: {}",
+                errors.join("; ")
+            ))),
+        }
+    }
+}
+
+/// What a predicate's value says: nothing wrong, or the reasons.
+fn verdict_errors(v: Dynamic) -> Vec<String> {
+    if v.is_unit() {
+        return Vec::new();
+    }
+    if let Some(ok) = v.clone().try_cast::<bool>() {
+        return if ok {
+            Vec::new()
+        } else {
+            vec!["the validation script returned false".into()]
+        };
+    }
+    if v.is_string() {
+        let s = v.into_string().unwrap_or_default();
+        return if s.is_empty() { Vec::new() } else { vec![s] };
+    }
+    if let Some(items) = v.clone().try_cast::<rhai::Array>() {
+        return items.into_iter().map(|i| i.to_string()).collect();
+    }
+    vec![format!(
+        "the validation script returned {} `{v}`; return true, false, a reason or a list of reasons",
+        v.type_name()
+    )]
+}
