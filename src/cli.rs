@@ -2,6 +2,7 @@
 
 use crate::engine::Engine;
 use crate::route::{self, values, Diagnostic};
+use crate::route_tests;
 use crate::settings::Dirs;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
@@ -40,6 +41,26 @@ enum Command {
         #[arg(long, env = "SWITCHYARD_ROUTES", default_value = "routes")]
         routes: PathBuf,
     },
+    /// Run a route's steps without the store or adapters: on one input (`ROUTE --input FILE`),
+    /// or as route test files (`*.test.yaml`, or directories of them).
+    Test {
+        /// A route file with `--input`; otherwise test files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The input to run through the route's steps.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// A header for the input, `name=value`; repeatable.
+        #[arg(long = "header", value_parser = parse_header)]
+        headers: Vec<(String, String)>,
+    },
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("`{s}` is not `name=value`"))
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -52,6 +73,14 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { paths, routes } => check(paths, routes),
+        Command::Test {
+            paths,
+            input,
+            headers,
+        } => match input {
+            Some(input) => test_one(&paths, &input, headers),
+            None => test_files(&paths),
+        },
         Command::Run {
             dirs,
             drain_timeout,
@@ -128,6 +157,89 @@ fn check(paths: Vec<PathBuf>, routes: PathBuf) -> ExitCode {
             let bad: std::collections::BTreeSet<_> = problems.iter().map(|d| &d.file).collect();
             eprintln!("{} problem(s) in {} file(s)", problems.len(), bad.len());
         }
+        ExitCode::FAILURE
+    }
+}
+
+fn test_one(
+    paths: &[PathBuf],
+    input: &std::path::Path,
+    headers: Vec<(String, String)>,
+) -> ExitCode {
+    let [route_file] = paths else {
+        eprintln!("with --input, give exactly one route file");
+        return ExitCode::FAILURE;
+    };
+    let route = match route::load_file(route_file) {
+        Ok(r) => r,
+        Err(problems) => {
+            problems.iter().for_each(|d| eprintln!("{d}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    let body = match std::fs::read(input) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("cannot read input {}: {e}", input.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let name = input.file_name().map(|n| n.to_string_lossy().into_owned());
+    let msg = route_tests::input_message(
+        &route,
+        body.into(),
+        name.as_deref(),
+        &headers.into_iter().collect(),
+    );
+    let mut out = String::new();
+    let ok = route_tests::show(&route, msg, &mut out);
+    print!("{out}");
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn test_files(paths: &[PathBuf]) -> ExitCode {
+    let files = match route_tests::test_files(paths) {
+        Ok(f) if !f.is_empty() => f,
+        Ok(_) => {
+            eprintln!("no test files (*.test.yaml) found");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("cannot list test files: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (mut passed, mut failed) = (0, 0);
+    for file in &files {
+        match route_tests::run_file(file) {
+            Err(problems) => {
+                problems.iter().for_each(|d| println!("ERROR {d}"));
+                failed += 1;
+            }
+            Ok(results) => {
+                for r in results {
+                    match r.problem {
+                        None => {
+                            passed += 1;
+                            println!("ok    {}: {}", file.display(), r.name);
+                        }
+                        Some(p) => {
+                            failed += 1;
+                            println!("FAIL  {}: {}\n      {p}", file.display(), r.name);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
         ExitCode::FAILURE
     }
 }

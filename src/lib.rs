@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod engine;
 pub mod message;
 pub mod route;
+pub mod route_tests;
 pub mod script;
 pub mod settings;
 pub mod steps;

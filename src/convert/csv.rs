@@ -74,6 +74,7 @@ pub fn csv_to_value(body: &[u8], opts: &ReadOptions) -> Result<Value, String> {
         .delimiter(ascii(opts.delimiter, "delimiter")?)
         .quote(ascii(opts.quote, "quote")?)
         .has_headers(opts.header)
+        .flexible(true) // ragged rows get our own error, which names the columns
         .trim(if opts.trim {
             ::csv::Trim::All
         } else {

@@ -141,8 +141,10 @@ fn declared_scope() -> Scope<'static> {
     let mut scope = Scope::new();
     scope.push("body", Dynamic::UNIT);
     scope.push("headers", Map::new());
-    scope.push_constant("id", String::new());
-    scope.push_constant("route", String::new());
+    // Plain variables here, constants at run time: the optimizer would otherwise fold these
+    // placeholder values into the compiled script.
+    scope.push("id", String::new());
+    scope.push("route", String::new());
     scope
 }
 

@@ -57,3 +57,115 @@ impl Step for Transform {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn transform(yaml: &str) -> Result<Transform, BuildError> {
+        let cfg: Config = serde_yaml::from_str(yaml).unwrap();
+        cfg.build(&BuildContext {
+            dir: PathBuf::from("."),
+        })
+    }
+
+    fn run(t: &Transform, body: &str, content_type: Option<&str>) -> Result<Message, StepError> {
+        let mut m = Message::new("r", Bytes::from(body.to_string()));
+        if let Some(c) = content_type {
+            m.headers.insert("content-type".into(), c.into());
+        }
+        t.apply(&mut m).map(|_| m)
+    }
+
+    #[test]
+    fn reads_and_writes_json_bodies_and_headers() {
+        let t = transform(
+            "script: |\n  body.total = body.qty * 2;\n  headers[\"x-id\"] = id;\n  headers.remove(\"drop\");\n  headers.route = route;",
+        )
+        .unwrap();
+        let mut m = Message::new("orders", Bytes::from(r#"{"qty": 21}"#));
+        m.headers
+            .insert("content-type".into(), "application/json".into());
+        m.headers.insert("drop".into(), "me".into());
+        t.apply(&mut m).unwrap();
+        assert_eq!(
+            m.body_json().unwrap(),
+            serde_json::json!({"qty": 21, "total": 42})
+        );
+        assert_eq!(m.header("x-id"), Some(m.id.to_string().as_str()));
+        assert_eq!(m.header("route"), Some("orders"));
+        assert_eq!(m.header("drop"), None);
+    }
+
+    #[test]
+    fn text_bodies_are_strings() {
+        let t = transform("script: 'body = body.to_upper() + \"!\";'").unwrap();
+        let m = run(&t, "hello", Some("text/plain")).unwrap();
+        assert_eq!(&m.body[..], b"HELLO!");
+        let e = run(&t, "\u{0}\u{FFFF}", None).map(|_| ()).err();
+        assert!(e.is_none());
+        let mut bad = Message::new("r", Bytes::from_static(b"ok \xff"));
+        let e = t.apply(&mut bad).unwrap_err();
+        assert!(e.0.contains("not UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn reject_fails_with_the_reason() {
+        let t = transform("script: 'if body.qty < 1 { reject(`quantity ${body.qty} too small`) }'")
+            .unwrap();
+        let e = run(&t, r#"{"qty": 0}"#, None).unwrap_err();
+        assert_eq!(e.0, "rejected by the script: quantity 0 too small");
+    }
+
+    #[test]
+    fn runtime_errors_name_line_column_and_message() {
+        let t = transform("script: |\n  let a = 1;\n  let b = body.missing.deeper;").unwrap();
+        let mut m = Message::new("r", Bytes::from(r#"{"x": 1}"#));
+        let e = t.apply(&mut m).unwrap_err();
+        assert!(e.0.starts_with("script error at line 2, column"), "{e}");
+        assert!(e.0.contains(&m.id.to_string()), "{e}");
+    }
+
+    #[test]
+    fn endless_loops_and_runaway_strings_are_stopped() {
+        let t = transform("script: 'loop { }'\nlimits: { max_operations: 10000 }").unwrap();
+        let e = run(&t, "{}", None).unwrap_err();
+        assert!(e.0.contains("stopped after 10000 operations"), "{e}");
+
+        let t = transform(
+            "script: 'loop { }'\nlimits: { max_operations: 100000000000, timeout: 50ms }",
+        )
+        .unwrap();
+        let e = run(&t, "{}", None).unwrap_err();
+        assert!(e.0.contains("limits.timeout"), "{e}");
+
+        let t = transform(
+            "script: 'let s = \"x\"; loop { s += s; }'\nlimits: { max_string_size: 1KiB }",
+        )
+        .unwrap();
+        let e = run(&t, "{}", None).unwrap_err();
+        assert!(e.0.to_lowercase().contains("too large"), "{e}");
+
+        let t =
+            transform("script: 'let a = []; loop { a.push(1); }'\nlimits: { max_array_size: 100 }")
+                .unwrap();
+        let e = run(&t, "{}", None).unwrap_err();
+        assert!(e.0.to_lowercase().contains("too large"), "{e}");
+    }
+
+    #[test]
+    fn no_modules_no_eval_and_syntax_errors_at_load() {
+        let t = transform("script: 'import \"/etc/passwd\" as p; body = 1;'").unwrap();
+        assert!(run(&t, "{}", None).is_err());
+        let e = transform("script: 'eval(\"1\")'").err().unwrap();
+        assert!(e.message.contains("script syntax error"), "{}", e.message);
+        let e = transform("script: |\n  let a = 1;\n  let b = ;")
+            .err()
+            .unwrap();
+        let pos = e.script.unwrap();
+        assert_eq!((pos.line, pos.column), (2, 9), "{}", e.message);
+        let e = transform("script: 'body = undefined_var;'").err().unwrap();
+        assert!(e.message.contains("undefined_var"), "{}", e.message);
+    }
+}

@@ -157,3 +157,71 @@ fn verdict_errors(v: Dynamic) -> Vec<String> {
         v.type_name()
     )]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn validate(yaml: &str) -> Validate {
+        let cfg: Config = serde_yaml::from_str(yaml).unwrap();
+        cfg.build(&BuildContext {
+            dir: PathBuf::from("."),
+        })
+        .unwrap()
+    }
+
+    fn check(v: &Validate, body: &str) -> Result<(), StepError> {
+        v.apply(&mut Message::new("r", Bytes::from(body.to_string())))
+    }
+
+    #[test]
+    fn script_predicates() {
+        let v = validate("script: 'body.qty > 0'");
+        assert!(check(&v, r#"{"qty": 1}"#).is_ok());
+        assert_eq!(
+            check(&v, r#"{"qty": 0}"#).unwrap_err().0,
+            "invalid: the validation script returned false"
+        );
+        let v = validate("script: |\n  let e = [];\n  if body.qty < 1 { e.push(\"qty must be positive\") }\n  if body.sku == \"\" { e.push(\"sku is empty\") }\n  e");
+        assert_eq!(
+            check(&v, r#"{"qty": 0, "sku": ""}"#).unwrap_err().0,
+            "2 validation errors: qty must be positive; sku is empty"
+        );
+        assert!(check(&v, r#"{"qty": 2, "sku": "A"}"#).is_ok());
+    }
+
+    #[test]
+    fn schema_and_xml_errors_are_all_listed() {
+        let v = validate(
+            "json_schema: {type: object, required: [id], properties: {id: {type: integer}, tags: {type: array, items: {type: string}}}}",
+        );
+        let e = check(&v, r#"{"tags": ["a", 2]}"#).unwrap_err().0;
+        assert!(e.starts_with("2 validation errors: "), "{e}");
+        assert!(e.contains("/: \"id\" is a required property"), "{e}");
+        assert!(e.contains("/tags/1: 2 is not of type \"string\""), "{e}");
+        assert!(check(&v, "not json")
+            .unwrap_err()
+            .0
+            .contains("not valid JSON"));
+
+        let v = validate("xml: true");
+        assert!(check(&v, "<a><b/></a>").is_ok());
+        assert!(check(&v, "<a><b></a>")
+            .unwrap_err()
+            .0
+            .contains("malformed XML at line 1"));
+    }
+
+    #[test]
+    fn nothing_to_check_is_a_load_error() {
+        let cfg: Config = serde_yaml::from_str("xml: false").unwrap();
+        let e = cfg
+            .build(&BuildContext {
+                dir: PathBuf::from("."),
+            })
+            .err()
+            .unwrap();
+        assert!(e.message.contains("validate checks nothing"));
+    }
+}

@@ -1,0 +1,359 @@
+//! `switchyard test`: runs a route's steps without the store or any adapter.
+//!
+//! Two uses: `switchyard test ROUTE --input FILE` shows what each step makes of one input, and
+//! `switchyard test FILE.test.yaml...` runs route test files — inputs with the output or the
+//! failure they must give — and fails on any mismatch, for route authors' own CI.
+
+use crate::message::{Headers, Message};
+use crate::route::{self, yaml, Route};
+use crate::steps::{self, StepRun};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::Value;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// A route test file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestFile {
+    /// The route under test, relative to the test file.
+    pub route: PathBuf,
+    /// The cases, run in order.
+    pub cases: Vec<Case>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    /// What the case shows, for the report.
+    pub name: String,
+    /// The input body from a file, relative to the test file.
+    #[serde(default)]
+    pub input: Option<PathBuf>,
+    /// The input body inline (instead of `input`).
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Headers the message arrives with. `file.name` defaults to the input file's name.
+    #[serde(default)]
+    pub headers: Headers,
+    /// What the steps must produce.
+    pub expect: Expect,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// The output body: text, or a map or list compared as JSON.
+    #[serde(default)]
+    pub body: Option<serde_yaml::Value>,
+    /// The output body from a file, relative to the test file.
+    #[serde(default)]
+    pub body_file: Option<PathBuf>,
+    /// Headers the output must have, with these values (others are not checked).
+    #[serde(default)]
+    pub headers: Headers,
+    /// The message must fail, with an error containing this text.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// The message a test input becomes: the same headers the file adapter would set.
+pub fn input_message(route: &Route, body: Bytes, name: Option<&str>, headers: &Headers) -> Message {
+    let mut msg = Message::new(&route.id, body);
+    if let Some(name) = name {
+        msg.headers.insert("file.name".into(), name.to_string());
+        msg.headers
+            .insert("file.size".into(), msg.body.len().to_string());
+    }
+    for (k, v) in headers {
+        msg.headers.insert(k.clone(), v.clone());
+    }
+    msg
+}
+
+/// Shows each step's effect on one input. Returns whether the steps succeeded.
+pub fn show(route: &Route, msg: Message, out: &mut String) -> bool {
+    let _ = writeln!(
+        out,
+        "route `{}` ({}), input of {} bytes",
+        route.id,
+        route.file.display(),
+        msg.body.len()
+    );
+    let mut before = msg.headers.clone();
+    let mut before_body = msg.body.clone();
+    let (_, _, failure) = steps::run_all(&route.steps, msg, |run: &StepRun, m: &Message| {
+        match &run.error {
+            None => {
+                let _ = writeln!(
+                    out,
+                    "\n{}: ok ({:.3} ms)",
+                    run.name,
+                    run.duration.as_secs_f64() * 1e3
+                );
+            }
+            Some(e) => {
+                let _ = writeln!(out, "\n{}: FAILED: {e}", run.name);
+                return;
+            }
+        }
+        for (k, v) in &m.headers {
+            if before.get(k) != Some(v) {
+                let _ = writeln!(out, "  header {k} = {v}");
+            }
+        }
+        for k in before.keys().filter(|k| !m.headers.contains_key(*k)) {
+            let _ = writeln!(out, "  header {k} removed");
+        }
+        before = m.headers.clone();
+        if m.body == before_body {
+            let _ = writeln!(out, "  body unchanged");
+        } else {
+            let _ = write!(out, "  body:\n{}", indent(&preview(m)));
+            before_body = m.body.clone();
+        }
+    });
+    match failure {
+        None => {
+            let _ = writeln!(
+                out,
+                "\nresult: ok; would be delivered to {} destination(s)",
+                route.to.len()
+            );
+            true
+        }
+        Some(e) => {
+            let _ = writeln!(out, "\nresult: failed: {e}");
+            false
+        }
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+/// The body for people: pretty JSON when it is JSON, else text; long bodies are cut.
+fn preview(m: &Message) -> String {
+    const MAX: usize = 4096;
+    let text = match serde_json::from_slice::<Value>(&m.body) {
+        Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_default(),
+        Err(_) => String::from_utf8_lossy(&m.body).into_owned(),
+    };
+    if text.len() > MAX {
+        let mut cut = MAX;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{}\n… ({} more bytes)", &text[..cut], text.len() - cut)
+    } else {
+        text
+    }
+}
+
+/// The outcome of one case.
+pub struct CaseResult {
+    pub name: String,
+    pub problem: Option<String>,
+}
+
+/// Runs a test file; an error means the file itself (or its route) could not be used.
+pub fn run_file(path: &Path) -> Result<Vec<CaseResult>, Vec<route::Diagnostic>> {
+    let diag = |message: String| {
+        vec![route::Diagnostic {
+            file: path.to_path_buf(),
+            line: 1,
+            column: 1,
+            message,
+        }]
+    };
+    let source =
+        std::fs::read_to_string(path).map_err(|e| diag(format!("cannot read test file: {e}")))?;
+    let file: TestFile = yaml::parse(path, &source).map_err(|d| vec![d])?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let route = route::load_file(&base.join(&file.route))?;
+    let mut results = Vec::new();
+    for case in &file.cases {
+        let problem = run_case(&route, &base, case).err();
+        results.push(CaseResult {
+            name: case.name.clone(),
+            problem,
+        });
+    }
+    Ok(results)
+}
+
+fn run_case(route: &Route, base: &Path, case: &Case) -> Result<(), String> {
+    let (body, name) = match (&case.input, &case.body) {
+        (Some(file), None) => {
+            let p = base.join(file);
+            let bytes =
+                std::fs::read(&p).map_err(|e| format!("cannot read input {}: {e}", p.display()))?;
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            (Bytes::from(bytes), name)
+        }
+        (None, Some(text)) => (Bytes::from(text.clone()), None),
+        _ => return Err("give exactly one of `input` (a file) or `body` (inline)".into()),
+    };
+    let msg = input_message(route, body, name.as_deref(), &case.headers);
+    let (out, _, failure) = steps::run_all(&route.steps, msg, |_, _| {});
+    let expect = &case.expect;
+    match (failure, &expect.error) {
+        (Some(actual), Some(wanted)) => {
+            return if actual.contains(wanted.as_str()) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "failed as expected, but with `{actual}`, which does not contain `{wanted}`"
+                ))
+            };
+        }
+        (Some(actual), None) => return Err(format!("the steps failed: {actual}")),
+        (None, Some(wanted)) => {
+            return Err(format!(
+                "expected a failure containing `{wanted}`, but the steps succeeded"
+            ))
+        }
+        (None, None) => {}
+    }
+    for (k, v) in &expect.headers {
+        match out.header(k) {
+            Some(actual) if actual == v => {}
+            Some(actual) => return Err(format!("header `{k}` is `{actual}`, expected `{v}`")),
+            None => return Err(format!("header `{k}` is missing, expected `{v}`")),
+        }
+    }
+    let expected = match (&expect.body, &expect.body_file) {
+        (Some(_), Some(_)) => return Err("give `body` or `body_file` in `expect`, not both".into()),
+        (Some(serde_yaml::Value::String(s)), None) => Some(Expected::Text(s.clone())),
+        (Some(other), None) => Some(Expected::Json(
+            serde_json::to_value(other).map_err(|e| format!("expected body: {e}"))?,
+        )),
+        (None, Some(file)) => {
+            let p = base.join(file);
+            let text = std::fs::read_to_string(&p)
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            Some(Expected::Text(text))
+        }
+        (None, None) => None,
+    };
+    match expected {
+        None => Ok(()),
+        Some(Expected::Json(want)) => compare_json(&want, &out),
+        Some(Expected::Text(want)) => match serde_json::from_str::<Value>(&want) {
+            Ok(want) if serde_json::from_slice::<Value>(&out.body).is_ok() => {
+                compare_json(&want, &out)
+            }
+            _ => {
+                let actual = String::from_utf8_lossy(&out.body);
+                if actual.trim_end() == want.trim_end() {
+                    Ok(())
+                } else {
+                    Err(first_text_difference(&want, &actual))
+                }
+            }
+        },
+    }
+}
+
+enum Expected {
+    Text(String),
+    Json(Value),
+}
+
+fn compare_json(want: &Value, out: &Message) -> Result<(), String> {
+    let actual: Value = serde_json::from_slice(&out.body)
+        .map_err(|e| format!("expected a JSON body, but the output is not JSON ({e})"))?;
+    match json_difference(want, &actual, "") {
+        None => Ok(()),
+        Some(d) => Err(d),
+    }
+}
+
+/// The first place where two JSON values differ, as a JSON pointer with both values.
+pub fn json_difference(want: &Value, got: &Value, path: &str) -> Option<String> {
+    let here = if path.is_empty() { "/" } else { path };
+    match (want, got) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in a {
+                let p = format!("{path}/{k}");
+                match b.get(k) {
+                    None => return Some(format!("at {p}: missing, expected {v}")),
+                    Some(g) => {
+                        if let Some(d) = json_difference(v, g, &p) {
+                            return Some(d);
+                        }
+                    }
+                }
+            }
+            b.keys()
+                .find(|k| !a.contains_key(*k))
+                .map(|k| format!("at {path}/{k}: not expected, got {}", b[k]))
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                if let Some(d) = json_difference(x, y, &format!("{path}/{i}")) {
+                    return Some(d);
+                }
+            }
+            (a.len() != b.len())
+                .then(|| format!("at {here}: expected {} items, got {}", a.len(), b.len()))
+        }
+        (a, b) if a == b => None,
+        (a, b) => Some(format!("at {here}: expected {a}, got {b}")),
+    }
+}
+
+fn first_text_difference(want: &str, got: &str) -> String {
+    for (i, (w, g)) in want.lines().zip(got.lines()).enumerate() {
+        if w != g {
+            return format!("body differs at line {}: expected `{w}`, got `{g}`", i + 1);
+        }
+    }
+    format!(
+        "body differs in length: expected {} lines, got {}",
+        want.lines().count(),
+        got.lines().count()
+    )
+}
+
+/// Test files in the given paths: files as they are, directories' `*.test.yaml`.
+pub fn test_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(p)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.to_string_lossy().ends_with(".test.yaml"))
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn finds_the_first_json_difference() {
+        let a = json!({"order": {"id": "1", "lines": [1, 2]}});
+        assert_eq!(json_difference(&a, &a, ""), None);
+        let b = json!({"order": {"id": "1", "lines": [1, 3]}});
+        assert_eq!(
+            json_difference(&a, &b, "").unwrap(),
+            "at /order/lines/1: expected 2, got 3"
+        );
+        let c = json!({"order": {"id": "1", "lines": [1, 2], "x": true}});
+        assert_eq!(
+            json_difference(&a, &c, "").unwrap(),
+            "at /order/x: not expected, got true"
+        );
+    }
+}

@@ -1,0 +1,213 @@
+//! Transformations end to end: `switchyard test` on the bundled examples and on failing test
+//! files, `check` on scripts with syntax errors, and the engine failing bad messages with the
+//! script's reason while good ones go through.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::time::Duration;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_bundled_route_tests_pass() {
+    let (code, stdout, stderr) = run_in(repo(), &["test", "examples/tests"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("10 passed, 0 failed"), "{stdout}");
+}
+
+#[test]
+fn a_mismatch_fails_the_run_and_says_where() {
+    let ws = Workspace::new();
+    ws.write_route(
+        "r.yaml",
+        "from:\n  file: { path: inbox }\nsteps:\n  - csv_to_json: {}\n  - transform:\n      script: 'body[0].qty = parse_int(body[0].qty) * 2;'\nto:\n  - file: { path: outbox }\n",
+    );
+    std::fs::write(
+        ws.path("r.test.yaml"),
+        r#"route: routes/r.yaml
+cases:
+  - name: doubles the quantity
+    body: "sku,qty\nA,21\n"
+    expect:
+      body: [{ sku: A, qty: 42 }]
+  - name: wrong expectation
+    body: "sku,qty\nA,21\n"
+    expect:
+      body: [{ sku: A, qty: 41 }]
+  - name: expects a failure that does not come
+    body: "sku,qty\nA,1\n"
+    expect:
+      error: boom
+"#,
+    )
+    .unwrap();
+    let (code, stdout, _) = run_in(ws.dir.path(), &["test", "r.test.yaml"]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.contains("ok    r.test.yaml: doubles the quantity"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .contains("FAIL  r.test.yaml: wrong expectation\n      at /0/qty: expected 41, got 42"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("expected a failure containing `boom`, but the steps succeeded"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.trim_end().ends_with("1 passed, 2 failed"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn test_with_input_shows_each_step() {
+    let (code, stdout, _) = run_in(
+        repo(),
+        &[
+            "test",
+            "examples/routes/stock-csv-to-json.yaml",
+            "--input",
+            "examples/stock/stock-2026-11-26.csv",
+        ],
+    );
+    assert_eq!(code, 0, "{stdout}");
+    for part in [
+        "steps[0].csv_to_json: ok",
+        "header content-type = application/json",
+        "steps[1].transform: ok",
+        "\"on_hand\": 1200",
+        "steps[2].map: ok",
+        "\"item_count\": 2",
+        "result: ok",
+    ] {
+        assert!(stdout.contains(part), "missing `{part}` in:\n{stdout}");
+    }
+    let (code, stdout, _) = run_in(
+        repo(),
+        &[
+            "test",
+            "examples/routes/order-xml-to-canonical-json.yaml",
+            "--input",
+            "examples/orders/broken-order.xml",
+            "--header",
+            "source=test",
+        ],
+    );
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.contains("steps[0].validate: FAILED: invalid: malformed XML at line 4, column 33"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_points_at_script_errors() {
+    let ws = Workspace::new();
+    // Inline block script: the error is reported at its line in the route file.
+    ws.write_route(
+        "inline.yaml",
+        "from:\n  file: { path: inbox }\nsteps:\n  - set_header: { name: a, value: b }\n  - transform:\n      script: |\n        let total = 0;\n        total += ;\nto:\n  - file: { path: outbox }\n",
+    );
+    // A script file: the error is reported in that file.
+    std::fs::create_dir_all(ws.path("routes/scripts")).unwrap();
+    std::fs::write(
+        ws.path("routes/scripts/bad.rhai"),
+        "let a = 1;\nlet b = a +* 2;\n",
+    )
+    .unwrap();
+    ws.write_route(
+        "file.yaml",
+        "from:\n  file: { path: inbox2 }\nsteps:\n  - transform: { script_file: scripts/bad.rhai }\nto:\n  - file: { path: outbox }\n",
+    );
+    ws.write_route(
+        "lookup.yaml",
+        "from:\n  file: { path: inbox3 }\nsteps:\n  - transform:\n      script: 'body = lookup(\"x\", 1);'\n      lookups: { x: missing.csv }\nto:\n  - file: { path: outbox }\n",
+    );
+    ws.write_route(
+        "schema.yaml",
+        "from:\n  file: { path: inbox4 }\nsteps:\n  - validate:\n      json_schema: { type: 12 }\nto:\n  - file: { path: outbox }\n",
+    );
+    let (code, _, stderr) = run_in(ws.dir.path(), &["check"]);
+    assert_eq!(code, 1, "{stderr}");
+    for line in [
+        "routes/inline.yaml:8:18: steps[1].transform: script syntax error",
+        "routes/scripts/bad.rhai:2:",
+        "routes/lookup.yaml:4:5: steps[0].transform: lookup table `x` (routes/missing.csv)",
+        "routes/schema.yaml:4:5: steps[0].validate: invalid JSON Schema",
+    ] {
+        assert!(stderr.contains(line), "expected `{line}` in:\n{stderr}");
+    }
+}
+
+#[test]
+fn the_engine_fails_bad_messages_with_the_scripts_reason() {
+    let ws = Workspace::new();
+    ws.write_route(
+        "orders.yaml",
+        r#"from:
+  file: { path: inbox, settle: 100ms, poll_interval: 200ms }
+steps:
+  - transform:
+      script: |
+        if body.qty == 0 { reject("zero quantity") }
+        if body.qty < 0 { loop { } }
+        body.total = body.qty * body.price;
+      limits: { max_operations: 50000 }
+to:
+  - file: { path: outbox, name: "{{original_stem}}.json" }
+"#,
+    );
+    let engine = ws.start();
+    ws.drop_file("inbox", "good.json", br#"{"qty": 3, "price": 2}"#);
+    ws.drop_file("inbox", "zero.json", br#"{"qty": 0, "price": 2}"#);
+    ws.drop_file("inbox", "loop.json", br#"{"qty": -1, "price": 2}"#);
+    ws.drop_file("inbox", "text.json", b"not json at all");
+    assert!(
+        wait_until(Duration::from_secs(20), || ws.count("failed") == 3
+            && ws.count("delivered") == 1),
+        "{:?}",
+        ws.states()
+    );
+    let out = std::fs::read_to_string(ws.path("outbox/good.json")).unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["total"],
+        6
+    );
+    let errors: Vec<String> = ws
+        .query_pairs("SELECT error, 1 FROM messages WHERE state = 'failed'")
+        .into_keys()
+        .collect();
+    let find = |needle: &str| errors.iter().find(|e| e.contains(needle)).cloned();
+    assert!(
+        find("steps[0].transform: rejected by the script: zero quantity").is_some(),
+        "{errors:?}"
+    );
+    assert!(
+        find("stopped after 50000 operations").is_some(),
+        "{errors:?}"
+    );
+    // A body that is not JSON is a string to the script, so `body.qty` fails with a position.
+    let text = find("script error at line 1").expect("script error for the text body");
+    assert!(text.contains("(message "), "{text}");
+    engine.stop();
+}
