@@ -261,8 +261,9 @@ pub fn body_to_dynamic(msg: &Message) -> Result<Dynamic, String> {
     let looks_json = msg.header("content-type").is_none()
         && matches!(text.trim_start().as_bytes().first(), Some(b'{' | b'['));
     if msg.is_json() || looks_json {
-        match serde_json::from_str::<serde_json::Value>(text) {
-            Ok(v) => return rhai::serde::to_dynamic(&v).map_err(|e| e.to_string()),
+        // Straight from JSON text to script values: no intermediate tree.
+        match serde_json::from_str::<Dynamic>(text) {
+            Ok(v) => return Ok(v),
             Err(e) if msg.is_json() => return Err(format!("body is not valid JSON: {e}")),
             Err(_) => {}
         }
@@ -272,13 +273,16 @@ pub fn body_to_dynamic(msg: &Message) -> Result<Dynamic, String> {
 
 /// A script value as JSON.
 pub fn to_json(v: &Dynamic) -> Result<serde_json::Value, String> {
-    rhai::serde::from_dynamic(v)
-        .map_err(|e| format!("cannot turn {} into JSON: {e}", v.type_name()))
+    serde_json::to_value(v).map_err(|e| format!("cannot turn {} into JSON: {e}", v.type_name()))
 }
 
 /// Writes the scope's `body` and `headers` back into the message.
 pub fn write_back(msg: &mut Message, scope: &mut Scope) -> Result<(), String> {
-    let headers = scope.get_value::<Dynamic>("headers").unwrap_or_default();
+    // Take the values out of the scope rather than copy them: the scope is done with.
+    let headers = scope
+        .get_mut("headers")
+        .map(std::mem::take)
+        .unwrap_or_default();
     let Some(headers) = headers.try_cast::<Map>() else {
         return Err("`headers` must stay a map".into());
     };
@@ -293,10 +297,16 @@ pub fn write_back(msg: &mut Message, scope: &mut Scope) -> Result<(), String> {
             (k.to_string(), v)
         })
         .collect();
-    let body = scope.get_value::<Dynamic>("body").unwrap_or_default();
+    let body = scope
+        .get_mut("body")
+        .map(std::mem::take)
+        .unwrap_or_default();
     if body.is_map() || body.is_array() {
-        let json = to_json(&body)?;
-        msg.set_json(&json);
+        let json = serde_json::to_vec(&body)
+            .map_err(|e| format!("cannot turn the body into JSON: {e}"))?;
+        msg.body = bytes::Bytes::from(json);
+        msg.headers
+            .insert("content-type".into(), "application/json".into());
     } else if body.is_unit() {
         msg.body = bytes::Bytes::new();
     } else if body.is_string() {
