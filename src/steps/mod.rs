@@ -14,6 +14,7 @@ pub mod set_header;
 pub mod transform;
 pub mod validate;
 pub mod xml_to_json;
+pub mod xsd;
 
 use crate::message::Message;
 use serde::Deserialize;

@@ -1,9 +1,10 @@
 //! `validate`: checks each message and fails it with every problem listed (path and reason).
 //!
 //! Checks, any combination, all run: `json_schema` (a schema file, or the schema inline),
-//! `xml` (well-formedness, with DOCTYPEs refused), and `script` (a predicate). XSD is not
-//! supported: see `docs/steps.md#validate` for why.
+//! `xml` (well-formedness, with DOCTYPEs refused), `xsd` (with the `xsd` cargo feature) and
+//! `script` (a predicate).
 
+use super::xsd::Xsd;
 use super::{compile_script, script_engine, BuildContext, BuildError, Step, StepError};
 use crate::convert::xml::{xml_to_value, ReadOptions};
 use crate::message::Message;
@@ -23,6 +24,10 @@ pub struct Config {
     /// Check that the body is well-formed XML.
     #[serde(default)]
     pub xml: bool,
+    /// An XSD file (relative to the route file) the XML body must match; implies `xml`.
+    /// Needs a build with the `xsd` feature.
+    #[serde(default)]
+    pub xsd: Option<PathBuf>,
     /// A predicate script: it passes by returning `true` (or nothing); `false`, a string (the
     /// reason) or an array of strings (several reasons) fail the message.
     #[serde(default)]
@@ -72,14 +77,20 @@ impl Config {
         } else {
             None
         };
-        if schema.is_none() && !self.xml && script.is_none() {
+        let xsd = self
+            .xsd
+            .as_ref()
+            .map(|f| Xsd::load(&cx.resolve(f)).map_err(BuildError::new))
+            .transpose()?;
+        if schema.is_none() && !self.xml && xsd.is_none() && script.is_none() {
             return Err(BuildError::new(
-                "validate checks nothing: set `json_schema`, `xml: true` or `script`",
+                "validate checks nothing: set `json_schema`, `xml: true`, `xsd` or `script`",
             ));
         }
         Ok(Validate {
             schema,
-            xml: self.xml,
+            xml: self.xml || xsd.is_some(),
+            xsd,
             script,
         })
     }
@@ -88,6 +99,7 @@ impl Config {
 pub struct Validate {
     schema: Option<jsonschema::Validator>,
     xml: bool,
+    xsd: Option<Xsd>,
     script: Option<Script>,
 }
 
@@ -95,8 +107,14 @@ impl Step for Validate {
     fn apply(&self, msg: &mut Message) -> Result<(), StepError> {
         let mut errors: Vec<String> = Vec::new();
         if self.xml {
-            if let Err(e) = xml_to_value(&msg.body, &ReadOptions::default()) {
-                errors.push(e);
+            match xml_to_value(&msg.body, &ReadOptions::default()) {
+                Err(e) => errors.push(e),
+                // Only a well-formed document without a DOCTYPE reaches libxml2.
+                Ok(_) => {
+                    if let Some(xsd) = &self.xsd {
+                        errors.extend(xsd.check(&msg.body));
+                    }
+                }
             }
         }
         if let Some(schema) = &self.schema {
@@ -223,5 +241,82 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.message.contains("validate checks nothing"));
+    }
+}
+
+#[cfg(all(test, feature = "xsd"))]
+mod xsd_tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn xsd_lists_every_violation_and_passes_valid_documents() {
+        let cfg: Config = serde_yaml::from_str("xsd: examples/xsd/schemas/order.xsd").unwrap();
+        let v = cfg
+            .build(&BuildContext {
+                dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+            })
+            .map_err(|e| e.message)
+            .unwrap();
+        let good = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/orders/order-1001.xml"
+        ))
+        .unwrap();
+        assert!(v.apply(&mut Message::new("r", Bytes::from(good))).is_ok());
+        let bad = "<order id=\"x\" date=\"2026-11-20\">\n<customer>A</customer>\n<line sku=\"A\" qty=\"0\">?</line>\n</order>";
+        let e = v
+            .apply(&mut Message::new("r", Bytes::from(bad)))
+            .unwrap_err()
+            .0;
+        assert!(
+            e.starts_with("3 validation errors: line 1: Element 'order', attribute 'id'"),
+            "{e}"
+        );
+        assert!(e.contains("line 3: Element 'line', attribute 'qty'"), "{e}");
+        // Several threads at once share the one validator thread safely.
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..50 {
+                        assert!(v.apply(&mut Message::new("r", Bytes::from(bad))).is_err());
+                    }
+                });
+            }
+        });
+        let missing: Config = serde_yaml::from_str("xsd: nowhere.xsd").unwrap();
+        let e = missing
+            .build(&BuildContext {
+                dir: PathBuf::from("."),
+            })
+            .err()
+            .unwrap();
+        assert!(
+            e.message.contains("nowhere.xsd does not exist"),
+            "{}",
+            e.message
+        );
+    }
+}
+
+#[cfg(all(test, not(feature = "xsd")))]
+mod no_xsd_tests {
+    use super::*;
+
+    #[test]
+    fn xsd_without_the_feature_is_a_clear_load_error() {
+        let cfg: Config = serde_yaml::from_str("xsd: schemas/order.xsd").unwrap();
+        let e = cfg
+            .build(&BuildContext {
+                dir: PathBuf::from("."),
+            })
+            .err()
+            .unwrap();
+        assert!(
+            e.message
+                .contains("build it with `cargo build --features xsd`"),
+            "{}",
+            e.message
+        );
     }
 }
