@@ -111,6 +111,50 @@ mod tests {
     }
 
     #[test]
+    fn helpers_and_lookup_tables_work_from_scripts() {
+        let cfg: Config = serde_yaml::from_str(
+            r#"
+lookups: { countries: lookups/countries.csv, items: lookups/items.yaml }
+script: |
+  body = #{
+    country: lookup("countries", "NL"),
+    missing: lookup("countries", "XX", "?"),
+    unit: lookup("items", "A1").unit,
+    answer: lookup("items", 42),
+    xml: to_xml(#{ a: #{ "@id": "1", b: "x & y" } }),
+    back: parse_xml("<a id='1'><b>2</b></a>").a.b,
+    json: to_json(#{ n: [1, 2] }),
+    parsed: parse_json(`{"k": true}`).k,
+    padded: pad_left("7", 3, "0") + pad_right("ab", 4, "."),
+    col: slice_cols("HDR0001ACME", 4, 4),
+    uuid_len: uuid().len(),
+    date: format_date(parse_date("20261126063012", "%Y%m%d%H%M%S", "Europe/Berlin"), "%H:%M", "UTC"),
+    now_is_utc: now().ends_with("Z"),
+  };
+"#,
+        )
+        .unwrap();
+        let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"));
+        let t = cfg
+            .build(&BuildContext { dir })
+            .map_err(|e| e.message)
+            .unwrap();
+        let out = run(&t, "{}", None).unwrap().body_json().unwrap();
+        assert_eq!(
+            out,
+            serde_json::json!({
+                "country": "Netherlands", "missing": "?", "unit": "pcs", "answer": "answer",
+                "xml": "<?xml version=\"1.0\" encoding=\"UTF-8\"?><a id=\"1\"><b>x &amp; y</b></a>",
+                "back": "2", "json": "{\"n\":[1,2]}", "parsed": true, "padded": "007ab..",
+                "col": "0001", "uuid_len": 36, "date": "05:30", "now_is_utc": true
+            })
+        );
+        let e = transform("script: 'lookup(\"nope\", 1)'").unwrap();
+        let err = run(&e, "{}", None).unwrap_err();
+        assert!(err.0.contains("unknown lookup table `nope`"), "{err}");
+    }
+
+    #[test]
     fn reject_fails_with_the_reason() {
         let t = transform("script: 'if body.qty < 1 { reject(`quantity ${body.qty} too small`) }'")
             .unwrap();
