@@ -1,13 +1,19 @@
 //! Delivery: one worker per destination of each route.
 //!
-//! The store is the queue. A worker asks the store for its destination's due deliveries,
-//! sends them (several at a time), and records each attempt: delivered, retry at a later time
-//! (exponential backoff with jitter), or dead after the last attempt. Because each destination
-//! has its own worker and its own rows, a slow or dead destination delays nobody else, and a
-//! crash loses nothing: pending rows are simply found again.
+//! The store is the queue. A worker asks the store for its destination's deliveries, sends
+//! them and records each attempt: delivered, retry at a later time (exponential backoff with
+//! jitter), or dead after the last attempt — and then, for a main delivery, a copy goes to the
+//! route's dead-letter destination in the same transaction. Each destination has its own
+//! worker and its own rows, so a slow or dead destination delays nobody else, and a crash
+//! loses nothing: pending rows are simply found again.
+//!
+//! Ordering: `parallel` destinations take due deliveries in batches, `concurrency` at a time;
+//! `fifo` destinations take the oldest pending delivery and nothing else until it is
+//! delivered or dead, waiting out its backoff, so order holds across failures and restarts.
 
-use crate::adapters::outbound::{Outbound, RetryConfig};
-use crate::store::{Attempt, AttemptOutcome, Delivery, Store};
+use crate::adapters::outbound::{DeliveryConfig, Ordering, Outbound, RetryConfig};
+use crate::route::DeliveryPolicy;
+use crate::store::{Attempt, AttemptOutcome, Delivery, DeliveryKind, Store};
 use crate::telemetry;
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -18,25 +24,55 @@ use tokio_util::sync::CancellationToken;
 
 /// Due deliveries fetched per store query.
 const BATCH: usize = 64;
-/// Deliveries in flight per destination.
-const IN_FLIGHT: usize = 8;
 /// Longest sleep between looks at the store, in case a wake-up was missed.
 const IDLE_POLL: Duration = Duration::from_secs(5);
 
 /// A route's destination, ready to run.
 pub struct Destination {
     pub route: String,
-    /// `to[0]` and so on: what delivery records name.
+    /// `to[0]`, `route.rules[0].to[1]`, `dead_letter`, `wire_tap[0]`: what records name.
     pub name: String,
+    pub kind: DeliveryKind,
     pub outbound: Arc<dyn Outbound>,
-    pub retry: RetryConfig,
+    pub policy: DeliveryConfig,
+    /// The route's `on_error.delivery` (main destinations only).
+    pub on_error: DeliveryPolicy,
+    /// The route's dead-letter destination and its worker's wake-up.
+    pub dead_letter: Option<(String, Arc<Notify>)>,
     /// Signalled when new deliveries for this destination were stored.
     pub wake: Arc<Notify>,
 }
 
+impl Destination {
+    /// Attempts in all before a delivery is dead.
+    fn max_attempts(&self) -> u32 {
+        match (self.kind, self.on_error) {
+            (DeliveryKind::Main, DeliveryPolicy::DeadLetter | DeliveryPolicy::Fail) => 1,
+            _ => self.policy.retry.max_attempts.max(1),
+        }
+    }
+
+    /// Where a dead main delivery goes.
+    fn dead_letter_name(&self) -> Option<String> {
+        match (self.kind, self.on_error) {
+            (DeliveryKind::Main, DeliveryPolicy::Retry | DeliveryPolicy::DeadLetter) => {
+                self.dead_letter.as_ref().map(|(n, _)| n.clone())
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Runs until `shutdown`; deliveries in flight then finish, nothing new starts.
 pub async fn run(dest: Arc<Destination>, store: Arc<dyn Store>, shutdown: CancellationToken) {
-    let limit = Arc::new(Semaphore::new(IN_FLIGHT));
+    match dest.policy.ordering {
+        Ordering::Fifo => run_fifo(dest, store, shutdown).await,
+        Ordering::Parallel => run_parallel(dest, store, shutdown).await,
+    }
+}
+
+async fn run_parallel(dest: Arc<Destination>, store: Arc<dyn Store>, shutdown: CancellationToken) {
+    let limit = Arc::new(Semaphore::new(dest.policy.concurrency.max(1)));
     while !shutdown.is_cancelled() {
         let due = match store
             .due_deliveries(&dest.route, &dest.name, SystemTime::now(), BATCH)
@@ -78,6 +114,32 @@ pub async fn run(dest: Arc<Destination>, store: Arc<dyn Store>, shutdown: Cancel
     }
 }
 
+async fn run_fifo(dest: Arc<Destination>, store: Arc<dyn Store>, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        let head = match store.oldest_pending(&dest.route, &dest.name).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(route = %dest.route, destination = %dest.name, error = %e, "cannot read deliveries; retrying");
+                wait(&dest, &shutdown, Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let Some(head) = head else {
+            wait(&dest, &shutdown, IDLE_POLL).await;
+            continue;
+        };
+        // The head waits out its backoff; nothing behind it may overtake.
+        if let Ok(wait_for) = head.next_attempt_at.duration_since(SystemTime::now()) {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait_for) => {}
+            }
+            continue;
+        }
+        attempt(&dest, store.as_ref(), head).await;
+    }
+}
+
 async fn wait(dest: &Destination, shutdown: &CancellationToken, at_most: Duration) {
     tokio::select! {
         _ = shutdown.cancelled() => {}
@@ -88,13 +150,23 @@ async fn wait(dest: &Destination, shutdown: &CancellationToken, at_most: Duratio
 
 async fn attempt(dest: &Destination, store: &dyn Store, d: Delivery) {
     let number = d.attempts + 1;
+    let mut msg = d.message;
+    if d.kind == DeliveryKind::DeadLetter {
+        // Tell whoever reads the dead letters why it is there.
+        if let Some(e) = &d.error {
+            msg.headers.insert("error.reason".into(), e.clone());
+        }
+        msg.headers
+            .insert("error.message_id".into(), msg.id.to_string());
+    }
     let started = Instant::now();
-    let result = dest.outbound.send(&d.message).await;
+    let result = dest.outbound.send(&msg).await;
     let duration = started.elapsed();
+    let max = dest.max_attempts();
     let (outcome, detail) = match result {
         Ok(sent) => (AttemptOutcome::Delivered, sent.0),
-        Err(e) if e.retryable && number < dest.retry.max_attempts => {
-            let next = SystemTime::now() + backoff(&dest.retry, number, d.id);
+        Err(e) if e.retryable && number < max => {
+            let next = SystemTime::now() + backoff(&dest.policy.retry, number, d.id);
             let detail = e.message.clone();
             (
                 AttemptOutcome::Retry {
@@ -105,7 +177,7 @@ async fn attempt(dest: &Destination, store: &dyn Store, d: Delivery) {
             )
         }
         Err(e) => {
-            let error = if e.retryable {
+            let error = if e.retryable && max > 1 {
                 format!("{} (attempt {number} was the last)", e.message)
             } else {
                 e.message
@@ -113,6 +185,7 @@ async fn attempt(dest: &Destination, store: &dyn Store, d: Delivery) {
             (
                 AttemptOutcome::Dead {
                     error: error.clone(),
+                    dead_letter: dest.dead_letter_name(),
                 },
                 error,
             )
@@ -123,27 +196,35 @@ async fn attempt(dest: &Destination, store: &dyn Store, d: Delivery) {
         AttemptOutcome::Retry { .. } => "retry",
         AttemptOutcome::Dead { .. } => "dead",
     };
-    telemetry::attempt(
-        &d.message,
-        &dest.name,
-        number,
-        duration,
-        outcome_name,
-        &detail,
+    let dead_lettered = matches!(
+        &outcome,
+        AttemptOutcome::Dead {
+            dead_letter: Some(_),
+            ..
+        }
     );
+    telemetry::attempt(&msg, &dest.name, number, duration, outcome_name, &detail);
     let record = Attempt {
         delivery: d.id,
-        message: d.message.id,
+        message: msg.id,
         destination: &dest.name,
         number,
         duration,
         outcome,
     };
     match store.record_attempt(record).await {
-        Ok(Some(state)) => telemetry::finished(&d.message, state),
-        Ok(None) => {}
+        Ok(state) => {
+            if let Some(state) = state {
+                telemetry::finished(&msg, state);
+            }
+            if dead_lettered {
+                if let Some((_, wake)) = &dest.dead_letter {
+                    wake.notify_one();
+                }
+            }
+        }
         Err(e) => {
-            tracing::error!(route = %dest.route, destination = %dest.name, message_id = %d.message.id, error = %e,
+            tracing::error!(route = %dest.route, destination = %dest.name, message_id = %msg.id, error = %e,
             "could not record the delivery attempt; the delivery stays pending and runs again")
         }
     }

@@ -4,10 +4,13 @@
 //! - the inbound adapter, which commits each message through an [`Intake`] and then
 //!   acknowledges its sender;
 //! - `concurrency` step workers that take messages from the route's bounded queue, run the
-//!   steps and record the result with one pending delivery per destination;
+//!   steps and routing, and record the result with one pending delivery per destination;
 //! - a resume feeder that, at start, queues messages a previous run stored but never
 //!   finished processing;
-//! - one delivery worker per destination ([`crate::delivery`]).
+//! - a scheduler that queues stored messages when they fall due: split children, and
+//!   messages whose steps are retried (`on_error: retry`);
+//! - one delivery worker per destination ([`crate::delivery`]), the dead letter and wire taps
+//!   included.
 //!
 //! Shutdown: cancel the token; inbound adapters stop taking new work, step workers finish the
 //! message in hand, delivery workers finish the attempts in flight; then the store closes.
@@ -15,14 +18,15 @@
 
 use crate::adapters::inbound::{Inbound, Intake};
 use crate::delivery::{self, Destination};
-use crate::message::Message;
-use crate::route::Route;
-use crate::steps::{self, BuiltStep};
-use crate::store::{Processed, StepRecord, Store};
+use crate::route::{OnError, Route, StepPolicy};
+use crate::routing::Router;
+use crate::steps::{self, BuiltStep, Outcome};
+use crate::store::{DeliveryKind, Insert, MessageState, Pending, Processed, StepRecord, Store};
 use crate::telemetry;
 use anyhow::Context;
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,8 +34,10 @@ use uuid::Uuid;
 
 /// Messages a route's queue holds between intake and its step workers, per worker.
 const QUEUE_PER_WORKER: usize = 16;
-/// Messages read from the store per page when resuming.
-const RESUME_PAGE: usize = 256;
+/// Messages read from the store per page when resuming or scheduling.
+const PAGE: usize = 256;
+/// Longest the scheduler sleeps between looks at the store.
+const SCHEDULER_POLL: Duration = Duration::from_secs(5);
 
 pub struct Engine {
     store: Arc<dyn Store>,
@@ -43,9 +49,23 @@ pub struct Engine {
 /// A route's running parts that its tasks share.
 struct RunningRoute {
     id: String,
+    version: String,
     inbound: Arc<dyn Inbound>,
     steps: Vec<BuiltStep>,
-    destinations: Vec<Arc<Destination>>,
+    router: Arc<Router>,
+    on_error: OnError,
+    destinations: HashMap<String, Arc<Destination>>,
+    dead_letter: Option<String>,
+    /// Wakes the scheduler when children or retries were stored.
+    scheduled: Arc<Notify>,
+}
+
+impl RunningRoute {
+    fn wake(&self, name: &str) {
+        if let Some(d) = self.destinations.get(name) {
+            d.wake.notify_one();
+        }
+    }
 }
 
 impl Engine {
@@ -54,32 +74,8 @@ impl Engine {
     pub async fn start(routes: Vec<Route>, store: Arc<dyn Store>) -> anyhow::Result<Engine> {
         let mut built = Vec::new();
         for route in &routes {
-            let context = || format!("route `{}` ({})", route.id, route.file.display());
-            let inbound = route.from.build().with_context(context)?;
-            let steps = route.steps.clone();
-            let mut destinations = Vec::new();
-            for (i, to) in route.to.iter().enumerate() {
-                destinations.push(Arc::new(Destination {
-                    route: route.id.clone(),
-                    name: Route::destination_name(i),
-                    outbound: to
-                        .build()
-                        .with_context(|| format!("{}: to[{i}]", context()))?,
-                    retry: to.retry().clone(),
-                    wake: Arc::new(Notify::new()),
-                }));
-            }
-            built.push((
-                route,
-                Arc::new(RunningRoute {
-                    id: route.id.clone(),
-                    inbound,
-                    steps,
-                    destinations,
-                }),
-            ));
+            built.push((route, Arc::new(build(route)?)));
         }
-
         let engine = Engine {
             store,
             shutdown: CancellationToken::new(),
@@ -95,12 +91,12 @@ impl Engine {
 
     fn launch(&self, route: &Route, running: Arc<RunningRoute>) {
         let workers = route.concurrency.max(1);
-        let (tx, rx) = mpsc::channel::<Message>(workers * QUEUE_PER_WORKER);
+        let (tx, rx) = mpsc::channel::<Pending>(workers * QUEUE_PER_WORKER);
         let rx = Arc::new(Mutex::new(rx));
         // Everything stored before this id was received by an earlier run.
         let resume_before = Uuid::now_v7();
 
-        for dest in &running.destinations {
+        for dest in running.destinations.values() {
             let (dest, store, stop) = (dest.clone(), self.store.clone(), self.shutdown.clone());
             self.tasks.spawn(delivery::run(dest, store, stop));
         }
@@ -121,8 +117,8 @@ impl Engine {
                             m = rx.recv() => m,
                         }
                     };
-                    let Some(msg) = next else { break };
-                    process(&r, store.as_ref(), msg).await;
+                    let Some(work) = next else { break };
+                    process(&r, store.as_ref(), work).await;
                 }
             });
         }
@@ -136,7 +132,25 @@ impl Engine {
             self.tasks
                 .spawn(async move { resume(&id, resume_before, tx, store.as_ref(), &stop).await });
         }
-        let intake = Intake::new(&route.id, &route.version, self.store.clone(), tx);
+        {
+            let (r, tx, store, stop) = (
+                running.clone(),
+                tx.clone(),
+                self.store.clone(),
+                self.shutdown.clone(),
+            );
+            self.tasks
+                .spawn(async move { schedule(&r, tx, store.as_ref(), &stop).await });
+        }
+        let mut intake = Intake::new(&route.id, &route.version, self.store.clone(), tx);
+        intake.wire_taps = running
+            .destinations
+            .values()
+            .filter(|d| d.kind == DeliveryKind::WireTap)
+            .map(|d| (d.name.clone(), d.wake.clone()))
+            .collect();
+        intake.scheduled = running.scheduled.clone();
+        intake.split_first = route.split_first.clone();
         let (inbound, stop, id) = (
             running.inbound.clone(),
             self.shutdown.clone(),
@@ -177,50 +191,77 @@ impl Engine {
     }
 }
 
-/// Applies the route's steps, logging each, and turns what they did into store records.
-fn run_steps(route: &RunningRoute, msg: Message) -> (Message, Vec<StepRecord>, Option<String>) {
-    let (current, runs, failure) = steps::run_all(&route.steps, msg, |run, msg| {
-        telemetry::step(msg, &run.name, run.duration, run.error.as_deref());
-    });
-    let records = runs
-        .into_iter()
-        .map(|r| StepRecord {
-            step: r.name,
-            ok: r.error.is_none(),
-            duration: r.duration,
-            detail: r.error,
-        })
-        .collect();
-    (current, records, failure)
+/// Builds a route's adapters and destinations (side effects: directories are created).
+fn build(route: &Route) -> anyhow::Result<RunningRoute> {
+    let context = || format!("route `{}` ({})", route.id, route.file.display());
+    let inbound = route.from.build().with_context(context)?;
+    let dead_letter_wake = Arc::new(Notify::new());
+    let dead_letter = route.dead_letter().map(str::to_string);
+    let mut destinations = HashMap::new();
+    for spec in &route.destinations {
+        let outbound = spec
+            .config
+            .build()
+            .with_context(|| format!("{}: {}", context(), spec.name))?;
+        let wake = if spec.kind == DeliveryKind::DeadLetter {
+            dead_letter_wake.clone()
+        } else {
+            Arc::new(Notify::new())
+        };
+        destinations.insert(
+            spec.name.clone(),
+            Arc::new(Destination {
+                route: route.id.clone(),
+                name: spec.name.clone(),
+                kind: spec.kind,
+                outbound,
+                policy: spec.config.delivery().clone(),
+                on_error: route.on_error.delivery,
+                dead_letter: dead_letter.clone().map(|n| (n, dead_letter_wake.clone())),
+                wake,
+            }),
+        );
+    }
+    Ok(RunningRoute {
+        id: route.id.clone(),
+        version: route.version.clone(),
+        inbound,
+        steps: route.steps.clone(),
+        router: route.router.clone(),
+        on_error: route.on_error.clone(),
+        destinations,
+        dead_letter,
+        scheduled: Arc::new(Notify::new()),
+    })
 }
 
 /// Queues the route's messages that an earlier run stored but did not finish processing.
 async fn resume(
     route: &str,
     before: Uuid,
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::Sender<Pending>,
     store: &dyn Store,
     stop: &CancellationToken,
 ) {
     let mut after = None;
     let mut resumed = 0usize;
     loop {
-        let page = match store.received_messages(route, after, RESUME_PAGE).await {
+        let page = match store.received_messages(route, after, PAGE).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(route, error = %e, "cannot read unfinished messages; they resume at the next start");
                 return;
             }
         };
-        let last = page.len() < RESUME_PAGE;
-        for msg in page {
-            if msg.id >= before {
+        let last = page.len() < PAGE;
+        for work in page {
+            if work.msg.id >= before {
                 return;
             }
-            after = Some(msg.id);
+            after = Some(work.msg.id);
             tokio::select! {
                 _ = stop.cancelled() => return,
-                sent = tx.send(msg) => if sent.is_err() { return },
+                sent = tx.send(work) => if sent.is_err() { return },
             }
             resumed += 1;
         }
@@ -233,49 +274,219 @@ async fn resume(
     }
 }
 
-/// Runs the steps on one message and records the outcome.
-async fn process(route: &Arc<RunningRoute>, store: &dyn Store, msg: Message) {
+/// Queues stored messages as they fall due: split children and retried steps.
+async fn schedule(
+    route: &RunningRoute,
+    tx: mpsc::Sender<Pending>,
+    store: &dyn Store,
+    stop: &CancellationToken,
+) {
+    while !stop.is_cancelled() {
+        let due = match store
+            .take_scheduled(&route.id, SystemTime::now(), PAGE)
+            .await
+        {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(route = %route.id, error = %e, "cannot read scheduled messages; retrying");
+                Vec::new()
+            }
+        };
+        if due.len() == PAGE {
+            // More are waiting: queue these and look again at once.
+            for work in due {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    sent = tx.send(work) => if sent.is_err() { return },
+                }
+            }
+            continue;
+        }
+        for work in due {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                sent = tx.send(work) => if sent.is_err() { return },
+            }
+        }
+        let wait = match store.next_scheduled(&route.id).await {
+            Ok(Some(t)) => t
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+                .min(SCHEDULER_POLL),
+            _ => SCHEDULER_POLL,
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = route.scheduled.notified() => {}
+            _ = tokio::time::sleep(wait.max(Duration::from_millis(10))) => {}
+        }
+    }
+}
+
+/// Applies the route's steps, logging each, and turns what they did into store records.
+fn run_steps(route: &RunningRoute, work: Pending) -> (Pending, Vec<StepRecord>, Outcome) {
+    let Pending {
+        msg,
+        resume_step,
+        attempts,
+    } = work;
+    let (current, runs, outcome) = steps::run_all(&route.steps, resume_step, msg, |run, msg| {
+        telemetry::step(msg, &run.name, run.duration, run.error.as_deref());
+    });
+    let records = runs
+        .into_iter()
+        .map(|r| StepRecord {
+            step: r.name,
+            ok: r.error.is_none(),
+            duration: r.duration,
+            detail: r.error,
+        })
+        .collect();
+    let work = Pending {
+        msg: current,
+        resume_step,
+        attempts,
+    };
+    (work, records, outcome)
+}
+
+/// Runs the steps and routing on one message and records the outcome.
+async fn process(route: &Arc<RunningRoute>, store: &dyn Store, work: Pending) {
     let started = Instant::now();
-    let original = msg.clone();
+    let original = work.msg.clone();
     // Steps are CPU work (parsing, mapping): keep them off the threads that serve I/O, so a
     // large message never delays intake acknowledgements or deliveries.
     let r = route.clone();
-    let ran = tokio::task::spawn_blocking(move || run_steps(&r, msg)).await;
-    let Ok((current, records, failure)) = ran else {
+    let ran = tokio::task::spawn_blocking(move || {
+        let (work, records, outcome) = run_steps(&r, work);
+        // Routing runs scripts too; do it here, on the same thread.
+        let routed = match &outcome {
+            Outcome::Done => Some(r.router.destinations(&work.msg)),
+            _ => None,
+        };
+        (work, records, outcome, routed)
+    })
+    .await;
+    let Ok((work, records, outcome, routed)) = ran else {
         tracing::error!(route = %route.id, message_id = %original.id,
             "step worker failed; the message stays received and is processed again at the next start");
         return;
     };
-    let result = match &failure {
-        None => Processed::Routed {
+    let current = &work.msg;
+    let mut failure: Option<String> = None;
+    let result = match (outcome, routed) {
+        (Outcome::Done, Some(Ok(destinations))) if destinations.is_empty() => Processed::Unrouted {
             headers: current.headers.clone(),
             body: current.body.clone(),
-            destinations: route.destinations.iter().map(|d| d.name.clone()).collect(),
         },
-        Some(error) => Processed::Failed {
-            error: error.clone(),
+        (Outcome::Done, Some(Ok(destinations))) => Processed::Routed {
+            headers: current.headers.clone(),
+            body: current.body.clone(),
+            destinations,
         },
+        (Outcome::Done, routed) => {
+            let error = match routed {
+                Some(Err(e)) => e,
+                _ => "routing did not run".to_string(),
+            };
+            failure = Some(error.clone());
+            on_step_error(route, &work, error, route.on_error.transform)
+        }
+        (Outcome::Filtered(reason), _) => Processed::Filtered { reason },
+        (
+            Outcome::Split {
+                children,
+                resume_at,
+            },
+            _,
+        ) => Processed::Split {
+            children: children
+                .into_iter()
+                .map(|msg| Insert {
+                    msg,
+                    route_version: route.version.clone(),
+                    state: MessageState::Received,
+                    error: None,
+                    parent: Some(current.id),
+                    resume_step: resume_at,
+                    scheduled: true,
+                    wire_taps: Vec::new(),
+                })
+                .collect(),
+        },
+        (Outcome::Failed { error, class }, _) => {
+            failure = Some(error.clone());
+            on_step_error(route, &work, error, route.on_error.for_class(class))
+        }
     };
+    let destinations = match &result {
+        Processed::Routed { destinations, .. } => destinations.clone(),
+        _ => Vec::new(),
+    };
+    let dead_lettered = matches!(
+        &result,
+        Processed::Failed {
+            dead_letter: Some(_),
+            ..
+        }
+    );
+    let rescheduled = matches!(&result, Processed::Retry { .. } | Processed::Split { .. });
     match store.finish_steps(current.id, records, result).await {
         Ok(Some(state)) => {
-            let destinations = if failure.is_none() {
-                route.destinations.len()
-            } else {
-                0
-            };
-            telemetry::processed(&current, state, destinations, started.elapsed());
-            match failure {
-                None => route.destinations.iter().for_each(|d| d.wake.notify_one()),
-                Some(error) => {
-                    if let Err(e) = route.inbound.failed(&original, &error).await {
-                        tracing::error!(route = %route.id, message_id = %original.id, error = format!("{e:#}"),
-                            "could not hand the failed message back to the inbound side (it is kept in the store)");
-                    }
+            telemetry::processed(current, state, destinations.len(), started.elapsed());
+            destinations.iter().for_each(|d| route.wake(d));
+            if dead_lettered {
+                if let Some(dl) = &route.dead_letter {
+                    route.wake(dl);
+                }
+            }
+            if rescheduled {
+                route.scheduled.notify_one();
+            }
+            if let (Some(error), MessageState::Failed) = (&failure, state) {
+                if let Err(e) = route.inbound.failed(&original, error).await {
+                    tracing::error!(route = %route.id, message_id = %original.id, error = format!("{e:#}"),
+                        "could not hand the failed message back to the inbound side (it is kept in the store)");
                 }
             }
         }
         Ok(None) => {} // processed already, by an earlier pass
         Err(e) => tracing::error!(route = %route.id, message_id = %current.id, error = %e,
             "could not record the steps' result; the message stays received and is processed again at the next start"),
+    }
+}
+
+/// What the route's `on_error` makes of a failed step.
+fn on_step_error(
+    route: &RunningRoute,
+    work: &Pending,
+    error: String,
+    policy: StepPolicy,
+) -> Processed {
+    match policy {
+        StepPolicy::Fail => Processed::Failed {
+            error,
+            dead_letter: None,
+        },
+        StepPolicy::DeadLetter => Processed::Failed {
+            error,
+            dead_letter: route.dead_letter.clone(),
+        },
+        StepPolicy::Retry => {
+            let retry = &route.on_error.retry;
+            let attempt = work.attempts + 1;
+            if attempt < retry.max_attempts.max(1) {
+                let wait = delivery::backoff(retry, attempt, work.msg.id.as_u128() as i64);
+                Processed::Retry {
+                    error,
+                    next_attempt_at: SystemTime::now() + wait,
+                }
+            } else {
+                Processed::Failed {
+                    error: format!("{error} (after {attempt} attempts)"),
+                    dead_letter: route.dead_letter.clone(),
+                }
+            }
+        }
     }
 }

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod message;
 pub mod route;
 pub mod route_tests;
+pub mod routing;
 pub mod script;
 pub mod settings;
 pub mod steps;

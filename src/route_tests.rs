@@ -6,7 +6,7 @@
 
 use crate::message::{Headers, Message};
 use crate::route::{self, yaml, Route};
-use crate::steps::{self, StepRun};
+use crate::steps::{self, Outcome, StepRun};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
@@ -56,6 +56,66 @@ pub struct Expect {
     /// The message must fail, with an error containing this text.
     #[serde(default)]
     pub error: Option<String>,
+    /// The destinations routing must pick, by name (`to[0]`, `route.rules[1].to[0]`, ...).
+    #[serde(default)]
+    pub destinations: Option<Vec<String>>,
+    /// The message must be filtered, with a reason containing this text.
+    #[serde(default)]
+    pub filtered: Option<String>,
+    /// The message must be unrouted (no rule matched and no `otherwise`).
+    #[serde(default)]
+    pub unrouted: bool,
+    /// A split must make this many children (each then runs the remaining steps).
+    #[serde(default)]
+    pub children: Option<usize>,
+}
+
+/// Where a message ended up in a simulated run.
+#[derive(Debug)]
+pub enum End {
+    Routed {
+        msg: Message,
+        destinations: Vec<String>,
+    },
+    Unrouted {
+        msg: Message,
+    },
+    Filtered(String),
+    Failed(String),
+    /// Each child's own end, in order.
+    Split(Vec<End>),
+}
+
+/// Runs `msg` through the route's steps from `from` and through routing, as the engine
+/// would, without storing or sending anything. `observe` sees each step.
+pub fn simulate(
+    route: &Route,
+    msg: Message,
+    from: usize,
+    observe: &mut dyn FnMut(&StepRun, &Message),
+) -> End {
+    let (out, _, outcome) = steps::run_all(&route.steps, from, msg, |r, m| observe(r, m));
+    match outcome {
+        Outcome::Failed { error, .. } => End::Failed(error),
+        Outcome::Filtered(reason) => End::Filtered(reason),
+        Outcome::Split {
+            children,
+            resume_at,
+        } => End::Split(
+            children
+                .into_iter()
+                .map(|c| simulate(route, c, resume_at, &mut |_, _| {}))
+                .collect(),
+        ),
+        Outcome::Done => match route.router.destinations(&out) {
+            Err(e) => End::Failed(e),
+            Ok(d) if d.is_empty() => End::Unrouted { msg: out },
+            Ok(destinations) => End::Routed {
+                msg: out,
+                destinations,
+            },
+        },
+    }
 }
 
 /// The message a test input becomes: the same headers the file adapter would set.
@@ -83,7 +143,7 @@ pub fn show(route: &Route, msg: Message, out: &mut String) -> bool {
     );
     let mut before = msg.headers.clone();
     let mut before_body = msg.body.clone();
-    let (_, _, failure) = steps::run_all(&route.steps, msg, |run: &StepRun, m: &Message| {
+    let end = simulate(route, msg, 0, &mut |run: &StepRun, m: &Message| {
         match &run.error {
             None => {
                 let _ = writeln!(
@@ -114,20 +174,68 @@ pub fn show(route: &Route, msg: Message, out: &mut String) -> bool {
             before_body = m.body.clone();
         }
     });
-    match failure {
-        None => {
+    let _ = writeln!(out);
+    describe_end(&end, out, "")
+}
+
+/// Prints where a message ended; returns whether it ended well.
+fn describe_end(end: &End, out: &mut String, prefix: &str) -> bool {
+    match end {
+        End::Routed { destinations, .. } => {
             let _ = writeln!(
                 out,
-                "\nresult: ok; would be delivered to {} destination(s)",
-                route.to.len()
+                "{prefix}result: ok; would be delivered to {}",
+                destinations.join(", ")
             );
             true
         }
-        Some(e) => {
-            let _ = writeln!(out, "\nresult: failed: {e}");
+        End::Unrouted { .. } => {
+            let _ = writeln!(
+                out,
+                "{prefix}result: unrouted (no rule matched and there is no `otherwise`)"
+            );
+            true
+        }
+        End::Filtered(reason) => {
+            let _ = writeln!(out, "{prefix}result: filtered: {reason}");
+            true
+        }
+        End::Failed(e) => {
+            let _ = writeln!(out, "{prefix}result: failed: {e}");
             false
         }
+        End::Split(children) => {
+            let _ = writeln!(
+                out,
+                "{prefix}result: split into {} messages; each ran the remaining steps:",
+                children.len()
+            );
+            let mut ok = true;
+            for (i, c) in children.iter().enumerate() {
+                if i < 20 {
+                    if let End::Routed { msg, .. } | End::Unrouted { msg } = c {
+                        let _ = writeln!(out, "  child {}: {}", i + 1, one_line(msg));
+                    }
+                    ok &= describe_end(c, out, &format!("  child {}: ", i + 1));
+                } else {
+                    ok &= !matches!(c, End::Failed(_));
+                }
+            }
+            if children.len() > 20 {
+                let _ = writeln!(out, "  ... and {} more", children.len() - 20);
+            }
+            ok
+        }
     }
+}
+
+fn one_line(m: &Message) -> String {
+    let text = String::from_utf8_lossy(&m.body);
+    let mut line: String = text.chars().take(120).filter(|c| *c != '\n').collect();
+    if text.chars().count() > 120 {
+        line.push('…');
+    }
+    line
 }
 
 fn indent(text: &str) -> String {
@@ -197,10 +305,10 @@ fn run_case(route: &Route, base: &Path, case: &Case) -> Result<(), String> {
         _ => return Err("give exactly one of `input` (a file) or `body` (inline)".into()),
     };
     let msg = input_message(route, body, name.as_deref(), &case.headers);
-    let (out, _, failure) = steps::run_all(&route.steps, msg, |_, _| {});
+    let end = simulate(route, msg, 0, &mut |_, _| {});
     let expect = &case.expect;
-    match (failure, &expect.error) {
-        (Some(actual), Some(wanted)) => {
+    let out = match (end, &expect.error) {
+        (End::Failed(actual), Some(wanted)) => {
             return if actual.contains(wanted.as_str()) {
                 Ok(())
             } else {
@@ -209,13 +317,86 @@ fn run_case(route: &Route, base: &Path, case: &Case) -> Result<(), String> {
                 ))
             };
         }
-        (Some(actual), None) => return Err(format!("the steps failed: {actual}")),
-        (None, Some(wanted)) => {
+        (End::Failed(actual), None) => return Err(format!("the steps failed: {actual}")),
+        (End::Split(children), wanted) => {
+            let failures: Vec<String> = children
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| match c {
+                    End::Failed(e) => Some(format!("child {}: {e}", i + 1)),
+                    _ => None,
+                })
+                .collect();
+            if let Some(wanted) = wanted {
+                return if failures.iter().any(|f| f.contains(wanted.as_str())) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "expected a failure containing `{wanted}`; child failures: {failures:?}"
+                    ))
+                };
+            }
+            if let Some(first) = failures.first() {
+                return Err(first.clone());
+            }
+            return match expect.children {
+                Some(n) if n != children.len() => Err(format!(
+                    "split into {} children, expected {n}",
+                    children.len()
+                )),
+                _ => Ok(()),
+            };
+        }
+        (_, Some(wanted)) => {
             return Err(format!(
                 "expected a failure containing `{wanted}`, but the steps succeeded"
             ))
         }
-        (None, None) => {}
+        (End::Filtered(reason), _) => {
+            return match &expect.filtered {
+                Some(w) if reason.contains(w.as_str()) => Ok(()),
+                Some(w) => Err(format!(
+                    "filtered with `{reason}`, which does not contain `{w}`"
+                )),
+                None => Err(format!("the message was filtered: {reason}")),
+            };
+        }
+        (End::Unrouted { msg }, _) => {
+            if !expect.unrouted {
+                return Err(
+                    "the message was unrouted: no rule matched and there is no `otherwise`".into(),
+                );
+            }
+            msg
+        }
+        (End::Routed { msg, destinations }, _) => {
+            if expect.unrouted {
+                return Err(format!(
+                    "expected unrouted, but it goes to {}",
+                    destinations.join(", ")
+                ));
+            }
+            if let Some(want) = &expect.destinations {
+                if *want != destinations {
+                    return Err(format!(
+                        "routed to [{}], expected [{}]",
+                        destinations.join(", "),
+                        want.join(", ")
+                    ));
+                }
+            }
+            msg
+        }
+    };
+    if let Some(w) = &expect.filtered {
+        return Err(format!(
+            "expected the message to be filtered (`{w}`), but it was not"
+        ));
+    }
+    if let Some(n) = expect.children {
+        return Err(format!(
+            "expected a split into {n} children, but there was no split"
+        ));
     }
     for (k, v) in &expect.headers {
         match out.header(k) {

@@ -221,7 +221,7 @@ fn an_unwritable_output_is_retried_until_it_works_and_nothing_is_lost() {
     std::fs::write(ws.path("outbox"), b"in the way").unwrap();
     ws.write_route(
         "orders.yaml",
-        &xml_route("      retry: { max_attempts: 100, backoff: 100ms, max_backoff: 300ms }\n"),
+        &xml_route("      delivery: { retry: { max_attempts: 100, backoff: 100ms, max_backoff: 300ms } }\n"),
     );
     let engine = ws.start();
     for i in 0..5 {

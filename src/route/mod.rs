@@ -10,12 +10,16 @@ pub mod values;
 pub mod yaml;
 
 use crate::adapters::inbound::InboundConfig;
-use crate::adapters::outbound::OutboundConfig;
-use crate::steps::{BuildContext, BuildError, BuiltStep, StepConfig};
+use crate::adapters::outbound::{Ordering, OutboundConfig, RetryConfig};
+use crate::routing::{self, Router, RoutingConfig};
+use crate::steps::split::Split;
+use crate::steps::{BuildContext, BuildError, BuiltStep, ErrorClass, StepConfig};
+use crate::store::DeliveryKind;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// What a route file contains. Every key is documented in `docs/routes.md`.
 #[derive(Debug, Deserialize)]
@@ -32,11 +36,86 @@ pub struct RouteFile {
     /// Steps run in order on every message.
     #[serde(default)]
     pub steps: Vec<StepConfig>,
-    /// Destinations: each gets its own tracked, retried delivery of the processed message.
+    /// Destinations that always get the processed message, each its own tracked, retried
+    /// delivery.
+    #[serde(default)]
     pub to: Vec<OutboundConfig>,
-    /// How many messages of this route run through the steps at the same time (default 4).
+    /// Content-based routing: rules with predicates and their destinations.
+    #[serde(default)]
+    pub route: Option<RoutingConfig>,
+    /// Where messages go that failed (as `on_error` says) or whose delivery died.
+    #[serde(default)]
+    pub dead_letter: Option<OutboundConfig>,
+    /// Audit copies of every message as received; they never affect the main flow.
+    #[serde(default)]
+    pub wire_tap: Vec<OutboundConfig>,
+    /// What to do with validation, transform and delivery errors.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// How many messages of this route run through the steps at the same time (default 4;
+    /// 1 when a destination is `fifo`).
     #[serde(default)]
     pub concurrency: Option<usize>,
+}
+
+/// What to do when a step fails.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StepPolicy {
+    /// The message fails (default).
+    #[default]
+    Fail,
+    /// The message fails and its original goes to the `dead_letter` destination.
+    DeadLetter,
+    /// Run the steps again later (`on_error.retry`); after the last try, fail (and
+    /// dead-letter when a `dead_letter` destination is set).
+    Retry,
+}
+
+/// What to do when a delivery fails.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryPolicy {
+    /// Retry by the destination's policy; then the delivery is dead and goes to
+    /// `dead_letter` when one is set (default).
+    #[default]
+    Retry,
+    /// No retries: the first failure sends it to `dead_letter`.
+    DeadLetter,
+    /// No retries and no dead letter: the first failure makes the delivery dead.
+    Fail,
+}
+
+/// The route's `on_error` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnError {
+    /// For `validate` steps: `fail` (default), `dead_letter` or `retry`.
+    pub validation: StepPolicy,
+    /// For every other step and for routing rules: `fail` (default), `dead_letter` or `retry`.
+    pub transform: StepPolicy,
+    /// For deliveries: `retry` (default), `dead_letter` or `fail`.
+    pub delivery: DeliveryPolicy,
+    /// How steps are retried when a policy says `retry`.
+    pub retry: RetryConfig,
+}
+
+impl OnError {
+    pub fn for_class(&self, class: ErrorClass) -> StepPolicy {
+        match class {
+            ErrorClass::Validation => self.validation,
+            ErrorClass::Transform => self.transform,
+        }
+    }
+}
+
+/// What a destination is for.
+#[derive(Debug, Clone)]
+pub struct DestinationSpec {
+    /// `to[0]`, `route.rules[1].to[0]`, `route.otherwise[0]`, `dead_letter`, `wire_tap[0]`.
+    pub name: String,
+    pub kind: DeliveryKind,
+    pub config: OutboundConfig,
 }
 
 /// A loaded, validated route.
@@ -50,14 +129,30 @@ pub struct Route {
     pub from: InboundConfig,
     /// The steps, built: scripts compiled, schemas and tables loaded.
     pub steps: Vec<BuiltStep>,
-    pub to: Vec<OutboundConfig>,
+    /// Every destination: main ones, the dead letter, wire taps.
+    pub destinations: Vec<DestinationSpec>,
+    pub router: Arc<Router>,
+    pub on_error: OnError,
     pub concurrency: usize,
+    /// The first step, when it is a split: adapters that read streams (files) split while
+    /// they read, so a large input is never loaded whole.
+    pub split_first: Option<Arc<Split>>,
 }
 
 impl Route {
-    /// The stable name of destination `index`, as recorded with its deliveries.
-    pub fn destination_name(index: usize) -> String {
-        format!("to[{index}]")
+    pub fn dead_letter(&self) -> Option<&str> {
+        self.destinations
+            .iter()
+            .find(|d| d.kind == DeliveryKind::DeadLetter)
+            .map(|d| d.name.as_str())
+    }
+
+    pub fn wire_taps(&self) -> Vec<String> {
+        self.destinations
+            .iter()
+            .filter(|d| d.kind == DeliveryKind::WireTap)
+            .map(|d| d.name.clone())
+            .collect()
     }
 }
 
@@ -120,10 +215,19 @@ pub fn load_file(path: &Path) -> Result<Route, Vec<Diagnostic>> {
             format!("route id `{id}` may only contain letters, digits, `-`, `_` and `.`"),
         ));
     }
-    if file.to.is_empty() {
+    if file.to.is_empty() && file.route.is_none() {
         problems.push(locate(
             "to",
-            "`to` lists no destination: add at least one outbound adapter".into(),
+            "the route has no destination: add outbound adapters under `to`, or rules under `route`".into(),
+        ));
+    }
+    let wants_dead_letter = [file.on_error.validation, file.on_error.transform]
+        .contains(&StepPolicy::DeadLetter)
+        || file.on_error.delivery == DeliveryPolicy::DeadLetter;
+    if wants_dead_letter && file.dead_letter.is_none() {
+        problems.push(locate(
+            "on_error",
+            "`on_error` says `dead_letter`, but the route has no `dead_letter` destination".into(),
         ));
     }
     if file.concurrency == Some(0) {
@@ -139,13 +243,63 @@ pub fn load_file(path: &Path) -> Result<Route, Vec<Diagnostic>> {
     for (i, config) in file.steps.iter().enumerate() {
         let name = format!("steps[{i}].{}", config.kind());
         match config.build(&cx) {
-            Ok(step) => steps.push(BuiltStep { name, step }),
+            Ok(step) => steps.push(BuiltStep {
+                name,
+                step,
+                class: config.class(),
+            }),
             Err(e) => problems.push(step_diagnostic(path, &source, i, &name, e)),
         }
     }
+    let router = match Router::build(&file.to, file.route.as_ref(), &cx) {
+        Ok(r) => Some(Arc::new(r)),
+        Err((name, e)) => {
+            let message = format!("{name}: {}", e.message);
+            let (line, column) = yaml::locate_key(&source, "when")
+                .filter(|_| name.ends_with(".when"))
+                .or_else(|| yaml::locate_key(&source, "route"))
+                .unwrap_or((1, 1));
+            problems.push(Diagnostic {
+                file: path.to_path_buf(),
+                line,
+                column,
+                message,
+            });
+            None
+        }
+    };
+    let mut destinations: Vec<DestinationSpec> =
+        routing::destination_names(&file.to, file.route.as_ref())
+            .into_iter()
+            .map(|(name, config)| DestinationSpec {
+                name,
+                kind: DeliveryKind::Main,
+                config,
+            })
+            .collect();
+    if let Some(dl) = &file.dead_letter {
+        destinations.push(DestinationSpec {
+            name: "dead_letter".into(),
+            kind: DeliveryKind::DeadLetter,
+            config: dl.clone(),
+        });
+    }
+    for (i, tap) in file.wire_tap.iter().enumerate() {
+        destinations.push(DestinationSpec {
+            name: format!("wire_tap[{i}]"),
+            kind: DeliveryKind::WireTap,
+            config: tap.clone(),
+        });
+    }
+    let fifo = destinations
+        .iter()
+        .any(|d| d.config.delivery().ordering == Ordering::Fifo);
     if !problems.is_empty() {
         return Err(problems);
     }
+    let Some(router) = router else {
+        return Err(problems);
+    };
     Ok(Route {
         id,
         description: file.description,
@@ -153,8 +307,19 @@ pub fn load_file(path: &Path) -> Result<Route, Vec<Diagnostic>> {
         file: path.to_path_buf(),
         from: file.from,
         steps,
-        to: file.to,
-        concurrency: file.concurrency.unwrap_or(4),
+        destinations,
+        router,
+        split_first: match file.steps.first() {
+            Some(StepConfig::Split(c)) => c.build().ok().map(Arc::new),
+            _ => None,
+        },
+        on_error: file.on_error,
+        // Strict FIFO delivery needs the steps to finish in arrival order.
+        concurrency: if fifo {
+            1
+        } else {
+            file.concurrency.unwrap_or(4)
+        },
     })
 }
 

@@ -6,11 +6,13 @@
 //! by `switchyard check`, and nothing is compiled per message. Building has no side effects.
 
 pub mod csv_to_json;
+pub mod filter;
 pub mod fixed_width;
 pub mod json_to_csv;
 pub mod json_to_xml;
 pub mod map;
 pub mod set_header;
+pub mod split;
 pub mod transform;
 pub mod validate;
 pub mod xml_to_json;
@@ -44,6 +46,10 @@ pub enum StepConfig {
     JsonToCsv(json_to_csv::Config),
     /// Fixed-width text records to a JSON array.
     FixedWidth(fixed_width::Config),
+    /// Drops messages on purpose, with a recorded reason.
+    Filter(filter::Config),
+    /// Turns one message into many (lines, CSV rows, JSON array items, XML elements).
+    Split(split::Config),
 }
 
 /// What building a step may need: where the route file is, for relative file names.
@@ -95,6 +101,16 @@ impl StepConfig {
             StepConfig::CsvToJson(_) => "csv_to_json",
             StepConfig::JsonToCsv(_) => "json_to_csv",
             StepConfig::FixedWidth(_) => "fixed_width",
+            StepConfig::Filter(_) => "filter",
+            StepConfig::Split(_) => "split",
+        }
+    }
+
+    /// Which `on_error` setting applies when this step fails.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            StepConfig::Validate(_) => ErrorClass::Validation,
+            _ => ErrorClass::Transform,
         }
     }
 
@@ -109,6 +125,8 @@ impl StepConfig {
             StepConfig::CsvToJson(c) => Arc::new(csv_to_json::build(c)?),
             StepConfig::JsonToCsv(c) => Arc::new(json_to_csv::build(c)?),
             StepConfig::FixedWidth(c) => Arc::new(c.build()?),
+            StepConfig::Filter(c) => Arc::new(c.build(cx)?),
+            StepConfig::Split(c) => Arc::new(c.build()?),
         })
     }
 }
@@ -117,6 +135,29 @@ impl StepConfig {
 /// them on blocking threads.
 pub trait Step: Send + Sync {
     fn apply(&self, msg: &mut Message) -> Result<(), StepError>;
+
+    /// Like `apply`, for steps that may also stop the message on purpose (`filter`) or turn
+    /// it into several (`split`).
+    fn control(&self, msg: &mut Message) -> Result<Flow, StepError> {
+        self.apply(msg).map(|()| Flow::Continue)
+    }
+}
+
+/// What happens after a step.
+#[derive(Debug)]
+pub enum Flow {
+    Continue,
+    /// Drop the message, with this reason.
+    Filter(String),
+    /// Replace the message with these children; they carry on from the next step.
+    Split(Vec<Message>),
+}
+
+/// The kind of error, for the route's `on_error` settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    Validation,
+    Transform,
 }
 
 /// Why a step failed the message; shown to people, so it says what and where.
@@ -143,6 +184,7 @@ pub struct BuiltStep {
     /// `steps[0].transform` and the like.
     pub name: String,
     pub step: Arc<dyn Step>,
+    pub class: ErrorClass,
 }
 
 impl fmt::Debug for BuiltStep {
@@ -159,44 +201,85 @@ pub struct StepRun {
     pub error: Option<String>,
 }
 
-/// Applies `steps` in order, stopping at the first failure; `observe` sees each step's
-/// outcome and the message as that step left it. Returns the message, what each step did,
-/// and the failure (`steps[N].kind: reason`), if any.
+/// How a run of the steps ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Every step passed.
+    Done,
+    /// A filter dropped the message.
+    Filtered(String),
+    /// A split made children, which carry on from step `resume_at`.
+    Split {
+        children: Vec<Message>,
+        resume_at: usize,
+    },
+    /// A step failed: `steps[N].kind: reason`.
+    Failed { error: String, class: ErrorClass },
+}
+
+/// Applies `steps[from..]` in order, stopping at the first failure, filter or split;
+/// `observe` sees each step's outcome and the message as that step left it.
 pub fn run_all(
     steps: &[BuiltStep],
+    from: usize,
     msg: Message,
     mut observe: impl FnMut(&StepRun, &Message),
-) -> (Message, Vec<StepRun>, Option<String>) {
+) -> (Message, Vec<StepRun>, Outcome) {
     let mut current = msg;
     let mut runs = Vec::with_capacity(steps.len());
-    for built in steps {
+    for (index, built) in steps.iter().enumerate().skip(from) {
         let started = std::time::Instant::now();
         // A bug in a step must fail the message, not take the engine down.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            built.step.apply(&mut current)
+            built.step.control(&mut current)
         }))
         .unwrap_or_else(|_| {
             Err(StepError(
                 "the step panicked (a bug in Switchyard; please report it)".into(),
             ))
         });
+        let (error, flow) = match result {
+            Ok(flow) => (None, flow),
+            Err(e) => (Some(e.0), Flow::Continue),
+        };
         let run = StepRun {
             name: built.name.clone(),
             duration: started.elapsed(),
-            error: result.err().map(|e| e.0),
+            error,
         };
         observe(&run, &current);
         let failure = run.error.as_ref().map(|e| format!("{}: {e}", run.name));
         runs.push(run);
-        if failure.is_some() {
-            return (current, runs, failure);
+        if let Some(error) = failure {
+            let class = built.class;
+            return (current, runs, Outcome::Failed { error, class });
+        }
+        match flow {
+            Flow::Continue => {}
+            Flow::Filter(reason) => {
+                return (
+                    current,
+                    runs,
+                    Outcome::Filtered(format!("{}: {reason}", built.name)),
+                )
+            }
+            Flow::Split(children) => {
+                return (
+                    current,
+                    runs,
+                    Outcome::Split {
+                        children,
+                        resume_at: index + 1,
+                    },
+                )
+            }
         }
     }
-    (current, runs, None)
+    (current, runs, Outcome::Done)
 }
 
 /// The script engine for one step, with the step's lookup tables loaded.
-pub(crate) fn script_engine(
+pub fn script_engine(
     lookups: &std::collections::BTreeMap<String, PathBuf>,
     limits: &crate::script::Limits,
     cx: &BuildContext,

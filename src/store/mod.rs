@@ -16,10 +16,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 use uuid::Uuid;
 
-/// Where a message is in its life. The last four are terminal.
+/// Where a message is in its life. All but the first two are terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum MessageState {
-    /// Stored; the steps have not completed yet.
+    /// Stored; the steps have not completed yet (or will run again later).
     Received,
     /// Steps done; one or more deliveries are pending.
     Delivering,
@@ -27,19 +27,25 @@ pub enum MessageState {
     Delivered,
     /// A step or the intake refused it (see its error).
     Failed,
-    /// A filter dropped it on purpose.
+    /// A filter dropped it on purpose (see its error for the reason).
     Filtered,
+    /// No routing rule matched and there is no `otherwise`.
+    Unrouted,
+    /// A split step turned it into child messages, which carry on by themselves.
+    Split,
     /// At least one destination gave up after its last attempt.
     Dead,
 }
 
 impl MessageState {
-    pub const ALL: [MessageState; 6] = [
+    pub const ALL: [MessageState; 8] = [
         MessageState::Received,
         MessageState::Delivering,
         MessageState::Delivered,
         MessageState::Failed,
         MessageState::Filtered,
+        MessageState::Unrouted,
+        MessageState::Split,
         MessageState::Dead,
     ];
 
@@ -50,6 +56,8 @@ impl MessageState {
             MessageState::Delivered => "delivered",
             MessageState::Failed => "failed",
             MessageState::Filtered => "filtered",
+            MessageState::Unrouted => "unrouted",
+            MessageState::Split => "split",
             MessageState::Dead => "dead",
         }
     }
@@ -61,6 +69,62 @@ impl MessageState {
     pub fn is_terminal(self) -> bool {
         !matches!(self, MessageState::Received | MessageState::Delivering)
     }
+}
+
+/// What a delivery is for. Only `Main` deliveries decide the message's final state; a
+/// dead-letter or wire-tap copy never changes the main flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryKind {
+    Main,
+    DeadLetter,
+    WireTap,
+}
+
+impl DeliveryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryKind::Main => "main",
+            DeliveryKind::DeadLetter => "dead_letter",
+            DeliveryKind::WireTap => "wire_tap",
+        }
+    }
+
+    fn parse(s: &str) -> DeliveryKind {
+        match s {
+            "dead_letter" => DeliveryKind::DeadLetter,
+            "wire_tap" => DeliveryKind::WireTap,
+            _ => DeliveryKind::Main,
+        }
+    }
+}
+
+/// A new message to store.
+#[derive(Debug, Clone)]
+pub struct Insert {
+    pub msg: Message,
+    pub route_version: String,
+    /// `Received`, or `Failed` when the intake refused it (with `error`).
+    pub state: MessageState,
+    pub error: Option<String>,
+    /// The message this one was split from.
+    pub parent: Option<Uuid>,
+    /// The step to start at (after the split that made it).
+    pub resume_step: usize,
+    /// `true`: the route's scheduler queues it for the steps (split children); `false`: the
+    /// caller queues it itself right after the commit.
+    pub scheduled: bool,
+    /// Wire-tap destinations that get a copy of the message as received.
+    pub wire_taps: Vec<String>,
+}
+
+/// A stored message waiting for its steps.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub msg: Message,
+    /// The step to start at.
+    pub resume_step: usize,
+    /// Earlier runs of the steps that ended in `Processed::Retry`.
+    pub attempts: u32,
 }
 
 /// The outcome of one step, recorded as a transition.
@@ -76,14 +140,28 @@ pub struct StepRecord {
 /// What the steps made of a message.
 #[derive(Debug, Clone)]
 pub enum Processed {
-    /// The steps succeeded: store the result and create one pending delivery per destination.
+    /// Store the result and create one pending delivery per destination.
     Routed {
         headers: Headers,
         body: Bytes,
         destinations: Vec<String>,
     },
-    /// A step failed the message.
-    Failed { error: String },
+    /// No rule matched and there is no `otherwise`: keep the result, deliver nothing.
+    Unrouted { headers: Headers, body: Bytes },
+    /// A filter dropped the message.
+    Filtered { reason: String },
+    /// A step failed the message; with `dead_letter`, the original goes to that destination.
+    Failed {
+        error: String,
+        dead_letter: Option<String>,
+    },
+    /// A step failed, and the route retries: run the steps again at `next_attempt_at`.
+    Retry {
+        error: String,
+        next_attempt_at: SystemTime,
+    },
+    /// A split step made these children; the parent is done.
+    Split { children: Vec<Insert> },
 }
 
 /// The outcome of one delivery attempt.
@@ -95,20 +173,28 @@ pub enum AttemptOutcome {
         error: String,
         next_attempt_at: SystemTime,
     },
-    /// Failed for good.
+    /// Failed for good. A main delivery with `dead_letter` set creates a delivery of the
+    /// same message to that destination, in the same transaction.
     Dead {
         error: String,
+        dead_letter: Option<String>,
     },
 }
 
-/// A pending delivery with the processed message it carries.
+/// A pending delivery with the message it carries.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub id: i64,
     pub destination: String,
+    pub kind: DeliveryKind,
     /// Attempts made before this one.
     pub attempts: u32,
+    pub next_attempt_at: SystemTime,
+    /// The message as the steps left it (main and dead-letter copies of delivery failures),
+    /// or as received (wire taps, dead-letter copies of step failures).
     pub message: Message,
+    /// The message's recorded error, for dead-letter copies.
+    pub error: Option<String>,
 }
 
 /// One delivery attempt as recorded.
@@ -132,6 +218,7 @@ pub struct StoredMessage {
     pub state: MessageState,
     pub headers: Headers,
     pub error: Option<String>,
+    pub parent: Option<Uuid>,
     pub received_at: SystemTime,
 }
 
@@ -143,15 +230,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// Commits a newly received message. `error` is set when the intake refused it
-    /// (`state` is then [`MessageState::Failed`]).
-    async fn insert(
-        &self,
-        msg: &Message,
-        route_version: &str,
-        state: MessageState,
-        error: Option<&str>,
-    ) -> StoreResult<()>;
+    /// Commits new messages (and their wire-tap deliveries) in one transaction.
+    async fn insert(&self, batch: Vec<Insert>) -> StoreResult<()>;
 
     /// Records the steps' outcomes and the result in one transaction. Returns the message's
     /// new state, or `None` when it was no longer waiting for its steps (processed already),
@@ -163,17 +243,30 @@ pub trait Store: Send + Sync {
         result: Processed,
     ) -> StoreResult<Option<MessageState>>;
 
-    /// Records a delivery attempt; when it was the message's last open delivery, also moves
-    /// the message to its terminal state and returns it.
+    /// Records a delivery attempt; when it was the message's last open main delivery, also
+    /// moves the message to its terminal state and returns it.
     async fn record_attempt(&self, attempt: Attempt<'_>) -> StoreResult<Option<MessageState>>;
 
-    /// Messages of `route` still waiting for their steps, oldest first, after `after`.
+    /// Messages of `route` waiting for their steps and not scheduled for later, oldest
+    /// first, after `after`: what a restart resumes.
     async fn received_messages(
         &self,
         route: &str,
         after: Option<Uuid>,
         limit: usize,
-    ) -> StoreResult<Vec<Message>>;
+    ) -> StoreResult<Vec<Pending>>;
+
+    /// Takes messages of `route` scheduled for their steps at or before `now` (split
+    /// children, retries): they are unscheduled in the same write, so each is taken once.
+    async fn take_scheduled(
+        &self,
+        route: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> StoreResult<Vec<Pending>>;
+
+    /// When the next scheduled message of `route` is due, if any.
+    async fn next_scheduled(&self, route: &str) -> StoreResult<Option<SystemTime>>;
 
     /// Pending deliveries of one destination that are due at `now`, oldest first.
     async fn due_deliveries(
@@ -184,8 +277,16 @@ pub trait Store: Send + Sync {
         limit: usize,
     ) -> StoreResult<Vec<Delivery>>;
 
+    /// The oldest pending delivery of a destination, due or not (strict FIFO order).
+    async fn oldest_pending(&self, route: &str, destination: &str)
+        -> StoreResult<Option<Delivery>>;
+
     /// When the next pending delivery of the destination falls due, if any is pending.
     async fn next_due(&self, route: &str, destination: &str) -> StoreResult<Option<SystemTime>>;
+
+    /// Sets a message's state and its error or reason text (a split made while reading
+    /// records how it ended this way).
+    async fn annotate(&self, id: Uuid, state: MessageState, text: &str) -> StoreResult<()>;
 
     /// One message's record, if it exists.
     async fn message(&self, id: Uuid) -> StoreResult<Option<StoredMessage>>;

@@ -189,25 +189,33 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "BEGIN;
         CREATE TABLE messages (
-            id            TEXT PRIMARY KEY,   -- UUIDv7: sorts by arrival
-            route         TEXT NOT NULL,
-            route_version TEXT NOT NULL,
-            state         TEXT NOT NULL,
-            received_at   INTEGER NOT NULL,   -- unix ms
-            updated_at    INTEGER NOT NULL,
-            headers       TEXT NOT NULL,      -- JSON object, as received
-            body          BLOB,               -- as received
-            out_headers   TEXT,               -- after the steps
-            out_body      BLOB,
-            error         TEXT
+            id              TEXT PRIMARY KEY,   -- UUIDv7: sorts by arrival
+            route           TEXT NOT NULL,
+            route_version   TEXT NOT NULL,
+            state           TEXT NOT NULL,
+            received_at     INTEGER NOT NULL,   -- unix ms
+            updated_at      INTEGER NOT NULL,
+            headers         TEXT NOT NULL,      -- JSON object, as received
+            body            BLOB,               -- as received
+            out_headers     TEXT,               -- after the steps
+            out_body        BLOB,
+            error           TEXT,
+            parent_id       TEXT,               -- the message this one was split from
+            resume_step     INTEGER NOT NULL DEFAULT 0,
+            attempts        INTEGER NOT NULL DEFAULT 0, -- runs of the steps that were retried
+            next_attempt_at INTEGER             -- set: the scheduler runs the steps then
         );
         CREATE INDEX messages_route_state ON messages (route, state, id);
+        CREATE INDEX messages_scheduled ON messages (route, next_attempt_at) WHERE next_attempt_at IS NOT NULL;
         CREATE INDEX messages_state ON messages (state, id);
+        CREATE INDEX messages_parent ON messages (parent_id) WHERE parent_id IS NOT NULL;
         CREATE TABLE deliveries (
             id              INTEGER PRIMARY KEY,
             message_id      TEXT NOT NULL,
             route           TEXT NOT NULL,
             destination     TEXT NOT NULL,
+            kind            TEXT NOT NULL DEFAULT 'main', -- main, dead_letter, wire_tap
+            payload         TEXT NOT NULL DEFAULT 'out',  -- out: after the steps; in: as received
             state           TEXT NOT NULL,    -- pending, delivered, dead
             attempts        INTEGER NOT NULL DEFAULT 0,
             next_attempt_at INTEGER NOT NULL,
@@ -274,29 +282,134 @@ fn parse_id(text: &str) -> rusqlite::Result<Uuid> {
     })
 }
 
+fn add_delivery(
+    conn: &Connection,
+    message: &str,
+    route: &str,
+    destination: &str,
+    kind: DeliveryKind,
+    payload: &str,
+    now: i64,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO deliveries (message_id, route, destination, kind, payload, state, next_attempt_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6)",
+    )?
+    .execute(params![message, route, destination, kind.as_str(), payload, now])?;
+    Ok(())
+}
+
+fn set_state(
+    conn: &Connection,
+    id: &str,
+    now: i64,
+    state: MessageState,
+    error: Option<&str>,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE messages SET state = ?2, updated_at = ?3, error = ?4 WHERE id = ?1",
+    )?
+    .execute(params![id, state.as_str(), now, error])?;
+    Ok(())
+}
+
+fn set_output(
+    conn: &Connection,
+    id: &str,
+    now: i64,
+    state: MessageState,
+    headers: &Headers,
+    body: &Bytes,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE messages SET state = ?2, updated_at = ?3, out_headers = ?4, out_body = ?5, error = NULL
+         WHERE id = ?1",
+    )?
+    .execute(params![id, state.as_str(), now, headers_json(headers), &body[..]])?;
+    Ok(())
+}
+
+const SELECT_PENDING: &str =
+    "SELECT id, route, headers, body, received_at, resume_step, attempts FROM messages";
+
+fn pending_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Pending> {
+    let id: String = r.get(0)?;
+    Ok(Pending {
+        msg: Message {
+            id: parse_id(&id)?,
+            route: r.get(1)?,
+            headers: parse_headers(r.get(2)?),
+            body: Bytes::from(r.get::<_, Option<Vec<u8>>>(3)?.unwrap_or_default()),
+            received_at: from_millis(r.get(4)?),
+        },
+        resume_step: r.get::<_, i64>(5)?.max(0) as usize,
+        attempts: r.get::<_, i64>(6)?.max(0) as u32,
+    })
+}
+
+const SELECT_DELIVERY: &str =
+    "SELECT d.id, d.attempts, d.kind, d.next_attempt_at, m.id, m.received_at, m.error,
+        CASE d.payload WHEN 'in' THEN m.headers ELSE m.out_headers END,
+        CASE d.payload WHEN 'in' THEN m.body ELSE m.out_body END
+     FROM deliveries d JOIN messages m ON m.id = d.message_id";
+
+fn delivery_row(
+    r: &rusqlite::Row<'_>,
+    route: &str,
+    destination: &str,
+) -> rusqlite::Result<Delivery> {
+    let kind: String = r.get(2)?;
+    let id: String = r.get(4)?;
+    Ok(Delivery {
+        id: r.get(0)?,
+        destination: destination.to_string(),
+        kind: DeliveryKind::parse(&kind),
+        attempts: r.get(1)?,
+        next_attempt_at: from_millis(r.get(3)?),
+        error: r.get(6)?,
+        message: Message {
+            id: parse_id(&id)?,
+            route: route.to_string(),
+            headers: parse_headers(r.get(7)?),
+            body: Bytes::from(r.get::<_, Option<Vec<u8>>>(8)?.unwrap_or_default()),
+            received_at: from_millis(r.get(5)?),
+        },
+    })
+}
+
 #[async_trait]
 impl Store for SqliteStore {
-    async fn insert(
-        &self,
-        msg: &Message,
-        route_version: &str,
-        state: MessageState,
-        error: Option<&str>,
-    ) -> StoreResult<()> {
-        let id = msg.id.to_string();
-        let route = msg.route.clone();
-        let version = route_version.to_string();
-        let received = millis(msg.received_at);
-        let headers = headers_json(&msg.headers);
-        let body = msg.body.clone();
-        let error = error.map(str::to_string);
+    async fn insert(&self, batch: Vec<Insert>) -> StoreResult<()> {
         self.write(move |conn| {
-            conn.prepare_cached(
-                "INSERT INTO messages (id, route, route_version, state, received_at, updated_at, headers, body, error)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![id, route, version, state.as_str(), received, headers, &body[..], error])?;
-            transition(conn, &id, received, "received", None, state.as_str(), None, error.as_deref())
+            let now = millis(SystemTime::now());
+            for ins in &batch {
+                let m = &ins.msg;
+                let id = m.id.to_string();
+                let received = millis(m.received_at);
+                conn.prepare_cached(
+                    "INSERT INTO messages (id, route, route_version, state, received_at, updated_at, headers, body,
+                                           error, parent_id, resume_step, next_attempt_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )?
+                .execute(params![
+                    id,
+                    m.route,
+                    ins.route_version,
+                    ins.state.as_str(),
+                    received,
+                    headers_json(&m.headers),
+                    &m.body[..],
+                    ins.error,
+                    ins.parent.map(|p| p.to_string()),
+                    ins.resume_step as i64,
+                    ins.scheduled.then_some(now),
+                ])?;
+                transition(conn, &id, received, "received", None, ins.state.as_str(), None, ins.error.as_deref())?;
+                for tap in &ins.wire_taps {
+                    add_delivery(conn, &id, &m.route, tap, DeliveryKind::WireTap, "in", now)?;
+                }
+            }
+            Ok(())
         })
         .await
     }
@@ -328,37 +441,72 @@ impl Store for SqliteStore {
                     s.detail.as_deref(),
                 )?;
             }
+            let route: String =
+                conn.query_row("SELECT route FROM messages WHERE id = ?1", [&id], |r| r.get(0))?;
             let state = match &result {
                 Processed::Routed {
                     headers,
                     body,
                     destinations,
                 } => {
-                    conn.prepare_cached(
-                        "UPDATE messages SET state = 'delivering', updated_at = ?2, out_headers = ?3, out_body = ?4
-                         WHERE id = ?1",
-                    )?
-                    .execute(params![id, now, headers_json(headers), &body[..]])?;
-                    let route: String = conn.query_row(
-                        "SELECT route FROM messages WHERE id = ?1",
-                        [&id],
-                        |r| r.get(0),
-                    )?;
+                    set_output(conn, &id, now, MessageState::Delivering, headers, body)?;
                     for d in destinations {
-                        conn.prepare_cached(
-                            "INSERT INTO deliveries (message_id, route, destination, state, next_attempt_at, updated_at)
-                             VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
-                        )?
-                        .execute(params![id, route, d, now])?;
+                        add_delivery(conn, &id, &route, d, DeliveryKind::Main, "out", now)?;
                     }
                     MessageState::Delivering
                 }
-                Processed::Failed { error } => {
-                    conn.prepare_cached(
-                        "UPDATE messages SET state = 'failed', updated_at = ?2, error = ?3 WHERE id = ?1",
-                    )?
-                    .execute(params![id, now, error])?;
+                Processed::Unrouted { headers, body } => {
+                    set_output(conn, &id, now, MessageState::Unrouted, headers, body)?;
+                    MessageState::Unrouted
+                }
+                Processed::Filtered { reason } => {
+                    set_state(conn, &id, now, MessageState::Filtered, Some(reason))?;
+                    MessageState::Filtered
+                }
+                Processed::Failed { error, dead_letter } => {
+                    set_state(conn, &id, now, MessageState::Failed, Some(error))?;
+                    if let Some(dl) = dead_letter {
+                        add_delivery(conn, &id, &route, dl, DeliveryKind::DeadLetter, "in", now)?;
+                    }
                     MessageState::Failed
+                }
+                Processed::Retry {
+                    error,
+                    next_attempt_at,
+                } => {
+                    conn.prepare_cached(
+                        "UPDATE messages SET attempts = attempts + 1, next_attempt_at = ?2, updated_at = ?3, error = ?4
+                         WHERE id = ?1",
+                    )?
+                    .execute(params![id, millis(*next_attempt_at), now, error])?;
+                    transition(conn, &id, now, "state", None, "retry", None, Some(error))?;
+                    return Ok(Some(MessageState::Received));
+                }
+                Processed::Split { children } => {
+                    let mut n = 0;
+                    for ins in children {
+                        let m = &ins.msg;
+                        let child = m.id.to_string();
+                        conn.prepare_cached(
+                            "INSERT INTO messages (id, route, route_version, state, received_at, updated_at, headers, body,
+                                                   parent_id, resume_step, next_attempt_at)
+                             VALUES (?1, ?2, ?3, 'received', ?4, ?4, ?5, ?6, ?7, ?8, ?4)",
+                        )?
+                        .execute(params![
+                            child,
+                            m.route,
+                            ins.route_version,
+                            millis(m.received_at),
+                            headers_json(&m.headers),
+                            &m.body[..],
+                            id,
+                            ins.resume_step as i64,
+                        ])?;
+                        transition(conn, &child, now, "received", None, "received", None, Some(&format!("split from {id}")))?;
+                        n += 1;
+                    }
+                    set_state(conn, &id, now, MessageState::Split, Some(&format!("split into {n} messages")))?;
+                    MessageState::Split
                 }
             };
             transition(conn, &id, now, "state", None, state.as_str(), None, None)?;
@@ -379,39 +527,39 @@ impl Store for SqliteStore {
                     error,
                     next_attempt_at,
                 } => ("pending", millis(*next_attempt_at), Some(error.as_str())),
-                AttemptOutcome::Dead { error } => ("dead", now, Some(error.as_str())),
+                AttemptOutcome::Dead { error, .. } => ("dead", now, Some(error.as_str())),
             };
             conn.prepare_cached(
                 "UPDATE deliveries SET state = ?2, attempts = ?3, next_attempt_at = ?4, last_error = ?5, updated_at = ?6
                  WHERE id = ?1",
             )?
             .execute(params![delivery, state, number, next, error, now])?;
-            let outcome_name = match &outcome {
-                AttemptOutcome::Delivered => "delivered",
-                AttemptOutcome::Retry { .. } => "retry",
-                AttemptOutcome::Dead { .. } => "dead",
-            };
             let detail = match error {
                 Some(e) => format!("attempt {number}: {e}"),
                 None => format!("attempt {number}"),
             };
-            transition(
-                conn,
-                &id,
-                now,
-                "attempt",
-                Some(&destination),
-                outcome_name,
-                Some(duration),
-                Some(&detail),
-            )?;
+            let outcome_name = if state == "pending" { "retry" } else { state };
+            transition(conn, &id, now, "attempt", Some(&destination), outcome_name, Some(duration), Some(&detail))?;
             if state == "pending" {
                 return Ok(None);
+            }
+            let (kind, route): (String, String) = conn
+                .prepare_cached("SELECT kind, route FROM deliveries WHERE id = ?1")?
+                .query_row([delivery], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            if DeliveryKind::parse(&kind) != DeliveryKind::Main {
+                return Ok(None); // copies never change the message's state
+            }
+            if let AttemptOutcome::Dead { error, dead_letter } = &outcome {
+                conn.prepare_cached("UPDATE messages SET error = ?2 WHERE id = ?1")?
+                    .execute(params![id, format!("{destination}: {error}")])?;
+                if let Some(dl) = dead_letter {
+                    add_delivery(conn, &id, &route, dl, DeliveryKind::DeadLetter, "out", now)?;
+                }
             }
             let (open, dead): (i64, i64) = conn
                 .prepare_cached(
                     "SELECT COALESCE(SUM(state = 'pending'), 0), COALESCE(SUM(state = 'dead'), 0)
-                     FROM deliveries WHERE message_id = ?1",
+                     FROM deliveries WHERE message_id = ?1 AND kind = 'main'",
                 )?
                 .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))?;
             if open > 0 {
@@ -435,25 +583,56 @@ impl Store for SqliteStore {
         route: &str,
         after: Option<Uuid>,
         limit: usize,
-    ) -> StoreResult<Vec<Message>> {
+    ) -> StoreResult<Vec<Pending>> {
         let route = route.to_string();
         let after = after.map(|u| u.to_string()).unwrap_or_default();
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT id, headers, body, received_at FROM messages
-                 WHERE route = ?1 AND state = 'received' AND id > ?2 ORDER BY id LIMIT ?3",
-            )?;
-            let rows = stmt.query_map(params![route, after, limit as i64], |r| {
-                let id: String = r.get(0)?;
-                Ok(Message {
-                    id: parse_id(&id)?,
-                    route: route.clone(),
-                    headers: parse_headers(r.get(1)?),
-                    body: Bytes::from(r.get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default()),
-                    received_at: from_millis(r.get(3)?),
-                })
-            })?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "{SELECT_PENDING} WHERE route = ?1 AND state = 'received' AND next_attempt_at IS NULL AND id > ?2
+                 ORDER BY id LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(params![route, after, limit as i64], pending_row)?;
             rows.collect()
+        })
+        .await
+    }
+
+    async fn take_scheduled(
+        &self,
+        route: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> StoreResult<Vec<Pending>> {
+        let route = route.to_string();
+        let now = millis(now);
+        self.write(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "{SELECT_PENDING} WHERE route = ?1 AND state = 'received' AND next_attempt_at IS NOT NULL
+                 AND next_attempt_at <= ?2 ORDER BY next_attempt_at, id LIMIT ?3"
+            ))?;
+            let taken: Vec<Pending> = stmt
+                .query_map(params![route, now, limit as i64], pending_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut unschedule =
+                conn.prepare_cached("UPDATE messages SET next_attempt_at = NULL WHERE id = ?1")?;
+            for p in &taken {
+                unschedule.execute([p.msg.id.to_string()])?;
+            }
+            Ok(taken)
+        })
+        .await
+    }
+
+    async fn next_scheduled(&self, route: &str) -> StoreResult<Option<SystemTime>> {
+        let route = route.to_string();
+        self.read(move |conn| {
+            let next: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT MIN(next_attempt_at) FROM messages
+                     WHERE route = ?1 AND state = 'received' AND next_attempt_at IS NOT NULL",
+                )?
+                .query_row([route], |r| r.get(0))?;
+            Ok(next.map(from_millis))
         })
         .await
     }
@@ -469,28 +648,34 @@ impl Store for SqliteStore {
         let destination = destination.to_string();
         let now = millis(now);
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT d.id, d.attempts, m.id, m.out_headers, m.out_body, m.received_at
-                 FROM deliveries d JOIN messages m ON m.id = d.message_id
-                 WHERE d.route = ?1 AND d.destination = ?2 AND d.state = 'pending' AND d.next_attempt_at <= ?3
-                 ORDER BY d.id LIMIT ?4",
-            )?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "{SELECT_DELIVERY} WHERE d.route = ?1 AND d.destination = ?2 AND d.state = 'pending'
+                 AND d.next_attempt_at <= ?3 ORDER BY d.id LIMIT ?4"
+            ))?;
             let rows = stmt.query_map(params![route, destination, now, limit as i64], |r| {
-                let id: String = r.get(2)?;
-                Ok(Delivery {
-                    id: r.get(0)?,
-                    destination: destination.clone(),
-                    attempts: r.get(1)?,
-                    message: Message {
-                        id: parse_id(&id)?,
-                        route: route.clone(),
-                        headers: parse_headers(r.get(3)?),
-                        body: Bytes::from(r.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default()),
-                        received_at: from_millis(r.get(5)?),
-                    },
-                })
+                delivery_row(r, &route, &destination)
             })?;
             rows.collect()
+        })
+        .await
+    }
+
+    async fn oldest_pending(
+        &self,
+        route: &str,
+        destination: &str,
+    ) -> StoreResult<Option<Delivery>> {
+        let route = route.to_string();
+        let destination = destination.to_string();
+        self.read(move |conn| {
+            conn.prepare_cached(&format!(
+                "{SELECT_DELIVERY} WHERE d.route = ?1 AND d.destination = ?2 AND d.state = 'pending'
+                 ORDER BY d.id LIMIT 1"
+            ))?
+            .query_row(params![route, destination], |r| {
+                delivery_row(r, &route, &destination)
+            })
+            .optional()
         })
         .await
     }
@@ -506,6 +691,25 @@ impl Store for SqliteStore {
                 )?
                 .query_row(params![route, destination], |r| r.get(0))?;
             Ok(next.map(from_millis))
+        })
+        .await
+    }
+
+    async fn annotate(&self, id: Uuid, state: MessageState, text: &str) -> StoreResult<()> {
+        let (id, text) = (id.to_string(), text.to_string());
+        self.write(move |conn| {
+            let now = millis(SystemTime::now());
+            set_state(conn, &id, now, state, Some(&text))?;
+            transition(
+                conn,
+                &id,
+                now,
+                "state",
+                None,
+                state.as_str(),
+                None,
+                Some(&text),
+            )
         })
         .await
     }
@@ -575,7 +779,7 @@ impl Store for SqliteStore {
 }
 
 const SELECT_STORED: &str =
-    "SELECT id, route, route_version, state, headers, error, received_at FROM messages";
+    "SELECT id, route, route_version, state, headers, error, received_at, parent_id FROM messages";
 
 fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
     let id: String = r.get(0)?;
@@ -588,6 +792,9 @@ fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
         headers: parse_headers(r.get(4)?),
         error: r.get(5)?,
         received_at: from_millis(r.get(6)?),
+        parent: r
+            .get::<_, Option<String>>(7)?
+            .and_then(|p| Uuid::parse_str(&p).ok()),
     })
 }
 
@@ -595,8 +802,19 @@ fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
 mod tests {
     use super::*;
 
-    fn msg(route: &str, body: &str) -> Message {
-        Message::new(route, Bytes::from(body.to_string()))
+    fn insert(route: &str, body: &str) -> (Message, Insert) {
+        let msg = Message::new(route, Bytes::from(body.to_string()));
+        let ins = Insert {
+            msg: msg.clone(),
+            route_version: "v1".into(),
+            state: MessageState::Received,
+            error: None,
+            parent: None,
+            resume_step: 0,
+            scheduled: false,
+            wire_taps: Vec::new(),
+        };
+        (msg, ins)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -607,61 +825,68 @@ mod tests {
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..500 {
             let s = store.clone();
-            tasks.spawn(async move {
-                s.insert(
-                    &msg("r", &format!("m{i}")),
-                    "v1",
-                    MessageState::Received,
-                    None,
-                )
-                .await
-            });
+            tasks.spawn(async move { s.insert(vec![insert("r", &format!("m{i}")).1]).await });
         }
         while let Some(r) = tasks.join_next().await {
             r.unwrap().unwrap();
         }
         store.close().await.unwrap();
-        assert!(store
-            .insert(&msg("r", "late"), "v1", MessageState::Received, None)
-            .await
-            .is_err());
+        assert!(store.insert(vec![insert("r", "late").1]).await.is_err());
 
         let reopened = SqliteStore::open(&path).unwrap();
         let counts = reopened.count_by_state(Some("r")).await.unwrap();
         assert_eq!(counts.get(&MessageState::Received), Some(&500));
         let page = reopened.received_messages("r", None, 1000).await.unwrap();
         assert_eq!(page.len(), 500);
-        assert!(page.windows(2).all(|w| w[0].id < w[1].id), "oldest first");
+        assert!(
+            page.windows(2).all(|w| w[0].msg.id < w[1].msg.id),
+            "oldest first"
+        );
+    }
+
+    fn step() -> StepRecord {
+        StepRecord {
+            step: "steps[0].xml_to_json".into(),
+            ok: true,
+            duration: Duration::from_micros(5),
+            detail: None,
+        }
+    }
+
+    fn attempt(d: &Delivery, number: u32, outcome: AttemptOutcome) -> Attempt<'static> {
+        Attempt {
+            delivery: d.id,
+            message: d.message.id,
+            destination: "x",
+            number,
+            duration: Duration::from_millis(1),
+            outcome,
+        }
     }
 
     #[tokio::test]
     async fn lifecycle_transitions_and_idempotent_steps() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
-        let m = msg("r", "<a/>");
-        store
-            .insert(&m, "v1", MessageState::Received, None)
-            .await
-            .unwrap();
+        let (m, mut ins) = insert("r", "<a/>");
+        ins.wire_taps = vec!["wire_tap[0]".into()];
+        store.insert(vec![ins]).await.unwrap();
         let routed = Processed::Routed {
             headers: Headers::new(),
             body: Bytes::from_static(b"{}"),
             destinations: vec!["to[0]".into(), "to[1]".into()],
         };
-        let step = StepRecord {
-            step: "steps[0].xml_to_json".into(),
-            ok: true,
-            duration: Duration::from_micros(5),
-            detail: None,
-        };
         let s = store
-            .finish_steps(m.id, vec![step.clone()], routed.clone())
+            .finish_steps(m.id, vec![step()], routed.clone())
             .await
             .unwrap();
         assert_eq!(s, Some(MessageState::Delivering));
         // A second pass over the same message records nothing and creates no deliveries.
         assert_eq!(
-            store.finish_steps(m.id, vec![step], routed).await.unwrap(),
+            store
+                .finish_steps(m.id, vec![step()], routed)
+                .await
+                .unwrap(),
             None
         );
 
@@ -670,53 +895,181 @@ mod tests {
         let d1 = store.due_deliveries("r", "to[1]", now, 10).await.unwrap();
         assert_eq!((d0.len(), d1.len()), (1, 1));
         assert_eq!(&d0[0].message.body[..], b"{}");
-
-        let attempt = |d: &Delivery, number, outcome| Attempt {
-            delivery: d.id,
-            message: m.id,
-            destination: "x",
-            number,
-            duration: Duration::from_millis(1),
-            outcome,
-        };
-        let later = now + Duration::from_secs(60);
-        let r = store
-            .record_attempt(attempt(
-                &d0[0],
-                1,
-                AttemptOutcome::Retry {
-                    error: "disk full".into(),
-                    next_attempt_at: later,
-                },
-            ))
+        // The wire tap carries the message as received.
+        let tap = store
+            .due_deliveries("r", "wire_tap[0]", now, 10)
             .await
             .unwrap();
-        assert_eq!(r, None);
+        assert_eq!(&tap[0].message.body[..], b"<a/>");
+        assert_eq!(tap[0].kind, DeliveryKind::WireTap);
+
+        let later = now + Duration::from_secs(60);
+        let retry = AttemptOutcome::Retry {
+            error: "disk full".into(),
+            next_attempt_at: later,
+        };
+        assert_eq!(
+            store
+                .record_attempt(attempt(&d0[0], 1, retry))
+                .await
+                .unwrap(),
+            None
+        );
         assert!(store
             .due_deliveries("r", "to[0]", now, 10)
             .await
             .unwrap()
             .is_empty());
-        let next = store.next_due("r", "to[0]").await.unwrap().unwrap();
-        assert_eq!(millis(next), millis(later));
+        let oldest = store.oldest_pending("r", "to[0]").await.unwrap().unwrap();
+        assert_eq!(millis(oldest.next_attempt_at), millis(later));
+        assert_eq!(
+            millis(store.next_due("r", "to[0]").await.unwrap().unwrap()),
+            millis(later)
+        );
 
-        let r = store
-            .record_attempt(attempt(&d1[0], 1, AttemptOutcome::Delivered))
+        // A wire tap's outcome never decides the message's state.
+        assert_eq!(
+            store
+                .record_attempt(attempt(&tap[0], 1, AttemptOutcome::Delivered))
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            store
+                .record_attempt(attempt(&d1[0], 1, AttemptOutcome::Delivered))
+                .await
+                .unwrap(),
+            None,
+            "to[0] is still open"
+        );
+        let dead = AttemptOutcome::Dead {
+            error: "gave up".into(),
+            dead_letter: Some("dead_letter".into()),
+        };
+        assert_eq!(
+            store
+                .record_attempt(attempt(&d0[0], 2, dead))
+                .await
+                .unwrap(),
+            Some(MessageState::Dead)
+        );
+        assert_eq!(
+            store.message(m.id).await.unwrap().unwrap().state,
+            MessageState::Dead
+        );
+        // The dead delivery went to the dead-letter destination, with the processed body.
+        let dl = store
+            .due_deliveries("r", "dead_letter", SystemTime::now(), 10)
             .await
             .unwrap();
-        assert_eq!(r, None, "to[0] is still open");
-        let r = store
-            .record_attempt(attempt(
-                &d0[0],
-                2,
-                AttemptOutcome::Dead {
-                    error: "gave up".into(),
+        assert_eq!(dl.len(), 1);
+        assert_eq!(
+            (&dl[0].message.body[..], dl[0].kind),
+            (&b"{}"[..], DeliveryKind::DeadLetter)
+        );
+    }
+
+    #[tokio::test]
+    async fn failures_filters_retries_and_splits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let (failed, a) = insert("r", "bad");
+        let (filtered, b) = insert("r", "dull");
+        let (retried, c) = insert("r", "flaky");
+        let (parent, d) = insert("r", "a\nb");
+        store.insert(vec![a, b, c, d]).await.unwrap();
+
+        let s = store
+            .finish_steps(
+                failed.id,
+                vec![],
+                Processed::Failed {
+                    error: "nope".into(),
+                    dead_letter: Some("dead_letter".into()),
                 },
-            ))
+            )
             .await
             .unwrap();
-        assert_eq!(r, Some(MessageState::Dead));
-        let stored = store.message(m.id).await.unwrap().unwrap();
-        assert_eq!(stored.state, MessageState::Dead);
+        assert_eq!(s, Some(MessageState::Failed));
+        let dl = store
+            .due_deliveries("r", "dead_letter", SystemTime::now(), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            (&dl[0].message.body[..], dl[0].error.as_deref()),
+            (&b"bad"[..], Some("nope"))
+        );
+
+        let s = store
+            .finish_steps(
+                filtered.id,
+                vec![],
+                Processed::Filtered {
+                    reason: "test order".into(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(s, Some(MessageState::Filtered));
+
+        let soon = SystemTime::now() + Duration::from_millis(50);
+        let s = store
+            .finish_steps(
+                retried.id,
+                vec![],
+                Processed::Retry {
+                    error: "busy".into(),
+                    next_attempt_at: soon,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(s, Some(MessageState::Received));
+        // Scheduled messages are not resumed as fresh ones, and are taken once when due.
+        let fresh = store.received_messages("r", None, 10).await.unwrap();
+        assert_eq!(
+            fresh.iter().map(|p| p.msg.id).collect::<Vec<_>>(),
+            vec![parent.id]
+        );
+        assert!(store
+            .take_scheduled("r", SystemTime::now(), 10)
+            .await
+            .unwrap()
+            .is_empty());
+        let due = store
+            .take_scheduled("r", soon + Duration::from_millis(1), 10)
+            .await
+            .unwrap();
+        assert_eq!((due.len(), due[0].attempts), (1, 1));
+        assert!(store
+            .take_scheduled("r", soon + Duration::from_secs(1), 10)
+            .await
+            .unwrap()
+            .is_empty());
+
+        let children: Vec<Insert> = ["a", "b"]
+            .iter()
+            .map(|b| {
+                let (_, mut ins) = insert("r", b);
+                ins.parent = Some(parent.id);
+                ins.resume_step = 1;
+                ins.scheduled = true;
+                ins
+            })
+            .collect();
+        let s = store
+            .finish_steps(parent.id, vec![], Processed::Split { children })
+            .await
+            .unwrap();
+        assert_eq!(s, Some(MessageState::Split));
+        let kids = store
+            .take_scheduled("r", SystemTime::now() + Duration::from_millis(5), 10)
+            .await
+            .unwrap();
+        assert_eq!(kids.len(), 2);
+        assert!(kids.iter().all(|k| k.resume_step == 1));
+        let kid = store.message(kids[0].msg.id).await.unwrap().unwrap();
+        assert_eq!(kid.parent, Some(parent.id));
     }
 }

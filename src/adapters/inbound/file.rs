@@ -11,10 +11,11 @@
 //! and archive leaves the file in place, so it is taken again after restart: a duplicate,
 //! never a loss.
 
-use super::{Inbound, Intake};
+use super::{Inbound, Intake, SplitError};
 use crate::adapters::fs::{move_into, safe_file_name, write_temp};
 use crate::message::{Headers, Message};
 use crate::route::values::{ByteSize, Duration, Glob};
+use crate::steps::split::Split;
 use anyhow::Context;
 use async_trait::async_trait;
 use notify::Watcher;
@@ -269,6 +270,9 @@ impl Inner {
                 humantime::format_rfc3339_millis(m).to_string(),
             );
         }
+        if let Some(split) = intake.split_first() {
+            return self.take_split(path, name, headers, split, intake).await;
+        }
         let max = self.cfg.max_size.0;
         if meta.len() > max {
             let reason = format!(
@@ -295,16 +299,68 @@ impl Inner {
                 return None;
             }
         };
+        self.acknowledge(&path, &name, id, intake)
+    }
+
+    /// Takes a file whose route starts with a split: the file is split while it is read, in
+    /// bounded memory, whatever its size (`max_size` does not apply; `max_child_size` does).
+    async fn take_split(
+        &self,
+        path: PathBuf,
+        name: String,
+        headers: Headers,
+        split: Arc<Split>,
+        intake: &Intake,
+    ) -> Option<PathBuf> {
+        let file = path.clone();
+        let splitter = split.clone();
+        let result = intake
+            .submit_split(headers, split, move |emit| {
+                let f = std::fs::File::open(&file)
+                    .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+                splitter.split(std::io::BufReader::with_capacity(256 << 10, f), emit)
+            })
+            .await;
+        match result {
+            Ok((id, n)) => {
+                tracing::info!(route = %intake.route, message_id = %id, file = %path.display(), children = n, "file split while read");
+                self.acknowledge(&path, &name, id, intake)
+            }
+            Err(SplitError::NotStored(e)) => {
+                tracing::error!(route = %intake.route, file = %path.display(), error = %e, "could not store file; it stays in place and is retried");
+                None
+            }
+            Err(SplitError::Failed { parent, error }) => {
+                tracing::warn!(route = %intake.route, message_id = %parent, file = %path.display(), error = %error, "split failed");
+                let moved = move_into(&path, &self.errors, &name).and_then(|to| {
+                    write_reason(&to, &format!("message {parent}: {error}")).map(|_| ())
+                });
+                match moved {
+                    Ok(()) => None,
+                    Err(_) => Some(path),
+                }
+            }
+        }
+    }
+
+    /// Archives or deletes a file whose message is committed.
+    fn acknowledge(
+        &self,
+        path: &Path,
+        name: &str,
+        id: uuid::Uuid,
+        intake: &Intake,
+    ) -> Option<PathBuf> {
         let done = match self.cfg.after {
-            After::Delete => std::fs::remove_file(&path).map(|_| ()),
-            After::Archive => move_into(&path, &self.archive, &name).map(|_| ()),
+            After::Delete => std::fs::remove_file(path).map(|_| ()),
+            After::Archive => move_into(path, &self.archive, name).map(|_| ()),
         };
         match done {
             Ok(()) => None,
             Err(e) => {
                 tracing::error!(route = %intake.route, message_id = %id, file = %path.display(), error = %e,
                     "file was stored but could not be archived or deleted; it is skipped until it is moved away");
-                Some(path)
+                Some(path.to_path_buf())
             }
         }
     }

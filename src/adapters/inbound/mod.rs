@@ -7,13 +7,14 @@
 pub mod file;
 
 use crate::message::{Headers, Message};
-use crate::store::{MessageState, Store, StoreError};
+use crate::steps::split::Split;
+use crate::store::{Insert, MessageState, Pending, Store, StoreError};
 use crate::telemetry;
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Deserialize;
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -72,7 +73,14 @@ pub struct Intake {
     pub(crate) route: String,
     pub(crate) version: String,
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) queue: mpsc::Sender<Message>,
+    pub(crate) queue: mpsc::Sender<Pending>,
+    /// Wire-tap destinations, which get a copy of each message as received, and their
+    /// workers' wake-ups.
+    pub(crate) wire_taps: Vec<(String, Arc<Notify>)>,
+    /// Wakes the route's scheduler, which queues stored split children.
+    pub(crate) scheduled: Arc<Notify>,
+    /// Set when the route's first step is a split: files are split while they are read.
+    pub(crate) split_first: Option<Arc<Split>>,
 }
 
 impl Intake {
@@ -80,14 +88,34 @@ impl Intake {
         route: &str,
         version: &str,
         store: Arc<dyn Store>,
-        queue: mpsc::Sender<Message>,
+        queue: mpsc::Sender<Pending>,
     ) -> Intake {
         Intake {
             route: route.to_string(),
             version: version.to_string(),
             store,
             queue,
+            wire_taps: Vec::new(),
+            scheduled: Arc::new(Notify::new()),
+            split_first: None,
         }
+    }
+
+    fn insert(&self, msg: Message, state: MessageState, error: Option<&str>) -> Insert {
+        Insert {
+            msg,
+            route_version: self.version.clone(),
+            state,
+            error: error.map(str::to_string),
+            parent: None,
+            resume_step: 0,
+            scheduled: false,
+            wire_taps: self.wire_taps.iter().map(|(n, _)| n.clone()).collect(),
+        }
+    }
+
+    fn wake_taps(&self) {
+        self.wire_taps.iter().for_each(|(_, w)| w.notify_one());
     }
 
     /// Commits a new message and queues it for the steps. When this returns `Ok`, the message
@@ -101,11 +129,16 @@ impl Intake {
         let mut msg = Message::new(&self.route, body);
         msg.headers = headers;
         self.store
-            .insert(&msg, &self.version, MessageState::Received, None)
+            .insert(vec![self.insert(msg.clone(), MessageState::Received, None)])
             .await?;
         telemetry::received(&msg);
+        self.wake_taps();
         let id = msg.id;
-        permit.send(msg);
+        permit.send(Pending {
+            msg,
+            resume_step: 0,
+            attempts: 0,
+        });
         Ok(id)
     }
 
@@ -115,9 +148,130 @@ impl Intake {
         let mut msg = Message::new(&self.route, Bytes::new());
         msg.headers = headers;
         self.store
-            .insert(&msg, &self.version, MessageState::Failed, Some(reason))
+            .insert(vec![self.insert(
+                msg.clone(),
+                MessageState::Failed,
+                Some(reason),
+            )])
             .await?;
         telemetry::refused(&msg, reason);
+        self.wake_taps();
         Ok(msg.id)
     }
+
+    /// The route's first step when it is a split, so an adapter can split while it reads.
+    pub fn split_first(&self) -> Option<Arc<Split>> {
+        self.split_first.clone()
+    }
+
+    /// Stores a message as split while it was read: the parent (headers only, state `split`)
+    /// and its children, committed in batches as they come, so memory holds one batch however
+    /// large the input. `read` feeds `emit` the children's bodies in order. Returns the parent
+    /// id and the number of children once everything is committed: only then may the adapter
+    /// acknowledge the sender. If it fails half-way, the children stored so far stay (and are
+    /// delivered); taking the input again stores them again, as duplicates.
+    pub async fn submit_split(
+        &self,
+        headers: Headers,
+        split: Arc<Split>,
+        read: impl FnOnce(&mut dyn FnMut(Bytes) -> Result<(), String>) -> Result<usize, String>
+            + Send
+            + 'static,
+    ) -> Result<(Uuid, usize), SplitError> {
+        const BATCH: usize = 256;
+        let mut parent = Message::new(&self.route, Bytes::new());
+        parent.headers = headers;
+        let parent_id = parent.id;
+        let (tx, mut rx) = mpsc::channel::<Vec<Insert>>(2);
+        let (route_version, p, sp) = (self.version.clone(), parent.clone(), split.clone());
+        // Reading and splitting block: do them on a blocking thread, handing batches over a
+        // small channel so that reading waits for the store (backpressure, bounded memory).
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut batch = Vec::with_capacity(BATCH);
+            let mut index = 0usize;
+            let result = read(&mut |body: Bytes| {
+                index += 1;
+                let child = sp.child(&p, index, body);
+                batch.push(Insert {
+                    msg: child,
+                    route_version: route_version.clone(),
+                    state: MessageState::Received,
+                    error: None,
+                    parent: Some(p.id),
+                    resume_step: 1,
+                    scheduled: true,
+                    wire_taps: Vec::new(),
+                });
+                if batch.len() == BATCH {
+                    tx.blocking_send(std::mem::take(&mut batch))
+                        .map_err(|_| "the store stopped taking children".to_string())?;
+                }
+                Ok(())
+            });
+            if result.is_ok() && !batch.is_empty() {
+                let _ = tx.blocking_send(batch);
+            }
+            result
+        });
+        let mut parent_insert = self.insert(parent.clone(), MessageState::Split, None);
+        parent_insert.error = Some("split while read".into());
+        self.store
+            .insert(vec![parent_insert])
+            .await
+            .map_err(|e| SplitError::NotStored(e.to_string()))?;
+        telemetry::received(&parent);
+        self.wake_taps();
+        let mut stored = 0usize;
+        let mut store_error = None;
+        while let Some(batch) = rx.recv().await {
+            let n = batch.len();
+            if let Err(e) = self.store.insert(batch).await {
+                // Dropping the receiver stops the reader at its next batch.
+                store_error = Some(e.to_string());
+                break;
+            }
+            stored += n;
+            self.scheduled.notify_one();
+        }
+        drop(rx);
+        let outcome = reader
+            .await
+            .map_err(|e| format!("the reader failed: {e}"))
+            .and_then(|r| r)
+            .and_then(|n| match store_error {
+                Some(e) => Err(format!("cannot store children: {e}")),
+                None => Ok(n),
+            });
+        let (state, text) = match &outcome {
+            Ok(n) => (
+                MessageState::Split,
+                format!("split into {n} messages while read"),
+            ),
+            Err(e) => (
+                MessageState::Failed,
+                format!("split failed after {stored} messages: {e}"),
+            ),
+        };
+        self.store
+            .annotate(parent_id, state, &text)
+            .await
+            .map_err(|e| SplitError::NotStored(e.to_string()))?;
+        match outcome {
+            Ok(n) => Ok((parent_id, n)),
+            Err(_) => Err(SplitError::Failed {
+                parent: parent_id,
+                error: text,
+            }),
+        }
+    }
+}
+
+/// Why a split while reading did not complete.
+#[derive(Debug)]
+pub enum SplitError {
+    /// Nothing was recorded (the store refused the parent): leave the input where it is.
+    NotStored(String),
+    /// The parent is recorded as failed with `error`; children stored before the failure
+    /// carry on.
+    Failed { parent: Uuid, error: String },
 }

@@ -9,7 +9,7 @@
 //! After a crash a delivery may run again. When the target name already holds a file with
 //! exactly this content, the delivery counts as done, so a retry does not duplicate it.
 
-use super::{Outbound, RetryConfig, SendError, Sent};
+use super::{DeliveryConfig, Outbound, SendError, Sent};
 use crate::adapters::fs::{safe_file_name, sync_dir, with_suffix, write_temp};
 use crate::message::Message;
 use crate::template::Template;
@@ -44,9 +44,9 @@ pub struct Config {
     /// What to do when the name is taken: `suffix` (default), `fail` or `overwrite`.
     #[serde(default)]
     pub on_clash: OnClash,
-    /// Retry policy for failed writes.
+    /// Concurrency, ordering and retries (see `docs/delivery.md`).
     #[serde(default)]
-    pub retry: RetryConfig,
+    pub delivery: DeliveryConfig,
 }
 
 fn default_name() -> Template {

@@ -26,9 +26,9 @@ impl OutboundConfig {
         }
     }
 
-    pub fn retry(&self) -> &RetryConfig {
+    pub fn delivery(&self) -> &DeliveryConfig {
         match self {
-            OutboundConfig::File(c) => &c.retry,
+            OutboundConfig::File(c) => &c.delivery,
         }
     }
 
@@ -37,6 +37,38 @@ impl OutboundConfig {
             OutboundConfig::File(c) => Arc::new(c.build()?),
         })
     }
+}
+
+/// How a destination takes its deliveries: how many at once, in what order, how retried.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Deliveries in flight at once (default 4; `fifo` always sends one at a time).
+    pub concurrency: usize,
+    /// `parallel` (default) or `fifo`: strictly one after the other in the order the messages
+    /// were processed; a delivery that fails holds back the ones after it until it is
+    /// delivered or dead (what HL7 feeds need).
+    pub ordering: Ordering,
+    /// Retry policy for failed deliveries.
+    pub retry: RetryConfig,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            concurrency: 4,
+            ordering: Ordering::Parallel,
+            retry: RetryConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Ordering {
+    #[default]
+    Parallel,
+    Fifo,
 }
 
 /// How a destination retries failed deliveries: exponential backoff with jitter.
