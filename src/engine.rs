@@ -16,7 +16,7 @@
 //! message in hand, delivery workers finish the attempts in flight; then the store closes.
 //! Whatever was not finished is in the store and resumes at the next start.
 
-use crate::adapters::inbound::{Inbound, Intake};
+use crate::adapters::inbound::{Inbound, Intake, Replies, Reply};
 use crate::delivery::{self, Destination};
 use crate::route::{OnError, Route, StepPolicy};
 use crate::routing::Router;
@@ -58,6 +58,8 @@ struct RunningRoute {
     dead_letter: Option<String>,
     /// Wakes the scheduler when children or retries were stored.
     scheduled: Arc<Notify>,
+    /// Callers (HTTP `reply` mode) waiting for results.
+    replies: Arc<Replies>,
 }
 
 impl RunningRoute {
@@ -151,6 +153,7 @@ impl Engine {
             .collect();
         intake.scheduled = running.scheduled.clone();
         intake.split_first = route.split_first.clone();
+        intake.replies = running.replies.clone();
         let (inbound, stop, id) = (
             running.inbound.clone(),
             self.shutdown.clone(),
@@ -232,6 +235,7 @@ fn build(route: &Route) -> anyhow::Result<RunningRoute> {
         destinations,
         dead_letter,
         scheduled: Arc::new(Notify::new()),
+        replies: Arc::new(Replies::default()),
     })
 }
 
@@ -423,6 +427,11 @@ async fn process(route: &Arc<RunningRoute>, store: &dyn Store, work: Pending) {
         Processed::Routed { destinations, .. } => destinations.clone(),
         _ => Vec::new(),
     };
+    let reason = match &result {
+        Processed::Failed { error, .. } => Some(error.clone()),
+        Processed::Filtered { reason } => Some(reason.clone()),
+        _ => None,
+    };
     let dead_lettered = matches!(
         &result,
         Processed::Failed {
@@ -434,6 +443,14 @@ async fn process(route: &Arc<RunningRoute>, store: &dyn Store, work: Pending) {
     match store.finish_steps(current.id, records, result).await {
         Ok(Some(state)) => {
             telemetry::processed(current, state, destinations.len(), started.elapsed());
+            if state != MessageState::Received {
+                route.replies.complete(current.id, || Reply {
+                    state,
+                    headers: current.headers.clone(),
+                    body: current.body.clone(),
+                    error: reason.clone(),
+                });
+            }
             destinations.iter().for_each(|d| route.wake(d));
             if dead_lettered {
                 if let Some(dl) = &route.dead_letter {

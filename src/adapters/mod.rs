@@ -5,3 +5,4 @@
 pub mod fs;
 pub mod inbound;
 pub mod outbound;
+pub mod tls;

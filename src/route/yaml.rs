@@ -6,8 +6,65 @@ use super::{did_you_mean, Diagnostic};
 use serde::de::DeserializeOwned;
 use std::path::Path;
 
-/// Parses `source` (read from `path`) into `T`.
+/// Replaces `${NAME}` with the environment variable `NAME`, so secrets stay out of route
+/// files; `$${` writes a literal `${`. A variable that is not set is an error at its place.
+/// Values are never logged or echoed in errors.
+pub fn interpolate(path: &Path, source: &str) -> Result<String, Diagnostic> {
+    if !source.contains("${") {
+        return Ok(source.to_string());
+    }
+    let mut out = String::with_capacity(source.len());
+    for (i, line) in source.lines().enumerate() {
+        let mut rest = line;
+        let mut column = 1;
+        while let Some(at) = rest.find("${") {
+            if rest[..at].ends_with('$') {
+                out.push_str(&rest[..at - 1]);
+                out.push_str("${");
+                column += at + 2;
+                rest = &rest[at + 2..];
+                continue;
+            }
+            out.push_str(&rest[..at]);
+            let after = &rest[at + 2..];
+            let end = after.find('}').ok_or_else(|| Diagnostic {
+                file: path.to_path_buf(),
+                line: i + 1,
+                column: column + at,
+                message: "`${` without a closing `}`; write `$${` for a literal `${`".into(),
+            })?;
+            let name = &after[..end];
+            let valid =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let value = valid.then(|| std::env::var(name).ok()).flatten();
+            match value {
+                Some(v) => out.push_str(&v),
+                None => {
+                    return Err(Diagnostic {
+                        file: path.to_path_buf(),
+                        line: i + 1,
+                        column: column + at,
+                        message: if valid {
+                            format!("environment variable `{name}` is not set (the file refers to it as `${{{name}}}`)")
+                        } else {
+                            format!("`${{{name}}}` is not a valid environment variable name (letters, digits, `_`)")
+                        },
+                    })
+                }
+            }
+            column += at + 2 + end + 1;
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// Parses `source` (read from `path`) into `T`, after `${ENV}` interpolation.
 pub fn parse<T: DeserializeOwned>(path: &Path, source: &str) -> Result<T, Diagnostic> {
+    let interpolated = interpolate(path, source)?;
+    let source = interpolated.as_str();
     // `singleton_map_recursive` reads enums written as `kind: { options }`, the shape every
     // adapter and step uses, instead of serde_yaml's default `!kind` tags.
     let de = serde_yaml::Deserializer::from_str(source);
@@ -181,6 +238,22 @@ mod tests {
         let d = parse::<crate::route::RouteFile>(Path::new("r.yaml"), src).unwrap_err();
         assert_eq!((d.line, d.column), (4, 13), "{d}");
         assert!(d.message.contains("bad duration"), "{d}");
+    }
+
+    #[test]
+    fn interpolates_environment_variables() {
+        std::env::set_var("SWITCHYARD_TEST_TOKEN", "s3cret");
+        let p = Path::new("r.yaml");
+        let out = interpolate(p, "a: ${SWITCHYARD_TEST_TOKEN}\nb: x-$${LITERAL}\n").unwrap();
+        assert_eq!(out, "a: s3cret\nb: x-${LITERAL}\n");
+        let e = interpolate(p, "a: 1\nb: \"${SWITCHYARD_TEST_UNSET_VAR}\"\n").unwrap_err();
+        assert_eq!((e.line, e.column), (2, 5));
+        assert!(
+            e.message.contains("`SWITCHYARD_TEST_UNSET_VAR` is not set"),
+            "{}",
+            e.message
+        );
+        assert!(interpolate(p, "a: ${bad name}").is_err());
     }
 
     #[test]

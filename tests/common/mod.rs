@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod net;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -58,6 +60,11 @@ impl Workspace {
     /// Starts `switchyard run` in the workspace. Its console output goes to `console.log`
     /// (a file, not a pipe nobody reads, which would block the engine once full).
     pub fn start(&self) -> Engine {
+        self.start_with_env(&[])
+    }
+
+    /// Starts the engine with extra environment variables (secrets for `${...}`).
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Engine {
         let console = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -70,6 +77,7 @@ impl Workspace {
             .env_remove("SWITCHYARD_ROUTES")
             .env_remove("SWITCHYARD_DATA")
             .env_remove("SWITCHYARD_LOGS")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(console)
@@ -81,12 +89,27 @@ impl Workspace {
         }
     }
 
+    /// The address an HTTP listener bound to (from the processing log), waiting for it.
+    pub fn http_addr(&self) -> String {
+        let mut found = None;
+        wait_until(Duration::from_secs(20), || {
+            found = self
+                .log_events()
+                .iter()
+                .find(|e| e["message"] == "HTTP listener ready")
+                .and_then(|e| e["listen"].as_str().map(str::to_string));
+            found.is_some()
+        });
+        found.expect("the HTTP listener never became ready")
+    }
+
     /// The JSON-lines processing log, parsed.
     pub fn log_events(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.path("logs/switchyard.jsonl"))
             .unwrap_or_default()
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad log line {l}: {e}")))
+            // The engine may be writing the last line right now.
+            .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
     }
 

@@ -5,6 +5,7 @@
 //! (moves the file away, answers 2xx, sends an ACK). That order is the engine's first promise.
 
 pub mod file;
+pub mod http;
 
 use crate::message::{Headers, Message};
 use crate::steps::split::Split;
@@ -24,12 +25,15 @@ use uuid::Uuid;
 pub enum InboundConfig {
     /// Picks up files from a watched directory.
     File(file::Config),
+    /// Listens for HTTP requests.
+    Http(http::Config),
 }
 
 impl InboundConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             InboundConfig::File(_) => "file",
+            InboundConfig::Http(_) => "http",
         }
     }
 
@@ -44,12 +48,16 @@ impl InboundConfig {
                     .unwrap_or_else(|_| c.path.clone());
                 Some(format!("directory {}", p.display()))
             }
+            // Port 0 asks for a fresh port each time: nothing to share.
+            InboundConfig::Http(c) if c.listen.ends_with(":0") => None,
+            InboundConfig::Http(c) => Some(format!("address {}", c.listen)),
         }
     }
 
     pub fn build(&self) -> anyhow::Result<Arc<dyn Inbound>> {
         Ok(match self {
             InboundConfig::File(c) => Arc::new(c.build()?),
+            InboundConfig::Http(c) => Arc::new(c.build()?),
         })
     }
 }
@@ -81,6 +89,49 @@ pub struct Intake {
     pub(crate) scheduled: Arc<Notify>,
     /// Set when the route's first step is a split: files are split while they are read.
     pub(crate) split_first: Option<Arc<Split>>,
+    /// Where callers wait for a message's result (request-reply).
+    pub(crate) replies: Arc<Replies>,
+}
+
+/// A message's result after its steps, for adapters that answer with it.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub state: MessageState,
+    pub headers: Headers,
+    pub body: Bytes,
+    /// The error, or the reason (filtered, split).
+    pub error: Option<String>,
+}
+
+/// Callers waiting for results, by message id. The engine completes an entry when the
+/// message's steps are recorded; an entry nobody waits for is never made.
+#[derive(Default)]
+pub struct Replies(
+    std::sync::Mutex<std::collections::HashMap<Uuid, tokio::sync::oneshot::Sender<Reply>>>,
+);
+
+impl Replies {
+    fn register(&self, id: Uuid) -> tokio::sync::oneshot::Receiver<Reply> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(id, tx);
+        }
+        rx
+    }
+
+    fn forget(&self, id: Uuid) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(&id);
+        }
+    }
+
+    /// Hands `reply` to whoever waits for `id`, if anyone does.
+    pub fn complete(&self, id: Uuid, reply: impl FnOnce() -> Reply) {
+        let waiter = self.0.lock().ok().and_then(|mut m| m.remove(&id));
+        if let Some(tx) = waiter {
+            let _ = tx.send(reply());
+        }
+    }
 }
 
 impl Intake {
@@ -98,6 +149,7 @@ impl Intake {
             wire_taps: Vec::new(),
             scheduled: Arc::new(Notify::new()),
             split_first: None,
+            replies: Arc::new(Replies::default()),
         }
     }
 
@@ -140,6 +192,47 @@ impl Intake {
             attempts: 0,
         });
         Ok(id)
+    }
+
+    /// Like [`Intake::submit`], then waits up to `timeout` for the message's result. Returns
+    /// the id and the result, or `None` when it did not come in time (the message is stored
+    /// and will still be processed).
+    pub async fn submit_and_wait(
+        &self,
+        headers: Headers,
+        body: Bytes,
+        timeout: std::time::Duration,
+    ) -> Result<(Uuid, Option<Reply>), StoreError> {
+        let permit =
+            self.queue.reserve().await.map_err(|_| {
+                StoreError("route is stopping; the message was not accepted".into())
+            })?;
+        let mut msg = Message::new(&self.route, body);
+        msg.headers = headers;
+        let id = msg.id;
+        let result = self.replies.register(id);
+        if let Err(e) = self
+            .store
+            .insert(vec![self.insert(msg.clone(), MessageState::Received, None)])
+            .await
+        {
+            self.replies.forget(id);
+            return Err(e);
+        }
+        telemetry::received(&msg);
+        self.wake_taps();
+        permit.send(Pending {
+            msg,
+            resume_step: 0,
+            attempts: 0,
+        });
+        match tokio::time::timeout(timeout, result).await {
+            Ok(Ok(reply)) => Ok((id, Some(reply))),
+            _ => {
+                self.replies.forget(id);
+                Ok((id, None))
+            }
+        }
     }
 
     /// Records a message the adapter could not take in (too large, unreadable) as failed,

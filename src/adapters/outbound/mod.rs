@@ -3,6 +3,8 @@
 //! records the outcome, so adapters never touch the store.
 
 pub mod file;
+pub mod http;
+pub mod smtp;
 
 use crate::message::Message;
 use crate::route::values::Duration;
@@ -17,24 +19,34 @@ use std::sync::Arc;
 pub enum OutboundConfig {
     /// Writes each message to a file in a directory.
     File(file::Config),
+    /// Sends each message as an HTTP request.
+    Http(http::Config),
+    /// Sends each message as an e-mail.
+    Smtp(smtp::Config),
 }
 
 impl OutboundConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             OutboundConfig::File(_) => "file",
+            OutboundConfig::Http(_) => "http",
+            OutboundConfig::Smtp(_) => "smtp",
         }
     }
 
     pub fn delivery(&self) -> &DeliveryConfig {
         match self {
             OutboundConfig::File(c) => &c.delivery,
+            OutboundConfig::Http(c) => &c.delivery,
+            OutboundConfig::Smtp(c) => &c.delivery,
         }
     }
 
     pub fn build(&self) -> anyhow::Result<Arc<dyn Outbound>> {
         Ok(match self {
             OutboundConfig::File(c) => Arc::new(c.build()?),
+            OutboundConfig::Http(c) => Arc::new(c.build()?),
+            OutboundConfig::Smtp(c) => Arc::new(c.build()?),
         })
     }
 }

@@ -1,0 +1,513 @@
+//! HTTP inbound: a listener that turns requests into messages.
+//!
+//! Order per request: path and method, then authentication — before a byte of the body is
+//! read — then the body within `max_body` and `body_timeout`, then the commit, then the
+//! answer: `202` with the message id (`ack`), or, in `reply` mode, the route's result once
+//! the steps are done (`504` when that takes longer than `reply_timeout`). Nothing is stored
+//! for a request refused with 401, 404, 405, 408 or 413.
+//!
+//! `hyper` serves each connection with a header-read timeout (a client that trickles its
+//! headers is cut off) and the listener keeps accepting others meanwhile.
+
+use super::{Inbound, Intake, Reply};
+use crate::message::{Headers, Message};
+use crate::route::values::{ByteSize, Duration};
+use crate::store::MessageState;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// What the client gets back.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseMode {
+    /// `202 Accepted` with the message id, as soon as the message is committed (default).
+    #[default]
+    Ack,
+    /// The route's result: the message as the steps left it, once they are done.
+    Reply,
+}
+
+/// What the body must be, checked before the message is accepted.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Content {
+    /// Anything (default).
+    #[default]
+    Any,
+    /// Valid JSON; otherwise `400` with the parser's message, and a failed record.
+    Json,
+    /// Well-formed XML; otherwise `400` with the parser's message, and a failed record.
+    Xml,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    /// Accepted bearer tokens (`Authorization: Bearer <token>`); use `${ENV}`.
+    #[serde(default)]
+    pub bearer: Vec<String>,
+    /// Accepted basic credentials.
+    #[serde(default)]
+    pub basic: Vec<BasicUser>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicUser {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// Certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Private key, PEM.
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on, `host:port` (`127.0.0.1:8080`; port 0 picks a free one).
+    pub listen: String,
+    /// Paths accepted, exactly (default `["/"]`).
+    #[serde(default = "default_paths")]
+    pub paths: Vec<String>,
+    /// Methods accepted (default `[POST]`).
+    #[serde(default = "default_methods")]
+    pub methods: Vec<String>,
+    /// `ack` (default) or `reply`.
+    #[serde(default)]
+    pub response: ResponseMode,
+    /// In `reply` mode, how long to wait for the route's result (default `30s`).
+    #[serde(default = "default_reply_timeout")]
+    pub reply_timeout: Duration,
+    /// Largest body accepted (default `10MiB`); larger gets `413`.
+    #[serde(default = "default_max_body")]
+    pub max_body: ByteSize,
+    /// `any` (default), `json` or `xml`.
+    #[serde(default)]
+    pub content: Content,
+    /// Credentials a request must carry; without `auth`, none.
+    #[serde(default)]
+    pub auth: Option<Auth>,
+    /// Serve HTTPS with this certificate and key.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// Longest a client may take to send its request headers (default `10s`).
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: Duration,
+    /// Longest a client may take to send the body (default `30s`); then `408`.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout: Duration,
+}
+
+fn default_paths() -> Vec<String> {
+    vec!["/".into()]
+}
+fn default_methods() -> Vec<String> {
+    vec!["POST".into()]
+}
+fn default_reply_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_body() -> ByteSize {
+    ByteSize(10 << 20)
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Config {
+    /// Binds the listener now, so a taken port is an error at start, naming the address.
+    pub fn build(&self) -> anyhow::Result<HttpInbound> {
+        let listener = std::net::TcpListener::bind(&self.listen)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", self.listen))?;
+        listener.set_nonblocking(true)?;
+        let tls = match &self.tls {
+            Some(t) => Some(tokio_rustls::TlsAcceptor::from(
+                crate::adapters::tls::server_config(&t.cert, &t.key)?,
+            )),
+            None => None,
+        };
+        for m in &self.methods {
+            hyper::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                .map_err(|_| anyhow::anyhow!("`{m}` is not an HTTP method"))?;
+        }
+        Ok(HttpInbound {
+            cfg: Arc::new(self.clone()),
+            listener: Mutex::new(Some(listener)),
+            tls,
+        })
+    }
+}
+
+pub struct HttpInbound {
+    cfg: Arc<Config>,
+    listener: Mutex<Option<std::net::TcpListener>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl HttpInbound {
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener
+            .lock()
+            .ok()?
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+}
+
+type Answer = Response<Full<Bytes>>;
+
+fn answer(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Answer {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Answer {
+    answer(status, "application/json", value.to_string())
+}
+
+fn problem(status: StatusCode, error: &str) -> Answer {
+    json(status, serde_json::json!({ "error": error }))
+}
+
+/// Compares without stopping at the first difference, so timing does not reveal a secret.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorized(auth: &Auth, header: Option<&HeaderValue>) -> bool {
+    let Some(value) = header.and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    if let Some(token) = value.strip_prefix("Bearer ") {
+        return auth
+            .bearer
+            .iter()
+            .any(|t| same(t.as_bytes(), token.trim().as_bytes()));
+    }
+    if let Some(encoded) = value.strip_prefix("Basic ") {
+        use base64::Engine as _;
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
+            return false;
+        };
+        let Some((user, pass)) = std::str::from_utf8(&decoded)
+            .ok()
+            .and_then(|s| s.split_once(':'))
+        else {
+            return false;
+        };
+        return auth.basic.iter().any(|b| {
+            same(b.username.as_bytes(), user.as_bytes())
+                & same(b.password.as_bytes(), pass.as_bytes())
+        });
+    }
+    false
+}
+
+struct Handler {
+    cfg: Arc<Config>,
+    intake: Intake,
+    remote: SocketAddr,
+}
+
+impl Handler {
+    async fn handle(&self, req: Request<Incoming>) -> Answer {
+        let cfg = &self.cfg;
+        let path = req.uri().path().to_string();
+        if !cfg.paths.contains(&path) {
+            return problem(
+                StatusCode::NOT_FOUND,
+                &format!("no route listens on {path}"),
+            );
+        }
+        let method = req.method().as_str().to_ascii_uppercase();
+        if !cfg.methods.iter().any(|m| m.eq_ignore_ascii_case(&method)) {
+            return problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!(
+                    "{method} is not accepted here; use {}",
+                    cfg.methods.join(" or ")
+                ),
+            );
+        }
+        // Credentials first: an unauthenticated client never gets its body read.
+        if let Some(auth) = &cfg.auth {
+            if !authorized(auth, req.headers().get(hyper::header::AUTHORIZATION)) {
+                let mut r = problem(StatusCode::UNAUTHORIZED, "missing or wrong credentials");
+                let scheme = if auth.bearer.is_empty() {
+                    "Basic realm=\"switchyard\""
+                } else {
+                    "Bearer"
+                };
+                r.headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static(scheme));
+                return r;
+            }
+        }
+        let max = cfg.max_body.0;
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the body is over this route's limit of {}", cfg.max_body),
+            );
+        }
+        let headers = self.message_headers(&req);
+        let body = Limited::new(req.into_body(), max as usize);
+        let body = match tokio::time::timeout(cfg.body_timeout.0, body.collect()).await {
+            Err(_) => {
+                return problem(
+                    StatusCode::REQUEST_TIMEOUT,
+                    &format!("the body did not arrive within {:?}", cfg.body_timeout.0),
+                )
+            }
+            Ok(Err(e))
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return problem(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("the body is over this route's limit of {}", cfg.max_body),
+                )
+            }
+            Ok(Err(e)) => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    &format!("cannot read the body: {e}"),
+                )
+            }
+            Ok(Ok(collected)) => collected.to_bytes(),
+        };
+        if let Some(error) = self.content_error(&body) {
+            return match self.intake.refuse(headers, &error).await {
+                Ok(id) => json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({ "id": id, "error": error }),
+                ),
+                Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+            };
+        }
+        match cfg.response {
+            ResponseMode::Ack => match self.intake.submit(headers, body).await {
+                Ok(id) => json(
+                    StatusCode::ACCEPTED,
+                    serde_json::json!({ "id": id, "status": "accepted" }),
+                ),
+                Err(e) => problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("not stored, send it again: {e}"),
+                ),
+            },
+            ResponseMode::Reply => match self
+                .intake
+                .submit_and_wait(headers, body, cfg.reply_timeout.0)
+                .await
+            {
+                Err(e) => problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("not stored, send it again: {e}"),
+                ),
+                Ok((id, None)) => json(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    serde_json::json!({
+                        "id": id,
+                        "error": format!("no result within {:?}; the message is stored and will still be processed", cfg.reply_timeout.0),
+                    }),
+                ),
+                Ok((id, Some(reply))) => reply_answer(id, reply),
+            },
+        }
+    }
+
+    /// Request facts the steps can use. `Authorization` is never stored.
+    fn message_headers(&self, req: &Request<Incoming>) -> Headers {
+        let mut h = Headers::new();
+        h.insert("http.method".into(), req.method().to_string());
+        h.insert("http.path".into(), req.uri().path().to_string());
+        h.insert("http.remote".into(), self.remote.to_string());
+        if let Some(q) = req.uri().query() {
+            h.insert("http.query".into(), q.to_string());
+            for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+                h.insert(format!("http.query.{k}"), v.into_owned());
+            }
+        }
+        for (name, value) in req.headers() {
+            if name == hyper::header::AUTHORIZATION || name == hyper::header::COOKIE {
+                continue;
+            }
+            if let Ok(v) = value.to_str() {
+                h.insert(format!("http.header.{}", name.as_str()), v.to_string());
+            }
+        }
+        if let Some(ct) = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+        {
+            h.insert("content-type".into(), ct.to_string());
+        }
+        h
+    }
+
+    fn content_error(&self, body: &Bytes) -> Option<String> {
+        match self.cfg.content {
+            Content::Any => None,
+            Content::Json => match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Ok(_) => None,
+                Err(e) => Some(format!("the body is not valid JSON: {e}")),
+            },
+            Content::Xml => crate::convert::xml::xml_to_value(body, &Default::default()).err(),
+        }
+    }
+}
+
+fn reply_answer(id: uuid::Uuid, reply: Reply) -> Answer {
+    match reply.state {
+        MessageState::Failed => json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            serde_json::json!({ "id": id, "state": "failed", "error": reply.error }),
+        ),
+        MessageState::Filtered | MessageState::Split => json(
+            StatusCode::OK,
+            serde_json::json!({ "id": id, "state": reply.state.as_str(), "reason": reply.error }),
+        ),
+        _ => {
+            // A step may choose the status: `headers["http.status"] = "201"`.
+            let status = reply
+                .headers
+                .get("http.status")
+                .and_then(|s| s.parse::<u16>().ok())
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .unwrap_or(StatusCode::OK);
+            let ctype = reply
+                .headers
+                .get("content-type")
+                .cloned()
+                .unwrap_or_else(|| "application/octet-stream".into());
+            let mut r = answer(status, &ctype, reply.body);
+            if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
+                r.headers_mut().insert("x-message-id", v);
+            }
+            r
+        }
+    }
+}
+
+#[async_trait]
+impl Inbound for HttpInbound {
+    async fn run(&self, intake: Intake, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let std_listener = self
+            .listener
+            .lock()
+            .map_err(|_| anyhow::anyhow!("listener lock poisoned"))?
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("the listener runs once"))?;
+        let listener = tokio::net::TcpListener::from_std(std_listener)?;
+        tracing::info!(route = %intake.route, listen = %listener.local_addr()?, "HTTP listener ready");
+        let mut connections = JoinSet::new();
+        loop {
+            let (stream, remote) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(route = %intake.route, error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            while connections.try_join_next().is_some() {}
+            let handler = Arc::new(Handler {
+                cfg: self.cfg.clone(),
+                intake: intake.clone(),
+                remote,
+            });
+            let (tls, stop, header_timeout) = (
+                self.tls.clone(),
+                shutdown.clone(),
+                self.cfg.header_timeout.0,
+            );
+            connections.spawn(async move {
+                let service = service_fn(move |req| {
+                    let h = handler.clone();
+                    async move { Ok::<_, Infallible>(h.handle(req).await) }
+                });
+                let mut builder = http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout);
+                match tls {
+                    None => serve(builder, TokioIo::new(stream), service, stop).await,
+                    Some(acceptor) => {
+                        // A failed or stalled handshake just closes the connection.
+                        let handshake =
+                            tokio::time::timeout(header_timeout, acceptor.accept(stream));
+                        if let Ok(Ok(tls_stream)) = handshake.await {
+                            serve(builder, TokioIo::new(tls_stream), service, stop).await
+                        }
+                    }
+                }
+            });
+        }
+        // Requests in flight finish (their messages are being committed); idle ones close.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        Ok(())
+    }
+
+    async fn failed(&self, _original: &Message, _reason: &str) -> anyhow::Result<()> {
+        // The client was answered already (202), or gets the failure in the reply.
+        Ok(())
+    }
+}
+
+async fn serve<I, S>(builder: http1::Builder, io: I, service: S, stop: CancellationToken)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Full<Bytes>> + Send,
+    S::Future: Send,
+{
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}

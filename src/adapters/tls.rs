@@ -1,0 +1,38 @@
+//! TLS pieces shared by the adapters: the crypto provider and loading certificates.
+
+use std::path::Path;
+use std::sync::Arc;
+
+/// Installs rustls' `ring` crypto provider once per process (reqwest, lettre and the HTTP
+/// listener all use rustls).
+pub fn install_crypto() {
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A server TLS configuration from PEM certificate chain and key files.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+) -> anyhow::Result<Arc<tokio_rustls::rustls::ServerConfig>> {
+    install_crypto();
+    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(cert)
+            .map_err(|e| anyhow::anyhow!("cannot read tls.cert {}: {e}", cert.display()))?,
+    ))
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(|e| anyhow::anyhow!("tls.cert {} is not PEM: {e}", cert.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("tls.cert {} holds no certificate", cert.display());
+    }
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(key)
+            .map_err(|e| anyhow::anyhow!("cannot read tls.key {}: {e}", key.display()))?,
+    ))
+    .map_err(|e| anyhow::anyhow!("tls.key {} is not PEM: {e}", key.display()))?
+    .ok_or_else(|| anyhow::anyhow!("tls.key {} holds no private key", key.display()))?;
+    let config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| anyhow::anyhow!("tls.cert and tls.key do not make a usable pair: {e}"))?;
+    Ok(Arc::new(config))
+}
