@@ -610,3 +610,78 @@ fn an_unset_environment_variable_is_a_check_error_with_its_position() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webshop_example_posts_xml_to_the_erp_and_mails_a_notice() {
+    let ws = Workspace::new();
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/routes");
+    for (from, to) in [
+        ("webshop-orders.yaml", "webshop-orders.yaml"),
+        (
+            "schemas/webshop-order.schema.json",
+            "schemas/webshop-order.schema.json",
+        ),
+        ("scripts/webshop-to-erp.rhai", "scripts/webshop-to-erp.rhai"),
+    ] {
+        let target = ws.path("routes").join(to);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(examples.join(from), target).unwrap();
+    }
+    let erp = HttpSink::start(vec![503, 200]).await;
+    let smtp = SmtpSink::start(&ws.path("mails"), 0);
+    let (erp_url, smtp_port) = (format!("http://{}", erp.addr), smtp.port.to_string());
+    let engine = ws.start_with_env(&[
+        ("SHOP_LISTEN", "127.0.0.1:0"),
+        ("SHOP_TOKEN", "shop-secret"),
+        ("ERP_URL", &erp_url),
+        ("ERP_TOKEN", "erp-secret"),
+        ("SMTP_PORT", &smtp_port),
+    ]);
+    let base = format!("http://{}", ws.http_addr());
+    let order = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/webshop/order-7001.json"),
+    )
+    .unwrap();
+    let r = client()
+        .post(format!("{base}/orders"))
+        .bearer_auth("shop-secret")
+        .header("content-type", "application/json")
+        .body(order)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert!(
+        wait_for(Duration::from_secs(60), || ws.count("delivered") == 1).await,
+        "{:?}",
+        ws.states()
+    );
+    let requests = erp.requests();
+    assert_eq!(requests.len(), 2, "the 503 was retried");
+    let put = &requests[1];
+    assert_eq!(
+        (put.method.as_str(), put.path.as_str()),
+        ("PUT", "/orders/WS-7001")
+    );
+    assert_eq!(put.header("authorization"), Some("Bearer erp-secret"));
+    assert_eq!(put.header("content-type"), Some("application/xml"));
+    let xml = String::from_utf8_lossy(&put.body);
+    assert!(
+        xml.contains(r#"<erpOrder number="WS-7001">"#)
+            && xml.contains(r#"<line no="2" sku="NUT-M8">"#),
+        "{xml}"
+    );
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 1);
+    assert!(
+        mails[0].contains("Subject: Web shop order WS-7001 for C-9"),
+        "{}",
+        mails[0]
+    );
+    assert!(mails[0].contains("erp-order-WS-7001.xml"), "{}", mails[0]);
+    // Secrets from the environment never reach the log.
+    let log = std::fs::read_to_string(ws.path("logs/switchyard.jsonl")).unwrap();
+    assert!(!log.contains("shop-secret") && !log.contains("erp-secret"));
+    engine.stop();
+    erp.stop();
+}

@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use std::path::Path;
 
 /// Replaces `${NAME}` with the environment variable `NAME`, so secrets stay out of route
-/// files; `$${` writes a literal `${`. A variable that is not set is an error at its place.
+/// files; `${NAME:-default}` falls back to `default`; `$${` writes a literal `${`. A variable that is not set is an error at its place.
 /// Values are never logged or echoed in errors.
 pub fn interpolate(path: &Path, source: &str) -> Result<String, Diagnostic> {
     if !source.contains("${") {
@@ -33,10 +33,16 @@ pub fn interpolate(path: &Path, source: &str) -> Result<String, Diagnostic> {
                 column: column + at,
                 message: "`${` without a closing `}`; write `$${` for a literal `${`".into(),
             })?;
-            let name = &after[..end];
+            // `${NAME:-default}` uses `default` when NAME is not set.
+            let (name, default) = match after[..end].split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (&after[..end], None),
+            };
             let valid =
                 !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            let value = valid.then(|| std::env::var(name).ok()).flatten();
+            let value = valid
+                .then(|| std::env::var(name).ok().or(default.map(str::to_string)))
+                .flatten();
             match value {
                 Some(v) => out.push_str(&v),
                 None => {
@@ -254,6 +260,13 @@ mod tests {
             e.message
         );
         assert!(interpolate(p, "a: ${bad name}").is_err());
+        let out =
+            interpolate(p, "u: ${SWITCHYARD_TEST_UNSET_VAR:-http://127.0.0.1:9}/x\n").unwrap();
+        assert_eq!(out, "u: http://127.0.0.1:9/x\n");
+        assert_eq!(
+            interpolate(p, "t: ${SWITCHYARD_TEST_TOKEN:-no}\n").unwrap(),
+            "t: s3cret\n"
+        );
     }
 
     #[test]
