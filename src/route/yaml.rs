@@ -6,8 +6,9 @@ use super::{did_you_mean, Diagnostic};
 use serde::de::DeserializeOwned;
 use std::path::Path;
 
-/// Replaces `${NAME}` with the environment variable `NAME`, so secrets stay out of route
-/// files; `${NAME:-default}` falls back to `default`; `$${` writes a literal `${`. A variable that is not set is an error at its place.
+/// Replaces `${NAME}` with the environment variable `NAME` (upper-case names only), so secrets
+/// stay out of route files; `${NAME:-default}` falls back to `default`; `$${` writes a literal
+/// `${`. Other `${...}` text, such as Rhai's `${expr}` in an inline script, is left alone. A variable that is not set is an error at its place.
 /// Values are never logged or echoed in errors.
 pub fn interpolate(path: &Path, source: &str) -> Result<String, Diagnostic> {
     if !source.contains("${") {
@@ -27,34 +28,30 @@ pub fn interpolate(path: &Path, source: &str) -> Result<String, Diagnostic> {
             }
             out.push_str(&rest[..at]);
             let after = &rest[at + 2..];
-            let end = after.find('}').ok_or_else(|| Diagnostic {
-                file: path.to_path_buf(),
-                line: i + 1,
-                column: column + at,
-                message: "`${` without a closing `}`; write `$${` for a literal `${`".into(),
-            })?;
             // `${NAME:-default}` uses `default` when NAME is not set.
-            let (name, default) = match after[..end].split_once(":-") {
-                Some((n, d)) => (n, Some(d)),
-                None => (&after[..end], None),
+            let inner = after.find('}').map(|end| (end, &after[..end]));
+            let parsed = inner.map(|(end, text)| match text.split_once(":-") {
+                Some((n, d)) => (end, n, Some(d)),
+                None => (end, text, None),
+            });
+            // Only upper-case names are environment variables: anything else in `${...}` (Rhai's
+            // string interpolation in an inline script, say) is left as it is.
+            let Some((end, name, default)) = parsed.filter(|(_, n, _)| is_env_name(n)) else {
+                out.push_str("${");
+                column += at + 2;
+                rest = after;
+                continue;
             };
-            let valid =
-                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            let value = valid
-                .then(|| std::env::var(name).ok().or(default.map(str::to_string)))
-                .flatten();
-            match value {
+            match std::env::var(name).ok().or(default.map(str::to_string)) {
                 Some(v) => out.push_str(&v),
                 None => {
                     return Err(Diagnostic {
                         file: path.to_path_buf(),
                         line: i + 1,
                         column: column + at,
-                        message: if valid {
-                            format!("environment variable `{name}` is not set (the file refers to it as `${{{name}}}`)")
-                        } else {
-                            format!("`${{{name}}}` is not a valid environment variable name (letters, digits, `_`)")
-                        },
+                        message: format!(
+                            "environment variable `{name}` is not set (the file refers to it as `${{{name}}}`); set it, or give a default: `${{{name}:-value}}`"
+                        ),
                     })
                 }
             }
@@ -65,6 +62,15 @@ pub fn interpolate(path: &Path, source: &str) -> Result<String, Diagnostic> {
         out.push('\n');
     }
     Ok(out)
+}
+
+/// `SHOP_TOKEN`: upper-case letters, digits and `_`, not starting with a digit.
+fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
 }
 
 /// Parses `source` (read from `path`) into `T`, after `${ENV}` interpolation.
@@ -259,7 +265,11 @@ mod tests {
             "{}",
             e.message
         );
-        assert!(interpolate(p, "a: ${bad name}").is_err());
+        // Not an environment variable name: left for Rhai's `${...}` string interpolation.
+        assert_eq!(
+            interpolate(p, "s: '`order-${body.id}`'\n").unwrap(),
+            "s: '`order-${body.id}`'\n"
+        );
         let out =
             interpolate(p, "u: ${SWITCHYARD_TEST_UNSET_VAR:-http://127.0.0.1:9}/x\n").unwrap();
         assert_eq!(out, "u: http://127.0.0.1:9/x\n");
