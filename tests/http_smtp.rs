@@ -685,3 +685,56 @@ async fn the_webshop_example_posts_xml_to_the_erp_and_mails_a_notice() {
     engine.stop();
     erp.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_is_checked_before_the_body_is_read() {
+    let ws = Workspace::new();
+    ws.write_route(
+        "r.yaml",
+        r#"from:
+  http:
+    listen: 127.0.0.1:0
+    max_body: 10
+    auth: { basic: [ { username: lab, password: "${LAB_PASSWORD}" } ] }
+to:
+  - file: { path: outbox }
+"#,
+    );
+    let engine = ws.start_with_env(&[("LAB_PASSWORD", "pa:ss")]);
+    let base = format!("http://{}", ws.http_addr());
+    let c = client();
+    // Without credentials an oversized body gets 401, not 413: the body is never looked at.
+    let r = c.post(&base).body("x".repeat(100)).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        "Basic realm=\"switchyard\""
+    );
+    let r = c
+        .post(&base)
+        .basic_auth("lab", Some("wrong"))
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .post(&base)
+        .basic_auth("lab", Some("pa:ss"))
+        .body("x".repeat(100))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let r = c
+        .post(&base)
+        .basic_auth("lab", Some("pa:ss"))
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert!(wait_for(Duration::from_secs(10), || ws.count("delivered") == 1).await);
+    assert_eq!(ws.states().values().sum::<u64>(), 1);
+    engine.stop();
+}
