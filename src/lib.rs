@@ -11,6 +11,7 @@ pub mod cli;
 pub mod convert;
 pub mod delivery;
 pub mod engine;
+pub mod hl7;
 pub mod message;
 pub mod route;
 pub mod route_tests;
