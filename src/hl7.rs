@@ -360,7 +360,7 @@ impl Path {
             .and_then(index)
             .ok_or_else(bad)?;
         let field: usize = field.parse().map_err(|_| bad())?;
-        let mut num = |p: Option<&str>| -> Result<Option<usize>, String> {
+        let num = |p: Option<&str>| -> Result<Option<usize>, String> {
             p.map(|s| s.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(bad))
                 .transpose()
         };

@@ -8,6 +8,7 @@
 
 pub mod adapters;
 pub mod cli;
+pub mod codec;
 pub mod convert;
 pub mod delivery;
 pub mod engine;

@@ -43,7 +43,9 @@ pub fn register(engine: &mut Engine) {
         .register_fn("regex_match", regex_match)
         .register_fn("regex_replace", regex_replace)
         .register_fn("regex_captures", regex_captures)
-        .register_fn("uuid", || uuid::Uuid::new_v4().to_string());
+        .register_fn("uuid", || uuid::Uuid::new_v4().to_string())
+        .register_fn("hl7", hl7_field)
+        .register_fn("hl7_json", hl7_json);
 }
 
 fn now() -> String {
@@ -221,6 +223,20 @@ fn regex_captures(s: &str, pattern: &str) -> Res<Dynamic> {
             .collect::<rhai::Array>()
             .into(),
     })
+}
+
+/// A field of an HL7 v2 message by path (`PID-3.1`), or `()` when it is empty or missing.
+fn hl7_field(text: &str, path: &str) -> Res<Dynamic> {
+    let m = crate::hl7::Hl7::parse(text).map_err(|e| format!("hl7: {e}"))?;
+    Ok(match m.get(path).map_err(|e| format!("hl7: {e}"))? {
+        Some(v) => Dynamic::from(v),
+        None => Dynamic::UNIT,
+    })
+}
+
+fn hl7_json(text: &str) -> Res<Dynamic> {
+    let m = crate::hl7::Hl7::parse(text).map_err(|e| format!("hl7_json: {e}"))?;
+    rhai::serde::to_dynamic(m.to_json())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 pub mod csv_to_json;
 pub mod filter;
 pub mod fixed_width;
+pub mod hl7;
 pub mod json_to_csv;
 pub mod json_to_xml;
 pub mod map;
@@ -50,6 +51,8 @@ pub enum StepConfig {
     Filter(filter::Config),
     /// Turns one message into many (lines, CSV rows, JSON array items, XML elements).
     Split(split::Config),
+    /// Parses HL7 v2, sets headers from MSH, optionally maps the body to JSON.
+    Hl7(hl7::Config),
 }
 
 /// What building a step may need: where the route file is, for relative file names.
@@ -103,13 +106,14 @@ impl StepConfig {
             StepConfig::FixedWidth(_) => "fixed_width",
             StepConfig::Filter(_) => "filter",
             StepConfig::Split(_) => "split",
+            StepConfig::Hl7(_) => "hl7",
         }
     }
 
     /// Which `on_error` setting applies when this step fails.
     pub fn class(&self) -> ErrorClass {
         match self {
-            StepConfig::Validate(_) => ErrorClass::Validation,
+            StepConfig::Validate(_) | StepConfig::Hl7(_) => ErrorClass::Validation,
             _ => ErrorClass::Transform,
         }
     }
@@ -127,6 +131,7 @@ impl StepConfig {
             StepConfig::FixedWidth(c) => Arc::new(c.build()?),
             StepConfig::Filter(c) => Arc::new(c.build(cx)?),
             StepConfig::Split(c) => Arc::new(c.build()?),
+            StepConfig::Hl7(c) => Arc::new(c.build()?),
         })
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod file;
 pub mod http;
+pub mod tcp;
 
 use crate::message::{Headers, Message};
 use crate::steps::split::Split;
@@ -27,6 +28,8 @@ pub enum InboundConfig {
     File(file::Config),
     /// Listens for HTTP requests.
     Http(http::Config),
+    /// Listens for framed messages on TCP (MLLP for HL7, lines, length prefixes, ...).
+    Tcp(tcp::Config),
 }
 
 impl InboundConfig {
@@ -34,6 +37,7 @@ impl InboundConfig {
         match self {
             InboundConfig::File(_) => "file",
             InboundConfig::Http(_) => "http",
+            InboundConfig::Tcp(_) => "tcp",
         }
     }
 
@@ -51,6 +55,8 @@ impl InboundConfig {
             // Port 0 asks for a fresh port each time: nothing to share.
             InboundConfig::Http(c) if c.listen.ends_with(":0") => None,
             InboundConfig::Http(c) => Some(format!("address {}", c.listen)),
+            InboundConfig::Tcp(c) if c.listen.ends_with(":0") => None,
+            InboundConfig::Tcp(c) => Some(format!("address {}", c.listen)),
         }
     }
 
@@ -58,6 +64,7 @@ impl InboundConfig {
         Ok(match self {
             InboundConfig::File(c) => Arc::new(c.build()?),
             InboundConfig::Http(c) => Arc::new(c.build()?),
+            InboundConfig::Tcp(c) => Arc::new(c.build()?),
         })
     }
 }

@@ -5,6 +5,7 @@
 pub mod file;
 pub mod http;
 pub mod smtp;
+pub mod tcp;
 
 use crate::message::Message;
 use crate::route::values::Duration;
@@ -23,6 +24,8 @@ pub enum OutboundConfig {
     Http(http::Config),
     /// Sends each message as an e-mail.
     Smtp(smtp::Config),
+    /// Sends each message on a TCP connection (an MLLP client for HL7).
+    Tcp(tcp::Config),
 }
 
 impl OutboundConfig {
@@ -31,6 +34,7 @@ impl OutboundConfig {
             OutboundConfig::File(_) => "file",
             OutboundConfig::Http(_) => "http",
             OutboundConfig::Smtp(_) => "smtp",
+            OutboundConfig::Tcp(_) => "tcp",
         }
     }
 
@@ -39,6 +43,7 @@ impl OutboundConfig {
             OutboundConfig::File(c) => &c.delivery,
             OutboundConfig::Http(c) => &c.delivery,
             OutboundConfig::Smtp(c) => &c.delivery,
+            OutboundConfig::Tcp(c) => &c.delivery,
         }
     }
 
@@ -47,6 +52,7 @@ impl OutboundConfig {
             OutboundConfig::File(c) => Arc::new(c.build()?),
             OutboundConfig::Http(c) => Arc::new(c.build()?),
             OutboundConfig::Smtp(c) => Arc::new(c.build()?),
+            OutboundConfig::Tcp(c) => Arc::new(c.build()?),
         })
     }
 }

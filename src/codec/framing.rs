@@ -1,0 +1,261 @@
+//! Framings: where one message ends and the next begins on a byte stream.
+//!
+//! - `mllp`: `0x0B message 0x1C 0x0D`, the HL7 Minimal Lower Layer Protocol;
+//! - `lines`: one message per line (LF or CR LF);
+//! - `length_prefixed`: a 2- or 4-byte big-endian length, then that many bytes;
+//! - `delimiter`: messages end with a custom byte sequence (`"\u0003"`, `"<EOM>"`).
+//!
+//! The decoder never buffers more than `max_frame` bytes of one message: a longer one is an
+//! error, after which the connection is closed (there is no safe place to resynchronise).
+//! Bytes outside MLLP frames are skipped and reported.
+
+use bytes::{Buf, Bytes, BytesMut};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Framing {
+    Mllp,
+    Lines,
+    LengthPrefixed(LengthPrefix),
+    Delimiter(DelimiterOptions),
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LengthPrefix {
+    /// 2 or 4.
+    pub bytes: u8,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DelimiterOptions {
+    /// The bytes that end each message (YAML escapes such as "\u0003" work).
+    pub end: String,
+}
+
+impl Default for Framing {
+    fn default() -> Self {
+        Framing::Mllp
+    }
+}
+
+const SB: u8 = 0x0b;
+const EB: [u8; 2] = [0x1c, 0x0d];
+
+/// What the decoder found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    Frame(Bytes),
+    /// Bytes outside any frame were skipped.
+    Skipped(usize),
+}
+
+impl Framing {
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            Framing::LengthPrefixed(p) if p.bytes != 2 && p.bytes != 4 => {
+                Err(format!("length_prefixed bytes must be 2 or 4, not {}", p.bytes))
+            }
+            Framing::Delimiter(d) if d.end.is_empty() => Err("the delimiter `end` is empty".into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Takes the next frame (or a run of skipped bytes) from `buf`, if complete.
+    pub fn decode(&self, buf: &mut BytesMut, max: usize) -> Result<Option<Decoded>, String> {
+        match self {
+            Framing::Mllp => {
+                match buf.iter().position(|b| *b == SB) {
+                    None => {
+                        // Whitespace between frames is common and harmless; anything else is
+                        // reported.
+                        let n = buf.len();
+                        let junk = buf.iter().any(|b| !b.is_ascii_whitespace());
+                        buf.clear();
+                        return Ok((junk && n > 0).then_some(Decoded::Skipped(n)));
+                    }
+                    Some(0) => {}
+                    Some(i) => {
+                        let junk = buf[..i].iter().any(|b| !b.is_ascii_whitespace());
+                        buf.advance(i);
+                        if junk {
+                            return Ok(Some(Decoded::Skipped(i)));
+                        }
+                    }
+                }
+                match find(&buf[1..], &EB) {
+                    Some(end) => {
+                        let frame = buf.split_to(end + 3);
+                        Ok(Some(Decoded::Frame(frame.freeze().slice(1..end + 1))))
+                    }
+                    None if buf.len() > max + 3 => Err(format!(
+                        "an MLLP frame is larger than max_frame ({max} bytes)"
+                    )),
+                    None => Ok(None),
+                }
+            }
+            Framing::Lines => match buf.iter().position(|b| *b == b'\n') {
+                Some(i) => {
+                    let mut line = buf.split_to(i + 1);
+                    line.truncate(i);
+                    if line.last() == Some(&b'\r') {
+                        line.truncate(i - 1);
+                    }
+                    if line.is_empty() {
+                        return self.decode(buf, max);
+                    }
+                    Ok(Some(Decoded::Frame(line.freeze())))
+                }
+                None if buf.len() > max => Err(format!("a line is longer than max_frame ({max} bytes)")),
+                None => Ok(None),
+            },
+            Framing::LengthPrefixed(p) => {
+                let n = p.bytes as usize;
+                if buf.len() < n {
+                    return Ok(None);
+                }
+                let len = if n == 2 {
+                    u16::from_be_bytes([buf[0], buf[1]]) as usize
+                } else {
+                    u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize
+                };
+                if len > max {
+                    return Err(format!("a frame announces {len} bytes, over max_frame ({max} bytes)"));
+                }
+                if buf.len() < n + len {
+                    return Ok(None);
+                }
+                buf.advance(n);
+                Ok(Some(Decoded::Frame(buf.split_to(len).freeze())))
+            }
+            Framing::Delimiter(d) => {
+                let end = d.end.as_bytes();
+                match find(buf, end) {
+                    Some(i) => {
+                        let frame = buf.split_to(i + end.len());
+                        Ok(Some(Decoded::Frame(frame.freeze().slice(..i))))
+                    }
+                    None if buf.len() > max + end.len() => Err(format!(
+                        "a message is longer than max_frame ({max} bytes) without its end delimiter"
+                    )),
+                    None => Ok(None),
+                }
+            }
+        }
+    }
+
+    /// What is wrong with bytes left over when the peer closed the connection.
+    pub fn leftover(&self, buf: &BytesMut) -> Option<String> {
+        if buf.iter().all(|b| b.is_ascii_whitespace()) {
+            return None;
+        }
+        Some(match self {
+            Framing::Mllp if buf.first() == Some(&SB) => format!(
+                "the connection closed inside an MLLP frame ({} bytes without the end block 0x1C 0x0D)",
+                buf.len() - 1
+            ),
+            Framing::Mllp => format!("{} bytes outside any MLLP frame", buf.len()),
+            _ => format!("the connection closed inside a message ({} bytes without its end)", buf.len()),
+        })
+    }
+
+    /// Frames one message for the wire.
+    pub fn encode(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
+        let mut out = Vec::with_capacity(payload.len() + 4);
+        match self {
+            Framing::Mllp => {
+                out.push(SB);
+                out.extend_from_slice(payload);
+                out.extend_from_slice(&EB);
+            }
+            Framing::Lines => {
+                if payload.contains(&b'\n') {
+                    return Err("the message holds a line break, which `lines` framing cannot carry".into());
+                }
+                out.extend_from_slice(payload);
+                out.push(b'\n');
+            }
+            Framing::LengthPrefixed(p) => {
+                if p.bytes == 2 {
+                    let len = u16::try_from(payload.len())
+                        .map_err(|_| "the message is over 65,535 bytes, too long for a 2-byte length")?;
+                    out.extend_from_slice(&len.to_be_bytes());
+                } else {
+                    let len = u32::try_from(payload.len()).map_err(|_| "the message is too long for a 4-byte length")?;
+                    out.extend_from_slice(&len.to_be_bytes());
+                }
+                out.extend_from_slice(payload);
+            }
+            Framing::Delimiter(d) => {
+                if find(payload, d.end.as_bytes()).is_some() {
+                    return Err("the message holds the end delimiter itself".into());
+                }
+                out.extend_from_slice(payload);
+                out.extend_from_slice(d.end.as_bytes());
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || hay.len() < needle.len() {
+        return None;
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(f: &Framing, input: &[u8], max: usize) -> (Vec<Decoded>, Result<(), String>, BytesMut) {
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        loop {
+            match f.decode(&mut buf, max) {
+                Ok(Some(d)) => out.push(d),
+                Ok(None) => return (out, Ok(()), buf),
+                Err(e) => return (out, Err(e), buf),
+            }
+        }
+    }
+
+    #[test]
+    fn mllp_frames_junk_and_limits() {
+        let f = Framing::Mllp;
+        let (d, r, rest) = all(&f, b"\x0bA\x1c\r\r\n\x0bB\x1c\rjunk\x0bC\x1c\r\x0bpartial", 100);
+        assert_eq!(
+            d,
+            vec![
+                Decoded::Frame(Bytes::from_static(b"A")),
+                Decoded::Frame(Bytes::from_static(b"B")),
+                Decoded::Skipped(4),
+                Decoded::Frame(Bytes::from_static(b"C")),
+            ]
+        );
+        assert!(r.is_ok());
+        assert!(f.leftover(&rest).unwrap().contains("without the end block"));
+        let (_, r, _) = all(&f, &[&[0x0b][..], &[b'x'; 50]].concat(), 10);
+        assert!(r.unwrap_err().contains("larger than max_frame"));
+        assert_eq!(f.encode(b"A").unwrap(), b"\x0bA\x1c\r");
+    }
+
+    #[test]
+    fn lines_length_prefixed_and_delimiters() {
+        let (d, _, _) = all(&Framing::Lines, b"a\r\n\nb\nc", 10);
+        assert_eq!(d, vec![Decoded::Frame(Bytes::from_static(b"a")), Decoded::Frame(Bytes::from_static(b"b"))]);
+        let lp = Framing::LengthPrefixed(LengthPrefix { bytes: 2 });
+        let wire = [lp.encode(b"hello").unwrap(), lp.encode(b"").unwrap()].concat();
+        let (d, _, _) = all(&lp, &wire, 10);
+        assert_eq!(d, vec![Decoded::Frame(Bytes::from_static(b"hello")), Decoded::Frame(Bytes::new())]);
+        let (_, r, _) = all(&lp, &[0x00, 0x20], 10);
+        assert!(r.unwrap_err().contains("announces 32 bytes"));
+        let dl = Framing::Delimiter(DelimiterOptions { end: "<EOM>".into() });
+        let (d, _, _) = all(&dl, b"one<EOM>two<EOM>", 10);
+        assert_eq!(d.len(), 2);
+        assert!(Framing::LengthPrefixed(LengthPrefix { bytes: 3 }).check().is_err());
+    }
+}
