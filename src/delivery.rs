@@ -66,8 +66,8 @@ impl Destination {
 /// Runs until `shutdown`; deliveries in flight then finish, nothing new starts.
 pub async fn run(dest: Arc<Destination>, store: Arc<dyn Store>, shutdown: CancellationToken) {
     match dest.policy.ordering {
-        Ordering::Fifo => run_fifo(dest, store, shutdown).await,
-        Ordering::Parallel => run_parallel(dest, store, shutdown).await,
+        Some(Ordering::Fifo) => run_fifo(dest, store, shutdown).await,
+        _ => run_parallel(dest, store, shutdown).await,
     }
 }
 

@@ -218,7 +218,7 @@ fn build(route: &Route) -> anyhow::Result<RunningRoute> {
                 name: spec.name.clone(),
                 kind: spec.kind,
                 outbound,
-                policy: spec.config.delivery().clone(),
+                policy: spec.config.delivery(),
                 on_error: route.on_error.delivery,
                 dead_letter: dead_letter.clone().map(|n| (n, dead_letter_wake.clone())),
                 wake,

@@ -44,7 +44,9 @@ impl<'a> Hl7<'a> {
         let text = text.trim_start_matches(['\r', '\n', ' ', '\t']);
         if !text.starts_with("MSH") {
             let start: String = text.chars().take(20).collect();
-            return Err(format!("not an HL7 v2 message: it must start with an MSH segment, not `{start}`"));
+            return Err(format!(
+                "not an HL7 v2 message: it must start with an MSH segment, not `{start}`"
+            ));
         }
         let mut chars = text[3..].chars();
         let field = chars.next().ok_or("MSH segment is cut short after `MSH`")?;
@@ -72,8 +74,16 @@ impl<'a> Hl7<'a> {
             .collect();
         for (i, s) in segments.iter().enumerate() {
             let name = s.split(field).next().unwrap_or("");
-            if name.len() != 3 || !name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()) {
-                return Err(format!("segment {} has no valid name: `{}`", i + 1, s.chars().take(20).collect::<String>()));
+            if name.len() != 3
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+            {
+                return Err(format!(
+                    "segment {} has no valid name: `{}`",
+                    i + 1,
+                    s.chars().take(20).collect::<String>()
+                ));
             }
         }
         Ok(Hl7 { encoding, segments })
@@ -206,7 +216,11 @@ impl<'a> Hl7<'a> {
                     continue;
                 }
                 let value = if name == "MSH" && i <= 2 {
-                    Value::String(if i == 1 { self.encoding.field.to_string() } else { f.to_string() })
+                    Value::String(if i == 1 {
+                        self.encoding.field.to_string()
+                    } else {
+                        f.to_string()
+                    })
                 } else {
                     self.field_json(f)
                 };
@@ -306,7 +320,10 @@ impl<'a> Hl7<'a> {
         );
         if code != "AA" && !text.is_empty() {
             let severity = "E";
-            ack.push_str(&format!("ERR{f}{f}{f}207{f}{severity}{f}{f}{f}{f}{}\r", self.escape(text)));
+            ack.push_str(&format!(
+                "ERR{f}{f}{f}207{f}{severity}{f}{f}{f}{f}{}\r",
+                self.escape(text)
+            ));
         }
         ack
     }
@@ -348,17 +365,20 @@ struct Path {
 
 impl Path {
     fn parse(path: &str) -> Result<Path, String> {
-        let bad = || format!("bad HL7 path `{path}`: write SEG-F, SEG-F.C or SEG-F.C.S, e.g. PID-3.1 or OBX[2]-5");
+        let bad = || {
+            format!("bad HL7 path `{path}`: write SEG-F, SEG-F.C or SEG-F.C.S, e.g. PID-3.1 or OBX[2]-5")
+        };
         let (seg, rest) = path.trim().split_once('-').ok_or_else(bad)?;
         let (segment, segment_index) = index(seg).ok_or_else(bad)?;
-        if segment.len() != 3 || !segment.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()) {
+        if segment.len() != 3
+            || !segment
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        {
             return Err(bad());
         }
         let mut parts = rest.split('.');
-        let (field, repetition) = parts
-            .next()
-            .and_then(index)
-            .ok_or_else(bad)?;
+        let (field, repetition) = parts.next().and_then(index).ok_or_else(bad)?;
         let field: usize = field.parse().map_err(|_| bad())?;
         let num = |p: Option<&str>| -> Result<Option<usize>, String> {
             p.map(|s| s.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(bad))
@@ -395,7 +415,8 @@ fn index(s: &str) -> Option<(&str, usize)> {
 mod tests {
     use super::*;
 
-    const ORU: &str = "MSH|^~\\&|LAB|GENHOSP|EHR|GENHOSP|20261126063012||ORU^R01^ORU_R01|MSG00042|P|2.5\r\
+    const ORU: &str =
+        "MSH|^~\\&|LAB|GENHOSP|EHR|GENHOSP|20261126063012||ORU^R01^ORU_R01|MSG00042|P|2.5\r\
 PID|1||100234^^^GENHOSP^MR~555-44-3333^^^SSA^SS||DOE^JANE^Q||19800101|F\r\
 OBR|1|ORD777|FIL888|4548-4^HbA1c^LN\r\
 OBX|1|NM|4548-4^HbA1c^LN||6.1|%^percent^UCUM|4.0-5.6|H\r\
@@ -434,7 +455,10 @@ OBX|2|TX|NOTE^Comment||Fasting \\T\\ rested\\F\\ see \\X4F4B\\||\r";
     #[test]
     fn maps_to_json() {
         let j = Hl7::parse(ORU).unwrap().to_json();
-        assert_eq!(j["MSH"][0]["9"], serde_json::json!({"1": "ORU", "2": "R01", "3": "ORU_R01"}));
+        assert_eq!(
+            j["MSH"][0]["9"],
+            serde_json::json!({"1": "ORU", "2": "R01", "3": "ORU_R01"})
+        );
         assert_eq!(j["PID"][0]["3"][1]["1"], "555-44-3333");
         assert_eq!(j["OBX"][1]["5"], "Fasting & rested| see OK");
         assert_eq!(j["OBX"].as_array().unwrap().len(), 2);
@@ -447,12 +471,21 @@ OBX|2|TX|NOTE^Comment||Fasting \\T\\ rested\\F\\ see \\X4F4B\\||\r";
         let a = Hl7::parse(&ack).unwrap();
         assert_eq!(a.get("MSA-1").unwrap().as_deref(), Some("AA"));
         assert_eq!(a.get("MSA-2").unwrap().as_deref(), Some("MSG00042"));
-        assert_eq!(a.get("MSH-3").unwrap().as_deref(), Some("EHR"), "sender and receiver swap");
+        assert_eq!(
+            a.get("MSH-3").unwrap().as_deref(),
+            Some("EHR"),
+            "sender and receiver swap"
+        );
         assert_eq!(a.get("MSH-9.2").unwrap().as_deref(), Some("R01"));
         let ae = m.ack("AE", "PID-3 missing | bad");
-        assert_eq!(ack_code(&ae).unwrap(), ("AE".to_string(), "PID-3 missing | bad".to_string()));
+        assert_eq!(
+            ack_code(&ae).unwrap(),
+            ("AE".to_string(), "PID-3 missing | bad".to_string())
+        );
         let ar = reject_unparsed("not HL7");
         assert_eq!(ack_code(&ar).unwrap().0, "AR");
-        assert!(Hl7::parse("hello").unwrap_err().contains("must start with an MSH"));
+        assert!(Hl7::parse("hello")
+            .unwrap_err()
+            .contains("must start with an MSH"));
     }
 }

@@ -41,7 +41,10 @@ impl Charset {
     pub fn encode(&self, text: &str) -> Result<Vec<u8>, String> {
         let (bytes, _, unmappable) = self.0.encode(text);
         if unmappable {
-            return Err(format!("the text has characters that {} cannot hold", self.0.name()));
+            return Err(format!(
+                "the text has characters that {} cannot hold",
+                self.0.name()
+            ));
         }
         Ok(bytes.into_owned())
     }
@@ -54,8 +57,14 @@ mod tests {
     #[test]
     fn latin1_round_trip() {
         let c: Charset = serde_yaml::from_str("iso-8859-1").unwrap();
-        assert_eq!(c.decode(&[0x4d, 0xfc, 0x6c, 0x6c, 0x65, 0x72]).unwrap(), "Müller");
-        assert_eq!(c.encode("Müller").unwrap(), vec![0x4d, 0xfc, 0x6c, 0x6c, 0x65, 0x72]);
+        assert_eq!(
+            c.decode(&[0x4d, 0xfc, 0x6c, 0x6c, 0x65, 0x72]).unwrap(),
+            "Müller"
+        );
+        assert_eq!(
+            c.encode("Müller").unwrap(),
+            vec![0x4d, 0xfc, 0x6c, 0x6c, 0x65, 0x72]
+        );
         assert!(serde_yaml::from_str::<Charset>("klingon").is_err());
         let utf8 = Charset::default();
         assert!(utf8.decode(&[0xff]).is_err());

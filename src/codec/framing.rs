@@ -55,9 +55,10 @@ pub enum Decoded {
 impl Framing {
     pub fn check(&self) -> Result<(), String> {
         match self {
-            Framing::LengthPrefixed(p) if p.bytes != 2 && p.bytes != 4 => {
-                Err(format!("length_prefixed bytes must be 2 or 4, not {}", p.bytes))
-            }
+            Framing::LengthPrefixed(p) if p.bytes != 2 && p.bytes != 4 => Err(format!(
+                "length_prefixed bytes must be 2 or 4, not {}",
+                p.bytes
+            )),
             Framing::Delimiter(d) if d.end.is_empty() => Err("the delimiter `end` is empty".into()),
             _ => Ok(()),
         }
@@ -108,7 +109,9 @@ impl Framing {
                     }
                     Ok(Some(Decoded::Frame(line.freeze())))
                 }
-                None if buf.len() > max => Err(format!("a line is longer than max_frame ({max} bytes)")),
+                None if buf.len() > max => {
+                    Err(format!("a line is longer than max_frame ({max} bytes)"))
+                }
                 None => Ok(None),
             },
             Framing::LengthPrefixed(p) => {
@@ -122,7 +125,9 @@ impl Framing {
                     u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize
                 };
                 if len > max {
-                    return Err(format!("a frame announces {len} bytes, over max_frame ({max} bytes)"));
+                    return Err(format!(
+                        "a frame announces {len} bytes, over max_frame ({max} bytes)"
+                    ));
                 }
                 if buf.len() < n + len {
                     return Ok(None);
@@ -172,18 +177,22 @@ impl Framing {
             }
             Framing::Lines => {
                 if payload.contains(&b'\n') {
-                    return Err("the message holds a line break, which `lines` framing cannot carry".into());
+                    return Err(
+                        "the message holds a line break, which `lines` framing cannot carry".into(),
+                    );
                 }
                 out.extend_from_slice(payload);
                 out.push(b'\n');
             }
             Framing::LengthPrefixed(p) => {
                 if p.bytes == 2 {
-                    let len = u16::try_from(payload.len())
-                        .map_err(|_| "the message is over 65,535 bytes, too long for a 2-byte length")?;
+                    let len = u16::try_from(payload.len()).map_err(|_| {
+                        "the message is over 65,535 bytes, too long for a 2-byte length"
+                    })?;
                     out.extend_from_slice(&len.to_be_bytes());
                 } else {
-                    let len = u32::try_from(payload.len()).map_err(|_| "the message is too long for a 4-byte length")?;
+                    let len = u32::try_from(payload.len())
+                        .map_err(|_| "the message is too long for a 4-byte length")?;
                     out.extend_from_slice(&len.to_be_bytes());
                 }
                 out.extend_from_slice(payload);
@@ -226,7 +235,11 @@ mod tests {
     #[test]
     fn mllp_frames_junk_and_limits() {
         let f = Framing::Mllp;
-        let (d, r, rest) = all(&f, b"\x0bA\x1c\r\r\n\x0bB\x1c\rjunk\x0bC\x1c\r\x0bpartial", 100);
+        let (d, r, rest) = all(
+            &f,
+            b"\x0bA\x1c\r\r\n\x0bB\x1c\rjunk\x0bC\x1c\r\x0bpartial",
+            100,
+        );
         assert_eq!(
             d,
             vec![
@@ -246,16 +259,32 @@ mod tests {
     #[test]
     fn lines_length_prefixed_and_delimiters() {
         let (d, _, _) = all(&Framing::Lines, b"a\r\n\nb\nc", 10);
-        assert_eq!(d, vec![Decoded::Frame(Bytes::from_static(b"a")), Decoded::Frame(Bytes::from_static(b"b"))]);
+        assert_eq!(
+            d,
+            vec![
+                Decoded::Frame(Bytes::from_static(b"a")),
+                Decoded::Frame(Bytes::from_static(b"b"))
+            ]
+        );
         let lp = Framing::LengthPrefixed(LengthPrefix { bytes: 2 });
         let wire = [lp.encode(b"hello").unwrap(), lp.encode(b"").unwrap()].concat();
         let (d, _, _) = all(&lp, &wire, 10);
-        assert_eq!(d, vec![Decoded::Frame(Bytes::from_static(b"hello")), Decoded::Frame(Bytes::new())]);
+        assert_eq!(
+            d,
+            vec![
+                Decoded::Frame(Bytes::from_static(b"hello")),
+                Decoded::Frame(Bytes::new())
+            ]
+        );
         let (_, r, _) = all(&lp, &[0x00, 0x20], 10);
         assert!(r.unwrap_err().contains("announces 32 bytes"));
-        let dl = Framing::Delimiter(DelimiterOptions { end: "<EOM>".into() });
+        let dl = Framing::Delimiter(DelimiterOptions {
+            end: "<EOM>".into(),
+        });
         let (d, _, _) = all(&dl, b"one<EOM>two<EOM>", 10);
         assert_eq!(d.len(), 2);
-        assert!(Framing::LengthPrefixed(LengthPrefix { bytes: 3 }).check().is_err());
+        assert!(Framing::LengthPrefixed(LengthPrefix { bytes: 3 })
+            .check()
+            .is_err());
     }
 }

@@ -293,7 +293,7 @@ pub fn load_file(path: &Path) -> Result<Route, Vec<Diagnostic>> {
     }
     let fifo = destinations
         .iter()
-        .any(|d| d.config.delivery().ordering == Ordering::Fifo);
+        .any(|d| d.config.delivery().ordering == Some(Ordering::Fifo));
     if !problems.is_empty() {
         return Err(problems);
     }

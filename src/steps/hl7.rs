@@ -60,7 +60,10 @@ impl Step for Hl7Step {
             .map(String::as_str)
             .collect();
         if !missing.is_empty() {
-            return Err(StepError(format!("required HL7 fields are empty: {}", missing.join(", "))));
+            return Err(StepError(format!(
+                "required HL7 fields are empty: {}",
+                missing.join(", ")
+            )));
         }
         if self.0.to_json {
             msg.set_json(&m.to_json());

@@ -111,9 +111,9 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", self.listen))?;
         listener.set_nonblocking(true)?;
         let tls = match &self.tls {
-            Some(t) => Some(tokio_rustls::TlsAcceptor::from(crate::adapters::tls::server_config(
-                &t.cert, &t.key,
-            )?)),
+            Some(t) => Some(tokio_rustls::TlsAcceptor::from(
+                crate::adapters::tls::server_config(&t.cert, &t.key)?,
+            )),
             None => None,
         };
         Ok(TcpInbound {
@@ -160,13 +160,25 @@ impl Inbound for TcpInbound {
             };
             while connections.try_join_next().is_some() {}
             let _ = stream.set_nodelay(true);
-            let (cfg, intake, stop, tls) = (self.cfg.clone(), intake.clone(), shutdown.clone(), self.tls.clone());
+            let (cfg, intake, stop, tls) = (
+                self.cfg.clone(),
+                intake.clone(),
+                shutdown.clone(),
+                self.tls.clone(),
+            );
             connections.spawn(async move {
-                let conn = Connection { cfg, intake, remote };
+                let conn = Connection {
+                    cfg,
+                    intake,
+                    remote,
+                };
                 match tls {
                     None => conn.serve(stream, stop).await,
                     Some(acceptor) => {
-                        let handshake = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream));
+                        let handshake = tokio::time::timeout(
+                            std::time::Duration::from_secs(10),
+                            acceptor.accept(stream),
+                        );
                         if let Ok(Ok(s)) = handshake.await {
                             conn.serve(s, stop).await;
                         }
@@ -195,7 +207,11 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(&self, mut stream: S, stop: CancellationToken) {
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut stream: S,
+        stop: CancellationToken,
+    ) {
         let cfg = &self.cfg;
         let max = cfg.max_frame.0 as usize;
         let mut buf = BytesMut::with_capacity(8192);
@@ -209,8 +225,12 @@ impl Connection {
                         }
                     }
                     Ok(Some(Decoded::Skipped(n))) => {
-                        self.bad_input(&format!("{n} bytes outside any frame were skipped"), &mut stream, false)
-                            .await;
+                        self.bad_input(
+                            &format!("{n} bytes outside any frame were skipped"),
+                            &mut stream,
+                            false,
+                        )
+                        .await;
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -328,7 +348,11 @@ impl Connection {
                 Err(e) => Some(m.ack("AE", &format!("not stored, send it again: {e}"))),
             },
             (Some(m), AckAfter::Steps) => {
-                match self.intake.submit_and_wait(headers, body, self.cfg.ack_timeout.0).await {
+                match self
+                    .intake
+                    .submit_and_wait(headers, body, self.cfg.ack_timeout.0)
+                    .await
+                {
                     Err(e) => Some(m.ack("AE", &format!("not stored, send it again: {e}"))),
                     Ok((_, None)) => Some(m.ack("AA", "")), // committed; the steps are slow
                     Ok((_, Some(reply))) if reply.state == MessageState::Failed => {

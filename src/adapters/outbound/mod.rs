@@ -38,13 +38,18 @@ impl OutboundConfig {
         }
     }
 
-    pub fn delivery(&self) -> &DeliveryConfig {
-        match self {
-            OutboundConfig::File(c) => &c.delivery,
-            OutboundConfig::Http(c) => &c.delivery,
-            OutboundConfig::Smtp(c) => &c.delivery,
-            OutboundConfig::Tcp(c) => &c.delivery,
-        }
+    /// The destination's delivery settings, with the kind's own default ordering filled in
+    /// (`fifo` for TCP, where legacy feeds need order; `parallel` for the others).
+    pub fn delivery(&self) -> DeliveryConfig {
+        let (d, default) = match self {
+            OutboundConfig::File(c) => (&c.delivery, Ordering::Parallel),
+            OutboundConfig::Http(c) => (&c.delivery, Ordering::Parallel),
+            OutboundConfig::Smtp(c) => (&c.delivery, Ordering::Parallel),
+            OutboundConfig::Tcp(c) => (&c.delivery, Ordering::Fifo),
+        };
+        let mut d = d.clone();
+        d.ordering.get_or_insert(default);
+        d
     }
 
     pub fn build(&self) -> anyhow::Result<Arc<dyn Outbound>> {
@@ -63,10 +68,10 @@ impl OutboundConfig {
 pub struct DeliveryConfig {
     /// Deliveries in flight at once (default 4; `fifo` always sends one at a time).
     pub concurrency: usize,
-    /// `parallel` (default) or `fifo`: strictly one after the other in the order the messages
-    /// were processed; a delivery that fails holds back the ones after it until it is
-    /// delivered or dead (what HL7 feeds need).
-    pub ordering: Ordering,
+    /// `parallel` or `fifo`: strictly one after the other in the order the messages were
+    /// processed; a delivery that fails holds back the ones after it until it is delivered or
+    /// dead (what HL7 feeds need). Default: `fifo` for TCP, `parallel` otherwise.
+    pub ordering: Option<Ordering>,
     /// Retry policy for failed deliveries.
     pub retry: RetryConfig,
 }
@@ -75,7 +80,7 @@ impl Default for DeliveryConfig {
     fn default() -> Self {
         DeliveryConfig {
             concurrency: 4,
-            ordering: Ordering::Parallel,
+            ordering: None,
             retry: RetryConfig::default(),
         }
     }

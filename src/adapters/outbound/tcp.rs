@@ -6,7 +6,7 @@
 //! answer means delivered; AE/CE and a missing answer (timeout) are retried; AR/CR fail the
 //! delivery at once. Deliveries are strictly FIFO by default, as HL7 feeds need.
 
-use super::{DeliveryConfig, Ordering, Outbound, SendError, Sent};
+use super::{DeliveryConfig, Outbound, SendError, Sent};
 use crate::codec::charset::Charset;
 use crate::codec::framing::{Decoded, Framing};
 use crate::message::Message;
@@ -54,8 +54,8 @@ pub struct Config {
     /// Largest answer accepted (default `1MiB`).
     #[serde(default = "default_max_frame")]
     pub max_frame: ByteSize,
-    /// Concurrency, ordering and retries; default `ordering: fifo`.
-    #[serde(default = "default_delivery")]
+    /// Concurrency, ordering and retries; `ordering` defaults to `fifo` here.
+    #[serde(default)]
     pub delivery: DeliveryConfig,
 }
 
@@ -67,13 +67,6 @@ fn default_ack() -> Duration {
 }
 fn default_max_frame() -> ByteSize {
     ByteSize(1 << 20)
-}
-fn default_delivery() -> DeliveryConfig {
-    DeliveryConfig {
-        ordering: Ordering::Fifo,
-        concurrency: 1,
-        ..DeliveryConfig::default()
-    }
 }
 
 impl Config {
@@ -125,29 +118,52 @@ impl TcpOutbound {
                     Ok(Some(Decoded::Frame(f))) => return Ok(f),
                     Ok(Some(Decoded::Skipped(_))) => continue,
                     Ok(None) => {}
-                    Err(e) => return Err(SendError::retryable(format!("bad answer from {addr}: {e}"))),
+                    Err(e) => {
+                        return Err(SendError::retryable(format!("bad answer from {addr}: {e}")))
+                    }
                 }
                 match conn.stream.read_buf(&mut conn.buf).await {
-                    Ok(0) => return Err(SendError::retryable(format!("{addr} closed the connection without an ACK"))),
+                    Ok(0) => {
+                        return Err(SendError::retryable(format!(
+                            "{addr} closed the connection without an ACK"
+                        )))
+                    }
                     Ok(_) => {}
-                    Err(e) => return Err(SendError::retryable(format!("reading the ACK from {addr}: {e}"))),
+                    Err(e) => {
+                        return Err(SendError::retryable(format!(
+                            "reading the ACK from {addr}: {e}"
+                        )))
+                    }
                 }
             }
         };
         let frame = tokio::time::timeout(self.cfg.ack_timeout.0, wait)
             .await
-            .map_err(|_| SendError::retryable(format!("no ACK from {addr} within {:?}", self.cfg.ack_timeout.0)))??;
+            .map_err(|_| {
+                SendError::retryable(format!(
+                    "no ACK from {addr} within {:?}",
+                    self.cfg.ack_timeout.0
+                ))
+            })??;
         let text = self
             .cfg
             .charset
             .decode(&frame)
             .map_err(|e| SendError::retryable(format!("the ACK from {addr}: {e}")))?;
         let (code, reason) = crate::hl7::ack_code(&text).map_err(SendError::retryable)?;
-        let said = if reason.is_empty() { String::new() } else { format!(": {reason}") };
+        let said = if reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {reason}")
+        };
         match code.as_str() {
             "AA" | "CA" => Ok(format!("{code} from {addr}")),
-            "AR" | "CR" => Err(SendError::permanent(format!("{addr} rejected the message ({code}){said}"))),
-            _ => Err(SendError::retryable(format!("{addr} answered {code}{said}"))),
+            "AR" | "CR" => Err(SendError::permanent(format!(
+                "{addr} rejected the message ({code}){said}"
+            ))),
+            _ => Err(SendError::retryable(format!(
+                "{addr} answered {code}{said}"
+            ))),
         }
     }
 }
@@ -156,16 +172,30 @@ impl TcpOutbound {
 impl Outbound for TcpOutbound {
     async fn send(&self, msg: &Message) -> Result<Sent, SendError> {
         let text = msg.body_text().map_err(SendError::permanent)?;
-        let bytes = self.cfg.charset.encode(text).map_err(SendError::permanent)?;
-        let wire = self.cfg.framing.encode(&bytes).map_err(SendError::permanent)?;
+        let bytes = self
+            .cfg
+            .charset
+            .encode(text)
+            .map_err(SendError::permanent)?;
+        let wire = self
+            .cfg
+            .framing
+            .encode(&bytes)
+            .map_err(SendError::permanent)?;
         let addr = self.addr();
         // One exchange at a time on the connection: an ACK must match its message.
         let mut slot = self.conn.lock().await;
         if slot.is_none() {
-            let stream = tokio::time::timeout(self.cfg.connect_timeout.0, TcpStream::connect(&addr))
-                .await
-                .map_err(|_| SendError::retryable(format!("cannot connect to {addr} within {:?}", self.cfg.connect_timeout.0)))?
-                .map_err(|e| SendError::retryable(format!("cannot connect to {addr}: {e}")))?;
+            let stream =
+                tokio::time::timeout(self.cfg.connect_timeout.0, TcpStream::connect(&addr))
+                    .await
+                    .map_err(|_| {
+                        SendError::retryable(format!(
+                            "cannot connect to {addr} within {:?}",
+                            self.cfg.connect_timeout.0
+                        ))
+                    })?
+                    .map_err(|e| SendError::retryable(format!("cannot connect to {addr}: {e}")))?;
             let _ = stream.set_nodelay(true);
             *slot = Some(Conn {
                 stream,
