@@ -12,9 +12,10 @@
 use bytes::{Buf, Bytes, BytesMut};
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Framing {
+    #[default]
     Mllp,
     Lines,
     LengthPrefixed(LengthPrefix),
@@ -33,12 +34,6 @@ pub struct LengthPrefix {
 pub struct DelimiterOptions {
     /// The bytes that end each message (YAML escapes such as "\u0003" work).
     pub end: String,
-}
-
-impl Default for Framing {
-    fn default() -> Self {
-        Framing::Mllp
-    }
 }
 
 const SB: u8 = 0x0b;
