@@ -268,12 +268,13 @@ async fn run(dirs: Dirs, drain: std::time::Duration) -> anyhow::Result<()> {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dirs.store_file())?);
     tracing::info!(store = %dirs.store_file().display(), logs = %dirs.logs.join(telemetry::LOG_FILE).display(), "store open");
     let engine = match Engine::start(routes, store.clone()).await {
-        Ok(e) => e,
+        Ok(e) => Arc::new(e),
         Err(e) => {
             store.close().await?;
             return Err(e);
         }
     };
+    engine.watch_routes(dirs.routes.clone());
     wait_for_signal().await;
     engine.shutdown(drain).await
 }

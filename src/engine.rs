@@ -17,6 +17,7 @@
 //! Whatever was not finished is in the store and resumes at the next start.
 
 use crate::adapters::inbound::{Inbound, Intake, Replies, Reply};
+use crate::adapters::listeners::Listeners;
 use crate::delivery::{self, Destination};
 use crate::route::{OnError, Route, StepPolicy};
 use crate::routing::Router;
@@ -29,6 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, Mutex, Notify};
 use tokio_util::sync::CancellationToken;
+use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
@@ -42,10 +44,26 @@ const SCHEDULER_POLL: Duration = Duration::from_secs(5);
 pub struct Engine {
     store: Arc<dyn Store>,
     shutdown: CancellationToken,
+    /// Engine-wide tasks (the reload watcher).
     tasks: TaskTracker,
-    routes: Vec<String>,
+    /// The running version of each route, by id.
+    versions: Arc<Mutex<HashMap<String, RouteVersion>>>,
+    listeners: Arc<Listeners>,
+    /// How long a stopping route version may take to finish its work in hand.
+    drain: Duration,
 }
 
+/// One running version of a route, with its own tasks and stop signals, so that a reload can
+/// stop it alone.
+pub(crate) struct RouteVersion {
+    pub(crate) route: Arc<Route>,
+    /// Stops the inbound adapter first, so everything it accepted is committed and queued...
+    intake_stop: CancellationToken,
+    inbound: JoinHandle<()>,
+    /// ...then the workers, the scheduler and the deliveries.
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
 /// A route's running parts that its tasks share.
 struct RunningRoute {
     id: String,
@@ -74,42 +92,84 @@ impl Engine {
     /// Builds every route, then starts them all. Fails before starting anything when a route
     /// cannot be built (a missing directory, say), naming the route and the reason.
     pub async fn start(routes: Vec<Route>, store: Arc<dyn Store>) -> anyhow::Result<Engine> {
-        let mut built = Vec::new();
-        for route in &routes {
-            built.push((route, Arc::new(build(route)?)));
-        }
         let engine = Engine {
             store,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            routes: routes.iter().map(|r| r.id.clone()).collect(),
+            versions: Arc::new(Mutex::new(HashMap::new())),
+            listeners: Arc::new(Listeners::default()),
+            drain: Duration::from_secs(30),
         };
-        for (route, running) in built {
-            engine.launch(route, running);
+        let mut built = Vec::new();
+        for route in routes {
+            let running = Arc::new(build(&route, &engine.listeners)?);
+            built.push((Arc::new(route), running));
         }
-        tracing::info!(routes = ?engine.routes, "engine started");
+        let mut versions = engine.versions.lock().await;
+        for (route, running) in built {
+            let v = engine.launch(route, running);
+            versions.insert(v.route.id.clone(), v);
+        }
+        let ids: Vec<&String> = versions.keys().collect();
+        tracing::info!(routes = ?ids, "engine started");
+        drop(versions);
         Ok(engine)
     }
 
-    fn launch(&self, route: &Route, running: Arc<RunningRoute>) {
+    /// Builds and starts a route version.
+    pub(crate) fn start_version(&self, route: Arc<Route>) -> anyhow::Result<RouteVersion> {
+        let running = Arc::new(build(&route, &self.listeners)?);
+        Ok(self.launch(route, running))
+    }
+
+    /// Stops a route version: intake first (what it accepted is committed), then the rest,
+    /// each within the drain time. Unfinished work stays in the store for the next version.
+    pub(crate) async fn stop_version(&self, v: RouteVersion) {
+        v.intake_stop.cancel();
+        if tokio::time::timeout(self.drain, v.inbound).await.is_err() {
+            tracing::warn!(route = %v.route.id, "intake did not stop within the drain time");
+        }
+        v.stop.cancel();
+        v.tasks.close();
+        if tokio::time::timeout(self.drain, v.tasks.wait()).await.is_err() {
+            tracing::warn!(route = %v.route.id, "work still running after the drain time; it resumes from the store");
+        }
+    }
+
+    pub(crate) fn versions(&self) -> &Arc<Mutex<HashMap<String, RouteVersion>>> {
+        &self.versions
+    }
+
+    pub(crate) fn listeners(&self) -> &Arc<Listeners> {
+        &self.listeners
+    }
+
+    /// Watches the routes directory and applies changes while the engine runs (see
+    /// [`crate::reload`]).
+    pub fn watch_routes(self: &Arc<Self>, dir: std::path::PathBuf) {
+        let engine = self.clone();
+        let stop = self.shutdown.clone();
+        self.tasks
+            .spawn(async move { crate::reload::watch(engine, dir, stop).await });
+    }
+
+    fn launch(&self, route: Arc<Route>, running: Arc<RunningRoute>) -> RouteVersion {
+        let stop = self.shutdown.child_token();
+        let intake_stop = stop.child_token();
+        let tasks = TaskTracker::new();
         let workers = route.concurrency.max(1);
         let (tx, rx) = mpsc::channel::<Pending>(workers * QUEUE_PER_WORKER);
         let rx = Arc::new(Mutex::new(rx));
-        // Everything stored before this id was received by an earlier run.
+        // Everything stored before this id was received by an earlier run or version.
         let resume_before = Uuid::now_v7();
 
         for dest in running.destinations.values() {
-            let (dest, store, stop) = (dest.clone(), self.store.clone(), self.shutdown.clone());
-            self.tasks.spawn(delivery::run(dest, store, stop));
+            let (dest, store, stop) = (dest.clone(), self.store.clone(), stop.clone());
+            tasks.spawn(delivery::run(dest, store, stop));
         }
         for _ in 0..workers {
-            let (r, rx, store, stop) = (
-                running.clone(),
-                rx.clone(),
-                self.store.clone(),
-                self.shutdown.clone(),
-            );
-            self.tasks.spawn(async move {
+            let (r, rx, store, stop) = (running.clone(), rx.clone(), self.store.clone(), stop.clone());
+            tasks.spawn(async move {
                 loop {
                     let next = {
                         let mut rx = rx.lock().await;
@@ -125,24 +185,12 @@ impl Engine {
             });
         }
         {
-            let (id, tx, store, stop) = (
-                route.id.clone(),
-                tx.clone(),
-                self.store.clone(),
-                self.shutdown.clone(),
-            );
-            self.tasks
-                .spawn(async move { resume(&id, resume_before, tx, store.as_ref(), &stop).await });
+            let (id, tx, store, stop) = (route.id.clone(), tx.clone(), self.store.clone(), stop.clone());
+            tasks.spawn(async move { resume(&id, resume_before, tx, store.as_ref(), &stop).await });
         }
         {
-            let (r, tx, store, stop) = (
-                running.clone(),
-                tx.clone(),
-                self.store.clone(),
-                self.shutdown.clone(),
-            );
-            self.tasks
-                .spawn(async move { schedule(&r, tx, store.as_ref(), &stop).await });
+            let (r, tx, store, stop) = (running.clone(), tx.clone(), self.store.clone(), stop.clone());
+            tasks.spawn(async move { schedule(&r, tx, store.as_ref(), &stop).await });
         }
         let mut intake = Intake::new(&route.id, &route.version, self.store.clone(), tx);
         intake.wire_taps = running
@@ -154,21 +202,19 @@ impl Engine {
         intake.scheduled = running.scheduled.clone();
         intake.split_first = route.split_first.clone();
         intake.replies = running.replies.clone();
-        let (inbound, stop, id) = (
-            running.inbound.clone(),
-            self.shutdown.clone(),
-            route.id.clone(),
-        );
-        self.tasks.spawn(async move {
-            if let Err(e) = inbound.run(intake, stop).await {
+        let (inbound, istop, id) = (running.inbound.clone(), intake_stop.clone(), route.id.clone());
+        let inbound = tokio::spawn(async move {
+            if let Err(e) = inbound.run(intake, istop).await {
                 tracing::error!(route = %id, error = format!("{e:#}"), "inbound adapter stopped");
             }
         });
-    }
-
-    /// Ids of the running routes.
-    pub fn routes(&self) -> &[String] {
-        &self.routes
+        RouteVersion {
+            route,
+            intake_stop,
+            inbound,
+            stop,
+            tasks,
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -176,14 +222,22 @@ impl Engine {
     }
 
     /// Stops intake, lets work in hand finish (at most `drain`), then closes the store.
-    pub async fn shutdown(self, drain: Duration) -> anyhow::Result<()> {
+    pub async fn shutdown(&self, drain: Duration) -> anyhow::Result<()> {
         tracing::info!("shutting down: intake stopped, finishing work in hand");
+        let versions: Vec<RouteVersion> = self.versions.lock().await.drain().map(|(_, v)| v).collect();
+        // Intake of every route first, then everything else.
+        versions.iter().for_each(|v| v.intake_stop.cancel());
         self.shutdown.cancel();
         self.tasks.close();
-        if tokio::time::timeout(drain, self.tasks.wait())
-            .await
-            .is_err()
-        {
+        let all = async {
+            for v in versions {
+                let _ = v.inbound.await;
+                v.tasks.close();
+                v.tasks.wait().await;
+            }
+            self.tasks.wait().await;
+        };
+        if tokio::time::timeout(drain, all).await.is_err() {
             tracing::warn!(
                 "work still running after {drain:?}; stopping anyway (it resumes at the next start)"
             );
@@ -195,9 +249,9 @@ impl Engine {
 }
 
 /// Builds a route's adapters and destinations (side effects: directories are created).
-fn build(route: &Route) -> anyhow::Result<RunningRoute> {
+fn build(route: &Route, listeners: &Arc<Listeners>) -> anyhow::Result<RunningRoute> {
     let context = || format!("route `{}` ({})", route.id, route.file.display());
-    let inbound = route.from.build().with_context(context)?;
+    let inbound = route.from.build(listeners).with_context(context)?;
     let dead_letter_wake = Arc::new(Notify::new());
     let dead_letter = route.dead_letter().map(str::to_string);
     let mut destinations = HashMap::new();

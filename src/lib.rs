@@ -14,6 +14,7 @@ pub mod delivery;
 pub mod engine;
 pub mod hl7;
 pub mod message;
+pub mod reload;
 pub mod route;
 pub mod route_tests;
 pub mod routing;

@@ -4,5 +4,6 @@
 
 pub mod fs;
 pub mod inbound;
+pub mod listeners;
 pub mod outbound;
 pub mod tls;

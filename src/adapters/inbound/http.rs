@@ -9,6 +9,7 @@
 //! `hyper` serves each connection with a header-read timeout (a client that trickles its
 //! headers is cut off) and the listener keeps accepting others meanwhile.
 
+use crate::adapters::listeners::Listeners;
 use super::{Inbound, Intake, Reply};
 use crate::message::{Headers, Message};
 use crate::route::values::{ByteSize, Duration};
@@ -139,10 +140,10 @@ fn default_body_timeout() -> Duration {
 
 impl Config {
     /// Binds the listener now, so a taken port is an error at start, naming the address.
-    pub fn build(&self) -> anyhow::Result<HttpInbound> {
-        let listener = std::net::TcpListener::bind(&self.listen)
+    pub fn build(&self, listeners: &Arc<Listeners>) -> anyhow::Result<HttpInbound> {
+        let listener = listeners
+            .take_or_bind(&self.listen)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", self.listen))?;
-        listener.set_nonblocking(true)?;
         let tls = match &self.tls {
             Some(t) => Some(tokio_rustls::TlsAcceptor::from(
                 crate::adapters::tls::server_config(&t.cert, &t.key)?,
@@ -156,6 +157,7 @@ impl Config {
         Ok(HttpInbound {
             cfg: Arc::new(self.clone()),
             listener: Mutex::new(Some(listener)),
+            listeners: listeners.clone(),
             tls,
         })
     }
@@ -164,6 +166,7 @@ impl Config {
 pub struct HttpInbound {
     cfg: Arc<Config>,
     listener: Mutex<Option<std::net::TcpListener>>,
+    listeners: Arc<Listeners>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
@@ -480,6 +483,11 @@ impl Inbound for HttpInbound {
                     }
                 }
             });
+        }
+        // The socket stays open for the route's next version (a reload), or is closed by the
+        // engine when no version wants it.
+        if let Ok(std) = listener.into_std() {
+            self.listeners.give_back(&self.cfg.listen, std);
         }
         // Requests in flight finish (their messages are being committed); idle ones close.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {

@@ -8,6 +8,7 @@ pub mod file;
 pub mod http;
 pub mod tcp;
 
+use crate::adapters::listeners::Listeners;
 use crate::message::{Headers, Message};
 use crate::steps::split::Split;
 use crate::store::{Insert, MessageState, Pending, Store, StoreError};
@@ -60,11 +61,22 @@ impl InboundConfig {
         }
     }
 
-    pub fn build(&self) -> anyhow::Result<Arc<dyn Inbound>> {
+    /// The address this adapter listens on, if it listens.
+    pub fn listen_address(&self) -> Option<&str> {
+        match self {
+            InboundConfig::File(_) => None,
+            InboundConfig::Http(c) => Some(&c.listen),
+            InboundConfig::Tcp(c) => Some(&c.listen),
+        }
+    }
+
+    /// Builds the adapter; listeners come from `listeners`, where an earlier version of the
+    /// route may have left its socket open.
+    pub fn build(&self, listeners: &Arc<Listeners>) -> anyhow::Result<Arc<dyn Inbound>> {
         Ok(match self {
             InboundConfig::File(c) => Arc::new(c.build()?),
-            InboundConfig::Http(c) => Arc::new(c.build()?),
-            InboundConfig::Tcp(c) => Arc::new(c.build()?),
+            InboundConfig::Http(c) => Arc::new(c.build(listeners)?),
+            InboundConfig::Tcp(c) => Arc::new(c.build(listeners)?),
         })
     }
 }

@@ -9,6 +9,7 @@
 //! connection that sent it may be closed, every other connection goes on.
 
 use super::http::TlsFiles;
+use crate::adapters::listeners::Listeners;
 use super::{Inbound, Intake};
 use crate::codec::charset::Charset;
 use crate::codec::framing::{Decoded, Framing};
@@ -105,11 +106,11 @@ impl Config {
         })
     }
 
-    pub fn build(&self) -> anyhow::Result<TcpInbound> {
+    pub fn build(&self, listeners: &Arc<Listeners>) -> anyhow::Result<TcpInbound> {
         self.framing.check().map_err(anyhow::Error::msg)?;
-        let listener = std::net::TcpListener::bind(&self.listen)
+        let listener = listeners
+            .take_or_bind(&self.listen)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", self.listen))?;
-        listener.set_nonblocking(true)?;
         let tls = match &self.tls {
             Some(t) => Some(tokio_rustls::TlsAcceptor::from(
                 crate::adapters::tls::server_config(&t.cert, &t.key)?,
@@ -119,6 +120,7 @@ impl Config {
         Ok(TcpInbound {
             cfg: Arc::new(self.clone()),
             listener: Mutex::new(Some(listener)),
+            listeners: listeners.clone(),
             tls,
         })
     }
@@ -127,6 +129,7 @@ impl Config {
 pub struct TcpInbound {
     cfg: Arc<Config>,
     listener: Mutex<Option<std::net::TcpListener>>,
+    listeners: Arc<Listeners>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
@@ -186,6 +189,11 @@ impl Inbound for TcpInbound {
                 }
                 drop(slot);
             });
+        }
+        // The socket stays open for the route's next version (a reload), or is closed by the
+        // engine when no version wants it.
+        if let Ok(std) = listener.into_std() {
+            self.listeners.give_back(&self.cfg.listen, std);
         }
         // Messages being committed finish; idle connections are closed.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {

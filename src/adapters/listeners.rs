@@ -1,0 +1,41 @@
+//! Listening sockets that outlive a route version. When a route is reloaded, its old version
+//! hands its listener back here and the new version takes it over, so the socket is never
+//! closed: clients connecting during the swap wait in the kernel's backlog instead of being
+//! refused.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::Mutex;
+
+#[derive(Default)]
+pub struct Listeners(Mutex<HashMap<String, TcpListener>>);
+
+impl Listeners {
+    /// The listener handed back for `addr`, or a new one bound to it.
+    pub fn take_or_bind(&self, addr: &str) -> std::io::Result<TcpListener> {
+        if let Some(l) = self.0.lock().ok().and_then(|mut m| m.remove(addr)) {
+            return Ok(l);
+        }
+        let l = TcpListener::bind(addr)?;
+        l.set_nonblocking(true)?;
+        Ok(l)
+    }
+
+    /// Keeps a listener open for the next version of its route (not for port 0, which means
+    /// "any free port" and so cannot be asked for again).
+    pub fn give_back(&self, addr: &str, listener: TcpListener) {
+        if addr.ends_with(":0") {
+            return;
+        }
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(addr.to_string(), listener);
+        }
+    }
+
+    /// Closes the listeners no running route uses any more.
+    pub fn retain(&self, in_use: impl Fn(&str) -> bool) {
+        if let Ok(mut m) = self.0.lock() {
+            m.retain(|addr, _| in_use(addr));
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Hot reload: the routes directory is watched while the engine runs, and changes are applied
+//! route by route without losing or duplicating a message.
+//!
+//! A round (after a burst of file-system events settles, or every few seconds, since events
+//! get lost) reads every route file and compares versions (hashes of the files):
+//! - a new route starts;
+//! - a changed route is validated as a whole first; then its old version stops intake
+//!   (everything it accepted is committed), stops its workers (whatever they had not finished
+//!   stays in the store), and the new version starts and resumes that work. A listener on an
+//!   unchanged address is handed from the old version to the new one without closing, so
+//!   clients connecting meanwhile wait in the backlog instead of being refused;
+//! - a removed file stops its route the same way;
+//! - an invalid file changes nothing: the running version keeps running, and every problem is
+//!   logged as `file:line:column: message`.
+//!
+//! Deliveries belong to destinations by name (`to[0]`, ...), so deliveries already queued when
+//! a destination's settings change are made with the new settings.
+
+use crate::engine::Engine;
+use crate::route::{self, Route};
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How often the directory is read even without events.
+const POLL: Duration = Duration::from_secs(2);
+/// Quiet time after the last event before a round starts (editors write files in steps).
+const DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// What a round did.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    /// `file:line:column: message` for each problem found.
+    pub rejected: Vec<String>,
+}
+
+pub async fn watch(engine: Arc<Engine>, dir: PathBuf, stop: CancellationToken) {
+    let (tx, mut events) = mpsc::channel::<()>(1);
+    let watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+        let _ = tx.try_send(());
+    })
+    .and_then(|mut w| {
+        notify::Watcher::watch(&mut w, &dir, notify::RecursiveMode::NonRecursive).map(|_| w)
+    });
+    let _watcher = match watcher {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "no file-system events for the routes directory; polling");
+            None
+        }
+    };
+    let mut seen = snapshot(&dir);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = events.recv() => {
+                // Let a burst of events (an editor's save) settle.
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        more = tokio::time::timeout(DEBOUNCE, events.recv()) => if more.is_err() { break },
+                    }
+                }
+            }
+            _ = tokio::time::sleep(POLL) => {}
+        }
+        let now = snapshot(&dir);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        apply(&engine, &dir).await;
+    }
+}
+
+/// The route files and their versions, to tell whether anything changed at all.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
+    route::route_files(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|f| {
+            let v = std::fs::read(&f).map(|b| route::version_hash(&b)).unwrap_or_default();
+            (f, v)
+        })
+        .collect()
+}
+
+/// Reads the directory and brings the running routes in line with it.
+pub async fn apply(engine: &Engine, dir: &Path) -> Summary {
+    let mut summary = Summary::default();
+    let files = match route::route_files(dir) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), error = %e, "cannot read the routes directory; nothing changed");
+            return summary;
+        }
+    };
+    let (loaded, problems) = route::load_all(&files);
+    let bad_files: HashSet<PathBuf> = problems.iter().map(|d| d.file.clone()).collect();
+    for d in &problems {
+        tracing::error!(event = "reload", outcome = "rejected", file = %d.file.display(), "{d}");
+        summary.rejected.push(d.to_string());
+    }
+    let mut versions = engine.versions().lock().await;
+    let loaded_ids: HashSet<String> = loaded.iter().map(|r| r.id.clone()).collect();
+    let removed: Vec<String> = versions
+        .iter()
+        .filter(|(id, v)| !loaded_ids.contains(*id) && !bad_files.contains(&v.route.file))
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in removed {
+        if let Some(v) = versions.remove(&id) {
+            tracing::info!(event = "reload", route = %id, old_version = %v.route.version, "route removed; stopping it");
+            engine.stop_version(v).await;
+            summary.removed.push(id);
+        }
+    }
+    for route in loaded {
+        let route: Arc<Route> = Arc::new(route);
+        match versions.remove(&route.id) {
+            Some(old) if old.route.version == route.version => {
+                versions.insert(route.id.clone(), old);
+            }
+            Some(old) => {
+                let (old_route, id) = (old.route.clone(), route.id.clone());
+                tracing::info!(event = "reload", route = %id, old_version = %old_route.version, new_version = %route.version, "route changed; swapping versions");
+                engine.stop_version(old).await;
+                match engine.start_version(route.clone()) {
+                    Ok(v) => {
+                        versions.insert(id.clone(), v);
+                        summary.changed.push(id);
+                    }
+                    Err(e) => {
+                        let problem = format!("{}: {e:#}; the previous version keeps running", route.file.display());
+                        tracing::error!(event = "reload", outcome = "rejected", route = %id, "{problem}");
+                        summary.rejected.push(problem);
+                        match engine.start_version(old_route) {
+                            Ok(v) => {
+                                versions.insert(id, v);
+                            }
+                            Err(e) => tracing::error!(route = %id, error = format!("{e:#}"), "the previous version could not be restarted either; the route is stopped"),
+                        }
+                    }
+                }
+            }
+            None => match engine.start_version(route.clone()) {
+                Ok(v) => {
+                    tracing::info!(event = "reload", route = %route.id, new_version = %route.version, "route added");
+                    summary.added.push(route.id.clone());
+                    versions.insert(route.id.clone(), v);
+                }
+                Err(e) => {
+                    let problem = format!("{}: {e:#}", route.file.display());
+                    tracing::error!(event = "reload", outcome = "rejected", route = %route.id, "{problem}");
+                    summary.rejected.push(problem);
+                }
+            },
+        }
+    }
+    let in_use: HashSet<String> = versions
+        .values()
+        .filter_map(|v| v.route.from.listen_address().map(str::to_string))
+        .collect();
+    engine.listeners().retain(|addr| in_use.contains(addr));
+    tracing::info!(
+        event = "reload",
+        added = ?summary.added,
+        changed = ?summary.changed,
+        removed = ?summary.removed,
+        rejected = summary.rejected.len(),
+        "routes reloaded"
+    );
+    summary
+}
