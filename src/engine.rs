@@ -29,8 +29,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, Mutex, Notify};
-use tokio_util::sync::CancellationToken;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
@@ -131,7 +131,10 @@ impl Engine {
         }
         v.stop.cancel();
         v.tasks.close();
-        if tokio::time::timeout(self.drain, v.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(self.drain, v.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(route = %v.route.id, "work still running after the drain time; it resumes from the store");
         }
     }
@@ -168,7 +171,12 @@ impl Engine {
             tasks.spawn(delivery::run(dest, store, stop));
         }
         for _ in 0..workers {
-            let (r, rx, store, stop) = (running.clone(), rx.clone(), self.store.clone(), stop.clone());
+            let (r, rx, store, stop) = (
+                running.clone(),
+                rx.clone(),
+                self.store.clone(),
+                stop.clone(),
+            );
             tasks.spawn(async move {
                 loop {
                     let next = {
@@ -185,11 +193,21 @@ impl Engine {
             });
         }
         {
-            let (id, tx, store, stop) = (route.id.clone(), tx.clone(), self.store.clone(), stop.clone());
+            let (id, tx, store, stop) = (
+                route.id.clone(),
+                tx.clone(),
+                self.store.clone(),
+                stop.clone(),
+            );
             tasks.spawn(async move { resume(&id, resume_before, tx, store.as_ref(), &stop).await });
         }
         {
-            let (r, tx, store, stop) = (running.clone(), tx.clone(), self.store.clone(), stop.clone());
+            let (r, tx, store, stop) = (
+                running.clone(),
+                tx.clone(),
+                self.store.clone(),
+                stop.clone(),
+            );
             tasks.spawn(async move { schedule(&r, tx, store.as_ref(), &stop).await });
         }
         let mut intake = Intake::new(&route.id, &route.version, self.store.clone(), tx);
@@ -202,7 +220,11 @@ impl Engine {
         intake.scheduled = running.scheduled.clone();
         intake.split_first = route.split_first.clone();
         intake.replies = running.replies.clone();
-        let (inbound, istop, id) = (running.inbound.clone(), intake_stop.clone(), route.id.clone());
+        let (inbound, istop, id) = (
+            running.inbound.clone(),
+            intake_stop.clone(),
+            route.id.clone(),
+        );
         let inbound = tokio::spawn(async move {
             if let Err(e) = inbound.run(intake, istop).await {
                 tracing::error!(route = %id, error = format!("{e:#}"), "inbound adapter stopped");
@@ -224,7 +246,8 @@ impl Engine {
     /// Stops intake, lets work in hand finish (at most `drain`), then closes the store.
     pub async fn shutdown(&self, drain: Duration) -> anyhow::Result<()> {
         tracing::info!("shutting down: intake stopped, finishing work in hand");
-        let versions: Vec<RouteVersion> = self.versions.lock().await.drain().map(|(_, v)| v).collect();
+        let versions: Vec<RouteVersion> =
+            self.versions.lock().await.drain().map(|(_, v)| v).collect();
         // Intake of every route first, then everything else.
         versions.iter().for_each(|v| v.intake_stop.cancel());
         self.shutdown.cancel();

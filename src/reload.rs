@@ -85,7 +85,9 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
         .unwrap_or_default()
         .into_iter()
         .map(|f| {
-            let v = std::fs::read(&f).map(|b| route::version_hash(&b)).unwrap_or_default();
+            let v = std::fs::read(&f)
+                .map(|b| route::version_hash(&b))
+                .unwrap_or_default();
             (f, v)
         })
         .collect()
@@ -137,14 +139,19 @@ pub async fn apply(engine: &Engine, dir: &Path) -> Summary {
                         summary.changed.push(id);
                     }
                     Err(e) => {
-                        let problem = format!("{}: {e:#}; the previous version keeps running", route.file.display());
+                        let problem = format!(
+                            "{}: {e:#}; the previous version keeps running",
+                            route.file.display()
+                        );
                         tracing::error!(event = "reload", outcome = "rejected", route = %id, "{problem}");
                         summary.rejected.push(problem);
                         match engine.start_version(old_route) {
                             Ok(v) => {
                                 versions.insert(id, v);
                             }
-                            Err(e) => tracing::error!(route = %id, error = format!("{e:#}"), "the previous version could not be restarted either; the route is stopped"),
+                            Err(e) => {
+                                tracing::error!(route = %id, error = format!("{e:#}"), "the previous version could not be restarted either; the route is stopped")
+                            }
                         }
                     }
                 }

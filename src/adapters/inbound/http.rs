@@ -9,8 +9,8 @@
 //! `hyper` serves each connection with a header-read timeout (a client that trickles its
 //! headers is cut off) and the listener keeps accepting others meanwhile.
 
-use crate::adapters::listeners::Listeners;
 use super::{Inbound, Intake, Reply};
+use crate::adapters::listeners::Listeners;
 use crate::message::{Headers, Message};
 use crate::route::values::{ByteSize, Duration};
 use crate::store::MessageState;
@@ -514,8 +514,12 @@ where
     tokio::select! {
         _ = conn.as_mut() => {}
         _ = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            // A connection accepted a moment ago may not have sent its request yet: give it a
+            // moment to be served, rather than closing it under the client.
+            if tokio::time::timeout(std::time::Duration::from_secs(1), conn.as_mut()).await.is_err() {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
         }
     }
 }

@@ -9,8 +9,8 @@
 //! connection that sent it may be closed, every other connection goes on.
 
 use super::http::TlsFiles;
-use crate::adapters::listeners::Listeners;
 use super::{Inbound, Intake};
+use crate::adapters::listeners::Listeners;
 use crate::codec::charset::Charset;
 use crate::codec::framing::{Decoded, Framing};
 use crate::hl7::{self, Hl7};

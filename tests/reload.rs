@@ -1,0 +1,205 @@
+//! Hot reload under a steady feed: rewriting a route five times (once invalidly) loses and
+//! duplicates nothing, the invalid version is reported with its line and column, and a
+//! listener never refuses a connection during the swaps.
+
+mod common;
+
+use common::net::free_port;
+use common::*;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+fn file_route(marker: &str) -> String {
+    format!(
+        r#"from:
+  file: {{ path: inbox, settle: 50ms, poll_interval: 100ms }}
+steps:
+  - set_header: {{ name: version, value: "{marker}" }}
+to:
+  - file: {{ path: outbox, name: "{{{{original_stem}}}}.txt" }}
+"#
+    )
+}
+
+const INVALID: &str = "from:\n  file:\n    pathh: inbox\nto:\n  - file: { path: outbox }\n";
+
+#[test]
+fn rewriting_a_file_route_under_a_steady_feed_loses_and_duplicates_nothing() {
+    let ws = Workspace::new();
+    let route = ws.write_route("feed.yaml", &file_route("v1"));
+    let mut valid = vec![switchyard::route::version_hash(file_route("v1").as_bytes())];
+    let engine = ws.start();
+    assert!(wait_until(Duration::from_secs(10), || ws
+        .path("data/switchyard.db")
+        .exists()));
+    let total = 2000;
+    let feeder = {
+        let inbox = ws.path("inbox");
+        std::thread::spawn(move || {
+            for i in 0..total {
+                let tmp = inbox.join(format!(".f{i:05}.part"));
+                std::fs::write(&tmp, format!("message {i}")).unwrap();
+                std::fs::rename(&tmp, inbox.join(format!("f{i:05}.dat"))).unwrap();
+                if i % 10 == 0 {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        })
+    };
+    for n in 2..=6 {
+        std::thread::sleep(Duration::from_millis(700));
+        if n == 4 {
+            std::fs::write(&route, INVALID).unwrap();
+        } else {
+            let text = file_route(&format!("v{n}"));
+            valid.push(switchyard::route::version_hash(text.as_bytes()));
+            std::fs::write(&route, text).unwrap();
+        }
+    }
+    feeder.join().unwrap();
+    let done = wait_until(Duration::from_secs(120), || {
+        ws.count("delivered") == total as u64
+    });
+    assert!(done, "{:?}", ws.states());
+    engine.stop();
+
+    // Exactly once: one message per input, one output per input.
+    let per_file = ws.query_pairs(
+        "SELECT json_extract(headers, '$.\"file.name\"'), COUNT(*) FROM messages GROUP BY 1 HAVING COUNT(*) > 1",
+    );
+    assert!(per_file.is_empty(), "duplicated: {per_file:?}");
+    assert_eq!(
+        ws.states(),
+        BTreeMap::from([("delivered".to_string(), total as u64)])
+    );
+    assert_eq!(ws.files("outbox").len(), total);
+    // Every message was taken by a valid version, and several versions took part.
+    let versions =
+        ws.query_pairs("SELECT route_version, COUNT(*) FROM messages GROUP BY route_version");
+    assert!(
+        versions.keys().all(|v| valid.contains(v)),
+        "{versions:?} not in {valid:?}"
+    );
+    assert!(
+        versions.len() >= 3,
+        "the feed should span several versions: {versions:?}"
+    );
+    // The invalid version was reported with its position and changed nothing.
+    let log = std::fs::read_to_string(ws.path("logs/switchyard.jsonl")).unwrap();
+    assert!(
+        log.contains("routes/feed.yaml:3:5: from.file: unknown key `pathh`"),
+        "no file:line:column error in the log"
+    );
+    let reloads = ws
+        .log_events()
+        .iter()
+        .filter(|e| e["message"] == "route changed; swapping versions")
+        .count();
+    assert_eq!(reloads, 4, "v2, v3, v5 and v6 replace the running version");
+}
+
+fn http_route(port: u16, marker: &str) -> String {
+    format!(
+        "from:\n  http: {{ listen: 127.0.0.1:{port} }}\nsteps:\n  - set_header: {{ name: version, value: \"{marker}\" }}\nto:\n  - file: {{ path: outbox }}\n"
+    )
+}
+
+#[test]
+fn an_http_listener_keeps_accepting_across_reloads() {
+    let port = free_port();
+    let ws = Workspace::new();
+    let route = ws.write_route("api.yaml", &http_route(port, "v1"));
+    let engine = ws.start();
+    ws.http_addr();
+    let total = 600;
+    let client = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            // A new connection for every request, so each one tests the listener.
+            let c = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap();
+            let mut failures = Vec::new();
+            for i in 0..total {
+                match c
+                    .post(format!("http://127.0.0.1:{port}/"))
+                    .body(format!("m{i}"))
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 202 => {}
+                    Ok(r) => failures.push(format!("{i}: HTTP {}", r.status())),
+                    Err(e) => failures.push(format!("{i}: {e}")),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            failures
+        })
+    });
+    for n in 2..=6 {
+        std::thread::sleep(Duration::from_millis(500));
+        let text = if n == 4 {
+            INVALID.to_string()
+        } else {
+            http_route(port, &format!("v{n}"))
+        };
+        std::fs::write(&route, text).unwrap();
+    }
+    let failures = client.join().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || ws.count("delivered")
+            == total as u64),
+        "{:?}",
+        ws.states()
+    );
+    assert_eq!(
+        ws.states().values().sum::<u64>(),
+        total as u64,
+        "nothing stored twice"
+    );
+    let versions =
+        ws.query_pairs("SELECT route_version, COUNT(*) FROM messages GROUP BY route_version");
+    assert!(
+        versions.len() >= 3,
+        "the requests should span several versions: {versions:?}"
+    );
+    engine.stop();
+}
+
+#[test]
+fn routes_are_added_and_removed_while_running() {
+    let ws = Workspace::new();
+    ws.write_route("a.yaml", &file_route("a"));
+    let engine = ws.start();
+    std::fs::create_dir_all(ws.path("inbox2")).unwrap();
+    ws.write_route(
+        "b.yaml",
+        "from:\n  file: { path: inbox2, settle: 50ms, poll_interval: 100ms }\nto:\n  - file: { path: outbox2 }\n",
+    );
+    ws.drop_file("inbox2", "x.dat", b"x");
+    assert!(
+        wait_until(Duration::from_secs(20), || ws.files("outbox2").len() == 1),
+        "the new route never ran"
+    );
+    std::fs::remove_file(ws.path("routes/b.yaml")).unwrap();
+    assert!(wait_until(Duration::from_secs(20), || ws
+        .log_events()
+        .iter()
+        .any(|e| e["message"] == "route removed; stopping it")));
+    ws.drop_file("inbox2", "y.dat", b"y");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        ws.files("outbox2").len(),
+        1,
+        "a removed route must not take files"
+    );
+    assert!(ws.path("inbox2/y.dat").exists());
+    engine.stop();
+}
