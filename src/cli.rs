@@ -1,6 +1,7 @@
 //! The `switchyard` command line: `run` the engine, `check` route files.
 
 use crate::engine::Engine;
+use crate::route::endpoints::Endpoints;
 use crate::route::{self, values, Diagnostic};
 use crate::route_tests;
 use crate::settings::Dirs;
@@ -40,6 +41,9 @@ enum Command {
         /// Directory checked when no path is given.
         #[arg(long, env = "SWITCHYARD_ROUTES", default_value = "routes")]
         routes: PathBuf,
+        /// Directory of named endpoints the routes may use.
+        #[arg(long, env = "SWITCHYARD_ADAPTERS", default_value = "adapters")]
+        adapters: PathBuf,
     },
     /// Run a route's steps without the store or adapters: on one input (`ROUTE --input FILE`),
     /// or as route test files (`*.test.yaml`, or directories of them).
@@ -53,6 +57,9 @@ enum Command {
         /// A header for the input, `name=value`; repeatable.
         #[arg(long = "header", value_parser = parse_header)]
         headers: Vec<(String, String)>,
+        /// Directory of named endpoints the routes may use.
+        #[arg(long, env = "SWITCHYARD_ADAPTERS", default_value = "adapters")]
+        adapters: PathBuf,
     },
 }
 
@@ -72,15 +79,23 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { paths, routes } => check(paths, routes),
+        Command::Check {
+            paths,
+            routes,
+            adapters,
+        } => check(paths, routes, &Endpoints::load(&adapters)),
         Command::Test {
             paths,
             input,
             headers,
-        } => match input {
-            Some(input) => test_one(&paths, &input, headers),
-            None => test_files(&paths),
-        },
+            adapters,
+        } => {
+            let endpoints = Endpoints::load(&adapters);
+            match input {
+                Some(input) => test_one(&paths, &input, headers, &endpoints),
+                None => test_files(&paths, &endpoints),
+            }
+        }
         Command::Run {
             dirs,
             drain_timeout,
@@ -121,7 +136,7 @@ fn route_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Diagnostic> {
     Ok(files)
 }
 
-fn check(paths: Vec<PathBuf>, routes: PathBuf) -> ExitCode {
+fn check(paths: Vec<PathBuf>, routes: PathBuf, endpoints: &Endpoints) -> ExitCode {
     let paths = if paths.is_empty() {
         vec![routes]
     } else {
@@ -134,7 +149,7 @@ fn check(paths: Vec<PathBuf>, routes: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (loaded, problems) = route::load_all(&files);
+    let (loaded, problems) = route::load_all(&files, endpoints);
     for d in &problems {
         eprintln!("{d}");
     }
@@ -165,12 +180,13 @@ fn test_one(
     paths: &[PathBuf],
     input: &std::path::Path,
     headers: Vec<(String, String)>,
+    endpoints: &Endpoints,
 ) -> ExitCode {
     let [route_file] = paths else {
         eprintln!("with --input, give exactly one route file");
         return ExitCode::FAILURE;
     };
-    let route = match route::load_file(route_file) {
+    let route = match route::load_file(route_file, endpoints) {
         Ok(r) => r,
         Err(problems) => {
             problems.iter().for_each(|d| eprintln!("{d}"));
@@ -201,7 +217,7 @@ fn test_one(
     }
 }
 
-fn test_files(paths: &[PathBuf]) -> ExitCode {
+fn test_files(paths: &[PathBuf], endpoints: &Endpoints) -> ExitCode {
     let files = match route_tests::test_files(paths) {
         Ok(f) if !f.is_empty() => f,
         Ok(_) => {
@@ -215,7 +231,7 @@ fn test_files(paths: &[PathBuf]) -> ExitCode {
     };
     let (mut passed, mut failed) = (0, 0);
     for file in &files {
-        match route_tests::run_file(file) {
+        match route_tests::run_file(file, endpoints) {
             Err(problems) => {
                 problems.iter().for_each(|d| println!("ERROR {d}"));
                 failed += 1;
@@ -252,7 +268,7 @@ async fn run(dirs: Dirs, drain: std::time::Duration) -> anyhow::Result<()> {
             dirs.routes.display()
         )
     })?;
-    let (routes, problems) = route::load_all(&files);
+    let (routes, problems) = route::load_all(&files, &Endpoints::load(&dirs.adapters));
     if !problems.is_empty() {
         for d in &problems {
             tracing::error!("{d}");
@@ -274,7 +290,7 @@ async fn run(dirs: Dirs, drain: std::time::Duration) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    engine.watch_routes(dirs.routes.clone());
+    engine.watch_routes(dirs.routes.clone(), dirs.adapters.clone());
     wait_for_signal().await;
     engine.shutdown(drain).await
 }

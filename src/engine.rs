@@ -149,11 +149,15 @@ impl Engine {
 
     /// Watches the routes directory and applies changes while the engine runs (see
     /// [`crate::reload`]).
-    pub fn watch_routes(self: &Arc<Self>, dir: std::path::PathBuf) {
+    pub fn watch_routes(
+        self: &Arc<Self>,
+        routes: std::path::PathBuf,
+        adapters: std::path::PathBuf,
+    ) {
         let engine = self.clone();
         let stop = self.shutdown.clone();
         self.tasks
-            .spawn(async move { crate::reload::watch(engine, dir, stop).await });
+            .spawn(async move { crate::reload::watch(engine, routes, adapters, stop).await });
     }
 
     fn launch(&self, route: Arc<Route>, running: Arc<RunningRoute>) -> RouteVersion {

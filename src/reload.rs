@@ -40,13 +40,16 @@ pub struct Summary {
     pub rejected: Vec<String>,
 }
 
-pub async fn watch(engine: Arc<Engine>, dir: PathBuf, stop: CancellationToken) {
+pub async fn watch(engine: Arc<Engine>, dir: PathBuf, adapters: PathBuf, stop: CancellationToken) {
     let (tx, mut events) = mpsc::channel::<()>(1);
     let watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
         let _ = tx.try_send(());
     })
     .and_then(|mut w| {
-        notify::Watcher::watch(&mut w, &dir, notify::RecursiveMode::NonRecursive).map(|_| w)
+        notify::Watcher::watch(&mut w, &dir, notify::RecursiveMode::NonRecursive)?;
+        // Named endpoints change routes too; the directory may not exist.
+        let _ = notify::Watcher::watch(&mut w, &adapters, notify::RecursiveMode::NonRecursive);
+        Ok(w)
     });
     let _watcher = match watcher {
         Ok(w) => Some(w),
@@ -55,7 +58,7 @@ pub async fn watch(engine: Arc<Engine>, dir: PathBuf, stop: CancellationToken) {
             None
         }
     };
-    let mut seen = snapshot(&dir);
+    let mut seen = snapshot(&dir, &adapters);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -70,20 +73,21 @@ pub async fn watch(engine: Arc<Engine>, dir: PathBuf, stop: CancellationToken) {
             }
             _ = tokio::time::sleep(POLL) => {}
         }
-        let now = snapshot(&dir);
+        let now = snapshot(&dir, &adapters);
         if now == seen {
             continue;
         }
         seen = now;
-        apply(&engine, &dir).await;
+        apply(&engine, &dir, &adapters).await;
     }
 }
 
 /// The route files and their versions, to tell whether anything changed at all.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
+fn snapshot(dir: &Path, adapters: &Path) -> BTreeMap<PathBuf, String> {
     route::route_files(dir)
         .unwrap_or_default()
         .into_iter()
+        .chain(route::route_files(adapters).unwrap_or_default())
         .map(|f| {
             let v = std::fs::read(&f)
                 .map(|b| route::version_hash(&b))
@@ -94,7 +98,7 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
 }
 
 /// Reads the directory and brings the running routes in line with it.
-pub async fn apply(engine: &Engine, dir: &Path) -> Summary {
+pub async fn apply(engine: &Engine, dir: &Path, adapters: &Path) -> Summary {
     let mut summary = Summary::default();
     let files = match route::route_files(dir) {
         Ok(f) => f,
@@ -103,7 +107,8 @@ pub async fn apply(engine: &Engine, dir: &Path) -> Summary {
             return summary;
         }
     };
-    let (loaded, problems) = route::load_all(&files);
+    let endpoints = route::endpoints::Endpoints::load(adapters);
+    let (loaded, problems) = route::load_all(&files, &endpoints);
     let bad_files: HashSet<PathBuf> = problems.iter().map(|d| d.file.clone()).collect();
     for d in &problems {
         tracing::error!(event = "reload", outcome = "rejected", file = %d.file.display(), "{d}");

@@ -267,7 +267,10 @@ pub struct CaseResult {
 }
 
 /// Runs a test file; an error means the file itself (or its route) could not be used.
-pub fn run_file(path: &Path) -> Result<Vec<CaseResult>, Vec<route::Diagnostic>> {
+pub fn run_file(
+    path: &Path,
+    endpoints: &route::endpoints::Endpoints,
+) -> Result<Vec<CaseResult>, Vec<route::Diagnostic>> {
     let diag = |message: String| {
         vec![route::Diagnostic {
             file: path.to_path_buf(),
@@ -280,7 +283,7 @@ pub fn run_file(path: &Path) -> Result<Vec<CaseResult>, Vec<route::Diagnostic>> 
         std::fs::read_to_string(path).map_err(|e| diag(format!("cannot read test file: {e}")))?;
     let file: TestFile = yaml::parse(path, &source).map_err(|d| vec![d])?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let route = route::load_file(&base.join(&file.route))?;
+    let route = route::load_file(&base.join(&file.route), endpoints)?;
     let mut results = Vec::new();
     for case in &file.cases {
         let problem = run_case(&route, &base, case).err();

@@ -203,3 +203,55 @@ fn routes_are_added_and_removed_while_running() {
     assert!(ws.path("inbox2/y.dat").exists());
     engine.stop();
 }
+
+#[test]
+fn named_endpoints_are_resolved_and_a_change_reloads_the_routes_using_them() {
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.path("adapters")).unwrap();
+    std::fs::write(
+        ws.path("adapters/archive.yaml"),
+        "file: { path: outbox-one, name: \"{{original_name}}\" }\n",
+    )
+    .unwrap();
+    ws.write_route(
+        "r.yaml",
+        "from:\n  file: { path: inbox, settle: 50ms, poll_interval: 100ms }\nto:\n  - endpoint: archive\n",
+    );
+    // A misspelt endpoint name is a check error with a hint.
+    let bad = ws.write_route(
+        "bad.yaml",
+        "from:\n  file: { path: inbox9 }\nto:\n  - endpoint: archiv\n",
+    );
+    let out = ws.run(&["check", &path_str(&bad)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.yaml:4:5: no endpoint named `archiv` in the adapters directory; did you mean `archive`?"), "{stderr}");
+    std::fs::remove_file(&bad).unwrap();
+
+    let engine = ws.start();
+    ws.drop_file("inbox", "a.txt", b"a");
+    assert!(
+        wait_until(Duration::from_secs(20), || ws.files("outbox-one")
+            == vec!["a.txt"]),
+        "{:?}",
+        ws.states()
+    );
+    // The endpoint moves: the route reloads, and new messages follow the new settings.
+    std::fs::write(
+        ws.path("adapters/archive.yaml"),
+        "file: { path: outbox-two, name: \"{{original_name}}\" }\n",
+    )
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(20), || ws
+        .log_events()
+        .iter()
+        .any(|e| e["message"] == "route changed; swapping versions")));
+    ws.drop_file("inbox", "b.txt", b"b");
+    assert!(
+        wait_until(Duration::from_secs(20), || ws.files("outbox-two")
+            == vec!["b.txt"]),
+        "{:?}",
+        ws.states()
+    );
+    assert_eq!(ws.files("outbox-one"), vec!["a.txt"]);
+    engine.stop();
+}

@@ -6,6 +6,7 @@
 //! Parsing lives in [`yaml`]; checks that need the whole route or the whole set of routes live
 //! here. Every problem is a [`Diagnostic`] naming `file:line:column`.
 
+pub mod endpoints;
 pub mod values;
 pub mod yaml;
 
@@ -15,6 +16,7 @@ use crate::routing::{self, Router, RoutingConfig};
 use crate::steps::split::Split;
 use crate::steps::{BuildContext, BuildError, BuiltStep, ErrorClass, StepConfig};
 use crate::store::DeliveryKind;
+use endpoints::Endpoints;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::fmt;
@@ -178,8 +180,8 @@ impl fmt::Display for Diagnostic {
     }
 }
 
-/// Reads and validates one route file.
-pub fn load_file(path: &Path) -> Result<Route, Vec<Diagnostic>> {
+/// Reads and validates one route file, resolving named endpoints from `endpoints`.
+pub fn load_file(path: &Path, endpoints: &Endpoints) -> Result<Route, Vec<Diagnostic>> {
     let at_start = |message: String| Diagnostic {
         file: path.to_path_buf(),
         line: 1,
@@ -188,7 +190,30 @@ pub fn load_file(path: &Path) -> Result<Route, Vec<Diagnostic>> {
     };
     let source = std::fs::read_to_string(path)
         .map_err(|e| vec![at_start(format!("cannot read route file: {e}"))])?;
-    let file: RouteFile = yaml::parse(path, &source).map_err(|d| vec![d])?;
+    let mut file: RouteFile = yaml::parse(path, &source).map_err(|d| vec![d])?;
+    let mut used = Vec::new();
+    {
+        let mut resolve = || -> Result<(), Diagnostic> {
+            endpoints.resolve_inbound(&mut file.from, path, &source, &mut used)?;
+            let routing_to = file.route.iter_mut().flat_map(|r| {
+                r.rules
+                    .iter_mut()
+                    .flat_map(|rule| rule.to.iter_mut())
+                    .chain(r.otherwise.iter_mut())
+            });
+            for cfg in file
+                .to
+                .iter_mut()
+                .chain(routing_to)
+                .chain(file.dead_letter.iter_mut())
+                .chain(file.wire_tap.iter_mut())
+            {
+                endpoints.resolve_outbound(cfg, path, &source, &mut used)?;
+            }
+            Ok(())
+        };
+        resolve().map_err(|d| vec![d])?;
+    }
 
     let stem = path
         .file_stem()
@@ -303,7 +328,14 @@ pub fn load_file(path: &Path) -> Result<Route, Vec<Diagnostic>> {
     Ok(Route {
         id,
         description: file.description,
-        version: version_hash(source.as_bytes()),
+        // The endpoints a route uses are part of its version: changing one reloads the route.
+        version: version_hash(
+            std::iter::once(source.as_str())
+                .chain(used.iter().map(String::as_str))
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+                .as_bytes(),
+        ),
         file: path.to_path_buf(),
         from: file.from,
         steps,
@@ -383,11 +415,11 @@ pub fn route_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// Loads every given route file; returns the routes and every problem found, including
 /// problems between files (two routes with one id, two routes watching one directory).
-pub fn load_all(files: &[PathBuf]) -> (Vec<Route>, Vec<Diagnostic>) {
+pub fn load_all(files: &[PathBuf], endpoints: &Endpoints) -> (Vec<Route>, Vec<Diagnostic>) {
     let mut routes: Vec<Route> = Vec::new();
     let mut problems = Vec::new();
     for file in files {
-        match load_file(file) {
+        match load_file(file, endpoints) {
             Ok(r) => routes.push(r),
             Err(mut d) => problems.append(&mut d),
         }

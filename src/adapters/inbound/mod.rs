@@ -31,6 +31,8 @@ pub enum InboundConfig {
     Http(http::Config),
     /// Listens for framed messages on TCP (MLLP for HL7, lines, length prefixes, ...).
     Tcp(tcp::Config),
+    /// A named endpoint from the adapters directory, replaced by its definition on load.
+    Endpoint(String),
 }
 
 impl InboundConfig {
@@ -39,6 +41,7 @@ impl InboundConfig {
             InboundConfig::File(_) => "file",
             InboundConfig::Http(_) => "http",
             InboundConfig::Tcp(_) => "tcp",
+            InboundConfig::Endpoint(_) => "endpoint",
         }
     }
 
@@ -58,13 +61,14 @@ impl InboundConfig {
             InboundConfig::Http(c) => Some(format!("address {}", c.listen)),
             InboundConfig::Tcp(c) if c.listen.ends_with(":0") => None,
             InboundConfig::Tcp(c) => Some(format!("address {}", c.listen)),
+            InboundConfig::Endpoint(_) => None,
         }
     }
 
     /// The address this adapter listens on, if it listens.
     pub fn listen_address(&self) -> Option<&str> {
         match self {
-            InboundConfig::File(_) => None,
+            InboundConfig::File(_) | InboundConfig::Endpoint(_) => None,
             InboundConfig::Http(c) => Some(&c.listen),
             InboundConfig::Tcp(c) => Some(&c.listen),
         }
@@ -77,6 +81,7 @@ impl InboundConfig {
             InboundConfig::File(c) => Arc::new(c.build()?),
             InboundConfig::Http(c) => Arc::new(c.build(listeners)?),
             InboundConfig::Tcp(c) => Arc::new(c.build(listeners)?),
+            InboundConfig::Endpoint(name) => anyhow::bail!("endpoint `{name}` was not resolved"),
         })
     }
 }

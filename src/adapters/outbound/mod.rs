@@ -26,6 +26,9 @@ pub enum OutboundConfig {
     Smtp(smtp::Config),
     /// Sends each message on a TCP connection (an MLLP client for HL7).
     Tcp(tcp::Config),
+    /// A named endpoint from the adapters directory (`endpoint: lab-system`), replaced by its
+    /// definition when the route is loaded.
+    Endpoint(String),
 }
 
 impl OutboundConfig {
@@ -35,6 +38,7 @@ impl OutboundConfig {
             OutboundConfig::Http(_) => "http",
             OutboundConfig::Smtp(_) => "smtp",
             OutboundConfig::Tcp(_) => "tcp",
+            OutboundConfig::Endpoint(_) => "endpoint",
         }
     }
 
@@ -46,6 +50,7 @@ impl OutboundConfig {
             OutboundConfig::Http(c) => (&c.delivery, Ordering::Parallel),
             OutboundConfig::Smtp(c) => (&c.delivery, Ordering::Parallel),
             OutboundConfig::Tcp(c) => (&c.delivery, Ordering::Fifo),
+            OutboundConfig::Endpoint(_) => return DeliveryConfig::default(),
         };
         let mut d = d.clone();
         d.ordering.get_or_insert(default);
@@ -58,6 +63,7 @@ impl OutboundConfig {
             OutboundConfig::Http(c) => Arc::new(c.build()?),
             OutboundConfig::Smtp(c) => Arc::new(c.build()?),
             OutboundConfig::Tcp(c) => Arc::new(c.build()?),
+            OutboundConfig::Endpoint(name) => anyhow::bail!("endpoint `{name}` was not resolved"),
         })
     }
 }
