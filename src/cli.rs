@@ -33,6 +33,12 @@ enum Command {
         /// How long to let work in hand finish at shutdown.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         drain_timeout: std::time::Duration,
+        /// Rotate the processing log past this size (`64MiB`).
+        #[arg(long, env = "SWITCHYARD_LOG_MAX_SIZE", default_value = "64MiB", value_parser = parse_size)]
+        log_max_size: u64,
+        /// Rotated log files to keep.
+        #[arg(long, default_value = "5")]
+        log_keep: usize,
     },
     /// Validate route files; prints `file:line:column: message` for each problem.
     Check {
@@ -44,6 +50,33 @@ enum Command {
         /// Directory of named endpoints the routes may use.
         #[arg(long, env = "SWITCHYARD_ADAPTERS", default_value = "adapters")]
         adapters: PathBuf,
+    },
+    /// Follow the processing log, filtered; readable lines, or `--json` to pass them through.
+    Tail {
+        /// Directory of the processing log.
+        #[arg(long, env = "SWITCHYARD_LOGS", default_value = "logs")]
+        logs: PathBuf,
+        /// Only this route.
+        #[arg(long)]
+        route: Option<String>,
+        /// Only this message (an id, or its start).
+        #[arg(long = "message")]
+        message: Option<String>,
+        /// Only events with this outcome (`delivered`, `failed`, `dead`, `retry`, ...).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only warnings, errors, and failed, dead or retried messages.
+        #[arg(long)]
+        errors: bool,
+        /// Only events since this long ago (`10m`, `2h`) or this time (RFC 3339).
+        #[arg(long, value_parser = parse_since)]
+        since: Option<std::time::SystemTime>,
+        /// Print the JSON lines as they are.
+        #[arg(long)]
+        json: bool,
+        /// Print what is there and stop, instead of waiting for more.
+        #[arg(long)]
+        no_follow: bool,
     },
     /// Run a route's steps without the store or adapters: on one input (`ROUTE --input FILE`),
     /// or as route test files (`*.test.yaml`, or directories of them).
@@ -61,6 +94,18 @@ enum Command {
         #[arg(long, env = "SWITCHYARD_ADAPTERS", default_value = "adapters")]
         adapters: PathBuf,
     },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    values::ByteSize::parse(s).map(|b| b.0)
+}
+
+fn parse_since(s: &str) -> Result<std::time::SystemTime, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s.trim_end_matches('Z')) {
+        return Ok(t);
+    }
+    let ago = parse_duration(s)?;
+    Ok(std::time::SystemTime::now() - ago)
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
@@ -84,6 +129,32 @@ pub fn main() -> ExitCode {
             routes,
             adapters,
         } => check(paths, routes, &Endpoints::load(&adapters)),
+        Command::Tail {
+            logs,
+            route,
+            message,
+            state,
+            errors,
+            since,
+            json,
+            no_follow,
+        } => {
+            let filter = crate::tail::Filter {
+                route,
+                message,
+                state,
+                errors,
+                since,
+            };
+            let path = logs.join(telemetry::LOG_FILE);
+            match crate::tail::run(path, filter, crate::tail::Style::auto(json), !no_follow) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Test {
             paths,
             input,
@@ -99,6 +170,8 @@ pub fn main() -> ExitCode {
         Command::Run {
             dirs,
             drain_timeout,
+            log_max_size,
+            log_keep,
         } => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
@@ -107,7 +180,11 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run(dirs, drain_timeout)) {
+            let rotation = telemetry::Rotation {
+                max_size: log_max_size,
+                keep: log_keep,
+            };
+            match runtime.block_on(run(dirs, drain_timeout, rotation)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -260,8 +337,12 @@ fn test_files(paths: &[PathBuf], endpoints: &Endpoints) -> ExitCode {
     }
 }
 
-async fn run(dirs: Dirs, drain: std::time::Duration) -> anyhow::Result<()> {
-    let _log_guard = telemetry::init(Some(&dirs.logs))?;
+async fn run(
+    dirs: Dirs,
+    drain: std::time::Duration,
+    rotation: telemetry::Rotation,
+) -> anyhow::Result<()> {
+    let _log_guard = telemetry::init(Some(&dirs.logs), rotation)?;
     let files = route::route_files(&dirs.routes).map_err(|e| {
         anyhow::anyhow!(
             "cannot read the routes directory {}: {e} (set --routes or SWITCHYARD_ROUTES)",

@@ -22,5 +22,6 @@ pub mod script;
 pub mod settings;
 pub mod steps;
 pub mod store;
+pub mod tail;
 pub mod telemetry;
 pub mod template;

@@ -21,7 +21,7 @@ pub const LOG_FILE: &str = "switchyard.jsonl";
 
 /// Installs console and JSON-file logging. Keep the guard alive: dropping it flushes the file.
 /// The level comes from `SWITCHYARD_LOG` (default `info`).
-pub fn init(log_dir: Option<&Path>) -> anyhow::Result<Option<WorkerGuard>> {
+pub fn init(log_dir: Option<&Path>, rotation: Rotation) -> anyhow::Result<Option<WorkerGuard>> {
     let filter =
         || EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let console = fmt::layer()
@@ -34,7 +34,7 @@ pub fn init(log_dir: Option<&Path>) -> anyhow::Result<Option<WorkerGuard>> {
             std::fs::create_dir_all(dir).map_err(|e| {
                 anyhow::anyhow!("cannot create log directory {}: {e}", dir.display())
             })?;
-            let appender = tracing_appender::rolling::never(dir, LOG_FILE);
+            let appender = Rotating::open(dir.join(LOG_FILE), rotation)?;
             // Not lossy: a processing log with holes is worse than a briefly slower engine.
             let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
                 .lossy(false)
@@ -56,6 +56,85 @@ pub fn init(log_dir: Option<&Path>) -> anyhow::Result<Option<WorkerGuard>> {
         .try_init()
         .map_err(|e| anyhow::anyhow!("cannot install logging: {e}"))?;
     Ok(guard)
+}
+
+/// When the processing log is rotated: past `max_size` bytes it is renamed to
+/// `switchyard.jsonl.1` (older ones shift to `.2`, ... up to `keep`) and a new file starts.
+#[derive(Debug, Clone, Copy)]
+pub struct Rotation {
+    pub max_size: u64,
+    pub keep: usize,
+}
+
+impl Default for Rotation {
+    fn default() -> Self {
+        Rotation {
+            max_size: 64 << 20,
+            keep: 5,
+        }
+    }
+}
+
+/// The log file writer. Each write is one whole event (the formatter writes an event at a
+/// time), so rotation never splits a line.
+struct Rotating {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    size: u64,
+    rotation: Rotation,
+}
+
+impl Rotating {
+    fn open(path: std::path::PathBuf, rotation: Rotation) -> anyhow::Result<Rotating> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| anyhow::anyhow!("cannot open the log file {}: {e}", path.display()))?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(Rotating {
+            path,
+            file,
+            size,
+            rotation,
+        })
+    }
+
+    fn numbered(&self, n: usize) -> std::path::PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(format!(".{n}"));
+        p.into()
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let keep = self.rotation.keep.max(1);
+        let _ = std::fs::remove_file(self.numbered(keep));
+        for n in (1..keep).rev() {
+            let _ = std::fs::rename(self.numbered(n), self.numbered(n + 1));
+        }
+        std::fs::rename(&self.path, self.numbered(1))?;
+        self.file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+impl std::io::Write for Rotating {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.size > 0 && self.size + buf.len() as u64 > self.rotation.max_size {
+            self.rotate()?;
+        }
+        self.file.write_all(buf)?;
+        self.size += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 fn ms(d: Duration) -> f64 {
