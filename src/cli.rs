@@ -39,6 +39,12 @@ enum Command {
         /// Rotated log files to keep.
         #[arg(long, default_value = "5")]
         log_keep: usize,
+        /// Serve the admin API (health, metrics, routes, pause/resume) on this address.
+        #[arg(long, env = "SWITCHYARD_ADMIN")]
+        admin: Option<String>,
+        /// Bearer token the admin API requires (all but /health and /ready).
+        #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
     },
     /// Validate route files; prints `file:line:column: message` for each problem.
     Check {
@@ -172,6 +178,8 @@ pub fn main() -> ExitCode {
             drain_timeout,
             log_max_size,
             log_keep,
+            admin,
+            admin_token,
         } => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
@@ -184,7 +192,8 @@ pub fn main() -> ExitCode {
                 max_size: log_max_size,
                 keep: log_keep,
             };
-            match runtime.block_on(run(dirs, drain_timeout, rotation)) {
+            let admin = admin.map(|a| (a, admin_token));
+            match runtime.block_on(run(dirs, drain_timeout, rotation, admin)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -341,6 +350,7 @@ async fn run(
     dirs: Dirs,
     drain: std::time::Duration,
     rotation: telemetry::Rotation,
+    admin: Option<(String, Option<String>)>,
 ) -> anyhow::Result<()> {
     let _log_guard = telemetry::init(Some(&dirs.logs), rotation)?;
     let files = route::route_files(&dirs.routes).map_err(|e| {
@@ -372,7 +382,24 @@ async fn run(
         }
     };
     engine.watch_routes(dirs.routes.clone(), dirs.adapters.clone());
+    let admin_stop = tokio_util::sync::CancellationToken::new();
+    if let Some((addr, token)) = admin {
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for the admin API: {e}"))?;
+        tracing::info!(listen = %listener.local_addr()?, "admin API ready");
+        if token.is_none() {
+            tracing::warn!("the admin API has no token (set SWITCHYARD_ADMIN_TOKEN): anyone who reaches it can pause routes");
+        }
+        tokio::spawn(crate::admin::serve(
+            listener,
+            token,
+            engine.clone(),
+            admin_stop.clone(),
+        ));
+    }
     wait_for_signal().await;
+    admin_stop.cancel();
     engine.shutdown(drain).await
 }
 

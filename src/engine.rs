@@ -63,6 +63,20 @@ pub(crate) struct RouteVersion {
     /// ...then the workers, the scheduler and the deliveries.
     stop: CancellationToken,
     tasks: TaskTracker,
+    /// What restarts intake after a pause.
+    running: Arc<RunningRoute>,
+    intake: Intake,
+    paused: bool,
+}
+
+/// A route as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RouteStatus {
+    pub id: String,
+    pub description: Option<String>,
+    pub version: String,
+    pub file: String,
+    pub state: &'static str,
 }
 /// A route's running parts that its tasks share.
 struct RunningRoute {
@@ -224,23 +238,67 @@ impl Engine {
         intake.scheduled = running.scheduled.clone();
         intake.split_first = route.split_first.clone();
         intake.replies = running.replies.clone();
-        let (inbound, istop, id) = (
-            running.inbound.clone(),
-            intake_stop.clone(),
-            route.id.clone(),
-        );
-        let inbound = tokio::spawn(async move {
-            if let Err(e) = inbound.run(intake, istop).await {
-                tracing::error!(route = %id, error = format!("{e:#}"), "inbound adapter stopped");
-            }
-        });
+        let inbound = spawn_inbound(&running, intake.clone(), intake_stop.clone());
         RouteVersion {
             route,
             intake_stop,
             inbound,
             stop,
             tasks,
+            running,
+            intake,
+            paused: false,
         }
+    }
+
+    /// Stops a route's intake; what it already accepted is processed and delivered.
+    pub async fn pause(&self, id: &str) -> Result<(), String> {
+        let mut versions = self.versions.lock().await;
+        let v = versions
+            .get_mut(id)
+            .ok_or_else(|| format!("no route `{id}`"))?;
+        if v.paused {
+            return Ok(());
+        }
+        v.intake_stop.cancel();
+        let handle = std::mem::replace(&mut v.inbound, tokio::spawn(async {}));
+        let _ = tokio::time::timeout(self.drain, handle).await;
+        v.paused = true;
+        tracing::info!(event = "pause", route = %id, "route paused: intake stopped");
+        Ok(())
+    }
+
+    /// Starts a paused route's intake again.
+    pub async fn resume(&self, id: &str) -> Result<(), String> {
+        let mut versions = self.versions.lock().await;
+        let v = versions
+            .get_mut(id)
+            .ok_or_else(|| format!("no route `{id}`"))?;
+        if !v.paused {
+            return Ok(());
+        }
+        v.intake_stop = v.stop.child_token();
+        v.inbound = spawn_inbound(&v.running, v.intake.clone(), v.intake_stop.clone());
+        v.paused = false;
+        tracing::info!(event = "resume", route = %id, "route resumed");
+        Ok(())
+    }
+
+    /// The running routes, by id.
+    pub async fn status(&self) -> Vec<RouteStatus> {
+        let versions = self.versions.lock().await;
+        let mut out: Vec<RouteStatus> = versions
+            .values()
+            .map(|v| RouteStatus {
+                id: v.route.id.clone(),
+                description: v.route.description.clone(),
+                version: v.route.version.clone(),
+                file: v.route.file.display().to_string(),
+                state: if v.paused { "paused" } else { "running" },
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -273,6 +331,19 @@ impl Engine {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+fn spawn_inbound(
+    running: &RunningRoute,
+    intake: Intake,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    let (inbound, id) = (running.inbound.clone(), running.id.clone());
+    tokio::spawn(async move {
+        if let Err(e) = inbound.run(intake, stop).await {
+            tracing::error!(route = %id, error = format!("{e:#}"), "inbound adapter stopped");
+        }
+    })
 }
 
 /// Builds a route's adapters and destinations (side effects: directories are created).

@@ -7,6 +7,7 @@
 //! start-up, resume after a crash, and graceful shutdown.
 
 pub mod adapters;
+pub mod admin;
 pub mod cli;
 pub mod codec;
 pub mod convert;
@@ -14,6 +15,7 @@ pub mod delivery;
 pub mod engine;
 pub mod hl7;
 pub mod message;
+pub mod metrics;
 pub mod reload;
 pub mod route;
 pub mod route_tests;

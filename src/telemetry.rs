@@ -142,22 +142,38 @@ fn ms(d: Duration) -> f64 {
 }
 
 pub fn received(msg: &Message) {
+    crate::metrics::global().inc(
+        "switchyard_messages_received_total",
+        vec![("route", msg.route.clone())],
+    );
     tracing::info!(target: TARGET, event = "received", message_id = %msg.id, route = %msg.route,
         bytes = msg.body.len(), file = msg.header("file.name").unwrap_or(""), outcome = "stored", "received");
 }
 
 pub fn refused(msg: &Message, reason: &str) {
+    let m = crate::metrics::global();
+    m.inc(
+        "switchyard_messages_received_total",
+        vec![("route", msg.route.clone())],
+    );
+    m.inc(
+        "switchyard_messages_total",
+        vec![("route", msg.route.clone()), ("state", "failed".into())],
+    );
+    m.error(&msg.route, reason);
     tracing::warn!(target: TARGET, event = "received", message_id = %msg.id, route = %msg.route,
         file = msg.header("file.name").unwrap_or(""), outcome = "failed", error = reason, "refused at intake");
 }
 
 pub fn step(msg: &Message, step: &str, duration: Duration, error: Option<&str>) {
+    crate::metrics::global().step(&msg.route, step, duration.as_secs_f64());
     match error {
         None => {
             tracing::debug!(target: TARGET, event = "step", message_id = %msg.id, route = %msg.route,
             step, outcome = "ok", duration_ms = ms(duration), "step done")
         }
         Some(e) => {
+            crate::metrics::global().error(&msg.route, &format!("{step}: {e}"));
             tracing::warn!(target: TARGET, event = "step", message_id = %msg.id, route = %msg.route,
             step, outcome = "error", duration_ms = ms(duration), error = e, "step failed")
         }
@@ -165,6 +181,15 @@ pub fn step(msg: &Message, step: &str, duration: Duration, error: Option<&str>) 
 }
 
 pub fn processed(msg: &Message, state: MessageState, destinations: usize, duration: Duration) {
+    if state.is_terminal() {
+        crate::metrics::global().inc(
+            "switchyard_messages_total",
+            vec![
+                ("route", msg.route.clone()),
+                ("state", state.as_str().into()),
+            ],
+        );
+    }
     tracing::info!(target: TARGET, event = "processed", message_id = %msg.id, route = %msg.route,
         outcome = state.as_str(), destinations, duration_ms = ms(duration), "steps finished");
 }
@@ -177,6 +202,18 @@ pub fn attempt(
     outcome: &str,
     detail: &str,
 ) {
+    let m = crate::metrics::global();
+    m.inc(
+        "switchyard_deliveries_total",
+        vec![
+            ("route", msg.route.clone()),
+            ("destination", destination.to_string()),
+            ("outcome", outcome.to_string()),
+        ],
+    );
+    if outcome != "delivered" {
+        m.error(&msg.route, &format!("{destination}: {detail}"));
+    }
     if outcome == "delivered" {
         tracing::info!(target: TARGET, event = "attempt", message_id = %msg.id, route = %msg.route,
             destination, attempt = number, outcome, duration_ms = ms(duration), to = detail, "delivered");
@@ -187,6 +224,13 @@ pub fn attempt(
 }
 
 pub fn finished(msg: &Message, state: MessageState) {
+    crate::metrics::global().inc(
+        "switchyard_messages_total",
+        vec![
+            ("route", msg.route.clone()),
+            ("state", state.as_str().into()),
+        ],
+    );
     tracing::info!(target: TARGET, event = "finished", message_id = %msg.id, route = %msg.route,
         outcome = state.as_str(), "message complete");
 }

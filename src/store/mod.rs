@@ -288,6 +288,9 @@ pub trait Store: Send + Sync {
     /// records how it ended this way).
     async fn annotate(&self, id: Uuid, state: MessageState, text: &str) -> StoreResult<()>;
 
+    /// Pending deliveries per route and destination (queue depth).
+    async fn pending_deliveries(&self) -> StoreResult<Vec<(String, String, u64)>>;
+
     /// One message's record, if it exists.
     async fn message(&self, id: Uuid) -> StoreResult<Option<StoredMessage>>;
 

@@ -714,6 +714,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn pending_deliveries(&self) -> StoreResult<Vec<(String, String, u64)>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT route, destination, COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY route, destination",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?;
+            rows.collect()
+        })
+        .await
+    }
+
     async fn message(&self, id: Uuid) -> StoreResult<Option<StoredMessage>> {
         let id = id.to_string();
         self.read(move |conn| {

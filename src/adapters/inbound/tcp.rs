@@ -136,12 +136,19 @@ pub struct TcpInbound {
 #[async_trait]
 impl Inbound for TcpInbound {
     async fn run(&self, intake: Intake, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let std_listener = self
+        // The listener bound at build; after a pause, the one handed back on the way out.
+        let bound = self
             .listener
             .lock()
             .map_err(|_| anyhow::anyhow!("listener lock poisoned"))?
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("the listener runs once"))?;
+            .take();
+        let std_listener = match bound {
+            Some(l) => l,
+            None => self
+                .listeners
+                .take_or_bind(&self.cfg.listen)
+                .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", self.cfg.listen))?,
+        };
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
         tracing::info!(route = %intake.route, listen = %listener.local_addr()?, "TCP listener ready");
         let slots = Arc::new(Semaphore::new(self.cfg.max_connections.max(1)));

@@ -1,0 +1,162 @@
+//! The admin HTTP API, on its own address: health and readiness for load balancers, metrics
+//! for Prometheus, the route list, and pausing and resuming routes. Everything but `/health`
+//! and `/ready` needs `Authorization: Bearer <token>` when a token is set.
+
+use crate::engine::Engine;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+type Answer = Response<Full<Bytes>>;
+
+fn answer(status: StatusCode, ctype: &'static str, body: String) -> Answer {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r
+}
+
+fn json(status: StatusCode, v: serde_json::Value) -> Answer {
+    answer(status, "application/json", v.to_string())
+}
+
+/// Serves the admin API on `listener` until `stop`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    token: Option<String>,
+    engine: Arc<Engine>,
+    stop: CancellationToken,
+) {
+    let token = Arc::new(token);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+        };
+        let (engine, token) = (engine.clone(), token.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let (engine, token) = (engine.clone(), token.clone());
+                async move { Ok::<_, Infallible>(handle(req, &engine, token.as_deref()).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn handle(req: Request<Incoming>, engine: &Engine, token: Option<&str>) -> Answer {
+    let path = req.uri().path().trim_end_matches('/').to_string();
+    let method = req.method().clone();
+    match (&method, path.as_str()) {
+        (&Method::GET, "/health") => return answer(StatusCode::OK, "text/plain", "ok\n".into()),
+        (&Method::GET, "/ready") => {
+            return answer(StatusCode::OK, "text/plain", "ready\n".into());
+        }
+        _ => {}
+    }
+    if let Some(t) = token {
+        let given = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if given.len() != t.len()
+            || given
+                .bytes()
+                .zip(t.bytes())
+                .fold(0, |a, (x, y)| a | (x ^ y))
+                != 0
+        {
+            return json(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"error": "missing or wrong admin token"}),
+            );
+        }
+    }
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (&method, parts.as_slice()) {
+        (&Method::GET, ["metrics"]) => {
+            let mut gauges = Vec::new();
+            if let Ok(pending) = engine.store().pending_deliveries().await {
+                for (route, destination, n) in pending {
+                    gauges.push((
+                        "switchyard_queue_depth",
+                        "Pending deliveries, by route and destination.",
+                        vec![("route", route), ("destination", destination)],
+                        n as f64,
+                    ));
+                }
+            }
+            for r in engine.status().await {
+                gauges.push((
+                    "switchyard_route_up",
+                    "1 when the route takes messages, 0 when it is paused.",
+                    vec![("route", r.id)],
+                    if r.state == "running" { 1.0 } else { 0.0 },
+                ));
+            }
+            answer(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                crate::metrics::global().render(&gauges),
+            )
+        }
+        (&Method::GET, ["routes"]) => {
+            let m = crate::metrics::global();
+            let routes: Vec<serde_json::Value> = engine
+                .status()
+                .await
+                .into_iter()
+                .map(|r| {
+                    let last_error = m.last_error(&r.id).map(|(at, text)| {
+                        serde_json::json!({"at": humantime::format_rfc3339_millis(at).to_string(), "error": text})
+                    });
+                    serde_json::json!({
+                        "id": r.id,
+                        "description": r.description,
+                        "state": r.state,
+                        "version": r.version,
+                        "file": r.file,
+                        "received": m.counts("switchyard_messages_received_total", &r.id, "route").values().sum::<u64>(),
+                        "messages": m.counts("switchyard_messages_total", &r.id, "state"),
+                        "deliveries": m.counts("switchyard_deliveries_total", &r.id, "outcome"),
+                        "last_error": last_error,
+                    })
+                })
+                .collect();
+            json(StatusCode::OK, serde_json::Value::Array(routes))
+        }
+        (&Method::POST, ["routes", id, action @ ("pause" | "resume")]) => {
+            let result = if *action == "pause" {
+                engine.pause(id).await
+            } else {
+                engine.resume(id).await
+            };
+            match result {
+                Ok(()) => json(
+                    StatusCode::OK,
+                    serde_json::json!({"id": id, "state": if *action == "pause" { "paused" } else { "running" }}),
+                ),
+                Err(e) => json(StatusCode::NOT_FOUND, serde_json::json!({"error": e})),
+            }
+        }
+        _ => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": format!("no such admin endpoint: {method} {path}"),
+                "endpoints": ["GET /health", "GET /ready", "GET /metrics", "GET /routes", "POST /routes/{id}/pause", "POST /routes/{id}/resume"]}),
+        ),
+    }
+}

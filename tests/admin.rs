@@ -1,0 +1,143 @@
+//! The admin API against a running engine: health, metrics, routes, pause and resume.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+fn admin_addr(ws: &Workspace) -> String {
+    let mut found = None;
+    wait_until(Duration::from_secs(20), || {
+        found = ws
+            .log_events()
+            .iter()
+            .find(|e| e["message"] == "admin API ready")
+            .and_then(|e| e["listen"].as_str().map(str::to_string));
+        found.is_some()
+    });
+    found.expect("admin API never ready")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_metrics_routes_pause_and_resume() {
+    let ws = Workspace::new();
+    ws.write_route("orders.yaml", &xml_route(""));
+    let engine = ws.start_with_env(&[
+        ("SWITCHYARD_ADMIN", "127.0.0.1:0"),
+        ("SWITCHYARD_ADMIN_TOKEN", "adm1n"),
+    ]);
+    let base = format!("http://{}", admin_addr(&ws));
+    let c = reqwest::Client::new();
+    let get = |path: &str| c.get(format!("{base}{path}")).bearer_auth("adm1n").send();
+
+    assert_eq!(
+        c.get(format!("{base}/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(format!("{base}/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(format!("{base}/routes"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        c.get(format!("{base}/metrics"))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    for i in 0..5 {
+        ws.drop_file("inbox", &format!("o{i}.xml"), order_xml(i).as_bytes());
+    }
+    ws.drop_file("inbox", "bad.xml", b"<order>");
+    assert!(wait_until(Duration::from_secs(20), || ws
+        .count("delivered")
+        == 5
+        && ws.count("failed") == 1));
+
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    for line in [
+        "switchyard_messages_received_total{route=\"orders\"} 6",
+        "switchyard_messages_total{route=\"orders\",state=\"delivered\"} 5",
+        "switchyard_messages_total{route=\"orders\",state=\"failed\"} 1",
+        "switchyard_deliveries_total{route=\"orders\",destination=\"to[0]\",outcome=\"delivered\"} 5",
+        "switchyard_step_duration_seconds_count{route=\"orders\",step=\"steps[0].xml_to_json\"} 6",
+        "# TYPE switchyard_step_duration_seconds histogram",
+        "switchyard_route_up{route=\"orders\"} 1",
+    ] {
+        assert!(metrics.contains(line), "missing `{line}` in:\n{metrics}");
+    }
+
+    let routes: serde_json::Value =
+        serde_json::from_slice(&get("/routes").await.unwrap().bytes().await.unwrap()).unwrap();
+    let r = &routes[0];
+    assert_eq!(r["id"], "orders");
+    assert_eq!(r["state"], "running");
+    assert_eq!(r["received"], 6);
+    assert_eq!(r["messages"]["delivered"], 5);
+    assert!(
+        r["last_error"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("malformed XML"),
+        "{r}"
+    );
+
+    // Paused: files wait in the inbox; resumed: they are taken.
+    let p = c
+        .post(format!("{base}/routes/orders/pause"))
+        .bearer_auth("adm1n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(p.status(), 200);
+    ws.drop_file("inbox", "later.xml", order_xml(9).as_bytes());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        ws.path("inbox/later.xml").exists(),
+        "a paused route took a file"
+    );
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("switchyard_route_up{route=\"orders\"} 0"),
+        "{metrics}"
+    );
+    let r = c
+        .post(format!("{base}/routes/orders/resume"))
+        .bearer_auth("adm1n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        wait_until(Duration::from_secs(20), || ws.count("delivered") == 6),
+        "{:?}",
+        ws.states()
+    );
+    let missing = c
+        .post(format!("{base}/routes/nope/pause"))
+        .bearer_auth("adm1n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    engine.stop();
+}
