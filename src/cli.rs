@@ -4,7 +4,7 @@ use crate::engine::Engine;
 use crate::route::endpoints::Endpoints;
 use crate::route::{self, values, Diagnostic};
 use crate::route_tests;
-use crate::settings::Dirs;
+use crate::settings::{RunArgs, Settings};
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 use crate::telemetry;
@@ -29,22 +29,7 @@ enum Command {
     /// Run every route in the routes directory until Ctrl-C or SIGTERM.
     Run {
         #[command(flatten)]
-        dirs: Dirs,
-        /// How long to let work in hand finish at shutdown.
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
-        drain_timeout: std::time::Duration,
-        /// Rotate the processing log past this size (`64MiB`).
-        #[arg(long, env = "SWITCHYARD_LOG_MAX_SIZE", default_value = "64MiB", value_parser = parse_size)]
-        log_max_size: u64,
-        /// Rotated log files to keep.
-        #[arg(long, default_value = "5")]
-        log_keep: usize,
-        /// Serve the admin API (health, metrics, routes, pause/resume) on this address.
-        #[arg(long, env = "SWITCHYARD_ADMIN")]
-        admin: Option<String>,
-        /// Bearer token the admin API requires (all but /health and /ready).
-        #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
-        admin_token: Option<String>,
+        args: RunArgs,
     },
     /// Validate route files; prints `file:line:column: message` for each problem.
     Check {
@@ -100,10 +85,6 @@ enum Command {
         #[arg(long, env = "SWITCHYARD_ADAPTERS", default_value = "adapters")]
         adapters: PathBuf,
     },
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    values::ByteSize::parse(s).map(|b| b.0)
 }
 
 fn parse_since(s: &str) -> Result<std::time::SystemTime, String> {
@@ -173,14 +154,7 @@ pub fn main() -> ExitCode {
                 None => test_files(&paths, &endpoints),
             }
         }
-        Command::Run {
-            dirs,
-            drain_timeout,
-            log_max_size,
-            log_keep,
-            admin,
-            admin_token,
-        } => {
+        Command::Run { args } => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
                 Err(e) => {
@@ -188,12 +162,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let rotation = telemetry::Rotation {
-                max_size: log_max_size,
-                keep: log_keep,
-            };
-            let admin = admin.map(|a| (a, admin_token));
-            match runtime.block_on(run(dirs, drain_timeout, rotation, admin)) {
+            match runtime.block_on(run(args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -346,13 +315,10 @@ fn test_files(paths: &[PathBuf], endpoints: &Endpoints) -> ExitCode {
     }
 }
 
-async fn run(
-    dirs: Dirs,
-    drain: std::time::Duration,
-    rotation: telemetry::Rotation,
-    admin: Option<(String, Option<String>)>,
-) -> anyhow::Result<()> {
-    let _log_guard = telemetry::init(Some(&dirs.logs), rotation)?;
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let dirs = Settings::resolve(&args).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let (drain, admin) = (dirs.drain, dirs.admin.clone());
+    let _log_guard = telemetry::init(Some(&dirs.logs), dirs.rotation, dirs.log_level.as_deref())?;
     let files = route::route_files(&dirs.routes).map_err(|e| {
         anyhow::anyhow!(
             "cannot read the routes directory {}: {e} (set --routes or SWITCHYARD_ROUTES)",
@@ -372,8 +338,8 @@ async fn run(
     if routes.is_empty() {
         anyhow::bail!("no route files (*.yaml) in {}", dirs.routes.display());
     }
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dirs.store_file())?);
-    tracing::info!(store = %dirs.store_file().display(), logs = %dirs.logs.join(telemetry::LOG_FILE).display(), "store open");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dirs.store_file)?);
+    tracing::info!(store = %dirs.store_file.display(), logs = %dirs.logs.join(telemetry::LOG_FILE).display(), "store open");
     let engine = match Engine::start(routes, store.clone()).await {
         Ok(e) => Arc::new(e),
         Err(e) => {

@@ -1,28 +1,178 @@
-//! Where the engine finds its routes and keeps its data and logs. Each directory has a flag
-//! and an environment variable; relative paths are relative to the working directory.
+//! Engine settings: where routes, endpoints, data and logs are, log rotation, the admin API.
+//! Each setting comes from, in order: its command-line flag, its environment variable, the
+//! settings file (`switchyard.yaml`, or `--config`), or its default. Relative paths are
+//! relative to the working directory.
 
+use crate::route::values::{ByteSize, Duration};
+use crate::route::{yaml, Diagnostic};
+use crate::telemetry::Rotation;
 use clap::Args;
-use std::path::PathBuf;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Args)]
-pub struct Dirs {
-    /// Directory of route files (one route per `*.yaml`).
-    #[arg(long, env = "SWITCHYARD_ROUTES", default_value = "routes")]
-    pub routes: PathBuf,
-    /// Directory of named endpoint definitions.
-    #[arg(long, env = "SWITCHYARD_ADAPTERS", default_value = "adapters")]
-    pub adapters: PathBuf,
-    /// Directory of the message store (created when missing).
-    #[arg(long, env = "SWITCHYARD_DATA", default_value = "data")]
-    pub data: PathBuf,
-    /// Directory of the JSON-lines processing log (created when missing).
-    #[arg(long, env = "SWITCHYARD_LOGS", default_value = "logs")]
-    pub logs: PathBuf,
+#[derive(Debug, Clone, Default, Args)]
+pub struct RunArgs {
+    /// Settings file (default `switchyard.yaml` when it exists).
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory of route files (default `routes`).
+    #[arg(long, env = "SWITCHYARD_ROUTES")]
+    pub routes: Option<PathBuf>,
+    /// Directory of named endpoint definitions (default `adapters`).
+    #[arg(long, env = "SWITCHYARD_ADAPTERS")]
+    pub adapters: Option<PathBuf>,
+    /// Directory of the message store, created when missing (default `data`).
+    #[arg(long, env = "SWITCHYARD_DATA")]
+    pub data: Option<PathBuf>,
+    /// Directory of the JSON-lines processing log, created when missing (default `logs`).
+    #[arg(long, env = "SWITCHYARD_LOGS")]
+    pub logs: Option<PathBuf>,
+    /// How long to let work in hand finish at shutdown (default `30s`).
+    #[arg(long, value_parser = parse_duration)]
+    pub drain_timeout: Option<std::time::Duration>,
+    /// Rotate the processing log past this size (default `64MiB`).
+    #[arg(long, env = "SWITCHYARD_LOG_MAX_SIZE", value_parser = parse_size)]
+    pub log_max_size: Option<u64>,
+    /// Rotated log files to keep (default 5).
+    #[arg(long)]
+    pub log_keep: Option<usize>,
+    /// Serve the admin API (health, metrics, routes, pause/resume) on this address.
+    #[arg(long, env = "SWITCHYARD_ADMIN")]
+    pub admin: Option<String>,
+    /// Bearer token the admin API requires (all but /health and /ready).
+    #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
-impl Dirs {
-    /// The embedded store's file.
-    pub fn store_file(&self) -> PathBuf {
-        self.data.join("switchyard.db")
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("bad duration `{s}`: {e}"))
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    ByteSize::parse(s).map(|b| b.0)
+}
+
+/// The settings file, `switchyard.yaml`. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsFile {
+    #[serde(default)]
+    pub routes: Option<PathBuf>,
+    #[serde(default)]
+    pub adapters: Option<PathBuf>,
+    #[serde(default)]
+    pub data: Option<PathBuf>,
+    #[serde(default)]
+    pub logs: Option<PathBuf>,
+    /// The store's file (default `<data>/switchyard.db`).
+    #[serde(default)]
+    pub store: Option<PathBuf>,
+    #[serde(default)]
+    pub drain_timeout: Option<Duration>,
+    #[serde(default)]
+    pub log: LogSettings,
+    #[serde(default)]
+    pub admin: Option<AdminSettings>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// Rotate past this size.
+    #[serde(default)]
+    pub max_size: Option<ByteSize>,
+    /// Rotated files to keep.
+    #[serde(default)]
+    pub keep: Option<usize>,
+    /// Level filter, as `SWITCHYARD_LOG` takes it (`info`, `warn,switchyard::message=info`).
+    #[serde(default)]
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Address of the admin API.
+    pub listen: String,
+    /// Its bearer token; write `${SWITCHYARD_ADMIN_TOKEN}` rather than the token.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// Everything `switchyard run` needs, resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub routes: PathBuf,
+    pub adapters: PathBuf,
+    pub data: PathBuf,
+    pub logs: PathBuf,
+    pub store_file: PathBuf,
+    pub drain: std::time::Duration,
+    pub rotation: Rotation,
+    pub log_level: Option<String>,
+    pub admin: Option<(String, Option<String>)>,
+}
+
+impl Settings {
+    pub fn resolve(args: &RunArgs) -> Result<Settings, Diagnostic> {
+        let path = args.config.clone().or_else(|| {
+            Path::new("switchyard.yaml")
+                .exists()
+                .then(|| "switchyard.yaml".into())
+        });
+        let file: SettingsFile = match &path {
+            None => SettingsFile::default(),
+            Some(p) => {
+                let source = std::fs::read_to_string(p).map_err(|e| Diagnostic {
+                    file: p.clone(),
+                    line: 1,
+                    column: 1,
+                    message: format!("cannot read the settings file: {e}"),
+                })?;
+                yaml::parse(p, &source)?
+            }
+        };
+        let pick = |flag: &Option<PathBuf>, from_file: &Option<PathBuf>, default: &str| {
+            flag.clone()
+                .or_else(|| from_file.clone())
+                .unwrap_or_else(|| PathBuf::from(default))
+        };
+        let data = pick(&args.data, &file.data, "data");
+        let defaults = Rotation::default();
+        Ok(Settings {
+            routes: pick(&args.routes, &file.routes, "routes"),
+            adapters: pick(&args.adapters, &file.adapters, "adapters"),
+            store_file: file
+                .store
+                .clone()
+                .unwrap_or_else(|| data.join("switchyard.db")),
+            logs: pick(&args.logs, &file.logs, "logs"),
+            data,
+            drain: args
+                .drain_timeout
+                .or(file.drain_timeout.map(|d| d.0))
+                .unwrap_or(std::time::Duration::from_secs(30)),
+            rotation: Rotation {
+                max_size: args
+                    .log_max_size
+                    .or(file.log.max_size.map(|b| b.0))
+                    .unwrap_or(defaults.max_size),
+                keep: args.log_keep.or(file.log.keep).unwrap_or(defaults.keep),
+            },
+            log_level: file.log.level.clone(),
+            admin: match (&args.admin, &file.admin) {
+                (Some(a), f) => Some((
+                    a.clone(),
+                    args.admin_token
+                        .clone()
+                        .or(f.as_ref().and_then(|f| f.token.clone())),
+                )),
+                (None, Some(f)) => Some((
+                    f.listen.clone(),
+                    args.admin_token.clone().or(f.token.clone()),
+                )),
+                (None, None) => None,
+            },
+        })
     }
 }

@@ -20,10 +20,16 @@ pub const TARGET: &str = "switchyard::message";
 pub const LOG_FILE: &str = "switchyard.jsonl";
 
 /// Installs console and JSON-file logging. Keep the guard alive: dropping it flushes the file.
-/// The level comes from `SWITCHYARD_LOG` (default `info`).
-pub fn init(log_dir: Option<&Path>, rotation: Rotation) -> anyhow::Result<Option<WorkerGuard>> {
-    let filter =
-        || EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+/// The level comes from `SWITCHYARD_LOG`, else `level` (from the settings file), else `info`.
+pub fn init(
+    log_dir: Option<&Path>,
+    rotation: Rotation,
+    level: Option<&str>,
+) -> anyhow::Result<Option<WorkerGuard>> {
+    let filter = || {
+        EnvFilter::try_from_env("SWITCHYARD_LOG")
+            .unwrap_or_else(|_| EnvFilter::new(level.unwrap_or("info")))
+    };
     let console = fmt::layer()
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())

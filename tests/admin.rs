@@ -141,3 +141,56 @@ async fn health_metrics_routes_pause_and_resume() {
     assert_eq!(missing.status(), 404);
     engine.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_settings_file_sets_directories_logs_and_the_admin_api() {
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.path("flows")).unwrap();
+    std::fs::write(ws.path("flows/orders.yaml"), xml_route("")).unwrap();
+    std::fs::write(
+        ws.path("switchyard.yaml"),
+        "routes: flows\nlogs: journal\nstore: state/main.db\nlog: { max_size: 1MiB, keep: 3, level: info }\nadmin:\n  listen: 127.0.0.1:0\n  token: \"${ADMIN_SECRET}\"\n",
+    )
+    .unwrap();
+    let engine = ws.start_with_env(&[("ADMIN_SECRET", "from-env")]);
+    let mut addr = None;
+    wait_until(Duration::from_secs(20), || {
+        addr = std::fs::read_to_string(ws.path("journal/switchyard.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|e| e["message"] == "admin API ready")
+            .and_then(|e| e["listen"].as_str().map(str::to_string));
+        addr.is_some()
+    });
+    let base = format!("http://{}", addr.expect("admin API from the settings file"));
+    ws.drop_file("inbox", "o.xml", order_xml(1).as_bytes());
+    assert!(wait_until(Duration::from_secs(20), || ws
+        .files("outbox")
+        .len()
+        == 1));
+    assert!(ws.path("state/main.db").exists());
+    let c = reqwest::Client::new();
+    let r = c
+        .get(format!("{base}/routes"))
+        .bearer_auth("from-env")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let routes: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(routes[0]["id"], "orders");
+    engine.stop();
+
+    // A mistake in the settings file stops start-up with its position.
+    std::fs::write(ws.path("switchyard.yaml"), "routes: flows\nlogz: journal\n").unwrap();
+    let (status, console) = ws
+        .start()
+        .wait_exit(Duration::from_secs(20))
+        .expect("exits");
+    assert!(!status.success());
+    assert!(
+        console.contains("switchyard.yaml:2:1: unknown key `logz`; did you mean `logs`?"),
+        "{console}"
+    );
+}
