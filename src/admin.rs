@@ -139,6 +139,13 @@ async fn handle(req: Request<Incoming>, engine: &Engine, token: Option<&str>) ->
                 .collect();
             json(StatusCode::OK, serde_json::Value::Array(routes))
         }
+        (&Method::GET, ["reload"]) => match engine.last_reload().await {
+            Some(s) => json(StatusCode::OK, serde_json::to_value(s).unwrap_or_default()),
+            None => json(
+                StatusCode::OK,
+                serde_json::json!({"at": null, "message": "no reload since start"}),
+            ),
+        },
         (&Method::POST, ["routes", id, action @ ("pause" | "resume")]) => {
             let result = if *action == "pause" {
                 engine.pause(id).await
@@ -156,7 +163,7 @@ async fn handle(req: Request<Incoming>, engine: &Engine, token: Option<&str>) ->
         _ => json(
             StatusCode::NOT_FOUND,
             serde_json::json!({"error": format!("no such admin endpoint: {method} {path}"),
-                "endpoints": ["GET /health", "GET /ready", "GET /metrics", "GET /routes", "POST /routes/{id}/pause", "POST /routes/{id}/resume"]}),
+                "endpoints": ["GET /health", "GET /ready", "GET /metrics", "GET /routes", "GET /reload", "POST /routes/{id}/pause", "POST /routes/{id}/resume"]}),
         ),
     }
 }

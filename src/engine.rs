@@ -51,6 +51,8 @@ pub struct Engine {
     listeners: Arc<Listeners>,
     /// How long a stopping route version may take to finish its work in hand.
     drain: Duration,
+    /// What the last reload round did, for the admin API.
+    last_reload: Mutex<Option<crate::reload::Summary>>,
 }
 
 /// One running version of a route, with its own tasks and stop signals, so that a reload can
@@ -113,6 +115,7 @@ impl Engine {
             versions: Arc::new(Mutex::new(HashMap::new())),
             listeners: Arc::new(Listeners::default()),
             drain: Duration::from_secs(30),
+            last_reload: Mutex::new(None),
         };
         let mut built = Vec::new();
         for route in routes {
@@ -155,6 +158,15 @@ impl Engine {
 
     pub(crate) fn versions(&self) -> &Arc<Mutex<HashMap<String, RouteVersion>>> {
         &self.versions
+    }
+
+    pub(crate) async fn set_last_reload(&self, summary: crate::reload::Summary) {
+        *self.last_reload.lock().await = Some(summary);
+    }
+
+    /// What the last reload round did, if one ran.
+    pub async fn last_reload(&self) -> Option<crate::reload::Summary> {
+        self.last_reload.lock().await.clone()
     }
 
     pub(crate) fn listeners(&self) -> &Arc<Listeners> {

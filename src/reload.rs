@@ -31,8 +31,10 @@ const POLL: Duration = Duration::from_secs(2);
 const DEBOUNCE: Duration = Duration::from_millis(300);
 
 /// What a round did.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Summary {
+    /// When the round ran (RFC 3339).
+    pub at: String,
     pub added: Vec<String>,
     pub changed: Vec<String>,
     pub removed: Vec<String>,
@@ -99,7 +101,10 @@ fn snapshot(dir: &Path, adapters: &Path) -> BTreeMap<PathBuf, String> {
 
 /// Reads the directory and brings the running routes in line with it.
 pub async fn apply(engine: &Engine, dir: &Path, adapters: &Path) -> Summary {
-    let mut summary = Summary::default();
+    let mut summary = Summary {
+        at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        ..Summary::default()
+    };
     let files = match route::route_files(dir) {
         Ok(f) => f,
         Err(e) => {
@@ -188,5 +193,6 @@ pub async fn apply(engine: &Engine, dir: &Path, adapters: &Path) -> Summary {
         rejected = summary.rejected.len(),
         "routes reloaded"
     );
+    engine.set_last_reload(summary.clone()).await;
     summary
 }

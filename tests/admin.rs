@@ -139,6 +139,30 @@ async fn health_metrics_routes_pause_and_resume() {
         .await
         .unwrap();
     assert_eq!(missing.status(), 404);
+
+    // A rejected reload is visible through the API with its position.
+    std::fs::write(
+        ws.path("routes/orders.yaml"),
+        "from:\n  file:\n    pathh: inbox\nto:\n  - file: { path: outbox }\n",
+    )
+    .unwrap();
+    let mut reload = serde_json::Value::Null;
+    for _ in 0..100 {
+        reload = serde_json::from_slice(&get("/reload").await.unwrap().bytes().await.unwrap())
+            .unwrap_or_default();
+        if reload["rejected"].as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rejected = reload["rejected"][0].as_str().unwrap_or_default();
+    assert!(
+        rejected.contains("routes/orders.yaml:3:5: from.file: unknown key `pathh`"),
+        "{reload}"
+    );
+    let routes: serde_json::Value =
+        serde_json::from_slice(&get("/routes").await.unwrap().bytes().await.unwrap()).unwrap();
+    assert_eq!(routes[0]["state"], "running", "the running version stays");
     engine.stop();
 }
 
