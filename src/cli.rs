@@ -6,12 +6,13 @@ use crate::route::{self, values, Diagnostic};
 use crate::route_tests;
 use crate::settings::{RunArgs, Settings};
 use crate::store::sqlite::SqliteStore;
-use crate::store::Store;
+use crate::store::{MessageState, Store};
 use crate::telemetry;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use uuid::Uuid;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,6 +42,20 @@ enum Command {
         /// Directory of named endpoints the routes may use.
         #[arg(long, env = "SWITCHYARD_ADAPTERS", default_value = "adapters")]
         adapters: PathBuf,
+    },
+    /// Find messages in the store, see everything about one, send them again.
+    Messages {
+        #[command(subcommand)]
+        command: MessagesCommand,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Copy the store to FILE while the engine runs (SQLite's online backup).
+    Backup {
+        /// Where the copy goes.
+        file: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Follow the processing log, filtered; readable lines, or `--json` to pass them through.
     Tail {
@@ -87,6 +102,181 @@ enum Command {
     },
 }
 
+/// Where the store is: the settings file and `--data`, as for `run`.
+#[derive(Debug, Clone, clap::Args)]
+struct StoreArgs {
+    /// Settings file (default `switchyard.yaml` when it exists).
+    #[arg(long, env = "SWITCHYARD_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Directory of the message store (default `data`).
+    #[arg(long, env = "SWITCHYARD_DATA", global = true)]
+    data: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn store_file(&self) -> Result<PathBuf, String> {
+        let args = RunArgs {
+            config: self.config.clone(),
+            data: self.data.clone(),
+            ..RunArgs::default()
+        };
+        Settings::resolve(&args)
+            .map(|s| s.store_file)
+            .map_err(|d| d.to_string())
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum MessagesCommand {
+    /// Messages, newest first, filtered.
+    List {
+        #[arg(long)]
+        route: Option<String>,
+        /// `received`, `delivering`, `delivered`, `failed`, `filtered`, `unrouted`, `split`, `dead`.
+        #[arg(long, value_parser = parse_state)]
+        state: Option<MessageState>,
+        /// Received since this long ago (`10m`, `2h`) or this time (RFC 3339).
+        #[arg(long, value_parser = parse_since)]
+        since: Option<std::time::SystemTime>,
+        /// Received until this long ago or this time.
+        #[arg(long, value_parser = parse_since)]
+        until: Option<std::time::SystemTime>,
+        /// Text in the headers or the body.
+        #[arg(long)]
+        text: Option<String>,
+        #[arg(long, default_value = "50")]
+        limit: usize,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One message: headers, bodies, every transition and delivery attempt.
+    Show {
+        id: Uuid,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send messages through again: one by id, or all of a route in a state.
+    Replay {
+        /// The message; or use --route and --state.
+        id: Option<Uuid>,
+        /// Re-deliver to this destination only (`to[0]`) instead of running the steps again.
+        #[arg(long)]
+        destination: Option<String>,
+        #[arg(long)]
+        route: Option<String>,
+        #[arg(long, value_parser = parse_state)]
+        state: Option<MessageState>,
+        /// At most this many messages with --route/--state.
+        #[arg(long, default_value = "1000")]
+        limit: usize,
+    },
+}
+
+fn parse_state(s: &str) -> Result<MessageState, String> {
+    MessageState::parse(s).ok_or_else(|| {
+        format!("unknown state `{s}`; use received, delivering, delivered, failed, filtered, unrouted, split or dead")
+    })
+}
+
+fn messages(command: MessagesCommand, store: StoreArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let store = crate::messages::open(&store.store_file()?)?;
+        match command {
+            MessagesCommand::List {
+                route,
+                state,
+                since,
+                until,
+                text,
+                limit,
+                json,
+            } => {
+                let rows = store
+                    .search(&crate::store::Search {
+                        route,
+                        state,
+                        since,
+                        until,
+                        text,
+                        limit,
+                    })
+                    .await
+                    .map_err(|e| e.0)?;
+                if json {
+                    for m in &rows {
+                        println!("{}", crate::messages::json_row(m));
+                    }
+                } else {
+                    print!("{}", crate::messages::table(&rows));
+                }
+                Ok(())
+            }
+            MessagesCommand::Show { id, json } => match store.details(id).await.map_err(|e| e.0)? {
+                None => Err(format!("no message {id}")),
+                Some(d) if json => {
+                    println!("{}", crate::messages::details_json(&d));
+                    Ok(())
+                }
+                Some(d) => {
+                    print!("{}", crate::messages::details_text(&d));
+                    Ok(())
+                }
+            },
+            MessagesCommand::Replay {
+                id,
+                destination,
+                route,
+                state,
+                limit,
+            } => {
+                let lines = crate::messages::replay(
+                    &store,
+                    id,
+                    destination.as_deref(),
+                    route,
+                    state,
+                    limit,
+                )
+                .await?;
+                lines.iter().for_each(|l| println!("{l}"));
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn backup(file: PathBuf, store: StoreArgs) -> ExitCode {
+    let result = store
+        .store_file()
+        .and_then(|p| crate::messages::open(&p))
+        .and_then(|s| s.backup(&file).map_err(|e| e.0));
+    match result {
+        Ok(()) => {
+            println!("store copied to {}", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn parse_since(s: &str) -> Result<std::time::SystemTime, String> {
     if let Ok(t) = humantime::parse_rfc3339_weak(s.trim_end_matches('Z')) {
         return Ok(t);
@@ -116,6 +306,8 @@ pub fn main() -> ExitCode {
             routes,
             adapters,
         } => check(paths, routes, &Endpoints::load(&adapters)),
+        Command::Messages { command, store } => messages(command, store),
+        Command::Backup { file, store } => backup(file, store),
         Command::Tail {
             logs,
             route,

@@ -15,6 +15,7 @@ pub mod delivery;
 pub mod engine;
 pub mod hl7;
 pub mod message;
+pub mod messages;
 pub mod metrics;
 pub mod reload;
 pub mod route;

@@ -222,6 +222,51 @@ pub struct StoredMessage {
     pub received_at: SystemTime,
 }
 
+/// What `search` looks for; every field is optional.
+#[derive(Debug, Clone, Default)]
+pub struct Search {
+    pub route: Option<String>,
+    pub state: Option<MessageState>,
+    pub since: Option<SystemTime>,
+    pub until: Option<SystemTime>,
+    /// Text in the headers or the body (as received or after the steps).
+    pub text: Option<String>,
+    pub limit: usize,
+}
+
+/// One recorded transition.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TransitionRecord {
+    pub at: String,
+    pub event: String,
+    pub name: Option<String>,
+    pub outcome: String,
+    pub duration_us: Option<i64>,
+    pub detail: Option<String>,
+}
+
+/// One delivery as recorded.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeliveryRecord {
+    pub destination: String,
+    pub kind: String,
+    pub state: String,
+    pub attempts: u32,
+    pub next_attempt_at: String,
+    pub last_error: Option<String>,
+}
+
+/// Everything about one message.
+#[derive(Debug, Clone)]
+pub struct Details {
+    pub message: StoredMessage,
+    pub body: Bytes,
+    pub out_headers: Option<Headers>,
+    pub out_body: Option<Bytes>,
+    pub transitions: Vec<TransitionRecord>,
+    pub deliveries: Vec<DeliveryRecord>,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("message store: {0}")]
 pub struct StoreError(pub String);
@@ -304,6 +349,17 @@ pub trait Store: Send + Sync {
         route: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<StoredMessage>>;
+
+    /// Messages matching `filter`, newest first.
+    async fn search(&self, filter: &Search) -> StoreResult<Vec<StoredMessage>>;
+
+    /// Everything recorded about one message: bodies, transitions, deliveries.
+    async fn details(&self, id: Uuid) -> StoreResult<Option<Details>>;
+
+    /// Sends a message through again: from the start (its steps run again, creating new
+    /// deliveries), or to one destination only (that delivery is pending again). The running
+    /// engine picks it up within seconds. Returns what was done, for the operator.
+    async fn replay(&self, id: Uuid, destination: Option<&str>) -> StoreResult<String>;
 
     /// Flushes and closes; later calls fail.
     async fn close(&self) -> StoreResult<()>;

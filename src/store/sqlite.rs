@@ -25,6 +25,8 @@ pub struct SqliteStore {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     reader: Arc<Mutex<Connection>>,
+    /// Held while an engine uses the store; released by `close`.
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 fn sql_err(e: impl std::fmt::Display) -> StoreError {
@@ -55,7 +57,49 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
 
 impl SqliteStore {
     /// Opens (creating when missing) the store at `path` and applies the schema.
+    /// Opens the store for an engine: only one engine may use a store file at a time (two
+    /// would process the same messages), which a lock file next to it enforces.
     pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        let lock = Self::lock(path)?;
+        let store = Self::open_shared(path)?;
+        if let Ok(mut l) = store.lock.lock() {
+            *l = Some(lock);
+        }
+        Ok(store)
+    }
+
+    fn lock(path: &Path) -> StoreResult<std::fs::File> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock_path = PathBuf::from(lock_path);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| {
+                StoreError(format!(
+                    "cannot create the lock file {}: {e}",
+                    lock_path.display()
+                ))
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError(format!(
+                "{} is in use by another switchyard engine; stop that one first, or give this one its own store (--data)",
+                path.display()
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(StoreError(format!("cannot lock {}: {e}", lock_path.display())))
+            }
+        }
+    }
+
+    /// Opens the store beside a running engine (for `messages`, `backup`): no engine lock.
+    pub fn open_shared(path: &Path) -> StoreResult<SqliteStore> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StoreError(format!(
@@ -64,9 +108,14 @@ impl SqliteStore {
                 ))
             })?;
         }
-        let conn = open_connection(path)
-            .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
-        migrate(&conn).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+        let damaged = |e: rusqlite::Error| {
+            StoreError(format!(
+                "cannot open the store {}: {e}. If the file is damaged, stop the engine, move it away and restore the latest backup (`switchyard backup`, see docs/store.md), or start with an empty store",
+                path.display()
+            ))
+        };
+        let conn = open_connection(path).map_err(damaged)?;
+        migrate(&conn).map_err(damaged)?;
         let reader = open_connection(path).map_err(sql_err)?;
 
         let (tx, rx) = mpsc::channel::<Job>(4096);
@@ -79,7 +128,19 @@ impl SqliteStore {
             jobs: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
             reader: Arc::new(Mutex::new(reader)),
+            lock: Mutex::new(None),
         })
+    }
+
+    /// Copies the store, while it is in use, to `to` (SQLite's online backup).
+    pub fn backup(&self, to: &Path) -> StoreResult<()> {
+        let src = open_connection(&self.path).map_err(sql_err)?;
+        let mut dst = rusqlite::Connection::open(to)
+            .map_err(|e| StoreError(format!("cannot create {}: {e}", to.display())))?;
+        let backup = rusqlite::backup::Backup::new(&src, &mut dst).map_err(sql_err)?;
+        backup
+            .run_to_completion(256, Duration::from_millis(10), None)
+            .map_err(|e| StoreError(format!("backup to {} failed: {e}", to.display())))
     }
 
     pub fn path(&self) -> &Path {
@@ -775,6 +836,136 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn search(&self, f: &Search) -> StoreResult<Vec<StoredMessage>> {
+        let (route, state) = (f.route.clone(), f.state.map(|s| s.as_str().to_string()));
+        let (since, until) = (f.since.map(millis), f.until.map(millis));
+        let text = f.text.clone();
+        let limit = f.limit.max(1) as i64;
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "{SELECT_STORED} WHERE (?1 IS NULL OR route = ?1) AND (?2 IS NULL OR state = ?2)
+                 AND (?3 IS NULL OR received_at >= ?3) AND (?4 IS NULL OR received_at <= ?4)
+                 AND (?5 IS NULL OR instr(headers, ?5) > 0 OR instr(CAST(body AS TEXT), ?5) > 0
+                      OR instr(COALESCE(out_headers, ''), ?5) > 0 OR instr(CAST(COALESCE(out_body, '') AS TEXT), ?5) > 0)
+                 ORDER BY id DESC LIMIT ?6"
+            ))?;
+            let rows = stmt.query_map(params![route, state, since, until, text, limit], stored_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn details(&self, id: Uuid) -> StoreResult<Option<Details>> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            let Some(message) = conn
+                .prepare_cached(&format!("{SELECT_STORED} WHERE id = ?1"))?
+                .query_row([&id], stored_row)
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let (body, out_headers, out_body): (Option<Vec<u8>>, Option<String>, Option<Vec<u8>>) = conn
+                .prepare_cached("SELECT body, out_headers, out_body FROM messages WHERE id = ?1")?
+                .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            let ts = |ms: i64| humantime::format_rfc3339_millis(from_millis(ms)).to_string();
+            let mut stmt = conn.prepare_cached(
+                "SELECT at, event, name, outcome, duration_us, detail FROM transitions WHERE message_id = ?1 ORDER BY id",
+            )?;
+            let transitions = stmt
+                .query_map([&id], |r| {
+                    Ok(TransitionRecord {
+                        at: ts(r.get(0)?),
+                        event: r.get(1)?,
+                        name: r.get(2)?,
+                        outcome: r.get(3)?,
+                        duration_us: r.get(4)?,
+                        detail: r.get(5)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT destination, kind, state, attempts, next_attempt_at, last_error FROM deliveries WHERE message_id = ?1 ORDER BY id",
+            )?;
+            let deliveries = stmt
+                .query_map([&id], |r| {
+                    Ok(DeliveryRecord {
+                        destination: r.get(0)?,
+                        kind: r.get(1)?,
+                        state: r.get(2)?,
+                        attempts: r.get(3)?,
+                        next_attempt_at: ts(r.get(4)?),
+                        last_error: r.get(5)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Some(Details {
+                message,
+                body: Bytes::from(body.unwrap_or_default()),
+                out_headers: out_headers.map(|h| parse_headers(Some(h))),
+                out_body: out_body.map(Bytes::from),
+                transitions,
+                deliveries,
+            }))
+        })
+        .await
+    }
+
+    async fn replay(&self, id: Uuid, destination: Option<&str>) -> StoreResult<String> {
+        let id = id.to_string();
+        let destination = destination.map(str::to_string);
+        let result = self
+            .write(move |conn| {
+                let now = millis(SystemTime::now());
+                let state: Option<String> = conn
+                    .prepare_cached("SELECT state FROM messages WHERE id = ?1")?
+                    .query_row([&id], |r| r.get(0))
+                    .optional()?;
+                let Some(state) = state else {
+                    return Ok(Err(format!("no message {id}")));
+                };
+                match destination {
+                    Some(dest) => {
+                        let n = conn
+                            .prepare_cached(
+                                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?3, last_error = NULL, updated_at = ?3
+                                 WHERE message_id = ?1 AND destination = ?2",
+                            )?
+                            .execute(params![id, dest, now])?;
+                        if n == 0 {
+                            return Ok(Err(format!("message {id} has no delivery to `{dest}`")));
+                        }
+                        conn.prepare_cached(
+                            "UPDATE messages SET state = 'delivering', updated_at = ?2 WHERE id = ?1 AND state != 'delivering'",
+                        )?
+                        .execute(params![id, now])?;
+                        transition(conn, &id, now, "replay", Some(&dest), "pending", None, Some(&format!("re-delivery requested (was {state})")))?;
+                        Ok(Ok(format!("message {id}: delivery to {dest} is pending again")))
+                    }
+                    None => {
+                        if state == "received" {
+                            return Ok(Err(format!("message {id} is still waiting for its steps")));
+                        }
+                        conn.prepare_cached(
+                            "UPDATE messages SET state = 'received', resume_step = 0, attempts = 0, next_attempt_at = ?2,
+                             error = NULL, out_headers = NULL, out_body = NULL, updated_at = ?2 WHERE id = ?1",
+                        )?
+                        .execute(params![id, now])?;
+                        // Old deliveries stay as history; pending ones would be sent twice.
+                        conn.prepare_cached(
+                            "UPDATE deliveries SET state = 'dead', last_error = 'replaced by a replay', updated_at = ?2
+                             WHERE message_id = ?1 AND state = 'pending'",
+                        )?
+                        .execute(params![id, now])?;
+                        transition(conn, &id, now, "replay", None, "received", None, Some(&format!("reprocess requested (was {state})")))?;
+                        Ok(Ok(format!("message {id}: queued to run through the route again (was {state})")))
+                    }
+                }
+            })
+            .await?;
+        result.map_err(StoreError)
+    }
+
     async fn close(&self) -> StoreResult<()> {
         // Dropping the last sender ends the writer loop once it has committed what it holds.
         drop(self.jobs.lock().map_err(|_| closed())?.take());
@@ -784,6 +975,9 @@ impl Store for SqliteStore {
                 .await
                 .map_err(sql_err)?
                 .map_err(|_| StoreError("the writer thread panicked".into()))?;
+        }
+        if let Ok(mut l) = self.lock.lock() {
+            l.take();
         }
         Ok(())
     }

@@ -1,0 +1,169 @@
+//! Operating the store with the real binary: list, show and replay messages beside a running
+//! engine, back the store up while it runs, and clear errors for a locked or damaged store.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+fn run(ws: &Workspace, args: &[&str]) -> (bool, String, String) {
+    let out = ws.run(args);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const ROUTE: &str = r#"from:
+  file: { path: inbox, settle: 50ms, poll_interval: 100ms }
+steps:
+  - transform: { script: 'if body.contains("REJECT") { reject("not today") }' }
+to:
+  - file: { path: outbox, name: "{{original_name}}", delivery: { retry: { max_attempts: 2, backoff: 50ms } } }
+"#;
+
+#[test]
+fn list_show_and_replay_beside_a_running_engine() {
+    let ws = Workspace::new();
+    ws.write_route("r.yaml", ROUTE);
+    // The destination starts broken, so the first message dies.
+    std::fs::remove_dir(ws.path("outbox")).unwrap();
+    std::fs::write(ws.path("outbox"), b"not a directory").unwrap();
+    let engine = ws.start();
+    ws.drop_file("inbox", "dies.txt", b"order C1");
+    assert!(
+        wait_until(Duration::from_secs(20), || ws.count("dead") == 1),
+        "{:?}",
+        ws.states()
+    );
+    std::fs::remove_file(ws.path("outbox")).unwrap();
+    std::fs::create_dir(ws.path("outbox")).unwrap();
+    ws.drop_file("inbox", "fails.txt", b"order C2 REJECT");
+    ws.drop_file("inbox", "fine.txt", b"order C3");
+    assert!(
+        wait_until(Duration::from_secs(20), || ws.count("failed") == 1
+            && ws.count("delivered") == 1),
+        "{:?}",
+        ws.states()
+    );
+
+    let (ok, table, _) = run(&ws, &["messages", "list"]);
+    assert!(ok);
+    assert!(table.contains("3 message(s)"), "{table}");
+    let (_, failed, _) = run(&ws, &["messages", "list", "--state", "failed"]);
+    assert!(
+        failed.contains("rejected by the script: not today") && failed.contains("1 message(s)"),
+        "{failed}"
+    );
+    let (_, found, _) = run(&ws, &["messages", "list", "--text", "C3", "--json"]);
+    let rows: Vec<serde_json::Value> = found
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["headers"]["file.name"], "fine.txt");
+    let (_, dead, _) = run(&ws, &["messages", "list", "--state", "dead", "--json"]);
+    let dead_id = serde_json::from_str::<serde_json::Value>(dead.lines().next().unwrap()).unwrap()
+        ["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let (ok, shown, _) = run(&ws, &["messages", "show", &dead_id]);
+    assert!(ok, "{shown}");
+    for part in [
+        "state     dead",
+        "file.name: dies.txt",
+        "order C1",
+        "attempt",
+        "to[0]",
+        "cannot write to outbox",
+    ] {
+        assert!(shown.contains(part), "missing `{part}` in:\n{shown}");
+    }
+    let (_, json, _) = run(&ws, &["messages", "show", &dead_id, "--json"]);
+    let d: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(d["deliveries"][0]["state"], "dead");
+
+    // Re-deliver the dead one to its (now fixed) destination.
+    let (ok, said, err) = run(
+        &ws,
+        &["messages", "replay", &dead_id, "--destination", "to[0]"],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        said.contains("delivery to to[0] is pending again"),
+        "{said}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || ws
+            .files("outbox")
+            .contains(&"dies.txt".to_string())),
+        "{:?}",
+        ws.states()
+    );
+
+    // Fix the route (it reloads), then run the rejected one through again from the start.
+    std::fs::write(ws.path("routes/r.yaml"), ROUTE.replace("REJECT", "NEVER")).unwrap();
+    assert!(wait_until(Duration::from_secs(20), || ws
+        .log_events()
+        .iter()
+        .any(|e| e["message"] == "route changed; swapping versions")));
+    let (ok, said, err) = run(
+        &ws,
+        &["messages", "replay", "--route", "r", "--state", "failed"],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        said.contains("queued to run through the route again (was failed)"),
+        "{said}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || ws.count("delivered") == 3),
+        "{:?}",
+        ws.states()
+    );
+    assert!(ws.files("outbox").contains(&"fails.txt".to_string()));
+
+    // An online backup while the engine runs.
+    let (ok, said, err) = run(&ws, &["backup", "copy.db"]);
+    assert!(ok, "{err}");
+    assert!(said.contains("store copied to copy.db"));
+    let copy = rusqlite::Connection::open(ws.path("copy.db")).unwrap();
+    let n: i64 = copy
+        .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 3);
+
+    // A second engine on the same store is refused, with what to do.
+    let (status, console) = ws
+        .start()
+        .wait_exit(Duration::from_secs(20))
+        .expect("exits");
+    assert!(!status.success());
+    assert!(
+        console.contains("is in use by another switchyard engine"),
+        "{console}"
+    );
+    engine.stop();
+}
+
+#[test]
+fn a_damaged_store_gives_a_clear_error() {
+    let ws = Workspace::new();
+    ws.write_route("r.yaml", ROUTE);
+    std::fs::create_dir_all(ws.path("data")).unwrap();
+    std::fs::write(ws.path("data/switchyard.db"), vec![0x42u8; 8192]).unwrap();
+    let (status, console) = ws
+        .start()
+        .wait_exit(Duration::from_secs(20))
+        .expect("exits");
+    assert!(!status.success());
+    assert!(
+        console.contains("cannot open the store data/switchyard.db"),
+        "{console}"
+    );
+    assert!(console.contains("restore the latest backup"), "{console}");
+    assert!(!console.contains("panicked"));
+}
