@@ -86,6 +86,11 @@ async fn handle(req: Request<Incoming>, engine: &Engine, token: Option<&str>) ->
             );
         }
     }
+    let query: std::collections::HashMap<String, String> = req
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (&method, parts.as_slice()) {
         (&Method::GET, ["metrics"]) => {
@@ -139,6 +144,83 @@ async fn handle(req: Request<Incoming>, engine: &Engine, token: Option<&str>) ->
                 .collect();
             json(StatusCode::OK, serde_json::Value::Array(routes))
         }
+        (&Method::GET, ["messages"]) => {
+            let search = match search_from(&query) {
+                Ok(s) => s,
+                Err(e) => return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": e})),
+            };
+            match engine.store().search(&search).await {
+                Ok(rows) => json(
+                    StatusCode::OK,
+                    serde_json::Value::Array(rows.iter().map(crate::messages::json_row).collect()),
+                ),
+                Err(e) => json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"error": e.0}),
+                ),
+            }
+        }
+        (&Method::GET, ["messages", id]) => match id.parse::<uuid::Uuid>() {
+            Err(_) => json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": format!("`{id}` is not a message id")}),
+            ),
+            Ok(id) => match engine.store().details(id).await {
+                Ok(Some(d)) => json(StatusCode::OK, crate::messages::details_json(&d)),
+                Ok(None) => json(
+                    StatusCode::NOT_FOUND,
+                    serde_json::json!({"error": format!("no message {id}")}),
+                ),
+                Err(e) => json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"error": e.0}),
+                ),
+            },
+        },
+        (&Method::POST, ["messages", "replay"]) => {
+            let search = match search_from(&query) {
+                Ok(s) if s.route.is_some() && s.state.is_some() => s,
+                Ok(_) => {
+                    return json(
+                        StatusCode::BAD_REQUEST,
+                        serde_json::json!({"error": "give route and state"}),
+                    )
+                }
+                Err(e) => return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": e})),
+            };
+            let rows = match engine.store().search(&search).await {
+                Ok(r) => r,
+                Err(e) => {
+                    return json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        serde_json::json!({"error": e.0}),
+                    )
+                }
+            };
+            let mut done = Vec::new();
+            for m in rows {
+                let r = engine
+                    .store()
+                    .replay(m.id, query.get("destination").map(String::as_str))
+                    .await;
+                done.push(serde_json::json!({"id": m.id, "result": r.map_err(|e| e.0).unwrap_or_else(|e| e)}));
+            }
+            json(StatusCode::OK, serde_json::Value::Array(done))
+        }
+        (&Method::POST, ["messages", id, "replay"]) => match id.parse::<uuid::Uuid>() {
+            Err(_) => json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": format!("`{id}` is not a message id")}),
+            ),
+            Ok(id) => match engine
+                .store()
+                .replay(id, query.get("destination").map(String::as_str))
+                .await
+            {
+                Ok(r) => json(StatusCode::OK, serde_json::json!({"id": id, "result": r})),
+                Err(e) => json(StatusCode::NOT_FOUND, serde_json::json!({"error": e.0})),
+            },
+        },
         (&Method::GET, ["reload"]) => match engine.last_reload().await {
             Some(s) => json(StatusCode::OK, serde_json::to_value(s).unwrap_or_default()),
             None => json(
@@ -163,7 +245,36 @@ async fn handle(req: Request<Incoming>, engine: &Engine, token: Option<&str>) ->
         _ => json(
             StatusCode::NOT_FOUND,
             serde_json::json!({"error": format!("no such admin endpoint: {method} {path}"),
-                "endpoints": ["GET /health", "GET /ready", "GET /metrics", "GET /routes", "GET /reload", "POST /routes/{id}/pause", "POST /routes/{id}/resume"]}),
+                "endpoints": ["GET /health", "GET /ready", "GET /metrics", "GET /routes", "GET /reload", "GET /messages", "GET /messages/{id}", "POST /messages/{id}/replay", "POST /messages/replay", "POST /routes/{id}/pause", "POST /routes/{id}/resume"]}),
         ),
     }
+}
+
+/// A store search from query parameters: route, state, text, since, until, limit.
+fn search_from(
+    q: &std::collections::HashMap<String, String>,
+) -> Result<crate::store::Search, String> {
+    let when = |key: &str| -> Result<Option<std::time::SystemTime>, String> {
+        let Some(v) = q.get(key) else { return Ok(None) };
+        if let Ok(t) = humantime::parse_rfc3339_weak(v.trim_end_matches('Z')) {
+            return Ok(Some(t));
+        }
+        humantime::parse_duration(v)
+            .map(|d| Some(std::time::SystemTime::now() - d))
+            .map_err(|_| format!("`{key}={v}`: give a time (RFC 3339) or a duration such as 2h"))
+    };
+    let state = match q.get("state") {
+        None => None,
+        Some(s) => Some(
+            crate::store::MessageState::parse(s).ok_or_else(|| format!("unknown state `{s}`"))?,
+        ),
+    };
+    Ok(crate::store::Search {
+        route: q.get("route").cloned(),
+        state,
+        since: when("since")?,
+        until: when("until")?,
+        text: q.get("text").cloned(),
+        limit: q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(50),
+    })
 }

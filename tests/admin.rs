@@ -140,6 +140,61 @@ async fn health_metrics_routes_pause_and_resume() {
         .unwrap();
     assert_eq!(missing.status(), 404);
 
+    // Browse, look at and replay messages as JSON.
+    let failed: serde_json::Value = serde_json::from_slice(
+        &get("/messages?state=failed&route=orders")
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(failed.as_array().unwrap().len(), 1, "{failed}");
+    assert_eq!(failed[0]["headers"]["file.name"], "bad.xml");
+    let id = failed[0]["id"].as_str().unwrap().to_string();
+    let details: serde_json::Value = serde_json::from_slice(
+        &get(&format!("/messages/{id}"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(details["body"], "<order>");
+    assert!(details["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["event"] == "step"));
+    let replayed = c
+        .post(format!("{base}/messages/{id}/replay"))
+        .bearer_auth("adm1n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replayed.status(), 200);
+    let replayed: serde_json::Value =
+        serde_json::from_slice(&replayed.bytes().await.unwrap()).unwrap();
+    assert!(
+        replayed["result"]
+            .as_str()
+            .unwrap()
+            .contains("queued to run through the route again"),
+        "{replayed}"
+    );
+    let texts: serde_json::Value = serde_json::from_slice(
+        &get("/messages?text=C3")
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(texts.as_array().unwrap().len(), 1, "{texts}");
+
     // A rejected reload is visible through the API with its position.
     std::fs::write(
         ws.path("routes/orders.yaml"),
