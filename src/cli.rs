@@ -540,6 +540,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     engine.watch_routes(dirs.routes.clone(), dirs.adapters.clone());
+    engine.keep_store_bounded(dirs.retention_every);
     let admin_stop = tokio_util::sync::CancellationToken::new();
     if let Some((addr, token)) = admin {
         let listener = tokio::net::TcpListener::bind(&addr)

@@ -133,6 +133,59 @@ impl Engine {
         Ok(engine)
     }
 
+    /// Applies each route's retention in the background: small batches, each its own short
+    /// transaction in the writer's queue, so processing never waits long; then hands the
+    /// freed pages back to the file system so the store file shrinks.
+    pub fn keep_store_bounded(self: &Arc<Self>, every: Duration) {
+        let (engine, stop) = (self.clone(), self.shutdown.clone());
+        self.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                let policies: Vec<(String, crate::store::Retention)> = engine
+                    .versions
+                    .lock()
+                    .await
+                    .values()
+                    .map(|v| (v.route.id.clone(), v.route.retention.clone()))
+                    .filter(|(_, r)| r.max_age.is_some() || r.body_max_age.is_some() || r.max_messages.is_some())
+                    .collect();
+                let mut total = crate::store::Pruned::default();
+                for (route, policy) in policies {
+                    for _ in 0..100 {
+                        if stop.is_cancelled() {
+                            return;
+                        }
+                        match engine.store.prune(&route, &policy, 200).await {
+                            Ok(p) if p.deleted + p.bodies == 0 => break,
+                            Ok(p) => {
+                                total.deleted += p.deleted;
+                                total.bodies += p.bodies;
+                            }
+                            Err(e) => {
+                                tracing::warn!(route = %route, error = %e, "retention failed; trying again later");
+                                break;
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+                if total.deleted + total.bodies > 0 {
+                    let mut freed = 0;
+                    while let Ok(n) = engine.store.reclaim(2000).await {
+                        freed += n;
+                        if n == 0 || stop.is_cancelled() {
+                            break;
+                        }
+                    }
+                    tracing::info!(event = "retention", deleted = total.deleted, bodies = total.bodies, pages_freed = freed, "store pruned");
+                }
+            }
+        });
+    }
+
     /// Builds and starts a route version.
     pub(crate) fn start_version(&self, route: Arc<Route>) -> anyhow::Result<RouteVersion> {
         let running = Arc::new(build(&route, &self.listeners)?);

@@ -73,6 +73,9 @@ pub struct SettingsFile {
     pub log: LogSettings,
     #[serde(default)]
     pub admin: Option<AdminSettings>,
+    /// How often the routes' retention runs (default `30s`).
+    #[serde(default)]
+    pub retention_every: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -111,6 +114,8 @@ pub struct Settings {
     pub rotation: Rotation,
     pub log_level: Option<String>,
     pub admin: Option<(String, Option<String>)>,
+    /// How often retention runs.
+    pub retention_every: std::time::Duration,
 }
 
 impl Settings {
@@ -160,6 +165,11 @@ impl Settings {
                 keep: args.log_keep.or(file.log.keep).unwrap_or(defaults.keep),
             },
             log_level: file.log.level.clone(),
+            retention_every: std::env::var("SWITCHYARD_RETENTION_EVERY")
+                .ok()
+                .and_then(|v| humantime::parse_duration(&v).ok())
+                .or(file.retention_every.map(|d| d.0))
+                .unwrap_or(std::time::Duration::from_secs(30)),
             admin: match (&args.admin, &file.admin) {
                 (Some(a), f) => Some((
                     a.clone(),

@@ -167,3 +167,61 @@ fn a_damaged_store_gives_a_clear_error() {
     assert!(console.contains("restore the latest backup"), "{console}");
     assert!(!console.contains("panicked"));
 }
+
+fn db_size(ws: &Workspace) -> u64 {
+    std::fs::metadata(ws.path("data/switchyard.db"))
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
+#[test]
+fn retention_keeps_the_store_bounded_under_a_steady_feed() {
+    let ws = Workspace::new();
+    ws.write_route(
+        "r.yaml",
+        r#"from:
+  file: { path: inbox, settle: 50ms, poll_interval: 100ms }
+to:
+  - file: { path: outbox, on_clash: overwrite, name: "{{original_name}}" }
+retention:
+  max_age: 2s
+"#,
+    );
+    let engine = ws.start_with_env(&[("SWITCHYARD_RETENTION_EVERY", "500ms")]);
+    let body = vec![b'x'; 8 * 1024];
+    let mut sizes = Vec::new();
+    for wave in 0..4 {
+        for i in 0..400 {
+            ws.drop_file("inbox", &format!("w{wave}-{i:03}.dat"), &body);
+        }
+        let want = 400 * (wave + 1) as u64;
+        assert!(
+            wait_until(Duration::from_secs(60), || ws.files("outbox").len() as u64
+                == want),
+            "wave {wave}: {:?}",
+            ws.states()
+        );
+        std::thread::sleep(Duration::from_secs(3));
+        sizes.push(db_size(&ws));
+    }
+    let kept = ws.states().values().sum::<u64>();
+    println!("retention: store file after each wave of 400 × 8 KiB messages: {sizes:?} bytes; messages kept: {kept}");
+    // Each wave alone stores about 400 × 16 KiB (body as received + after the steps); without
+    // retention four waves would need four times the first size.
+    let peak = *sizes.iter().max().unwrap();
+    assert!(kept < 400, "old messages were not deleted: {kept}");
+    // Once the last wave is pruned too, the file gives its space back.
+    assert!(wait_until(Duration::from_secs(20), || ws
+        .states()
+        .values()
+        .sum::<u64>()
+        == 0));
+    std::thread::sleep(Duration::from_secs(2));
+    let end = db_size(&ws);
+    println!("retention: peak {peak} bytes, after the last prune {end} bytes");
+    assert!(
+        end < peak / 4,
+        "the store file did not shrink: {end} of {peak}"
+    );
+    engine.stop();
+}

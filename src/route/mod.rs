@@ -54,6 +54,9 @@ pub struct RouteFile {
     /// What to do with validation, transform and delivery errors.
     #[serde(default)]
     pub on_error: OnError,
+    /// How long finished messages are kept in the store.
+    #[serde(default)]
+    pub retention: crate::store::Retention,
     /// How many messages of this route run through the steps at the same time (default 4;
     /// 1 when a destination is `fifo`).
     #[serde(default)]
@@ -135,6 +138,7 @@ pub struct Route {
     pub destinations: Vec<DestinationSpec>,
     pub router: Arc<Router>,
     pub on_error: OnError,
+    pub retention: crate::store::Retention,
     pub concurrency: usize,
     /// The first step, when it is a split: adapters that read streams (files) split while
     /// they read, so a large input is never loaded whole.
@@ -346,6 +350,7 @@ pub fn load_file(path: &Path, endpoints: &Endpoints) -> Result<Route, Vec<Diagno
             _ => None,
         },
         on_error: file.on_error,
+        retention: file.retention,
         // Strict FIFO delivery needs the steps to finish in arrival order.
         concurrency: if fifo {
             1

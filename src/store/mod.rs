@@ -222,6 +222,28 @@ pub struct StoredMessage {
     pub received_at: SystemTime,
 }
 
+/// How long a route's finished messages are kept. Unset fields keep everything.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Delete finished messages this long after their last change.
+    #[serde(default)]
+    pub max_age: Option<crate::route::values::Duration>,
+    /// Drop the bodies (kept: headers, states, transitions) this long after the last change.
+    #[serde(default)]
+    pub body_max_age: Option<crate::route::values::Duration>,
+    /// Keep at most this many finished messages; the oldest go first.
+    #[serde(default)]
+    pub max_messages: Option<u64>,
+}
+
+/// What one prune did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub deleted: u64,
+    pub bodies: u64,
+}
+
 /// What `search` looks for; every field is optional.
 #[derive(Debug, Clone, Default)]
 pub struct Search {
@@ -360,6 +382,13 @@ pub trait Store: Send + Sync {
     /// deliveries), or to one destination only (that delivery is pending again). The running
     /// engine picks it up within seconds. Returns what was done, for the operator.
     async fn replay(&self, id: Uuid, destination: Option<&str>) -> StoreResult<String>;
+
+    /// Deletes (or strips the bodies of) up to `batch` finished messages of `route` that
+    /// `policy` no longer keeps. Messages with pending deliveries are never touched.
+    async fn prune(&self, route: &str, policy: &Retention, batch: usize) -> StoreResult<Pruned>;
+
+    /// Hands up to `pages` free pages back to the file system; returns how many it freed.
+    async fn reclaim(&self, pages: u32) -> StoreResult<u64>;
 
     /// Flushes and closes; later calls fail.
     async fn close(&self) -> StoreResult<()>;

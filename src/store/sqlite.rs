@@ -51,7 +51,9 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(10))?;
     // FULL: a commit survives power loss, not only a process crash — "stored" must mean stored.
-    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")?;
+    // auto_vacuum first: it only takes on a new database, and only before WAL mode is set;
+    // it lets retention hand freed pages back to the file system (the file shrinks).
+    conn.execute_batch("PRAGMA auto_vacuum=INCREMENTAL; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA journal_size_limit=67108864;")?;
     Ok(conn)
 }
 
@@ -237,8 +239,6 @@ fn write_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
 }
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    // Must precede the first table so freed pages can be handed back to the file system later.
-    conn.execute_batch("PRAGMA auto_vacuum=INCREMENTAL;")?;
     conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);")?;
     let version: Option<i64> = conn
         .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
@@ -269,6 +269,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         CREATE INDEX messages_route_state ON messages (route, state, id);
         CREATE INDEX messages_scheduled ON messages (route, next_attempt_at) WHERE next_attempt_at IS NOT NULL;
         CREATE INDEX messages_state ON messages (state, id);
+        CREATE INDEX messages_route_updated ON messages (route, updated_at);
         CREATE INDEX messages_parent ON messages (parent_id) WHERE parent_id IS NOT NULL;
         CREATE TABLE deliveries (
             id              INTEGER PRIMARY KEY,
@@ -964,6 +965,80 @@ impl Store for SqliteStore {
             })
             .await?;
         result.map_err(StoreError)
+    }
+
+    async fn prune(&self, route: &str, policy: &Retention, batch: usize) -> StoreResult<Pruned> {
+        let route = route.to_string();
+        let policy = policy.clone();
+        let batch = batch.max(1) as i64;
+        self.write(move |conn| {
+            let now = millis(SystemTime::now());
+            const FINISHED: &str = "state IN ('delivered','failed','filtered','unrouted','split','dead')
+                AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id AND d.state = 'pending')";
+            let mut doomed: Vec<String> = Vec::new();
+            if let Some(age) = policy.max_age {
+                let cutoff = now - age.0.as_millis() as i64;
+                let mut stmt = conn.prepare_cached(&format!(
+                    "SELECT id FROM messages WHERE route = ?1 AND updated_at < ?2 AND {FINISHED} ORDER BY id LIMIT ?3"
+                ))?;
+                doomed.extend(stmt.query_map(params![route, cutoff, batch], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()?);
+            }
+            if let Some(max) = policy.max_messages {
+                let room = batch - doomed.len() as i64;
+                if room > 0 {
+                    let mut stmt = conn.prepare_cached(&format!(
+                        "SELECT id FROM messages WHERE route = ?1 AND {FINISHED}
+                         AND id < (SELECT MIN(id) FROM (SELECT id FROM messages WHERE route = ?1 AND {FINISHED} ORDER BY id DESC LIMIT ?2))
+                         ORDER BY id LIMIT ?3"
+                    ))?;
+                    for id in stmt.query_map(params![route, max as i64, room], |r| r.get::<_, String>(0))? {
+                        let id = id?;
+                        if !doomed.contains(&id) {
+                            doomed.push(id);
+                        }
+                    }
+                }
+            }
+            for id in &doomed {
+                conn.prepare_cached("DELETE FROM transitions WHERE message_id = ?1")?.execute([id])?;
+                conn.prepare_cached("DELETE FROM deliveries WHERE message_id = ?1")?.execute([id])?;
+                conn.prepare_cached("DELETE FROM messages WHERE id = ?1")?.execute([id])?;
+            }
+            let mut bodies = 0;
+            if let Some(age) = policy.body_max_age {
+                let cutoff = now - age.0.as_millis() as i64;
+                bodies = conn
+                    .prepare_cached(&format!(
+                        "UPDATE messages SET body = NULL, out_body = NULL WHERE id IN (
+                           SELECT id FROM messages WHERE route = ?1 AND updated_at < ?2 AND {FINISHED}
+                           AND (body IS NOT NULL OR out_body IS NOT NULL) ORDER BY id LIMIT ?3)"
+                    ))?
+                    .execute(params![route, cutoff, batch])? as u64;
+            }
+            Ok(Pruned {
+                deleted: doomed.len() as u64,
+                bodies,
+            })
+        })
+        .await
+    }
+
+    async fn reclaim(&self, pages: u32) -> StoreResult<u64> {
+        let freed = self
+            .write(move |conn| {
+                let before: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+                conn.execute_batch(&format!("PRAGMA incremental_vacuum({pages})"))?;
+                let after: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+                Ok((before - after).max(0) as u64)
+            })
+            .await?;
+        if freed > 0 {
+            // The file itself shrinks when the WAL is checkpointed into it; do it now rather
+            // than at the next automatic checkpoint. (Outside the writer's transaction.)
+            self.read(|conn| conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())))
+                .await?;
+        }
+        Ok(freed)
     }
 
     async fn close(&self) -> StoreResult<()> {
