@@ -275,6 +275,10 @@ fn search_from(
         since: when("since")?,
         until: when("until")?,
         text: q.get("text").cloned(),
+        field: q
+            .get("field")
+            .and_then(|f| f.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string())),
         limit: q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(50),
     })
 }

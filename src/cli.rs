@@ -144,6 +144,9 @@ enum MessagesCommand {
         /// Text in the headers or the body.
         #[arg(long)]
         text: Option<String>,
+        /// An index field, `name=value` (see the route's `index:`): a look-up, not a scan.
+        #[arg(long, value_parser = parse_header)]
+        field: Option<(String, String)>,
         #[arg(long, default_value = "50")]
         limit: usize,
         /// JSON lines instead of a table.
@@ -196,6 +199,7 @@ fn messages(command: MessagesCommand, store: StoreArgs) -> ExitCode {
                 since,
                 until,
                 text,
+                field,
                 limit,
                 json,
             } => {
@@ -206,6 +210,7 @@ fn messages(command: MessagesCommand, store: StoreArgs) -> ExitCode {
                         since,
                         until,
                         text,
+                        field,
                         limit,
                     })
                     .await

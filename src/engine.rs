@@ -94,6 +94,8 @@ struct RunningRoute {
     scheduled: Arc<Notify>,
     /// Callers (HTTP `reply` mode) waiting for results.
     replies: Arc<Replies>,
+    /// The route's search fields.
+    index: Arc<crate::route::Index>,
 }
 
 impl RunningRoute {
@@ -303,6 +305,7 @@ impl Engine {
         intake.scheduled = running.scheduled.clone();
         intake.split_first = route.split_first.clone();
         intake.replies = running.replies.clone();
+        intake.index = running.index.clone();
         let inbound = spawn_inbound(&running, intake.clone(), intake_stop.clone());
         RouteVersion {
             route,
@@ -453,6 +456,7 @@ fn build(route: &Route, listeners: &Arc<Listeners>) -> anyhow::Result<RunningRou
         dead_letter,
         scheduled: Arc::new(Notify::new()),
         replies: Arc::new(Replies::default()),
+        index: route.index.clone(),
     })
 }
 
@@ -624,7 +628,6 @@ async fn process(route: &Arc<RunningRoute>, store: &dyn Store, work: Pending) {
             children: children
                 .into_iter()
                 .map(|msg| Insert {
-                    msg,
                     route_version: route.version.clone(),
                     state: MessageState::Received,
                     error: None,
@@ -632,6 +635,8 @@ async fn process(route: &Arc<RunningRoute>, store: &dyn Store, work: Pending) {
                     resume_step: resume_at,
                     scheduled: true,
                     wire_taps: Vec::new(),
+                    index: route.index.extract(&msg),
+                    msg,
                 })
                 .collect(),
         },

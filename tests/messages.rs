@@ -225,3 +225,51 @@ retention:
     );
     engine.stop();
 }
+
+#[test]
+fn index_fields_make_messages_findable_by_value() {
+    let ws = Workspace::new();
+    ws.write_route(
+        "r.yaml",
+        r#"from:
+  file: { path: inbox, settle: 50ms, poll_interval: 100ms }
+index:
+  order: 'body.order'
+  file: 'headers["file.name"]'
+  missing: 'body.nothing.deeper'
+to:
+  - file: { path: outbox }
+"#,
+    );
+    let engine = ws.start();
+    for i in 0..50 {
+        ws.drop_file(
+            "inbox",
+            &format!("o{i}.json"),
+            format!(r#"{{"order": {}}}"#, 1000 + i).as_bytes(),
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || ws.count("delivered") == 50),
+        "{:?}",
+        ws.states()
+    );
+    let (ok, out, err) = run(
+        &ws,
+        &["messages", "list", "--field", "order=1042", "--json"],
+    );
+    assert!(ok, "{err}");
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "{out}");
+    assert_eq!(rows[0]["headers"]["file.name"], "o42.json");
+    let (_, out, _) = run(&ws, &["messages", "list", "--field", "file=o7.json"]);
+    assert!(out.contains("1 message(s)"), "{out}");
+    // An expression that fails for a message leaves that field out, and costs nothing else.
+    let n = ws.query_pairs("SELECT name, COUNT(*) FROM message_index GROUP BY name");
+    assert_eq!(n.get("order"), Some(&50));
+    assert_eq!(n.get("missing"), None);
+    engine.stop();
+}

@@ -57,6 +57,10 @@ pub struct RouteFile {
     /// How long finished messages are kept in the store.
     #[serde(default)]
     pub retention: crate::store::Retention,
+    /// Search fields extracted when a message is stored: name to a Rhai expression over the
+    /// message as received (`order: 'body.order["@id"]'`, `patient: 'hl7(body, "PID-3.1")'`).
+    #[serde(default)]
+    pub index: serde_json::Map<String, serde_json::Value>,
     /// How many messages of this route run through the steps at the same time (default 4;
     /// 1 when a destination is `fifo`).
     #[serde(default)]
@@ -139,6 +143,8 @@ pub struct Route {
     pub router: Arc<Router>,
     pub on_error: OnError,
     pub retention: crate::store::Retention,
+    /// Compiled `index:` expressions.
+    pub index: Arc<Index>,
     pub concurrency: usize,
     /// The first step, when it is a split: adapters that read streams (files) split while
     /// they read, so a large input is never loaded whole.
@@ -158,6 +164,46 @@ impl Route {
             .iter()
             .filter(|d| d.kind == DeliveryKind::WireTap)
             .map(|d| d.name.clone())
+            .collect()
+    }
+}
+
+/// A route's search fields, compiled.
+#[derive(Default)]
+pub struct Index(pub Vec<(String, crate::script::Script)>);
+
+impl fmt::Debug for Index {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(n, _)| n))
+            .finish()
+    }
+}
+
+impl Index {
+    /// The fields' values for `msg`; a field whose expression fails or gives `()` is left
+    /// out (a search field must never cost a message).
+    pub fn extract(&self, msg: &crate::message::Message) -> Vec<(String, String)> {
+        if self.0.is_empty() {
+            return Vec::new();
+        }
+        let Ok(body) = crate::script::body_to_dynamic(msg) else {
+            return Vec::new();
+        };
+        self.0
+            .iter()
+            .filter_map(|(name, script)| {
+                let (v, _) = script.run(msg, body.clone()).ok()?;
+                if v.is_unit() {
+                    return None;
+                }
+                let text = if v.is_string() {
+                    v.into_string().ok()?
+                } else {
+                    v.to_string()
+                };
+                Some((name.clone(), text))
+            })
             .collect()
     }
 }
@@ -280,6 +326,41 @@ pub fn load_file(path: &Path, endpoints: &Endpoints) -> Result<Route, Vec<Diagno
             Err(e) => problems.push(step_diagnostic(path, &source, i, &name, e)),
         }
     }
+    let mut index = Index::default();
+    if !file.index.is_empty() {
+        let limits = crate::script::Limits::default();
+        match crate::steps::script_engine(&Default::default(), &limits, &cx) {
+            Ok(engine) => {
+                for (name, expr) in &file.index {
+                    let compiled = expr
+                        .as_str()
+                        .ok_or_else(|| "write the expression as a string".to_string())
+                        .and_then(|e| {
+                            crate::script::Script::compile_expression(engine.clone(), &limits, e)
+                                .map_err(|e| e.message)
+                        });
+                    match compiled {
+                        Ok(s) => index.0.push((name.clone(), s)),
+                        Err(e) => {
+                            let (line, column) = yaml::locate_key(&source, name).unwrap_or((1, 1));
+                            problems.push(Diagnostic {
+                                file: path.to_path_buf(),
+                                line,
+                                column,
+                                message: format!("index.{name}: {e}"),
+                            });
+                        }
+                    }
+                }
+            }
+            Err(e) => problems.push(Diagnostic {
+                file: path.to_path_buf(),
+                line: 1,
+                column: 1,
+                message: e.message,
+            }),
+        }
+    }
     let router = match Router::build(&file.to, file.route.as_ref(), &cx) {
         Ok(r) => Some(Arc::new(r)),
         Err((name, e)) => {
@@ -351,6 +432,7 @@ pub fn load_file(path: &Path, endpoints: &Endpoints) -> Result<Route, Vec<Diagno
         },
         on_error: file.on_error,
         retention: file.retention,
+        index: Arc::new(index),
         // Strict FIFO delivery needs the steps to finish in arrival order.
         concurrency: if fifo {
             1

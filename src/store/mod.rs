@@ -115,6 +115,8 @@ pub struct Insert {
     pub scheduled: bool,
     /// Wire-tap destinations that get a copy of the message as received.
     pub wire_taps: Vec<String>,
+    /// Search fields extracted from the message (`order` = `123`), see the route's `index:`.
+    pub index: Vec<(String, String)>,
 }
 
 /// A stored message waiting for its steps.
@@ -253,6 +255,8 @@ pub struct Search {
     pub until: Option<SystemTime>,
     /// Text in the headers or the body (as received or after the steps).
     pub text: Option<String>,
+    /// An index field and its value: a look-up, not a scan.
+    pub field: Option<(String, String)>,
     pub limit: usize,
 }
 

@@ -286,6 +286,13 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         );
         CREATE INDEX deliveries_due ON deliveries (route, destination, state, next_attempt_at, id);
         CREATE INDEX deliveries_message ON deliveries (message_id);
+        CREATE TABLE message_index (
+            name        TEXT NOT NULL,
+            value       TEXT NOT NULL,
+            message_id  TEXT NOT NULL
+        );
+        CREATE INDEX message_index_lookup ON message_index (name, value);
+        CREATE INDEX message_index_message ON message_index (message_id);
         CREATE TABLE transitions (
             id          INTEGER PRIMARY KEY,
             message_id  TEXT NOT NULL,
@@ -467,6 +474,12 @@ impl Store for SqliteStore {
                     ins.scheduled.then_some(now),
                 ])?;
                 transition(conn, &id, received, "received", None, ins.state.as_str(), None, ins.error.as_deref())?;
+                for (name, value) in &ins.index {
+                    conn.prepare_cached(
+                        "INSERT INTO message_index (name, value, message_id) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![name, value, id])?;
+                }
                 for tap in &ins.wire_taps {
                     add_delivery(conn, &id, &m.route, tap, DeliveryKind::WireTap, "in", now)?;
                 }
@@ -841,6 +854,7 @@ impl Store for SqliteStore {
         let (route, state) = (f.route.clone(), f.state.map(|s| s.as_str().to_string()));
         let (since, until) = (f.since.map(millis), f.until.map(millis));
         let text = f.text.clone();
+        let (fname, fvalue) = f.field.clone().unzip();
         let limit = f.limit.max(1) as i64;
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
@@ -848,9 +862,10 @@ impl Store for SqliteStore {
                  AND (?3 IS NULL OR received_at >= ?3) AND (?4 IS NULL OR received_at <= ?4)
                  AND (?5 IS NULL OR instr(headers, ?5) > 0 OR instr(CAST(body AS TEXT), ?5) > 0
                       OR instr(COALESCE(out_headers, ''), ?5) > 0 OR instr(CAST(COALESCE(out_body, '') AS TEXT), ?5) > 0)
+                 AND (?7 IS NULL OR id IN (SELECT message_id FROM message_index WHERE name = ?7 AND value = ?8))
                  ORDER BY id DESC LIMIT ?6"
             ))?;
-            let rows = stmt.query_map(params![route, state, since, until, text, limit], stored_row)?;
+            let rows = stmt.query_map(params![route, state, since, until, text, limit, fname, fvalue], stored_row)?;
             rows.collect()
         })
         .await
@@ -1002,6 +1017,7 @@ impl Store for SqliteStore {
             for id in &doomed {
                 conn.prepare_cached("DELETE FROM transitions WHERE message_id = ?1")?.execute([id])?;
                 conn.prepare_cached("DELETE FROM deliveries WHERE message_id = ?1")?.execute([id])?;
+                conn.prepare_cached("DELETE FROM message_index WHERE message_id = ?1")?.execute([id])?;
                 conn.prepare_cached("DELETE FROM messages WHERE id = ?1")?.execute([id])?;
             }
             let mut bodies = 0;

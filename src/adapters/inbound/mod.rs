@@ -115,6 +115,8 @@ pub struct Intake {
     pub(crate) split_first: Option<Arc<Split>>,
     /// Where callers wait for a message's result (request-reply).
     pub(crate) replies: Arc<Replies>,
+    /// The route's search fields, extracted as each message is stored.
+    pub(crate) index: Arc<crate::route::Index>,
 }
 
 /// A message's result after its steps, for adapters that answer with it.
@@ -174,10 +176,12 @@ impl Intake {
             scheduled: Arc::new(Notify::new()),
             split_first: None,
             replies: Arc::new(Replies::default()),
+            index: Arc::new(crate::route::Index::default()),
         }
     }
 
     fn insert(&self, msg: Message, state: MessageState, error: Option<&str>) -> Insert {
+        let index = self.index.extract(&msg);
         Insert {
             msg,
             route_version: self.version.clone(),
@@ -187,6 +191,7 @@ impl Intake {
             resume_step: 0,
             scheduled: false,
             wire_taps: self.wire_taps.iter().map(|(n, _)| n.clone()).collect(),
+            index,
         }
     }
 
@@ -301,6 +306,7 @@ impl Intake {
         let parent_id = parent.id;
         let (tx, mut rx) = mpsc::channel::<Vec<Insert>>(2);
         let (route_version, p, sp) = (self.version.clone(), parent.clone(), split.clone());
+        let fields = self.index.clone();
         // Reading and splitting block: do them on a blocking thread, handing batches over a
         // small channel so that reading waits for the store (backpressure, bounded memory).
         let reader = tokio::task::spawn_blocking(move || {
@@ -309,6 +315,7 @@ impl Intake {
             let result = read(&mut |body: Bytes| {
                 index += 1;
                 let child = sp.child(&p, index, body);
+                let extracted = fields.extract(&child);
                 batch.push(Insert {
                     msg: child,
                     route_version: route_version.clone(),
@@ -318,6 +325,7 @@ impl Intake {
                     resume_step: 1,
                     scheduled: true,
                     wire_taps: Vec::new(),
+                    index: extracted,
                 });
                 if batch.len() == BATCH {
                     tx.blocking_send(std::mem::take(&mut batch))
