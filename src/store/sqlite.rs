@@ -1109,6 +1109,7 @@ mod tests {
             resume_step: 0,
             scheduled: false,
             wire_taps: Vec::new(),
+            index: vec![("order".into(), "17".into())],
         };
         (msg, ins)
     }
