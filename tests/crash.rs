@@ -1,0 +1,192 @@
+//! Crash safety with the real binary: SIGKILL while messages are in their steps and while
+//! they are being delivered, and an output disk that fills up. After a restart (or once there
+//! is room again) nothing is lost; duplicates are counted and printed.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// Inputs stored more than once, and output files beyond one per input.
+fn duplicates(ws: &Workspace, total: usize, out_dir: &str) -> (usize, usize) {
+    let stored_twice = ws
+        .query_pairs("SELECT json_extract(headers, '$.\"file.name\"'), COUNT(*) FROM messages GROUP BY 1 HAVING COUNT(*) > 1")
+        .len();
+    (stored_twice, ws.files(out_dir).len().saturating_sub(total))
+}
+
+fn all_outputs_present(ws: &Workspace, total: usize, out_dir: &str, ext: &str) -> Vec<usize> {
+    let outputs: BTreeSet<String> = ws.files(out_dir).into_iter().collect();
+    (0..total)
+        .filter(|i| !outputs.contains(&format!("m{i:04}.{ext}")))
+        .collect()
+}
+
+#[test]
+fn sigkill_during_steps_and_during_delivery_loses_nothing() {
+    let ws = Workspace::new();
+    // Slow steps (a busy script) and a strictly one-at-a-time destination, so that at the kill
+    // many messages are in their steps or waiting for delivery.
+    ws.write_route(
+        "slow.yaml",
+        r#"from:
+  file: { path: inbox, settle: 50ms, poll_interval: 100ms }
+concurrency: 2
+steps:
+  - transform:
+      script: 'let i = 0; while i < 20000 { i += 1; } body = body + " done";'
+to:
+  - file:
+      path: outbox
+      name: "{{original_stem}}.out"
+      delivery: { ordering: fifo }
+"#,
+    );
+    let total = 400;
+    for i in 0..total {
+        ws.drop_file(
+            "inbox",
+            &format!("m{i:04}.txt"),
+            format!("message {i}").as_bytes(),
+        );
+    }
+    let engine = ws.start();
+    let mid = wait_until(Duration::from_secs(120), || {
+        let s = ws.states();
+        s.get("delivered").copied().unwrap_or(0) >= 40
+            && s.get("received").copied().unwrap_or(0) > 0
+    });
+    assert!(mid, "never caught it mid-way: {:?}", ws.states());
+    engine.kill();
+    let at_kill = ws.states();
+
+    let engine = ws.start();
+    assert!(
+        wait_until(Duration::from_secs(180), || ws.count("delivered") as usize
+            >= total
+            && ws.files("inbox").is_empty()),
+        "{:?}",
+        ws.states()
+    );
+    let (status, _) = engine.stop();
+    assert!(status.success());
+    let missing = all_outputs_present(&ws, total, "outbox", "out");
+    assert!(missing.is_empty(), "lost: {missing:?}");
+    let content = std::fs::read_to_string(ws.path("outbox/m0123.out")).unwrap();
+    assert_eq!(content, "message 123 done");
+    let unfinished = ws.count("received") + ws.count("delivering");
+    assert_eq!(unfinished, 0);
+    let (stored_twice, extra_outputs) = duplicates(&ws, total, "outbox");
+    println!("crash (steps and delivery): at kill {at_kill:?}; inputs stored twice: {stored_twice}; extra output files: {extra_outputs}");
+    assert!(stored_twice <= 16 && extra_outputs == 0);
+}
+
+fn mount_tmpfs(dir: &std::path::Path, size: &str) -> bool {
+    std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn a_full_output_disk_holds_deliveries_until_there_is_room() {
+    let ws = Workspace::new();
+    let out = ws.path("outbox");
+    // A 256 KiB file system for the output, where the test can mount one (it runs as root in
+    // CI); otherwise a read-only directory.
+    let tmpfs = mount_tmpfs(&out, "256k");
+    if !tmpfs {
+        let mut perm = std::fs::metadata(&out).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o555);
+        std::fs::set_permissions(&out, perm).unwrap();
+    }
+    println!(
+        "disk full test on {}",
+        if tmpfs {
+            "a 256 KiB tmpfs"
+        } else {
+            "a read-only directory"
+        }
+    );
+    ws.write_route(
+        "big.yaml",
+        r#"from:
+  file: { path: inbox, settle: 50ms, poll_interval: 100ms }
+to:
+  - file:
+      path: outbox
+      name: "{{original_name}}"
+      delivery: { retry: { max_attempts: 1000, backoff: 100ms, max_backoff: 500ms } }
+"#,
+    );
+    let engine = ws.start();
+    let total = 24;
+    let body = vec![b'z'; 60 * 1024];
+    for i in 0..total {
+        ws.drop_file("inbox", &format!("m{i:04}.dat"), &body);
+    }
+    // Some fit, the rest fail with "no space" (or "permission denied") and are retried.
+    let stuck = wait_until(Duration::from_secs(30), || {
+        ws.query_pairs(
+            "SELECT outcome, COUNT(*) FROM transitions WHERE event = 'attempt' GROUP BY outcome",
+        )
+        .get("retry")
+        .copied()
+        .unwrap_or(0)
+            >= 5
+    });
+    assert!(stuck, "{:?}", ws.states());
+    let errors = ws.query_pairs("SELECT last_error, 1 FROM deliveries WHERE state = 'pending'");
+    assert!(
+        errors
+            .keys()
+            .any(|e| e.contains("No space left on device") || e.contains("Permission denied")),
+        "{errors:?}"
+    );
+    // Make room: an operator moves the written files away, or fixes the permissions.
+    let saved = ws.path("saved");
+    std::fs::create_dir_all(&saved).unwrap();
+    if !tmpfs {
+        let mut perm = std::fs::metadata(&out).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(&out, perm).unwrap();
+    }
+    let all = wait_until(Duration::from_secs(90), || {
+        for f in ws.files("outbox") {
+            let _ = std::fs::copy(out.join(&f), saved.join(&f))
+                .and_then(|_| std::fs::remove_file(out.join(&f)));
+        }
+        ws.count("delivered") == total as u64
+    });
+    for f in ws.files("outbox") {
+        let _ = std::fs::copy(out.join(&f), saved.join(&f));
+    }
+    engine.stop();
+    if tmpfs {
+        let _ = std::process::Command::new("umount").arg(&out).status();
+    }
+    assert!(all, "{:?}", ws.states());
+    let saved_files: BTreeSet<String> = std::fs::read_dir(&saved)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    let missing: Vec<usize> = (0..total)
+        .filter(|i| !saved_files.contains(&format!("m{i:04}.dat")))
+        .collect();
+    assert!(missing.is_empty(), "lost: {missing:?}");
+    for f in &saved_files {
+        assert_eq!(
+            std::fs::metadata(saved.join(f)).unwrap().len(),
+            60 * 1024,
+            "{f} is incomplete"
+        );
+    }
+    println!(
+        "disk full: {total} messages, all delivered whole once there was room; {} files",
+        saved_files.len()
+    );
+}
