@@ -152,7 +152,12 @@ impl Engine {
                     .await
                     .values()
                     .map(|v| (v.route.id.clone(), v.route.retention.clone()))
-                    .filter(|(_, r)| r.max_age.is_some() || r.body_max_age.is_some() || r.max_messages.is_some())
+                    .filter(|(_, r)| {
+                        r.max_age.is_some()
+                            || r.body_max_age.is_some()
+                            || r.max_messages.is_some()
+                            || r.max_bytes.is_some()
+                    })
                     .collect();
                 let mut total = crate::store::Pruned::default();
                 for (route, policy) in policies {

@@ -237,6 +237,10 @@ pub struct Retention {
     /// Keep at most this many finished messages; the oldest go first.
     #[serde(default)]
     pub max_messages: Option<u64>,
+    /// Keep the route's stored bodies under this size (`2GiB`); the oldest finished messages go
+    /// first.
+    #[serde(default)]
+    pub max_bytes: Option<crate::route::values::ByteSize>,
 }
 
 /// What one prune did.

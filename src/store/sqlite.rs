@@ -1014,6 +1014,33 @@ impl Store for SqliteStore {
                     }
                 }
             }
+            if let Some(max) = policy.max_bytes {
+                let room = batch - doomed.len() as i64;
+                let used: i64 = conn
+                    .prepare_cached(
+                        "SELECT COALESCE(SUM(COALESCE(length(body), 0) + COALESCE(length(out_body), 0)), 0)
+                         FROM messages WHERE route = ?1",
+                    )?
+                    .query_row([&route], |r| r.get(0))?;
+                if room > 0 && used as u64 > max.0 {
+                    // Oldest first, until enough is freed (at most one batch per call).
+                    let mut over = used as u64 - max.0;
+                    let mut stmt = conn.prepare_cached(&format!(
+                        "SELECT id, COALESCE(length(body), 0) + COALESCE(length(out_body), 0) FROM messages
+                         WHERE route = ?1 AND {FINISHED} ORDER BY id LIMIT ?2"
+                    ))?;
+                    for row in stmt.query_map(params![route, room], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+                        let (id, size) = row?;
+                        if over == 0 {
+                            break;
+                        }
+                        over = over.saturating_sub(size.max(0) as u64);
+                        if !doomed.contains(&id) {
+                            doomed.push(id);
+                        }
+                    }
+                }
+            }
             for id in &doomed {
                 conn.prepare_cached("DELETE FROM transitions WHERE message_id = ?1")?.execute([id])?;
                 conn.prepare_cached("DELETE FROM deliveries WHERE message_id = ?1")?.execute([id])?;
@@ -1368,5 +1395,48 @@ mod tests {
         assert!(kids.iter().all(|k| k.resume_step == 1));
         let kid = store.message(kids[0].msg.id).await.unwrap().unwrap();
         assert_eq!(kid.parent, Some(parent.id));
+    }
+
+    #[tokio::test]
+    async fn retention_by_age_count_and_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let mut ids = Vec::new();
+        for i in 0..10 {
+            let (m, ins) = insert("r", &"x".repeat(1000 + i));
+            store.insert(vec![ins]).await.unwrap();
+            let routed = Processed::Unrouted {
+                headers: Headers::new(),
+                body: Bytes::from(vec![b'y'; 1000]),
+            };
+            store.finish_steps(m.id, vec![], routed).await.unwrap();
+            ids.push(m.id);
+        }
+        let (pending, ins) = insert("r", "still working");
+        store.insert(vec![ins]).await.unwrap();
+        // By size: 10 finished messages of about 2 KB each, kept under 9 KB: the oldest go.
+        let by_size = Retention {
+            max_bytes: Some(crate::route::values::ByteSize(9000)),
+            ..Retention::default()
+        };
+        let p = store.prune("r", &by_size, 100).await.unwrap();
+        assert_eq!(p.deleted, 6);
+        assert!(store.message(ids[0]).await.unwrap().is_none());
+        assert!(store.message(ids[9]).await.unwrap().is_some());
+        // By count.
+        let by_count = Retention {
+            max_messages: Some(2),
+            ..Retention::default()
+        };
+        assert_eq!(store.prune("r", &by_count, 100).await.unwrap().deleted, 2);
+        // By age: everything finished goes; the unfinished message stays.
+        let by_age = Retention {
+            max_age: Some(crate::route::values::Duration::from_millis(0)),
+            ..Retention::default()
+        };
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(store.prune("r", &by_age, 100).await.unwrap().deleted, 2);
+        assert!(store.message(pending.id).await.unwrap().is_some());
+        assert!(store.reclaim(1000).await.unwrap() > 0);
     }
 }
