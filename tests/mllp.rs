@@ -19,27 +19,6 @@ OBX|1|NM|4548-4^HbA1c^LN||6.1|%|4.0-5.6|H\r"
     )
 }
 
-fn ensure_python_hl7() {
-    let have = Command::new("python3")
-        .args(["-c", "import hl7.client"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !have {
-        let ok = Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "hl7",
-            ])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "could not install the hl7 package from PyPI");
-    }
-}
-
 fn tcp_addr(ws: &Workspace) -> String {
     let mut found = None;
     wait_until(Duration::from_secs(20), || {
@@ -81,7 +60,7 @@ fn read_frame(stream: &mut TcpStream) -> String {
 
 #[test]
 fn a_real_hl7_client_gets_aa_acks_after_commit() {
-    ensure_python_hl7();
+    common::net::ensure_python_package("hl7.client", "hl7");
     let ws = Workspace::new();
     ws.write_route(
         "lab.yaml",

@@ -32,6 +32,34 @@ impl Listeners {
         }
     }
 
+    /// The listener an adapter bound at build (`bound`), or after a pause the one it handed
+    /// back, ready for tokio.
+    pub fn acquire(
+        &self,
+        bound: &Mutex<Option<TcpListener>>,
+        addr: &str,
+    ) -> anyhow::Result<tokio::net::TcpListener> {
+        let taken = bound
+            .lock()
+            .map_err(|_| anyhow::anyhow!("listener lock poisoned"))?
+            .take();
+        let std_listener = match taken {
+            Some(l) => l,
+            None => self
+                .take_or_bind(addr)
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?,
+        };
+        Ok(tokio::net::TcpListener::from_std(std_listener)?)
+    }
+
+    /// Keeps an adapter's socket open for the route's next version (a reload); the engine
+    /// closes it when no version wants it.
+    pub fn release(&self, addr: &str, listener: tokio::net::TcpListener) {
+        if let Ok(std) = listener.into_std() {
+            self.give_back(addr, std);
+        }
+    }
+
     /// Closes the listeners no running route uses any more.
     pub fn retain(&self, in_use: impl Fn(&str) -> bool) {
         if let Ok(mut m) = self.0.lock() {

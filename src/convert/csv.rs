@@ -70,6 +70,21 @@ pub fn ascii(c: char, what: &str) -> Result<u8, String> {
 
 pub fn csv_to_value(body: &[u8], opts: &ReadOptions) -> Result<Value, String> {
     crate::message::utf8(body, "CSV")?;
+    let mut out = Vec::new();
+    for_each_record(body, opts, &mut |v| {
+        out.push(v);
+        Ok(())
+    })?;
+    Ok(Value::Array(out))
+}
+
+/// Reads CSV from `input` one record at a time (objects by the header row or `columns`, or
+/// arrays without), handing each to `emit`: memory holds one record, however long the input.
+pub fn for_each_record(
+    input: impl std::io::Read,
+    opts: &ReadOptions,
+    emit: &mut dyn FnMut(Value) -> Result<(), String>,
+) -> Result<(), String> {
     let mut reader = ::csv::ReaderBuilder::new()
         .delimiter(ascii(opts.delimiter, "delimiter")?)
         .quote(ascii(opts.quote, "quote")?)
@@ -80,7 +95,7 @@ pub fn csv_to_value(body: &[u8], opts: &ReadOptions) -> Result<Value, String> {
         } else {
             ::csv::Trim::None
         })
-        .from_reader(body);
+        .from_reader(input);
     let located = |e: ::csv::Error| match e.position() {
         Some(p) => format!("CSV error at line {}: {e}", p.line()),
         None => format!("CSV error: {e}"),
@@ -97,7 +112,6 @@ pub fn csv_to_value(body: &[u8], opts: &ReadOptions) -> Result<Value, String> {
         ),
         (None, false) => None,
     };
-    let mut out = Vec::new();
     for record in reader.records() {
         let record = record.map_err(located)?;
         let value = match &names {
@@ -119,9 +133,9 @@ pub fn csv_to_value(body: &[u8], opts: &ReadOptions) -> Result<Value, String> {
             }
             None => Value::Array(record.iter().map(|f| Value::String(f.into())).collect()),
         };
-        out.push(value);
+        emit(value)?;
     }
-    Ok(Value::Array(out))
+    Ok(())
 }
 
 fn field(v: &Value) -> String {

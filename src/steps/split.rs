@@ -236,58 +236,9 @@ fn split_csv(
     o: &CsvOptions,
     emit: &mut dyn FnMut(Vec<u8>) -> Result<(), String>,
 ) -> Result<(), String> {
-    let mut reader = csv::ReaderBuilder::new()
-        .delimiter(ascii(o.delimiter, "delimiter")?)
-        .quote(ascii(o.quote, "quote")?)
-        .has_headers(o.header)
-        .flexible(true)
-        .trim(if o.trim {
-            csv::Trim::All
-        } else {
-            csv::Trim::None
-        })
-        .from_reader(input);
-    let located = |e: csv::Error| match e.position() {
-        Some(p) => format!("CSV error at line {}: {e}", p.line()),
-        None => format!("CSV error: {e}"),
-    };
-    let names: Option<Vec<String>> = match (&o.columns, o.header) {
-        (Some(c), _) => Some(c.clone()),
-        (None, true) => Some(
-            reader
-                .headers()
-                .map_err(located)?
-                .iter()
-                .map(str::to_string)
-                .collect(),
-        ),
-        (None, false) => None,
-    };
-    for record in reader.records() {
-        let record = record.map_err(located)?;
-        let value = match &names {
-            Some(names) => {
-                if record.len() != names.len() {
-                    let line = record.position().map(|p| p.line()).unwrap_or(0);
-                    return Err(format!(
-                        "CSV line {line} has {} fields but there are {} columns ({})",
-                        record.len(),
-                        names.len(),
-                        names.join(", ")
-                    ));
-                }
-                let obj: serde_json::Map<String, serde_json::Value> = names
-                    .iter()
-                    .zip(record.iter())
-                    .map(|(n, f)| (n.clone(), serde_json::Value::String(f.to_string())))
-                    .collect();
-                serde_json::Value::Object(obj)
-            }
-            None => serde_json::Value::Array(record.iter().map(|f| f.into()).collect()),
-        };
-        emit(serde_json::to_vec(&value).map_err(|e| e.to_string())?)?;
-    }
-    Ok(())
+    crate::convert::csv::for_each_record(input, o, &mut |record| {
+        emit(serde_json::to_vec(&record).map_err(|e| e.to_string())?)
+    })
 }
 
 /// Streams the items of a top-level JSON array, one at a time.

@@ -127,7 +127,7 @@ pub struct SmtpSink {
 
 impl SmtpSink {
     pub fn start(dir: &Path, transient_failures: u32) -> SmtpSink {
-        ensure_aiosmtpd();
+        ensure_python_package("aiosmtpd", "aiosmtpd");
         std::fs::create_dir_all(dir).unwrap();
         let port = free_port();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smtp_sink.py");
@@ -173,29 +173,34 @@ impl Drop for SmtpSink {
     }
 }
 
-fn ensure_aiosmtpd() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let have = Command::new("python3")
-            .args(["-c", "import aiosmtpd"])
+/// Installs a package from PyPI for a test's real peer (an SMTP server, an HL7 client) when
+/// `import` fails; the test fails clearly when it cannot be installed.
+pub fn ensure_python_package(import: &str, package: &str) {
+    static DONE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut done = DONE.lock().unwrap();
+    if done.iter().any(|p| p == package) {
+        return;
+    }
+    let have = Command::new("python3")
+        .args(["-c", &format!("import {import}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        let ok = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                package,
+            ])
             .status()
             .is_ok_and(|s| s.success());
-        if !have {
-            let ok = Command::new("python3")
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                    "aiosmtpd",
-                ])
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(
-                ok,
-                "could not install aiosmtpd from PyPI (needed for the SMTP tests)"
-            );
-        }
-    });
+        assert!(
+            ok,
+            "could not install {package} from PyPI (needed by this test)"
+        );
+    }
+    done.push(package.to_string());
 }

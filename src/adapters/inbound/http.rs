@@ -430,20 +430,7 @@ fn reply_answer(id: uuid::Uuid, reply: Reply) -> Answer {
 #[async_trait]
 impl Inbound for HttpInbound {
     async fn run(&self, intake: Intake, shutdown: CancellationToken) -> anyhow::Result<()> {
-        // The listener bound at build; after a pause, the one handed back on the way out.
-        let bound = self
-            .listener
-            .lock()
-            .map_err(|_| anyhow::anyhow!("listener lock poisoned"))?
-            .take();
-        let std_listener = match bound {
-            Some(l) => l,
-            None => self
-                .listeners
-                .take_or_bind(&self.cfg.listen)
-                .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", self.cfg.listen))?,
-        };
-        let listener = tokio::net::TcpListener::from_std(std_listener)?;
+        let listener = self.listeners.acquire(&self.listener, &self.cfg.listen)?;
         tracing::info!(route = %intake.route, listen = %listener.local_addr()?, "HTTP listener ready");
         let mut connections = JoinSet::new();
         loop {
@@ -491,11 +478,7 @@ impl Inbound for HttpInbound {
                 }
             });
         }
-        // The socket stays open for the route's next version (a reload), or is closed by the
-        // engine when no version wants it.
-        if let Ok(std) = listener.into_std() {
-            self.listeners.give_back(&self.cfg.listen, std);
-        }
+        self.listeners.release(&self.cfg.listen, listener);
         // Requests in flight finish (their messages are being committed); idle ones close.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
             while connections.join_next().await.is_some() {}
