@@ -1,0 +1,230 @@
+//! End-to-end scenarios against the real (release) binary with the durable store
+//! (`synchronous=FULL`, group commit), printed as one table:
+//! `cargo bench --bench e2e`. `BENCH_SCALE=0.01` runs tiny counts (what CI does, to keep the
+//! command from rotting); `BENCH_SECONDS` sets the HTTP run length (default 20).
+//!
+//! Columns: messages, msg/s, latency p50/p99 (HTTP: request to 202; MLLP: message to ACK),
+//! engine CPU seconds per 1,000 messages, and the engine's peak RSS.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+struct Row {
+    scenario: String,
+    messages: usize,
+    seconds: f64,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    cpu_per_1000: f64,
+    rss_mib: f64,
+}
+
+fn scale() -> f64 {
+    std::env::var("BENCH_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0)
+}
+
+fn scaled(n: usize) -> usize {
+    ((n as f64 * scale()).round() as usize).max(1)
+}
+
+/// (CPU seconds, peak RSS in KiB) of a process, from /proc.
+fn usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let hz = 100.0; // USER_HZ on Linux
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (ticks / hz, rss)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+const TRANSFORM: &str = "  - transform: { script: 'body.received = now(); body.source = \"bench\";' }\n";
+
+fn file_scenario() -> Row {
+    let n = scaled(10_000);
+    let ws = Workspace::new();
+    ws.write_route(
+        "file.yaml",
+        &format!(
+            "from:\n  file: {{ path: inbox, pattern: \"*.xml\", settle: 100ms, poll_interval: 200ms }}\nsteps:\n  - xml_to_json: {{}}\n{TRANSFORM}to:\n  - file: {{ path: outbox, name: \"{{{{original_stem}}}}.json\" }}\n"
+        ),
+    );
+    let engine = ws.start_with_env(&[("SWITCHYARD_LOG", "warn")]);
+    std::thread::sleep(Duration::from_millis(500));
+    let filler = "x".repeat(800);
+    let started = Instant::now();
+    for i in 0..n {
+        ws.drop_file("inbox", &format!("o{i:06}.xml"), format!("<order id=\"{i}\"><note>{filler}</note></order>").as_bytes());
+    }
+    assert!(wait_until(Duration::from_secs(1800), || ws.count("delivered") == n as u64), "{:?}", ws.states());
+    let seconds = started.elapsed().as_secs_f64();
+    let (cpu, rss) = usage(engine.pid());
+    engine.stop();
+    Row { scenario: "file (xml_to_json + transform)".into(), messages: n, seconds, p50_ms: None, p99_ms: None, cpu_per_1000: cpu / n as f64 * 1000.0, rss_mib: rss as f64 / 1024.0 }
+}
+
+fn http_scenario(connections: usize, with_transform: bool) -> Row {
+    let secs: f64 = std::env::var("BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20.0) * scale().min(1.0).max(0.05);
+    let ws = Workspace::new();
+    let steps = if with_transform { format!("steps:\n{TRANSFORM}") } else { String::new() };
+    ws.write_route(
+        "http.yaml",
+        &format!("from:\n  http: {{ listen: 127.0.0.1:0 }}\n{steps}to:\n  - file: {{ path: outbox }}\n"),
+    );
+    let engine = ws.start_with_env(&[("SWITCHYARD_LOG", "warn,switchyard::adapters::inbound::http=info")]);
+    let addr = ws.http_addr();
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let started = Instant::now();
+    let threads: Vec<_> = (0..connections)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                // A keep-alive HTTP/1.1 client on one connection, one request at a time.
+                let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+                s.set_nodelay(true).ok();
+                let body = br#"{"order": 42, "lines": [1, 2, 3]}"#;
+                let req = format!(
+                    "POST / HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                let mut lat = Vec::new();
+                let mut buf = vec![0u8; 4096];
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    s.write_all(req.as_bytes()).unwrap();
+                    s.write_all(body).unwrap();
+                    let mut got = 0;
+                    loop {
+                        let n = s.read(&mut buf[got..]).expect("read");
+                        assert!(n > 0, "closed");
+                        got += n;
+                        let text = &buf[..got];
+                        if let Some(end) = text.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&text[..end]);
+                            let len: usize = head
+                                .lines()
+                                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                                .unwrap_or(0);
+                            if got >= end + 4 + len {
+                                assert!(head.starts_with("HTTP/1.1 202"), "{head}");
+                                break;
+                            }
+                        }
+                    }
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().expect("client")).collect();
+    let accepted = lat.len();
+    let elapsed = started.elapsed().as_secs_f64();
+    // The backlog must drain: wait until every accepted message is delivered.
+    assert!(wait_until(Duration::from_secs(1800), || ws.count("delivered") == accepted as u64), "{:?}", ws.states());
+    let drained = started.elapsed().as_secs_f64() - elapsed;
+    let (cpu, rss) = usage(engine.pid());
+    engine.stop();
+    lat.sort();
+    Row {
+        scenario: format!("http {connections} conn{}{} (drain {drained:.1}s)", if connections > 1 { "s" } else { "" }, if with_transform { " + transform" } else { "" }),
+        messages: accepted,
+        seconds: elapsed,
+        p50_ms: Some(percentile(&lat, 0.5)),
+        p99_ms: Some(percentile(&lat, 0.99)),
+        cpu_per_1000: cpu / accepted.max(1) as f64 * 1000.0,
+        rss_mib: rss as f64 / 1024.0,
+    }
+}
+
+fn mllp_scenario() -> Row {
+    let per = scaled(1000);
+    let connections = 8;
+    let ws = Workspace::new();
+    ws.write_route(
+        "lab.yaml",
+        "from:\n  tcp: { listen: 127.0.0.1:0 }\nsteps:\n  - hl7: {}\nto:\n  - file: { path: outbox, name: \"{{header.hl7.control_id}}.hl7\" }\n",
+    );
+    let engine = ws.start_with_env(&[("SWITCHYARD_LOG", "warn,switchyard::adapters::inbound::tcp=info")]);
+    let mut addr = None;
+    wait_until(Duration::from_secs(30), || {
+        addr = ws.log_events().iter().find(|e| e["message"] == "TCP listener ready").and_then(|e| e["listen"].as_str().map(str::to_string));
+        addr.is_some()
+    });
+    let addr = addr.expect("listener");
+    let started = Instant::now();
+    let threads: Vec<_> = (0..connections)
+        .map(|c| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(&addr).unwrap();
+                s.set_nodelay(true).ok();
+                let mut lat = Vec::new();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 512];
+                for i in 0..per {
+                    let msg = format!("\x0bMSH|^~\\&|LAB|H|EHR|H|20261126||ORU^R01|C{c}-{i}|P|2.5\rPID|1||{i}^^^H^MR||DOE^JANE\rOBX|1|NM|4548-4^HbA1c^LN||6.1|%\r\x1c\r");
+                    let t = Instant::now();
+                    s.write_all(msg.as_bytes()).unwrap();
+                    buf.clear();
+                    while !buf.ends_with(&[0x1c, 0x0d]) {
+                        let n = s.read(&mut chunk).unwrap();
+                        assert!(n > 0);
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let seconds = started.elapsed().as_secs_f64();
+    let total = connections * per;
+    assert!(wait_until(Duration::from_secs(600), || ws.count("delivered") == total as u64));
+    let (cpu, rss) = usage(engine.pid());
+    engine.stop();
+    lat.sort();
+    Row { scenario: "mllp 8 conns, ACK after commit".into(), messages: total, seconds, p50_ms: Some(percentile(&lat, 0.5)), p99_ms: Some(percentile(&lat, 0.99)), cpu_per_1000: cpu / total as f64 * 1000.0, rss_mib: rss as f64 / 1024.0 }
+}
+
+fn main() {
+    let mut rows = vec![file_scenario()];
+    for c in [1, 10, 50] {
+        rows.push(http_scenario(c, true));
+    }
+    rows.push(http_scenario(50, false));
+    rows.push(mllp_scenario());
+    println!("\n{:<44} {:>9} {:>9} {:>9} {:>9} {:>12} {:>9}", "scenario", "messages", "msg/s", "p50 ms", "p99 ms", "CPU s/1000", "RSS MiB");
+    for r in rows {
+        let ms = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
+        println!(
+            "{:<44} {:>9} {:>9.0} {:>9} {:>9} {:>12.3} {:>9.1}",
+            r.scenario,
+            r.messages,
+            r.messages as f64 / r.seconds,
+            ms(r.p50_ms),
+            ms(r.p99_ms),
+            r.cpu_per_1000,
+            r.rss_mib
+        );
+    }
+}
