@@ -24,7 +24,10 @@ struct Row {
 }
 
 fn scale() -> f64 {
-    std::env::var("BENCH_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0)
+    std::env::var("BENCH_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0)
 }
 
 fn scaled(n: usize) -> usize {
@@ -34,9 +37,20 @@ fn scaled(n: usize) -> usize {
 /// (CPU seconds, peak RSS in KiB) of a process, from /proc.
 fn usage(pid: u32) -> (f64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|u| u.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
     let hz = 100.0; // USER_HZ on Linux
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let rss = status
@@ -56,7 +70,8 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e3
 }
 
-const TRANSFORM: &str = "  - transform: { script: 'body.received = now(); body.source = \"bench\";' }\n";
+const TRANSFORM: &str =
+    "  - transform: { script: 'body.received = now(); body.source = \"bench\";' }\n";
 
 fn file_scenario() -> Row {
     let n = scaled(10_000);
@@ -72,24 +87,54 @@ fn file_scenario() -> Row {
     let filler = "x".repeat(800);
     let started = Instant::now();
     for i in 0..n {
-        ws.drop_file("inbox", &format!("o{i:06}.xml"), format!("<order id=\"{i}\"><note>{filler}</note></order>").as_bytes());
+        ws.drop_file(
+            "inbox",
+            &format!("o{i:06}.xml"),
+            format!("<order id=\"{i}\"><note>{filler}</note></order>").as_bytes(),
+        );
     }
-    assert!(wait_until(Duration::from_secs(1800), || ws.count("delivered") == n as u64), "{:?}", ws.states());
+    assert!(
+        wait_until(Duration::from_secs(1800), || ws.count("delivered")
+            == n as u64),
+        "{:?}",
+        ws.states()
+    );
     let seconds = started.elapsed().as_secs_f64();
     let (cpu, rss) = usage(engine.pid());
     engine.stop();
-    Row { scenario: "file (xml_to_json + transform)".into(), messages: n, seconds, p50_ms: None, p99_ms: None, cpu_per_1000: cpu / n as f64 * 1000.0, rss_mib: rss as f64 / 1024.0 }
+    Row {
+        scenario: "file (xml_to_json + transform)".into(),
+        messages: n,
+        seconds,
+        p50_ms: None,
+        p99_ms: None,
+        cpu_per_1000: cpu / n as f64 * 1000.0,
+        rss_mib: rss as f64 / 1024.0,
+    }
 }
 
 fn http_scenario(connections: usize, with_transform: bool) -> Row {
-    let secs: f64 = std::env::var("BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20.0) * scale().min(1.0).max(0.05);
+    let secs: f64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20.0)
+        * scale().clamp(0.05, 1.0);
     let ws = Workspace::new();
-    let steps = if with_transform { format!("steps:\n{TRANSFORM}") } else { String::new() };
+    let steps = if with_transform {
+        format!("steps:\n{TRANSFORM}")
+    } else {
+        String::new()
+    };
     ws.write_route(
         "http.yaml",
-        &format!("from:\n  http: {{ listen: 127.0.0.1:0 }}\n{steps}to:\n  - file: {{ path: outbox }}\n"),
+        &format!(
+            "from:\n  http: {{ listen: 127.0.0.1:0 }}\n{steps}to:\n  - file: {{ path: outbox }}\n"
+        ),
     );
-    let engine = ws.start_with_env(&[("SWITCHYARD_LOG", "warn,switchyard::adapters::inbound::http=info")]);
+    let engine = ws.start_with_env(&[(
+        "SWITCHYARD_LOG",
+        "warn,switchyard::adapters::inbound::http=info",
+    )]);
     let addr = ws.http_addr();
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let started = Instant::now();
@@ -135,17 +180,29 @@ fn http_scenario(connections: usize, with_transform: bool) -> Row {
             })
         })
         .collect();
-    let mut lat: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().expect("client")).collect();
+    let mut lat: Vec<Duration> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("client"))
+        .collect();
     let accepted = lat.len();
     let elapsed = started.elapsed().as_secs_f64();
     // The backlog must drain: wait until every accepted message is delivered.
-    assert!(wait_until(Duration::from_secs(1800), || ws.count("delivered") == accepted as u64), "{:?}", ws.states());
+    assert!(
+        wait_until(Duration::from_secs(1800), || ws.count("delivered")
+            == accepted as u64),
+        "{:?}",
+        ws.states()
+    );
     let drained = started.elapsed().as_secs_f64() - elapsed;
     let (cpu, rss) = usage(engine.pid());
     engine.stop();
     lat.sort();
     Row {
-        scenario: format!("http {connections} conn{}{} (drain {drained:.1}s)", if connections > 1 { "s" } else { "" }, if with_transform { " + transform" } else { "" }),
+        scenario: format!(
+            "http {connections} conn{}{} (drain {drained:.1}s)",
+            if connections > 1 { "s" } else { "" },
+            if with_transform { " + transform" } else { "" }
+        ),
         messages: accepted,
         seconds: elapsed,
         p50_ms: Some(percentile(&lat, 0.5)),
@@ -163,10 +220,17 @@ fn mllp_scenario() -> Row {
         "lab.yaml",
         "from:\n  tcp: { listen: 127.0.0.1:0 }\nsteps:\n  - hl7: {}\nto:\n  - file: { path: outbox, name: \"{{header.hl7.control_id}}.hl7\" }\n",
     );
-    let engine = ws.start_with_env(&[("SWITCHYARD_LOG", "warn,switchyard::adapters::inbound::tcp=info")]);
+    let engine = ws.start_with_env(&[(
+        "SWITCHYARD_LOG",
+        "warn,switchyard::adapters::inbound::tcp=info",
+    )]);
     let mut addr = None;
     wait_until(Duration::from_secs(30), || {
-        addr = ws.log_events().iter().find(|e| e["message"] == "TCP listener ready").and_then(|e| e["listen"].as_str().map(str::to_string));
+        addr = ws
+            .log_events()
+            .iter()
+            .find(|e| e["message"] == "TCP listener ready")
+            .and_then(|e| e["listen"].as_str().map(str::to_string));
         addr.is_some()
     });
     let addr = addr.expect("listener");
@@ -196,14 +260,27 @@ fn mllp_scenario() -> Row {
             })
         })
         .collect();
-    let mut lat: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let mut lat: Vec<Duration> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
     let seconds = started.elapsed().as_secs_f64();
     let total = connections * per;
-    assert!(wait_until(Duration::from_secs(600), || ws.count("delivered") == total as u64));
+    assert!(wait_until(Duration::from_secs(600), || ws
+        .count("delivered")
+        == total as u64));
     let (cpu, rss) = usage(engine.pid());
     engine.stop();
     lat.sort();
-    Row { scenario: "mllp 8 conns, ACK after commit".into(), messages: total, seconds, p50_ms: Some(percentile(&lat, 0.5)), p99_ms: Some(percentile(&lat, 0.99)), cpu_per_1000: cpu / total as f64 * 1000.0, rss_mib: rss as f64 / 1024.0 }
+    Row {
+        scenario: "mllp 8 conns, ACK after commit".into(),
+        messages: total,
+        seconds,
+        p50_ms: Some(percentile(&lat, 0.5)),
+        p99_ms: Some(percentile(&lat, 0.99)),
+        cpu_per_1000: cpu / total as f64 * 1000.0,
+        rss_mib: rss as f64 / 1024.0,
+    }
 }
 
 fn main() {
@@ -213,7 +290,10 @@ fn main() {
     }
     rows.push(http_scenario(50, false));
     rows.push(mllp_scenario());
-    println!("\n{:<44} {:>9} {:>9} {:>9} {:>9} {:>12} {:>9}", "scenario", "messages", "msg/s", "p50 ms", "p99 ms", "CPU s/1000", "RSS MiB");
+    println!(
+        "\n{:<44} {:>9} {:>9} {:>9} {:>9} {:>12} {:>9}",
+        "scenario", "messages", "msg/s", "p50 ms", "p99 ms", "CPU s/1000", "RSS MiB"
+    );
     for r in rows {
         let ms = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
         println!(
