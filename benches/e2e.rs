@@ -128,7 +128,8 @@ fn http_scenario(connections: usize, with_transform: bool) -> Row {
     ws.write_route(
         "http.yaml",
         &format!(
-            "from:\n  http: {{ listen: 127.0.0.1:0 }}\n{steps}to:\n  - file: {{ path: outbox }}\n"
+            "from:\n  http: {{ listen: 127.0.0.1:0 }}\n{steps}to:\n  - file: {{ path: outbox, delivery: {{ concurrency: {c} }} }}\n",
+            c = std::env::var("BENCH_FILE_CONCURRENCY").unwrap_or_else(|_| "4".into())
         ),
     );
     let engine = ws.start_with_env(&[(
