@@ -127,12 +127,66 @@ fn main() {
         &xml,
         "application/xml",
     );
+    micro_hl7_and_routing();
     measure(
         "json_to_xml",
         step("json_to_xml: {}").as_ref(),
         &json,
         "application/json",
     );
+}
+
+/// Times `f` per call, for work that is not a step.
+fn time_it(name: &str, mut f: impl FnMut()) {
+    if std::env::var("BENCH_ONLY").is_ok_and(|only| !name.contains(&only)) {
+        return;
+    }
+    for _ in 0..2_000 {
+        f();
+    }
+    let n = 50_000;
+    let started = Instant::now();
+    for _ in 0..n {
+        f();
+    }
+    let per = started.elapsed().as_secs_f64() / n as f64 * 1e6;
+    println!("  {name:<44} {per:>8.1} µs/message");
+}
+
+fn micro_hl7_and_routing() {
+    const ORU: &str =
+        "MSH|^~\\&|LAB|GENHOSP|EHR|GENHOSP|20261126063012||ORU^R01^ORU_R01|MSG00042|P|2.5\r\
+PID|1||100234^^^GENHOSP^MR~555-44-3333^^^SSA^SS||DOE^JANE^Q||19800101|F\r\
+OBR|1|ORD777|FIL888|4548-4^HbA1c^LN\r\
+OBX|1|NM|4548-4^HbA1c^LN||6.1|%^percent^UCUM|4.0-5.6|H\r";
+    time_it("hl7 parse + MSH-9.1, PID-3.1, OBX-5", || {
+        let m = switchyard::hl7::Hl7::parse(ORU).expect("hl7");
+        let _ = std::hint::black_box((m.get("MSH-9.1"), m.get("PID-3.1"), m.get("OBX-5")));
+    });
+    let routing: switchyard::routing::RoutingConfig = serde_yaml::with::singleton_map_recursive::deserialize(
+        serde_yaml::Deserializer::from_str(
+            "rules:\n  - when: 'body.type == \"ADT\"'\n    to: [ { file: { path: a } } ]\n  - when: 'body.type == \"ORU\" && body.value > 5.0'\n    to: [ { file: { path: b } } ]\notherwise: [ { file: { path: c } } ]\n",
+        ),
+    )
+    .expect("routing");
+    let router = switchyard::routing::Router::build(
+        &[],
+        Some(&routing),
+        &BuildContext {
+            dir: PathBuf::from("."),
+        },
+    )
+    .map_err(|(n, e)| format!("{n}: {}", e.message))
+    .expect("router");
+    let mut msg = Message::new(
+        "bench",
+        Bytes::from_static(br#"{"type": "ORU", "value": 6.1, "patient": "100234"}"#),
+    );
+    msg.headers
+        .insert("content-type".into(), "application/json".into());
+    time_it("route rules (2 rules + otherwise)", || {
+        std::hint::black_box(router.destinations(&msg).expect("routes"));
+    });
 }
 
 fn indent(s: &str) -> String {
