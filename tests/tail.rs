@@ -14,6 +14,7 @@ fn tail_follows_filters_and_survives_rotation() {
         "other.yaml",
         "from:\n  file: { path: inbox2, create: true, settle: 50ms, poll_interval: 100ms }\nto:\n  - file: { path: outbox2 }\n",
     );
+    std::fs::create_dir_all(ws.path("inbox2")).unwrap();
     // Small log files, so the engine rotates several times during the test.
     let engine = ws.start_with_env(&[("SWITCHYARD_LOG_MAX_SIZE", "128KiB")]);
     assert!(wait_until(Duration::from_secs(10), || ws
