@@ -95,7 +95,12 @@ fn rewriting_a_file_route_under_a_steady_feed_loses_and_duplicates_nothing() {
         .iter()
         .filter(|e| e["message"] == "route changed; swapping versions")
         .count();
-    assert_eq!(reloads, 4, "v2, v3, v5 and v6 replace the running version");
+    // v2, v3, v5 and v6 replace the running version; two rewrites that land in one reload
+    // round (a slow machine) are applied as one.
+    assert!(
+        (3..=4).contains(&reloads),
+        "{reloads} swaps for four valid rewrites"
+    );
 }
 
 fn http_route(port: u16, marker: &str) -> String {
