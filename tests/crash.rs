@@ -139,7 +139,9 @@ to:
             >= 5
     });
     assert!(stuck, "{:?}", ws.states());
-    let errors = ws.query_pairs("SELECT last_error, 1 FROM deliveries WHERE state = 'pending'");
+    let errors = ws.query_pairs(
+        "SELECT last_error, 1 FROM deliveries WHERE state = 'pending' AND last_error IS NOT NULL",
+    );
     assert!(
         errors
             .keys()

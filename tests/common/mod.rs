@@ -142,11 +142,15 @@ impl Workspace {
             Ok(s) => s,
             Err(_) => return BTreeMap::new(), // schema not created yet
         };
+        // Rows whose first column is NULL (an error not recorded yet) are left out.
         stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)? as u64))
         })
         .unwrap()
-        .map(|r| r.unwrap())
+        .filter_map(|r| {
+            let (k, v) = r.unwrap();
+            k.map(|k| (k, v))
+        })
         .collect()
     }
 
