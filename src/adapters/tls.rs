@@ -36,3 +36,12 @@ pub fn server_config(
         .map_err(|e| anyhow::anyhow!("tls.cert and tls.key do not make a usable pair: {e}"))?;
     Ok(Arc::new(config))
 }
+
+/// A TLS acceptor for a listener configured with `tls: { cert, key }`, or none without it.
+pub fn acceptor(
+    files: Option<(&Path, &Path)>,
+) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    files
+        .map(|(cert, key)| server_config(cert, key).map(tokio_rustls::TlsAcceptor::from))
+        .transpose()
+}

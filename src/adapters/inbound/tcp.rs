@@ -111,12 +111,11 @@ impl Config {
         let listener = listeners
             .take_or_bind(&self.listen)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", self.listen))?;
-        let tls = match &self.tls {
-            Some(t) => Some(tokio_rustls::TlsAcceptor::from(
-                crate::adapters::tls::server_config(&t.cert, &t.key)?,
-            )),
-            None => None,
-        };
+        let tls = crate::adapters::tls::acceptor(
+            self.tls
+                .as_ref()
+                .map(|t| (t.cert.as_path(), t.key.as_path())),
+        )?;
         Ok(TcpInbound {
             cfg: Arc::new(self.clone()),
             listener: Mutex::new(Some(listener)),
