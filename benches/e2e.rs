@@ -236,9 +236,32 @@ fn mllp_scenario() -> Row {
     });
     let addr = addr.expect("listener");
     let started = Instant::now();
+    let mut lat = mllp_clients(&addr, connections, per);
+    let seconds = started.elapsed().as_secs_f64();
+    let total = connections * per;
+    assert!(wait_until(Duration::from_secs(600), || ws
+        .count("delivered")
+        == total as u64));
+    let (cpu, rss) = usage(engine.pid());
+    engine.stop();
+    lat.sort();
+    Row {
+        scenario: "mllp 8 conns, ACK after commit".into(),
+        messages: total,
+        seconds,
+        p50_ms: Some(percentile(&lat, 0.5)),
+        p99_ms: Some(percentile(&lat, 0.99)),
+        cpu_per_1000: cpu / total as f64 * 1000.0,
+        rss_mib: rss as f64 / 1024.0,
+    }
+}
+
+/// `connections` MLLP clients, each sending `per` HL7 messages and waiting for each ACK.
+/// Returns every message-to-ACK latency.
+fn mllp_clients(addr: &str, connections: usize, per: usize) -> Vec<Duration> {
     let threads: Vec<_> = (0..connections)
         .map(|c| {
-            let addr = addr.clone();
+            let addr = addr.to_string();
             std::thread::spawn(move || {
                 let mut s = std::net::TcpStream::connect(&addr).unwrap();
                 s.set_nodelay(true).ok();
@@ -261,36 +284,37 @@ fn mllp_scenario() -> Row {
             })
         })
         .collect();
-    let mut lat: Vec<Duration> = threads
+    threads
         .into_iter()
         .flat_map(|t| t.join().unwrap())
-        .collect();
-    let seconds = started.elapsed().as_secs_f64();
-    let total = connections * per;
-    assert!(wait_until(Duration::from_secs(600), || ws
-        .count("delivered")
-        == total as u64));
-    let (cpu, rss) = usage(engine.pid());
-    engine.stop();
-    lat.sort();
-    Row {
-        scenario: "mllp 8 conns, ACK after commit".into(),
-        messages: total,
-        seconds,
-        p50_ms: Some(percentile(&lat, 0.5)),
-        p99_ms: Some(percentile(&lat, 0.99)),
-        cpu_per_1000: cpu / total as f64 * 1000.0,
-        rss_mib: rss as f64 / 1024.0,
-    }
+        .collect()
 }
 
 fn main() {
-    let mut rows = vec![file_scenario()];
-    for c in [1, 10, 50] {
-        rows.push(http_scenario(c, true));
+    // BENCH_ONLY=baseline (or file, http, mllp) runs the scenarios whose group name contains it.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let want = |group: &str| group.contains(only.as_str());
+    let mut rows = Vec::new();
+    if want("file") {
+        rows.push(file_scenario());
     }
-    rows.push(http_scenario(50, false));
-    rows.push(mllp_scenario());
+    if want("http") {
+        for c in [1, 10, 50] {
+            rows.push(http_scenario(c, true));
+        }
+        rows.push(http_scenario(50, false));
+    }
+    if want("mllp") {
+        rows.push(mllp_scenario());
+    }
+    // The machine's limits, for reading the figures above as fractions of them.
+    if want("baseline") {
+        rows.push(baseline_file(1));
+        rows.push(baseline_file(64));
+        rows.push(baseline_mllp());
+        rows.push(baseline_sqlite(1));
+        rows.push(baseline_sqlite(100));
+    }
     println!(
         "\n{:<44} {:>9} {:>9} {:>9} {:>9} {:>12} {:>9}",
         "scenario", "messages", "msg/s", "p50 ms", "p99 ms", "CPU s/1000", "RSS MiB"
@@ -298,14 +322,163 @@ fn main() {
     for r in rows {
         let ms = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
         println!(
-            "{:<44} {:>9} {:>9.0} {:>9} {:>9} {:>12.3} {:>9.1}",
+            "{:<44} {:>9} {:>9.0} {:>9} {:>9} {:>12.3} {:>9}",
             r.scenario,
             r.messages,
             r.messages as f64 / r.seconds,
             ms(r.p50_ms),
             ms(r.p99_ms),
             r.cpu_per_1000,
-            r.rss_mib
+            if r.rss_mib > 0.0 { format!("{:.1}", r.rss_mib) } else { "-".into() }
         );
     }
+}
+
+// ---- Baselines: the machine's own limits, measured in the same run. ----
+
+/// The file scenario's I/O alone: read the input, write a temporary file, fsync, link it into
+/// place, remove the temporary name and the input, fsync the directory. `batch` files share
+/// one sync pass and one directory fsync, as the engine's file destination does.
+fn baseline_file(batch: usize) -> Row {
+    let n = scaled(10_000);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (inbox, outbox) = (tmp.path().join("inbox"), tmp.path().join("outbox"));
+    std::fs::create_dir_all(&inbox).unwrap();
+    std::fs::create_dir_all(&outbox).unwrap();
+    let filler = "x".repeat(800);
+    for i in 0..n {
+        std::fs::write(
+            inbox.join(format!("o{i:06}.xml")),
+            format!("<order id=\"{i}\"><note>{filler}</note></order>"),
+        )
+        .unwrap();
+    }
+    let cpu0 = self_cpu();
+    let started = Instant::now();
+    let names: Vec<String> = (0..n).map(|i| format!("o{i:06}")).collect();
+    for chunk in names.chunks(batch) {
+        let mut open = Vec::with_capacity(chunk.len());
+        for name in chunk {
+            let body = std::fs::read(inbox.join(format!("{name}.xml"))).unwrap();
+            let tmp = outbox.join(format!(".{name}.tmp"));
+            let mut f = std::fs::File::create(&tmp).unwrap();
+            f.write_all(&body).unwrap();
+            open.push((name, tmp, f));
+        }
+        for (_, _, f) in &open {
+            f.sync_all().unwrap();
+        }
+        for (name, tmp, _) in &open {
+            std::fs::hard_link(tmp, outbox.join(format!("{name}.json"))).unwrap();
+            std::fs::remove_file(tmp).unwrap();
+        }
+        std::fs::File::open(&outbox).unwrap().sync_all().unwrap();
+        for (name, _, _) in &open {
+            std::fs::remove_file(inbox.join(format!("{name}.xml"))).unwrap();
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Row {
+        scenario: format!("baseline: raw file I/O, sync per {batch}"),
+        messages: n,
+        seconds,
+        p50_ms: None,
+        p99_ms: None,
+        cpu_per_1000: (self_cpu() - cpu0) / n as f64 * 1000.0,
+        rss_mib: 0.0,
+    }
+}
+
+/// A bare MLLP echo: one thread per connection answers each frame with a short ACK frame.
+fn baseline_mllp() -> Row {
+    let per = scaled(1000);
+    let connections = 8;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let mut handlers = Vec::new();
+        for _ in 0..connections {
+            let (mut s, _) = listener.accept().unwrap();
+            handlers.push(std::thread::spawn(move || {
+                s.set_nodelay(true).ok();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(2).position(|w| w == [0x1c, 0x0d]) {
+                        buf.drain(..end + 2);
+                        let ack = b"\x0bMSH|^~\\&|EHR|H|LAB|H|20261126||ACK|1|P|2.5\rMSA|AA|1\r\x1c\r";
+                        if s.write_all(ack).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }));
+        }
+        for h in handlers {
+            let _ = h.join();
+        }
+    });
+    let cpu0 = self_cpu();
+    let started = Instant::now();
+    let mut lat = mllp_clients(&addr.to_string(), connections, per);
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = server.join();
+    lat.sort();
+    let total = connections * per;
+    Row {
+        scenario: "baseline: MLLP echo, 8 conns".into(),
+        messages: total,
+        seconds,
+        p50_ms: Some(percentile(&lat, 0.5)),
+        p99_ms: Some(percentile(&lat, 0.99)),
+        cpu_per_1000: (self_cpu() - cpu0) / total as f64 * 1000.0,
+        rss_mib: 0.0,
+    }
+}
+
+/// SQLite as the store uses it (WAL, `synchronous=FULL`): 1 KiB rows, `batch` per commit.
+fn baseline_sqlite(batch: usize) -> Row {
+    let n = scaled(if batch == 1 { 5_000 } else { 100_000 });
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut db = rusqlite::Connection::open(tmp.path().join("bench.db")).unwrap();
+    db.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
+         CREATE TABLE m (id INTEGER PRIMARY KEY, body BLOB NOT NULL);",
+    )
+    .unwrap();
+    let body = vec![b'x'; 1024];
+    let cpu0 = self_cpu();
+    let started = Instant::now();
+    let mut done = 0;
+    while done < n {
+        let tx = db.transaction().unwrap();
+        {
+            let mut st = tx.prepare_cached("INSERT INTO m (body) VALUES (?1)").unwrap();
+            for _ in 0..batch.min(n - done) {
+                st.execute([&body]).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        done += batch;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Row {
+        scenario: format!("baseline: SQLite 1 KiB rows, {batch} per commit"),
+        messages: n,
+        seconds,
+        p50_ms: None,
+        p99_ms: None,
+        cpu_per_1000: (self_cpu() - cpu0) / n as f64 * 1000.0,
+        rss_mib: 0.0,
+    }
+}
+
+/// CPU seconds used by this (benchmark) process so far.
+fn self_cpu() -> f64 {
+    usage(std::process::id()).0
 }

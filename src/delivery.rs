@@ -11,7 +11,8 @@
 //! `fifo` destinations take the oldest pending delivery and nothing else until it is
 //! delivered or dead, waiting out its backoff, so order holds across failures and restarts.
 
-use crate::adapters::outbound::{DeliveryConfig, Ordering, Outbound, RetryConfig};
+use crate::adapters::outbound::{DeliveryConfig, Ordering, Outbound, RetryConfig, SendError, Sent};
+use crate::message::Message;
 use crate::route::DeliveryPolicy;
 use crate::store::{Attempt, AttemptOutcome, Delivery, DeliveryKind, Store};
 use crate::telemetry;
@@ -97,18 +98,29 @@ async fn run_parallel(dest: Arc<Destination>, store: Arc<dyn Store>, shutdown: C
             continue;
         }
         let mut tasks = JoinSet::new();
-        for delivery in due {
-            if shutdown.is_cancelled() {
-                break;
+        if dest.outbound.batched() {
+            // Batches share one sync to disk; `concurrency` batches run side by side.
+            let per_batch = due.len().div_ceil(dest.policy.concurrency.max(1));
+            let mut due = due.into_iter().peekable();
+            while due.peek().is_some() && !shutdown.is_cancelled() {
+                let batch: Vec<Delivery> = due.by_ref().take(per_batch).collect();
+                let (dest, store) = (dest.clone(), store.clone());
+                tasks.spawn(async move { attempt_batch(dest, store, batch).await });
             }
-            let Ok(permit) = limit.clone().acquire_owned().await else {
-                break;
-            };
-            let (dest, store) = (dest.clone(), store.clone());
-            tasks.spawn(async move {
-                attempt(&dest, store.as_ref(), delivery).await;
-                drop(permit);
-            });
+        } else {
+            for delivery in due {
+                if shutdown.is_cancelled() {
+                    break;
+                }
+                let Ok(permit) = limit.clone().acquire_owned().await else {
+                    break;
+                };
+                let (dest, store) = (dest.clone(), store.clone());
+                tasks.spawn(async move {
+                    attempt(&dest, store.as_ref(), delivery).await;
+                    drop(permit);
+                });
+            }
         }
         while tasks.join_next().await.is_some() {}
     }
@@ -149,19 +161,62 @@ async fn wait(dest: &Destination, shutdown: &CancellationToken, at_most: Duratio
 }
 
 async fn attempt(dest: &Destination, store: &dyn Store, d: Delivery) {
-    let number = d.attempts + 1;
+    let (ticket, msg) = outgoing(d);
+    let started = Instant::now();
+    let result = dest.outbound.send(&msg).await;
+    conclude(dest, store, ticket, &msg, result, started.elapsed()).await;
+}
+
+/// Sends a batch in one call, then records every attempt; the store's group commit writes
+/// the records of one batch together.
+async fn attempt_batch(dest: Arc<Destination>, store: Arc<dyn Store>, batch: Vec<Delivery>) {
+    let (tickets, msgs): (Vec<Ticket>, Vec<Message>) = batch.into_iter().map(outgoing).unzip();
+    let started = Instant::now();
+    let results = dest.outbound.send_batch(&msgs).await;
+    let duration = started.elapsed();
+    let mut records = JoinSet::new();
+    for ((ticket, msg), result) in tickets.into_iter().zip(msgs).zip(results) {
+        let (dest, store) = (dest.clone(), store.clone());
+        records.spawn(async move { conclude(&dest, store.as_ref(), ticket, &msg, result, duration).await });
+    }
+    while records.join_next().await.is_some() {}
+}
+
+/// What recording an attempt needs to know about its delivery.
+#[derive(Clone, Copy)]
+struct Ticket {
+    id: i64,
+    /// Attempts made before this one.
+    attempts: u32,
+}
+
+/// The message as it goes out (a dead-letter copy says why it is there), and its ticket.
+fn outgoing(d: Delivery) -> (Ticket, Message) {
+    let ticket = Ticket {
+        id: d.id,
+        attempts: d.attempts,
+    };
     let mut msg = d.message;
     if d.kind == DeliveryKind::DeadLetter {
-        // Tell whoever reads the dead letters why it is there.
         if let Some(e) = &d.error {
             msg.headers.insert("error.reason".into(), e.clone());
         }
         msg.headers
             .insert("error.message_id".into(), msg.id.to_string());
     }
-    let started = Instant::now();
-    let result = dest.outbound.send(&msg).await;
-    let duration = started.elapsed();
+    (ticket, msg)
+}
+
+/// Records one attempt's result: delivered, retry later, or dead (and dead-lettered).
+async fn conclude(
+    dest: &Destination,
+    store: &dyn Store,
+    d: Ticket,
+    msg: &Message,
+    result: Result<Sent, SendError>,
+    duration: Duration,
+) {
+    let number = d.attempts + 1;
     let max = dest.max_attempts();
     let (outcome, detail) = match result {
         Ok(sent) => (AttemptOutcome::Delivered, sent.0),
@@ -203,7 +258,7 @@ async fn attempt(dest: &Destination, store: &dyn Store, d: Delivery) {
             ..
         }
     );
-    telemetry::attempt(&msg, &dest.name, number, duration, outcome_name, &detail);
+    telemetry::attempt(msg, &dest.name, number, duration, outcome_name, &detail);
     let record = Attempt {
         delivery: d.id,
         message: msg.id,
@@ -215,7 +270,7 @@ async fn attempt(dest: &Destination, store: &dyn Store, d: Delivery) {
     match store.record_attempt(record).await {
         Ok(state) => {
             if let Some(state) = state {
-                telemetry::finished(&msg, state);
+                telemetry::finished(msg, state);
             }
             if dead_lettered {
                 if let Some((_, wake)) = &dest.dead_letter {

@@ -47,15 +47,24 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Writes `bytes` to a hidden temporary file in `dir` and fsyncs it; the caller links or
 /// renames it into place, so readers never see a half-written file.
 pub fn write_temp(dir: &Path, tag: &str, bytes: &[u8]) -> io::Result<PathBuf> {
+    let (tmp, f) = create_temp(dir, tag, bytes)?;
+    f.sync_all()?;
+    Ok(tmp)
+}
+
+/// [`write_temp`] without the fsync, for callers that sync many files together.
+pub fn create_temp(dir: &Path, tag: &str, bytes: &[u8]) -> io::Result<(PathBuf, File)> {
     let tmp = dir.join(format!(".switchyard-{tag}.tmp"));
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(tmp)
+    if let Err(e) = f.write_all(bytes) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok((tmp, f))
 }
 
 /// Moves `from` into `dir` as `name`, or as `name` with a numeric suffix when that is taken.

@@ -6,17 +6,21 @@
 //! survives power loss. The name comes from a template whose result is sanitised into one
 //! file name, so nothing from a message can write outside the directory.
 //!
+//! Deliveries come in batches: every file of a batch is written, then all are synced, then
+//! each is put in place, then the directory is synced once.
+//!
 //! After a crash a delivery may run again. When the target name already holds a file with
 //! exactly this content, the delivery counts as done, so a retry does not duplicate it.
 
 use super::{DeliveryConfig, Outbound, SendError, Sent};
-use crate::adapters::fs::{safe_file_name, sync_dir, with_suffix, write_temp};
+use crate::adapters::fs::{create_temp, safe_file_name, sync_dir, with_suffix};
 use crate::message::Message;
 use crate::template::Template;
 use async_trait::async_trait;
 use serde::Deserialize;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 /// What to do when the target name is taken.
@@ -71,16 +75,63 @@ pub struct FileOutbound {
 }
 
 impl FileOutbound {
+    #[cfg(test)]
     fn write(&self, msg: &Message) -> io::Result<PathBuf> {
+        self.write_batch(std::slice::from_ref(msg))
+            .pop()
+            .unwrap_or_else(|| Err(io::Error::other("no result")))
+    }
+
+    /// Writes every body to its temporary file, syncs them all, then puts each in place and
+    /// syncs the directory once. One sync pass for the batch is what makes durable file output
+    /// fast: after the first fsync has committed the file system's journal, the others have
+    /// little left to do (see docs/performance.md).
+    fn write_batch(&self, msgs: &[Message]) -> Vec<io::Result<PathBuf>> {
         let dir = &self.cfg.path;
-        std::fs::create_dir_all(dir)?;
-        let name = safe_file_name(&self.cfg.name.render(msg));
-        let tmp = write_temp(dir, &msg.id.to_string(), &msg.body)?;
-        let result = self.place(&tmp, dir, &name, &msg.body);
-        let _ = std::fs::remove_file(&tmp);
-        let target = result?;
-        sync_dir(dir)?;
-        Ok(target)
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            return msgs.iter().map(|_| Err(io::Error::new(e.kind(), e.to_string()))).collect();
+        }
+        let temps: Vec<io::Result<(PathBuf, std::fs::File)>> = msgs
+            .iter()
+            .map(|msg| {
+                // Unique even when two deliveries of one message are in flight (a replay).
+                let seq = TEMP_SEQ.fetch_add(1, AtomicOrdering::Relaxed);
+                create_temp(dir, &format!("{}-{seq}", msg.id), &msg.body)
+            })
+            .collect();
+        let synced: Vec<io::Result<PathBuf>> = temps
+            .into_iter()
+            .map(|t| {
+                let (tmp, file) = t?;
+                match file.sync_all() {
+                    Ok(()) => Ok(tmp),
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&tmp);
+                        Err(e)
+                    }
+                }
+            })
+            .collect();
+        let mut placed: Vec<io::Result<PathBuf>> = synced
+            .into_iter()
+            .zip(msgs)
+            .map(|(tmp, msg)| {
+                let tmp = tmp?;
+                let name = safe_file_name(&self.cfg.name.render(msg));
+                let result = self.place(&tmp, dir, &name, &msg.body);
+                let _ = std::fs::remove_file(&tmp);
+                result
+            })
+            .collect();
+        if placed.iter().any(|p| p.is_ok()) {
+            if let Err(e) = sync_dir(dir) {
+                // Not durable yet: the deliveries run again and find their files in place.
+                for p in placed.iter_mut().filter(|p| p.is_ok()) {
+                    *p = Err(io::Error::new(e.kind(), e.to_string()));
+                }
+            }
+        }
+        placed
     }
 
     fn place(&self, tmp: &Path, dir: &Path, name: &str, body: &[u8]) -> io::Result<PathBuf> {
@@ -126,20 +177,41 @@ fn same_content(path: &Path, body: &[u8]) -> bool {
     }
 }
 
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
 #[async_trait]
 impl Outbound for FileOutbound {
     async fn send(&self, msg: &Message) -> Result<Sent, SendError> {
+        let mut results = self.send_batch(std::slice::from_ref(msg)).await;
+        results
+            .pop()
+            .unwrap_or_else(|| Err(SendError::retryable("the file writer returned no result")))
+    }
+
+    fn batched(&self) -> bool {
+        true
+    }
+
+    async fn send_batch(&self, msgs: &[Message]) -> Vec<Result<Sent, SendError>> {
         // File I/O blocks; keep it off the async workers.
         let me = FileOutbound {
             cfg: Arc::clone(&self.cfg),
         };
-        let msg = msg.clone();
-        let dir = self.cfg.path.clone();
-        tokio::task::spawn_blocking(move || me.write(&msg))
-            .await
-            .map_err(|e| SendError::retryable(format!("writer task failed: {e}")))?
-            .map(|p| Sent(p.display().to_string()))
-            .map_err(|e| SendError::retryable(format!("cannot write to {}: {e}", dir.display())))
+        let owned = msgs.to_vec();
+        let dir = self.cfg.path.display().to_string();
+        match tokio::task::spawn_blocking(move || me.write_batch(&owned)).await {
+            Ok(results) => results
+                .into_iter()
+                .map(|r| {
+                    r.map(|p| Sent(p.display().to_string()))
+                        .map_err(|e| SendError::retryable(format!("cannot write to {dir}: {e}")))
+                })
+                .collect(),
+            Err(e) => msgs
+                .iter()
+                .map(|_| Err(SendError::retryable(format!("writer task failed: {e}"))))
+                .collect(),
+        }
     }
 }
 
@@ -196,5 +268,40 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
             .collect();
         assert!(leftovers.is_empty(), "temporary files left behind");
+    }
+
+    #[test]
+    fn a_batch_fails_only_the_messages_that_fail() {
+        let tmp = tempfile::tempdir().unwrap();
+        let o = outbound(tmp.path(), "name: \"{{original_name}}\"\non_clash: fail");
+        std::fs::write(tmp.path().join("taken.json"), "older").unwrap();
+        let batch = [msg("a.json", "1"), msg("taken.json", "2"), msg("b.json", "3")];
+        let results = o.write_batch(&batch);
+        assert_eq!(results.len(), 3);
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        let e = results[1].as_ref().unwrap_err();
+        assert!(e.to_string().contains("taken.json already exists"), "{e}");
+        assert_eq!(std::fs::read_to_string(tmp.path().join("a.json")).unwrap(), "1");
+        assert_eq!(std::fs::read_to_string(tmp.path().join("b.json")).unwrap(), "3");
+        assert_eq!(std::fs::read_to_string(tmp.path().join("taken.json")).unwrap(), "older");
+        let mut names: Vec<String> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a.json", "b.json", "taken.json"], "temporary files left behind");
+    }
+
+    #[test]
+    fn two_deliveries_of_one_message_in_one_batch_both_land() {
+        let tmp = tempfile::tempdir().unwrap();
+        let o = outbound(tmp.path(), "name: \"{{original_name}}\"");
+        let first = msg("r.json", "one");
+        let mut replay = first.clone();
+        replay.body = Bytes::from("two");
+        let results = o.write_batch(&[first, replay]);
+        assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+        assert_eq!(std::fs::read_to_string(tmp.path().join("r.json")).unwrap(), "one");
+        assert_eq!(std::fs::read_to_string(tmp.path().join("r-2.json")).unwrap(), "two");
     }
 }

@@ -128,6 +128,23 @@ pub trait Outbound: Send + Sync {
     /// Delivers one message. Called again for the same message after a failure or a crash,
     /// so it should be idempotent where it can be.
     async fn send(&self, msg: &Message) -> Result<Sent, SendError>;
+
+    /// True when [`Outbound::send_batch`] costs less per message than `send` — a file
+    /// destination syncs a whole batch to disk once. The delivery worker then hands it its
+    /// due deliveries in batches.
+    fn batched(&self) -> bool {
+        false
+    }
+
+    /// Delivers several messages; one result per message, in order. A result is final for
+    /// its message only: one failure does not fail the others.
+    async fn send_batch(&self, msgs: &[Message]) -> Vec<Result<Sent, SendError>> {
+        let mut results = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            results.push(self.send(msg).await);
+        }
+        results
+    }
 }
 
 /// What a successful delivery did, for the log (a path, a status code).
