@@ -9,6 +9,10 @@ use std::time::Instant;
 use switchyard::message::Message;
 use switchyard::steps::{BuildContext, Step, StepConfig};
 
+// The same allocator as the engine binary (src/main.rs), so the figures are the engine's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SCRIPT: &str = r#"
 let total = 0.0;
 let lines = [];
@@ -125,6 +129,19 @@ fn main() {
         &format!("xml_to_json ({} byte XML)", xml.len()),
         step("xml_to_json: {}").as_ref(),
         &xml,
+        "application/xml",
+    );
+    // The issue's 1 KiB case: an order with a few lines, attributes and text.
+    let small = Bytes::from(format!(
+        "<?xml version=\"1.0\"?><order id=\"PO-2026-1001\" date=\"2026-11-26\"><customer code=\"ACME\">ACME Corporation</customer>{}</order>",
+        (0..6)
+            .map(|i| format!("<line no=\"{i}\"><sku>sku-{i:04}</sku><description>Hex bolt M8 zinc plated, box of 100</description><qty>{}</qty><price>{i}.50</price></line>", i + 1))
+            .collect::<String>()
+    ));
+    measure(
+        &format!("xml_to_json ({} byte XML)", small.len()),
+        step("xml_to_json: {}").as_ref(),
+        &small,
         "application/xml",
     );
     micro_hl7_and_routing();

@@ -7,7 +7,9 @@
 //! worker and its own rows, so a slow or dead destination delays nobody else, and a crash
 //! loses nothing: pending rows are simply found again.
 //!
-//! Ordering: `parallel` destinations take due deliveries in batches, `concurrency` at a time;
+//! Ordering: `parallel` destinations take due deliveries in batches, `concurrency` at a time
+//! (a destination that sends whole batches at once, like the file destination, takes one
+//! batch at a time);
 //! `fifo` destinations take the oldest pending delivery and nothing else until it is
 //! delivered or dead, waiting out its backoff, so order holds across failures and restarts.
 
@@ -99,14 +101,10 @@ async fn run_parallel(dest: Arc<Destination>, store: Arc<dyn Store>, shutdown: C
         }
         let mut tasks = JoinSet::new();
         if dest.outbound.batched() {
-            // Batches share one sync to disk; `concurrency` batches run side by side.
-            let per_batch = due.len().div_ceil(dest.policy.concurrency.max(1));
-            let mut due = due.into_iter().peekable();
-            while due.peek().is_some() && !shutdown.is_cancelled() {
-                let batch: Vec<Delivery> = due.by_ref().take(per_batch).collect();
-                let (dest, store) = (dest.clone(), store.clone());
-                tasks.spawn(async move { attempt_batch(dest, store, batch).await });
-            }
+            // One batch at a time: the batch shares one sync to disk, and batches side by side
+            // in one directory only contend for its lock (measured: docs/performance.md).
+            let (dest, store) = (dest.clone(), store.clone());
+            tasks.spawn(async move { attempt_batch(dest, store, due).await });
         } else {
             for delivery in due {
                 if shutdown.is_cancelled() {

@@ -72,7 +72,8 @@ impl OutboundConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
-    /// Deliveries in flight at once (default 4; `fifo` always sends one at a time).
+    /// Deliveries in flight at once (default 4; `fifo` always sends one at a time; file
+    /// destinations write whole batches of up to 64 files, one batch at a time, instead).
     pub concurrency: usize,
     /// `parallel` or `fifo`: strictly one after the other in the order the messages were
     /// processed; a delivery that fails holds back the ones after it until it is delivered or
