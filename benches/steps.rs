@@ -9,9 +9,6 @@ use std::time::Instant;
 use switchyard::message::Message;
 use switchyard::steps::{BuildContext, Step, StepConfig};
 
-// The same allocator as the engine binary (src/main.rs), so the figures are the engine's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SCRIPT: &str = r#"
 let total = 0.0;
