@@ -329,7 +329,11 @@ fn main() {
             ms(r.p50_ms),
             ms(r.p99_ms),
             r.cpu_per_1000,
-            if r.rss_mib > 0.0 { format!("{:.1}", r.rss_mib) } else { "-".into() }
+            if r.rss_mib > 0.0 {
+                format!("{:.1}", r.rss_mib)
+            } else {
+                "-".into()
+            }
         );
     }
 }
@@ -411,7 +415,8 @@ fn baseline_mllp() -> Row {
                     buf.extend_from_slice(&chunk[..n]);
                     while let Some(end) = buf.windows(2).position(|w| w == [0x1c, 0x0d]) {
                         buf.drain(..end + 2);
-                        let ack = b"\x0bMSH|^~\\&|EHR|H|LAB|H|20261126||ACK|1|P|2.5\rMSA|AA|1\r\x1c\r";
+                        let ack =
+                            b"\x0bMSH|^~\\&|EHR|H|LAB|H|20261126||ACK|1|P|2.5\rMSA|AA|1\r\x1c\r";
                         if s.write_all(ack).is_err() {
                             return;
                         }
@@ -458,7 +463,9 @@ fn baseline_sqlite(batch: usize) -> Row {
     while done < n {
         let tx = db.transaction().unwrap();
         {
-            let mut st = tx.prepare_cached("INSERT INTO m (body) VALUES (?1)").unwrap();
+            let mut st = tx
+                .prepare_cached("INSERT INTO m (body) VALUES (?1)")
+                .unwrap();
             for _ in 0..batch.min(n - done) {
                 st.execute([&body]).unwrap();
             }

@@ -9,7 +9,6 @@ use std::time::Instant;
 use switchyard::message::Message;
 use switchyard::steps::{BuildContext, Step, StepConfig};
 
-
 const SCRIPT: &str = r#"
 let total = 0.0;
 let lines = [];

@@ -175,7 +175,9 @@ async fn attempt_batch(dest: Arc<Destination>, store: Arc<dyn Store>, batch: Vec
     let mut records = JoinSet::new();
     for ((ticket, msg), result) in tickets.into_iter().zip(msgs).zip(results) {
         let (dest, store) = (dest.clone(), store.clone());
-        records.spawn(async move { conclude(&dest, store.as_ref(), ticket, &msg, result, duration).await });
+        records.spawn(async move {
+            conclude(&dest, store.as_ref(), ticket, &msg, result, duration).await
+        });
     }
     while records.join_next().await.is_some() {}
 }

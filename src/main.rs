@@ -1,6 +1,5 @@
 use std::process::ExitCode;
 
-
 fn main() -> ExitCode {
     switchyard::cli::main()
 }

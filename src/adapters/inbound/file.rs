@@ -24,7 +24,6 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -247,7 +246,20 @@ impl Inner {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let meta = match tokio::fs::metadata(&path).await {
+        // One trip to a blocking thread for the look and the read: per-file hops between
+        // threads cost more than the I/O of a small file.
+        let max = self.cfg.max_size.0;
+        let read_body = intake.split_first().is_none();
+        let p = path.clone();
+        let looked = tokio::task::spawn_blocking(move || {
+            let meta = std::fs::metadata(&p)?;
+            let body = (read_body && meta.len() == expected_size && meta.len() <= max)
+                .then(|| read_limited(&p, max));
+            Ok::<_, std::io::Error>((meta, body))
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(format!("reader task failed: {e}"))));
+        let (meta, body) = match looked {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             Err(e) => {
@@ -273,7 +285,6 @@ impl Inner {
         if let Some(split) = intake.split_first() {
             return self.take_split(path, name, headers, split, intake).await;
         }
-        let max = self.cfg.max_size.0;
         if meta.len() > max {
             let reason = format!(
                 "file {} is {} bytes, over this route's max_size of {}; raise `max_size` or split the file before it arrives",
@@ -283,10 +294,10 @@ impl Inner {
             );
             return self.reject(&path, &name, headers, &reason, intake).await;
         }
-        let body = match read_limited(&path, max).await {
-            Ok(b) if b.len() as u64 == expected_size => b,
-            Ok(_) => return None, // changed while we read it: observe again
-            Err(e) => {
+        let body = match body {
+            Some(Ok(b)) if b.len() as u64 == expected_size => b,
+            Some(Ok(_)) | None => return None, // changed while we read it: observe again
+            Some(Err(e)) => {
                 let reason = format!("cannot read {}: {e}", path.display());
                 return self.reject(&path, &name, headers, &reason, intake).await;
             }
@@ -398,10 +409,11 @@ fn write_reason(file: &Path, reason: &str) -> std::io::Result<()> {
 }
 
 /// Reads at most `max` bytes; a file that grew past `max` since it was measured is an error.
-async fn read_limited(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
-    let file = tokio::fs::File::open(path).await?;
+fn read_limited(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
     let mut buf = Vec::new();
-    file.take(max + 1).read_to_end(&mut buf).await?;
+    file.take(max + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > max {
         return Err(std::io::Error::other(format!(
             "file grew past max_size ({max} bytes) while being read"

@@ -89,7 +89,10 @@ impl FileOutbound {
     fn write_batch(&self, msgs: &[Message]) -> Vec<io::Result<PathBuf>> {
         let dir = &self.cfg.path;
         if let Err(e) = std::fs::create_dir_all(dir) {
-            return msgs.iter().map(|_| Err(io::Error::new(e.kind(), e.to_string()))).collect();
+            return msgs
+                .iter()
+                .map(|_| Err(io::Error::new(e.kind(), e.to_string())))
+                .collect();
         }
         let temps: Vec<io::Result<(PathBuf, std::fs::File)>> = msgs
             .iter()
@@ -275,21 +278,38 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let o = outbound(tmp.path(), "name: \"{{original_name}}\"\non_clash: fail");
         std::fs::write(tmp.path().join("taken.json"), "older").unwrap();
-        let batch = [msg("a.json", "1"), msg("taken.json", "2"), msg("b.json", "3")];
+        let batch = [
+            msg("a.json", "1"),
+            msg("taken.json", "2"),
+            msg("b.json", "3"),
+        ];
         let results = o.write_batch(&batch);
         assert_eq!(results.len(), 3);
         assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
         let e = results[1].as_ref().unwrap_err();
         assert!(e.to_string().contains("taken.json already exists"), "{e}");
-        assert_eq!(std::fs::read_to_string(tmp.path().join("a.json")).unwrap(), "1");
-        assert_eq!(std::fs::read_to_string(tmp.path().join("b.json")).unwrap(), "3");
-        assert_eq!(std::fs::read_to_string(tmp.path().join("taken.json")).unwrap(), "older");
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("a.json")).unwrap(),
+            "1"
+        );
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("b.json")).unwrap(),
+            "3"
+        );
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("taken.json")).unwrap(),
+            "older"
+        );
         let mut names: Vec<String> = std::fs::read_dir(tmp.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        assert_eq!(names, ["a.json", "b.json", "taken.json"], "temporary files left behind");
+        assert_eq!(
+            names,
+            ["a.json", "b.json", "taken.json"],
+            "temporary files left behind"
+        );
     }
 
     #[test]
@@ -301,7 +321,13 @@ mod tests {
         replay.body = Bytes::from("two");
         let results = o.write_batch(&[first, replay]);
         assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
-        assert_eq!(std::fs::read_to_string(tmp.path().join("r.json")).unwrap(), "one");
-        assert_eq!(std::fs::read_to_string(tmp.path().join("r-2.json")).unwrap(), "two");
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("r.json")).unwrap(),
+            "one"
+        );
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("r-2.json")).unwrap(),
+            "two"
+        );
     }
 }
