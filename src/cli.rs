@@ -4,6 +4,7 @@ use crate::engine::Engine;
 use crate::route::endpoints::Endpoints;
 use crate::route::{self, values, Diagnostic};
 use crate::route_tests;
+use crate::settings::StoreLocation;
 use crate::settings::{RunArgs, Settings};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{MessageState, Store};
@@ -111,17 +112,21 @@ struct StoreArgs {
     /// Directory of the message store (default `data`).
     #[arg(long, env = "SWITCHYARD_DATA", global = true)]
     data: Option<PathBuf>,
+    /// The store: a SQLite file or a PostgreSQL URL, as for `run`.
+    #[arg(long, env = "SWITCHYARD_STORE", global = true)]
+    store: Option<String>,
 }
 
 impl StoreArgs {
-    fn store_file(&self) -> Result<PathBuf, String> {
+    fn location(&self) -> Result<StoreLocation, String> {
         let args = RunArgs {
             config: self.config.clone(),
             data: self.data.clone(),
+            store: self.store.clone(),
             ..RunArgs::default()
         };
         Settings::resolve(&args)
-            .map(|s| s.store_file)
+            .map(|s| s.store)
             .map_err(|d| d.to_string())
     }
 }
@@ -191,7 +196,9 @@ fn messages(command: MessagesCommand, store: StoreArgs) -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        let store = crate::messages::open(&store.store_file()?)?;
+        let store = crate::store::open(&store.location()?, Default::default(), true)
+            .await
+            .map_err(|e| e.0)?;
         match command {
             MessagesCommand::List {
                 route,
@@ -243,7 +250,7 @@ fn messages(command: MessagesCommand, store: StoreArgs) -> ExitCode {
                 limit,
             } => {
                 let lines = crate::messages::replay(
-                    &store,
+                    store.as_ref(),
                     id,
                     destination.as_deref(),
                     route,
@@ -266,10 +273,20 @@ fn messages(command: MessagesCommand, store: StoreArgs) -> ExitCode {
 }
 
 fn backup(file: PathBuf, store: StoreArgs) -> ExitCode {
-    let result = store
-        .store_file()
-        .and_then(|p| crate::messages::open(&p))
-        .and_then(|s| s.backup(&file).map_err(|e| e.0));
+    let result = store.location().and_then(|location| match location {
+        StoreLocation::Sqlite(path) => {
+            if !path.exists() {
+                return Err(format!("no store at {} (set --data or --store)", path.display()));
+            }
+            SqliteStore::open_shared(&path)
+                .and_then(|s| s.backup(&file))
+                .map_err(|e| e.0)
+        }
+        StoreLocation::Postgres(_) => Err(
+            "`switchyard backup` copies a SQLite store; back a PostgreSQL store up with pg_dump (see docs/store.md)"
+                .into(),
+        ),
+    });
     match result {
         Ok(()) => {
             println!("store copied to {}", file.display());
@@ -535,8 +552,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if routes.is_empty() {
         anyhow::bail!("no route files (*.yaml) in {}", dirs.routes.display());
     }
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dirs.store_file)?);
-    tracing::info!(store = %dirs.store_file.display(), logs = %dirs.logs.join(telemetry::LOG_FILE).display(), "store open");
+    let store: Arc<dyn Store> = crate::store::open(&dirs.store, dirs.claims.clone(), false).await?;
+    tracing::info!(store = %dirs.store, node = %dirs.claims.node, logs = %dirs.logs.join(telemetry::LOG_FILE).display(), "store open");
     let engine = match Engine::start(routes, store.clone()).await {
         Ok(e) => Arc::new(e),
         Err(e) => {

@@ -32,7 +32,6 @@ use tokio::sync::{mpsc, Mutex, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use uuid::Uuid;
 
 /// Messages a route's queue holds between intake and its step workers, per worker.
 const QUEUE_PER_WORKER: usize = 16;
@@ -69,6 +68,8 @@ pub(crate) struct RouteVersion {
     running: Arc<RunningRoute>,
     intake: Intake,
     paused: bool,
+    /// Messages queued for the steps; what is left here at a stop is handed back to the store.
+    queue: Arc<Mutex<mpsc::Receiver<Pending>>>,
 }
 
 /// A route as the admin API shows it.
@@ -132,7 +133,26 @@ impl Engine {
         let ids: Vec<&String> = versions.keys().collect();
         tracing::info!(routes = ?ids, "engine started");
         drop(versions);
+        engine.renew_leases();
         Ok(engine)
+    }
+
+    /// Renews this node's claims every third of the lease, so that no other node takes over
+    /// work this one is doing.
+    fn renew_leases(&self) {
+        let (store, stop) = (self.store.clone(), self.shutdown.clone());
+        self.tasks.spawn(async move {
+            let every = store.lease() / 3;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                if let Err(e) = store.renew_leases().await {
+                    tracing::error!(error = %e, "cannot renew this node's leases; other nodes may take its work over");
+                }
+            }
+        });
     }
 
     /// Applies each route's retention in the background: small batches, each its own short
@@ -214,6 +234,21 @@ impl Engine {
         {
             tracing::warn!(route = %v.route.id, "work still running after the drain time; it resumes from the store");
         }
+        // What this version claimed but never started goes back to the store, where the next
+        // version (or another node) claims it.
+        let mut left = Vec::new();
+        {
+            let mut queue = v.queue.lock().await;
+            queue.close();
+            while let Ok(p) = queue.try_recv() {
+                left.push(p.msg.id);
+            }
+        }
+        if !left.is_empty() {
+            if let Err(e) = self.store.release(left).await {
+                tracing::error!(route = %v.route.id, error = %e, "cannot hand queued messages back; they resume when their lease ends");
+            }
+        }
     }
 
     pub(crate) fn versions(&self) -> &Arc<Mutex<HashMap<String, RouteVersion>>> {
@@ -253,8 +288,6 @@ impl Engine {
         let workers = route.concurrency.max(1);
         let (tx, rx) = mpsc::channel::<Pending>(workers * QUEUE_PER_WORKER);
         let rx = Arc::new(Mutex::new(rx));
-        // Everything stored before this id was received by an earlier run or version.
-        let resume_before = Uuid::now_v7();
 
         for dest in running.destinations.values() {
             let (dest, store, stop) = (dest.clone(), self.store.clone(), stop.clone());
@@ -289,7 +322,7 @@ impl Engine {
                 self.store.clone(),
                 stop.clone(),
             );
-            tasks.spawn(async move { resume(&id, resume_before, tx, store.as_ref(), &stop).await });
+            tasks.spawn(async move { resume(&id, tx, store.as_ref(), &stop).await });
         }
         {
             let (r, tx, store, stop) = (
@@ -321,6 +354,7 @@ impl Engine {
             running,
             intake,
             paused: false,
+            queue: rx,
         }
     }
 
@@ -465,42 +499,46 @@ fn build(route: &Route, listeners: &Arc<Listeners>) -> anyhow::Result<RunningRou
     })
 }
 
-/// Queues the route's messages that an earlier run stored but did not finish processing.
+/// Queues the route's messages that nobody is processing: at the start, what an earlier run
+/// left unfinished; later, what a stopped route version handed back, and the work of another
+/// node whose lease ran out (a shared store). Looks again every third of the lease, at most
+/// every 5 seconds.
 async fn resume(
     route: &str,
-    before: Uuid,
     tx: mpsc::Sender<Pending>,
     store: &dyn Store,
     stop: &CancellationToken,
 ) {
-    let mut after = None;
-    let mut resumed = 0usize;
+    let every = (store.lease() / 3).min(Duration::from_secs(5));
     loop {
-        let page = match store.received_messages(route, after, PAGE).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(route, error = %e, "cannot read unfinished messages; they resume at the next start");
-                return;
+        let mut resumed = 0usize;
+        loop {
+            let page = match store.claim_received(route, PAGE).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(route, error = %e, "cannot read unfinished messages; trying again");
+                    break;
+                }
+            };
+            let last = page.len() < PAGE;
+            for work in page {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    sent = tx.send(work) => if sent.is_err() { return },
+                }
+                resumed += 1;
             }
-        };
-        let last = page.len() < PAGE;
-        for work in page {
-            if work.msg.id >= before {
-                return;
+            if last {
+                break;
             }
-            after = Some(work.msg.id);
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                sent = tx.send(work) => if sent.is_err() { return },
-            }
-            resumed += 1;
         }
-        if last {
-            break;
+        if resumed > 0 {
+            tracing::info!(route, resumed, "resumed unfinished messages from the store");
         }
-    }
-    if resumed > 0 {
-        tracing::info!(route, resumed, "resumed unfinished messages from the store");
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
     }
 }
 

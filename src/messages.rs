@@ -2,10 +2,8 @@
 //! messages, see everything that happened to one, send them again, copy the store safely.
 //! They work beside a running engine (which picks replayed messages up within seconds).
 
-use crate::store::sqlite::SqliteStore;
 use crate::store::{Details, MessageState, Search, Store, StoredMessage};
 use std::fmt::Write as _;
-use std::path::Path;
 use uuid::Uuid;
 
 fn time(t: std::time::SystemTime) -> String {
@@ -152,7 +150,7 @@ fn indent(text: &str, max: usize) -> String {
 
 /// Replays one message, or every message of a route in a state; returns one line per message.
 pub async fn replay(
-    store: &SqliteStore,
+    store: &dyn Store,
     id: Option<Uuid>,
     destination: Option<&str>,
     route: Option<String>,
@@ -190,14 +188,4 @@ pub async fn replay(
             Ok(out)
         }
     }
-}
-
-pub fn open(path: &Path) -> Result<SqliteStore, String> {
-    if !path.exists() {
-        return Err(format!(
-            "no store at {} (set --data or the settings file)",
-            path.display()
-        ));
-    }
-    SqliteStore::open_shared(path).map_err(|e| e.0)
 }

@@ -24,6 +24,17 @@ pub struct RunArgs {
     /// Directory of the message store, created when missing (default `data`).
     #[arg(long, env = "SWITCHYARD_DATA")]
     pub data: Option<PathBuf>,
+    /// The message store: a SQLite file (default `<data>/switchyard.db`) or a PostgreSQL URL
+    /// (`postgres://user@host:5432/database`), which several engines (nodes) may share.
+    #[arg(long, env = "SWITCHYARD_STORE")]
+    pub store: Option<String>,
+    /// This node's name in a shared store (default `<host>-<pid>`); unique per running engine.
+    #[arg(long, env = "SWITCHYARD_NODE")]
+    pub node: Option<String>,
+    /// How long this node's claims hold without renewal before another node may take its work
+    /// over (default `30s`).
+    #[arg(long, env = "SWITCHYARD_LEASE", value_parser = parse_duration)]
+    pub lease: Option<std::time::Duration>,
     /// Directory of the JSON-lines processing log, created when missing (default `logs`).
     #[arg(long, env = "SWITCHYARD_LOGS")]
     pub logs: Option<PathBuf>,
@@ -64,9 +75,15 @@ pub struct SettingsFile {
     pub data: Option<PathBuf>,
     #[serde(default)]
     pub logs: Option<PathBuf>,
-    /// The store's file (default `<data>/switchyard.db`).
+    /// The store: a SQLite file (default `<data>/switchyard.db`) or a PostgreSQL URL.
     #[serde(default)]
-    pub store: Option<PathBuf>,
+    pub store: Option<String>,
+    /// This node's name in a shared store (default `<host>-<pid>`).
+    #[serde(default)]
+    pub node: Option<String>,
+    /// How long a node's claims hold without renewal (default `30s`).
+    #[serde(default)]
+    pub lease: Option<Duration>,
     #[serde(default)]
     pub drain_timeout: Option<Duration>,
     #[serde(default)]
@@ -109,7 +126,9 @@ pub struct Settings {
     pub adapters: PathBuf,
     pub data: PathBuf,
     pub logs: PathBuf,
-    pub store_file: PathBuf,
+    pub store: StoreLocation,
+    /// This node's name and lease in the store.
+    pub claims: crate::store::Claims,
     pub drain: std::time::Duration,
     pub rotation: Rotation,
     pub log_level: Option<String>,
@@ -147,10 +166,25 @@ impl Settings {
         Ok(Settings {
             routes: pick(&args.routes, &file.routes, "routes"),
             adapters: pick(&args.adapters, &file.adapters, "adapters"),
-            store_file: file
-                .store
-                .clone()
-                .unwrap_or_else(|| data.join("switchyard.db")),
+            store: match args.store.clone().or_else(|| file.store.clone()) {
+                Some(s) => StoreLocation::parse(&s),
+                None => StoreLocation::Sqlite(data.join("switchyard.db")),
+            },
+            claims: {
+                let defaults = crate::store::Claims::default();
+                crate::store::Claims {
+                    node: args
+                        .node
+                        .clone()
+                        .or(file.node.clone())
+                        .unwrap_or(defaults.node),
+                    lease: args
+                        .lease
+                        .or(file.lease.map(|d| d.0))
+                        .unwrap_or(defaults.lease)
+                        .max(std::time::Duration::from_millis(300)),
+                }
+            },
             logs: pick(&args.logs, &file.logs, "logs"),
             data,
             drain: args
@@ -184,5 +218,33 @@ impl Settings {
                 (None, None) => None,
             },
         })
+    }
+}
+
+/// Where the message store is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// The embedded store: one engine per file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database shared by any number of engines.
+    Postgres(String),
+}
+
+impl StoreLocation {
+    pub fn parse(s: &str) -> StoreLocation {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            StoreLocation::Postgres(s.to_string())
+        } else {
+            StoreLocation::Sqlite(PathBuf::from(s))
+        }
+    }
+}
+
+impl std::fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::Sqlite(p) => write!(f, "{}", p.display()),
+            StoreLocation::Postgres(url) => write!(f, "{}", crate::store::postgres::redacted(url)),
+        }
     }
 }

@@ -5,8 +5,13 @@
 //! transition, so after a crash or restart every unfinished message resumes from the store:
 //! messages still `received` run through the steps again, and `pending` deliveries are retried.
 //!
-//! The trait is small on purpose so that a PostgreSQL backend can sit beside [`sqlite`].
+//! Two backends implement [`Store`]: [`sqlite`] (embedded, one engine per file) and
+//! [`postgres`] (several engines — nodes — on one database). Work is *claimed*: a message
+//! waiting for its steps and a due delivery belong to one node at a time, under a lease the
+//! node renews ([`Store::renew_leases`]); when a node dies, its lease runs out and another
+//! node takes its work over. With SQLite the only node is the engine holding the file's lock.
 
+pub mod postgres;
 pub mod sqlite;
 
 use crate::message::{Headers, Message};
@@ -297,6 +302,54 @@ pub struct Details {
     pub deliveries: Vec<DeliveryRecord>,
 }
 
+/// Opens the store at `location` for an engine (`shared: false`: SQLite takes the file's
+/// lock) or beside one (`shared: true`: the `messages` command).
+pub async fn open(
+    location: &crate::settings::StoreLocation,
+    claims: Claims,
+    shared: bool,
+) -> StoreResult<std::sync::Arc<dyn Store>> {
+    use crate::settings::StoreLocation;
+    Ok(match location {
+        StoreLocation::Sqlite(path) if shared => {
+            if !path.exists() {
+                return Err(StoreError(format!(
+                    "no store at {} (set --data, --store or the settings file)",
+                    path.display()
+                )));
+            }
+            std::sync::Arc::new(sqlite::SqliteStore::open_shared(path)?)
+        }
+        StoreLocation::Sqlite(path) => {
+            std::sync::Arc::new(sqlite::SqliteStore::open_with(path, claims)?)
+        }
+        StoreLocation::Postgres(url) => {
+            std::sync::Arc::new(postgres::PgStore::connect(url, claims).await?)
+        }
+    })
+}
+
+/// Who this node is and how long its claims hold.
+#[derive(Debug, Clone)]
+pub struct Claims {
+    /// This node's name, recorded on what it claims (default `<host>-<pid>`).
+    pub node: String,
+    /// A claim not renewed for this long may be taken over by another node.
+    pub lease: Duration,
+}
+
+impl Default for Claims {
+    fn default() -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "node".into());
+        Claims {
+            node: format!("{host}-{}", std::process::id()),
+            lease: Duration::from_secs(30),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("message store: {0}")]
 pub struct StoreError(pub String);
@@ -322,14 +375,22 @@ pub trait Store: Send + Sync {
     /// moves the message to its terminal state and returns it.
     async fn record_attempt(&self, attempt: Attempt<'_>) -> StoreResult<Option<MessageState>>;
 
-    /// Messages of `route` waiting for their steps and not scheduled for later, oldest
-    /// first, after `after`: what a restart resumes.
-    async fn received_messages(
-        &self,
-        route: &str,
-        after: Option<Uuid>,
-        limit: usize,
-    ) -> StoreResult<Vec<Pending>>;
+    /// Claims, oldest first, up to `limit` messages of `route` that wait for their steps, are
+    /// not scheduled for later and that no live node holds: after a restart, everything the
+    /// last run left unfinished; with several nodes, the work of a node whose lease ran out.
+    /// Messages stored by this node are its own from the start and never returned here.
+    async fn claim_received(&self, route: &str, limit: usize) -> StoreResult<Vec<Pending>>;
+
+    /// Hands back messages this node claimed but will not process (a route version stopped
+    /// with them still queued), so that they can be claimed again at once.
+    async fn release(&self, ids: Vec<Uuid>) -> StoreResult<()>;
+
+    /// Extends this node's leases: messages in hand, claimed deliveries, FIFO destinations.
+    /// The engine calls it every third of [`Store::lease`].
+    async fn renew_leases(&self) -> StoreResult<()>;
+
+    /// How long a claim holds without renewal; another node may take the work over after.
+    fn lease(&self) -> Duration;
 
     /// Takes messages of `route` scheduled for their steps at or before `now` (split
     /// children, retries): they are unscheduled in the same write, so each is taken once.
@@ -343,7 +404,8 @@ pub trait Store: Send + Sync {
     /// When the next scheduled message of `route` is due, if any.
     async fn next_scheduled(&self, route: &str) -> StoreResult<Option<SystemTime>>;
 
-    /// Pending deliveries of one destination that are due at `now`, oldest first.
+    /// Claims the pending deliveries of one destination that are due at `now` and not claimed
+    /// by a live node, oldest first. Each stays claimed until its attempt is recorded.
     async fn due_deliveries(
         &self,
         route: &str,
@@ -352,11 +414,15 @@ pub trait Store: Send + Sync {
         limit: usize,
     ) -> StoreResult<Vec<Delivery>>;
 
-    /// The oldest pending delivery of a destination, due or not (strict FIFO order).
+    /// The oldest pending delivery of a destination, due or not (strict FIFO order), when
+    /// this node holds the destination's lease (taken here when free): one node at a time
+    /// delivers to a FIFO destination, so order holds across nodes. `None` while another
+    /// node holds it.
     async fn oldest_pending(&self, route: &str, destination: &str)
         -> StoreResult<Option<Delivery>>;
 
-    /// When the next pending delivery of the destination falls due, if any is pending.
+    /// When the next pending delivery of the destination can be claimed (due, and its claim,
+    /// if any, ended), if any is pending.
     async fn next_due(&self, route: &str, destination: &str) -> StoreResult<Option<SystemTime>>;
 
     /// Sets a message's state and its error or reason text (a split made while reading

@@ -15,7 +15,6 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Jobs a single transaction may hold; bounds the latency one commit adds.
 const MAX_BATCH: usize = 512;
-const SCHEMA_VERSION: i64 = 1;
 
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
@@ -27,6 +26,7 @@ pub struct SqliteStore {
     reader: Arc<Mutex<Connection>>,
     /// Held while an engine uses the store; released by `close`.
     lock: Mutex<Option<std::fs::File>>,
+    claims: Claims,
 }
 
 fn sql_err(e: impl std::fmt::Display) -> StoreError {
@@ -62,11 +62,27 @@ impl SqliteStore {
     /// Opens the store for an engine: only one engine may use a store file at a time (two
     /// would process the same messages), which a lock file next to it enforces.
     pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        Self::open_with(path, Claims::default())
+    }
+
+    /// [`SqliteStore::open`] with this node's name and lease.
+    pub fn open_with(path: &Path, claims: Claims) -> StoreResult<SqliteStore> {
         let lock = Self::lock(path)?;
-        let store = Self::open_shared(path)?;
+        let mut store = Self::open_shared(path)?;
+        store.claims = claims;
         if let Ok(mut l) = store.lock.lock() {
             *l = Some(lock);
         }
+        // Holding the lock, this is the only engine: whatever an earlier run claimed is free.
+        let conn = open_connection(path).map_err(sql_err)?;
+        conn.execute_batch(
+            "BEGIN;
+             UPDATE messages SET owner = NULL, lease_until = NULL WHERE owner IS NOT NULL;
+             UPDATE deliveries SET owner = NULL, lease_until = NULL WHERE owner IS NOT NULL;
+             DELETE FROM destination_leases;
+             COMMIT;",
+        )
+        .map_err(sql_err)?;
         Ok(store)
     }
 
@@ -100,6 +116,13 @@ impl SqliteStore {
         }
     }
 
+    /// [`SqliteStore::open_shared`] under a node name and lease of its own (tests of claims).
+    pub fn open_shared_with(path: &Path, claims: Claims) -> StoreResult<SqliteStore> {
+        let mut store = Self::open_shared(path)?;
+        store.claims = claims;
+        Ok(store)
+    }
+
     /// Opens the store beside a running engine (for `messages`, `backup`): no engine lock.
     pub fn open_shared(path: &Path) -> StoreResult<SqliteStore> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -131,6 +154,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(writer)),
             reader: Arc::new(Mutex::new(reader)),
             lock: Mutex::new(None),
+            claims: Claims::default(),
         })
     }
 
@@ -147,6 +171,14 @@ impl SqliteStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// This node's name and lease in milliseconds, for the write closures.
+    fn claim_args(&self) -> (String, i64) {
+        (
+            self.claims.node.clone(),
+            self.claims.lease.as_millis() as i64,
+        )
     }
 
     async fn write<R, F>(&self, f: F) -> StoreResult<R>
@@ -238,17 +270,42 @@ fn write_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
+/// Schema changes in order; each runs once, in its own transaction, and is recorded in
+/// `schema_version`. Append new ones; never edit one that has shipped.
+const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2)];
+
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);")?;
-    let version: Option<i64> = conn
-        .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
-        .optional()?
-        .flatten();
-    if version.unwrap_or(0) >= SCHEMA_VERSION {
-        return Ok(());
+    let version: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+        [],
+        |r| r.get(0),
+    )?;
+    for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > version) {
+        conn.execute_batch(&format!(
+            "BEGIN; {sql}; INSERT INTO schema_version (version) VALUES ({v}); COMMIT;"
+        ))?;
     }
-    conn.execute_batch(
-        "BEGIN;
+    Ok(())
+}
+
+/// Claims (see the module docs of `store`): who holds a message or delivery, and until when.
+const SCHEMA_V2: &str = "
+        ALTER TABLE messages ADD COLUMN owner TEXT;
+        ALTER TABLE messages ADD COLUMN lease_until INTEGER;
+        ALTER TABLE deliveries ADD COLUMN owner TEXT;
+        ALTER TABLE deliveries ADD COLUMN lease_until INTEGER;
+        CREATE INDEX messages_owner ON messages (owner) WHERE owner IS NOT NULL;
+        CREATE INDEX deliveries_owner ON deliveries (owner) WHERE owner IS NOT NULL;
+        CREATE TABLE destination_leases (
+            route       TEXT NOT NULL,
+            destination TEXT NOT NULL,
+            owner       TEXT NOT NULL,
+            lease_until INTEGER NOT NULL,
+            PRIMARY KEY (route, destination)
+        )";
+
+const SCHEMA_V1: &str = "
         CREATE TABLE messages (
             id              TEXT PRIMARY KEY,   -- UUIDv7: sorts by arrival
             route           TEXT NOT NULL,
@@ -303,11 +360,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             duration_us INTEGER,
             detail      TEXT
         );
-        CREATE INDEX transitions_message ON transitions (message_id);
-        INSERT INTO schema_version (version) VALUES (1);
-        COMMIT;",
-    )
-}
+        CREATE INDEX transitions_message ON transitions (message_id)";
 
 #[allow(clippy::too_many_arguments)]
 fn transition(
@@ -449,16 +502,18 @@ fn delivery_row(
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert(&self, batch: Vec<Insert>) -> StoreResult<()> {
+        let (node, lease) = self.claim_args();
         self.write(move |conn| {
             let now = millis(SystemTime::now());
             for ins in &batch {
                 let m = &ins.msg;
                 let id = m.id.to_string();
                 let received = millis(m.received_at);
+                let held = ins.state == MessageState::Received && !ins.scheduled;
                 conn.prepare_cached(
                     "INSERT INTO messages (id, route, route_version, state, received_at, updated_at, headers, body,
-                                           error, parent_id, resume_step, next_attempt_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                                           error, parent_id, resume_step, next_attempt_at, owner, lease_until)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 )?
                 .execute(params![
                     id,
@@ -472,6 +527,9 @@ impl Store for SqliteStore {
                     ins.parent.map(|p| p.to_string()),
                     ins.resume_step as i64,
                     ins.scheduled.then_some(now),
+                    // This node processes what it stored itself: held from the start.
+                    held.then_some(&node),
+                    held.then_some(now + lease),
                 ])?;
                 transition(conn, &id, received, "received", None, ins.state.as_str(), None, ins.error.as_deref())?;
                 for (name, value) in &ins.index {
@@ -496,14 +554,20 @@ impl Store for SqliteStore {
         result: Processed,
     ) -> StoreResult<Option<MessageState>> {
         let id = id.to_string();
+        let (node, _) = self.claim_args();
         self.write(move |conn| {
             let now = millis(SystemTime::now());
+            // Another node that took the message over (this one's lease ran out) records it.
             let waiting = conn
-                .prepare_cached("SELECT 1 FROM messages WHERE id = ?1 AND state = 'received'")?
-                .exists([&id])?;
+                .prepare_cached(
+                    "SELECT 1 FROM messages WHERE id = ?1 AND state = 'received' AND (owner IS NULL OR owner = ?2)",
+                )?
+                .exists(params![&id, &node])?;
             if !waiting {
                 return Ok(None);
             }
+            conn.prepare_cached("UPDATE messages SET owner = NULL, lease_until = NULL WHERE id = ?1")?
+                .execute([&id])?;
             for s in &steps {
                 transition(
                     conn,
@@ -605,8 +669,8 @@ impl Store for SqliteStore {
                 AttemptOutcome::Dead { error, .. } => ("dead", now, Some(error.as_str())),
             };
             conn.prepare_cached(
-                "UPDATE deliveries SET state = ?2, attempts = ?3, next_attempt_at = ?4, last_error = ?5, updated_at = ?6
-                 WHERE id = ?1",
+                "UPDATE deliveries SET state = ?2, attempts = ?3, next_attempt_at = ?4, last_error = ?5, updated_at = ?6,
+                 owner = NULL, lease_until = NULL WHERE id = ?1",
             )?
             .execute(params![delivery, state, number, next, error, now])?;
             let detail = match error {
@@ -653,23 +717,63 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn received_messages(
-        &self,
-        route: &str,
-        after: Option<Uuid>,
-        limit: usize,
-    ) -> StoreResult<Vec<Pending>> {
+    async fn claim_received(&self, route: &str, limit: usize) -> StoreResult<Vec<Pending>> {
         let route = route.to_string();
-        let after = after.map(|u| u.to_string()).unwrap_or_default();
-        self.read(move |conn| {
+        let (node, lease) = self.claim_args();
+        self.write(move |conn| {
+            let now = millis(SystemTime::now());
             let mut stmt = conn.prepare_cached(&format!(
-                "{SELECT_PENDING} WHERE route = ?1 AND state = 'received' AND next_attempt_at IS NULL AND id > ?2
-                 ORDER BY id LIMIT ?3"
+                "{SELECT_PENDING} WHERE route = ?1 AND state = 'received' AND next_attempt_at IS NULL
+                 AND (owner IS NULL OR (lease_until < ?2 AND owner != ?3)) ORDER BY id LIMIT ?4"
             ))?;
-            let rows = stmt.query_map(params![route, after, limit as i64], pending_row)?;
-            rows.collect()
+            let taken: Vec<Pending> = stmt
+                .query_map(params![route, now, node, limit as i64], pending_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut claim = conn
+                .prepare_cached("UPDATE messages SET owner = ?2, lease_until = ?3 WHERE id = ?1")?;
+            for p in &taken {
+                claim.execute(params![p.msg.id.to_string(), node, now + lease])?;
+            }
+            Ok(taken)
         })
         .await
+    }
+
+    async fn release(&self, ids: Vec<Uuid>) -> StoreResult<()> {
+        let (node, _) = self.claim_args();
+        self.write(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "UPDATE messages SET owner = NULL, lease_until = NULL WHERE id = ?1 AND owner = ?2 AND state = 'received'",
+            )?;
+            for id in &ids {
+                stmt.execute(params![id.to_string(), node])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn renew_leases(&self) -> StoreResult<()> {
+        let (node, lease) = self.claim_args();
+        self.write(move |conn| {
+            let until = millis(SystemTime::now()) + lease;
+            conn.prepare_cached(
+                "UPDATE messages SET lease_until = ?2 WHERE owner = ?1 AND state = 'received'",
+            )?
+            .execute(params![node, until])?;
+            conn.prepare_cached(
+                "UPDATE deliveries SET lease_until = ?2 WHERE owner = ?1 AND state = 'pending'",
+            )?
+            .execute(params![node, until])?;
+            conn.prepare_cached("UPDATE destination_leases SET lease_until = ?2 WHERE owner = ?1")?
+                .execute(params![node, until])?;
+            Ok(())
+        })
+        .await
+    }
+
+    fn lease(&self) -> Duration {
+        self.claims.lease
     }
 
     async fn take_scheduled(
@@ -680,6 +784,7 @@ impl Store for SqliteStore {
     ) -> StoreResult<Vec<Pending>> {
         let route = route.to_string();
         let now = millis(now);
+        let (node, lease) = self.claim_args();
         self.write(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
                 "{SELECT_PENDING} WHERE route = ?1 AND state = 'received' AND next_attempt_at IS NOT NULL
@@ -688,10 +793,11 @@ impl Store for SqliteStore {
             let taken: Vec<Pending> = stmt
                 .query_map(params![route, now, limit as i64], pending_row)?
                 .collect::<rusqlite::Result<_>>()?;
-            let mut unschedule =
-                conn.prepare_cached("UPDATE messages SET next_attempt_at = NULL WHERE id = ?1")?;
+            let mut unschedule = conn.prepare_cached(
+                "UPDATE messages SET next_attempt_at = NULL, owner = ?2, lease_until = ?3 WHERE id = ?1",
+            )?;
             for p in &taken {
-                unschedule.execute([p.msg.id.to_string()])?;
+                unschedule.execute(params![p.msg.id.to_string(), node, now + lease])?;
             }
             Ok(taken)
         })
@@ -722,15 +828,23 @@ impl Store for SqliteStore {
         let route = route.to_string();
         let destination = destination.to_string();
         let now = millis(now);
-        self.read(move |conn| {
+        let (node, lease) = self.claim_args();
+        self.write(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
                 "{SELECT_DELIVERY} WHERE d.route = ?1 AND d.destination = ?2 AND d.state = 'pending'
-                 AND d.next_attempt_at <= ?3 ORDER BY d.id LIMIT ?4"
+                 AND d.next_attempt_at <= ?3 AND (d.owner IS NULL OR d.lease_until < ?3) ORDER BY d.id LIMIT ?4"
             ))?;
-            let rows = stmt.query_map(params![route, destination, now, limit as i64], |r| {
-                delivery_row(r, &route, &destination)
-            })?;
-            rows.collect()
+            let due: Vec<Delivery> = stmt
+                .query_map(params![route, destination, now, limit as i64], |r| {
+                    delivery_row(r, &route, &destination)
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut claim = conn
+                .prepare_cached("UPDATE deliveries SET owner = ?2, lease_until = ?3 WHERE id = ?1")?;
+            for d in &due {
+                claim.execute(params![d.id, node, now + lease])?;
+            }
+            Ok(due)
         })
         .await
     }
@@ -742,7 +856,21 @@ impl Store for SqliteStore {
     ) -> StoreResult<Option<Delivery>> {
         let route = route.to_string();
         let destination = destination.to_string();
-        self.read(move |conn| {
+        let (node, lease) = self.claim_args();
+        self.write(move |conn| {
+            let now = millis(SystemTime::now());
+            let held = conn
+                .prepare_cached(
+                    "INSERT INTO destination_leases (route, destination, owner, lease_until) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (route, destination) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until
+                     WHERE destination_leases.owner = excluded.owner OR destination_leases.lease_until < ?5
+                     RETURNING owner",
+                )?
+                .query_row(params![route, destination, node, now + lease, now], |_| Ok(()))
+                .optional()?;
+            if held.is_none() {
+                return Ok(None); // another node delivers to it now
+            }
             conn.prepare_cached(&format!(
                 "{SELECT_DELIVERY} WHERE d.route = ?1 AND d.destination = ?2 AND d.state = 'pending'
                  ORDER BY d.id LIMIT 1"
@@ -761,7 +889,7 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let next: Option<i64> = conn
                 .prepare_cached(
-                    "SELECT MIN(next_attempt_at) FROM deliveries
+                    "SELECT MIN(MAX(next_attempt_at, COALESCE(lease_until, 0))) FROM deliveries
                      WHERE route = ?1 AND destination = ?2 AND state = 'pending'",
                 )?
                 .query_row(params![route, destination], |r| r.get(0))?;
@@ -944,8 +1072,8 @@ impl Store for SqliteStore {
                     Some(dest) => {
                         let n = conn
                             .prepare_cached(
-                                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?3, last_error = NULL, updated_at = ?3
-                                 WHERE message_id = ?1 AND destination = ?2",
+                                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?3, last_error = NULL, updated_at = ?3,
+                                 owner = NULL, lease_until = NULL WHERE message_id = ?1 AND destination = ?2",
                             )?
                             .execute(params![id, dest, now])?;
                         if n == 0 {
@@ -964,7 +1092,8 @@ impl Store for SqliteStore {
                         }
                         conn.prepare_cached(
                             "UPDATE messages SET state = 'received', resume_step = 0, attempts = 0, next_attempt_at = ?2,
-                             error = NULL, out_headers = NULL, out_body = NULL, updated_at = ?2 WHERE id = ?1",
+                             error = NULL, out_headers = NULL, out_body = NULL, updated_at = ?2, owner = NULL, lease_until = NULL
+                             WHERE id = ?1",
                         )?
                         .execute(params![id, now])?;
                         // Old deliveries stay as history; pending ones would be sent twice.
@@ -1119,324 +1248,4 @@ fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
             .get::<_, Option<String>>(7)?
             .and_then(|p| Uuid::parse_str(&p).ok()),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn insert(route: &str, body: &str) -> (Message, Insert) {
-        let msg = Message::new(route, Bytes::from(body.to_string()));
-        let ins = Insert {
-            msg: msg.clone(),
-            route_version: "v1".into(),
-            state: MessageState::Received,
-            error: None,
-            parent: None,
-            resume_step: 0,
-            scheduled: false,
-            wire_taps: Vec::new(),
-            index: vec![("order".into(), "17".into())],
-        };
-        (msg, ins)
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_inserts_are_all_committed_and_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        let store = Arc::new(SqliteStore::open(&path).unwrap());
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..500 {
-            let s = store.clone();
-            tasks.spawn(async move { s.insert(vec![insert("r", &format!("m{i}")).1]).await });
-        }
-        while let Some(r) = tasks.join_next().await {
-            r.unwrap().unwrap();
-        }
-        store.close().await.unwrap();
-        assert!(store.insert(vec![insert("r", "late").1]).await.is_err());
-
-        let reopened = SqliteStore::open(&path).unwrap();
-        let counts = reopened.count_by_state(Some("r")).await.unwrap();
-        assert_eq!(counts.get(&MessageState::Received), Some(&500));
-        let page = reopened.received_messages("r", None, 1000).await.unwrap();
-        assert_eq!(page.len(), 500);
-        assert!(
-            page.windows(2).all(|w| w[0].msg.id < w[1].msg.id),
-            "oldest first"
-        );
-    }
-
-    fn step() -> StepRecord {
-        StepRecord {
-            step: "steps[0].xml_to_json".into(),
-            ok: true,
-            duration: Duration::from_micros(5),
-            detail: None,
-        }
-    }
-
-    fn attempt(d: &Delivery, number: u32, outcome: AttemptOutcome) -> Attempt<'static> {
-        Attempt {
-            delivery: d.id,
-            message: d.message.id,
-            destination: "x",
-            number,
-            duration: Duration::from_millis(1),
-            outcome,
-        }
-    }
-
-    #[tokio::test]
-    async fn lifecycle_transitions_and_idempotent_steps() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
-        let (m, mut ins) = insert("r", "<a/>");
-        ins.wire_taps = vec!["wire_tap[0]".into()];
-        store.insert(vec![ins]).await.unwrap();
-        let routed = Processed::Routed {
-            headers: Headers::new(),
-            body: Bytes::from_static(b"{}"),
-            destinations: vec!["to[0]".into(), "to[1]".into()],
-        };
-        let s = store
-            .finish_steps(m.id, vec![step()], routed.clone())
-            .await
-            .unwrap();
-        assert_eq!(s, Some(MessageState::Delivering));
-        // A second pass over the same message records nothing and creates no deliveries.
-        assert_eq!(
-            store
-                .finish_steps(m.id, vec![step()], routed)
-                .await
-                .unwrap(),
-            None
-        );
-
-        let now = SystemTime::now();
-        let d0 = store.due_deliveries("r", "to[0]", now, 10).await.unwrap();
-        let d1 = store.due_deliveries("r", "to[1]", now, 10).await.unwrap();
-        assert_eq!((d0.len(), d1.len()), (1, 1));
-        assert_eq!(&d0[0].message.body[..], b"{}");
-        // The wire tap carries the message as received.
-        let tap = store
-            .due_deliveries("r", "wire_tap[0]", now, 10)
-            .await
-            .unwrap();
-        assert_eq!(&tap[0].message.body[..], b"<a/>");
-        assert_eq!(tap[0].kind, DeliveryKind::WireTap);
-
-        let later = now + Duration::from_secs(60);
-        let retry = AttemptOutcome::Retry {
-            error: "disk full".into(),
-            next_attempt_at: later,
-        };
-        assert_eq!(
-            store
-                .record_attempt(attempt(&d0[0], 1, retry))
-                .await
-                .unwrap(),
-            None
-        );
-        assert!(store
-            .due_deliveries("r", "to[0]", now, 10)
-            .await
-            .unwrap()
-            .is_empty());
-        let oldest = store.oldest_pending("r", "to[0]").await.unwrap().unwrap();
-        assert_eq!(millis(oldest.next_attempt_at), millis(later));
-        assert_eq!(
-            millis(store.next_due("r", "to[0]").await.unwrap().unwrap()),
-            millis(later)
-        );
-
-        // A wire tap's outcome never decides the message's state.
-        assert_eq!(
-            store
-                .record_attempt(attempt(&tap[0], 1, AttemptOutcome::Delivered))
-                .await
-                .unwrap(),
-            None
-        );
-        assert_eq!(
-            store
-                .record_attempt(attempt(&d1[0], 1, AttemptOutcome::Delivered))
-                .await
-                .unwrap(),
-            None,
-            "to[0] is still open"
-        );
-        let dead = AttemptOutcome::Dead {
-            error: "gave up".into(),
-            dead_letter: Some("dead_letter".into()),
-        };
-        assert_eq!(
-            store
-                .record_attempt(attempt(&d0[0], 2, dead))
-                .await
-                .unwrap(),
-            Some(MessageState::Dead)
-        );
-        assert_eq!(
-            store.message(m.id).await.unwrap().unwrap().state,
-            MessageState::Dead
-        );
-        // The dead delivery went to the dead-letter destination, with the processed body.
-        let dl = store
-            .due_deliveries("r", "dead_letter", SystemTime::now(), 10)
-            .await
-            .unwrap();
-        assert_eq!(dl.len(), 1);
-        assert_eq!(
-            (&dl[0].message.body[..], dl[0].kind),
-            (&b"{}"[..], DeliveryKind::DeadLetter)
-        );
-    }
-
-    #[tokio::test]
-    async fn failures_filters_retries_and_splits() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
-        let (failed, a) = insert("r", "bad");
-        let (filtered, b) = insert("r", "dull");
-        let (retried, c) = insert("r", "flaky");
-        let (parent, d) = insert("r", "a\nb");
-        store.insert(vec![a, b, c, d]).await.unwrap();
-
-        let s = store
-            .finish_steps(
-                failed.id,
-                vec![],
-                Processed::Failed {
-                    error: "nope".into(),
-                    dead_letter: Some("dead_letter".into()),
-                },
-            )
-            .await
-            .unwrap();
-        assert_eq!(s, Some(MessageState::Failed));
-        let dl = store
-            .due_deliveries("r", "dead_letter", SystemTime::now(), 10)
-            .await
-            .unwrap();
-        assert_eq!(
-            (&dl[0].message.body[..], dl[0].error.as_deref()),
-            (&b"bad"[..], Some("nope"))
-        );
-
-        let s = store
-            .finish_steps(
-                filtered.id,
-                vec![],
-                Processed::Filtered {
-                    reason: "test order".into(),
-                },
-            )
-            .await
-            .unwrap();
-        assert_eq!(s, Some(MessageState::Filtered));
-
-        let soon = SystemTime::now() + Duration::from_millis(50);
-        let s = store
-            .finish_steps(
-                retried.id,
-                vec![],
-                Processed::Retry {
-                    error: "busy".into(),
-                    next_attempt_at: soon,
-                },
-            )
-            .await
-            .unwrap();
-        assert_eq!(s, Some(MessageState::Received));
-        // Scheduled messages are not resumed as fresh ones, and are taken once when due.
-        let fresh = store.received_messages("r", None, 10).await.unwrap();
-        assert_eq!(
-            fresh.iter().map(|p| p.msg.id).collect::<Vec<_>>(),
-            vec![parent.id]
-        );
-        assert!(store
-            .take_scheduled("r", SystemTime::now(), 10)
-            .await
-            .unwrap()
-            .is_empty());
-        let due = store
-            .take_scheduled("r", soon + Duration::from_millis(1), 10)
-            .await
-            .unwrap();
-        assert_eq!((due.len(), due[0].attempts), (1, 1));
-        assert!(store
-            .take_scheduled("r", soon + Duration::from_secs(1), 10)
-            .await
-            .unwrap()
-            .is_empty());
-
-        let children: Vec<Insert> = ["a", "b"]
-            .iter()
-            .map(|b| {
-                let (_, mut ins) = insert("r", b);
-                ins.parent = Some(parent.id);
-                ins.resume_step = 1;
-                ins.scheduled = true;
-                ins
-            })
-            .collect();
-        let s = store
-            .finish_steps(parent.id, vec![], Processed::Split { children })
-            .await
-            .unwrap();
-        assert_eq!(s, Some(MessageState::Split));
-        let kids = store
-            .take_scheduled("r", SystemTime::now() + Duration::from_millis(5), 10)
-            .await
-            .unwrap();
-        assert_eq!(kids.len(), 2);
-        assert!(kids.iter().all(|k| k.resume_step == 1));
-        let kid = store.message(kids[0].msg.id).await.unwrap().unwrap();
-        assert_eq!(kid.parent, Some(parent.id));
-    }
-
-    #[tokio::test]
-    async fn retention_by_age_count_and_size() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
-        let mut ids = Vec::new();
-        for i in 0..10 {
-            let (m, ins) = insert("r", &"x".repeat(1000 + i));
-            store.insert(vec![ins]).await.unwrap();
-            let routed = Processed::Unrouted {
-                headers: Headers::new(),
-                body: Bytes::from(vec![b'y'; 1000]),
-            };
-            store.finish_steps(m.id, vec![], routed).await.unwrap();
-            ids.push(m.id);
-        }
-        let (pending, ins) = insert("r", "still working");
-        store.insert(vec![ins]).await.unwrap();
-        // By size: 10 finished messages of about 2 KB each, kept under 9 KB: the oldest go.
-        let by_size = Retention {
-            max_bytes: Some(crate::route::values::ByteSize(9000)),
-            ..Retention::default()
-        };
-        let p = store.prune("r", &by_size, 100).await.unwrap();
-        assert_eq!(p.deleted, 6);
-        assert!(store.message(ids[0]).await.unwrap().is_none());
-        assert!(store.message(ids[9]).await.unwrap().is_some());
-        // By count.
-        let by_count = Retention {
-            max_messages: Some(2),
-            ..Retention::default()
-        };
-        assert_eq!(store.prune("r", &by_count, 100).await.unwrap().deleted, 2);
-        // By age: everything finished goes; the unfinished message stays.
-        let by_age = Retention {
-            max_age: Some(crate::route::values::Duration::from_millis(0)),
-            ..Retention::default()
-        };
-        std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(store.prune("r", &by_age, 100).await.unwrap().deleted, 2);
-        assert!(store.message(pending.id).await.unwrap().is_some());
-        assert!(store.reclaim(1000).await.unwrap() > 0);
-    }
 }

@@ -1,0 +1,1329 @@
+//! The PostgreSQL store: several engines (nodes) sharing one database.
+//!
+//! Writes go through one writer task per node that owns a connection. It takes every job
+//! waiting in its queue, runs each in its own savepoint, commits them in one transaction and
+//! only then answers each caller — group commit, as in the SQLite store. Reads share a second
+//! connection (tokio-postgres pipelines concurrent queries on it).
+//!
+//! Work is claimed with `FOR UPDATE SKIP LOCKED`: two nodes asking at once get different rows
+//! and never wait for each other. A claim carries the node's name and a lease that the node
+//! renews; when a node dies its leases run out and the others take its work over (see
+//! `docs/store.md`). A FIFO destination is delivered to by one node at a time, the holder of
+//! its row in `destination_leases`.
+
+use super::*;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Row, Statement};
+
+/// Jobs a single transaction may hold; bounds the latency one commit adds.
+const MAX_BATCH: usize = 512;
+
+/// Schema changes in order; each runs once, in its own transaction, under an advisory lock so
+/// that nodes starting together do not race. Append new ones; never edit one that has shipped.
+const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1)];
+/// Any constant will do: it names the migration lock among the database's advisory locks.
+const MIGRATION_LOCK: i64 = 0x5357_4954_4348; // "SWITCH"
+
+/// A connection with its prepared statements.
+struct Db {
+    client: Client,
+    statements: std::sync::Mutex<HashMap<String, Statement>>,
+}
+
+type PgResult<T> = Result<T, tokio_postgres::Error>;
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+impl Db {
+    async fn connect(config: &tokio_postgres::Config) -> PgResult<Arc<Db>> {
+        let (client, connection) = config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "PostgreSQL connection lost; reconnecting on next use");
+            }
+        });
+        Ok(Arc::new(Db {
+            client,
+            statements: std::sync::Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Prepares `sql` once per connection.
+    async fn prepare(&self, sql: &str) -> PgResult<Statement> {
+        if let Some(s) = self
+            .statements
+            .lock()
+            .ok()
+            .and_then(|m| m.get(sql).cloned())
+        {
+            return Ok(s);
+        }
+        let s = self.client.prepare(sql).await?;
+        if let Ok(mut m) = self.statements.lock() {
+            m.insert(sql.to_string(), s.clone());
+        }
+        Ok(s)
+    }
+
+    async fn query(&self, sql: &str, params: Params<'_>) -> PgResult<Vec<Row>> {
+        let s = self.prepare(sql).await?;
+        self.client.query(&s, params).await
+    }
+
+    async fn query_opt(&self, sql: &str, params: Params<'_>) -> PgResult<Option<Row>> {
+        let s = self.prepare(sql).await?;
+        self.client.query_opt(&s, params).await
+    }
+
+    async fn execute(&self, sql: &str, params: Params<'_>) -> PgResult<u64> {
+        let s = self.prepare(sql).await?;
+        self.client.execute(&s, params).await
+    }
+}
+
+type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+type JobFuture = Pin<Box<dyn Future<Output = Completion> + Send>>;
+/// A write: given the writer's connection (or why there is none), runs inside the batch's
+/// transaction and returns how to answer its caller once the commit is known.
+type Job = Box<dyn FnOnce(Result<Arc<Db>, String>) -> JobFuture + Send>;
+
+pub struct PgStore {
+    config: tokio_postgres::Config,
+    jobs: std::sync::Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    reader: Mutex<Option<Arc<Db>>>,
+    claims: Claims,
+}
+
+fn pg_err(e: tokio_postgres::Error) -> StoreError {
+    // The server's own words ("relation … does not exist") say more than "db error".
+    match e.as_db_error() {
+        Some(db) => StoreError(format!(
+            "PostgreSQL: {} (SQLSTATE {})",
+            db.message(),
+            db.code().code()
+        )),
+        None => StoreError(e.to_string()),
+    }
+}
+
+fn closed() -> StoreError {
+    StoreError("the store is closed (the engine is shutting down)".into())
+}
+
+fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn from_millis(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}
+
+/// The URL without its password, for messages.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user@host:port/db`), applies the schema and starts the
+    /// writer. Several nodes may connect to one database; each needs its own `claims.node`.
+    pub async fn connect(url: &str, claims: Claims) -> StoreResult<PgStore> {
+        let config: tokio_postgres::Config = url.parse().map_err(|e| {
+            StoreError(format!(
+                "bad PostgreSQL URL {}: {e}; expected postgres://user@host:5432/database",
+                redacted(url)
+            ))
+        })?;
+        let db = Db::connect(&config).await.map_err(|e| {
+            StoreError(format!(
+                "cannot connect to PostgreSQL at {}: {e}; is the server running and the database created?",
+                redacted(url)
+            ))
+        })?;
+        migrate(&db).await.map_err(|e| {
+            StoreError(format!(
+                "cannot apply the store schema in {}: {e}",
+                redacted(url)
+            ))
+        })?;
+        // A node restarting under its name takes back what its earlier run claimed: that run
+        // is gone (node names are unique among running engines; see docs/store.md).
+        db.client
+            .execute(
+                "UPDATE messages SET owner = NULL, lease_until = NULL WHERE owner = $1",
+                &[&claims.node],
+            )
+            .await
+            .map_err(pg_err)?;
+        db.client
+            .execute(
+                "UPDATE deliveries SET owner = NULL, lease_until = NULL WHERE owner = $1",
+                &[&claims.node],
+            )
+            .await
+            .map_err(pg_err)?;
+        db.client
+            .execute(
+                "DELETE FROM destination_leases WHERE owner = $1",
+                &[&claims.node],
+            )
+            .await
+            .map_err(pg_err)?;
+        let (tx, rx) = mpsc::channel::<Job>(4096);
+        let writer = tokio::spawn(write_loop(config.clone(), db, rx));
+        Ok(PgStore {
+            config,
+            jobs: std::sync::Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            reader: Mutex::new(None),
+            claims,
+        })
+    }
+
+    fn claim_args(&self) -> (String, i64) {
+        (
+            self.claims.node.clone(),
+            self.claims.lease.as_millis() as i64,
+        )
+    }
+
+    async fn write<R, F, Fut>(&self, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(Arc<Db>) -> Fut + Send + 'static,
+        Fut: Future<Output = PgResult<R>> + Send + 'static,
+    {
+        let jobs = self
+            .jobs
+            .lock()
+            .map_err(|_| closed())?
+            .clone()
+            .ok_or_else(closed)?;
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |db: Result<Arc<Db>, String>| -> JobFuture {
+            Box::pin(async move {
+                let result = match db {
+                    Ok(db) => in_savepoint(&db.clone(), f(db)).await.map_err(pg_err),
+                    Err(e) => Err(StoreError(e)),
+                };
+                Box::new(move |commit: Result<(), String>| {
+                    let out = match (result, commit) {
+                        (Err(e), _) => Err(e),
+                        (Ok(_), Err(e)) => Err(StoreError(format!("commit failed: {e}"))),
+                        (Ok(r), Ok(())) => Ok(r),
+                    };
+                    let _ = tx.send(out);
+                }) as Completion
+            })
+        });
+        jobs.send(job).await.map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+
+    /// The shared read connection, reconnected when it was lost.
+    async fn reader(&self) -> StoreResult<Arc<Db>> {
+        let mut reader = self.reader.lock().await;
+        if let Some(db) = reader.as_ref().filter(|db| !db.client.is_closed()) {
+            return Ok(db.clone());
+        }
+        let db = Db::connect(&self.config)
+            .await
+            .map_err(|e| StoreError(format!("cannot connect to PostgreSQL: {e}")))?;
+        *reader = Some(db.clone());
+        Ok(db)
+    }
+}
+
+async fn in_savepoint<R>(db: &Db, f: impl Future<Output = PgResult<R>>) -> PgResult<R> {
+    db.client.batch_execute("SAVEPOINT job").await?;
+    match f.await {
+        Ok(r) => {
+            db.client.batch_execute("RELEASE job").await?;
+            Ok(r)
+        }
+        Err(e) => {
+            let _ = db
+                .client
+                .batch_execute("ROLLBACK TO job; RELEASE job")
+                .await;
+            Err(e)
+        }
+    }
+}
+
+async fn write_loop(
+    config: tokio_postgres::Config,
+    first_db: Arc<Db>,
+    mut rx: mpsc::Receiver<Job>,
+) {
+    let mut db = Some(first_db);
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if db.as_ref().is_none_or(|d| d.client.is_closed()) {
+            db = Db::connect(&config).await.ok();
+        }
+        let Some(conn) = db.clone() else {
+            for job in batch {
+                let completion = job(Err("cannot connect to PostgreSQL".into())).await;
+                completion(Err("no connection".into()));
+            }
+            continue;
+        };
+        if let Err(e) = conn.client.batch_execute("BEGIN").await {
+            let msg = format!("cannot begin a transaction: {e}");
+            for job in batch {
+                let completion = job(Err(msg.clone())).await;
+                completion(Err(msg.clone()));
+            }
+            continue;
+        }
+        let mut completions = Vec::with_capacity(batch.len());
+        for job in batch {
+            completions.push(job(Ok(conn.clone())).await);
+        }
+        let commit = conn
+            .client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| e.to_string());
+        if commit.is_err() {
+            let _ = conn.client.batch_execute("ROLLBACK").await;
+        }
+        for c in completions {
+            c(commit.clone());
+        }
+    }
+}
+
+async fn migrate(db: &Db) -> PgResult<()> {
+    db.client
+        .batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+        .await?;
+    for (v, sql) in MIGRATIONS {
+        db.client.batch_execute("BEGIN").await?;
+        let step = async {
+            db.client
+                .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+                .await?;
+            let current: i64 = db
+                .client
+                .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])
+                .await?
+                .get(0);
+            if current < *v {
+                db.client.batch_execute(sql).await?;
+                db.client
+                    .execute("INSERT INTO schema_version (version) VALUES ($1)", &[v])
+                    .await?;
+            }
+            Ok::<_, tokio_postgres::Error>(())
+        };
+        match step.await {
+            Ok(()) => db.client.batch_execute("COMMIT").await?,
+            Err(e) => {
+                let _ = db.client.batch_execute("ROLLBACK").await;
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+const SCHEMA_V1: &str = "
+    CREATE TABLE messages (
+        id              UUID PRIMARY KEY,   -- UUIDv7: sorts by arrival
+        route           TEXT NOT NULL,
+        route_version   TEXT NOT NULL,
+        state           TEXT NOT NULL,
+        received_at     BIGINT NOT NULL,    -- unix ms
+        updated_at      BIGINT NOT NULL,
+        headers         TEXT NOT NULL,      -- JSON object, as received
+        body            BYTEA,
+        out_headers     TEXT,
+        out_body        BYTEA,
+        error           TEXT,
+        parent_id       UUID,
+        resume_step     INTEGER NOT NULL DEFAULT 0,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at BIGINT,
+        owner           TEXT,               -- the node processing it, while received
+        lease_until     BIGINT
+    );
+    CREATE INDEX messages_route_state ON messages (route, state, id);
+    CREATE INDEX messages_scheduled ON messages (route, next_attempt_at) WHERE next_attempt_at IS NOT NULL;
+    CREATE INDEX messages_state ON messages (state, id);
+    CREATE INDEX messages_route_updated ON messages (route, updated_at);
+    CREATE INDEX messages_parent ON messages (parent_id) WHERE parent_id IS NOT NULL;
+    CREATE INDEX messages_owner ON messages (owner) WHERE owner IS NOT NULL;
+    CREATE TABLE deliveries (
+        id              BIGSERIAL PRIMARY KEY,
+        message_id      UUID NOT NULL,
+        route           TEXT NOT NULL,
+        destination     TEXT NOT NULL,
+        kind            TEXT NOT NULL DEFAULT 'main',
+        payload         TEXT NOT NULL DEFAULT 'out',
+        state           TEXT NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at BIGINT NOT NULL,
+        last_error      TEXT,
+        updated_at      BIGINT NOT NULL,
+        owner           TEXT,               -- the node sending it, while claimed
+        lease_until     BIGINT
+    );
+    CREATE INDEX deliveries_due ON deliveries (route, destination, state, next_attempt_at, id);
+    CREATE INDEX deliveries_message ON deliveries (message_id);
+    CREATE INDEX deliveries_owner ON deliveries (owner) WHERE owner IS NOT NULL;
+    CREATE TABLE destination_leases (
+        route       TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        owner       TEXT NOT NULL,
+        lease_until BIGINT NOT NULL,
+        PRIMARY KEY (route, destination)
+    );
+    CREATE TABLE message_index (
+        name        TEXT NOT NULL,
+        value       TEXT NOT NULL,
+        message_id  UUID NOT NULL
+    );
+    CREATE INDEX message_index_lookup ON message_index (name, value);
+    CREATE INDEX message_index_message ON message_index (message_id);
+    CREATE TABLE transitions (
+        id          BIGSERIAL PRIMARY KEY,
+        message_id  UUID NOT NULL,
+        at          BIGINT NOT NULL,
+        event       TEXT NOT NULL,
+        name        TEXT,
+        outcome     TEXT NOT NULL,
+        duration_us BIGINT,
+        detail      TEXT
+    );
+    CREATE INDEX transitions_message ON transitions (message_id);
+";
+
+#[allow(clippy::too_many_arguments)]
+async fn transition(
+    db: &Db,
+    message: Uuid,
+    at: i64,
+    event: &str,
+    name: Option<&str>,
+    outcome: &str,
+    duration: Option<Duration>,
+    detail: Option<&str>,
+) -> PgResult<()> {
+    let duration = duration.map(|d| d.as_micros() as i64);
+    db.execute(
+        "INSERT INTO transitions (message_id, at, event, name, outcome, duration_us, detail)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[&message, &at, &event, &name, &outcome, &duration, &detail],
+    )
+    .await?;
+    Ok(())
+}
+
+fn headers_json(h: &Headers) -> String {
+    serde_json::to_string(h).unwrap_or_else(|_| "{}".into())
+}
+
+fn parse_headers(text: Option<String>) -> Headers {
+    text.and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+async fn add_delivery(
+    db: &Db,
+    message: Uuid,
+    route: &str,
+    destination: &str,
+    kind: DeliveryKind,
+    payload: &str,
+    now: i64,
+) -> PgResult<()> {
+    db.execute(
+        "INSERT INTO deliveries (message_id, route, destination, kind, payload, state, next_attempt_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6)",
+        &[&message, &route, &destination, &kind.as_str(), &payload, &now],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn set_state(
+    db: &Db,
+    id: Uuid,
+    now: i64,
+    state: MessageState,
+    error: Option<&str>,
+) -> PgResult<()> {
+    db.execute(
+        "UPDATE messages SET state = $2, updated_at = $3, error = $4 WHERE id = $1",
+        &[&id, &state.as_str(), &now, &error],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn set_output(
+    db: &Db,
+    id: Uuid,
+    now: i64,
+    state: MessageState,
+    headers: &Headers,
+    body: &Bytes,
+) -> PgResult<()> {
+    db.execute(
+        "UPDATE messages SET state = $2, updated_at = $3, out_headers = $4, out_body = $5, error = NULL
+         WHERE id = $1",
+        &[&id, &state.as_str(), &now, &headers_json(headers), &&body[..]],
+    )
+    .await?;
+    Ok(())
+}
+
+const PENDING_COLUMNS: &str = "id, route, headers, body, received_at, resume_step, attempts";
+
+fn pending_row(r: &Row) -> Pending {
+    Pending {
+        msg: Message {
+            id: r.get(0),
+            route: r.get(1),
+            headers: parse_headers(r.get(2)),
+            body: Bytes::from(r.get::<_, Option<Vec<u8>>>(3).unwrap_or_default()),
+            received_at: from_millis(r.get(4)),
+        },
+        resume_step: r.get::<_, i32>(5).max(0) as usize,
+        attempts: r.get::<_, i32>(6).max(0) as u32,
+    }
+}
+
+/// Delivery columns of `d` (a deliveries row set) joined with its message `m`.
+const DELIVERY_COLUMNS: &str =
+    "d.id, d.attempts, d.kind, d.next_attempt_at, m.id, m.received_at, m.error,
+        CASE d.payload WHEN 'in' THEN m.headers ELSE m.out_headers END,
+        CASE d.payload WHEN 'in' THEN m.body ELSE m.out_body END";
+
+fn delivery_row(r: &Row, route: &str, destination: &str) -> Delivery {
+    let kind: String = r.get(2);
+    Delivery {
+        id: r.get(0),
+        destination: destination.to_string(),
+        kind: DeliveryKind::parse(&kind),
+        attempts: r.get::<_, i32>(1).max(0) as u32,
+        next_attempt_at: from_millis(r.get(3)),
+        error: r.get(6),
+        message: Message {
+            id: r.get(4),
+            route: route.to_string(),
+            headers: parse_headers(r.get(7)),
+            body: Bytes::from(r.get::<_, Option<Vec<u8>>>(8).unwrap_or_default()),
+            received_at: from_millis(r.get(5)),
+        },
+    }
+}
+
+const STORED_COLUMNS: &str =
+    "id, route, route_version, state, headers, error, received_at, parent_id";
+
+fn stored_row(r: &Row) -> StoredMessage {
+    let state: String = r.get(3);
+    StoredMessage {
+        id: r.get(0),
+        route: r.get(1),
+        route_version: r.get(2),
+        state: MessageState::parse(&state).unwrap_or(MessageState::Failed),
+        headers: parse_headers(r.get(4)),
+        error: r.get(5),
+        received_at: from_millis(r.get(6)),
+        parent: r.get(7),
+    }
+}
+
+const FINISHED: &str = "state IN ('delivered','failed','filtered','unrouted','split','dead')
+    AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id AND d.state = 'pending')";
+
+#[async_trait]
+impl Store for PgStore {
+    async fn insert(&self, batch: Vec<Insert>) -> StoreResult<()> {
+        let (node, lease) = self.claim_args();
+        self.write(move |db| async move {
+            let now = millis(SystemTime::now());
+            for ins in &batch {
+                let m = &ins.msg;
+                let received = millis(m.received_at);
+                // This node processes what it stored itself: held from the start.
+                let held = ins.state == MessageState::Received && !ins.scheduled;
+                db.execute(
+                    "INSERT INTO messages (id, route, route_version, state, received_at, updated_at, headers, body,
+                                           error, parent_id, resume_step, next_attempt_at, owner, lease_until)
+                     VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                    &[
+                        &m.id,
+                        &m.route,
+                        &ins.route_version,
+                        &ins.state.as_str(),
+                        &received,
+                        &headers_json(&m.headers),
+                        &&m.body[..],
+                        &ins.error,
+                        &ins.parent,
+                        &(ins.resume_step as i32),
+                        &ins.scheduled.then_some(now),
+                        &held.then_some(node.as_str()),
+                        &held.then_some(now + lease),
+                    ],
+                )
+                .await?;
+                transition(&db, m.id, received, "received", None, ins.state.as_str(), None, ins.error.as_deref()).await?;
+                for (name, value) in &ins.index {
+                    db.execute(
+                        "INSERT INTO message_index (name, value, message_id) VALUES ($1, $2, $3)",
+                        &[name, value, &m.id],
+                    )
+                    .await?;
+                }
+                for tap in &ins.wire_taps {
+                    add_delivery(&db, m.id, &m.route, tap, DeliveryKind::WireTap, "in", now).await?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn finish_steps(
+        &self,
+        id: Uuid,
+        steps: Vec<StepRecord>,
+        result: Processed,
+    ) -> StoreResult<Option<MessageState>> {
+        let (node, _) = self.claim_args();
+        self.write(move |db| async move {
+            let now = millis(SystemTime::now());
+            // Another node that took the message over (this one's lease ran out) records it.
+            let Some(row) = db
+                .query_opt(
+                    "SELECT route FROM messages WHERE id = $1 AND state = 'received'
+                     AND (owner IS NULL OR owner = $2) FOR UPDATE",
+                    &[&id, &node],
+                )
+                .await?
+            else {
+                return Ok(None);
+            };
+            let route: String = row.get(0);
+            db.execute("UPDATE messages SET owner = NULL, lease_until = NULL WHERE id = $1", &[&id])
+                .await?;
+            for s in &steps {
+                transition(&db, id, now, "step", Some(&s.step), if s.ok { "ok" } else { "error" }, Some(s.duration), s.detail.as_deref()).await?;
+            }
+            let state = match &result {
+                Processed::Routed { headers, body, destinations } => {
+                    set_output(&db, id, now, MessageState::Delivering, headers, body).await?;
+                    for d in destinations {
+                        add_delivery(&db, id, &route, d, DeliveryKind::Main, "out", now).await?;
+                    }
+                    MessageState::Delivering
+                }
+                Processed::Unrouted { headers, body } => {
+                    set_output(&db, id, now, MessageState::Unrouted, headers, body).await?;
+                    MessageState::Unrouted
+                }
+                Processed::Filtered { reason } => {
+                    set_state(&db, id, now, MessageState::Filtered, Some(reason)).await?;
+                    MessageState::Filtered
+                }
+                Processed::Failed { error, dead_letter } => {
+                    set_state(&db, id, now, MessageState::Failed, Some(error)).await?;
+                    if let Some(dl) = dead_letter {
+                        add_delivery(&db, id, &route, dl, DeliveryKind::DeadLetter, "in", now).await?;
+                    }
+                    MessageState::Failed
+                }
+                Processed::Retry { error, next_attempt_at } => {
+                    db.execute(
+                        "UPDATE messages SET attempts = attempts + 1, next_attempt_at = $2, updated_at = $3, error = $4
+                         WHERE id = $1",
+                        &[&id, &millis(*next_attempt_at), &now, error],
+                    )
+                    .await?;
+                    transition(&db, id, now, "state", None, "retry", None, Some(error)).await?;
+                    return Ok(Some(MessageState::Received));
+                }
+                Processed::Split { children } => {
+                    let mut n = 0;
+                    for ins in children {
+                        let m = &ins.msg;
+                        db.execute(
+                            "INSERT INTO messages (id, route, route_version, state, received_at, updated_at, headers, body,
+                                                   parent_id, resume_step, next_attempt_at)
+                             VALUES ($1, $2, $3, 'received', $4, $4, $5, $6, $7, $8, $4)",
+                            &[&m.id, &m.route, &ins.route_version, &millis(m.received_at), &headers_json(&m.headers), &&m.body[..], &id, &(ins.resume_step as i32)],
+                        )
+                        .await?;
+                        transition(&db, m.id, now, "received", None, "received", None, Some(&format!("split from {id}"))).await?;
+                        n += 1;
+                    }
+                    set_state(&db, id, now, MessageState::Split, Some(&format!("split into {n} messages"))).await?;
+                    MessageState::Split
+                }
+            };
+            transition(&db, id, now, "state", None, state.as_str(), None, None).await?;
+            Ok(Some(state))
+        })
+        .await
+    }
+
+    async fn record_attempt(&self, a: Attempt<'_>) -> StoreResult<Option<MessageState>> {
+        let id = a.message;
+        let destination = a.destination.to_string();
+        let (delivery, number, duration, outcome) = (a.delivery, a.number, a.duration, a.outcome);
+        self.write(move |db| async move {
+            let now = millis(SystemTime::now());
+            let (state, next, error) = match &outcome {
+                AttemptOutcome::Delivered => ("delivered", now, None),
+                AttemptOutcome::Retry { error, next_attempt_at } => {
+                    ("pending", millis(*next_attempt_at), Some(error.as_str()))
+                }
+                AttemptOutcome::Dead { error, .. } => ("dead", now, Some(error.as_str())),
+            };
+            let row = db
+                .query_opt(
+                    "UPDATE deliveries SET state = $2, attempts = $3, next_attempt_at = $4, last_error = $5, updated_at = $6,
+                     owner = NULL, lease_until = NULL WHERE id = $1 RETURNING kind, route",
+                    &[&delivery, &state, &(number as i32), &next, &error, &now],
+                )
+                .await?;
+            let detail = match error {
+                Some(e) => format!("attempt {number}: {e}"),
+                None => format!("attempt {number}"),
+            };
+            let outcome_name = if state == "pending" { "retry" } else { state };
+            transition(&db, id, now, "attempt", Some(&destination), outcome_name, Some(duration), Some(&detail)).await?;
+            let Some(row) = row else { return Ok(None) };
+            if state == "pending" {
+                return Ok(None);
+            }
+            let (kind, route): (String, String) = (row.get(0), row.get(1));
+            if DeliveryKind::parse(&kind) != DeliveryKind::Main {
+                return Ok(None); // copies never change the message's state
+            }
+            if let AttemptOutcome::Dead { error, dead_letter } = &outcome {
+                db.execute("UPDATE messages SET error = $2 WHERE id = $1", &[&id, &format!("{destination}: {error}")])
+                    .await?;
+                if let Some(dl) = dead_letter {
+                    add_delivery(&db, id, &route, dl, DeliveryKind::DeadLetter, "out", now).await?;
+                }
+            }
+            let counts = db
+                .query_opt(
+                    "SELECT COUNT(*) FILTER (WHERE state = 'pending'), COUNT(*) FILTER (WHERE state = 'dead')
+                     FROM deliveries WHERE message_id = $1 AND kind = 'main'",
+                    &[&id],
+                )
+                .await?;
+            let (open, dead): (i64, i64) = counts.map(|r| (r.get(0), r.get(1))).unwrap_or((0, 0));
+            if open > 0 {
+                return Ok(None);
+            }
+            let final_state = if dead > 0 { MessageState::Dead } else { MessageState::Delivered };
+            db.execute("UPDATE messages SET state = $2, updated_at = $3 WHERE id = $1", &[&id, &final_state.as_str(), &now])
+                .await?;
+            transition(&db, id, now, "state", None, final_state.as_str(), None, None).await?;
+            Ok(Some(final_state))
+        })
+        .await
+    }
+
+    async fn claim_received(&self, route: &str, limit: usize) -> StoreResult<Vec<Pending>> {
+        let route = route.to_string();
+        let (node, lease) = self.claim_args();
+        let mut taken = self
+            .write(move |db| async move {
+                let now = millis(SystemTime::now());
+                let rows = db
+                    .query(
+                        &format!(
+                            "WITH c AS (
+                               SELECT id FROM messages WHERE route = $1 AND state = 'received' AND next_attempt_at IS NULL
+                               AND (owner IS NULL OR (lease_until < $2 AND owner <> $3))
+                               ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
+                             UPDATE messages SET owner = $3, lease_until = $5 FROM c WHERE messages.id = c.id
+                             RETURNING {}",
+                            PENDING_COLUMNS
+                                .split(", ")
+                                .map(|c| format!("messages.{c}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                        &[&route, &now, &node, &(limit as i64), &(now + lease)],
+                    )
+                    .await?;
+                Ok(rows.iter().map(pending_row).collect::<Vec<_>>())
+            })
+            .await?;
+        taken.sort_by_key(|p| p.msg.id);
+        Ok(taken)
+    }
+
+    async fn release(&self, ids: Vec<Uuid>) -> StoreResult<()> {
+        let (node, _) = self.claim_args();
+        self.write(move |db| async move {
+            db.execute(
+                "UPDATE messages SET owner = NULL, lease_until = NULL
+                 WHERE id = ANY($1) AND owner = $2 AND state = 'received'",
+                &[&ids, &node],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn renew_leases(&self) -> StoreResult<()> {
+        let (node, lease) = self.claim_args();
+        self.write(move |db| async move {
+            let until = millis(SystemTime::now()) + lease;
+            db.execute(
+                "UPDATE messages SET lease_until = $2 WHERE owner = $1 AND state = 'received'",
+                &[&node, &until],
+            )
+            .await?;
+            db.execute(
+                "UPDATE deliveries SET lease_until = $2 WHERE owner = $1 AND state = 'pending'",
+                &[&node, &until],
+            )
+            .await?;
+            db.execute(
+                "UPDATE destination_leases SET lease_until = $2 WHERE owner = $1",
+                &[&node, &until],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    fn lease(&self) -> Duration {
+        self.claims.lease
+    }
+
+    async fn take_scheduled(
+        &self,
+        route: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> StoreResult<Vec<Pending>> {
+        let route = route.to_string();
+        let now = millis(now);
+        let (node, lease) = self.claim_args();
+        let mut taken = self
+            .write(move |db| async move {
+                let rows = db
+                    .query(
+                        "WITH c AS (
+                           SELECT id FROM messages WHERE route = $1 AND state = 'received' AND next_attempt_at IS NOT NULL
+                           AND next_attempt_at <= $2 ORDER BY next_attempt_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
+                         UPDATE messages SET next_attempt_at = NULL, owner = $4, lease_until = $5 FROM c WHERE messages.id = c.id
+                         RETURNING messages.id, messages.route, messages.headers, messages.body, messages.received_at,
+                                   messages.resume_step, messages.attempts",
+                        &[&route, &now, &(limit as i64), &node, &(now + lease)],
+                    )
+                    .await?;
+                Ok(rows.iter().map(pending_row).collect::<Vec<_>>())
+            })
+            .await?;
+        taken.sort_by_key(|p| p.msg.id);
+        Ok(taken)
+    }
+
+    async fn next_scheduled(&self, route: &str) -> StoreResult<Option<SystemTime>> {
+        let db = self.reader().await?;
+        let row = db
+            .query_opt(
+                "SELECT MIN(next_attempt_at) FROM messages
+                 WHERE route = $1 AND state = 'received' AND next_attempt_at IS NOT NULL",
+                &[&route],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(row
+            .and_then(|r| r.get::<_, Option<i64>>(0))
+            .map(from_millis))
+    }
+
+    async fn due_deliveries(
+        &self,
+        route: &str,
+        destination: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        let (route, destination) = (route.to_string(), destination.to_string());
+        let now = millis(now);
+        let (node, lease) = self.claim_args();
+        self.write(move |db| async move {
+            let rows = db
+                .query(
+                    &format!(
+                        "WITH c AS (
+                           SELECT id FROM deliveries WHERE route = $1 AND destination = $2 AND state = 'pending'
+                           AND next_attempt_at <= $3 AND (owner IS NULL OR lease_until < $3)
+                           ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED),
+                         d AS (UPDATE deliveries SET owner = $5, lease_until = $6 FROM c WHERE deliveries.id = c.id
+                               RETURNING deliveries.*)
+                         SELECT {DELIVERY_COLUMNS} FROM d JOIN messages m ON m.id = d.message_id ORDER BY d.id"
+                    ),
+                    &[&route, &destination, &now, &(limit as i64), &node, &(now + lease)],
+                )
+                .await?;
+            Ok(rows.iter().map(|r| delivery_row(r, &route, &destination)).collect())
+        })
+        .await
+    }
+
+    async fn oldest_pending(
+        &self,
+        route: &str,
+        destination: &str,
+    ) -> StoreResult<Option<Delivery>> {
+        let (route, destination) = (route.to_string(), destination.to_string());
+        let (node, lease) = self.claim_args();
+        self.write(move |db| async move {
+            let now = millis(SystemTime::now());
+            let held = db
+                .query_opt(
+                    "INSERT INTO destination_leases (route, destination, owner, lease_until) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (route, destination) DO UPDATE SET owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until
+                     WHERE destination_leases.owner = EXCLUDED.owner OR destination_leases.lease_until < $5
+                     RETURNING owner",
+                    &[&route, &destination, &node, &(now + lease), &now],
+                )
+                .await?;
+            if held.is_none() {
+                return Ok(None); // another node delivers to it now
+            }
+            let row = db
+                .query_opt(
+                    &format!(
+                        "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN messages m ON m.id = d.message_id
+                         WHERE d.route = $1 AND d.destination = $2 AND d.state = 'pending' ORDER BY d.id LIMIT 1"
+                    ),
+                    &[&route, &destination],
+                )
+                .await?;
+            Ok(row.map(|r| delivery_row(&r, &route, &destination)))
+        })
+        .await
+    }
+
+    async fn next_due(&self, route: &str, destination: &str) -> StoreResult<Option<SystemTime>> {
+        let db = self.reader().await?;
+        let row = db
+            .query_opt(
+                "SELECT MIN(GREATEST(next_attempt_at, COALESCE(lease_until, 0))) FROM deliveries
+                 WHERE route = $1 AND destination = $2 AND state = 'pending'",
+                &[&route, &destination],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(row
+            .and_then(|r| r.get::<_, Option<i64>>(0))
+            .map(from_millis))
+    }
+
+    async fn annotate(&self, id: Uuid, state: MessageState, text: &str) -> StoreResult<()> {
+        let text = text.to_string();
+        self.write(move |db| async move {
+            let now = millis(SystemTime::now());
+            set_state(&db, id, now, state, Some(&text)).await?;
+            transition(
+                &db,
+                id,
+                now,
+                "state",
+                None,
+                state.as_str(),
+                None,
+                Some(&text),
+            )
+            .await
+        })
+        .await
+    }
+
+    async fn pending_deliveries(&self) -> StoreResult<Vec<(String, String, u64)>> {
+        let db = self.reader().await?;
+        let rows = db
+            .query(
+                "SELECT route, destination, COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY route, destination",
+                &[],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get::<_, i64>(2) as u64))
+            .collect())
+    }
+
+    async fn message(&self, id: Uuid) -> StoreResult<Option<StoredMessage>> {
+        let db = self.reader().await?;
+        let row = db
+            .query_opt(
+                &format!("SELECT {STORED_COLUMNS} FROM messages WHERE id = $1"),
+                &[&id],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(row.as_ref().map(stored_row))
+    }
+
+    async fn count_by_state(
+        &self,
+        route: Option<&str>,
+    ) -> StoreResult<BTreeMap<MessageState, u64>> {
+        let db = self.reader().await?;
+        let rows = db
+            .query(
+                "SELECT state, COUNT(*) FROM messages WHERE $1::TEXT IS NULL OR route = $1 GROUP BY state",
+                &[&route],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let state: String = r.get(0);
+                MessageState::parse(&state).map(|s| (s, r.get::<_, i64>(1) as u64))
+            })
+            .collect())
+    }
+
+    async fn list_messages(
+        &self,
+        route: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredMessage>> {
+        let db = self.reader().await?;
+        let rows = db
+            .query(
+                &format!("SELECT {STORED_COLUMNS} FROM messages WHERE $1::TEXT IS NULL OR route = $1 ORDER BY id LIMIT $2"),
+                &[&route, &(limit as i64)],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows.iter().map(stored_row).collect())
+    }
+
+    async fn search(&self, f: &Search) -> StoreResult<Vec<StoredMessage>> {
+        let state = f.state.map(|s| s.as_str().to_string());
+        let (since, until) = (f.since.map(millis), f.until.map(millis));
+        let (fname, fvalue) = f.field.clone().unzip();
+        let text_bytes = f.text.as_ref().map(|t| t.as_bytes().to_vec());
+        let db = self.reader().await?;
+        let rows = db
+            .query(
+                &format!(
+                    "SELECT {STORED_COLUMNS} FROM messages
+                     WHERE ($1::TEXT IS NULL OR route = $1) AND ($2::TEXT IS NULL OR state = $2)
+                     AND ($3::BIGINT IS NULL OR received_at >= $3) AND ($4::BIGINT IS NULL OR received_at <= $4)
+                     AND ($5::TEXT IS NULL OR strpos(headers, $5) > 0 OR position($9::BYTEA in COALESCE(body, ''::BYTEA)) > 0
+                          OR strpos(COALESCE(out_headers, ''), $5) > 0 OR position($9::BYTEA in COALESCE(out_body, ''::BYTEA)) > 0)
+                     AND ($7::TEXT IS NULL OR id IN (SELECT message_id FROM message_index WHERE name = $7 AND value = $8))
+                     ORDER BY id DESC LIMIT $6"
+                ),
+                &[
+                    &f.route,
+                    &state,
+                    &since,
+                    &until,
+                    &f.text,
+                    &(f.limit.max(1) as i64),
+                    &fname,
+                    &fvalue,
+                    &text_bytes,
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows.iter().map(stored_row).collect())
+    }
+
+    async fn details(&self, id: Uuid) -> StoreResult<Option<Details>> {
+        let db = self.reader().await?;
+        let Some(row) = db
+            .query_opt(
+                &format!("SELECT {STORED_COLUMNS}, body, out_headers, out_body FROM messages WHERE id = $1"),
+                &[&id],
+            )
+            .await
+            .map_err(pg_err)?
+        else {
+            return Ok(None);
+        };
+        let message = stored_row(&row);
+        let body: Option<Vec<u8>> = row.get(8);
+        let out_headers: Option<String> = row.get(9);
+        let out_body: Option<Vec<u8>> = row.get(10);
+        let ts = |ms: i64| humantime::format_rfc3339_millis(from_millis(ms)).to_string();
+        let transitions = db
+            .query(
+                "SELECT at, event, name, outcome, duration_us, detail FROM transitions WHERE message_id = $1 ORDER BY id",
+                &[&id],
+            )
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| TransitionRecord {
+                at: ts(r.get(0)),
+                event: r.get(1),
+                name: r.get(2),
+                outcome: r.get(3),
+                duration_us: r.get(4),
+                detail: r.get(5),
+            })
+            .collect();
+        let deliveries = db
+            .query(
+                "SELECT destination, kind, state, attempts, next_attempt_at, last_error FROM deliveries WHERE message_id = $1 ORDER BY id",
+                &[&id],
+            )
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| DeliveryRecord {
+                destination: r.get(0),
+                kind: r.get(1),
+                state: r.get(2),
+                attempts: r.get::<_, i32>(3).max(0) as u32,
+                next_attempt_at: ts(r.get(4)),
+                last_error: r.get(5),
+            })
+            .collect();
+        Ok(Some(Details {
+            message,
+            body: Bytes::from(body.unwrap_or_default()),
+            out_headers: out_headers.map(|h| parse_headers(Some(h))),
+            out_body: out_body.map(Bytes::from),
+            transitions,
+            deliveries,
+        }))
+    }
+
+    async fn replay(&self, id: Uuid, destination: Option<&str>) -> StoreResult<String> {
+        let destination = destination.map(str::to_string);
+        let result = self
+            .write(move |db| async move {
+                let now = millis(SystemTime::now());
+                let Some(row) = db
+                    .query_opt("SELECT state FROM messages WHERE id = $1 FOR UPDATE", &[&id])
+                    .await?
+                else {
+                    return Ok(Err(format!("no message {id}")));
+                };
+                let state: String = row.get(0);
+                match destination {
+                    Some(dest) => {
+                        let n = db
+                            .execute(
+                                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = $3, last_error = NULL,
+                                 updated_at = $3, owner = NULL, lease_until = NULL WHERE message_id = $1 AND destination = $2",
+                                &[&id, &dest, &now],
+                            )
+                            .await?;
+                        if n == 0 {
+                            return Ok(Err(format!("message {id} has no delivery to `{dest}`")));
+                        }
+                        db.execute(
+                            "UPDATE messages SET state = 'delivering', updated_at = $2 WHERE id = $1 AND state <> 'delivering'",
+                            &[&id, &now],
+                        )
+                        .await?;
+                        transition(&db, id, now, "replay", Some(&dest), "pending", None, Some(&format!("re-delivery requested (was {state})"))).await?;
+                        Ok(Ok(format!("message {id}: delivery to {dest} is pending again")))
+                    }
+                    None => {
+                        if state == "received" {
+                            return Ok(Err(format!("message {id} is still waiting for its steps")));
+                        }
+                        db.execute(
+                            "UPDATE messages SET state = 'received', resume_step = 0, attempts = 0, next_attempt_at = $2,
+                             error = NULL, out_headers = NULL, out_body = NULL, updated_at = $2, owner = NULL, lease_until = NULL
+                             WHERE id = $1",
+                            &[&id, &now],
+                        )
+                        .await?;
+                        // Old deliveries stay as history; pending ones would be sent twice.
+                        db.execute(
+                            "UPDATE deliveries SET state = 'dead', last_error = 'replaced by a replay', updated_at = $2
+                             WHERE message_id = $1 AND state = 'pending'",
+                            &[&id, &now],
+                        )
+                        .await?;
+                        transition(&db, id, now, "replay", None, "received", None, Some(&format!("reprocess requested (was {state})"))).await?;
+                        Ok(Ok(format!("message {id}: queued to run through the route again (was {state})")))
+                    }
+                }
+            })
+            .await?;
+        result.map_err(StoreError)
+    }
+
+    async fn prune(&self, route: &str, policy: &Retention, batch: usize) -> StoreResult<Pruned> {
+        let route = route.to_string();
+        let policy = policy.clone();
+        let batch = batch.max(1) as i64;
+        self.write(move |db| async move {
+            let now = millis(SystemTime::now());
+            let mut doomed: Vec<Uuid> = Vec::new();
+            if let Some(age) = policy.max_age {
+                let cutoff = now - age.0.as_millis() as i64;
+                for r in db
+                    .query(
+                        &format!("SELECT id FROM messages WHERE route = $1 AND updated_at < $2 AND {FINISHED} ORDER BY id LIMIT $3"),
+                        &[&route, &cutoff, &batch],
+                    )
+                    .await?
+                {
+                    doomed.push(r.get(0));
+                }
+            }
+            if let Some(max) = policy.max_messages {
+                let room = batch - doomed.len() as i64;
+                if room > 0 {
+                    for r in db
+                        .query(
+                            &format!(
+                                "SELECT id FROM (SELECT id FROM messages WHERE route = $1 AND {FINISHED}
+                                                 ORDER BY id DESC OFFSET $2) AS beyond
+                                 ORDER BY id LIMIT $3"
+                            ),
+                            &[&route, &(max as i64), &room],
+                        )
+                        .await?
+                    {
+                        let id: Uuid = r.get(0);
+                        if !doomed.contains(&id) {
+                            doomed.push(id);
+                        }
+                    }
+                }
+            }
+            if let Some(max) = policy.max_bytes {
+                let room = batch - doomed.len() as i64;
+                let used: i64 = db
+                    .query_opt(
+                        "SELECT COALESCE(SUM(COALESCE(octet_length(body), 0) + COALESCE(octet_length(out_body), 0)), 0)::BIGINT
+                         FROM messages WHERE route = $1",
+                        &[&route],
+                    )
+                    .await?
+                    .map(|r| r.get(0))
+                    .unwrap_or(0);
+                if room > 0 && used as u64 > max.0 {
+                    // Oldest first, until enough is freed (at most one batch per call).
+                    let mut over = used as u64 - max.0;
+                    for r in db
+                        .query(
+                            &format!(
+                                "SELECT id, (COALESCE(octet_length(body), 0) + COALESCE(octet_length(out_body), 0))::BIGINT
+                                 FROM messages WHERE route = $1 AND {FINISHED} ORDER BY id LIMIT $2"
+                            ),
+                            &[&route, &room],
+                        )
+                        .await?
+                    {
+                        if over == 0 {
+                            break;
+                        }
+                        let (id, size): (Uuid, i64) = (r.get(0), r.get(1));
+                        over = over.saturating_sub(size.max(0) as u64);
+                        if !doomed.contains(&id) {
+                            doomed.push(id);
+                        }
+                    }
+                }
+            }
+            if !doomed.is_empty() {
+                db.execute("DELETE FROM transitions WHERE message_id = ANY($1)", &[&doomed]).await?;
+                db.execute("DELETE FROM deliveries WHERE message_id = ANY($1)", &[&doomed]).await?;
+                db.execute("DELETE FROM message_index WHERE message_id = ANY($1)", &[&doomed]).await?;
+                db.execute("DELETE FROM messages WHERE id = ANY($1)", &[&doomed]).await?;
+            }
+            let mut bodies = 0;
+            if let Some(age) = policy.body_max_age {
+                let cutoff = now - age.0.as_millis() as i64;
+                bodies = db
+                    .execute(
+                        &format!(
+                            "UPDATE messages SET body = NULL, out_body = NULL WHERE id IN (
+                               SELECT id FROM messages WHERE route = $1 AND updated_at < $2 AND {FINISHED}
+                               AND (body IS NOT NULL OR out_body IS NOT NULL) ORDER BY id LIMIT $3)"
+                        ),
+                        &[&route, &cutoff, &batch],
+                    )
+                    .await?;
+            }
+            Ok(Pruned {
+                deleted: doomed.len() as u64,
+                bodies,
+            })
+        })
+        .await
+    }
+
+    async fn reclaim(&self, _pages: u32) -> StoreResult<u64> {
+        // PostgreSQL's autovacuum reuses the space of deleted rows; nothing to do here.
+        Ok(0)
+    }
+
+    async fn close(&self) -> StoreResult<()> {
+        // Dropping the last sender ends the writer loop once it has committed what it holds.
+        drop(self.jobs.lock().map_err(|_| closed())?.take());
+        if let Some(h) = self.writer.lock().await.take() {
+            h.await
+                .map_err(|_| StoreError("the writer task failed".into()))?;
+        }
+        self.reader.lock().await.take();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(
+            redacted("postgres://app:s3cret@db:5432/switchyard"),
+            "postgres://app:***@db:5432/switchyard"
+        );
+        assert_eq!(
+            redacted("postgres://app@db/switchyard"),
+            "postgres://app@db/switchyard"
+        );
+    }
+}

@@ -1,0 +1,709 @@
+//! The store conformance suite: the same tests against both backends, on real databases.
+//!
+//! SQLite runs always (a file in a temporary directory). PostgreSQL runs when
+//! `SWITCHYARD_TEST_POSTGRES` holds a server URL (`.ci/run` sets it to the local server and
+//! fails when that server cannot be reached); each test gets a schema of its own.
+
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use switchyard::message::{Headers, Message};
+use switchyard::route::values::{ByteSize, Duration as D};
+use switchyard::store::postgres::PgStore;
+use switchyard::store::sqlite::SqliteStore;
+use switchyard::store::*;
+
+enum Backend {
+    Sqlite(tempfile::TempDir),
+    Postgres(String),
+}
+
+/// Node names and a short lease, so that take-overs happen within a test.
+fn claims(node: &str, lease: Duration) -> Claims {
+    Claims {
+        node: node.into(),
+        lease,
+    }
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+impl Backend {
+    fn sqlite() -> Backend {
+        Backend::Sqlite(tempfile::tempdir().expect("temp dir"))
+    }
+
+    /// A fresh schema on the server named by `SWITCHYARD_TEST_POSTGRES`, or `None` (and a
+    /// note) when it is not set.
+    async fn postgres() -> Option<Backend> {
+        let Ok(base) = std::env::var("SWITCHYARD_TEST_POSTGRES") else {
+            eprintln!("SWITCHYARD_TEST_POSTGRES is not set: PostgreSQL conformance not run here (.ci/run runs it)");
+            return None;
+        };
+        let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("SWITCHYARD_TEST_POSTGRES={base}: cannot connect: {e}"));
+        tokio::spawn(conn);
+        let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+        client
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .await
+            .expect("create schema");
+        let sep = if base.contains('?') { '&' } else { '?' };
+        Some(Backend::Postgres(format!(
+            "{base}{sep}options=-c%20search_path%3D{schema}"
+        )))
+    }
+
+    /// The engine's store: SQLite takes the file's lock.
+    async fn open(&self, node: &str, lease: Duration) -> Arc<dyn Store> {
+        match self {
+            Backend::Sqlite(dir) => Arc::new(
+                SqliteStore::open_with(&dir.path().join("s.db"), claims(node, lease)).unwrap(),
+            ),
+            Backend::Postgres(url) => {
+                Arc::new(PgStore::connect(url, claims(node, lease)).await.unwrap())
+            }
+        }
+    }
+
+    /// Another node on the same store (SQLite: beside the engine, as only tests do).
+    async fn other_node(&self, node: &str, lease: Duration) -> Arc<dyn Store> {
+        match self {
+            Backend::Sqlite(dir) => Arc::new(
+                SqliteStore::open_shared_with(&dir.path().join("s.db"), claims(node, lease))
+                    .unwrap(),
+            ),
+            Backend::Postgres(url) => {
+                Arc::new(PgStore::connect(url, claims(node, lease)).await.unwrap())
+            }
+        }
+    }
+
+    fn is_sqlite(&self) -> bool {
+        matches!(self, Backend::Sqlite(_))
+    }
+}
+
+fn insert(route: &str, body: &str) -> (Message, Insert) {
+    let msg = Message::new(route, Bytes::from(body.to_string()));
+    let ins = Insert {
+        msg: msg.clone(),
+        route_version: "v1".into(),
+        state: MessageState::Received,
+        error: None,
+        parent: None,
+        resume_step: 0,
+        scheduled: false,
+        wire_taps: Vec::new(),
+        index: vec![("order".into(), "17".into())],
+    };
+    (msg, ins)
+}
+
+fn step() -> StepRecord {
+    StepRecord {
+        step: "steps[0].xml_to_json".into(),
+        ok: true,
+        duration: Duration::from_micros(5),
+        detail: None,
+    }
+}
+
+fn attempt(d: &Delivery, number: u32, outcome: AttemptOutcome) -> Attempt<'static> {
+    Attempt {
+        delivery: d.id,
+        message: d.message.id,
+        destination: "x",
+        number,
+        duration: Duration::from_millis(1),
+        outcome,
+    }
+}
+
+fn routed(destinations: &[&str]) -> Processed {
+    Processed::Routed {
+        headers: Headers::new(),
+        body: Bytes::from_static(b"{}"),
+        destinations: destinations.iter().map(|d| d.to_string()).collect(),
+    }
+}
+
+fn ms(t: SystemTime) -> u128 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+// ---- the suite ----
+
+async fn inserts_commit_and_resume_after_restart(b: &Backend) {
+    let store = b.open("a", LEASE).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..500 {
+        let s = store.clone();
+        tasks.spawn(async move { s.insert(vec![insert("r", &format!("m{i}")).1]).await });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap().unwrap();
+    }
+    // Stored by this node, so its own: nothing to claim while it runs.
+    assert!(store.claim_received("r", 1000).await.unwrap().is_empty());
+    store.close().await.unwrap();
+    assert!(store.insert(vec![insert("r", "late").1]).await.is_err());
+
+    // After a restart, everything unfinished resumes, oldest first, once.
+    let reopened = b.open("a", LEASE).await;
+    let counts = reopened.count_by_state(Some("r")).await.unwrap();
+    assert_eq!(counts.get(&MessageState::Received), Some(&500));
+    let page = reopened.claim_received("r", 1000).await.unwrap();
+    assert_eq!(page.len(), 500);
+    assert!(
+        page.windows(2).all(|w| w[0].msg.id < w[1].msg.id),
+        "oldest first"
+    );
+    assert!(reopened.claim_received("r", 1000).await.unwrap().is_empty());
+    // A message handed back (a route version stopped with it queued) is claimable again.
+    reopened.release(vec![page[7].msg.id]).await.unwrap();
+    let again = reopened.claim_received("r", 10).await.unwrap();
+    assert_eq!(
+        again.iter().map(|p| p.msg.id).collect::<Vec<_>>(),
+        [page[7].msg.id]
+    );
+    reopened.close().await.unwrap();
+}
+
+async fn lifecycle_transitions_and_idempotent_steps(b: &Backend) {
+    let store = b.open("a", LEASE).await;
+    let (m, mut ins) = insert("r", "<a/>");
+    ins.wire_taps = vec!["wire_tap[0]".into()];
+    store.insert(vec![ins]).await.unwrap();
+    let s = store
+        .finish_steps(m.id, vec![step()], routed(&["to[0]", "to[1]"]))
+        .await
+        .unwrap();
+    assert_eq!(s, Some(MessageState::Delivering));
+    // A second pass over the same message records nothing and creates no deliveries.
+    assert_eq!(
+        store
+            .finish_steps(m.id, vec![step()], routed(&["to[0]", "to[1]"]))
+            .await
+            .unwrap(),
+        None
+    );
+
+    let now = SystemTime::now();
+    let d0 = store.due_deliveries("r", "to[0]", now, 10).await.unwrap();
+    let d1 = store.due_deliveries("r", "to[1]", now, 10).await.unwrap();
+    assert_eq!((d0.len(), d1.len()), (1, 1));
+    assert_eq!(&d0[0].message.body[..], b"{}");
+    // The wire tap carries the message as received.
+    let tap = store
+        .due_deliveries("r", "wire_tap[0]", now, 10)
+        .await
+        .unwrap();
+    assert_eq!(&tap[0].message.body[..], b"<a/>");
+    assert_eq!(tap[0].kind, DeliveryKind::WireTap);
+
+    let later = now + Duration::from_secs(60);
+    let retry = AttemptOutcome::Retry {
+        error: "disk full".into(),
+        next_attempt_at: later,
+    };
+    assert_eq!(
+        store
+            .record_attempt(attempt(&d0[0], 1, retry))
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(store
+        .due_deliveries("r", "to[0]", now, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let oldest = store.oldest_pending("r", "to[0]").await.unwrap().unwrap();
+    assert_eq!(ms(oldest.next_attempt_at), ms(later));
+    assert_eq!(
+        ms(store.next_due("r", "to[0]").await.unwrap().unwrap()),
+        ms(later)
+    );
+
+    // A wire tap's outcome never decides the message's state.
+    assert_eq!(
+        store
+            .record_attempt(attempt(&tap[0], 1, AttemptOutcome::Delivered))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .record_attempt(attempt(&d1[0], 1, AttemptOutcome::Delivered))
+            .await
+            .unwrap(),
+        None,
+        "to[0] is still open"
+    );
+    let dead = AttemptOutcome::Dead {
+        error: "gave up".into(),
+        dead_letter: Some("dead_letter".into()),
+    };
+    assert_eq!(
+        store
+            .record_attempt(attempt(&d0[0], 2, dead))
+            .await
+            .unwrap(),
+        Some(MessageState::Dead)
+    );
+    assert_eq!(
+        store.message(m.id).await.unwrap().unwrap().state,
+        MessageState::Dead
+    );
+    // The dead delivery went to the dead-letter destination, with the processed body.
+    let dl = store
+        .due_deliveries("r", "dead_letter", SystemTime::now(), 10)
+        .await
+        .unwrap();
+    assert_eq!(dl.len(), 1);
+    assert_eq!(
+        (&dl[0].message.body[..], dl[0].kind),
+        (&b"{}"[..], DeliveryKind::DeadLetter)
+    );
+    // Every change is a recorded transition, in order.
+    let details = store.details(m.id).await.unwrap().unwrap();
+    let events: Vec<String> = details
+        .transitions
+        .iter()
+        .map(|t| format!("{}:{}", t.event, t.outcome))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "received:received",
+            "step:ok",
+            "state:delivering",
+            "attempt:retry",
+            "attempt:delivered",
+            "attempt:delivered",
+            "attempt:dead",
+            "state:dead"
+        ]
+    );
+    assert_eq!(details.deliveries.len(), 4);
+    store.close().await.unwrap();
+}
+
+async fn failures_filters_retries_and_splits(b: &Backend) {
+    let store = b.open("a", LEASE).await;
+    let (failed, a) = insert("r", "bad");
+    let (filtered, b2) = insert("r", "dull");
+    let (retried, c) = insert("r", "flaky");
+    let (parent, d) = insert("r", "a\nb");
+    store.insert(vec![a, b2, c, d]).await.unwrap();
+
+    let s = store
+        .finish_steps(
+            failed.id,
+            vec![],
+            Processed::Failed {
+                error: "nope".into(),
+                dead_letter: Some("dead_letter".into()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, Some(MessageState::Failed));
+    let dl = store
+        .due_deliveries("r", "dead_letter", SystemTime::now(), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        (&dl[0].message.body[..], dl[0].error.as_deref()),
+        (&b"bad"[..], Some("nope"))
+    );
+    let s = store
+        .finish_steps(
+            filtered.id,
+            vec![],
+            Processed::Filtered {
+                reason: "test order".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, Some(MessageState::Filtered));
+    let soon = SystemTime::now() + Duration::from_millis(300);
+    let s = store
+        .finish_steps(
+            retried.id,
+            vec![],
+            Processed::Retry {
+                error: "busy".into(),
+                next_attempt_at: soon,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, Some(MessageState::Received));
+    store.close().await.unwrap();
+
+    // After a restart: scheduled messages are not resumed as fresh ones, and are taken once
+    // when due.
+    let store = b.open("a", LEASE).await;
+    let fresh = store.claim_received("r", 10).await.unwrap();
+    assert_eq!(
+        fresh.iter().map(|p| p.msg.id).collect::<Vec<_>>(),
+        vec![parent.id]
+    );
+    assert!(store
+        .take_scheduled("r", SystemTime::now(), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let due = store
+        .take_scheduled("r", soon + Duration::from_millis(1), 10)
+        .await
+        .unwrap();
+    assert_eq!((due.len(), due[0].attempts), (1, 1));
+    assert!(store
+        .take_scheduled("r", soon + Duration::from_secs(1), 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    let children: Vec<Insert> = ["a", "b"]
+        .iter()
+        .map(|body| {
+            let (_, mut ins) = insert("r", body);
+            ins.parent = Some(parent.id);
+            ins.resume_step = 1;
+            ins.scheduled = true;
+            ins
+        })
+        .collect();
+    let s = store
+        .finish_steps(parent.id, vec![], Processed::Split { children })
+        .await
+        .unwrap();
+    assert_eq!(s, Some(MessageState::Split));
+    let kids = store
+        .take_scheduled("r", SystemTime::now() + Duration::from_millis(5), 10)
+        .await
+        .unwrap();
+    assert_eq!(kids.len(), 2);
+    assert!(kids.iter().all(|k| k.resume_step == 1));
+    let kid = store.message(kids[0].msg.id).await.unwrap().unwrap();
+    assert_eq!(kid.parent, Some(parent.id));
+    store.close().await.unwrap();
+}
+
+async fn retention_by_age_count_and_size(b: &Backend) {
+    let store = b.open("a", LEASE).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let (m, ins) = insert("r", &"x".repeat(1000 + i));
+        store.insert(vec![ins]).await.unwrap();
+        let done = Processed::Unrouted {
+            headers: Headers::new(),
+            body: Bytes::from(vec![b'y'; 1000]),
+        };
+        store.finish_steps(m.id, vec![], done).await.unwrap();
+        ids.push(m.id);
+    }
+    let (pending, ins) = insert("r", "still working");
+    store.insert(vec![ins]).await.unwrap();
+    // By size: 10 finished messages of about 2 KB each, kept under 9 KB: the oldest go.
+    let by_size = Retention {
+        max_bytes: Some(ByteSize(9000)),
+        ..Retention::default()
+    };
+    let p = store.prune("r", &by_size, 100).await.unwrap();
+    assert_eq!(p.deleted, 6);
+    assert!(store.message(ids[0]).await.unwrap().is_none());
+    assert!(store.message(ids[9]).await.unwrap().is_some());
+    // By count.
+    let by_count = Retention {
+        max_messages: Some(2),
+        ..Retention::default()
+    };
+    assert_eq!(store.prune("r", &by_count, 100).await.unwrap().deleted, 2);
+    // Bodies only.
+    let bodies = Retention {
+        body_max_age: Some(D::from_millis(0)),
+        ..Retention::default()
+    };
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(store.prune("r", &bodies, 100).await.unwrap().bodies, 2);
+    assert!(store
+        .details(ids[9])
+        .await
+        .unwrap()
+        .unwrap()
+        .body
+        .is_empty());
+    // By age: everything finished goes; the unfinished message stays.
+    let by_age = Retention {
+        max_age: Some(D::from_millis(0)),
+        ..Retention::default()
+    };
+    assert_eq!(store.prune("r", &by_age, 100).await.unwrap().deleted, 2);
+    assert!(store.message(pending.id).await.unwrap().is_some());
+    if b.is_sqlite() {
+        // The file hands freed pages back (PostgreSQL's autovacuum does this by itself).
+        assert!(store.reclaim(1000).await.unwrap() > 0);
+    }
+    store.close().await.unwrap();
+}
+
+async fn search_details_and_replay(b: &Backend) {
+    let store = b.open("a", LEASE).await;
+    let (m, ins) = insert("orders", "<order id=\"ACME-1\"/>");
+    let (other, mut ins2) = insert("orders", "<order id=\"OTHER\"/>");
+    ins2.index = vec![("order".into(), "99".into())];
+    store.insert(vec![ins, ins2]).await.unwrap();
+    store
+        .finish_steps(m.id, vec![step()], routed(&["to[0]"]))
+        .await
+        .unwrap();
+    let search = |text: Option<&str>, field: Option<(&str, &str)>| Search {
+        route: Some("orders".into()),
+        text: text.map(str::to_string),
+        field: field.map(|(n, v)| (n.to_string(), v.to_string())),
+        limit: 10,
+        ..Search::default()
+    };
+    let found = store.search(&search(Some("ACME-1"), None)).await.unwrap();
+    assert_eq!(found.iter().map(|s| s.id).collect::<Vec<_>>(), [m.id]);
+    let found = store
+        .search(&search(None, Some(("order", "99"))))
+        .await
+        .unwrap();
+    assert_eq!(found.iter().map(|s| s.id).collect::<Vec<_>>(), [other.id]);
+    let by_state = store
+        .search(&Search {
+            state: Some(MessageState::Delivering),
+            limit: 10,
+            ..Search::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_state.len(), 1);
+
+    let d = store
+        .due_deliveries("orders", "to[0]", SystemTime::now(), 10)
+        .await
+        .unwrap();
+    store
+        .record_attempt(attempt(&d[0], 1, AttemptOutcome::Delivered))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.message(m.id).await.unwrap().unwrap().state,
+        MessageState::Delivered
+    );
+    // Re-delivery to one destination, then a full reprocess.
+    let said = store.replay(m.id, Some("to[0]")).await.unwrap();
+    assert!(said.contains("pending again"), "{said}");
+    assert_eq!(
+        store
+            .due_deliveries("orders", "to[0]", SystemTime::now(), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let said = store.replay(m.id, None).await.unwrap();
+    assert!(said.contains("run through the route again"), "{said}");
+    let again = store
+        .take_scheduled("orders", SystemTime::now() + Duration::from_millis(5), 10)
+        .await
+        .unwrap();
+    assert_eq!(again.iter().map(|p| p.msg.id).collect::<Vec<_>>(), [m.id]);
+    let e = store.replay(uuid::Uuid::now_v7(), None).await.unwrap_err();
+    assert!(e.to_string().contains("no message"), "{e}");
+    let pending = store.pending_deliveries().await.unwrap();
+    assert!(
+        pending.is_empty(),
+        "the replaced delivery is not pending: {pending:?}"
+    );
+    store.close().await.unwrap();
+}
+
+async fn claims_are_exclusive_and_taken_over_after_the_lease(b: &Backend) {
+    let lease = Duration::from_millis(1500);
+    let a = b.open("node-a", lease).await;
+    let other = b.other_node("node-b", lease).await;
+    let (m1, i1) = insert("r", "one");
+    let (m2, i2) = insert("r", "two");
+    a.insert(vec![i1, i2]).await.unwrap();
+    a.finish_steps(m1.id, vec![step()], routed(&["to[0]"]))
+        .await
+        .unwrap();
+
+    // What node A holds, node B does not get: the message in hand, the claimed delivery.
+    assert!(other.claim_received("r", 10).await.unwrap().is_empty());
+    let now = SystemTime::now();
+    assert_eq!(
+        a.due_deliveries("r", "to[0]", now, 10).await.unwrap().len(),
+        1
+    );
+    assert!(other
+        .due_deliveries("r", "to[0]", now, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // While A renews its leases, nothing changes hands.
+    for _ in 0..4 {
+        tokio::time::sleep(lease / 3).await;
+        a.renew_leases().await.unwrap();
+    }
+    assert!(other.claim_received("r", 10).await.unwrap().is_empty());
+    assert!(other
+        .due_deliveries("r", "to[0]", SystemTime::now(), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // The next claimable time of a claimed delivery is its lease's end.
+    let next = other.next_due("r", "to[0]").await.unwrap().unwrap();
+    assert!(next > SystemTime::now(), "claimed: not claimable yet");
+
+    // A stops renewing (it died): after the lease, B takes its work over.
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    let taken = other.claim_received("r", 10).await.unwrap();
+    assert_eq!(taken.iter().map(|p| p.msg.id).collect::<Vec<_>>(), [m2.id]);
+    let deliveries = other
+        .due_deliveries("r", "to[0]", SystemTime::now(), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        deliveries.iter().map(|d| d.message.id).collect::<Vec<_>>(),
+        [m1.id]
+    );
+    // A, back from the dead, cannot record what B now holds; B can.
+    assert_eq!(
+        a.finish_steps(m2.id, vec![step()], routed(&["to[0]"]))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        other
+            .finish_steps(m2.id, vec![step()], routed(&["to[0]"]))
+            .await
+            .unwrap(),
+        Some(MessageState::Delivering)
+    );
+    other.close().await.unwrap();
+    a.close().await.unwrap();
+}
+
+async fn concurrent_claims_never_overlap(b: &Backend) {
+    let a = b.open("node-a", LEASE).await;
+    let nodes: Vec<Arc<dyn Store>> = vec![
+        a.clone(),
+        b.other_node("node-b", LEASE).await,
+        b.other_node("node-c", LEASE).await,
+    ];
+    let mut ids = Vec::new();
+    for i in 0..300 {
+        let (m, ins) = insert("r", &format!("m{i}"));
+        a.insert(vec![ins]).await.unwrap();
+        a.finish_steps(m.id, vec![], routed(&["to[0]"]))
+            .await
+            .unwrap();
+        ids.push(m.id);
+    }
+    // Three nodes claim at once, in small batches, until nothing is left.
+    let mut tasks = tokio::task::JoinSet::new();
+    for node in nodes.clone() {
+        tasks.spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let batch = node
+                    .due_deliveries("r", "to[0]", SystemTime::now(), 16)
+                    .await
+                    .unwrap();
+                if batch.is_empty() {
+                    return got;
+                }
+                got.extend(batch.into_iter().map(|d| d.message.id));
+            }
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        all.extend(r.unwrap());
+    }
+    all.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(all, expected, "every delivery claimed exactly once");
+    for n in nodes {
+        n.close().await.unwrap();
+    }
+}
+
+async fn fifo_destination_is_held_by_one_node(b: &Backend) {
+    let lease = Duration::from_millis(1000);
+    let a = b.open("node-a", lease).await;
+    let other = b.other_node("node-b", lease).await;
+    for i in 0..3 {
+        let (m, ins) = insert("r", &format!("m{i}"));
+        a.insert(vec![ins]).await.unwrap();
+        a.finish_steps(m.id, vec![], routed(&["to[0]"]))
+            .await
+            .unwrap();
+    }
+    let head = a.oldest_pending("r", "to[0]").await.unwrap().unwrap();
+    assert!(
+        other.oldest_pending("r", "to[0]").await.unwrap().is_none(),
+        "node A holds the FIFO destination"
+    );
+    a.record_attempt(attempt(&head, 1, AttemptOutcome::Delivered))
+        .await
+        .unwrap();
+    let next = a.oldest_pending("r", "to[0]").await.unwrap().unwrap();
+    assert!(next.message.id > head.message.id, "in order");
+    // Node A dies; after its lease, B holds the destination and goes on in order.
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    let taken = other.oldest_pending("r", "to[0]").await.unwrap().unwrap();
+    assert_eq!(taken.id, next.id);
+    assert!(a.oldest_pending("r", "to[0]").await.unwrap().is_none());
+    other.close().await.unwrap();
+    a.close().await.unwrap();
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(&super::Backend::sqlite()).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(b) = super::Backend::postgres().await {
+                        super::$name(&b).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    inserts_commit_and_resume_after_restart,
+    lifecycle_transitions_and_idempotent_steps,
+    failures_filters_retries_and_splits,
+    retention_by_age_count_and_size,
+    search_details_and_replay,
+    claims_are_exclusive_and_taken_over_after_the_lease,
+    concurrent_claims_never_overlap,
+    fifo_destination_is_held_by_one_node,
+);
