@@ -1,0 +1,256 @@
+//! Several engines (nodes) on one PostgreSQL store, one of them killed with SIGKILL under a
+//! steady feed. Runs when `SWITCHYARD_TEST_POSTGRES` names a server (`.ci/run` sets it).
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A fresh schema on the test server, and the store URL that uses it.
+fn store_url(rt: &tokio::runtime::Runtime) -> Option<(String, tokio_postgres::Client)> {
+    let Ok(base) = std::env::var("SWITCHYARD_TEST_POSTGRES") else {
+        eprintln!(
+            "SWITCHYARD_TEST_POSTGRES is not set: multi-node test not run here (.ci/run runs it)"
+        );
+        return None;
+    };
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("SWITCHYARD_TEST_POSTGRES={base}: cannot connect: {e}"));
+        tokio::spawn(conn);
+        let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA {schema}; SET search_path = {schema}"
+            ))
+            .await
+            .unwrap();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        Some((
+            format!("{base}{sep}options=-c%20search_path%3D{schema}"),
+            client,
+        ))
+    })
+}
+
+fn count(rt: &tokio::runtime::Runtime, db: &tokio_postgres::Client, sql: &str) -> i64 {
+    rt.block_on(db.query_one(sql, &[]))
+        .map(|r| r.get(0))
+        .unwrap_or(-1)
+}
+
+/// One POST on a new connection; true when the node answered 202 (stored).
+fn post(addr: &str, body: &str) -> bool {
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let req = format!(
+        "POST / HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 202")
+}
+
+#[test]
+fn three_nodes_one_killed_nothing_lost_nothing_twice() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let Some((url, db)) = store_url(&rt) else {
+        return;
+    };
+    let out = tempfile::tempdir().unwrap();
+    let ordered = tempfile::tempdir().unwrap();
+    let lease = "2s";
+    let nodes: Vec<(String, Workspace)> = ["node-a", "node-b", "node-c"]
+        .iter()
+        .map(|n| (n.to_string(), Workspace::new()))
+        .collect();
+    let mut engines = Vec::new();
+    let mut addrs = Vec::new();
+    for (name, ws) in &nodes {
+        // The same route on every node: each has its own HTTP listener; all share the work.
+        ws.write_route(
+            "feed.yaml",
+            &format!(
+                "from:\n  http: {{ listen: 127.0.0.1:0 }}\nsteps:\n  - transform: {{ script: 'body.seen = true;' }}\nto:\n  - file: {{ path: {}, name: \"{{{{id}}}}.json\" }}\n  - file: {{ path: {}, name: \"{{{{id}}}}.json\", delivery: {{ ordering: fifo }} }}\n",
+                out.path().display(),
+                ordered.path().display()
+            ),
+        );
+        engines.push(Some(ws.start_with_env(&[
+            ("SWITCHYARD_STORE", url.as_str()),
+            ("SWITCHYARD_NODE", name.as_str()),
+            ("SWITCHYARD_LEASE", lease),
+        ])));
+        addrs.push(ws.http_addr());
+    }
+
+    // A steady feed from four clients, round robin over the nodes that answer.
+    let total = 900;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let a_down = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (addrs, sent, accepted, a_down) = (
+                addrs.clone(),
+                sent.clone(),
+                accepted.clone(),
+                a_down.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut turn = c;
+                loop {
+                    let i = sent.fetch_add(1, Ordering::SeqCst);
+                    if i >= total {
+                        return;
+                    }
+                    let body = format!("{{\"n\": {i}}}");
+                    // A refused request goes to the next node, as a load balancer would.
+                    for _ in 0..6 {
+                        turn += 1;
+                        let node = turn % addrs.len();
+                        if node == 0 && a_down.load(Ordering::SeqCst) {
+                            continue;
+                        }
+                        if post(&addrs[node], &body) {
+                            accepted.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        })
+        .collect();
+
+    // Mid-way, node A dies without a chance to clean up.
+    assert!(wait_until(Duration::from_secs(60), || sent
+        .load(Ordering::SeqCst)
+        >= total / 3));
+    engines[0].take().unwrap().kill();
+    a_down.store(true, Ordering::SeqCst);
+    let killed = Instant::now();
+    let held = |what: &str| {
+        count(
+            &rt,
+            &db,
+            &format!("SELECT COUNT(*) FROM {what} WHERE owner = 'node-a'"),
+        )
+    };
+    let (a_messages, a_deliveries) = (held("messages"), held("deliveries"));
+    let a_fifo = held("destination_leases");
+
+    for c in clients {
+        c.join().unwrap();
+    }
+    let accepted = accepted.load(Ordering::SeqCst);
+    // Every stored message is delivered; what node A held is taken over after its lease.
+    let mut taken_over = None;
+    let done = wait_until(Duration::from_secs(120), || {
+        if taken_over.is_none() && held("messages") + held("deliveries") == 0 {
+            taken_over = Some(killed.elapsed());
+        }
+        let stored = count(&rt, &db, "SELECT COUNT(*) FROM messages");
+        stored > 0
+            && count(
+                &rt,
+                &db,
+                "SELECT COUNT(*) FROM messages WHERE state = 'delivered'",
+            ) == stored
+    });
+    let stored = count(&rt, &db, "SELECT COUNT(*) FROM messages");
+    assert!(
+        done,
+        "not all delivered: {:?}",
+        rt.block_on(db.query("SELECT state, COUNT(*) FROM messages GROUP BY state", &[]))
+            .map(|rows| rows
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+                .collect::<Vec<_>>())
+    );
+    // Nothing acknowledged is lost. A request cut off by the kill may have been stored
+    // without its 202 reaching the client: stored, delivered, and visible as one extra.
+    assert!(
+        stored as usize >= accepted,
+        "{stored} stored < {accepted} accepted"
+    );
+    assert!(
+        stored as usize <= accepted + 4,
+        "{stored} stored, {accepted} accepted: more than the requests in flight at the kill"
+    );
+    // Each message went through the steps once and was recorded delivered once.
+    let twice = count(
+        &rt,
+        &db,
+        "SELECT COUNT(*) FROM (SELECT message_id FROM transitions WHERE event = 'state' AND outcome = 'delivering'
+         GROUP BY message_id HAVING COUNT(*) > 1) AS t",
+    );
+    assert_eq!(twice, 0, "messages processed twice");
+    let delivered_twice = count(
+        &rt,
+        &db,
+        "SELECT COUNT(*) FROM (SELECT message_id FROM transitions WHERE event = 'attempt' AND outcome = 'delivered'
+         GROUP BY message_id, name HAVING COUNT(*) > 1) AS t",
+    );
+    assert_eq!(delivered_twice, 0, "deliveries recorded twice");
+    // One file per message, none duplicated (a re-delivery after the kill finds its file).
+    let files: Vec<String> = std::fs::read_dir(out.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(files.len(), stored as usize, "one output file per message");
+    // `<id>.json`; a second copy would be `<id>-2.json`.
+    assert!(
+        files.iter().all(|f| f.len() == 36 + ".json".len()),
+        "duplicate outputs: {:?}",
+        files.iter().filter(|f| f.len() != 41).collect::<Vec<_>>()
+    );
+    // The FIFO destination got every message, one node at a time, in order.
+    let order = rt
+        .block_on(db.query(
+            "SELECT d.id, MIN(t.at) FROM deliveries d JOIN transitions t
+               ON t.message_id = d.message_id AND t.event = 'attempt' AND t.name = d.destination AND t.outcome = 'delivered'
+             WHERE d.destination = 'to[1]' GROUP BY d.id ORDER BY d.id",
+            &[],
+        ))
+        .unwrap();
+    assert_eq!(order.len(), stored as usize);
+    let times: Vec<i64> = order.iter().map(|r| r.get(1)).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "FIFO destination delivered out of order"
+    );
+    // The work was shared.
+    let per_node = nodes
+        .iter()
+        .skip(1)
+        .map(|(_, ws)| {
+            ws.log_events()
+                .iter()
+                .filter(|e| e["message"] == "delivered")
+                .count()
+        })
+        .collect::<Vec<_>>();
+    eprintln!(
+        "multi-node: {accepted} accepted, {stored} stored and delivered; node-a killed holding {a_messages} messages, {a_deliveries} deliveries and {a_fifo} FIFO destinations; taken over in {:.1} s (lease {lease}); deliveries logged by b and c: {per_node:?}",
+        taken_over.unwrap_or_default().as_secs_f64()
+    );
+    for e in engines.into_iter().flatten() {
+        e.stop();
+    }
+}
