@@ -113,7 +113,57 @@ fn file_scenario() -> Row {
     }
 }
 
+/// A PostgreSQL store for one scenario: a fresh schema, and a client to count with.
+struct Postgres {
+    url: String,
+    rt: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+}
+
+impl Postgres {
+    fn new(base: &str) -> Postgres {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(base, tokio_postgres::NoTls)
+                .await
+                .unwrap_or_else(|e| panic!("BENCH_POSTGRES={base}: {e}"));
+            tokio::spawn(conn);
+            client
+        });
+        let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
+        rt.block_on(client.batch_execute(&format!(
+            "CREATE SCHEMA {schema}; SET search_path = {schema}"
+        )))
+        .unwrap();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        Postgres {
+            url: format!("{base}{sep}options=-c%20search_path%3D{schema}"),
+            rt,
+            client,
+        }
+    }
+
+    fn delivered(&self) -> u64 {
+        self.rt
+            .block_on(self.client.query_one(
+                "SELECT COUNT(*) FROM messages WHERE state = 'delivered'",
+                &[],
+            ))
+            .map(|r| r.get::<_, i64>(0) as u64)
+            .unwrap_or(0)
+    }
+}
+
 fn http_scenario(connections: usize, with_transform: bool) -> Row {
+    http_scenario_on(connections, with_transform, None)
+}
+
+/// The HTTP scenario; with `postgres`, on a PostgreSQL store instead of SQLite.
+fn http_scenario_on(connections: usize, with_transform: bool, postgres: Option<&str>) -> Row {
+    let pg = postgres.map(Postgres::new);
     let secs: f64 = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -132,10 +182,14 @@ fn http_scenario(connections: usize, with_transform: bool) -> Row {
             c = std::env::var("BENCH_FILE_CONCURRENCY").unwrap_or_else(|_| "4".into())
         ),
     );
-    let engine = ws.start_with_env(&[(
+    let mut env = vec![(
         "SWITCHYARD_LOG",
         "warn,switchyard::adapters::inbound::http=info",
-    )]);
+    )];
+    if let Some(pg) = &pg {
+        env.push(("SWITCHYARD_STORE", pg.url.as_str()));
+    }
+    let engine = ws.start_with_env(&env);
     let addr = ws.http_addr();
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let started = Instant::now();
@@ -188,9 +242,12 @@ fn http_scenario(connections: usize, with_transform: bool) -> Row {
     let accepted = lat.len();
     let elapsed = started.elapsed().as_secs_f64();
     // The backlog must drain: wait until every accepted message is delivered.
+    let delivered = || match &pg {
+        Some(pg) => pg.delivered(),
+        None => ws.count("delivered"),
+    };
     assert!(
-        wait_until(Duration::from_secs(1800), || ws.count("delivered")
-            == accepted as u64),
+        wait_until(Duration::from_secs(1800), || delivered() == accepted as u64),
         "{:?}",
         ws.states()
     );
@@ -200,9 +257,10 @@ fn http_scenario(connections: usize, with_transform: bool) -> Row {
     lat.sort();
     Row {
         scenario: format!(
-            "http {connections} conn{}{} (drain {drained:.1}s)",
+            "http {connections} conn{}{}{} (drain {drained:.1}s)",
             if connections > 1 { "s" } else { "" },
-            if with_transform { " + transform" } else { "" }
+            if with_transform { " + transform" } else { "" },
+            if pg.is_some() { ", PostgreSQL" } else { "" }
         ),
         messages: accepted,
         seconds: elapsed,
@@ -303,6 +361,10 @@ fn main() {
             rows.push(http_scenario(c, true));
         }
         rows.push(http_scenario(50, false));
+        // BENCH_POSTGRES=postgres://root@127.0.0.1/test: the same on a PostgreSQL store.
+        if let Ok(url) = std::env::var("BENCH_POSTGRES") {
+            rows.push(http_scenario_on(50, true, Some(&url)));
+        }
     }
     if want("mllp") {
         rows.push(mllp_scenario());

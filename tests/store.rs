@@ -674,6 +674,36 @@ async fn fifo_destination_is_held_by_one_node(b: &Backend) {
     a.close().await.unwrap();
 }
 
+async fn a_failing_write_does_not_undo_the_others(b: &Backend) {
+    let store = b.open("a", LEASE).await;
+    let (first, ins) = insert("r", "first");
+    store.insert(vec![ins.clone()]).await.unwrap();
+    // Many writes at once share transactions; one of them fails (the id is taken).
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        let s = store.clone();
+        if i == 50 {
+            let dup = ins.clone();
+            tasks.spawn(async move { (true, s.insert(vec![dup]).await) });
+        } else {
+            let (m, other) = insert("r", &format!("m{i}"));
+            ids.push(m.id);
+            tasks.spawn(async move { (false, s.insert(vec![other]).await) });
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        let (dup, result) = r.unwrap();
+        assert_eq!(result.is_err(), dup, "{result:?}");
+    }
+    for id in ids.iter().chain([&first.id]) {
+        assert!(store.message(*id).await.unwrap().is_some(), "{id} lost");
+    }
+    let counts = store.count_by_state(Some("r")).await.unwrap();
+    assert_eq!(counts.get(&MessageState::Received), Some(&100));
+    store.close().await.unwrap();
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -706,4 +736,5 @@ conformance!(
     claims_are_exclusive_and_taken_over_after_the_lease,
     concurrent_claims_never_overlap,
     fifo_destination_is_held_by_one_node,
+    a_failing_write_does_not_undo_the_others,
 );

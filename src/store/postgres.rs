@@ -21,8 +21,10 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row, Statement};
 
-/// Jobs a single transaction may hold; bounds the latency one commit adds.
-const MAX_BATCH: usize = 512;
+/// Jobs a single transaction may hold. Each job runs in a savepoint (a subtransaction), and
+/// PostgreSQL slows every session's snapshots once one transaction has more than 64 of them
+/// ("subtransaction overflow"), so a batch stays under that.
+const MAX_BATCH: usize = 60;
 
 /// Schema changes in order; each runs once, in its own transaction, under an advisory lock so
 /// that nodes starting together do not race. Append new ones; never edit one that has shipped.
@@ -87,9 +89,10 @@ impl Db {
 }
 
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
-type JobFuture = Pin<Box<dyn Future<Output = Completion> + Send>>;
+type JobFuture = Pin<Box<dyn Future<Output = (bool, Completion)> + Send>>;
 /// A write: given the writer's connection (or why there is none), runs inside the batch's
-/// transaction and returns how to answer its caller once the commit is known.
+/// transaction and returns whether it succeeded and how to answer its caller once the
+/// commit is known.
 type Job = Box<dyn FnOnce(Result<Arc<Db>, String>) -> JobFuture + Send>;
 
 pub struct PgStore {
@@ -219,17 +222,19 @@ impl PgStore {
         let job: Job = Box::new(move |db: Result<Arc<Db>, String>| -> JobFuture {
             Box::pin(async move {
                 let result = match db {
-                    Ok(db) => in_savepoint(&db.clone(), f(db)).await.map_err(pg_err),
+                    Ok(db) => f(db).await.map_err(pg_err),
                     Err(e) => Err(StoreError(e)),
                 };
-                Box::new(move |commit: Result<(), String>| {
+                let ok = result.is_ok();
+                let completion = Box::new(move |commit: Result<(), String>| {
                     let out = match (result, commit) {
                         (Err(e), _) => Err(e),
                         (Ok(_), Err(e)) => Err(StoreError(format!("commit failed: {e}"))),
                         (Ok(r), Ok(())) => Ok(r),
                     };
                     let _ = tx.send(out);
-                }) as Completion
+                }) as Completion;
+                (ok, completion)
             })
         });
         jobs.send(job).await.map_err(|_| closed())?;
@@ -247,23 +252,6 @@ impl PgStore {
             .map_err(|e| StoreError(format!("cannot connect to PostgreSQL: {e}")))?;
         *reader = Some(db.clone());
         Ok(db)
-    }
-}
-
-async fn in_savepoint<R>(db: &Db, f: impl Future<Output = PgResult<R>>) -> PgResult<R> {
-    db.client.batch_execute("SAVEPOINT job").await?;
-    match f.await {
-        Ok(r) => {
-            db.client.batch_execute("RELEASE job").await?;
-            Ok(r)
-        }
-        Err(e) => {
-            let _ = db
-                .client
-                .batch_execute("ROLLBACK TO job; RELEASE job")
-                .await;
-            Err(e)
-        }
     }
 }
 
@@ -286,7 +274,7 @@ async fn write_loop(
         }
         let Some(conn) = db.clone() else {
             for job in batch {
-                let completion = job(Err("cannot connect to PostgreSQL".into())).await;
+                let (_, completion) = job(Err("cannot connect to PostgreSQL".into())).await;
                 completion(Err("no connection".into()));
             }
             continue;
@@ -294,14 +282,35 @@ async fn write_loop(
         if let Err(e) = conn.client.batch_execute("BEGIN").await {
             let msg = format!("cannot begin a transaction: {e}");
             for job in batch {
-                let completion = job(Err(msg.clone())).await;
+                let (_, completion) = job(Err(msg.clone())).await;
                 completion(Err(msg.clone()));
             }
             continue;
         }
+        // Each job in its own savepoint, so that one failing job does not undo the others.
+        // The savepoint commands travel with the job's first statement (tokio-postgres
+        // pipelines requests in the order they are first polled): no round trip of their own.
         let mut completions = Vec::with_capacity(batch.len());
+        let mut open_savepoint = false;
         for job in batch {
-            completions.push(job(Ok(conn.clone())).await);
+            let mark = if open_savepoint {
+                "RELEASE job; SAVEPOINT job"
+            } else {
+                "SAVEPOINT job"
+            };
+            let (marked, (ok, completion)) =
+                tokio::join!(conn.client.batch_execute(mark), job(Ok(conn.clone())));
+            // The job tells its caller why it failed; here it only needs undoing.
+            if marked.is_err() || !ok {
+                let _ = conn
+                    .client
+                    .batch_execute("ROLLBACK TO job; RELEASE job")
+                    .await;
+                open_savepoint = false;
+            } else {
+                open_savepoint = true;
+            }
+            completions.push(completion);
         }
         let commit = conn
             .client
