@@ -267,7 +267,21 @@ async fn conclude(
         duration,
         outcome,
     };
-    match store.record_attempt(record).await {
+    // A failed record (a deadlock between nodes, a dropped connection) would leave the
+    // delivery to be sent again after its lease: try a few times before giving up.
+    let mut tries = 0;
+    let recorded = loop {
+        tries += 1;
+        match store.record_attempt(record.clone()).await {
+            Err(e) if tries < 5 => {
+                tracing::warn!(route = %dest.route, destination = %dest.name, message_id = %msg.id, error = %e,
+                    "could not record the delivery attempt; trying again");
+                tokio::time::sleep(Duration::from_millis(50 * tries)).await;
+            }
+            result => break result,
+        }
+    };
+    match recorded {
         Ok(state) => {
             if let Some(state) = state {
                 telemetry::finished(msg, state);

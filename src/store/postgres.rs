@@ -88,6 +88,14 @@ impl Db {
     }
 }
 
+/// Independent statements of one job, sent together: tokio-postgres pipelines requests that
+/// are in flight at once, so they cost one round trip instead of one each.
+type Pipeline<'a> = Vec<Pin<Box<dyn Future<Output = PgResult<()>> + Send + 'a>>>;
+
+async fn pipelined(work: Pipeline<'_>) -> PgResult<()> {
+    futures_util::future::try_join_all(work).await.map(drop)
+}
+
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
 type JobFuture = Pin<Box<dyn Future<Output = (bool, Completion)> + Send>>;
 /// A write: given the writer's connection (or why there is none), runs inside the batch's
@@ -578,45 +586,54 @@ impl Store for PgStore {
         let (node, lease) = self.claim_args();
         self.write(move |db| async move {
             let now = millis(SystemTime::now());
+            let db = &db;
+            let mut work: Pipeline = Vec::new();
             for ins in &batch {
                 let m = &ins.msg;
                 let received = millis(m.received_at);
                 // This node processes what it stored itself: held from the start.
                 let held = ins.state == MessageState::Received && !ins.scheduled;
-                db.execute(
-                    "INSERT INTO messages (id, route, route_version, state, received_at, updated_at, headers, body,
-                                           error, parent_id, resume_step, next_attempt_at, owner, lease_until)
-                     VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                    &[
-                        &m.id,
-                        &m.route,
-                        &ins.route_version,
-                        &ins.state.as_str(),
-                        &received,
-                        &headers_json(&m.headers),
-                        &&m.body[..],
-                        &ins.error,
-                        &ins.parent,
-                        &(ins.resume_step as i32),
-                        &ins.scheduled.then_some(now),
-                        &held.then_some(node.as_str()),
-                        &held.then_some(now + lease),
-                    ],
-                )
-                .await?;
-                transition(&db, m.id, received, "received", None, ins.state.as_str(), None, ins.error.as_deref()).await?;
-                for (name, value) in &ins.index {
+                let node = node.as_str();
+                work.push(Box::pin(async move {
                     db.execute(
-                        "INSERT INTO message_index (name, value, message_id) VALUES ($1, $2, $3)",
-                        &[name, value, &m.id],
+                        "INSERT INTO messages (id, route, route_version, state, received_at, updated_at, headers, body,
+                                               error, parent_id, resume_step, next_attempt_at, owner, lease_until)
+                         VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                        &[
+                            &m.id,
+                            &m.route,
+                            &ins.route_version,
+                            &ins.state.as_str(),
+                            &received,
+                            &headers_json(&m.headers),
+                            &&m.body[..],
+                            &ins.error,
+                            &ins.parent,
+                            &(ins.resume_step as i32),
+                            &ins.scheduled.then_some(now),
+                            &held.then_some(node),
+                            &held.then_some(now + lease),
+                        ],
                     )
-                    .await?;
+                    .await
+                    .map(drop)
+                }));
+                work.push(Box::pin(transition(db, m.id, received, "received", None, ins.state.as_str(), None, ins.error.as_deref())));
+                for (name, value) in &ins.index {
+                    work.push(Box::pin(async move {
+                        db.execute(
+                            "INSERT INTO message_index (name, value, message_id) VALUES ($1, $2, $3)",
+                            &[name, value, &m.id],
+                        )
+                        .await
+                        .map(drop)
+                    }));
                 }
                 for tap in &ins.wire_taps {
-                    add_delivery(&db, m.id, &m.route, tap, DeliveryKind::WireTap, "in", now).await?;
+                    work.push(Box::pin(add_delivery(db, m.id, &m.route, tap, DeliveryKind::WireTap, "in", now)));
                 }
             }
-            Ok(())
+            pipelined(work).await
         })
         .await
     }
@@ -630,11 +647,12 @@ impl Store for PgStore {
         let (node, _) = self.claim_args();
         self.write(move |db| async move {
             let now = millis(SystemTime::now());
+            let db = &db;
             // Another node that took the message over (this one's lease ran out) records it.
             let Some(row) = db
                 .query_opt(
-                    "SELECT route FROM messages WHERE id = $1 AND state = 'received'
-                     AND (owner IS NULL OR owner = $2) FOR UPDATE",
+                    "UPDATE messages SET owner = NULL, lease_until = NULL
+                     WHERE id = $1 AND state = 'received' AND (owner IS NULL OR owner = $2) RETURNING route",
                     &[&id, &node],
                 )
                 .await?
@@ -642,63 +660,75 @@ impl Store for PgStore {
                 return Ok(None);
             };
             let route: String = row.get(0);
-            db.execute("UPDATE messages SET owner = NULL, lease_until = NULL WHERE id = $1", &[&id])
-                .await?;
+            let route = route.as_str();
+            let split_note;
+            // Everything from here on is independent writes: sent together, one round trip.
+            let mut work: Pipeline = Vec::new();
             for s in &steps {
-                transition(&db, id, now, "step", Some(&s.step), if s.ok { "ok" } else { "error" }, Some(s.duration), s.detail.as_deref()).await?;
+                work.push(Box::pin(transition(db, id, now, "step", Some(&s.step), if s.ok { "ok" } else { "error" }, Some(s.duration), s.detail.as_deref())));
             }
             let state = match &result {
                 Processed::Routed { headers, body, destinations } => {
-                    set_output(&db, id, now, MessageState::Delivering, headers, body).await?;
+                    work.push(Box::pin(set_output(db, id, now, MessageState::Delivering, headers, body)));
                     for d in destinations {
-                        add_delivery(&db, id, &route, d, DeliveryKind::Main, "out", now).await?;
+                        work.push(Box::pin(add_delivery(db, id, route, d, DeliveryKind::Main, "out", now)));
                     }
                     MessageState::Delivering
                 }
                 Processed::Unrouted { headers, body } => {
-                    set_output(&db, id, now, MessageState::Unrouted, headers, body).await?;
+                    work.push(Box::pin(set_output(db, id, now, MessageState::Unrouted, headers, body)));
                     MessageState::Unrouted
                 }
                 Processed::Filtered { reason } => {
-                    set_state(&db, id, now, MessageState::Filtered, Some(reason)).await?;
+                    work.push(Box::pin(set_state(db, id, now, MessageState::Filtered, Some(reason))));
                     MessageState::Filtered
                 }
                 Processed::Failed { error, dead_letter } => {
-                    set_state(&db, id, now, MessageState::Failed, Some(error)).await?;
+                    work.push(Box::pin(set_state(db, id, now, MessageState::Failed, Some(error))));
                     if let Some(dl) = dead_letter {
-                        add_delivery(&db, id, &route, dl, DeliveryKind::DeadLetter, "in", now).await?;
+                        work.push(Box::pin(add_delivery(db, id, route, dl, DeliveryKind::DeadLetter, "in", now)));
                     }
                     MessageState::Failed
                 }
                 Processed::Retry { error, next_attempt_at } => {
-                    db.execute(
-                        "UPDATE messages SET attempts = attempts + 1, next_attempt_at = $2, updated_at = $3, error = $4
-                         WHERE id = $1",
-                        &[&id, &millis(*next_attempt_at), &now, error],
-                    )
-                    .await?;
-                    transition(&db, id, now, "state", None, "retry", None, Some(error)).await?;
+                    let next = millis(*next_attempt_at);
+                    work.push(Box::pin(async move {
+                        db.execute(
+                            "UPDATE messages SET attempts = attempts + 1, next_attempt_at = $2, updated_at = $3, error = $4,
+                             owner = NULL, lease_until = NULL WHERE id = $1",
+                            &[&id, &next, &now, error],
+                        )
+                        .await
+                        .map(drop)
+                    }));
+                    work.push(Box::pin(transition(db, id, now, "state", None, "retry", None, Some(error))));
+                    pipelined(work).await?;
                     return Ok(Some(MessageState::Received));
                 }
                 Processed::Split { children } => {
-                    let mut n = 0;
                     for ins in children {
                         let m = &ins.msg;
-                        db.execute(
-                            "INSERT INTO messages (id, route, route_version, state, received_at, updated_at, headers, body,
-                                                   parent_id, resume_step, next_attempt_at)
-                             VALUES ($1, $2, $3, 'received', $4, $4, $5, $6, $7, $8, $4)",
-                            &[&m.id, &m.route, &ins.route_version, &millis(m.received_at), &headers_json(&m.headers), &&m.body[..], &id, &(ins.resume_step as i32)],
-                        )
-                        .await?;
-                        transition(&db, m.id, now, "received", None, "received", None, Some(&format!("split from {id}"))).await?;
-                        n += 1;
+                        work.push(Box::pin(async move {
+                            db.execute(
+                                "INSERT INTO messages (id, route, route_version, state, received_at, updated_at, headers, body,
+                                                       parent_id, resume_step, next_attempt_at)
+                                 VALUES ($1, $2, $3, 'received', $4, $4, $5, $6, $7, $8, $4)",
+                                &[&m.id, &m.route, &ins.route_version, &millis(m.received_at), &headers_json(&m.headers), &&m.body[..], &id, &(ins.resume_step as i32)],
+                            )
+                            .await
+                            .map(drop)
+                        }));
+                        work.push(Box::pin(async move {
+                            transition(db, m.id, now, "received", None, "received", None, Some(&format!("split from {id}"))).await
+                        }));
                     }
-                    set_state(&db, id, now, MessageState::Split, Some(&format!("split into {n} messages"))).await?;
+                    split_note = format!("split into {} messages", children.len());
+                    work.push(Box::pin(set_state(db, id, now, MessageState::Split, Some(&split_note))));
                     MessageState::Split
                 }
             };
-            transition(&db, id, now, "state", None, state.as_str(), None, None).await?;
+            work.push(Box::pin(transition(db, id, now, "state", None, state.as_str(), None, None)));
+            pipelined(work).await?;
             Ok(Some(state))
         })
         .await
@@ -710,6 +740,7 @@ impl Store for PgStore {
         let (delivery, number, duration, outcome) = (a.delivery, a.number, a.duration, a.outcome);
         self.write(move |db| async move {
             let now = millis(SystemTime::now());
+            let db = &db;
             let (state, next, error) = match &outcome {
                 AttemptOutcome::Delivered => ("delivered", now, None),
                 AttemptOutcome::Retry { error, next_attempt_at } => {
@@ -717,19 +748,22 @@ impl Store for PgStore {
                 }
                 AttemptOutcome::Dead { error, .. } => ("dead", now, Some(error.as_str())),
             };
-            let row = db
-                .query_opt(
-                    "UPDATE deliveries SET state = $2, attempts = $3, next_attempt_at = $4, last_error = $5, updated_at = $6,
-                     owner = NULL, lease_until = NULL WHERE id = $1 RETURNING kind, route",
-                    &[&delivery, &state, &(number as i32), &next, &error, &now],
-                )
-                .await?;
             let detail = match error {
                 Some(e) => format!("attempt {number}: {e}"),
                 None => format!("attempt {number}"),
             };
             let outcome_name = if state == "pending" { "retry" } else { state };
-            transition(&db, id, now, "attempt", Some(&destination), outcome_name, Some(duration), Some(&detail)).await?;
+            let (row, ()) = tokio::try_join!(
+                async {
+                    db.query_opt(
+                        "UPDATE deliveries SET state = $2, attempts = $3, next_attempt_at = $4, last_error = $5, updated_at = $6,
+                         owner = NULL, lease_until = NULL WHERE id = $1 RETURNING kind, route",
+                        &[&delivery, &state, &(number as i32), &next, &error, &now],
+                    )
+                    .await
+                },
+                transition(db, id, now, "attempt", Some(&destination), outcome_name, Some(duration), Some(&detail)),
+            )?;
             let Some(row) = row else { return Ok(None) };
             if state == "pending" {
                 return Ok(None);
@@ -738,28 +772,44 @@ impl Store for PgStore {
             if DeliveryKind::parse(&kind) != DeliveryKind::Main {
                 return Ok(None); // copies never change the message's state
             }
+            // Two nodes may finish the message's last two deliveries at once: the row lock makes
+            // the second wait for the first, and then count what the first committed (each
+            // statement sees the latest commits), so exactly one of them closes the message.
+            db.query_opt("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", &[&id])
+                .await?;
+            let mut work: Pipeline = Vec::new();
             if let AttemptOutcome::Dead { error, dead_letter } = &outcome {
-                db.execute("UPDATE messages SET error = $2 WHERE id = $1", &[&id, &format!("{destination}: {error}")])
-                    .await?;
+                let text = format!("{destination}: {error}");
+                work.push(Box::pin(async move {
+                    db.execute("UPDATE messages SET error = $2 WHERE id = $1", &[&id, &text]).await.map(drop)
+                }));
                 if let Some(dl) = dead_letter {
-                    add_delivery(&db, id, &route, dl, DeliveryKind::DeadLetter, "out", now).await?;
+                    work.push(Box::pin(add_delivery(db, id, &route, dl, DeliveryKind::DeadLetter, "out", now)));
                 }
             }
-            let counts = db
-                .query_opt(
-                    "SELECT COUNT(*) FILTER (WHERE state = 'pending'), COUNT(*) FILTER (WHERE state = 'dead')
-                     FROM deliveries WHERE message_id = $1 AND kind = 'main'",
-                    &[&id],
-                )
-                .await?;
+            let (counts, ()) = tokio::try_join!(
+                async {
+                    db.query_opt(
+                        "SELECT COUNT(*) FILTER (WHERE state = 'pending'), COUNT(*) FILTER (WHERE state = 'dead')
+                         FROM deliveries WHERE message_id = $1 AND kind = 'main'",
+                        &[&id],
+                    )
+                    .await
+                },
+                pipelined(work),
+            )?;
             let (open, dead): (i64, i64) = counts.map(|r| (r.get(0), r.get(1))).unwrap_or((0, 0));
             if open > 0 {
                 return Ok(None);
             }
             let final_state = if dead > 0 { MessageState::Dead } else { MessageState::Delivered };
-            db.execute("UPDATE messages SET state = $2, updated_at = $3 WHERE id = $1", &[&id, &final_state.as_str(), &now])
-                .await?;
-            transition(&db, id, now, "state", None, final_state.as_str(), None, None).await?;
+            tokio::try_join!(
+                async {
+                    db.execute("UPDATE messages SET state = $2, updated_at = $3 WHERE id = $1", &[&id, &final_state.as_str(), &now])
+                        .await
+                },
+                transition(db, id, now, "state", None, final_state.as_str(), None, None),
+            )?;
             Ok(Some(final_state))
         })
         .await
