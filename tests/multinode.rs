@@ -235,6 +235,21 @@ fn three_nodes_one_killed_nothing_lost_nothing_twice() {
         times.windows(2).all(|w| w[0] <= w[1]),
         "FIFO destination delivered out of order"
     );
+    // The operator's view of the shared store: `messages` with the same URL.
+    let listed = nodes[1].1.run(&[
+        "messages",
+        "list",
+        "--store",
+        &url,
+        "--state",
+        "delivered",
+        "--limit",
+        "5",
+        "--json",
+    ]);
+    assert!(listed.status.success(), "{listed:?}");
+    let lines = String::from_utf8_lossy(&listed.stdout).lines().count();
+    assert_eq!(lines, 5, "{}", String::from_utf8_lossy(&listed.stdout));
     // The work was shared.
     let per_node = nodes
         .iter()
