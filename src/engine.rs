@@ -733,8 +733,13 @@ async fn process(route: &Arc<RunningRoute>, store: &dyn Store, work: Pending) {
             }
         }
         Ok(None) => {} // processed already, by an earlier pass
-        Err(e) => tracing::error!(route = %route.id, message_id = %current.id, error = %e,
-            "could not record the steps' result; the message stays received and is processed again at the next start"),
+        Err(e) => {
+            tracing::error!(route = %route.id, message_id = %current.id, error = %e,
+                "could not record the steps' result; the message stays received and is processed again");
+            // Handed back, the route's resume loop claims it again within seconds; if even
+            // that fails (the database is away), its lease runs out and it is claimed then.
+            let _ = store.release(vec![current.id]).await;
+        }
     }
 }
 

@@ -378,7 +378,9 @@ pub trait Store: Send + Sync {
     /// Claims, oldest first, up to `limit` messages of `route` that wait for their steps, are
     /// not scheduled for later and that no live node holds: after a restart, everything the
     /// last run left unfinished; with several nodes, the work of a node whose lease ran out.
-    /// Messages stored by this node are its own from the start and never returned here.
+    /// Messages stored by this node are its own from the start: returned here only if its
+    /// own lease on them ran out (renewals failed while the database was away), which is
+    /// safe — recording the steps' result twice is refused.
     async fn claim_received(&self, route: &str, limit: usize) -> StoreResult<Vec<Pending>>;
 
     /// Hands back messages this node claimed but will not process (a route version stopped

@@ -826,7 +826,7 @@ impl Store for PgStore {
                         &format!(
                             "WITH c AS (
                                SELECT id FROM messages WHERE route = $1 AND state = 'received' AND next_attempt_at IS NULL
-                               AND (owner IS NULL OR (lease_until < $2 AND owner <> $3))
+                               AND (owner IS NULL OR lease_until < $2)
                                ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
                              UPDATE messages SET owner = $3, lease_until = $5 FROM c WHERE messages.id = c.id
                              RETURNING {}",

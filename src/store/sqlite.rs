@@ -724,10 +724,10 @@ impl Store for SqliteStore {
             let now = millis(SystemTime::now());
             let mut stmt = conn.prepare_cached(&format!(
                 "{SELECT_PENDING} WHERE route = ?1 AND state = 'received' AND next_attempt_at IS NULL
-                 AND (owner IS NULL OR (lease_until < ?2 AND owner != ?3)) ORDER BY id LIMIT ?4"
+                 AND (owner IS NULL OR lease_until < ?2) ORDER BY id LIMIT ?3"
             ))?;
             let taken: Vec<Pending> = stmt
-                .query_map(params![route, now, node, limit as i64], pending_row)?
+                .query_map(params![route, now, limit as i64], pending_row)?
                 .collect::<rusqlite::Result<_>>()?;
             let mut claim = conn
                 .prepare_cached("UPDATE messages SET owner = ?2, lease_until = ?3 WHERE id = ?1")?;
