@@ -344,7 +344,12 @@ impl Engine {
         intake.split_first = route.split_first.clone();
         intake.replies = running.replies.clone();
         intake.index = running.index.clone();
-        let inbound = spawn_inbound(&running, intake.clone(), intake_stop.clone());
+        let inbound = spawn_inbound(
+            &running,
+            intake.clone(),
+            intake_stop.clone(),
+            self.store.clone(),
+        );
         RouteVersion {
             route,
             intake_stop,
@@ -385,7 +390,12 @@ impl Engine {
             return Ok(());
         }
         v.intake_stop = v.stop.child_token();
-        v.inbound = spawn_inbound(&v.running, v.intake.clone(), v.intake_stop.clone());
+        v.inbound = spawn_inbound(
+            &v.running,
+            v.intake.clone(),
+            v.intake_stop.clone(),
+            self.store.clone(),
+        );
         v.paused = false;
         tracing::info!(event = "resume", route = %id, "route resumed");
         Ok(())
@@ -444,11 +454,67 @@ fn spawn_inbound(
     running: &RunningRoute,
     intake: Intake,
     stop: CancellationToken,
+    store: Arc<dyn Store>,
 ) -> JoinHandle<()> {
     let (inbound, id) = (running.inbound.clone(), running.id.clone());
     tokio::spawn(async move {
-        if let Err(e) = inbound.run(intake, stop).await {
-            tracing::error!(route = %id, error = format!("{e:#}"), "inbound adapter stopped");
+        if !inbound.exclusive() {
+            if let Err(e) = inbound.run(intake, stop).await {
+                tracing::error!(route = %id, error = format!("{e:#}"), "inbound adapter stopped");
+            }
+            return;
+        }
+        // A shared directory: run it while this node holds the route's inbound lease, stand
+        // by while another node does, take over when that node's lease runs out.
+        let every = store.lease() / 3;
+        let mut standing_by = false;
+        loop {
+            match store.hold(&id, crate::store::INBOUND_LEASE).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    if !standing_by {
+                        tracing::info!(route = %id, "another node runs this route's inbound; standing by");
+                        standing_by = true;
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(every) => continue,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(route = %id, error = %e, "cannot take the route's inbound lease; trying again");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(every) => continue,
+                    }
+                }
+            }
+            if standing_by {
+                tracing::info!(route = %id, "this node now runs the route's inbound (taken over)");
+                standing_by = false;
+            }
+            let running = stop.child_token();
+            let run = inbound.run(intake.clone(), running.clone());
+            tokio::pin!(run);
+            loop {
+                tokio::select! {
+                    ended = &mut run => {
+                        if let Err(e) = ended {
+                            tracing::error!(route = %id, error = format!("{e:#}"), "inbound adapter stopped");
+                        }
+                        return;
+                    }
+                    _ = tokio::time::sleep(every) => {
+                        // Unreachable store: keep going; intake fails anyway until it is back.
+                        if let Ok(false) = store.hold(&id, crate::store::INBOUND_LEASE).await {
+                            tracing::warn!(route = %id, "another node took this route's inbound over; stopping it here");
+                            running.cancel();
+                            let _ = (&mut run).await;
+                            break;
+                        }
+                    }
+                }
+            }
         }
     })
 }

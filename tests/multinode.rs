@@ -269,3 +269,99 @@ fn three_nodes_one_killed_nothing_lost_nothing_twice() {
         e.stop();
     }
 }
+
+#[test]
+fn a_shared_directory_is_read_by_one_node_and_taken_over_when_it_dies() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let Some((url, db)) = store_url(&rt) else {
+        return;
+    };
+    let shared = tempfile::tempdir().unwrap();
+    let (inbox, out) = (shared.path().join("inbox"), shared.path().join("out"));
+    std::fs::create_dir_all(&inbox).unwrap();
+    let nodes: Vec<Workspace> = (0..2).map(|_| Workspace::new()).collect();
+    let mut engines = Vec::new();
+    for (i, ws) in nodes.iter().enumerate() {
+        ws.write_route(
+            "files.yaml",
+            &format!(
+                "from:\n  file: {{ path: {}, settle: 50ms, poll_interval: 100ms }}\nto:\n  - file: {{ path: {}, name: \"{{{{original_name}}}}\" }}\n",
+                inbox.display(),
+                out.display()
+            ),
+        );
+        let node = format!("node-{i}");
+        engines.push(Some(ws.start_with_env(&[
+            ("SWITCHYARD_STORE", url.as_str()),
+            ("SWITCHYARD_NODE", node.as_str()),
+            ("SWITCHYARD_LEASE", "2s"),
+        ])));
+        // The first node takes the inbound before the second starts.
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let runs = |ws: &Workspace, what: &str| ws.log_events().iter().any(|e| e["message"] == what);
+    assert!(wait_until(Duration::from_secs(10), || runs(
+        &nodes[1],
+        "another node runs this route's inbound; standing by"
+    )));
+    let drop_files = |from: usize, to: usize| {
+        for i in from..to {
+            let tmp = inbox.join(format!(".f{i:04}.partial"));
+            std::fs::write(&tmp, format!("file {i}")).unwrap();
+            std::fs::rename(&tmp, inbox.join(format!("f{i:04}.txt"))).unwrap();
+        }
+    };
+    let delivered = || {
+        count(
+            &rt,
+            &db,
+            "SELECT COUNT(*) FROM messages WHERE state = 'delivered'",
+        )
+    };
+    drop_files(0, 100);
+    assert!(wait_until(Duration::from_secs(30), || delivered() == 100));
+    // Only node 0 read the directory.
+    let took = |ws: &Workspace| {
+        ws.log_events()
+            .iter()
+            .filter(|e| e["message"] == "received")
+            .count()
+    };
+    assert_eq!((took(&nodes[0]), took(&nodes[1])), (100, 0));
+
+    // Node 0 dies; files keep coming; node 1 takes the directory over after the lease.
+    engines[0].take().unwrap().kill();
+    let killed = Instant::now();
+    drop_files(100, 200);
+    assert!(wait_until(Duration::from_secs(30), || runs(
+        &nodes[1],
+        "this node now runs the route's inbound (taken over)"
+    )));
+    let takeover = killed.elapsed();
+    assert!(wait_until(Duration::from_secs(30), || delivered() == 200));
+    assert_eq!(
+        took(&nodes[1]),
+        100,
+        "node 1 read the files that came after"
+    );
+    let mut outputs: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    outputs.sort();
+    let expected: Vec<String> = (0..200).map(|i| format!("f{i:04}.txt")).collect();
+    assert_eq!(outputs, expected, "every file once, none twice");
+    assert_eq!(count(&rt, &db, "SELECT COUNT(*) FROM messages"), 200);
+    eprintln!(
+        "shared directory: node 1 took over the inbound {:.1} s after node 0 was killed (lease 2s)",
+        takeover.as_secs_f64()
+    );
+    for e in engines.into_iter().flatten() {
+        e.stop();
+    }
+}

@@ -704,6 +704,30 @@ async fn a_failing_write_does_not_undo_the_others(b: &Backend) {
     store.close().await.unwrap();
 }
 
+async fn named_leases_pass_to_another_node_when_not_renewed(b: &Backend) {
+    let lease = Duration::from_millis(1000);
+    let a = b.open("node-a", lease).await;
+    let other = b.other_node("node-b", lease).await;
+    assert!(a.hold("files", INBOUND_LEASE).await.unwrap());
+    assert!(!other.hold("files", INBOUND_LEASE).await.unwrap());
+    // Holding it again renews it.
+    tokio::time::sleep(lease / 2).await;
+    assert!(a.hold("files", INBOUND_LEASE).await.unwrap());
+    tokio::time::sleep(lease / 2 + Duration::from_millis(100)).await;
+    assert!(
+        !other.hold("files", INBOUND_LEASE).await.unwrap(),
+        "renewed by hold"
+    );
+    // The node's general renewal does not keep an inbound lease: only the running inbound does.
+    a.renew_leases().await.unwrap();
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    a.renew_leases().await.unwrap();
+    assert!(other.hold("files", INBOUND_LEASE).await.unwrap());
+    assert!(!a.hold("files", INBOUND_LEASE).await.unwrap());
+    other.close().await.unwrap();
+    a.close().await.unwrap();
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -737,4 +761,5 @@ conformance!(
     concurrent_claims_never_overlap,
     fifo_destination_is_held_by_one_node,
     a_failing_write_does_not_undo_the_others,
+    named_leases_pass_to_another_node_when_not_renewed,
 );

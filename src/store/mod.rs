@@ -329,6 +329,12 @@ pub async fn open(
     })
 }
 
+/// The lease that lets one node at a time run a route's exclusive inbound (a shared
+/// directory). Unlike the other leases, [`Store::renew_leases`] leaves it alone: only the
+/// running inbound renews it (through [`Store::hold`]), so a node that stops running the
+/// inbound — paused, route removed, frozen — lets another take it over.
+pub const INBOUND_LEASE: &str = "from";
+
 /// Who this node is and how long its claims hold.
 #[derive(Debug, Clone)]
 pub struct Claims {
@@ -386,6 +392,11 @@ pub trait Store: Send + Sync {
     /// Hands back messages this node claimed but will not process (a route version stopped
     /// with them still queued), so that they can be claimed again at once.
     async fn release(&self, ids: Vec<Uuid>) -> StoreResult<()>;
+
+    /// Takes or renews a named lease of a route for this node — what one node at a time may
+    /// do, such as running an inbound that reads a shared directory. True while this node
+    /// holds it; false while another live node does.
+    async fn hold(&self, route: &str, name: &str) -> StoreResult<bool>;
 
     /// Extends this node's leases: messages in hand, claimed deliveries, FIFO destinations.
     /// The engine calls it every third of [`Store::lease`].

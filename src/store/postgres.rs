@@ -460,6 +460,27 @@ async fn transition(
     Ok(())
 }
 
+/// Takes or renews the lease `name` of `route` for `node`: true when `node` holds it now (it
+/// was free, expired, or already this node's). The upsert's row lock makes it one node's.
+async fn take_lease(
+    db: &Db,
+    route: &str,
+    name: &str,
+    node: &str,
+    now: i64,
+    lease: i64,
+) -> PgResult<bool> {
+    db.query_opt(
+        "INSERT INTO destination_leases (route, destination, owner, lease_until) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (route, destination) DO UPDATE SET owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until
+         WHERE destination_leases.owner = EXCLUDED.owner OR destination_leases.lease_until < $5
+         RETURNING owner",
+        &[&route, &name, &node, &(now + lease), &now],
+    )
+    .await
+    .map(|held| held.is_some())
+}
+
 fn headers_json(h: &Headers) -> String {
     serde_json::to_string(h).unwrap_or_else(|_| "{}".into())
 }
@@ -860,6 +881,16 @@ impl Store for PgStore {
         .await
     }
 
+    async fn hold(&self, route: &str, name: &str) -> StoreResult<bool> {
+        let (route, name) = (route.to_string(), name.to_string());
+        let (node, lease) = self.claim_args();
+        self.write(move |db| async move {
+            let now = millis(SystemTime::now());
+            take_lease(&db, &route, &name, &node, now, lease).await
+        })
+        .await
+    }
+
     async fn renew_leases(&self) -> StoreResult<()> {
         let (node, lease) = self.claim_args();
         self.write(move |db| async move {
@@ -875,8 +906,8 @@ impl Store for PgStore {
             )
             .await?;
             db.execute(
-                "UPDATE destination_leases SET lease_until = $2 WHERE owner = $1",
-                &[&node, &until],
+                "UPDATE destination_leases SET lease_until = $2 WHERE owner = $1 AND destination <> $3",
+                &[&node, &until, &INBOUND_LEASE],
             )
             .await?;
             Ok(())
@@ -971,16 +1002,7 @@ impl Store for PgStore {
         let (node, lease) = self.claim_args();
         self.write(move |db| async move {
             let now = millis(SystemTime::now());
-            let held = db
-                .query_opt(
-                    "INSERT INTO destination_leases (route, destination, owner, lease_until) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (route, destination) DO UPDATE SET owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until
-                     WHERE destination_leases.owner = EXCLUDED.owner OR destination_leases.lease_until < $5
-                     RETURNING owner",
-                    &[&route, &destination, &node, &(now + lease), &now],
-                )
-                .await?;
-            if held.is_none() {
+            if !take_lease(&db, &route, &destination, &node, now, lease).await? {
                 return Ok(None); // another node delivers to it now
             }
             let row = db

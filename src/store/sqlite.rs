@@ -389,6 +389,27 @@ fn transition(
     Ok(())
 }
 
+/// Takes or renews the lease `name` of `route` for `node`: true when `node` holds it now (it
+/// was free, expired, or already this node's).
+fn take_lease(
+    conn: &Connection,
+    route: &str,
+    name: &str,
+    node: &str,
+    now: i64,
+    lease: i64,
+) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "INSERT INTO destination_leases (route, destination, owner, lease_until) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (route, destination) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until
+         WHERE destination_leases.owner = excluded.owner OR destination_leases.lease_until < ?5
+         RETURNING owner",
+    )?
+    .query_row(params![route, name, node, now + lease, now], |_| Ok(()))
+    .optional()
+    .map(|held| held.is_some())
+}
+
 fn headers_json(h: &Headers) -> String {
     serde_json::to_string(h).unwrap_or_else(|_| "{}".into())
 }
@@ -753,6 +774,16 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn hold(&self, route: &str, name: &str) -> StoreResult<bool> {
+        let (route, name) = (route.to_string(), name.to_string());
+        let (node, lease) = self.claim_args();
+        self.write(move |conn| {
+            let now = millis(SystemTime::now());
+            take_lease(conn, &route, &name, &node, now, lease)
+        })
+        .await
+    }
+
     async fn renew_leases(&self) -> StoreResult<()> {
         let (node, lease) = self.claim_args();
         self.write(move |conn| {
@@ -765,8 +796,8 @@ impl Store for SqliteStore {
                 "UPDATE deliveries SET lease_until = ?2 WHERE owner = ?1 AND state = 'pending'",
             )?
             .execute(params![node, until])?;
-            conn.prepare_cached("UPDATE destination_leases SET lease_until = ?2 WHERE owner = ?1")?
-                .execute(params![node, until])?;
+            conn.prepare_cached("UPDATE destination_leases SET lease_until = ?2 WHERE owner = ?1 AND destination <> ?3")?
+                .execute(params![node, until, INBOUND_LEASE])?;
             Ok(())
         })
         .await
@@ -859,16 +890,7 @@ impl Store for SqliteStore {
         let (node, lease) = self.claim_args();
         self.write(move |conn| {
             let now = millis(SystemTime::now());
-            let held = conn
-                .prepare_cached(
-                    "INSERT INTO destination_leases (route, destination, owner, lease_until) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (route, destination) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until
-                     WHERE destination_leases.owner = excluded.owner OR destination_leases.lease_until < ?5
-                     RETURNING owner",
-                )?
-                .query_row(params![route, destination, node, now + lease, now], |_| Ok(()))
-                .optional()?;
-            if held.is_none() {
+            if !take_lease(conn, &route, &destination, &node, now, lease)? {
                 return Ok(None); // another node delivers to it now
             }
             conn.prepare_cached(&format!(

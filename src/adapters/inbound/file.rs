@@ -528,6 +528,10 @@ impl Inbound for FileInbound {
         write_reason(&to, &format!("message {}: {reason}", original.id))?;
         Ok(())
     }
+
+    fn exclusive(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -97,6 +97,13 @@ pub trait Inbound: Send + Sync {
     /// sender's side the way this adapter does it (the file adapter writes it to its error
     /// directory). The failure is already recorded in the store.
     async fn failed(&self, original: &Message, reason: &str) -> anyhow::Result<()>;
+
+    /// True when the adapter reads something other nodes may see too (a shared directory):
+    /// on a shared store one node at a time runs it, and another takes over when that node
+    /// dies. Listeners (HTTP, TCP) are each node's own and run everywhere.
+    fn exclusive(&self) -> bool {
+        false
+    }
 }
 
 /// The adapter's way into the store and on to the route's steps.
