@@ -365,3 +365,75 @@ fn a_shared_directory_is_read_by_one_node_and_taken_over_when_it_dies() {
         e.stop();
     }
 }
+
+#[test]
+fn a_node_reconnects_when_its_database_connections_are_cut() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let Some((url, db)) = store_url(&rt) else {
+        return;
+    };
+    let node = format!("node-{}", uuid::Uuid::new_v4().simple());
+    let ws = Workspace::new();
+    ws.write_route(
+        "feed.yaml",
+        "from:\n  http: { listen: 127.0.0.1:0 }\nto:\n  - file: { path: outbox }\n",
+    );
+    let engine = ws.start_with_env(&[
+        ("SWITCHYARD_STORE", url.as_str()),
+        ("SWITCHYARD_NODE", node.as_str()),
+        ("SWITCHYARD_LEASE", "2s"),
+    ]);
+    let addr = ws.http_addr();
+    let mut accepted = 0;
+    for i in 0..100 {
+        accepted += post(&addr, &format!("{{\"n\": {i}}}")) as usize;
+    }
+    assert_eq!(accepted, 100);
+    // The database drops every connection of this node (a failover, a restart, a DBA).
+    let cut = count(
+        &rt,
+        &db,
+        &format!(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'switchyard {node}'"
+        ),
+    );
+    assert!(cut >= 1, "no connection of the node found to cut");
+    // Requests right after may be refused (503: not stored, the sender retries); the node
+    // reconnects by itself and takes requests again.
+    let mut refused = 0;
+    for i in 100..300 {
+        if post(&addr, &format!("{{\"n\": {i}}}")) {
+            accepted += 1;
+        } else {
+            refused += 1;
+        }
+    }
+    assert!(accepted > 250, "{accepted} accepted, {refused} refused");
+    // Everything stored is delivered. A refused request is normally not stored; one cut off
+    // after its commit but before its answer would be, visibly (at most the refused ones).
+    let delivered = || {
+        count(
+            &rt,
+            &db,
+            "SELECT COUNT(*) FROM messages WHERE state = 'delivered'",
+        )
+    };
+    let stored = || count(&rt, &db, "SELECT COUNT(*) FROM messages");
+    assert!(
+        wait_until(Duration::from_secs(30), || delivered() == stored()),
+        "{} of {} delivered",
+        delivered(),
+        stored()
+    );
+    let stored = stored() as usize;
+    assert!(
+        (accepted..=accepted + refused).contains(&stored),
+        "{stored} stored, {accepted} accepted"
+    );
+    assert_eq!(ws.files("outbox").len(), stored);
+    eprintln!("connections cut: {cut}; afterwards {refused} of 200 requests refused, the rest stored and delivered");
+    engine.stop();
+}

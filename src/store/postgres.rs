@@ -155,12 +155,16 @@ impl PgStore {
     /// Connects to `url` (`postgres://user@host:port/db`), applies the schema and starts the
     /// writer. Several nodes may connect to one database; each needs its own `claims.node`.
     pub async fn connect(url: &str, claims: Claims) -> StoreResult<PgStore> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             StoreError(format!(
                 "bad PostgreSQL URL {}: {e}; expected postgres://user@host:5432/database",
                 redacted(url)
             ))
         })?;
+        // So that a DBA sees which node a connection belongs to (pg_stat_activity).
+        if config.get_application_name().is_none() {
+            config.application_name(format!("switchyard {}", claims.node));
+        }
         let db = Db::connect(&config).await.map_err(|e| {
             StoreError(format!(
                 "cannot connect to PostgreSQL at {}: {e}; is the server running and the database created?",
