@@ -349,7 +349,7 @@ fn mllp_clients(addr: &str, connections: usize, per: usize) -> Vec<Duration> {
 }
 
 fn main() {
-    // BENCH_ONLY=baseline (or file, http, mllp) runs the scenarios whose group name contains it.
+    // BENCH_ONLY=baseline (or file, http, postgres, mllp) runs the groups whose name contains it.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let want = |group: &str| group.contains(only.as_str());
     let mut rows = Vec::new();
@@ -361,10 +361,10 @@ fn main() {
             rows.push(http_scenario(c, true));
         }
         rows.push(http_scenario(50, false));
-        // BENCH_POSTGRES=postgres://root@127.0.0.1/test: the same on a PostgreSQL store.
-        if let Ok(url) = std::env::var("BENCH_POSTGRES") {
-            rows.push(http_scenario_on(50, true, Some(&url)));
-        }
+    }
+    // BENCH_POSTGRES=postgres://root@127.0.0.1/test: HTTP on a PostgreSQL store as well.
+    if let (true, Ok(url)) = (want("http postgres"), std::env::var("BENCH_POSTGRES")) {
+        rows.push(http_scenario_on(50, true, Some(&url)));
     }
     if want("mllp") {
         rows.push(mllp_scenario());

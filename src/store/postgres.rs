@@ -1,9 +1,9 @@
 //! The PostgreSQL store: several engines (nodes) sharing one database.
 //!
-//! Writes go through one writer task per node that owns a connection. It takes every job
-//! waiting in its queue, runs each in its own savepoint, commits them in one transaction and
-//! only then answers each caller — group commit, as in the SQLite store. Reads share a second
-//! connection (tokio-postgres pipelines concurrent queries on it).
+//! Writes go through writer tasks (four per node by default), each owning a connection. A
+//! writer takes every job waiting in its queue, runs each in its own savepoint, commits them
+//! in one transaction and only then answers each caller — group commit, as in the SQLite
+//! store. Reads share one more connection (tokio-postgres pipelines concurrent queries on it).
 //!
 //! Work is claimed with `FOR UPDATE SKIP LOCKED`: two nodes asking at once get different rows
 //! and never wait for each other. A claim carries the node's name and a lease that the node
@@ -31,6 +31,16 @@ const MAX_BATCH: usize = 60;
 const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1)];
 /// Any constant will do: it names the migration lock among the database's advisory locks.
 const MIGRATION_LOCK: i64 = 0x5357_4954_4348; // "SWITCH"
+
+/// Writer connections per node (`SWITCHYARD_PG_WRITERS`, default 4). Each commits its own
+/// groups; several in parallel hide the network round trips of each other's statements.
+fn writer_count() -> usize {
+    std::env::var("SWITCHYARD_PG_WRITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4usize)
+        .clamp(1, 16)
+}
 
 /// A connection with its prepared statements.
 struct Db {
@@ -105,8 +115,9 @@ type Job = Box<dyn FnOnce(Result<Arc<Db>, String>) -> JobFuture + Send>;
 
 pub struct PgStore {
     config: tokio_postgres::Config,
-    jobs: std::sync::Mutex<Option<mpsc::Sender<Job>>>,
-    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    jobs: std::sync::Mutex<Option<Vec<mpsc::Sender<Job>>>>,
+    next_writer: std::sync::atomic::AtomicUsize,
+    writers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     reader: Mutex<Option<Arc<Db>>>,
     claims: Claims,
 }
@@ -200,12 +211,23 @@ impl PgStore {
             )
             .await
             .map_err(pg_err)?;
-        let (tx, rx) = mpsc::channel::<Job>(4096);
-        let writer = tokio::spawn(write_loop(config.clone(), db, rx));
+        let mut senders = Vec::new();
+        let mut writers = Vec::new();
+        let mut first = Some(db);
+        for _ in 0..writer_count() {
+            let db = match first.take() {
+                Some(db) => db,
+                None => Db::connect(&config).await.map_err(pg_err)?,
+            };
+            let (tx, rx) = mpsc::channel::<Job>(4096);
+            writers.push(tokio::spawn(write_loop(config.clone(), db, rx)));
+            senders.push(tx);
+        }
         Ok(PgStore {
             config,
-            jobs: std::sync::Mutex::new(Some(tx)),
-            writer: Mutex::new(Some(writer)),
+            jobs: std::sync::Mutex::new(Some(senders)),
+            next_writer: std::sync::atomic::AtomicUsize::new(0),
+            writers: Mutex::new(writers),
             reader: Mutex::new(None),
             claims,
         })
@@ -224,12 +246,14 @@ impl PgStore {
         F: FnOnce(Arc<Db>) -> Fut + Send + 'static,
         Fut: Future<Output = PgResult<R>> + Send + 'static,
     {
-        let jobs = self
-            .jobs
-            .lock()
-            .map_err(|_| closed())?
-            .clone()
-            .ok_or_else(closed)?;
+        let jobs = {
+            let senders = self.jobs.lock().map_err(|_| closed())?;
+            let senders = senders.as_ref().ok_or_else(closed)?;
+            let n = self
+                .next_writer
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            senders[n % senders.len()].clone()
+        };
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |db: Result<Arc<Db>, String>| -> JobFuture {
             Box::pin(async move {
@@ -1387,7 +1411,7 @@ impl Store for PgStore {
     async fn close(&self) -> StoreResult<()> {
         // Dropping the last sender ends the writer loop once it has committed what it holds.
         drop(self.jobs.lock().map_err(|_| closed())?.take());
-        if let Some(h) = self.writer.lock().await.take() {
+        for h in std::mem::take(&mut *self.writers.lock().await) {
             h.await
                 .map_err(|_| StoreError("the writer task failed".into()))?;
         }
