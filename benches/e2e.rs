@@ -126,24 +126,8 @@ impl Postgres {
             .enable_all()
             .build()
             .unwrap();
-        let client = rt.block_on(async {
-            let (client, conn) = tokio_postgres::connect(base, tokio_postgres::NoTls)
-                .await
-                .unwrap_or_else(|e| panic!("BENCH_POSTGRES={base}: {e}"));
-            tokio::spawn(conn);
-            client
-        });
-        let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
-        rt.block_on(client.batch_execute(&format!(
-            "CREATE SCHEMA {schema}; SET search_path = {schema}"
-        )))
-        .unwrap();
-        let sep = if base.contains('?') { '&' } else { '?' };
-        Postgres {
-            url: format!("{base}{sep}options=-c%20search_path%3D{schema}"),
-            rt,
-            client,
-        }
+        let (url, client) = rt.block_on(common::postgres::fresh_schema(base, "bench"));
+        Postgres { url, rt, client }
     }
 
     fn delivered(&self) -> u64 {

@@ -11,30 +11,8 @@ use std::time::{Duration, Instant};
 
 /// A fresh schema on the test server, and the store URL that uses it.
 fn store_url(rt: &tokio::runtime::Runtime) -> Option<(String, tokio_postgres::Client)> {
-    let Ok(base) = std::env::var("SWITCHYARD_TEST_POSTGRES") else {
-        eprintln!(
-            "SWITCHYARD_TEST_POSTGRES is not set: multi-node test not run here (.ci/run runs it)"
-        );
-        return None;
-    };
-    rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|e| panic!("SWITCHYARD_TEST_POSTGRES={base}: cannot connect: {e}"));
-        tokio::spawn(conn);
-        let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
-        client
-            .batch_execute(&format!(
-                "CREATE SCHEMA {schema}; SET search_path = {schema}"
-            ))
-            .await
-            .unwrap();
-        let sep = if base.contains('?') { '&' } else { '?' };
-        Some((
-            format!("{base}{sep}options=-c%20search_path%3D{schema}"),
-            client,
-        ))
-    })
+    let base = common::postgres::test_server("multi-node test")?;
+    Some(rt.block_on(common::postgres::fresh_schema(&base, "t")))
 }
 
 fn count(rt: &tokio::runtime::Runtime, db: &tokio_postgres::Client, sql: &str) -> i64 {

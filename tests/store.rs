@@ -4,6 +4,8 @@
 //! `SWITCHYARD_TEST_POSTGRES` holds a server URL (`.ci/run` sets it to the local server and
 //! fails when that server cannot be reached); each test gets a schema of its own.
 
+mod common;
+
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -36,23 +38,9 @@ impl Backend {
     /// A fresh schema on the server named by `SWITCHYARD_TEST_POSTGRES`, or `None` (and a
     /// note) when it is not set.
     async fn postgres() -> Option<Backend> {
-        let Ok(base) = std::env::var("SWITCHYARD_TEST_POSTGRES") else {
-            eprintln!("SWITCHYARD_TEST_POSTGRES is not set: PostgreSQL conformance not run here (.ci/run runs it)");
-            return None;
-        };
-        let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|e| panic!("SWITCHYARD_TEST_POSTGRES={base}: cannot connect: {e}"));
-        tokio::spawn(conn);
-        let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
-        client
-            .batch_execute(&format!("CREATE SCHEMA {schema}"))
-            .await
-            .expect("create schema");
-        let sep = if base.contains('?') { '&' } else { '?' };
-        Some(Backend::Postgres(format!(
-            "{base}{sep}options=-c%20search_path%3D{schema}"
-        )))
+        let base = common::postgres::test_server("PostgreSQL conformance")?;
+        let (url, _client) = common::postgres::fresh_schema(&base, "t").await;
+        Some(Backend::Postgres(url))
     }
 
     /// The engine's store: SQLite takes the file's lock.

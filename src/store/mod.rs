@@ -329,6 +329,27 @@ pub async fn open(
     })
 }
 
+/// Unix milliseconds, as both backends store times.
+pub(crate) fn millis(t: SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn from_millis(ms: i64) -> SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}
+
+/// Headers as stored: a JSON object.
+pub(crate) fn headers_json(h: &Headers) -> String {
+    serde_json::to_string(h).unwrap_or_else(|_| "{}".into())
+}
+
+pub(crate) fn parse_headers(text: Option<String>) -> Headers {
+    text.and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
 /// The lease that lets one node at a time run a route's exclusive inbound (a shared
 /// directory). Unlike the other leases, [`Store::renew_leases`] leaves it alone: only the
 /// running inbound renews it (through [`Store::hold`]), so a node that stops running the

@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row, Statement};
@@ -136,16 +135,6 @@ fn pg_err(e: tokio_postgres::Error) -> StoreError {
 
 fn closed() -> StoreError {
     StoreError("the store is closed (the engine is shutting down)".into())
-}
-
-fn millis(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-fn from_millis(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
 }
 
 /// The URL without its password, for messages.
@@ -507,15 +496,6 @@ async fn take_lease(
     )
     .await
     .map(|held| held.is_some())
-}
-
-fn headers_json(h: &Headers) -> String {
-    serde_json::to_string(h).unwrap_or_else(|_| "{}".into())
-}
-
-fn parse_headers(text: Option<String>) -> Headers {
-    text.and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default()
 }
 
 async fn add_delivery(

@@ -10,7 +10,6 @@ use super::*;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::UNIX_EPOCH;
 use tokio::sync::{mpsc, oneshot};
 
 /// Jobs a single transaction may hold; bounds the latency one commit adds.
@@ -35,16 +34,6 @@ fn sql_err(e: impl std::fmt::Display) -> StoreError {
 
 fn closed() -> StoreError {
     StoreError("the store is closed (the engine is shutting down)".into())
-}
-
-fn millis(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-fn from_millis(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
 }
 
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
@@ -408,15 +397,6 @@ fn take_lease(
     .query_row(params![route, name, node, now + lease, now], |_| Ok(()))
     .optional()
     .map(|held| held.is_some())
-}
-
-fn headers_json(h: &Headers) -> String {
-    serde_json::to_string(h).unwrap_or_else(|_| "{}".into())
-}
-
-fn parse_headers(text: Option<String>) -> Headers {
-    text.and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default()
 }
 
 fn parse_id(text: &str) -> rusqlite::Result<Uuid> {
