@@ -751,3 +751,31 @@ conformance!(
     a_failing_write_does_not_undo_the_others,
     named_leases_pass_to_another_node_when_not_renewed,
 );
+
+/// Needs no server: what an operator reads when the URL or the server is wrong.
+#[tokio::test]
+async fn postgres_errors_say_what_is_wrong_without_the_password() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port(); // closed again: nothing listens there
+    let url = format!("postgres://app:s3cret@127.0.0.1:{port}/switchyard");
+    let e = PgStore::connect(&url, Claims::default())
+        .await
+        .err()
+        .expect("nothing listens there")
+        .to_string();
+    assert!(
+        e.contains(&format!("postgres://app:***@127.0.0.1:{port}/switchyard"))
+            && !e.contains("s3cret"),
+        "{e}"
+    );
+    assert!(e.contains("Connection refused"), "{e}");
+    let e = PgStore::connect("postgres://app@127.0.0.1/db?colour=blue", Claims::default())
+        .await
+        .err()
+        .expect("bad option")
+        .to_string();
+    assert!(e.contains("unknown option `colour`"), "{e}");
+}

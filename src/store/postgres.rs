@@ -122,14 +122,22 @@ pub struct PgStore {
 }
 
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
-    // The server's own words ("relation … does not exist") say more than "db error".
-    match e.as_db_error() {
-        Some(db) => StoreError(format!(
+    StoreError(describe(&e))
+}
+
+/// The server's own words ("database \"x\" does not exist") or the cause below the client's
+/// summary ("error connecting to server: Connection refused"): more than "db error".
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!(
             "PostgreSQL: {} (SQLSTATE {})",
             db.message(),
             db.code().code()
-        )),
-        None => StoreError(e.to_string()),
+        );
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
     }
 }
 
@@ -157,8 +165,9 @@ impl PgStore {
     pub async fn connect(url: &str, claims: Claims) -> StoreResult<PgStore> {
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             StoreError(format!(
-                "bad PostgreSQL URL {}: {e}; expected postgres://user@host:5432/database",
-                redacted(url)
+                "bad PostgreSQL URL {}: {}; expected postgres://user@host:5432/database",
+                redacted(url),
+                describe(&e)
             ))
         })?;
         // So that a DBA sees which node a connection belongs to (pg_stat_activity).
@@ -167,14 +176,16 @@ impl PgStore {
         }
         let db = Db::connect(&config).await.map_err(|e| {
             StoreError(format!(
-                "cannot connect to PostgreSQL at {}: {e}; is the server running and the database created?",
-                redacted(url)
+                "cannot connect to PostgreSQL at {}: {}; is the server running and the database created?",
+                redacted(url),
+                describe(&e)
             ))
         })?;
         migrate(&db).await.map_err(|e| {
             StoreError(format!(
-                "cannot apply the store schema in {}: {e}",
-                redacted(url)
+                "cannot apply the store schema in {}: {}",
+                redacted(url),
+                describe(&e)
             ))
         })?;
         // A node restarting under its name takes back what its earlier run claimed: that run
