@@ -779,3 +779,64 @@ async fn postgres_errors_say_what_is_wrong_without_the_password() {
         .to_string();
     assert!(e.contains("unknown option `colour`"), "{e}");
 }
+
+/// TLS to the server, verified: `sslmode=verify-full` with the server's certificate as
+/// `sslrootcert`. The local server's certificate is issued to `localhost`.
+#[tokio::test]
+async fn postgres_over_verified_tls() {
+    let Some(base) = common::postgres::test_server("PostgreSQL TLS test") else {
+        return;
+    };
+    let (_, admin) = common::postgres::fresh_schema(&base, "t").await;
+    let ssl = admin
+        .query_one("SHOW ssl", &[])
+        .await
+        .unwrap()
+        .get::<_, String>(0);
+    assert_eq!(
+        ssl, "on",
+        "the test server must have ssl = on for this test"
+    );
+    let cert: String = admin
+        .query_one("SHOW ssl_cert_file", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let schema: String = admin
+        .query_one("SELECT current_schema()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let url = |extra: &str| {
+        format!("postgres://root@localhost:5432/test?options=-c%20search_path%3D{schema}&{extra}")
+    };
+    // Without the server's CA, its certificate is not trusted: refused, and said so.
+    let e = PgStore::connect(&url("sslmode=require"), claims("tls-refused", LEASE))
+        .await
+        .err()
+        .expect("an untrusted certificate is refused")
+        .to_string();
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+    // With it, the store works over TLS.
+    let node = format!("tls-{}", uuid::Uuid::new_v4().simple());
+    let store = PgStore::connect(
+        &url(&format!("sslmode=verify-full&sslrootcert={cert}")),
+        claims(&node, LEASE),
+    )
+    .await
+    .unwrap();
+    let (m, ins) = insert("r", "over tls");
+    store.insert(vec![ins]).await.unwrap();
+    assert!(store.message(m.id).await.unwrap().is_some());
+    let encrypted: i64 = admin
+        .query_one(
+            "SELECT COUNT(*) FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid
+             WHERE a.application_name = $1 AND s.ssl",
+            &[&format!("switchyard {node}")],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(encrypted >= 1, "the store's connections are encrypted");
+    store.close().await.unwrap();
+}

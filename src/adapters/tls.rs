@@ -37,6 +37,33 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// A client TLS configuration that trusts the public web roots and, with `ca`, the
+/// certificates in that PEM file (a private CA, or a server's self-signed certificate).
+pub fn client_config(ca: Option<&Path>) -> anyhow::Result<tokio_rustls::rustls::ClientConfig> {
+    install_crypto();
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(ca) = ca {
+        let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
+            std::fs::File::open(ca)
+                .map_err(|e| anyhow::anyhow!("cannot read the CA file {}: {e}", ca.display()))?,
+        ))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("the CA file {} is not PEM: {e}", ca.display()))?;
+        if certs.is_empty() {
+            anyhow::bail!("the CA file {} holds no certificate", ca.display());
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| anyhow::anyhow!("the CA file {}: {e}", ca.display()))?;
+        }
+    }
+    Ok(tokio_rustls::rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// A TLS acceptor for a listener configured with `tls: { cert, key }`, or none without it.
 pub fn acceptor(
     files: Option<(&Path, &Path)>,

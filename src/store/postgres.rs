@@ -48,16 +48,71 @@ struct Db {
 }
 
 type PgResult<T> = Result<T, tokio_postgres::Error>;
+
+/// Drives a connection until it ends; the next use of its client reconnects.
+async fn watch<F: Future<Output = PgResult<()>>>(connection: F) {
+    if let Err(e) = connection.await {
+        tracing::warn!(error = %describe(&e), "PostgreSQL connection lost; reconnecting on next use");
+    }
+}
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
+/// How connections are made: in the clear, or with TLS that verifies the server's
+/// certificate and name (`sslmode=require`, `verify-ca` or `verify-full` in the URL).
+#[derive(Clone)]
+enum Tls {
+    Off,
+    On(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+/// Where and how to connect.
+#[derive(Clone)]
+struct Target {
+    config: tokio_postgres::Config,
+    tls: Tls,
+}
+
+/// Takes out of `url` what libpq understands and tokio-postgres does not: `sslrootcert=FILE`
+/// (returned), and the verifying `sslmode`s, which become `require` (this store always
+/// verifies the server when it uses TLS).
+fn libpq_options(url: &str) -> (String, Option<std::path::PathBuf>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_string(), None);
+    };
+    let mut root = None;
+    // The other options pass through exactly as written (their encoding is tokio-postgres').
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        let decoded: Vec<(String, String)> = form_urlencoded::parse(pair.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        match decoded.first().map(|(k, v)| (k.as_str(), v.as_str())) {
+            Some(("sslrootcert", path)) => root = Some(std::path::PathBuf::from(path)),
+            Some(("sslmode", "verify-ca" | "verify-full")) => kept.push("sslmode=require"),
+            _ => kept.push(pair),
+        }
+    }
+    if kept.is_empty() {
+        (base.to_string(), root)
+    } else {
+        (format!("{base}?{}", kept.join("&")), root)
+    }
+}
+
 impl Db {
-    async fn connect(config: &tokio_postgres::Config) -> PgResult<Arc<Db>> {
-        let (client, connection) = config.connect(NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "PostgreSQL connection lost; reconnecting on next use");
+    async fn connect(target: &Target) -> PgResult<Arc<Db>> {
+        let client = match &target.tls {
+            Tls::Off => {
+                let (client, connection) = target.config.connect(NoTls).await?;
+                tokio::spawn(watch(connection));
+                client
             }
-        });
+            Tls::On(tls) => {
+                let (client, connection) = target.config.connect(tls.clone()).await?;
+                tokio::spawn(watch(connection));
+                client
+            }
+        };
         Ok(Arc::new(Db {
             client,
             statements: std::sync::Mutex::new(HashMap::new()),
@@ -113,7 +168,7 @@ type JobFuture = Pin<Box<dyn Future<Output = (bool, Completion)> + Send>>;
 type Job = Box<dyn FnOnce(Result<Arc<Db>, String>) -> JobFuture + Send>;
 
 pub struct PgStore {
-    config: tokio_postgres::Config,
+    target: Target,
     jobs: std::sync::Mutex<Option<Vec<mpsc::Sender<Job>>>>,
     next_writer: std::sync::atomic::AtomicUsize,
     writers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -163,7 +218,8 @@ impl PgStore {
     /// Connects to `url` (`postgres://user@host:port/db`), applies the schema and starts the
     /// writer. Several nodes may connect to one database; each needs its own `claims.node`.
     pub async fn connect(url: &str, claims: Claims) -> StoreResult<PgStore> {
-        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+        let (pg_url, root) = libpq_options(url);
+        let mut config: tokio_postgres::Config = pg_url.parse().map_err(|e| {
             StoreError(format!(
                 "bad PostgreSQL URL {}: {}; expected postgres://user@host:5432/database",
                 redacted(url),
@@ -174,7 +230,15 @@ impl PgStore {
         if config.get_application_name().is_none() {
             config.application_name(format!("switchyard {}", claims.node));
         }
-        let db = Db::connect(&config).await.map_err(|e| {
+        let tls = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            let tls = crate::adapters::tls::client_config(root.as_deref())
+                .map_err(|e| StoreError(format!("PostgreSQL TLS: {e:#}")))?;
+            Tls::On(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+        } else {
+            Tls::Off
+        };
+        let target = Target { config, tls };
+        let db = Db::connect(&target).await.map_err(|e| {
             StoreError(format!(
                 "cannot connect to PostgreSQL at {}: {}; is the server running and the database created?",
                 redacted(url),
@@ -217,14 +281,14 @@ impl PgStore {
         for _ in 0..writer_count() {
             let db = match first.take() {
                 Some(db) => db,
-                None => Db::connect(&config).await.map_err(pg_err)?,
+                None => Db::connect(&target).await.map_err(pg_err)?,
             };
             let (tx, rx) = mpsc::channel::<Job>(4096);
-            writers.push(tokio::spawn(write_loop(config.clone(), db, rx)));
+            writers.push(tokio::spawn(write_loop(target.clone(), db, rx)));
             senders.push(tx);
         }
         Ok(PgStore {
-            config,
+            target,
             jobs: std::sync::Mutex::new(Some(senders)),
             next_writer: std::sync::atomic::AtomicUsize::new(0),
             writers: Mutex::new(writers),
@@ -283,7 +347,7 @@ impl PgStore {
         if let Some(db) = reader.as_ref().filter(|db| !db.client.is_closed()) {
             return Ok(db.clone());
         }
-        let db = Db::connect(&self.config)
+        let db = Db::connect(&self.target)
             .await
             .map_err(|e| StoreError(format!("cannot connect to PostgreSQL: {e}")))?;
         *reader = Some(db.clone());
@@ -291,11 +355,7 @@ impl PgStore {
     }
 }
 
-async fn write_loop(
-    config: tokio_postgres::Config,
-    first_db: Arc<Db>,
-    mut rx: mpsc::Receiver<Job>,
-) {
+async fn write_loop(target: Target, first_db: Arc<Db>, mut rx: mpsc::Receiver<Job>) {
     let mut db = Some(first_db);
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -306,7 +366,7 @@ async fn write_loop(
             }
         }
         if db.as_ref().is_none_or(|d| d.client.is_closed()) {
-            db = Db::connect(&config).await.ok();
+            db = Db::connect(&target).await.ok();
         }
         let Some(conn) = db.clone() else {
             for job in batch {
@@ -1414,6 +1474,20 @@ impl Store for PgStore {
 #[cfg(test)]
 mod tests {
     use super::redacted;
+
+    #[test]
+    fn libpq_tls_options_are_taken_out_and_the_rest_kept_as_written() {
+        let (url, root) = super::libpq_options(
+            "postgres://u@db/x?options=-c%20search_path%3Ds&sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem",
+        );
+        assert_eq!(
+            url,
+            "postgres://u@db/x?options=-c%20search_path%3Ds&sslmode=require"
+        );
+        assert_eq!(root, Some(std::path::PathBuf::from("/etc/ca.pem")));
+        let (url, root) = super::libpq_options("postgres://u@db/x");
+        assert_eq!((url.as_str(), root), ("postgres://u@db/x", None));
+    }
 
     #[test]
     fn passwords_stay_out_of_messages() {
