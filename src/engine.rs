@@ -70,6 +70,8 @@ pub(crate) struct RouteVersion {
     paused: bool,
     /// Messages queued for the steps; what is left here at a stop is handed back to the store.
     queue: Arc<Mutex<mpsc::Receiver<Pending>>>,
+    /// True while another node runs this route's exclusive inbound (a shared directory).
+    standby: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A route as the admin API shows it.
@@ -344,11 +346,13 @@ impl Engine {
         intake.split_first = route.split_first.clone();
         intake.replies = running.replies.clone();
         intake.index = running.index.clone();
+        let standby = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let inbound = spawn_inbound(
             &running,
             intake.clone(),
             intake_stop.clone(),
             self.store.clone(),
+            standby.clone(),
         );
         RouteVersion {
             route,
@@ -360,6 +364,7 @@ impl Engine {
             intake,
             paused: false,
             queue: rx,
+            standby,
         }
     }
 
@@ -395,6 +400,7 @@ impl Engine {
             v.intake.clone(),
             v.intake_stop.clone(),
             self.store.clone(),
+            v.standby.clone(),
         );
         v.paused = false;
         tracing::info!(event = "resume", route = %id, "route resumed");
@@ -411,7 +417,13 @@ impl Engine {
                 description: v.route.description.clone(),
                 version: v.route.version.clone(),
                 file: v.route.file.display().to_string(),
-                state: if v.paused { "paused" } else { "running" },
+                state: if v.paused {
+                    "paused"
+                } else if v.standby.load(std::sync::atomic::Ordering::Relaxed) {
+                    "standing by"
+                } else {
+                    "running"
+                },
             })
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -455,6 +467,7 @@ fn spawn_inbound(
     intake: Intake,
     stop: CancellationToken,
     store: Arc<dyn Store>,
+    standby: Arc<std::sync::atomic::AtomicBool>,
 ) -> JoinHandle<()> {
     let (inbound, id) = (running.inbound.clone(), running.id.clone());
     tokio::spawn(async move {
@@ -475,6 +488,7 @@ fn spawn_inbound(
                     if !standing_by {
                         tracing::info!(route = %id, "another node runs this route's inbound; standing by");
                         standing_by = true;
+                        standby.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
                     tokio::select! {
                         _ = stop.cancelled() => return,
@@ -492,6 +506,7 @@ fn spawn_inbound(
             if standing_by {
                 tracing::info!(route = %id, "this node now runs the route's inbound (taken over)");
                 standing_by = false;
+                standby.store(false, std::sync::atomic::Ordering::Relaxed);
             }
             let running = stop.child_token();
             let run = inbound.run(intake.clone(), running.clone());

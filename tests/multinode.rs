@@ -276,6 +276,7 @@ fn a_shared_directory_is_read_by_one_node_and_taken_over_when_it_dies() {
             ("SWITCHYARD_STORE", url.as_str()),
             ("SWITCHYARD_NODE", node.as_str()),
             ("SWITCHYARD_LEASE", "2s"),
+            ("SWITCHYARD_ADMIN", "127.0.0.1:0"),
         ])));
         // The first node takes the inbound before the second starts.
         std::thread::sleep(Duration::from_millis(700));
@@ -285,6 +286,25 @@ fn a_shared_directory_is_read_by_one_node_and_taken_over_when_it_dies() {
         &nodes[1],
         "another node runs this route's inbound; standing by"
     )));
+    // The admin API says which node runs the inbound.
+    let state = |ws: &Workspace| {
+        let admin = ws
+            .log_events()
+            .iter()
+            .find(|e| e["message"] == "admin API ready")
+            .and_then(|e| e["listen"].as_str().map(str::to_string))
+            .expect("admin API address");
+        let mut s = std::net::TcpStream::connect(admin).unwrap();
+        s.write_all(b"GET /routes HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+        let routes: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        routes[0]["state"].as_str().unwrap_or("").to_string()
+    };
+    assert_eq!(state(&nodes[0]), "running");
+    assert_eq!(state(&nodes[1]), "standing by");
     let drop_files = |from: usize, to: usize| {
         for i in from..to {
             let tmp = inbox.join(format!(".f{i:04}.partial"));
@@ -319,6 +339,7 @@ fn a_shared_directory_is_read_by_one_node_and_taken_over_when_it_dies() {
         "this node now runs the route's inbound (taken over)"
     )));
     let takeover = killed.elapsed();
+    assert_eq!(state(&nodes[1]), "running");
     assert!(wait_until(Duration::from_secs(30), || delivered() == 200));
     assert_eq!(
         took(&nodes[1]),
