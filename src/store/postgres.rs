@@ -174,6 +174,7 @@ pub struct PgStore {
     writers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     reader: Mutex<Option<Arc<Db>>>,
     claims: Claims,
+    held: HeldLeases,
 }
 
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
@@ -294,6 +295,7 @@ impl PgStore {
             writers: Mutex::new(writers),
             reader: Mutex::new(None),
             claims,
+            held: HeldLeases::default(),
         })
     }
 
@@ -1078,24 +1080,34 @@ impl Store for PgStore {
         destination: &str,
     ) -> StoreResult<Option<Delivery>> {
         let (route, destination) = (route.to_string(), destination.to_string());
-        let (node, lease) = self.claim_args();
-        self.write(move |db| async move {
-            let now = millis(SystemTime::now());
-            if !take_lease(&db, &route, &destination, &node, now, lease).await? {
-                return Ok(None); // another node delivers to it now
-            }
+        let head_sql = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN messages m ON m.id = d.message_id
+             WHERE d.route = $1 AND d.destination = $2 AND d.state = 'pending' ORDER BY d.id LIMIT 1"
+        );
+        if self.held.fresh(&route, &destination) {
+            let db = self.reader().await?;
             let row = db
-                .query_opt(
-                    &format!(
-                        "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN messages m ON m.id = d.message_id
-                         WHERE d.route = $1 AND d.destination = $2 AND d.state = 'pending' ORDER BY d.id LIMIT 1"
-                    ),
-                    &[&route, &destination],
-                )
-                .await?;
-            Ok(row.map(|r| delivery_row(&r, &route, &destination)))
-        })
-        .await
+                .query_opt(&head_sql, &[&route, &destination])
+                .await
+                .map_err(pg_err)?;
+            return Ok(row.map(|r| delivery_row(&r, &route, &destination)));
+        }
+        let (node, lease) = self.claim_args();
+        let (r, d) = (route.clone(), destination.clone());
+        let (held, first) = self
+            .write(move |db| async move {
+                let now = millis(SystemTime::now());
+                if !take_lease(&db, &r, &d, &node, now, lease).await? {
+                    return Ok((false, None)); // another node delivers to it now
+                }
+                let row = db.query_opt(&head_sql, &[&r, &d]).await?;
+                Ok((true, row.map(|row| delivery_row(&row, &r, &d))))
+            })
+            .await?;
+        if held {
+            self.held.took(&route, &destination, self.claims.lease);
+        }
+        Ok(first)
     }
 
     async fn next_due(&self, route: &str, destination: &str) -> StoreResult<Option<SystemTime>> {

@@ -26,6 +26,7 @@ pub struct SqliteStore {
     /// Held while an engine uses the store; released by `close`.
     lock: Mutex<Option<std::fs::File>>,
     claims: Claims,
+    held: HeldLeases,
 }
 
 fn sql_err(e: impl std::fmt::Display) -> StoreError {
@@ -144,6 +145,7 @@ impl SqliteStore {
             reader: Arc::new(Mutex::new(reader)),
             lock: Mutex::new(None),
             claims: Claims::default(),
+            held: HeldLeases::default(),
         })
     }
 
@@ -867,22 +869,36 @@ impl Store for SqliteStore {
     ) -> StoreResult<Option<Delivery>> {
         let route = route.to_string();
         let destination = destination.to_string();
-        let (node, lease) = self.claim_args();
-        self.write(move |conn| {
-            let now = millis(SystemTime::now());
-            if !take_lease(conn, &route, &destination, &node, now, lease)? {
-                return Ok(None); // another node delivers to it now
-            }
+        let head = |conn: &Connection, route: &str, destination: &str| {
             conn.prepare_cached(&format!(
                 "{SELECT_DELIVERY} WHERE d.route = ?1 AND d.destination = ?2 AND d.state = 'pending'
                  ORDER BY d.id LIMIT 1"
             ))?
             .query_row(params![route, destination], |r| {
-                delivery_row(r, &route, &destination)
+                delivery_row(r, route, destination)
             })
             .optional()
-        })
-        .await
+        };
+        if self.held.fresh(&route, &destination) {
+            return self
+                .read(move |conn| head(conn, &route, &destination))
+                .await;
+        }
+        let (node, lease) = self.claim_args();
+        let (r, d) = (route.clone(), destination.clone());
+        let (held, first) = self
+            .write(move |conn| {
+                let now = millis(SystemTime::now());
+                if !take_lease(conn, &r, &d, &node, now, lease)? {
+                    return Ok((false, None)); // another node delivers to it now
+                }
+                Ok((true, head(conn, &r, &d)?))
+            })
+            .await?;
+        if held {
+            self.held.took(&route, &destination, self.claims.lease);
+        }
+        Ok(first)
     }
 
     async fn next_due(&self, route: &str, destination: &str) -> StoreResult<Option<SystemTime>> {
