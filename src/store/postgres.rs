@@ -621,7 +621,9 @@ async fn set_output(
     Ok(())
 }
 
-const PENDING_COLUMNS: &str = "id, route, headers, body, received_at, resume_step, attempts";
+/// What a claim returns of each message (the `UPDATE ... FROM c` needs them qualified).
+const PENDING_COLUMNS: &str = "messages.id, messages.route, messages.headers, messages.body,
+    messages.received_at, messages.resume_step, messages.attempts";
 
 fn pending_row(r: &Row) -> Pending {
     Pending {
@@ -931,12 +933,7 @@ impl Store for PgStore {
                                AND (owner IS NULL OR lease_until < $2)
                                ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
                              UPDATE messages SET owner = $3, lease_until = $5 FROM c WHERE messages.id = c.id
-                             RETURNING {}",
-                            PENDING_COLUMNS
-                                .split(", ")
-                                .map(|c| format!("messages.{c}"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
+                             RETURNING {PENDING_COLUMNS}"
                         ),
                         &[&route, &now, &node, &(limit as i64), &(now + lease)],
                     )
@@ -1013,12 +1010,13 @@ impl Store for PgStore {
             .write(move |db| async move {
                 let rows = db
                     .query(
-                        "WITH c AS (
-                           SELECT id FROM messages WHERE route = $1 AND state = 'received' AND next_attempt_at IS NOT NULL
-                           AND next_attempt_at <= $2 ORDER BY next_attempt_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
-                         UPDATE messages SET next_attempt_at = NULL, owner = $4, lease_until = $5 FROM c WHERE messages.id = c.id
-                         RETURNING messages.id, messages.route, messages.headers, messages.body, messages.received_at,
-                                   messages.resume_step, messages.attempts",
+                        &format!(
+                            "WITH c AS (
+                               SELECT id FROM messages WHERE route = $1 AND state = 'received' AND next_attempt_at IS NOT NULL
+                               AND next_attempt_at <= $2 ORDER BY next_attempt_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
+                             UPDATE messages SET next_attempt_at = NULL, owner = $4, lease_until = $5 FROM c WHERE messages.id = c.id
+                             RETURNING {PENDING_COLUMNS}"
+                        ),
                         &[&route, &now, &(limit as i64), &node, &(now + lease)],
                     )
                     .await?;
