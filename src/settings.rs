@@ -248,3 +248,58 @@ impl std::fmt::Display for StoreLocation {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(config: &str, args: RunArgs) -> Settings {
+        Settings::resolve(&RunArgs {
+            config: Some(PathBuf::from(config)),
+            ..args
+        })
+        .unwrap_or_else(|d| panic!("{d}"))
+    }
+
+    #[test]
+    fn the_example_settings_files_load() {
+        let s = resolve("examples/switchyard.yaml", RunArgs::default());
+        assert_eq!(
+            s.store,
+            StoreLocation::Sqlite(PathBuf::from("data/switchyard.db"))
+        );
+        // Unset variables take their defaults (`${SWITCHYARD_STORE:-...}`).
+        let s = resolve("examples/switchyard-postgres.yaml", RunArgs::default());
+        assert!(
+            matches!(&s.store, StoreLocation::Postgres(url) if url.starts_with("postgres://")),
+            "{:?}",
+            s.store
+        );
+        assert_eq!(s.claims.lease, std::time::Duration::from_secs(30));
+    }
+
+    #[test]
+    fn flags_choose_the_store_node_and_lease() {
+        let s = resolve(
+            "examples/switchyard.yaml",
+            RunArgs {
+                store: Some("postgresql://app@db/switchyard".into()),
+                node: Some("edge-1".into()),
+                lease: Some(std::time::Duration::from_secs(5)),
+                ..RunArgs::default()
+            },
+        );
+        assert_eq!(
+            s.store,
+            StoreLocation::Postgres("postgresql://app@db/switchyard".into())
+        );
+        assert_eq!(
+            (s.claims.node.as_str(), s.claims.lease.as_secs()),
+            ("edge-1", 5)
+        );
+        assert_eq!(
+            StoreLocation::parse("/var/lib/switchyard/store.db"),
+            StoreLocation::Sqlite(PathBuf::from("/var/lib/switchyard/store.db"))
+        );
+    }
+}
