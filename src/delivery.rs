@@ -294,7 +294,10 @@ async fn conclude(
         }
         Err(e) => {
             tracing::error!(route = %dest.route, destination = %dest.name, message_id = %msg.id, error = %e,
-            "could not record the delivery attempt; the delivery stays pending and runs again")
+            "could not record the delivery attempt; the delivery stays pending and runs again");
+            // Not renewed as this node's any more: due again now, or when its lease ends if
+            // even this fails (the store is away).
+            let _ = store.release_deliveries(vec![d.id]).await;
         }
     }
 }

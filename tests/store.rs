@@ -716,6 +716,38 @@ async fn named_leases_pass_to_another_node_when_not_renewed(b: &Backend) {
     a.close().await.unwrap();
 }
 
+async fn released_deliveries_are_due_again_for_any_node(b: &Backend) {
+    let a = b.open("node-a", LEASE).await;
+    let other = b.other_node("node-b", LEASE).await;
+    let (m, ins) = insert("r", "one");
+    a.insert(vec![ins]).await.unwrap();
+    a.finish_steps(m.id, vec![], routed(&["to[0]"]))
+        .await
+        .unwrap();
+    let claimed = a
+        .due_deliveries("r", "to[0]", SystemTime::now(), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert!(other
+        .due_deliveries("r", "to[0]", SystemTime::now(), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // Node A could not record its attempt and gives the delivery back.
+    a.release_deliveries(vec![claimed[0].id]).await.unwrap();
+    let again = other
+        .due_deliveries("r", "to[0]", SystemTime::now(), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.iter().map(|d| d.id).collect::<Vec<_>>(),
+        [claimed[0].id]
+    );
+    other.close().await.unwrap();
+    a.close().await.unwrap();
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -750,6 +782,7 @@ conformance!(
     fifo_destination_is_held_by_one_node,
     a_failing_write_does_not_undo_the_others,
     named_leases_pass_to_another_node_when_not_renewed,
+    released_deliveries_are_due_again_for_any_node,
 );
 
 /// Needs no server: what an operator reads when the URL or the server is wrong.

@@ -441,6 +441,10 @@ pub trait Store: Send + Sync {
     /// with them still queued), so that they can be claimed again at once.
     async fn release(&self, ids: Vec<Uuid>) -> StoreResult<()>;
 
+    /// Hands back deliveries this node claimed but could not record an attempt for (the
+    /// store failed several times): they are due again at once, for any node.
+    async fn release_deliveries(&self, ids: Vec<i64>) -> StoreResult<()>;
+
     /// Takes or renews a named lease of a route for this node — what one node at a time may
     /// do, such as running an inbound that reads a shared directory. True while this node
     /// holds it; false while another live node does.

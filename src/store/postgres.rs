@@ -959,6 +959,20 @@ impl Store for PgStore {
         .await
     }
 
+    async fn release_deliveries(&self, ids: Vec<i64>) -> StoreResult<()> {
+        let (node, _) = self.claim_args();
+        self.write(move |db| async move {
+            db.execute(
+                "UPDATE deliveries SET owner = NULL, lease_until = NULL
+                 WHERE id = ANY($1) AND owner = $2 AND state = 'pending'",
+                &[&ids, &node],
+            )
+            .await
+            .map(drop)
+        })
+        .await
+    }
+
     async fn hold(&self, route: &str, name: &str) -> StoreResult<bool> {
         let (route, name) = (route.to_string(), name.to_string());
         let (node, lease) = self.claim_args();

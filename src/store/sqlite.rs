@@ -756,6 +756,20 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn release_deliveries(&self, ids: Vec<i64>) -> StoreResult<()> {
+        let (node, _) = self.claim_args();
+        self.write(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "UPDATE deliveries SET owner = NULL, lease_until = NULL WHERE id = ?1 AND owner = ?2 AND state = 'pending'",
+            )?;
+            for id in &ids {
+                stmt.execute(params![id, node])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn hold(&self, route: &str, name: &str) -> StoreResult<bool> {
         let (route, name) = (route.to_string(), name.to_string());
         let (node, lease) = self.claim_args();
