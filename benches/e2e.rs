@@ -427,16 +427,12 @@ fn baseline_file(batch: usize) -> Row {
             std::fs::remove_file(inbox.join(format!("{name}.xml"))).unwrap();
         }
     }
-    let seconds = started.elapsed().as_secs_f64();
-    Row {
-        scenario: format!("baseline: raw file I/O, sync per {batch}"),
-        messages: n,
-        seconds,
-        p50_ms: None,
-        p99_ms: None,
-        cpu_per_1000: (self_cpu() - cpu0) / n as f64 * 1000.0,
-        rss_mib: 0.0,
-    }
+    Row::baseline(
+        format!("baseline: raw file I/O, sync per {batch}"),
+        n,
+        started,
+        cpu0,
+    )
 }
 
 /// A bare MLLP echo: one thread per connection answers each frame with a short ACK frame.
@@ -519,15 +515,26 @@ fn baseline_sqlite(batch: usize) -> Row {
         tx.commit().unwrap();
         done += batch;
     }
-    let seconds = started.elapsed().as_secs_f64();
-    Row {
-        scenario: format!("baseline: SQLite 1 KiB rows, {batch} per commit"),
-        messages: n,
-        seconds,
-        p50_ms: None,
-        p99_ms: None,
-        cpu_per_1000: (self_cpu() - cpu0) / n as f64 * 1000.0,
-        rss_mib: 0.0,
+    Row::baseline(
+        format!("baseline: SQLite 1 KiB rows, {batch} per commit"),
+        n,
+        started,
+        cpu0,
+    )
+}
+
+impl Row {
+    /// A baseline measured in this process: no latency, no engine RSS.
+    fn baseline(scenario: String, messages: usize, started: Instant, cpu0: f64) -> Row {
+        Row {
+            scenario,
+            messages,
+            seconds: started.elapsed().as_secs_f64(),
+            p50_ms: None,
+            p99_ms: None,
+            cpu_per_1000: (self_cpu() - cpu0) / messages as f64 * 1000.0,
+            rss_mib: 0.0,
+        }
     }
 }
 

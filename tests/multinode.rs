@@ -9,10 +9,16 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A fresh schema on the test server, and the store URL that uses it.
-fn store_url(rt: &tokio::runtime::Runtime) -> Option<(String, tokio_postgres::Client)> {
+/// A runtime for talking to the test server, a fresh schema on it, the store URL that uses
+/// that schema, and a client to check the store with; `None` without a test server.
+fn postgres() -> Option<(tokio::runtime::Runtime, String, tokio_postgres::Client)> {
     let base = common::postgres::test_server("multi-node test")?;
-    Some(rt.block_on(common::postgres::fresh_schema(&base, "t")))
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (url, db) = rt.block_on(common::postgres::fresh_schema(&base, "t"));
+    Some((rt, url, db))
 }
 
 fn count(rt: &tokio::runtime::Runtime, db: &tokio_postgres::Client, sql: &str) -> i64 {
@@ -41,11 +47,7 @@ fn post(addr: &str, body: &str) -> bool {
 
 #[test]
 fn three_nodes_one_killed_nothing_lost_nothing_twice() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let Some((url, db)) = store_url(&rt) else {
+    let Some((rt, url, db)) = postgres() else {
         return;
     };
     let out = tempfile::tempdir().unwrap();
@@ -250,11 +252,7 @@ fn three_nodes_one_killed_nothing_lost_nothing_twice() {
 
 #[test]
 fn a_shared_directory_is_read_by_one_node_and_taken_over_when_it_dies() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let Some((url, db)) = store_url(&rt) else {
+    let Some((rt, url, db)) = postgres() else {
         return;
     };
     let shared = tempfile::tempdir().unwrap();
@@ -367,11 +365,7 @@ fn a_shared_directory_is_read_by_one_node_and_taken_over_when_it_dies() {
 
 #[test]
 fn a_node_reconnects_when_its_database_connections_are_cut() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let Some((url, db)) = store_url(&rt) else {
+    let Some((rt, url, db)) = postgres() else {
         return;
     };
     let node = format!("node-{}", uuid::Uuid::new_v4().simple());
