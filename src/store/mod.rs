@@ -329,6 +329,60 @@ pub async fn open(
     })
 }
 
+/// What this process has in hand: messages it claimed and has not finished or handed back,
+/// deliveries it claimed and has not recorded. Only these leases are renewed — a claim whose
+/// outcome the process never learnt (the commit's answer was lost) runs out and is claimed
+/// again, instead of being renewed for ever by a node that does not know it holds it.
+#[derive(Default)]
+pub(crate) struct InHand {
+    messages: std::sync::Mutex<std::collections::HashSet<Uuid>>,
+    deliveries: std::sync::Mutex<std::collections::HashSet<i64>>,
+}
+
+impl InHand {
+    pub(crate) fn take_messages(&self, ids: impl IntoIterator<Item = Uuid>) {
+        if let Ok(mut m) = self.messages.lock() {
+            m.extend(ids);
+        }
+    }
+
+    pub(crate) fn drop_messages<'a>(&self, ids: impl IntoIterator<Item = &'a Uuid>) {
+        if let Ok(mut m) = self.messages.lock() {
+            ids.into_iter().for_each(|id| {
+                m.remove(id);
+            });
+        }
+    }
+
+    pub(crate) fn take_deliveries(&self, ids: impl IntoIterator<Item = i64>) {
+        if let Ok(mut d) = self.deliveries.lock() {
+            d.extend(ids);
+        }
+    }
+
+    pub(crate) fn drop_deliveries<'a>(&self, ids: impl IntoIterator<Item = &'a i64>) {
+        if let Ok(mut d) = self.deliveries.lock() {
+            ids.into_iter().for_each(|id| {
+                d.remove(id);
+            });
+        }
+    }
+
+    /// The messages and deliveries to renew.
+    pub(crate) fn snapshot(&self) -> (Vec<Uuid>, Vec<i64>) {
+        (
+            self.messages
+                .lock()
+                .map(|m| m.iter().copied().collect())
+                .unwrap_or_default(),
+            self.deliveries
+                .lock()
+                .map(|d| d.iter().copied().collect())
+                .unwrap_or_default(),
+        )
+    }
+}
+
 /// Leases this node took (FIFO destinations), and until when it may count on one without
 /// asking the store again: half a lease after taking it, well before anyone else could.
 /// Saves a write per delivery to a FIFO destination.

@@ -175,6 +175,7 @@ pub struct PgStore {
     reader: Mutex<Option<Arc<Db>>>,
     claims: Claims,
     held: HeldLeases,
+    in_hand: InHand,
 }
 
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
@@ -296,6 +297,7 @@ impl PgStore {
             reader: Mutex::new(None),
             claims,
             held: HeldLeases::default(),
+            in_hand: InHand::default(),
         })
     }
 
@@ -687,8 +689,13 @@ const FINISHED: &str = "state IN ('delivered','failed','filtered','unrouted','sp
 #[async_trait]
 impl Store for PgStore {
     async fn insert(&self, batch: Vec<Insert>) -> StoreResult<()> {
+        let held: Vec<Uuid> = batch
+            .iter()
+            .filter(|i| i.state == MessageState::Received && !i.scheduled)
+            .map(|i| i.msg.id)
+            .collect();
         let (node, lease) = self.claim_args();
-        self.write(move |db| async move {
+        let result = self.write(move |db| async move {
             let now = millis(SystemTime::now());
             let db = &db;
             let mut work: Pipeline = Vec::new();
@@ -739,7 +746,11 @@ impl Store for PgStore {
             }
             pipelined(work).await
         })
-        .await
+        .await;
+        if result.is_ok() {
+            self.in_hand.take_messages(held);
+        }
+        result
     }
 
     async fn finish_steps(
@@ -749,7 +760,7 @@ impl Store for PgStore {
         result: Processed,
     ) -> StoreResult<Option<MessageState>> {
         let (node, _) = self.claim_args();
-        self.write(move |db| async move {
+        let result = self.write(move |db| async move {
             let now = millis(SystemTime::now());
             let db = &db;
             // Another node that took the message over (this one's lease ran out) records it.
@@ -835,14 +846,17 @@ impl Store for PgStore {
             pipelined(work).await?;
             Ok(Some(state))
         })
-        .await
+        .await;
+        self.in_hand.drop_messages([&id]);
+        result
     }
 
     async fn record_attempt(&self, a: Attempt<'_>) -> StoreResult<Option<MessageState>> {
+        let delivery_id = a.delivery;
         let id = a.message;
         let destination = a.destination.to_string();
         let (delivery, number, duration, outcome) = (a.delivery, a.number, a.duration, a.outcome);
-        self.write(move |db| async move {
+        let result = self.write(move |db| async move {
             let now = millis(SystemTime::now());
             let db = &db;
             let (state, next, error) = match &outcome {
@@ -916,7 +930,9 @@ impl Store for PgStore {
             )?;
             Ok(Some(final_state))
         })
-        .await
+        .await;
+        self.in_hand.drop_deliveries([&delivery_id]);
+        result
     }
 
     async fn claim_received(&self, route: &str, limit: usize) -> StoreResult<Vec<Pending>> {
@@ -942,35 +958,42 @@ impl Store for PgStore {
             })
             .await?;
         taken.sort_by_key(|p| p.msg.id);
+        self.in_hand.take_messages(taken.iter().map(|p| p.msg.id));
         Ok(taken)
     }
 
     async fn release(&self, ids: Vec<Uuid>) -> StoreResult<()> {
+        self.in_hand.drop_messages(&ids);
         let (node, _) = self.claim_args();
-        self.write(move |db| async move {
-            db.execute(
-                "UPDATE messages SET owner = NULL, lease_until = NULL
+        let result = self
+            .write(move |db| async move {
+                db.execute(
+                    "UPDATE messages SET owner = NULL, lease_until = NULL
                  WHERE id = ANY($1) AND owner = $2 AND state = 'received'",
-                &[&ids, &node],
-            )
-            .await?;
-            Ok(())
-        })
-        .await
+                    &[&ids, &node],
+                )
+                .await?;
+                Ok(())
+            })
+            .await;
+        result
     }
 
     async fn release_deliveries(&self, ids: Vec<i64>) -> StoreResult<()> {
+        self.in_hand.drop_deliveries(&ids);
         let (node, _) = self.claim_args();
-        self.write(move |db| async move {
-            db.execute(
-                "UPDATE deliveries SET owner = NULL, lease_until = NULL
+        let result = self
+            .write(move |db| async move {
+                db.execute(
+                    "UPDATE deliveries SET owner = NULL, lease_until = NULL
                  WHERE id = ANY($1) AND owner = $2 AND state = 'pending'",
-                &[&ids, &node],
-            )
-            .await
-            .map(drop)
-        })
-        .await
+                    &[&ids, &node],
+                )
+                .await
+                .map(drop)
+            })
+            .await;
+        result
     }
 
     async fn hold(&self, route: &str, name: &str) -> StoreResult<bool> {
@@ -985,16 +1008,17 @@ impl Store for PgStore {
 
     async fn renew_leases(&self) -> StoreResult<()> {
         let (node, lease) = self.claim_args();
+        let (messages, deliveries) = self.in_hand.snapshot();
         self.write(move |db| async move {
             let until = millis(SystemTime::now()) + lease;
             db.execute(
-                "UPDATE messages SET lease_until = $2 WHERE owner = $1 AND state = 'received'",
-                &[&node, &until],
+                "UPDATE messages SET lease_until = $2 WHERE owner = $1 AND id = ANY($3) AND state = 'received'",
+                &[&node, &until, &messages],
             )
             .await?;
             db.execute(
-                "UPDATE deliveries SET lease_until = $2 WHERE owner = $1 AND state = 'pending'",
-                &[&node, &until],
+                "UPDATE deliveries SET lease_until = $2 WHERE owner = $1 AND id = ANY($3) AND state = 'pending'",
+                &[&node, &until, &deliveries],
             )
             .await?;
             db.execute(
@@ -1038,6 +1062,7 @@ impl Store for PgStore {
             })
             .await?;
         taken.sort_by_key(|p| p.msg.id);
+        self.in_hand.take_messages(taken.iter().map(|p| p.msg.id));
         Ok(taken)
     }
 
@@ -1066,7 +1091,7 @@ impl Store for PgStore {
         let (route, destination) = (route.to_string(), destination.to_string());
         let now = millis(now);
         let (node, lease) = self.claim_args();
-        self.write(move |db| async move {
+        let due = self.write(move |db| async move {
             let rows = db
                 .query(
                     &format!(
@@ -1081,9 +1106,13 @@ impl Store for PgStore {
                     &[&route, &destination, &now, &(limit as i64), &node, &(now + lease)],
                 )
                 .await?;
-            Ok(rows.iter().map(|r| delivery_row(r, &route, &destination)).collect())
+            Ok(rows.iter().map(|r| delivery_row(r, &route, &destination)).collect::<Vec<_>>())
         })
-        .await
+        .await;
+        if let Ok(due) = &due {
+            self.in_hand.take_deliveries(due.iter().map(|d| d.id));
+        }
+        due
     }
 
     async fn oldest_pending(

@@ -27,6 +27,7 @@ pub struct SqliteStore {
     lock: Mutex<Option<std::fs::File>>,
     claims: Claims,
     held: HeldLeases,
+    in_hand: InHand,
 }
 
 fn sql_err(e: impl std::fmt::Display) -> StoreError {
@@ -146,6 +147,7 @@ impl SqliteStore {
             lock: Mutex::new(None),
             claims: Claims::default(),
             held: HeldLeases::default(),
+            in_hand: InHand::default(),
         })
     }
 
@@ -505,8 +507,13 @@ fn delivery_row(
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert(&self, batch: Vec<Insert>) -> StoreResult<()> {
+        let held: Vec<Uuid> = batch
+            .iter()
+            .filter(|i| i.state == MessageState::Received && !i.scheduled)
+            .map(|i| i.msg.id)
+            .collect();
         let (node, lease) = self.claim_args();
-        self.write(move |conn| {
+        let result = self.write(move |conn| {
             let now = millis(SystemTime::now());
             for ins in &batch {
                 let m = &ins.msg;
@@ -547,7 +554,11 @@ impl Store for SqliteStore {
             }
             Ok(())
         })
-        .await
+        .await;
+        if result.is_ok() {
+            self.in_hand.take_messages(held);
+        }
+        result
     }
 
     async fn finish_steps(
@@ -556,9 +567,10 @@ impl Store for SqliteStore {
         steps: Vec<StepRecord>,
         result: Processed,
     ) -> StoreResult<Option<MessageState>> {
+        let uuid = id;
         let id = id.to_string();
         let (node, _) = self.claim_args();
-        self.write(move |conn| {
+        let result = self.write(move |conn| {
             let now = millis(SystemTime::now());
             // Another node that took the message over (this one's lease ran out) records it.
             let waiting = conn
@@ -654,14 +666,17 @@ impl Store for SqliteStore {
             transition(conn, &id, now, "state", None, state.as_str(), None, None)?;
             Ok(Some(state))
         })
-        .await
+        .await;
+        self.in_hand.drop_messages([&uuid]);
+        result
     }
 
     async fn record_attempt(&self, a: Attempt<'_>) -> StoreResult<Option<MessageState>> {
+        let delivery_id = a.delivery;
         let id = a.message.to_string();
         let destination = a.destination.to_string();
         let (delivery, number, duration, outcome) = (a.delivery, a.number, a.duration, a.outcome);
-        self.write(move |conn| {
+        let result = self.write(move |conn| {
             let now = millis(SystemTime::now());
             let (state, next, error) = match &outcome {
                 AttemptOutcome::Delivered => ("delivered", now, None),
@@ -717,7 +732,9 @@ impl Store for SqliteStore {
             transition(conn, &id, now, "state", None, final_state.as_str(), None, None)?;
             Ok(Some(final_state))
         })
-        .await
+        .await;
+        self.in_hand.drop_deliveries([&delivery_id]);
+        result
     }
 
     async fn claim_received(&self, route: &str, limit: usize) -> StoreResult<Vec<Pending>> {
@@ -740,11 +757,13 @@ impl Store for SqliteStore {
             Ok(taken)
         })
         .await
+        .inspect(|taken| self.in_hand.take_messages(taken.iter().map(|p| p.msg.id)))
     }
 
     async fn release(&self, ids: Vec<Uuid>) -> StoreResult<()> {
+        self.in_hand.drop_messages(&ids);
         let (node, _) = self.claim_args();
-        self.write(move |conn| {
+        let result = self.write(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "UPDATE messages SET owner = NULL, lease_until = NULL WHERE id = ?1 AND owner = ?2 AND state = 'received'",
             )?;
@@ -753,12 +772,14 @@ impl Store for SqliteStore {
             }
             Ok(())
         })
-        .await
+        .await;
+        result
     }
 
     async fn release_deliveries(&self, ids: Vec<i64>) -> StoreResult<()> {
+        self.in_hand.drop_deliveries(&ids);
         let (node, _) = self.claim_args();
-        self.write(move |conn| {
+        let result = self.write(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "UPDATE deliveries SET owner = NULL, lease_until = NULL WHERE id = ?1 AND owner = ?2 AND state = 'pending'",
             )?;
@@ -767,7 +788,8 @@ impl Store for SqliteStore {
             }
             Ok(())
         })
-        .await
+        .await;
+        result
     }
 
     async fn hold(&self, route: &str, name: &str) -> StoreResult<bool> {
@@ -782,16 +804,21 @@ impl Store for SqliteStore {
 
     async fn renew_leases(&self) -> StoreResult<()> {
         let (node, lease) = self.claim_args();
+        let (messages, deliveries) = self.in_hand.snapshot();
         self.write(move |conn| {
             let until = millis(SystemTime::now()) + lease;
-            conn.prepare_cached(
-                "UPDATE messages SET lease_until = ?2 WHERE owner = ?1 AND state = 'received'",
-            )?
-            .execute(params![node, until])?;
-            conn.prepare_cached(
-                "UPDATE deliveries SET lease_until = ?2 WHERE owner = ?1 AND state = 'pending'",
-            )?
-            .execute(params![node, until])?;
+            let mut renew = conn.prepare_cached(
+                "UPDATE messages SET lease_until = ?3 WHERE id = ?1 AND owner = ?2 AND state = 'received'",
+            )?;
+            for id in &messages {
+                renew.execute(params![id.to_string(), node, until])?;
+            }
+            let mut renew = conn.prepare_cached(
+                "UPDATE deliveries SET lease_until = ?3 WHERE id = ?1 AND owner = ?2 AND state = 'pending'",
+            )?;
+            for id in &deliveries {
+                renew.execute(params![id, node, until])?;
+            }
             conn.prepare_cached("UPDATE destination_leases SET lease_until = ?2 WHERE owner = ?1 AND destination <> ?3")?
                 .execute(params![node, until, INBOUND_LEASE])?;
             Ok(())
@@ -829,6 +856,7 @@ impl Store for SqliteStore {
             Ok(taken)
         })
         .await
+        .inspect(|taken| self.in_hand.take_messages(taken.iter().map(|p| p.msg.id)))
     }
 
     async fn next_scheduled(&self, route: &str) -> StoreResult<Option<SystemTime>> {
@@ -856,7 +884,7 @@ impl Store for SqliteStore {
         let destination = destination.to_string();
         let now = millis(now);
         let (node, lease) = self.claim_args();
-        self.write(move |conn| {
+        let due = self.write(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
                 "{SELECT_DELIVERY} WHERE d.route = ?1 AND d.destination = ?2 AND d.state = 'pending'
                  AND d.next_attempt_at <= ?3 AND (d.owner IS NULL OR d.lease_until < ?3) ORDER BY d.id LIMIT ?4"
@@ -873,7 +901,11 @@ impl Store for SqliteStore {
             }
             Ok(due)
         })
-        .await
+        .await;
+        if let Ok(due) = &due {
+            self.in_hand.take_deliveries(due.iter().map(|d| d.id));
+        }
+        due
     }
 
     async fn oldest_pending(
