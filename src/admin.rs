@@ -106,6 +106,26 @@ async fn handle(req: Request<Incoming>, engine: &Engine, token: Option<&str>) ->
                 }
             }
             for r in engine.status().await {
+                for (adapter, link) in &r.connections {
+                    gauges.push((
+                        "switchyard_broker_connected",
+                        "1 while the adapter's broker connection is up, by route and adapter.",
+                        vec![("route", r.id.clone()), ("adapter", adapter.clone())],
+                        if link.state == crate::adapters::broker::LinkState::Connected {
+                            1.0
+                        } else {
+                            0.0
+                        },
+                    ));
+                }
+                for (adapter, link) in &r.connections {
+                    gauges.push((
+                        "switchyard_broker_reconnects",
+                        "Times the adapter's broker connection was made again since the route started.",
+                        vec![("route", r.id.clone()), ("adapter", adapter.clone())],
+                        link.reconnects as f64,
+                    ));
+                }
                 gauges.push((
                     "switchyard_route_up",
                     "1 when the route takes messages, 0 when it is paused.",
@@ -113,6 +133,8 @@ async fn handle(req: Request<Incoming>, engine: &Engine, token: Option<&str>) ->
                     if r.state == "running" { 1.0 } else { 0.0 },
                 ));
             }
+            // Prometheus wants each metric's samples together.
+            gauges.sort_by(|a, b| a.0.cmp(b.0));
             answer(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
@@ -139,6 +161,13 @@ async fn handle(req: Request<Incoming>, engine: &Engine, token: Option<&str>) ->
                         "messages": m.counts("switchyard_messages_total", &r.id, "state"),
                         "deliveries": m.counts("switchyard_deliveries_total", &r.id, "outcome"),
                         "last_error": last_error,
+                        "connections": r.connections.iter().map(|(adapter, link)| {
+                            let mut v = serde_json::to_value(link).unwrap_or_default();
+                            if let Some(o) = v.as_object_mut() {
+                                o.insert("adapter".into(), adapter.clone().into());
+                            }
+                            v
+                        }).collect::<Vec<_>>(),
                     })
                 })
                 .collect();

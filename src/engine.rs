@@ -82,6 +82,8 @@ pub struct RouteStatus {
     pub version: String,
     pub file: String,
     pub state: &'static str,
+    /// Broker connections of the inbound (`from`) and the destinations, by adapter name.
+    pub connections: Vec<(String, crate::adapters::broker::LinkStatus)>,
 }
 /// A route's running parts that its tasks share.
 struct RunningRoute {
@@ -102,6 +104,21 @@ struct RunningRoute {
 }
 
 impl RunningRoute {
+    /// The state of each broker connection the route's adapters hold.
+    fn links(&self) -> Vec<(String, crate::adapters::broker::LinkStatus)> {
+        let inbound = self
+            .inbound
+            .link()
+            .map(|l| ("from".to_string(), l.status()));
+        let mut outbound: Vec<_> = self
+            .destinations
+            .values()
+            .filter_map(|d| d.outbound.link().map(|l| (d.name.clone(), l.status())))
+            .collect();
+        outbound.sort_by(|a, b| a.0.cmp(&b.0));
+        inbound.into_iter().chain(outbound).collect()
+    }
+
     fn wake(&self, name: &str) {
         if let Some(d) = self.destinations.get(name) {
             d.wake.notify_one();
@@ -424,6 +441,7 @@ impl Engine {
                 } else {
                     "running"
                 },
+                connections: v.running.links(),
             })
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));

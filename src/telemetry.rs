@@ -171,6 +171,20 @@ pub fn refused(msg: &Message, reason: &str) {
         file = msg.header("file.name").unwrap_or(""), outcome = "failed", error = reason, "refused at intake");
 }
 
+pub fn duplicate(msg: &Message, first: uuid::Uuid) {
+    let m = crate::metrics::global();
+    m.inc(
+        "switchyard_messages_received_total",
+        vec![("route", msg.route.clone())],
+    );
+    m.inc(
+        "switchyard_messages_total",
+        vec![("route", msg.route.clone()), ("state", "duplicate".into())],
+    );
+    tracing::warn!(target: TARGET, event = "received", message_id = %msg.id, route = %msg.route,
+        duplicate_of = %first, outcome = "duplicate", "received again (redelivered by the sender); recorded, not processed");
+}
+
 pub fn step(msg: &Message, step: &str, duration: Duration, error: Option<&str>) {
     crate::metrics::global().step(&msg.route, step, duration.as_secs_f64());
     match error {

@@ -2,6 +2,7 @@
 //! hand them to the store; [`outbound`] adapters deliver processed messages. One file per
 //! adapter kind.
 
+pub mod broker;
 pub mod fs;
 pub mod inbound;
 pub mod listeners;

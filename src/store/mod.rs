@@ -40,10 +40,13 @@ pub enum MessageState {
     Split,
     /// At least one destination gave up after its last attempt.
     Dead,
+    /// Received again with the key of an earlier message of its route (a broker redelivered
+    /// a message whose commit it never heard of): kept for the record, never processed.
+    Duplicate,
 }
 
 impl MessageState {
-    pub const ALL: [MessageState; 8] = [
+    pub const ALL: [MessageState; 9] = [
         MessageState::Received,
         MessageState::Delivering,
         MessageState::Delivered,
@@ -52,6 +55,7 @@ impl MessageState {
         MessageState::Unrouted,
         MessageState::Split,
         MessageState::Dead,
+        MessageState::Duplicate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +68,7 @@ impl MessageState {
             MessageState::Unrouted => "unrouted",
             MessageState::Split => "split",
             MessageState::Dead => "dead",
+            MessageState::Duplicate => "duplicate",
         }
     }
 
@@ -410,6 +415,19 @@ impl HeldLeases {
     }
 }
 
+/// What is committed for a message received again under an earlier message's key: its
+/// record, as `duplicate`, without wire taps, never processed.
+pub(crate) fn duplicate_of(mut ins: Insert, first: &str, key: &(String, String)) -> Insert {
+    ins.state = MessageState::Duplicate;
+    ins.error = Some(format!(
+        "duplicate of message {first}: {} `{}` was received before; not processed again",
+        key.0, key.1
+    ));
+    ins.wire_taps.clear();
+    ins.scheduled = false;
+    ins
+}
+
 /// Unix milliseconds, as both backends store times.
 pub(crate) fn millis(t: SystemTime) -> i64 {
     t.duration_since(std::time::UNIX_EPOCH)
@@ -468,6 +486,13 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub trait Store: Send + Sync {
     /// Commits new messages (and their wire-tap deliveries) in one transaction.
     async fn insert(&self, batch: Vec<Insert>) -> StoreResult<()>;
+
+    /// Commits one new message unless a message of its route was stored with the search field
+    /// `key` (name, value) before — a broker redelivering what was committed but never
+    /// acknowledged. Then the new one is committed as `duplicate` (with the key, naming the
+    /// first) instead, and the first's id is returned: the caller acknowledges the sender and
+    /// processes nothing. `ins.index` should hold `key`, so that the next copy is found too.
+    async fn insert_once(&self, ins: Insert, key: (String, String)) -> StoreResult<Option<Uuid>>;
 
     /// Records the steps' outcomes and the result in one transaction. Returns the message's
     /// new state, or `None` when it was no longer waiting for its steps (processed already),

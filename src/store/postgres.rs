@@ -573,6 +573,77 @@ async fn take_lease(
     .map(|held| held.is_some())
 }
 
+/// Queues the writes of one new message: its row, its `received` transition, its search
+/// fields and its wire-tap deliveries.
+fn insert_one<'a>(
+    db: &'a Db,
+    ins: &'a Insert,
+    now: i64,
+    node: &'a str,
+    lease: i64,
+    work: &mut Pipeline<'a>,
+) {
+    let m = &ins.msg;
+    let received = millis(m.received_at);
+    // This node processes what it stored itself: held from the start.
+    let held = ins.state == MessageState::Received && !ins.scheduled;
+    work.push(Box::pin(async move {
+        db.execute(
+            "INSERT INTO messages (id, route, route_version, state, received_at, updated_at, headers, body,
+                                   error, parent_id, resume_step, next_attempt_at, owner, lease_until)
+             VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            &[
+                &m.id,
+                &m.route,
+                &ins.route_version,
+                &ins.state.as_str(),
+                &received,
+                &headers_json(&m.headers),
+                &&m.body[..],
+                &ins.error,
+                &ins.parent,
+                &(ins.resume_step as i32),
+                &ins.scheduled.then_some(now),
+                &held.then_some(node),
+                &held.then_some(now + lease),
+            ],
+        )
+        .await
+        .map(drop)
+    }));
+    work.push(Box::pin(transition(
+        db,
+        m.id,
+        received,
+        "received",
+        None,
+        ins.state.as_str(),
+        None,
+        ins.error.as_deref(),
+    )));
+    for (name, value) in &ins.index {
+        work.push(Box::pin(async move {
+            db.execute(
+                "INSERT INTO message_index (name, value, message_id) VALUES ($1, $2, $3)",
+                &[name, value, &m.id],
+            )
+            .await
+            .map(drop)
+        }));
+    }
+    for tap in &ins.wire_taps {
+        work.push(Box::pin(add_delivery(
+            db,
+            m.id,
+            &m.route,
+            tap,
+            DeliveryKind::WireTap,
+            "in",
+            now,
+        )));
+    }
+}
+
 async fn add_delivery(
     db: &Db,
     message: Uuid,
@@ -683,7 +754,7 @@ fn stored_row(r: &Row) -> StoredMessage {
     }
 }
 
-const FINISHED: &str = "state IN ('delivered','failed','filtered','unrouted','split','dead')
+const FINISHED: &str = "state IN ('delivered','failed','filtered','unrouted','split','dead','duplicate')
     AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id AND d.state = 'pending')";
 
 #[async_trait]
@@ -695,60 +766,50 @@ impl Store for PgStore {
             .map(|i| i.msg.id)
             .collect();
         let (node, lease) = self.claim_args();
-        let result = self.write(move |db| async move {
-            let now = millis(SystemTime::now());
-            let db = &db;
-            let mut work: Pipeline = Vec::new();
-            for ins in &batch {
-                let m = &ins.msg;
-                let received = millis(m.received_at);
-                // This node processes what it stored itself: held from the start.
-                let held = ins.state == MessageState::Received && !ins.scheduled;
-                let node = node.as_str();
-                work.push(Box::pin(async move {
-                    db.execute(
-                        "INSERT INTO messages (id, route, route_version, state, received_at, updated_at, headers, body,
-                                               error, parent_id, resume_step, next_attempt_at, owner, lease_until)
-                         VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                        &[
-                            &m.id,
-                            &m.route,
-                            &ins.route_version,
-                            &ins.state.as_str(),
-                            &received,
-                            &headers_json(&m.headers),
-                            &&m.body[..],
-                            &ins.error,
-                            &ins.parent,
-                            &(ins.resume_step as i32),
-                            &ins.scheduled.then_some(now),
-                            &held.then_some(node),
-                            &held.then_some(now + lease),
-                        ],
-                    )
-                    .await
-                    .map(drop)
-                }));
-                work.push(Box::pin(transition(db, m.id, received, "received", None, ins.state.as_str(), None, ins.error.as_deref())));
-                for (name, value) in &ins.index {
-                    work.push(Box::pin(async move {
-                        db.execute(
-                            "INSERT INTO message_index (name, value, message_id) VALUES ($1, $2, $3)",
-                            &[name, value, &m.id],
-                        )
-                        .await
-                        .map(drop)
-                    }));
+        let result = self
+            .write(move |db| async move {
+                let now = millis(SystemTime::now());
+                let mut work: Pipeline = Vec::new();
+                for ins in &batch {
+                    insert_one(&db, ins, now, &node, lease, &mut work);
                 }
-                for tap in &ins.wire_taps {
-                    work.push(Box::pin(add_delivery(db, m.id, &m.route, tap, DeliveryKind::WireTap, "in", now)));
-                }
-            }
-            pipelined(work).await
-        })
-        .await;
+                pipelined(work).await
+            })
+            .await;
         if result.is_ok() {
             self.in_hand.take_messages(held);
+        }
+        result
+    }
+
+    async fn insert_once(&self, ins: Insert, key: (String, String)) -> StoreResult<Option<Uuid>> {
+        let (node, lease) = self.claim_args();
+        let id = ins.msg.id;
+        let held = ins.state == MessageState::Received && !ins.scheduled;
+        let result = self
+            .write(move |db| async move {
+                let now = millis(SystemTime::now());
+                let earlier: Option<Uuid> = db
+                    .query_opt(
+                        "SELECT i.message_id FROM message_index i JOIN messages m ON m.id = i.message_id
+                         WHERE i.name = $1 AND i.value = $2 AND m.route = $3 ORDER BY i.message_id LIMIT 1",
+                        &[&key.0, &key.1, &ins.msg.route],
+                    )
+                    .await?
+                    .map(|r| r.get(0));
+                let ins = match earlier {
+                    None => ins,
+                    Some(first) => duplicate_of(ins, &first.to_string(), &key),
+                };
+                let mut work: Pipeline = Vec::new();
+                insert_one(&db, &ins, now, &node, lease, &mut work);
+                pipelined(work).await.map(|_| earlier)
+            })
+            .await;
+        if let Ok(None) = result {
+            if held {
+                self.in_hand.take_messages([id]);
+            }
         }
         result
     }

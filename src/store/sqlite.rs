@@ -409,6 +409,62 @@ fn parse_id(text: &str) -> rusqlite::Result<Uuid> {
     })
 }
 
+/// Writes one new message: its row, its `received` transition, its search fields and its
+/// wire-tap deliveries.
+fn insert_one(
+    conn: &Connection,
+    ins: &Insert,
+    now: i64,
+    node: &str,
+    lease: i64,
+) -> rusqlite::Result<()> {
+    let m = &ins.msg;
+    let id = m.id.to_string();
+    let received = millis(m.received_at);
+    let held = ins.state == MessageState::Received && !ins.scheduled;
+    conn.prepare_cached(
+        "INSERT INTO messages (id, route, route_version, state, received_at, updated_at, headers, body,
+                               error, parent_id, resume_step, next_attempt_at, owner, lease_until)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?
+    .execute(params![
+        id,
+        m.route,
+        ins.route_version,
+        ins.state.as_str(),
+        received,
+        headers_json(&m.headers),
+        &m.body[..],
+        ins.error,
+        ins.parent.map(|p| p.to_string()),
+        ins.resume_step as i64,
+        ins.scheduled.then_some(now),
+        // This node processes what it stored itself: held from the start.
+        held.then_some(node),
+        held.then_some(now + lease),
+    ])?;
+    transition(
+        conn,
+        &id,
+        received,
+        "received",
+        None,
+        ins.state.as_str(),
+        None,
+        ins.error.as_deref(),
+    )?;
+    for (name, value) in &ins.index {
+        conn.prepare_cached(
+            "INSERT INTO message_index (name, value, message_id) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![name, value, id])?;
+    }
+    for tap in &ins.wire_taps {
+        add_delivery(conn, &id, &m.route, tap, DeliveryKind::WireTap, "in", now)?;
+    }
+    Ok(())
+}
+
 fn add_delivery(
     conn: &Connection,
     message: &str,
@@ -513,50 +569,48 @@ impl Store for SqliteStore {
             .map(|i| i.msg.id)
             .collect();
         let (node, lease) = self.claim_args();
-        let result = self.write(move |conn| {
-            let now = millis(SystemTime::now());
-            for ins in &batch {
-                let m = &ins.msg;
-                let id = m.id.to_string();
-                let received = millis(m.received_at);
-                let held = ins.state == MessageState::Received && !ins.scheduled;
-                conn.prepare_cached(
-                    "INSERT INTO messages (id, route, route_version, state, received_at, updated_at, headers, body,
-                                           error, parent_id, resume_step, next_attempt_at, owner, lease_until)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                )?
-                .execute(params![
-                    id,
-                    m.route,
-                    ins.route_version,
-                    ins.state.as_str(),
-                    received,
-                    headers_json(&m.headers),
-                    &m.body[..],
-                    ins.error,
-                    ins.parent.map(|p| p.to_string()),
-                    ins.resume_step as i64,
-                    ins.scheduled.then_some(now),
-                    // This node processes what it stored itself: held from the start.
-                    held.then_some(&node),
-                    held.then_some(now + lease),
-                ])?;
-                transition(conn, &id, received, "received", None, ins.state.as_str(), None, ins.error.as_deref())?;
-                for (name, value) in &ins.index {
-                    conn.prepare_cached(
-                        "INSERT INTO message_index (name, value, message_id) VALUES (?1, ?2, ?3)",
-                    )?
-                    .execute(params![name, value, id])?;
-                }
-                for tap in &ins.wire_taps {
-                    add_delivery(conn, &id, &m.route, tap, DeliveryKind::WireTap, "in", now)?;
-                }
-            }
-            Ok(())
-        })
-        .await;
+        let result = self
+            .write(move |conn| {
+                let now = millis(SystemTime::now());
+                batch
+                    .iter()
+                    .try_for_each(|ins| insert_one(conn, ins, now, &node, lease))
+            })
+            .await;
         if result.is_ok() {
             self.in_hand.take_messages(held);
+        }
+        result
+    }
+
+    async fn insert_once(&self, ins: Insert, key: (String, String)) -> StoreResult<Option<Uuid>> {
+        let (node, lease) = self.claim_args();
+        let id = ins.msg.id;
+        let held = ins.state == MessageState::Received && !ins.scheduled;
+        let result = self
+            .write(move |conn| {
+                let now = millis(SystemTime::now());
+                let earlier: Option<String> = conn
+                    .prepare_cached(
+                        "SELECT i.message_id FROM message_index i JOIN messages m ON m.id = i.message_id
+                         WHERE i.name = ?1 AND i.value = ?2 AND m.route = ?3 ORDER BY i.message_id LIMIT 1",
+                    )?
+                    .query_row(params![key.0, key.1, ins.msg.route], |r| r.get(0))
+                    .optional()?;
+                match earlier {
+                    None => insert_one(conn, &ins, now, &node, lease).map(|_| None),
+                    Some(first) => {
+                        let dup = duplicate_of(ins, &first, &key);
+                        insert_one(conn, &dup, now, &node, lease)?;
+                        Ok(Uuid::parse_str(&first).ok())
+                    }
+                }
+            })
+            .await;
+        if let Ok(None) = result {
+            if held {
+                self.in_hand.take_messages([id]);
+            }
         }
         result
     }
@@ -1181,7 +1235,7 @@ impl Store for SqliteStore {
         let batch = batch.max(1) as i64;
         self.write(move |conn| {
             let now = millis(SystemTime::now());
-            const FINISHED: &str = "state IN ('delivered','failed','filtered','unrouted','split','dead')
+            const FINISHED: &str = "state IN ('delivered','failed','filtered','unrouted','split','dead','duplicate')
                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id AND d.state = 'pending')";
             let mut doomed: Vec<String> = Vec::new();
             if let Some(age) = policy.max_age {

@@ -55,6 +55,20 @@ pub enum Content {
     Xml,
 }
 
+impl Content {
+    /// Why `body` is not this content, if it is not. Shared by every inbound with `content:`.
+    pub fn error(self, body: &[u8]) -> Option<String> {
+        match self {
+            Content::Any => None,
+            Content::Json => match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Ok(_) => None,
+                Err(e) => Some(format!("the body is not valid JSON: {e}")),
+            },
+            Content::Xml => crate::convert::xml::xml_to_value(body, &Default::default()).err(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Auth {
@@ -383,14 +397,7 @@ impl Handler {
     }
 
     fn content_error(&self, body: &Bytes) -> Option<String> {
-        match self.cfg.content {
-            Content::Any => None,
-            Content::Json => match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
-                Ok(_) => None,
-                Err(e) => Some(format!("the body is not valid JSON: {e}")),
-            },
-            Content::Xml => crate::convert::xml::xml_to_value(body, &Default::default()).err(),
-        }
+        self.cfg.content.error(body)
     }
 }
 

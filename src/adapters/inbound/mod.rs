@@ -4,8 +4,10 @@
 //! only once the message is committed to the store — and only then acknowledges the sender
 //! (moves the file away, answers 2xx, sends an ACK). That order is the engine's first promise.
 
+pub mod amqp;
 pub mod file;
 pub mod http;
+pub mod mqtt;
 pub mod tcp;
 
 use crate::adapters::listeners::Listeners;
@@ -31,6 +33,10 @@ pub enum InboundConfig {
     Http(http::Config),
     /// Listens for framed messages on TCP (MLLP for HL7, lines, length prefixes, ...).
     Tcp(tcp::Config),
+    /// Consumes a RabbitMQ (AMQP 0-9-1) queue.
+    Amqp(amqp::Config),
+    /// Subscribes to MQTT topics.
+    Mqtt(mqtt::Config),
     /// A named endpoint from the adapters directory, replaced by its definition on load.
     Endpoint(String),
 }
@@ -41,6 +47,8 @@ impl InboundConfig {
             InboundConfig::File(_) => "file",
             InboundConfig::Http(_) => "http",
             InboundConfig::Tcp(_) => "tcp",
+            InboundConfig::Amqp(_) => "amqp",
+            InboundConfig::Mqtt(_) => "mqtt",
             InboundConfig::Endpoint(_) => "endpoint",
         }
     }
@@ -61,6 +69,10 @@ impl InboundConfig {
             InboundConfig::Http(c) => Some(format!("address {}", c.listen)),
             InboundConfig::Tcp(c) if c.listen.ends_with(":0") => None,
             InboundConfig::Tcp(c) => Some(format!("address {}", c.listen)),
+            // Several consumers of one queue share its messages: nothing is taken for itself.
+            InboundConfig::Amqp(_) => None,
+            // One MQTT client id is one session: two routes with it would knock each other off.
+            InboundConfig::Mqtt(c) => Some(format!("MQTT client id {}", c.client_id)),
             InboundConfig::Endpoint(_) => None,
         }
     }
@@ -68,7 +80,10 @@ impl InboundConfig {
     /// The address this adapter listens on, if it listens.
     pub fn listen_address(&self) -> Option<&str> {
         match self {
-            InboundConfig::File(_) | InboundConfig::Endpoint(_) => None,
+            InboundConfig::File(_)
+            | InboundConfig::Amqp(_)
+            | InboundConfig::Mqtt(_)
+            | InboundConfig::Endpoint(_) => None,
             InboundConfig::Http(c) => Some(&c.listen),
             InboundConfig::Tcp(c) => Some(&c.listen),
         }
@@ -81,6 +96,8 @@ impl InboundConfig {
             InboundConfig::File(c) => Arc::new(c.build()?),
             InboundConfig::Http(c) => Arc::new(c.build(listeners)?),
             InboundConfig::Tcp(c) => Arc::new(c.build(listeners)?),
+            InboundConfig::Amqp(c) => Arc::new(c.build()?),
+            InboundConfig::Mqtt(c) => Arc::new(c.build()?),
             InboundConfig::Endpoint(name) => anyhow::bail!("endpoint `{name}` was not resolved"),
         })
     }
@@ -103,6 +120,11 @@ pub trait Inbound: Send + Sync {
     /// dies. Listeners (HTTP, TCP) are each node's own and run everywhere.
     fn exclusive(&self) -> bool {
         false
+    }
+
+    /// The adapter's connection to a broker, for the admin API and metrics.
+    fn link(&self) -> Option<Arc<crate::adapters::broker::Link>> {
+        None
     }
 }
 
@@ -271,6 +293,48 @@ impl Intake {
         }
     }
 
+    /// Like [`Intake::submit`] for senders that redeliver what they did not hear acknowledged
+    /// (brokers): `key` is a search field (name, value) that identifies the message at its
+    /// sender — a broker's message id. When an earlier message of the route was stored with
+    /// the same key, this one is recorded as `duplicate` and not processed, and the answer is
+    /// [`Submitted::Duplicate`]; either way the sender may be acknowledged.
+    pub async fn submit_once(
+        &self,
+        headers: Headers,
+        body: Bytes,
+        key: Option<(String, String)>,
+    ) -> Result<Submitted, StoreError> {
+        let Some(key) = key else {
+            return self.submit(headers, body).await.map(Submitted::New);
+        };
+        let permit =
+            self.queue.reserve().await.map_err(|_| {
+                StoreError("route is stopping; the message was not accepted".into())
+            })?;
+        let mut msg = Message::new(&self.route, body);
+        msg.headers = headers;
+        let mut insert = self.insert(msg.clone(), MessageState::Received, None);
+        insert.index.retain(|(name, _)| *name != key.0);
+        insert.index.push(key.clone());
+        match self.store.insert_once(insert, key).await? {
+            Some(first) => {
+                telemetry::duplicate(&msg, first);
+                Ok(Submitted::Duplicate { id: msg.id, first })
+            }
+            None => {
+                telemetry::received(&msg);
+                self.wake_taps();
+                let id = msg.id;
+                permit.send(Pending {
+                    msg,
+                    resume_step: 0,
+                    attempts: 0,
+                });
+                Ok(Submitted::New(id))
+            }
+        }
+    }
+
     /// Records a message the adapter could not take in (too large, unreadable) as failed,
     /// with `reason`; the body is not stored.
     pub async fn refuse(&self, headers: Headers, reason: &str) -> Result<Uuid, StoreError> {
@@ -396,6 +460,15 @@ impl Intake {
             }),
         }
     }
+}
+
+/// What [`Intake::submit_once`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// Stored and queued for the steps.
+    New(Uuid),
+    /// Stored as `duplicate` of `first`, not processed.
+    Duplicate { id: Uuid, first: Uuid },
 }
 
 /// Why a split while reading did not complete.

@@ -2,8 +2,10 @@
 //! outbound adapter; the delivery worker ([`crate::delivery`]) calls [`Outbound::send`] and
 //! records the outcome, so adapters never touch the store.
 
+pub mod amqp;
 pub mod file;
 pub mod http;
+pub mod mqtt;
 pub mod smtp;
 pub mod tcp;
 
@@ -26,6 +28,10 @@ pub enum OutboundConfig {
     Smtp(smtp::Config),
     /// Sends each message on a TCP connection (an MLLP client for HL7).
     Tcp(tcp::Config),
+    /// Publishes each message to a RabbitMQ (AMQP 0-9-1) exchange, with publisher confirms.
+    Amqp(Box<amqp::Config>),
+    /// Publishes each message to an MQTT topic (QoS 1).
+    Mqtt(mqtt::Config),
     /// A named endpoint from the adapters directory (`endpoint: lab-system`), replaced by its
     /// definition when the route is loaded.
     Endpoint(String),
@@ -38,6 +44,8 @@ impl OutboundConfig {
             OutboundConfig::Http(_) => "http",
             OutboundConfig::Smtp(_) => "smtp",
             OutboundConfig::Tcp(_) => "tcp",
+            OutboundConfig::Amqp(_) => "amqp",
+            OutboundConfig::Mqtt(_) => "mqtt",
             OutboundConfig::Endpoint(_) => "endpoint",
         }
     }
@@ -50,6 +58,8 @@ impl OutboundConfig {
             OutboundConfig::Http(c) => (&c.delivery, Ordering::Parallel),
             OutboundConfig::Smtp(c) => (&c.delivery, Ordering::Parallel),
             OutboundConfig::Tcp(c) => (&c.delivery, Ordering::Fifo),
+            OutboundConfig::Amqp(c) => (&c.delivery, Ordering::Parallel),
+            OutboundConfig::Mqtt(c) => (&c.delivery, Ordering::Parallel),
             OutboundConfig::Endpoint(_) => return DeliveryConfig::default(),
         };
         let mut d = d.clone();
@@ -63,6 +73,8 @@ impl OutboundConfig {
             OutboundConfig::Http(c) => Arc::new(c.build()?),
             OutboundConfig::Smtp(c) => Arc::new(c.build()?),
             OutboundConfig::Tcp(c) => Arc::new(c.build()?),
+            OutboundConfig::Amqp(c) => Arc::new(c.build()?),
+            OutboundConfig::Mqtt(c) => Arc::new(c.build()?),
             OutboundConfig::Endpoint(name) => anyhow::bail!("endpoint `{name}` was not resolved"),
         })
     }
@@ -135,6 +147,11 @@ pub trait Outbound: Send + Sync {
     /// due deliveries in batches.
     fn batched(&self) -> bool {
         false
+    }
+
+    /// The destination's connection to a broker, for the admin API and metrics.
+    fn link(&self) -> Option<Arc<crate::adapters::broker::Link>> {
+        None
     }
 
     /// Delivers several messages; one result per message, in order. A result is final for

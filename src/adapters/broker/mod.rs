@@ -1,0 +1,230 @@
+//! The contract every broker adapter follows (RabbitMQ, MQTT, and the brokers after them),
+//! and the parts they share. `docs/adapters/brokers.md` says the same for users.
+//!
+//! - Inbound: a delivery is committed through [`crate::adapters::inbound::Intake`] *before*
+//!   the broker hears an acknowledgement. A crash between the two makes the broker redeliver;
+//!   where the broker gives a stable message id, the redelivery is recognised by that id in
+//!   the store ([`crate::adapters::inbound::Intake::submit_once`]) and recorded as
+//!   `duplicate`, never processed twice.
+//! - A delivery the intake refuses (too large, not the declared content) is recorded as failed
+//!   and rejected without requeue, so it is never redelivered for ever.
+//! - Outbound: a delivery is done only once the broker confirmed it (publisher confirm,
+//!   PUBACK); a refusal, a timeout or a lost connection is a failed attempt, retried by the
+//!   destination's policy.
+//! - Backpressure: at most `prefetch` deliveries are unacknowledged at once; the broker sends
+//!   no more until the store took them.
+//! - Connections are the adapter's own: it reconnects with [`Backoff`], declares its topology
+//!   again, and reports its state through a [`Link`] (logs, `/routes`, `/metrics`).
+
+pub mod amqp;
+pub mod mqtt;
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+/// The state of one broker connection, as operators see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    Connecting,
+    Connected,
+    /// Lost or refused; the adapter is waiting to try again.
+    Down,
+}
+
+/// One adapter's connection to its broker: its state, since when, the last error, and how
+/// often it reconnected. Shared between the adapter (which sets it) and the admin API.
+pub struct Link {
+    /// The broker, without credentials (`amqp://127.0.0.1:5672/%2f`).
+    pub broker: String,
+    inner: Mutex<LinkInner>,
+}
+
+struct LinkInner {
+    state: LinkState,
+    since: SystemTime,
+    error: Option<String>,
+    reconnects: u64,
+    ever_connected: bool,
+}
+
+/// A copy of a [`Link`]'s state, for the admin API and metrics.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LinkStatus {
+    pub broker: String,
+    pub state: LinkState,
+    pub since: String,
+    pub error: Option<String>,
+    pub reconnects: u64,
+}
+
+impl Link {
+    pub fn new(broker: String) -> Link {
+        Link {
+            broker,
+            inner: Mutex::new(LinkInner {
+                state: LinkState::Connecting,
+                since: SystemTime::now(),
+                error: None,
+                reconnects: 0,
+                ever_connected: false,
+            }),
+        }
+    }
+
+    fn set(&self, state: LinkState, error: Option<String>) {
+        if let Ok(mut l) = self.inner.lock() {
+            if l.state != state {
+                l.since = SystemTime::now();
+            }
+            if state == LinkState::Connected {
+                if l.ever_connected {
+                    l.reconnects += 1;
+                }
+                l.ever_connected = true;
+            }
+            l.state = state;
+            if error.is_some() || state == LinkState::Connected {
+                l.error = error;
+            }
+        }
+    }
+
+    pub fn connecting(&self) {
+        self.set(LinkState::Connecting, None);
+    }
+
+    pub fn up(&self, route: &str, adapter: &str) {
+        tracing::info!(route, adapter, broker = %self.broker, "broker connection up");
+        self.set(LinkState::Connected, None);
+    }
+
+    /// The connection was lost or could not be made; `error` must not hold credentials.
+    pub fn down(&self, route: &str, adapter: &str, error: &str, retry_in: Duration) {
+        tracing::warn!(route, adapter, broker = %self.broker, error,
+            retry_in = ?retry_in, "broker connection down; reconnecting");
+        self.set(LinkState::Down, Some(error.to_string()));
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.inner
+            .lock()
+            .is_ok_and(|l| l.state == LinkState::Connected)
+    }
+
+    pub fn status(&self) -> LinkStatus {
+        let l = self.inner.lock();
+        let (state, since, error, reconnects) = match &l {
+            Ok(l) => (l.state, l.since, l.error.clone(), l.reconnects),
+            Err(_) => (LinkState::Down, SystemTime::now(), None, 0),
+        };
+        LinkStatus {
+            broker: self.broker.clone(),
+            state,
+            since: humantime::format_rfc3339_millis(since).to_string(),
+            error,
+            reconnects,
+        }
+    }
+}
+
+/// Waits between reconnection attempts: 200 ms, doubling to at most 30 s, with jitter so that
+/// many adapters do not knock on a restarted broker at the same instant.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: Self::FIRST }
+    }
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(30);
+
+    /// The wait before the next attempt; each call doubles the one after.
+    pub fn wait(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        let jitter = uuid::Uuid::new_v4().as_u128() as u64 % (base.as_millis() as u64 / 4 + 1);
+        base + Duration::from_millis(jitter)
+    }
+
+    /// A connection worked: start again from the shortest wait.
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+/// `url` without its password, for logs, errors and the admin API.
+pub fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or("");
+            format!("{}://{user}:***@{}", &url[..scheme_end], &rest[at + 1..])
+        }
+        None => url.to_string(),
+    }
+}
+
+/// An error's text with any occurrence of `secret` replaced, for errors from client crates
+/// that may quote the URL they were given.
+pub fn scrub(text: impl std::fmt::Display, secret: Option<&str>) -> String {
+    let text = text.to_string();
+    match secret {
+        Some(s) if !s.is_empty() => text.replace(s, "***"),
+        _ => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_the_password_only() {
+        assert_eq!(
+            redact("amqp://app:s3cret@mq.example.com:5672/prod"),
+            "amqp://app:***@mq.example.com:5672/prod"
+        );
+        assert_eq!(redact("mqtt://127.0.0.1:1883"), "mqtt://127.0.0.1:1883");
+        assert_eq!(redact("amqps://u@h/v?x=a@b"), "amqps://u:***@h/v?x=a@b");
+        assert_eq!(scrub("bad login s3cret", Some("s3cret")), "bad login ***");
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_ceiling_and_resets() {
+        let mut b = Backoff::default();
+        let first = b.wait();
+        assert!(first >= Duration::from_millis(200) && first <= Duration::from_millis(250));
+        for _ in 0..20 {
+            b.wait();
+        }
+        assert!(b.wait() <= Duration::from_millis(37_500));
+        b.reset();
+        assert!(b.wait() <= Duration::from_millis(250));
+    }
+
+    #[test]
+    fn link_counts_reconnects_not_the_first_connection() {
+        let l = Link::new("amqp://h".into());
+        assert_eq!(l.status().state, LinkState::Connecting);
+        l.up("r", "from");
+        l.down("r", "from", "connection reset", Duration::from_secs(1));
+        assert_eq!(l.status().error.as_deref(), Some("connection reset"));
+        l.up("r", "from");
+        let s = l.status();
+        assert_eq!(
+            (s.state, s.reconnects, s.error),
+            (LinkState::Connected, 1, None)
+        );
+    }
+}
