@@ -556,6 +556,9 @@ fn spawn_inbound(
 fn build(route: &Route, listeners: &Arc<Listeners>) -> anyhow::Result<RunningRoute> {
     let context = || format!("route `{}` ({})", route.id, route.file.display());
     let inbound = route.from.build(listeners).with_context(context)?;
+    if let Some(link) = inbound.link() {
+        link.owned_by(&route.id, "from");
+    }
     let dead_letter_wake = Arc::new(Notify::new());
     let dead_letter = route.dead_letter().map(str::to_string);
     let mut destinations = HashMap::new();
@@ -564,6 +567,9 @@ fn build(route: &Route, listeners: &Arc<Listeners>) -> anyhow::Result<RunningRou
             .config
             .build()
             .with_context(|| format!("{}: {}", context(), spec.name))?;
+        if let Some(link) = outbound.link() {
+            link.owned_by(&route.id, &spec.name);
+        }
         let wake = if spec.kind == DeliveryKind::DeadLetter {
             dead_letter_wake.clone()
         } else {

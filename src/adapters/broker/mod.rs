@@ -37,6 +37,8 @@ pub enum LinkState {
 pub struct Link {
     /// The broker, without credentials (`amqp://127.0.0.1:5672/%2f`).
     pub broker: String,
+    /// The route and the adapter's name in it (`from`, `to[0]`), for the log.
+    owner: Mutex<(String, String)>,
     inner: Mutex<LinkInner>,
 }
 
@@ -62,6 +64,7 @@ impl Link {
     pub fn new(broker: String) -> Link {
         Link {
             broker,
+            owner: Mutex::new(Default::default()),
             inner: Mutex::new(LinkInner {
                 state: LinkState::Connecting,
                 since: SystemTime::now(),
@@ -90,17 +93,30 @@ impl Link {
         }
     }
 
+    /// Names the route and adapter this connection serves, for the log.
+    pub fn owned_by(&self, route: &str, adapter: &str) {
+        if let Ok(mut o) = self.owner.lock() {
+            *o = (route.to_string(), adapter.to_string());
+        }
+    }
+
+    fn owner(&self) -> (String, String) {
+        self.owner.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
     pub fn connecting(&self) {
         self.set(LinkState::Connecting, None);
     }
 
-    pub fn up(&self, route: &str, adapter: &str) {
+    pub fn up(&self) {
+        let (route, adapter) = self.owner();
         tracing::info!(route, adapter, broker = %self.broker, "broker connection up");
         self.set(LinkState::Connected, None);
     }
 
     /// The connection was lost or could not be made; `error` must not hold credentials.
-    pub fn down(&self, route: &str, adapter: &str, error: &str, retry_in: Duration) {
+    pub fn down(&self, error: &str, retry_in: Duration) {
+        let (route, adapter) = self.owner();
         tracing::warn!(route, adapter, broker = %self.broker, error,
             retry_in = ?retry_in, "broker connection down; reconnecting");
         self.set(LinkState::Down, Some(error.to_string()));
@@ -217,10 +233,11 @@ mod tests {
     fn link_counts_reconnects_not_the_first_connection() {
         let l = Link::new("amqp://h".into());
         assert_eq!(l.status().state, LinkState::Connecting);
-        l.up("r", "from");
-        l.down("r", "from", "connection reset", Duration::from_secs(1));
+        l.owned_by("r", "from");
+        l.up();
+        l.down("connection reset", Duration::from_secs(1));
         assert_eq!(l.status().error.as_deref(), Some("connection reset"));
-        l.up("r", "from");
+        l.up();
         let s = l.status();
         assert_eq!(
             (s.state, s.reconnects, s.error),

@@ -99,7 +99,7 @@ impl Inbound for AmqpInbound {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     let wait = backoff.wait();
-                    self.link.down(&intake.route, "from", &e, wait);
+                    self.link.down(&e, wait);
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(wait) => {}
@@ -153,7 +153,8 @@ impl AmqpInbound {
             )
             .await
             .map_err(|e| format!("cannot consume queue `{}`: {e}", cfg.queue))?;
-        self.link.up(&intake.route, "from");
+        self.link.up();
+        tracing::info!(route = %intake.route, queue = %cfg.queue, prefetch = cfg.prefetch, "consuming");
         backoff.reset();
         let mut in_hand = JoinSet::new();
         let result = loop {

@@ -6,9 +6,11 @@
 //! subscriptions and queues what is published while the engine is down. At most
 //! `receive_maximum` messages are unacknowledged at once (MQTT 5 flow control): they are
 //! committed side by side and acknowledged in the order they came, as MQTT asks. MQTT gives
-//! messages no id: a message redelivered after a lost connection *within one run* is
-//! recognised by its packet id while it is still in hand; after a crash, a redelivered
-//! message (the broker sets `dup`) is stored again and visible as such (`mqtt.dup: true`).
+//! messages no id of their own: a message resent after a lost connection *within one run* is
+//! recognised by its packet id while it is still in hand; after a crash, a resent message
+//! (the broker sets `dup`) is recognised by the user property `id_property` when the
+//! publisher set one (Switchyard does), and otherwise stored again, visible as such
+//! (`mqtt.dup: true`).
 //! A message the intake refuses (over `max_size`, not the declared `content`) is recorded as
 //! failed and acknowledged, so the broker does not send it again.
 
@@ -21,7 +23,7 @@ use crate::route::values::{ByteSize, Duration};
 use async_trait::async_trait;
 use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, Event};
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -59,6 +61,11 @@ pub struct Config {
     /// as failed; beyond that the broker itself drops them, as MQTT 5 requires.
     #[serde(default = "default_max_size")]
     pub max_size: ByteSize,
+    /// The MQTT 5 user property that carries a stable message id (default
+    /// `switchyard-message-id`, which Switchyard's MQTT destinations set). A message whose id
+    /// was stored before (resent after a crash) is recorded as `duplicate`, not processed.
+    #[serde(default = "default_id_property")]
+    pub id_property: String,
     /// `any` (default), `json` or `xml`: other content is recorded as failed.
     #[serde(default)]
     pub content: Content,
@@ -78,6 +85,9 @@ fn default_receive_maximum() -> u16 {
 }
 fn default_keep_alive() -> Duration {
     Duration::from_secs(30)
+}
+fn default_id_property() -> String {
+    "switchyard-message-id".into()
 }
 fn default_max_size() -> ByteSize {
     ByteSize(1 << 20)
@@ -116,7 +126,11 @@ pub struct MqttInbound {
 
 /// What the event-loop task hands the intake.
 enum Incoming {
-    Connected { session_present: bool },
+    Connected {
+        session_present: bool,
+    },
+    /// The broker answered the subscription, with a failure text per refused filter.
+    Subscribed(Vec<String>),
     Publish(Box<Publish>),
 }
 
@@ -145,7 +159,6 @@ impl Inbound for MqttInbound {
         let pump = {
             let stop = stop_loop.clone();
             let link = self.link.clone();
-            let route = intake.route.clone();
             tokio::spawn(async move {
                 let mut backoff = Backoff::default();
                 loop {
@@ -156,18 +169,25 @@ impl Inbound for MqttInbound {
                     let forward = match event {
                         Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                             backoff.reset();
-                            link.up(&route, "from");
+                            link.up();
                             Incoming::Connected {
                                 session_present: ack.session_present,
                             }
                         }
                         Ok(Event::Incoming(Packet::Publish(p))) => Incoming::Publish(Box::new(p)),
+                        Ok(Event::Incoming(Packet::SubAck(ack))) => Incoming::Subscribed(
+                            ack.return_codes
+                                .iter()
+                                .filter(|c| !matches!(c, SubscribeReasonCode::Success(_)))
+                                .map(|c| format!("{c:?}"))
+                                .collect(),
+                        ),
                         // Sent after the last acknowledgements: everything is flushed.
                         Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
                         Ok(_) => continue,
                         Err(e) => {
                             let wait = backoff.wait();
-                            link.down(&route, "from", &e.to_string(), wait);
+                            link.down(&e.to_string(), wait);
                             tokio::select! {
                                 _ = stop.cancelled() => return,
                                 _ = tokio::time::sleep(wait) => {}
@@ -218,6 +238,13 @@ impl Inbound for MqttInbound {
                             }
                             subscribed = true;
                         }
+                    }
+                    Some(Incoming::Subscribed(refused)) if refused.is_empty() => {
+                        tracing::info!(route = %intake.route, topics = ?cfg.topics, "consuming");
+                    }
+                    Some(Incoming::Subscribed(refused)) => {
+                        tracing::error!(route = %intake.route, topics = ?cfg.topics, refused = ?refused,
+                            "the broker refused a subscription; check the topic filters and the broker's access rules");
                     }
                     Some(Incoming::Publish(p)) => {
                         let p = *p;
@@ -274,7 +301,18 @@ async fn take(cfg: &Config, intake: &Intake, p: &Publish) -> bool {
     };
     let outcome = match refusal {
         Some(reason) => intake.refuse(headers, &reason).await.map(drop),
-        None => intake.submit(headers, p.payload.clone()).await.map(drop),
+        None => {
+            let key = p
+                .properties
+                .iter()
+                .flat_map(|props| props.user_properties.iter())
+                .find(|(k, v)| *k == cfg.id_property && !v.is_empty())
+                .map(|(_, v)| ("broker_message_id".to_string(), v.clone()));
+            intake
+                .submit_once(headers, p.payload.clone(), key)
+                .await
+                .map(drop)
+        }
     };
     match outcome {
         Ok(()) => true,

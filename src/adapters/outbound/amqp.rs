@@ -164,7 +164,7 @@ impl AmqpOutbound {
                 if let Ok(mut p) = self.pace.lock() {
                     p.1.reset();
                 }
-                self.link.up("", "to");
+                self.link.up();
                 let s = Arc::new(s);
                 *slot = Some(s.clone());
                 Ok(s)
@@ -199,7 +199,7 @@ impl AmqpOutbound {
             }
             Err(_) => std::time::Duration::from_secs(1),
         };
-        self.link.down("", "to", error, wait);
+        self.link.down(error, wait);
     }
 
     /// Forgets `broken` (if it is still the open session), so the next delivery reconnects.

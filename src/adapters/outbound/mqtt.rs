@@ -243,7 +243,7 @@ impl MqttOutbound {
             }
             dead.cancel();
             if !stop.is_cancelled() {
-                link.down("", "to", &error, std::time::Duration::ZERO);
+                link.down(&error, std::time::Duration::ZERO);
             }
         });
         Ok((conn, ready))
@@ -283,7 +283,7 @@ impl MqttOutbound {
                 if let Ok(mut p) = self.pace.lock() {
                     p.1.reset();
                 }
-                self.link.up("", "to");
+                self.link.up();
                 *slot = Some(conn.clone());
                 Ok(conn)
             }
@@ -297,7 +297,7 @@ impl MqttOutbound {
                     Err(_) => std::time::Duration::from_secs(1),
                 };
                 let error = format!("cannot connect to {}: {e}", self.link.broker);
-                self.link.down("", "to", &error, wait);
+                self.link.down(&error, wait);
                 Err(SendError::retryable(error))
             }
         }

@@ -1,0 +1,331 @@
+//! The real brokers for the broker conformance suite: RabbitMQ (a vhost of its own per test)
+//! and Mosquitto (a topic prefix and client ids of their own per test), each behind the
+//! [`TestBroker`] trait so that one suite runs against every broker adapter.
+//!
+//! The suites run when `SWITCHYARD_TEST_AMQP` / `SWITCHYARD_TEST_MQTT` name a server
+//! (`.ci/run` sets both and fails when a server cannot be reached); without them each test
+//! says what it did not run.
+
+use async_trait::async_trait;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use std::process::Command;
+use std::time::Duration;
+
+/// A broker the conformance suite runs against.
+#[async_trait]
+pub trait TestBroker: Send + Sync {
+    /// `amqp` or `mqtt`.
+    fn kind(&self) -> &'static str;
+    /// A `from:` that consumes `source`, with extra keys (`max_size: 1KiB`) in YAML.
+    fn from_yaml(&self, source: &str, extra: &str) -> String;
+    /// A `to:` entry that publishes to `source` (what `from_yaml` consumes).
+    fn to_yaml(&self, source: &str) -> String;
+    /// Publishes `(id, body)` pairs to `source`, each confirmed by the broker; the id goes
+    /// where the broker carries a message id (AMQP `message-id`, an MQTT 5 user property).
+    async fn publish(&self, source: &str, messages: &[(String, String)]);
+    /// Cuts the engine's connections to the broker from the outside.
+    async fn cut(&self);
+}
+
+/// `SWITCHYARD_TEST_AMQP` (`amqp://guest:guest@127.0.0.1:5672`), or `None` with a note.
+pub fn amqp_server(what: &str) -> Option<String> {
+    server("SWITCHYARD_TEST_AMQP", what)
+}
+
+/// `SWITCHYARD_TEST_MQTT` (`mqtt://127.0.0.1:1883`), or `None` with a note.
+pub fn mqtt_server(what: &str) -> Option<String> {
+    server("SWITCHYARD_TEST_MQTT", what)
+}
+
+fn server(var: &str, what: &str) -> Option<String> {
+    let url = std::env::var(var).ok();
+    if url.is_none() {
+        eprintln!("{var} is not set: {what} not run here (.ci/run runs it)");
+    }
+    url
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+/// RabbitMQ with a vhost of this test's own (deleted at the end), so that queues and
+/// connections of parallel tests never meet.
+pub struct Rabbit {
+    base: String,
+    pub vhost: String,
+}
+
+impl Rabbit {
+    pub fn new(base: &str) -> Rabbit {
+        let vhost = unique("sy_test");
+        rabbitmqctl(&["add_vhost", &vhost]);
+        rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
+        Rabbit {
+            base: base.trim_end_matches('/').to_string(),
+            vhost,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}/{}", self.base, self.vhost)
+    }
+
+    pub async fn connect(&self) -> Connection {
+        Connection::connect(&self.url(), ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| panic!("RabbitMQ at {} cannot be reached: {e}", self.base))
+    }
+
+    /// Messages ready in `queue` (declared here if missing).
+    pub async fn ready(&self, queue: &str) -> u32 {
+        let conn = self.connect().await;
+        let ch = conn.create_channel().await.unwrap();
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let _ = conn.close(200, "done".into()).await;
+        q.message_count()
+    }
+}
+
+impl Drop for Rabbit {
+    fn drop(&mut self) {
+        rabbitmqctl(&["delete_vhost", &self.vhost]);
+    }
+}
+
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("run rabbitmqctl");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[async_trait]
+impl TestBroker for Rabbit {
+    fn kind(&self) -> &'static str {
+        "amqp"
+    }
+
+    fn from_yaml(&self, source: &str, extra: &str) -> String {
+        format!(
+            "  amqp:\n    url: {}\n    queue: {source}\n    declare: {{ queues: [ {{ name: {source} }} ] }}\n{extra}",
+            self.url()
+        )
+    }
+
+    fn to_yaml(&self, source: &str) -> String {
+        format!(
+            "  - amqp:\n      url: {}\n      routing_key: {source}\n      declare: {{ queues: [ {{ name: {source} }} ] }}\n      delivery: {{ retry: {{ backoff: 100ms, max_backoff: 1s, max_attempts: 100 }} }}\n",
+            self.url()
+        )
+    }
+
+    async fn publish(&self, source: &str, messages: &[(String, String)]) {
+        let conn = self.connect().await;
+        let ch = conn.create_channel().await.unwrap();
+        ch.queue_declare(
+            source.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let mut confirms = Vec::new();
+        for (id, body) in messages {
+            let props = BasicProperties::default()
+                .with_message_id(id.as_str().into())
+                .with_delivery_mode(2);
+            confirms.push(
+                ch.basic_publish(
+                    "".into(),
+                    source.into(),
+                    BasicPublishOptions::default(),
+                    body.as_bytes(),
+                    props,
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        for c in confirms {
+            assert!(c.await.unwrap().is_ack());
+        }
+        let _ = conn.close(200, "done".into()).await;
+    }
+
+    async fn cut(&self) {
+        rabbitmqctl(&[
+            "close_all_connections",
+            "-p",
+            &self.vhost,
+            "cut by the test",
+        ]);
+    }
+}
+
+/// Mosquitto, with a topic prefix and client ids of this test's own.
+pub struct Mosquitto {
+    host: String,
+    port: u16,
+    pub prefix: String,
+}
+
+impl Mosquitto {
+    pub fn new(url: &str) -> Mosquitto {
+        let hostport = url.trim_start_matches("mqtt://").trim_end_matches('/');
+        let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "1883"));
+        Mosquitto {
+            host: host.to_string(),
+            port: port.parse().unwrap(),
+            prefix: unique("sytest"),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://{}:{}", self.host, self.port)
+    }
+
+    pub fn client_id(&self, what: &str) -> String {
+        format!("{}-{what}", self.prefix)
+    }
+
+    pub fn topic(&self, name: &str) -> String {
+        format!("{}/{name}", self.prefix)
+    }
+
+    fn options(&self, id: &str) -> MqttOptions {
+        let mut o = MqttOptions::new(id, self.host.clone(), self.port);
+        o.set_keep_alive(Duration::from_secs(5));
+        o
+    }
+
+    /// Takes the session of `client_id` over for a moment, which makes the broker drop the
+    /// engine's connection with that id; the session itself (and what it holds) stays.
+    pub async fn take_over(&self, client_id: &str) {
+        let mut o = self.options(client_id);
+        o.set_clean_start(false)
+            .set_manual_acks(true)
+            .set_session_expiry_interval(Some(7 * 24 * 3600));
+        let (client, mut events) = AsyncClient::new(o, 10);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_secs(1), events.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => break,
+                Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+                _ => {}
+            }
+        }
+        let _ = client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while events.poll().await.is_ok() {}
+        })
+        .await;
+    }
+}
+
+#[async_trait]
+impl TestBroker for Mosquitto {
+    fn kind(&self) -> &'static str {
+        "mqtt"
+    }
+
+    fn from_yaml(&self, source: &str, extra: &str) -> String {
+        format!(
+            "  mqtt:\n    url: {}\n    client_id: {}\n    topics: [ \"{}\" ]\n{extra}",
+            self.url(),
+            self.client_id(source),
+            self.topic(source)
+        )
+    }
+
+    fn to_yaml(&self, source: &str) -> String {
+        format!(
+            "  - mqtt:\n      url: {}\n      client_id: {}\n      topic: {}\n      delivery: {{ retry: {{ backoff: 100ms, max_backoff: 1s, max_attempts: 100 }} }}\n",
+            self.url(),
+            self.client_id(&format!("{source}-out")),
+            self.topic(source)
+        )
+    }
+
+    async fn publish(&self, source: &str, messages: &[(String, String)]) {
+        let (client, mut events) = AsyncClient::new(self.options(&unique("pub")), 100);
+        let topic = self.topic(source);
+        let total = messages.len();
+        let sender = {
+            let messages = messages.to_vec();
+            tokio::spawn(async move {
+                for (id, body) in messages {
+                    let props = PublishProperties {
+                        user_properties: vec![("switchyard-message-id".into(), id)],
+                        ..Default::default()
+                    };
+                    client
+                        .publish_with_properties(
+                            topic.clone(),
+                            QoS::AtLeastOnce,
+                            false,
+                            body.into_bytes(),
+                            props,
+                        )
+                        .await
+                        .unwrap();
+                }
+                client
+            })
+        };
+        let mut acked = 0;
+        while acked < total {
+            match tokio::time::timeout(Duration::from_secs(20), events.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("Mosquitto at {}:{}: {e}", self.host, self.port),
+                Err(_) => panic!("no PUBACK for 20s ({acked} of {total})"),
+            }
+        }
+        let client = sender.await.unwrap();
+        let _ = client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while events.poll().await.is_ok() {}
+        })
+        .await;
+    }
+
+    async fn cut(&self) {
+        // The engine's inbound and outbound clients of every source this test used.
+        for source in ["in", "stream"] {
+            self.take_over(&self.client_id(source)).await;
+            self.take_over(&self.client_id(&format!("{source}-out")))
+                .await;
+        }
+    }
+}
