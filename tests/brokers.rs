@@ -67,7 +67,7 @@ fn messages(prefix: &str, n: usize) -> Vec<(String, String)> {
 fn to_files(b: &dyn TestBroker, source: &str, extra: &str) -> String {
     format!(
         "from:\n{}to:\n  - file: {{ path: outbox, name: \"{{{{id}}}}.json\" }}\n",
-        b.from_yaml(source, extra)
+        b.inbound_yaml(source, extra)
     )
 }
 
@@ -98,7 +98,7 @@ async fn end_to_end(b: Arc<dyn TestBroker>) {
         "publish.yaml",
         &format!(
             "from:\n  http: {{ listen: 127.0.0.1:{port} }}\nto:\n{}",
-            b.to_yaml("in")
+            b.outbound_yaml("in")
         ),
     );
     ws.write_route("consume.yaml", &to_files(b.as_ref(), "in", ""));
@@ -197,7 +197,7 @@ async fn connection_cut_mid_stream(b: Arc<dyn TestBroker>) {
         "publish.yaml",
         &format!(
             "from:\n  http: {{ listen: 127.0.0.1:{port} }}\nto:\n{}",
-            b.to_yaml("in")
+            b.outbound_yaml("in")
         ),
     );
     ws.write_route("consume.yaml", &to_files(b.as_ref(), "in", ""));

@@ -22,9 +22,9 @@ pub trait TestBroker: Send + Sync {
     /// `amqp` or `mqtt`.
     fn kind(&self) -> &'static str;
     /// A `from:` that consumes `source`, with extra keys (`max_size: 1KiB`) in YAML.
-    fn from_yaml(&self, source: &str, extra: &str) -> String;
-    /// A `to:` entry that publishes to `source` (what `from_yaml` consumes).
-    fn to_yaml(&self, source: &str) -> String;
+    fn inbound_yaml(&self, source: &str, extra: &str) -> String;
+    /// A `to:` entry that publishes to `source` (what `inbound_yaml` consumes).
+    fn outbound_yaml(&self, source: &str) -> String;
     /// Publishes `(id, body)` pairs to `source`, each confirmed by the broker; the id goes
     /// where the broker carries a message id (AMQP `message-id`, an MQTT 5 user property).
     async fn publish(&self, source: &str, messages: &[(String, String)]);
@@ -130,14 +130,14 @@ impl TestBroker for Rabbit {
         "amqp"
     }
 
-    fn from_yaml(&self, source: &str, extra: &str) -> String {
+    fn inbound_yaml(&self, source: &str, extra: &str) -> String {
         format!(
             "  amqp:\n    url: {}\n    queue: {source}\n    declare: {{ queues: [ {{ name: {source} }} ] }}\n{extra}",
             self.url()
         )
     }
 
-    fn to_yaml(&self, source: &str) -> String {
+    fn outbound_yaml(&self, source: &str) -> String {
         format!(
             "  - amqp:\n      url: {}\n      routing_key: {source}\n      declare: {{ queues: [ {{ name: {source} }} ] }}\n      delivery: {{ retry: {{ backoff: 100ms, max_backoff: 1s, max_attempts: 100 }} }}\n",
             self.url()
@@ -259,7 +259,7 @@ impl TestBroker for Mosquitto {
         "mqtt"
     }
 
-    fn from_yaml(&self, source: &str, extra: &str) -> String {
+    fn inbound_yaml(&self, source: &str, extra: &str) -> String {
         format!(
             "  mqtt:\n    url: {}\n    client_id: {}\n    topics: [ \"{}\" ]\n{extra}",
             self.url(),
@@ -268,7 +268,7 @@ impl TestBroker for Mosquitto {
         )
     }
 
-    fn to_yaml(&self, source: &str) -> String {
+    fn outbound_yaml(&self, source: &str) -> String {
         format!(
             "  - mqtt:\n      url: {}\n      client_id: {}\n      topic: {}\n      delivery: {{ retry: {{ backoff: 100ms, max_backoff: 1s, max_attempts: 100 }} }}\n",
             self.url(),
