@@ -37,7 +37,12 @@ fn wait_consuming(ws: &Workspace, route: &str) {
             .log_events()
             .iter()
             .any(|e| e["message"] == "consuming" && e["route"] == route)),
-        "the inbound of `{route}` never started consuming"
+        "the inbound of `{route}` never started consuming: {:?}",
+        ws.log_events()
+            .iter()
+            .filter(|e| e["level"] != "INFO")
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
     );
 }
 
@@ -443,3 +448,265 @@ macro_rules! conformance {
 
 conformance!(amqp, amqp_server, |url| Arc::new(Rabbit::new(url)));
 conformance!(mqtt, mqtt_server, |url| Arc::new(Mosquitto::new(url)));
+
+// ---- what is particular to each broker ----
+
+/// A message no queue takes comes back (mandatory): a failed attempt, retried, then dead
+/// with the broker's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_unroutable_messages_fail_their_attempts() {
+    let Some(url) = amqp_server("AMQP unroutable") else {
+        return;
+    };
+    let rabbit = Rabbit::new(&url);
+    let ws = Workspace::new();
+    let port = net::free_port();
+    ws.write_route(
+        "publish.yaml",
+        &format!(
+            r#"from:
+  http: {{ listen: 127.0.0.1:{port} }}
+to:
+  - amqp:
+      url: {}
+      exchange: orders
+      routing_key: "orders.{{{{header.http.header.x-country}}}}"
+      declare: {{ exchanges: [ {{ name: orders, type: topic }} ] }}
+      delivery: {{ retry: {{ max_attempts: 2, backoff: 100ms }} }}
+"#,
+            rabbit.url()
+        ),
+    );
+    let engine = ws.start();
+    ws.http_addr();
+    let r = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/"))
+        .header("x-country", "nl")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    assert!(
+        wait_until(Duration::from_secs(20), || ws.count("dead") == 1),
+        "{:?}",
+        ws.states()
+    );
+    let errors = ws.query_pairs("SELECT last_error, attempts FROM deliveries");
+    let text = format!("{errors:?}");
+    assert!(
+        text.contains("312 NO_ROUTE") && text.contains("orders.nl"),
+        "{text}"
+    );
+    assert_eq!(errors.values().copied().collect::<Vec<_>>(), [2]);
+    engine.stop();
+}
+
+/// With a dead-letter exchange on the queue, a poison message is rejected there instead of
+/// being dropped; the consumed messages carry AMQP properties and headers as message headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_poison_goes_to_the_dead_letter_exchange_and_properties_become_headers() {
+    let Some(url) = amqp_server("AMQP dead-letter exchange") else {
+        return;
+    };
+    let rabbit = Rabbit::new(&url);
+    let ws = Workspace::new();
+    let port = net::free_port();
+    let declare = r#"
+        exchanges: [ { name: dlx, type: fanout } ]
+        queues:
+          - { name: parked }
+          - { name: work, arguments: { x-dead-letter-exchange: dlx, x-queue-type: quorum } }
+        bindings: [ { queue: parked, exchange: dlx } ]"#;
+    ws.write_route(
+        "publish.yaml",
+        &format!(
+            r#"from:
+  http: {{ listen: 127.0.0.1:{port} }}
+to:
+  - amqp:
+      url: {url}
+      routing_key: work
+      headers: {{ x-source: "{{{{header.http.header.x-source}}}}" }}
+      properties: {{ correlation_id: "c-{{{{header.http.header.x-source}}}}", type: order }}
+      declare:{declare}
+"#,
+            url = rabbit.url()
+        ),
+    );
+    ws.write_route(
+        "consume.yaml",
+        &format!(
+            r#"from:
+  amqp:
+    url: {url}
+    queue: work
+    max_size: 100
+    declare:{declare}
+to:
+  - file: {{ path: outbox, name: "{{{{id}}}}.json" }}
+"#,
+            url = rabbit.url()
+        ),
+    );
+    let engine = ws.start();
+    ws.http_addr();
+    wait_consuming(&ws, "consume");
+    let client = reqwest::Client::new();
+    for body in ["{\"ok\":true}".to_string(), "x".repeat(500)] {
+        let r = client
+            .post(format!("http://127.0.0.1:{port}/"))
+            .header("x-source", "shop")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    assert!(wait_until(Duration::from_secs(20), || ws
+        .files("outbox")
+        .len()
+        == 1
+        && ws.count("failed") == 1));
+    assert!(wait_until(Duration::from_secs(10), || {
+        let rt = tokio::runtime::Handle::current();
+        tokio::task::block_in_place(|| rt.block_on(rabbit.ready("parked"))) == 1
+    }));
+    let headers = ws.query_pairs(
+        "SELECT json_extract(headers, '$.\"amqp.header.x-source\"') || '|' || json_extract(headers, '$.\"amqp.correlation_id\"') || '|' || json_extract(headers, '$.\"amqp.type\"') || '|' || json_extract(headers, '$.\"content-type\"') || '|' || json_extract(headers, '$.\"amqp.redelivered\"'), COUNT(*) FROM messages WHERE route = 'consume' AND state = 'delivered' GROUP BY 1",
+    );
+    assert_eq!(
+        headers.keys().collect::<Vec<_>>(),
+        ["shop|c-shop|order|application/json|false"]
+    );
+    engine.stop();
+}
+
+/// Messages published while the engine is down wait in its persistent session and arrive
+/// after it starts; MQTT 5 user properties and the topic become headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_session_keeps_what_is_published_while_the_engine_is_down() {
+    let Some(url) = mqtt_server("MQTT persistent session") else {
+        return;
+    };
+    let broker = Mosquitto::new(&url);
+    let ws = Workspace::new();
+    ws.write_route("consume.yaml", &to_files(&broker, "in", ""));
+    let engine = ws.start();
+    wait_consuming(&ws, "consume");
+    let (status, _) = engine.stop();
+    assert!(status.success());
+    broker.publish("in", &messages("away", 50)).await;
+    let engine = ws.start();
+    assert!(
+        wait_until(Duration::from_secs(30), || ws.files("outbox").len() >= 50),
+        "{} of 50",
+        ws.files("outbox").len()
+    );
+    let (bodies, files) = outbox_bodies(&ws);
+    assert_eq!((bodies.len(), files), (50, 50));
+    let topics = ws.query_pairs(&format!(
+        "SELECT json_extract(headers, '$.\"mqtt.topic\"') || '|' || json_extract(headers, '$.\"mqtt.user.switchyard-message-id\"'), COUNT(*) FROM messages WHERE json_extract(headers, '$.\"mqtt.user.switchyard-message-id\"') = 'away-7' GROUP BY 1"
+    ));
+    assert_eq!(
+        topics.keys().collect::<Vec<_>>(),
+        [&format!("{}|away-7", broker.topic("in"))]
+    );
+    engine.stop();
+}
+
+/// `amqps://` and `mqtts://` with a private CA: the adapters verify the broker's certificate
+/// against `tls.ca` (here a TLS front relaying to the local brokers) and carry messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_ca_file_for_both_brokers() {
+    let (Some(amqp), Some(mqtt)) = (amqp_server("AMQP TLS"), mqtt_server("MQTT TLS")) else {
+        return;
+    };
+    let rabbit = Rabbit::new(&amqp);
+    let mosquitto = Mosquitto::new(&mqtt);
+    let ws = Workspace::new();
+    let (cert, key, ca) = net::test_ca(ws.dir.path());
+    let rabbit_tls = net::tls_front(&cert, &key, "127.0.0.1:5672".into()).await;
+    let mqtt_target = mqtt
+        .trim_start_matches("mqtt://")
+        .trim_end_matches('/')
+        .to_string();
+    let mqtt_tls = net::tls_front(&cert, &key, mqtt_target).await;
+    let amqps = format!(
+        "amqps://guest:guest@localhost:{rabbit_tls}/{}",
+        rabbit.vhost
+    );
+    let port = net::free_port();
+    let ca = ca.display();
+    ws.write_route(
+        "publish.yaml",
+        &format!(
+            r#"from:
+  http: {{ listen: 127.0.0.1:{port} }}
+to:
+  - amqp:
+      url: {amqps}
+      routing_key: secure
+      declare: {{ queues: [ {{ name: secure }} ] }}
+      tls: {{ ca: {ca} }}
+  - mqtt:
+      url: mqtts://localhost:{mqtt_tls}
+      topic: {topic}
+      tls: {{ ca: {ca} }}
+"#,
+            topic = mosquitto.topic("secure")
+        ),
+    );
+    ws.write_route(
+        "consume.yaml",
+        &format!(
+            "from:\n  amqp:\n    url: {amqps}\n    queue: secure\n    declare: {{ queues: [ {{ name: secure }} ] }}\n    tls: {{ ca: {ca} }}\nto:\n  - file: {{ path: outbox, name: \"{{{{id}}}}.txt\" }}\n"
+        ),
+    );
+    ws.write_route(
+        "sensors.yaml",
+        &format!(
+            "from:\n  mqtt:\n    url: mqtts://localhost:{mqtt_tls}\n    client_id: {}\n    topics: [ \"{}\" ]\n    tls: {{ ca: {ca} }}\nto:\n  - file: {{ path: outbox, name: \"{{{{id}}}}.mqtt\" }}\n",
+            mosquitto.client_id("secure"),
+            mosquitto.topic("secure")
+        ),
+    );
+    let engine = ws.start();
+    ws.http_addr();
+    wait_consuming(&ws, "consume");
+    wait_consuming(&ws, "sensors");
+    let r = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/"))
+        .body("over tls")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    assert!(
+        wait_until(Duration::from_secs(20), || ws.files("outbox").len() == 2),
+        "{:?} {:?}",
+        ws.files("outbox"),
+        ws.states()
+    );
+    assert_eq!(ws.count("dead"), 0);
+    engine.stop();
+
+    // Without the CA the broker's certificate is refused, and the error says so.
+    let ws = Workspace::new();
+    ws.write_route(
+        "consume.yaml",
+        &format!(
+            "from:\n  amqp:\n    url: {amqps}\n    queue: secure\nto:\n  - file: {{ path: outbox }}\n"
+        ),
+    );
+    let engine = ws.start();
+    assert!(wait_until(Duration::from_secs(20), || {
+        ws.log_events()
+            .iter()
+            .any(|e| e["message"] == "broker connection down; reconnecting")
+    }));
+    let log = std::fs::read_to_string(ws.path("logs/switchyard.jsonl")).unwrap();
+    assert!(!log.contains("guest:guest"), "the password is in the log");
+    engine.stop();
+}

@@ -748,6 +748,66 @@ async fn released_deliveries_are_due_again_for_any_node(b: &Backend) {
     a.close().await.unwrap();
 }
 
+async fn keyed_inserts_record_a_redelivery_as_duplicate(b: &Backend) {
+    let store = b.open("node-a", LEASE).await;
+    let key = || ("broker_message_id".to_string(), "m-1".to_string());
+    let keyed = |route: &str| {
+        let (m, mut ins) = insert(route, "payload");
+        ins.index.push(key());
+        ins.wire_taps.push("wire_tap[0]".into());
+        (m, ins)
+    };
+    let (first, ins) = keyed("r");
+    assert_eq!(store.insert_once(ins, key()).await.unwrap(), None);
+    let (again, ins) = keyed("r");
+    assert_eq!(
+        store.insert_once(ins, key()).await.unwrap(),
+        Some(first.id),
+        "the redelivery names the first"
+    );
+    // Another route may see the same broker id: its own message.
+    let (other, ins) = keyed("s");
+    assert_eq!(store.insert_once(ins, key()).await.unwrap(), None);
+    let dup = store.message(again.id).await.unwrap().unwrap();
+    assert_eq!(dup.state, MessageState::Duplicate);
+    assert!(
+        dup.error
+            .as_deref()
+            .unwrap()
+            .contains(&first.id.to_string()),
+        "{:?}",
+        dup.error
+    );
+    // Only the first is waiting for its steps; the duplicate has no wire tap either.
+    let pending = store.pending_deliveries().await.unwrap();
+    assert_eq!(
+        pending
+            .iter()
+            .map(|(r, _, n)| (r.as_str(), *n))
+            .collect::<Vec<_>>(),
+        [("r", 1), ("s", 1)]
+    );
+    assert_eq!(
+        store.message(other.id).await.unwrap().unwrap().state,
+        MessageState::Received
+    );
+    // Searchable by the key, both copies.
+    let found = store
+        .search(&Search {
+            field: Some(key()),
+            route: Some("r".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 2);
+    // A duplicate is finished: retention removes it like any other.
+    let counts = store.count_by_state(Some("r")).await.unwrap();
+    assert_eq!(counts.get(&MessageState::Duplicate), Some(&1));
+    store.close().await.unwrap();
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -783,6 +843,7 @@ conformance!(
     a_failing_write_does_not_undo_the_others,
     named_leases_pass_to_another_node_when_not_renewed,
     released_deliveries_are_due_again_for_any_node,
+    keyed_inserts_record_a_redelivery_as_duplicate,
 );
 
 /// Needs no server: what an operator reads when the URL or the server is wrong.
