@@ -606,9 +606,9 @@ async fn mqtt_session_keeps_what_is_published_while_the_engine_is_down() {
     );
     let (bodies, files) = outbox_bodies(&ws);
     assert_eq!((bodies.len(), files), (50, 50));
-    let topics = ws.query_pairs(&format!(
+    let topics = ws.query_pairs(
         "SELECT json_extract(headers, '$.\"mqtt.topic\"') || '|' || json_extract(headers, '$.\"mqtt.user.switchyard-message-id\"'), COUNT(*) FROM messages WHERE json_extract(headers, '$.\"mqtt.user.switchyard-message-id\"') = 'away-7' GROUP BY 1"
-    ));
+    );
     assert_eq!(
         topics.keys().collect::<Vec<_>>(),
         [&format!("{}|away-7", broker.topic("in"))]
