@@ -142,11 +142,17 @@ impl Postgres {
 }
 
 fn http_scenario(connections: usize, with_transform: bool) -> Row {
-    http_scenario_on(connections, with_transform, None)
+    http_scenario_on(connections, with_transform, None, None)
 }
 
-/// The HTTP scenario; with `postgres`, on a PostgreSQL store instead of SQLite.
-fn http_scenario_on(connections: usize, with_transform: bool, postgres: Option<&str>) -> Row {
+/// The HTTP scenario; with `postgres`, on a PostgreSQL store instead of SQLite; with `to`
+/// (a named destination and its YAML), to that destination instead of a file.
+fn http_scenario_on(
+    connections: usize,
+    with_transform: bool,
+    postgres: Option<&str>,
+    to: Option<(&str, String)>,
+) -> Row {
     let pg = postgres.map(Postgres::new);
     let secs: f64 = std::env::var("BENCH_SECONDS")
         .ok()
@@ -159,12 +165,16 @@ fn http_scenario_on(connections: usize, with_transform: bool, postgres: Option<&
     } else {
         String::new()
     };
-    ws.write_route(
-        "http.yaml",
-        &format!(
-            "from:\n  http: {{ listen: 127.0.0.1:0 }}\n{steps}to:\n  - file: {{ path: outbox, delivery: {{ concurrency: {c} }} }}\n",
+    let destination = match &to {
+        Some((_, yaml)) => yaml.clone(),
+        None => format!(
+            "  - file: {{ path: outbox, delivery: {{ concurrency: {c} }} }}\n",
             c = std::env::var("BENCH_FILE_CONCURRENCY").unwrap_or_else(|_| "4".into())
         ),
+    };
+    ws.write_route(
+        "http.yaml",
+        &format!("from:\n  http: {{ listen: 127.0.0.1:0 }}\n{steps}to:\n{destination}"),
     );
     let mut env = vec![(
         "SWITCHYARD_LOG",
@@ -241,10 +251,13 @@ fn http_scenario_on(connections: usize, with_transform: bool, postgres: Option<&
     lat.sort();
     Row {
         scenario: format!(
-            "http {connections} conn{}{}{} (drain {drained:.1}s)",
+            "http {connections} conn{}{}{}{} (drain {drained:.1}s)",
             if connections > 1 { "s" } else { "" },
             if with_transform { " + transform" } else { "" },
-            if pg.is_some() { ", PostgreSQL" } else { "" }
+            if pg.is_some() { ", PostgreSQL" } else { "" },
+            to.as_ref()
+                .map(|(name, _)| format!(" → {name}"))
+                .unwrap_or_default()
         ),
         messages: accepted,
         seconds: elapsed,
@@ -348,10 +361,22 @@ fn main() {
     }
     // BENCH_POSTGRES=postgres://root@127.0.0.1/test: HTTP on a PostgreSQL store as well.
     if let (true, Ok(url)) = (want("http postgres"), std::env::var("BENCH_POSTGRES")) {
-        rows.push(http_scenario_on(50, true, Some(&url)));
+        rows.push(http_scenario_on(50, true, Some(&url), None));
     }
     if want("mllp") {
         rows.push(mllp_scenario());
+    }
+    // Brokers, each beside its bare client at the same window (SWITCHYARD_TEST_AMQP and
+    // SWITCHYARD_TEST_MQTT name the servers, as for the tests).
+    if want("broker amqp") {
+        if let Ok(url) = std::env::var("SWITCHYARD_TEST_AMQP") {
+            rows.extend(broker::amqp(&url));
+        }
+    }
+    if want("broker mqtt") {
+        if let Ok(url) = std::env::var("SWITCHYARD_TEST_MQTT") {
+            rows.extend(broker::mqtt(&url));
+        }
     }
     // The machine's limits, for reading the figures above as fractions of them.
     if want("baseline") {
@@ -541,4 +566,285 @@ impl Row {
 /// CPU seconds used by this (benchmark) process so far.
 fn self_cpu() -> f64 {
     usage(std::process::id()).0
+}
+
+/// Broker scenarios and their baselines: the bare client doing the same broker work (consume
+/// with an ack per message at the same prefetch, publish with confirms at the same window).
+mod broker {
+    use super::*;
+    use common::brokers::{Mosquitto, Rabbit, TestBroker};
+    use futures_util::StreamExt;
+    use lapin::options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions, QueueDeclareOptions,
+    };
+    use lapin::types::FieldTable;
+    use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
+    use rumqttc::v5::mqttbytes::QoS;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn payloads(n: usize) -> Vec<(String, String)> {
+        let filler = "x".repeat(900);
+        (0..n)
+            .map(|i| {
+                (
+                    format!("b-{i}"),
+                    format!("{{\"order\":{i},\"note\":\"{filler}\"}}"),
+                )
+            })
+            .collect()
+    }
+
+    fn engine_row(scenario: &str, n: usize, seconds: f64, engine: Engine) -> Row {
+        let (cpu, rss) = usage(engine.pid());
+        engine.stop();
+        Row {
+            scenario: scenario.into(),
+            messages: n,
+            seconds,
+            p50_ms: None,
+            p99_ms: None,
+            cpu_per_1000: cpu / n as f64 * 1000.0,
+            rss_mib: rss as f64 / 1024.0,
+        }
+    }
+
+    pub fn amqp(url: &str) -> Vec<Row> {
+        let rt = runtime();
+        let rabbit = Rabbit::new(url);
+        let n = scaled(20_000);
+        let mut rows = Vec::new();
+
+        // amqp in → file out: a queue loaded beforehand, drained by the engine.
+        let ws = Workspace::new();
+        ws.write_route(
+            "consume.yaml",
+            &format!(
+                "from:\n{}{}to:\n  - file: {{ path: outbox, name: \"{{{{id}}}}.json\" }}\n",
+                rabbit.inbound_yaml("engine", ""),
+                std::env::var("BENCH_ROUTE_EXTRA").unwrap_or_default()
+            ),
+        );
+        rt.block_on(rabbit.publish("engine", &payloads(n)));
+        let engine = ws.start_with_env(&[("SWITCHYARD_LOG", "warn")]);
+        let started = Instant::now();
+        let stored = || ws.states().values().sum::<u64>();
+        assert!(wait_until(Duration::from_secs(1800), || stored() == n as u64));
+        let intake = started.elapsed().as_secs_f64();
+        assert!(wait_until(Duration::from_secs(1800), || ws
+            .count("delivered")
+            == n as u64));
+        rows.push(engine_row(
+            &format!(
+                "amqp in (prefetch 64) → file (intake {:.0}/s)",
+                n as f64 / intake
+            ),
+            n,
+            started.elapsed().as_secs_f64(),
+            engine,
+        ));
+
+        // Baseline: the bare client drains the same load, acking each message.
+        rt.block_on(rabbit.publish("bare", &payloads(n)));
+        let cpu0 = self_cpu();
+        let started = Instant::now();
+        rt.block_on(async {
+            let conn = rabbit.connect().await;
+            let ch = conn.create_channel().await.unwrap();
+            ch.basic_qos(64, BasicQosOptions::default()).await.unwrap();
+            let mut consumer = ch
+                .basic_consume(
+                    "bare".into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+            for _ in 0..n {
+                let d = consumer.next().await.unwrap().unwrap();
+                d.ack(BasicAckOptions::default()).await.unwrap();
+            }
+        });
+        rows.push(Row::baseline(
+            "baseline: bare consume + ack, prefetch 64".into(),
+            n,
+            started,
+            cpu0,
+        ));
+
+        // HTTP in → amqp out, publisher confirms, 4 deliveries in flight.
+        let destination = format!(
+            "  - amqp:\n      url: {}\n      routing_key: published\n      declare: {{ queues: [ {{ name: published }} ] }}\n",
+            rabbit.url()
+        );
+        rows.push(http_scenario_on(
+            50,
+            false,
+            None,
+            Some(("amqp (confirms)", destination)),
+        ));
+
+        // Baseline: the bare client publishing with confirms, 4 in flight.
+        let n = scaled(20_000);
+        let body = payloads(1).remove(0).1;
+        let cpu0 = self_cpu();
+        let started = Instant::now();
+        rt.block_on(async {
+            let conn = rabbit.connect().await;
+            let ch = conn.create_channel().await.unwrap();
+            ch.queue_declare(
+                "bare-out".into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .unwrap();
+            let ch = std::sync::Arc::new(ch);
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    let (ch, body) = (ch.clone(), body.clone());
+                    tokio::spawn(async move {
+                        for _ in 0..n / 4 {
+                            let props = lapin::BasicProperties::default().with_delivery_mode(2);
+                            let confirm = ch
+                                .basic_publish(
+                                    "".into(),
+                                    "bare-out".into(),
+                                    BasicPublishOptions {
+                                        mandatory: true,
+                                        ..Default::default()
+                                    },
+                                    body.as_bytes(),
+                                    props,
+                                )
+                                .await
+                                .unwrap();
+                            assert!(confirm.await.unwrap().is_ack());
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.await.unwrap();
+            }
+        });
+        rows.push(Row::baseline(
+            "baseline: bare publish + confirm, 4 in flight".into(),
+            n / 4 * 4,
+            started,
+            cpu0,
+        ));
+        rows
+    }
+
+    pub fn mqtt(url: &str) -> Vec<Row> {
+        let rt = runtime();
+        let broker = Mosquitto::new(url);
+        // Mosquitto queues at most 1,000 messages per session by default and drops the rest:
+        // publish in slices the consumer takes before the next one, for both runs alike.
+        let n = scaled(10_000);
+        let slice = 500.min(n);
+        let mut rows = Vec::new();
+
+        let ws = Workspace::new();
+        ws.write_route(
+            "consume.yaml",
+            &format!(
+                "from:\n{}{}to:\n  - file: {{ path: outbox, name: \"{{{{id}}}}.json\" }}\n",
+                broker.inbound_yaml("engine", ""),
+                std::env::var("BENCH_ROUTE_EXTRA").unwrap_or_default()
+            ),
+        );
+        let engine =
+            ws.start_with_env(&[("SWITCHYARD_LOG", "warn,switchyard::adapters::inbound=info")]);
+        assert!(wait_until(Duration::from_secs(20), || ws
+            .log_events()
+            .iter()
+            .any(|e| e["message"] == "consuming")));
+        let all = payloads(n);
+        let started = Instant::now();
+        for (i, chunk) in all.chunks(slice).enumerate() {
+            rt.block_on(broker.publish("engine", chunk));
+            let want = ((i + 1) * slice).min(n) as u64;
+            assert!(wait_until(Duration::from_secs(600), || ws
+                .states()
+                .values()
+                .sum::<u64>()
+                >= want));
+        }
+        let intake = started.elapsed().as_secs_f64();
+        assert!(wait_until(Duration::from_secs(1800), || ws
+            .count("delivered")
+            == n as u64));
+        rows.push(engine_row(
+            &format!(
+                "mqtt in (QoS 1, rcv max 64) → file (intake {:.0}/s)",
+                n as f64 / intake
+            ),
+            n,
+            started.elapsed().as_secs_f64(),
+            engine,
+        ));
+
+        // Baseline: a bare subscriber with manual acks at the same receive maximum.
+        let cpu0 = self_cpu();
+        let started = Instant::now();
+        rt.block_on(async {
+            let mut o = rumqttc::v5::MqttOptions::new(broker.client_id("bare"), "127.0.0.1", 1883);
+            o.set_manual_acks(true)
+                .set_receive_maximum(Some(64))
+                .set_max_packet_size(Some(1 << 20));
+            let (client, mut events) = rumqttc::v5::AsyncClient::new(o, 256);
+            client
+                .subscribe_many([Filter::new(broker.topic("bare"), QoS::AtLeastOnce)])
+                .await
+                .unwrap();
+            loop {
+                if let Ok(rumqttc::v5::Event::Incoming(Packet::SubAck(_))) = events.poll().await {
+                    break;
+                }
+            }
+            let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let counter = received.clone();
+            let subscriber = tokio::spawn(async move {
+                while counter.load(std::sync::atomic::Ordering::Relaxed) < n {
+                    if let Ok(rumqttc::v5::Event::Incoming(Packet::Publish(p))) =
+                        events.poll().await
+                    {
+                        client.ack(&p).await.unwrap();
+                        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+            for (i, chunk) in all.chunks(slice).enumerate() {
+                broker.publish("bare", chunk).await;
+                let want = ((i + 1) * slice).min(n);
+                while received.load(std::sync::atomic::Ordering::Relaxed) < want {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            subscriber.await.unwrap();
+        });
+        rows.push(Row::baseline(
+            "baseline: bare subscriber, manual acks".into(),
+            n,
+            started,
+            cpu0,
+        ));
+        rows
+    }
 }
