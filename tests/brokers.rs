@@ -710,3 +710,128 @@ to:
     assert!(!log.contains("guest:guest"), "the password is in the log");
     engine.stop();
 }
+
+/// The bundled broker examples, as shipped (routes from `examples/routes`, named endpoints
+/// from `adapters/`): MQTT sensor readings validated and published to RabbitMQ, and RabbitMQ
+/// orders written as XML files; a bad reading fails, a non-JSON order is parked on the
+/// dead-letter exchange.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bundled_broker_examples_work_as_shipped() {
+    let (Some(amqp), Some(mqtt)) = (
+        amqp_server("broker examples"),
+        mqtt_server("broker examples"),
+    ) else {
+        return;
+    };
+    let rabbit = Rabbit::new(&amqp);
+    let mosquitto = Mosquitto::new(&mqtt);
+    let ws = Workspace::new();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (dir, files) in [
+        (
+            "routes",
+            vec![
+                "sensors-mqtt-to-rabbitmq.yaml",
+                "rabbitmq-orders-to-legacy-xml.yaml",
+            ],
+        ),
+        ("routes/schemas", vec!["sensor-reading.schema.json"]),
+        (
+            "adapters",
+            vec![
+                "mqtt-plant.yaml",
+                "rabbitmq-readings.yaml",
+                "rabbitmq-orders.yaml",
+            ],
+        ),
+    ] {
+        std::fs::create_dir_all(ws.path(dir)).unwrap();
+        let from = if dir == "adapters" {
+            repo.join("adapters")
+        } else {
+            repo.join("examples").join(dir)
+        };
+        for f in files {
+            std::fs::copy(from.join(f), ws.path(dir).join(f)).unwrap();
+        }
+    }
+    std::fs::create_dir_all(ws.path("examples/legacy/orders-in")).unwrap();
+    let client_id = mosquitto.client_id("sensors");
+    let engine = ws.start_with_env(&[
+        ("RABBIT_VHOST", rabbit.vhost.as_str()),
+        ("MQTT_CLIENT_ID", client_id.as_str()),
+    ]);
+    wait_consuming(&ws, "sensors-mqtt-to-rabbitmq");
+    wait_consuming(&ws, "rabbitmq-orders-to-legacy-xml");
+
+    // Sensor readings in over MQTT, out to RabbitMQ's telemetry exchange.
+    let reading =
+        |file: &str| std::fs::read_to_string(repo.join("examples/sensors").join(file)).unwrap();
+    let publisher = format!("{client_id}-pub");
+    let publish_reading = |body: String| {
+        let publisher = publisher.clone();
+        async move {
+            let (client, mut events) = rumqttc::v5::AsyncClient::new(
+                rumqttc::v5::MqttOptions::new(publisher, "127.0.0.1", 1883),
+                10,
+            );
+            client
+                .publish(
+                    "plant/north/sensors/t-17",
+                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                    false,
+                    body,
+                )
+                .await
+                .unwrap();
+            loop {
+                if let Ok(rumqttc::v5::Event::Incoming(
+                    rumqttc::v5::mqttbytes::v5::Packet::PubAck(_),
+                )) = events.poll().await
+                {
+                    break;
+                }
+            }
+        }
+    };
+    publish_reading(reading("reading-ok.json")).await;
+    publish_reading(reading("reading-bad.json")).await;
+    assert!(wait_until(Duration::from_secs(20), || {
+        let rt = tokio::runtime::Handle::current();
+        tokio::task::block_in_place(|| rt.block_on(rabbit.ready("telemetry.all"))) == 1
+    }));
+    let sensors = ws.query_pairs(
+        "SELECT state, COUNT(*) FROM messages WHERE route = 'sensors-mqtt-to-rabbitmq' GROUP BY state",
+    );
+    assert_eq!(sensors.get("delivered"), Some(&1), "{sensors:?}");
+    assert_eq!(sensors.get("failed"), Some(&1), "{sensors:?}");
+
+    // Orders in from RabbitMQ's erp exchange, out as XML files; a non-JSON one is parked.
+    let conn = rabbit.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    for body in [
+        std::fs::read_to_string(repo.join("examples/legacy/order-4711.json")).unwrap(),
+        "<not json/>".to_string(),
+    ] {
+        ch.basic_publish(
+            "erp".into(),
+            "order.nl".into(),
+            lapin::options::BasicPublishOptions::default(),
+            body.as_bytes(),
+            lapin::BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    }
+    assert!(wait_until(Duration::from_secs(20), || ws
+        .path("examples/legacy/orders-in/order-4711.xml")
+        .exists()));
+    let xml = std::fs::read_to_string(ws.path("examples/legacy/orders-in/order-4711.xml")).unwrap();
+    assert!(xml.contains("<customer>ACME</customer>"), "{xml}");
+    assert!(wait_until(Duration::from_secs(10), || {
+        let rt = tokio::runtime::Handle::current();
+        tokio::task::block_in_place(|| rt.block_on(rabbit.ready("erp.orders.parked"))) == 1
+    }));
+    let _ = conn.close(200, "done".into()).await;
+    engine.stop();
+}
