@@ -137,7 +137,7 @@ enum MessagesCommand {
     List {
         #[arg(long)]
         route: Option<String>,
-        /// `received`, `delivering`, `delivered`, `failed`, `filtered`, `unrouted`, `split`, `dead`.
+        /// `received`, `delivering`, `delivered`, `failed`, `filtered`, `unrouted`, `split`, `dead`, `duplicate`.
         #[arg(long, value_parser = parse_state)]
         state: Option<MessageState>,
         /// Received since this long ago (`10m`, `2h`) or this time (RFC 3339).
