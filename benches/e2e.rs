@@ -680,19 +680,25 @@ mod broker {
             cpu0,
         ));
 
-        // HTTP in → amqp out, publisher confirms, 4 deliveries in flight.
+        // HTTP in → amqp out, publisher confirms, `window` deliveries in flight (the
+        // destination's default concurrency, 4, unless BENCH_AMQP_WINDOW says otherwise).
+        let window: usize = std::env::var("BENCH_AMQP_WINDOW")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4);
         let destination = format!(
-            "  - amqp:\n      url: {}\n      routing_key: published\n      declare: {{ queues: [ {{ name: published }} ] }}\n",
+            "  - amqp:\n      url: {}\n      routing_key: published\n      declare: {{ queues: [ {{ name: published }} ] }}\n      delivery: {{ concurrency: {window} }}\n",
             rabbit.url()
         );
+        let label = format!("amqp ({window} in flight)");
         rows.push(http_scenario_on(
             50,
             false,
             None,
-            Some(("amqp (confirms)", destination)),
+            Some((label.as_str(), destination)),
         ));
 
-        // Baseline: the bare client publishing with confirms, 4 in flight.
+        // Baseline: the bare client publishing with confirms, as many in flight.
         let n = scaled(20_000);
         let body = payloads(1).remove(0).1;
         let cpu0 = self_cpu();
@@ -714,11 +720,11 @@ mod broker {
                 .await
                 .unwrap();
             let ch = std::sync::Arc::new(ch);
-            let workers: Vec<_> = (0..4)
+            let workers: Vec<_> = (0..window)
                 .map(|_| {
                     let (ch, body) = (ch.clone(), body.clone());
                     tokio::spawn(async move {
-                        for _ in 0..n / 4 {
+                        for _ in 0..n / window {
                             let props = lapin::BasicProperties::default().with_delivery_mode(2);
                             let confirm = ch
                                 .basic_publish(
@@ -743,8 +749,8 @@ mod broker {
             }
         });
         rows.push(Row::baseline(
-            "baseline: bare publish + confirm, 4 in flight".into(),
-            n / 4 * 4,
+            format!("baseline: bare publish + confirm, {window} in flight"),
+            n / window * window,
             started,
             cpu0,
         ));
