@@ -106,7 +106,12 @@ async fn handle(req: Request<Incoming>, engine: &Engine, token: Option<&str>) ->
                 }
             }
             for r in engine.status().await {
-                for (adapter, link) in &r.connections {
+                // A destination that has not delivered yet has no connection to report.
+                let used = r
+                    .connections
+                    .iter()
+                    .filter(|(_, l)| l.state != crate::adapters::broker::LinkState::Idle);
+                for (adapter, link) in used {
                     gauges.push((
                         "switchyard_broker_connected",
                         "1 while the adapter's broker connection is up, by route and adapter.",

@@ -835,3 +835,58 @@ async fn the_bundled_broker_examples_work_as_shipped() {
     let _ = conn.close(200, "done".into()).await;
     engine.stop();
 }
+
+/// QoS 2 both ways: the destination is done on PUBCOMP, the inbound acknowledges (PUBREC)
+/// after the commit; every message arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_qos_2_in_and_out() {
+    let Some(url) = mqtt_server("MQTT QoS 2") else {
+        return;
+    };
+    let broker = Mosquitto::new(&url);
+    let ws = Workspace::new();
+    let port = net::free_port();
+    ws.write_route(
+        "publish.yaml",
+        &format!(
+            "from:\n  http: {{ listen: 127.0.0.1:{port} }}\nto:\n  - mqtt: {{ url: {}, topic: {}, qos: 2 }}\n",
+            broker.url(),
+            broker.topic("q2")
+        ),
+    );
+    ws.write_route("consume.yaml", &to_files(&broker, "q2", "    qos: 2\n"));
+    let engine = ws.start();
+    ws.http_addr();
+    wait_consuming(&ws, "consume");
+    let client = reqwest::Client::new();
+    for i in 0..50 {
+        let r = client
+            .post(format!("http://127.0.0.1:{port}/"))
+            .body(format!("q2-{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    assert!(wait_until(Duration::from_secs(20), || ws
+        .files("outbox")
+        .len()
+        >= 50));
+    std::thread::sleep(Duration::from_millis(500));
+    let (bodies, files) = outbox_bodies(&ws);
+    assert_eq!((bodies.len(), files), (50, 50));
+    let qos = ws.query_pairs(
+        "SELECT json_extract(headers, '$.\"mqtt.qos\"'), COUNT(*) FROM messages WHERE route = 'consume' GROUP BY 1",
+    );
+    assert_eq!(qos.get("2"), Some(&50), "{qos:?}");
+    // Each delivery was done on the broker's PUBCOMP.
+    let done: Vec<String> = ws
+        .log_events()
+        .iter()
+        .filter(|e| e["event"] == "attempt" && e["route"] == "publish")
+        .map(|e| e["to"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(done.len(), 50);
+    assert!(done.iter().all(|t| t.starts_with("PUBCOMP")), "{done:?}");
+    engine.stop();
+}

@@ -240,11 +240,15 @@ pub async fn connect(url: &str, tls: &Tls, name: &str) -> Result<Connection, Str
         })
 }
 
-/// Checks the URL's form before anything connects, so a typo is a route error.
-pub fn check_url(url: &str) -> Result<(), String> {
+/// Checks the URL's form and the CA file before anything connects, so a typo is a route
+/// error rather than a connection that never comes up.
+pub fn check(url: &str, tls: &Tls) -> Result<(), String> {
     url.parse::<lapin::uri::AMQPUri>()
-        .map(drop)
-        .map_err(|e| format!("`{}` is not an AMQP URL: {e}", redact(url)))
+        .map_err(|e| format!("`{}` is not an AMQP URL: {e}", redact(url)))?;
+    if let Some(ca) = &tls.ca {
+        std::fs::metadata(ca).map_err(|e| format!("cannot read tls.ca {}: {e}", ca.display()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -263,8 +267,14 @@ mod tests {
             Some(&AMQPValue::LongLongInt(100))
         );
         assert_eq!(text(t.inner().get("x-queue-type").unwrap()), "quorum");
-        assert!(check_url("amqp://guest:guest@127.0.0.1:5672/%2f").is_ok());
-        assert!(check_url("http://x").is_err());
+        let tls = Tls::default();
+        assert!(check("amqp://guest:guest@127.0.0.1:5672/%2f", &tls).is_ok());
+        assert!(check("http://x", &tls).is_err());
+        let missing = Tls {
+            ca: Some("/nonexistent/ca.pem".into()),
+        };
+        let e = check("amqps://h", &missing).unwrap_err();
+        assert!(e.contains("cannot read tls.ca /nonexistent/ca.pem"), "{e}");
         assert_eq!(password("amqp://u:p4ss@h:1/v"), Some("p4ss"));
     }
 }

@@ -26,6 +26,8 @@ use std::time::{Duration, SystemTime};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LinkState {
+    /// A destination that has not delivered yet: it connects on its first delivery.
+    Idle,
     Connecting,
     Connected,
     /// Lost or refused; the adapter is waiting to try again.
@@ -61,12 +63,22 @@ pub struct LinkStatus {
 }
 
 impl Link {
+    /// An inbound's connection, about to be made.
     pub fn new(broker: String) -> Link {
+        Self::starting(broker, LinkState::Connecting)
+    }
+
+    /// A destination's connection, made on its first delivery.
+    pub fn idle(broker: String) -> Link {
+        Self::starting(broker, LinkState::Idle)
+    }
+
+    fn starting(broker: String, state: LinkState) -> Link {
         Link {
             broker,
             owner: Mutex::new(Default::default()),
             inner: Mutex::new(LinkInner {
-                state: LinkState::Connecting,
+                state,
                 since: SystemTime::now(),
                 error: None,
                 reconnects: 0,

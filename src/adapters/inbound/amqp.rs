@@ -68,7 +68,7 @@ fn default_max_size() -> ByteSize {
 
 impl Config {
     pub fn build(&self) -> anyhow::Result<AmqpInbound> {
-        amqp::check_url(&self.url).map_err(anyhow::Error::msg)?;
+        amqp::check(&self.url, &self.tls).map_err(anyhow::Error::msg)?;
         self.declare.check().map_err(anyhow::Error::msg)?;
         if self.prefetch == 0 {
             anyhow::bail!("`prefetch` must be at least 1");
@@ -186,7 +186,7 @@ impl AmqpInbound {
 }
 
 /// Commits one delivery, then acknowledges it; refuses poison without requeue.
-async fn take(cfg: &Config, intake: &Intake, delivery: Delivery) {
+async fn take(cfg: &Config, intake: &Intake, mut delivery: Delivery) {
     let headers = headers(&delivery);
     let acker = &delivery.acker;
     let refusal = if delivery.data.len() as u64 > cfg.max_size.0 {
@@ -214,7 +214,11 @@ async fn take(cfg: &Config, intake: &Intake, delivery: Delivery) {
         .filter(|id| !id.as_str().is_empty())
         .map(|id| ("broker_message_id".to_string(), id.as_str().to_string()));
     match intake
-        .submit_once(headers, Bytes::from(delivery.data.clone()), key)
+        .submit_once(
+            headers,
+            Bytes::from(std::mem::take(&mut delivery.data)),
+            key,
+        )
         .await
     {
         Ok(_) => {

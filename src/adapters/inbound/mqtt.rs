@@ -106,6 +106,8 @@ impl Config {
         if self.receive_maximum == 0 {
             anyhow::bail!("`receive_maximum` must be at least 1");
         }
+        mqtt::options(&broker, &self.client_id, &self.tls, self.keep_alive.0)
+            .map_err(anyhow::Error::msg)?;
         Ok(MqttInbound {
             link: Arc::new(Link::new(format!(
                 "{} client {}",

@@ -98,7 +98,7 @@ fn default_connect_timeout() -> Duration {
 
 impl Config {
     pub fn build(&self) -> anyhow::Result<AmqpOutbound> {
-        amqp::check_url(&self.url).map_err(anyhow::Error::msg)?;
+        amqp::check(&self.url, &self.tls).map_err(anyhow::Error::msg)?;
         self.declare.check().map_err(anyhow::Error::msg)?;
         let target = if self.exchange.is_empty() {
             "the default exchange".to_string()
@@ -106,7 +106,7 @@ impl Config {
             format!("exchange {}", self.exchange)
         };
         Ok(AmqpOutbound {
-            link: Arc::new(Link::new(format!("{} {target}", redact(&self.url)))),
+            link: Arc::new(Link::idle(format!("{} {target}", redact(&self.url)))),
             cfg: self.clone(),
             session: Mutex::new(None),
             pace: std::sync::Mutex::new((Instant::now(), Backoff::default())),

@@ -87,7 +87,7 @@ impl Config {
             )
         });
         Ok(MqttOutbound {
-            link: Arc::new(Link::new(format!(
+            link: Arc::new(Link::idle(format!(
                 "{} client {client_id}",
                 redact(&self.url)
             ))),
