@@ -5,19 +5,6 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-fn admin_addr(ws: &Workspace) -> String {
-    let mut found = None;
-    wait_until(Duration::from_secs(20), || {
-        found = ws
-            .log_events()
-            .iter()
-            .find(|e| e["message"] == "admin API ready")
-            .and_then(|e| e["listen"].as_str().map(str::to_string));
-        found.is_some()
-    });
-    found.expect("admin API never ready")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_metrics_routes_pause_and_resume() {
     let ws = Workspace::new();
@@ -26,7 +13,7 @@ async fn health_metrics_routes_pause_and_resume() {
         ("SWITCHYARD_ADMIN", "127.0.0.1:0"),
         ("SWITCHYARD_ADMIN_TOKEN", "adm1n"),
     ]);
-    let base = format!("http://{}", admin_addr(&ws));
+    let base = format!("http://{}", ws.admin_addr());
     let c = reqwest::Client::new();
     let get = |path: &str| c.get(format!("{base}{path}")).bearer_auth("adm1n").send();
 

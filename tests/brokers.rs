@@ -16,19 +16,6 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-fn admin_addr(ws: &Workspace) -> String {
-    let mut found = None;
-    wait_until(Duration::from_secs(20), || {
-        found = ws
-            .log_events()
-            .iter()
-            .find(|e| e["message"] == "admin API ready")
-            .and_then(|e| e["listen"].as_str().map(str::to_string));
-        found.is_some()
-    });
-    found.expect("admin API never ready")
-}
-
 /// Waits until the route's inbound consumes (AMQP: the consumer is registered; MQTT: the
 /// subscription is acknowledged), so that nothing is published before anyone listens.
 fn wait_consuming(ws: &Workspace, route: &str) {
@@ -209,7 +196,7 @@ async fn connection_cut_mid_stream(b: Arc<dyn TestBroker>) {
     let engine = ws.start_with_env(&[("SWITCHYARD_ADMIN", "127.0.0.1:0")]);
     ws.http_addr();
     wait_consuming(&ws, "consume");
-    let admin = format!("http://{}", admin_addr(&ws));
+    let admin = format!("http://{}", ws.admin_addr());
     let total = 600;
     let post = tokio::spawn(async move {
         let client = reqwest::Client::new();
@@ -390,64 +377,44 @@ async fn same_id_twice_is_a_visible_duplicate(b: Arc<dyn TestBroker>) {
     engine.stop();
 }
 
+/// Runs each suite function against one broker, as a test named after the function.
 macro_rules! conformance {
-    ($module:ident, $server:ident, $make:expr) => {
+    ($module:ident, $server:ident, $make:expr, [$($suite:ident),* $(,)?]) => {
         mod $module {
             use super::*;
-
-            fn broker(what: &str) -> Option<Arc<dyn TestBroker>> {
-                let url = $server(what)?;
-                let make: fn(&str) -> Arc<dyn TestBroker> = $make;
-                Some(make(&url))
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn end_to_end_through_the_broker() {
-                if let Some(b) = broker("broker end to end") {
-                    end_to_end(b).await;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $suite() {
+                    if let Some(url) = $server(stringify!($suite)) {
+                        let make: fn(&str) -> Arc<dyn TestBroker> = $make;
+                        super::$suite(make(&url)).await;
+                    }
                 }
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sigkill_while_consuming_loses_and_doubles_nothing() {
-                if let Some(b) = broker("broker SIGKILL") {
-                    sigkill_while_consuming(b).await;
-                }
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn connections_cut_mid_stream_lose_nothing() {
-                if let Some(b) = broker("broker connection cut") {
-                    connection_cut_mid_stream(b).await;
-                }
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn a_poison_message_is_recorded_once() {
-                if let Some(b) = broker("broker poison message") {
-                    poison_is_not_redelivered(b).await;
-                }
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn reloads_under_a_stream_lose_nothing() {
-                if let Some(b) = broker("broker reload") {
-                    reload_under_stream(b).await;
-                }
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn a_message_id_seen_before_is_a_duplicate() {
-                if let Some(b) = broker("broker duplicate id") {
-                    same_id_twice_is_a_visible_duplicate(b).await;
-                }
-            }
+            )*
         }
     };
 }
 
-conformance!(amqp, amqp_server, |url| Arc::new(Rabbit::new(url)));
-conformance!(mqtt, mqtt_server, |url| Arc::new(Mosquitto::new(url)));
+macro_rules! suite {
+    ($module:ident, $server:ident, $make:expr) => {
+        conformance!(
+            $module,
+            $server,
+            $make,
+            [
+                end_to_end,
+                sigkill_while_consuming,
+                connection_cut_mid_stream,
+                poison_is_not_redelivered,
+                reload_under_stream,
+                same_id_twice_is_a_visible_duplicate,
+            ]
+        );
+    };
+}
+
+suite!(amqp, amqp_server, |url| Arc::new(Rabbit::new(url)));
+suite!(mqtt, mqtt_server, |url| Arc::new(Mosquitto::new(url)));
 
 // ---- what is particular to each broker ----
 

@@ -105,6 +105,20 @@ impl Workspace {
         found.expect("the HTTP listener never became ready")
     }
 
+    /// The admin API's address (from the processing log), waiting for it.
+    pub fn admin_addr(&self) -> String {
+        let mut found = None;
+        wait_until(Duration::from_secs(20), || {
+            found = self
+                .log_events()
+                .iter()
+                .find(|e| e["message"] == "admin API ready")
+                .and_then(|e| e["listen"].as_str().map(str::to_string));
+            found.is_some()
+        });
+        found.expect("admin API never ready")
+    }
+
     /// The JSON-lines processing log, parsed.
     pub fn log_events(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.path("logs/switchyard.jsonl"))

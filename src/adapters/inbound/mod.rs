@@ -228,27 +228,42 @@ impl Intake {
         self.wire_taps.iter().for_each(|(_, w)| w.notify_one());
     }
 
-    /// Commits a new message and queues it for the steps. When this returns `Ok`, the message
-    /// is durable and the adapter may acknowledge the sender. Waits while the route's queue is
-    /// full (backpressure), before storing anything.
-    pub async fn submit(&self, headers: Headers, body: Bytes) -> Result<Uuid, StoreError> {
-        let permit =
-            self.queue.reserve().await.map_err(|_| {
-                StoreError("route is stopping; the message was not accepted".into())
-            })?;
+    /// A place in the route's queue, waited for before anything is stored (backpressure).
+    async fn reserve(&self) -> Result<mpsc::Permit<'_, Pending>, StoreError> {
+        self.queue
+            .reserve()
+            .await
+            .map_err(|_| StoreError("route is stopping; the message was not accepted".into()))
+    }
+
+    fn message(&self, headers: Headers, body: Bytes) -> Message {
         let mut msg = Message::new(&self.route, body);
         msg.headers = headers;
-        self.store
-            .insert(vec![self.insert(msg.clone(), MessageState::Received, None)])
-            .await?;
+        msg
+    }
+
+    /// Hands a committed message to the steps (and its copies to the wire taps).
+    fn queue_committed(&self, permit: mpsc::Permit<'_, Pending>, msg: Message) {
         telemetry::received(&msg);
         self.wake_taps();
-        let id = msg.id;
         permit.send(Pending {
             msg,
             resume_step: 0,
             attempts: 0,
         });
+    }
+
+    /// Commits a new message and queues it for the steps. When this returns `Ok`, the message
+    /// is durable and the adapter may acknowledge the sender. Waits while the route's queue is
+    /// full (backpressure), before storing anything.
+    pub async fn submit(&self, headers: Headers, body: Bytes) -> Result<Uuid, StoreError> {
+        let permit = self.reserve().await?;
+        let msg = self.message(headers, body);
+        self.store
+            .insert(vec![self.insert(msg.clone(), MessageState::Received, None)])
+            .await?;
+        let id = msg.id;
+        self.queue_committed(permit, msg);
         Ok(id)
     }
 
@@ -261,12 +276,8 @@ impl Intake {
         body: Bytes,
         timeout: std::time::Duration,
     ) -> Result<(Uuid, Option<Reply>), StoreError> {
-        let permit =
-            self.queue.reserve().await.map_err(|_| {
-                StoreError("route is stopping; the message was not accepted".into())
-            })?;
-        let mut msg = Message::new(&self.route, body);
-        msg.headers = headers;
+        let permit = self.reserve().await?;
+        let msg = self.message(headers, body);
         let id = msg.id;
         let result = self.replies.register(id);
         if let Err(e) = self
@@ -277,13 +288,7 @@ impl Intake {
             self.replies.forget(id);
             return Err(e);
         }
-        telemetry::received(&msg);
-        self.wake_taps();
-        permit.send(Pending {
-            msg,
-            resume_step: 0,
-            attempts: 0,
-        });
+        self.queue_committed(permit, msg);
         match tokio::time::timeout(timeout, result).await {
             Ok(Ok(reply)) => Ok((id, Some(reply))),
             _ => {
@@ -307,12 +312,8 @@ impl Intake {
         let Some(key) = key else {
             return self.submit(headers, body).await.map(Submitted::New);
         };
-        let permit =
-            self.queue.reserve().await.map_err(|_| {
-                StoreError("route is stopping; the message was not accepted".into())
-            })?;
-        let mut msg = Message::new(&self.route, body);
-        msg.headers = headers;
+        let permit = self.reserve().await?;
+        let msg = self.message(headers, body);
         let mut insert = self.insert(msg.clone(), MessageState::Received, None);
         insert.index.retain(|(name, _)| *name != key.0);
         insert.index.push(key.clone());
@@ -322,14 +323,8 @@ impl Intake {
                 Ok(Submitted::Duplicate { id: msg.id, first })
             }
             None => {
-                telemetry::received(&msg);
-                self.wake_taps();
                 let id = msg.id;
-                permit.send(Pending {
-                    msg,
-                    resume_step: 0,
-                    attempts: 0,
-                });
+                self.queue_committed(permit, msg);
                 Ok(Submitted::New(id))
             }
         }
@@ -338,8 +333,7 @@ impl Intake {
     /// Records a message the adapter could not take in (too large, unreadable) as failed,
     /// with `reason`; the body is not stored.
     pub async fn refuse(&self, headers: Headers, reason: &str) -> Result<Uuid, StoreError> {
-        let mut msg = Message::new(&self.route, Bytes::new());
-        msg.headers = headers;
+        let msg = self.message(headers, Bytes::new());
         self.store
             .insert(vec![self.insert(
                 msg.clone(),
