@@ -410,6 +410,12 @@ pub fn load_file(path: &Path, endpoints: &Endpoints) -> Result<Route, Vec<Diagno
     let Some(router) = router else {
         return Err(problems);
     };
+    // A broker inbound keeps up to its window of deliveries unacknowledged until they are
+    // committed; steps narrower than that window would hold the broker back, so by default
+    // they run as wide as the window.
+    let concurrency = file
+        .concurrency
+        .unwrap_or_else(|| file.from.in_flight().map_or(4, |window| window.max(4)));
     Ok(Route {
         id,
         description: file.description,
@@ -434,11 +440,7 @@ pub fn load_file(path: &Path, endpoints: &Endpoints) -> Result<Route, Vec<Diagno
         retention: file.retention,
         index: Arc::new(index),
         // Strict FIFO delivery needs the steps to finish in arrival order.
-        concurrency: if fifo {
-            1
-        } else {
-            file.concurrency.unwrap_or(4)
-        },
+        concurrency: if fifo { 1 } else { concurrency },
     })
 }
 

@@ -77,6 +77,16 @@ impl InboundConfig {
         }
     }
 
+    /// How many messages a broker inbound keeps unacknowledged at once (`prefetch`,
+    /// `receive_maximum`); `None` for the other kinds.
+    pub fn in_flight(&self) -> Option<usize> {
+        match self {
+            InboundConfig::Amqp(c) => Some(c.prefetch as usize),
+            InboundConfig::Mqtt(c) => Some(c.receive_maximum as usize),
+            _ => None,
+        }
+    }
+
     /// The address this adapter listens on, if it listens.
     pub fn listen_address(&self) -> Option<&str> {
         match self {

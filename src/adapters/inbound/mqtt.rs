@@ -26,7 +26,7 @@ use futures_util::StreamExt;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, Event};
 use serde::Deserialize;
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -158,7 +158,7 @@ impl Inbound for MqttInbound {
         // of messages, which the broker respects.
         let (tx, mut rx) = mpsc::channel::<Incoming>(window + 16);
         let stop_loop = CancellationToken::new();
-        let pump = {
+        let mut pump = {
             let stop = stop_loop.clone();
             let link = self.link.clone();
             tokio::spawn(async move {
@@ -216,6 +216,11 @@ impl Inbound for MqttInbound {
         let mut committing = FuturesOrdered::new();
         let mut in_hand: HashSet<u16> = HashSet::new();
         let mut subscribed = false;
+        // Acknowledgements waiting for room in the client's request queue, in order. The loop
+        // never waits for the event-loop task (which may itself be waiting to hand this loop
+        // a message): it keeps them here and sends them as room comes.
+        let mut unsent: VecDeque<Publish> = VecDeque::new();
+        let retry = std::time::Duration::from_millis(2);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -223,11 +228,12 @@ impl Inbound for MqttInbound {
                     let publish: Publish = publish;
                     in_hand.remove(&publish.pkid);
                     if stored {
-                        if let Err(e) = client.ack(&publish).await {
-                            tracing::warn!(route = %intake.route, error = %e,
-                                "message committed but its acknowledgement could not be sent; the broker will send it again");
-                        }
+                        unsent.push_back(publish);
+                        send_acks(&client, &mut unsent);
                     }
+                }
+                _ = tokio::time::sleep(retry), if !unsent.is_empty() => {
+                    send_acks(&client, &mut unsent);
                 }
                 incoming = rx.recv() => match incoming {
                     None => break,
@@ -235,7 +241,7 @@ impl Inbound for MqttInbound {
                         // A kept session keeps its subscriptions; subscribing again would make
                         // the broker send retained messages again.
                         if !session_present || !subscribed {
-                            if let Err(e) = client.subscribe_many(filters.clone()).await {
+                            if let Err(e) = client.try_subscribe_many(filters.clone()) {
                                 tracing::warn!(route = %intake.route, error = %e, "cannot subscribe");
                             }
                             subscribed = true;
@@ -266,14 +272,34 @@ impl Inbound for MqttInbound {
             }
         }
         // Finish what is in hand (committed messages are acknowledged), then leave the
-        // session to the broker, which keeps queueing for it.
-        while let Some((publish, stored)) = committing.next().await {
-            if stored {
-                let _ = client.ack(&publish).await;
+        // session to the broker, which keeps queueing for it. Messages arriving meanwhile are
+        // not taken: unacknowledged, the broker sends them again to the next session.
+        let finish = async {
+            while !committing.is_empty() || !unsent.is_empty() {
+                tokio::select! {
+                    Some((publish, stored)) = committing.next(), if !committing.is_empty() => {
+                        if stored {
+                            unsent.push_back(publish);
+                        }
+                    }
+                    _ = tokio::time::sleep(retry) => {}
+                    _ = rx.recv() => {}
+                }
+                send_acks(&client, &mut unsent);
             }
-        }
-        let _ = client.disconnect().await;
-        let flushed = tokio::time::timeout(std::time::Duration::from_secs(2), pump).await;
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), finish).await;
+        let _ = client.try_disconnect();
+        let flushed = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            // Keep taking what the event loop hands over until it has sent the DISCONNECT.
+            loop {
+                tokio::select! {
+                    _ = &mut pump => return,
+                    _ = rx.recv() => {}
+                }
+            }
+        })
+        .await;
         if flushed.is_err() {
             stop_loop.cancel();
         }
@@ -286,6 +312,20 @@ impl Inbound for MqttInbound {
 
     fn link(&self) -> Option<Arc<Link>> {
         Some(self.link.clone())
+    }
+}
+
+/// Hands the client as many of the waiting acknowledgements as its request queue takes, in
+/// order, without waiting.
+fn send_acks(client: &AsyncClient, unsent: &mut VecDeque<Publish>) {
+    while let Some(p) = unsent.front() {
+        match client.try_ack(p) {
+            Ok(()) => {
+                unsent.pop_front();
+            }
+            // The queue is full: the rest go on the next try, still in order.
+            Err(_) => return,
+        }
     }
 }
 
