@@ -590,4 +590,24 @@ mod tests {
         );
         assert_eq!(did_you_mean("zzz", &["path", "pattern"]), None);
     }
+
+    #[test]
+    fn broker_routes_run_their_steps_as_wide_as_the_broker_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |name: &str, yaml: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, yaml).unwrap();
+            load_file(&path, &Endpoints::default()).unwrap().concurrency
+        };
+        let to = "to:\n  - file: { path: out }\n";
+        let amqp = "from:\n  amqp: { url: \"amqp://h/%2f\", queue: q, prefetch: 200 }\n";
+        let mqtt = "from:\n  mqtt: { url: \"mqtt://h\", client_id: c, topics: [t] }\n";
+        assert_eq!(load("a.yaml", &format!("{amqp}{to}")), 200);
+        assert_eq!(load("m.yaml", &format!("{mqtt}{to}")), 64);
+        assert_eq!(load("c.yaml", &format!("{amqp}concurrency: 8\n{to}")), 8);
+        let small = "from:\n  amqp: { url: \"amqp://h/%2f\", queue: q, prefetch: 1 }\n";
+        assert_eq!(load("s.yaml", &format!("{small}{to}")), 4);
+        let http = "from:\n  http: { listen: \"127.0.0.1:0\" }\n";
+        assert_eq!(load("h.yaml", &format!("{http}{to}")), 4);
+    }
 }
