@@ -9,6 +9,31 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde::Deserialize;
 use std::path::PathBuf;
 
+/// An AMQP URL, checked while the route file is read (so a typo is a `file:line:column`
+/// error of `switchyard check`, not a connection that never comes up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Url(String);
+
+impl std::ops::Deref for Url {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Url {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let url = String::deserialize(d)?;
+        url.parse::<lapin::uri::AMQPUri>().map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{}` is not an AMQP URL ({e}); write amqp://user:password@host:5672/vhost or amqps://...",
+                redact(&url)
+            ))
+        })?;
+        Ok(Url(url))
+    }
+}
+
 /// TLS for `amqps://` URLs.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,7 +63,11 @@ pub struct Declare {
 pub struct ExchangeDecl {
     pub name: String,
     /// `direct`, `fanout`, `topic` (default) or `headers`.
-    #[serde(rename = "type", default = "default_exchange_type")]
+    #[serde(
+        rename = "type",
+        default = "default_exchange_type",
+        deserialize_with = "exchange_type"
+    )]
     pub kind: String,
     /// Survives a broker restart (default true).
     #[serde(default = "yes")]
@@ -82,6 +111,18 @@ pub struct BindingDecl {
 fn default_exchange_type() -> String {
     "topic".into()
 }
+
+fn exchange_type<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let kind = String::deserialize(d)?;
+    if matches!(kind.as_str(), "direct" | "fanout" | "topic" | "headers") || kind.starts_with("x-")
+    {
+        Ok(kind)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "unknown exchange type `{kind}`: use direct, fanout, topic, headers or a plugin's x-... type"
+        )))
+    }
+}
 fn yes() -> bool {
     true
 }
@@ -89,16 +130,6 @@ fn yes() -> bool {
 impl Declare {
     /// Checks what can be checked before connecting.
     pub fn check(&self) -> Result<(), String> {
-        for e in &self.exchanges {
-            if !matches!(e.kind.as_str(), "direct" | "fanout" | "topic" | "headers")
-                && !e.kind.starts_with("x-")
-            {
-                return Err(format!(
-                    "exchange `{}`: unknown type `{}` (use direct, fanout, topic, headers or a plugin's x-... type)",
-                    e.name, e.kind
-                ));
-            }
-        }
         let tables = self
             .exchanges
             .iter()
@@ -240,11 +271,9 @@ pub async fn connect(url: &str, tls: &Tls, name: &str) -> Result<Connection, Str
         })
 }
 
-/// Checks the URL's form and the CA file before anything connects, so a typo is a route
-/// error rather than a connection that never comes up.
-pub fn check(url: &str, tls: &Tls) -> Result<(), String> {
-    url.parse::<lapin::uri::AMQPUri>()
-        .map_err(|e| format!("`{}` is not an AMQP URL: {e}", redact(url)))?;
+/// Checks the CA file before anything connects, so a wrong path is a route error rather
+/// than a connection that never comes up.
+pub fn check(tls: &Tls) -> Result<(), String> {
     if let Some(ca) = &tls.ca {
         std::fs::metadata(ca).map_err(|e| format!("cannot read tls.ca {}: {e}", ca.display()))?;
     }
@@ -267,13 +296,22 @@ mod tests {
             Some(&AMQPValue::LongLongInt(100))
         );
         assert_eq!(text(t.inner().get("x-queue-type").unwrap()), "quorum");
-        let tls = Tls::default();
-        assert!(check("amqp://guest:guest@127.0.0.1:5672/%2f", &tls).is_ok());
-        assert!(check("http://x", &tls).is_err());
+        let url = |u: &str| serde_yaml::from_str::<Url>(u);
+        assert!(url("amqp://guest:guest@127.0.0.1:5672/%2f").is_ok());
+        let e = url("http://app:s3cret@x").unwrap_err().to_string();
+        assert!(
+            e.contains("is not an AMQP URL") && !e.contains("s3cret"),
+            "{e}"
+        );
+        let e = serde_yaml::from_str::<ExchangeDecl>("{ name: e, type: topik }").unwrap_err();
+        assert!(
+            e.to_string().contains("unknown exchange type `topik`"),
+            "{e}"
+        );
         let missing = Tls {
             ca: Some("/nonexistent/ca.pem".into()),
         };
-        let e = check("amqps://h", &missing).unwrap_err();
+        let e = check(&missing).unwrap_err();
         assert!(e.contains("cannot read tls.ca /nonexistent/ca.pem"), "{e}");
         assert_eq!(password("amqp://u:p4ss@h:1/v"), Some("p4ss"));
     }

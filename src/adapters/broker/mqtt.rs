@@ -17,6 +17,38 @@ pub struct Tls {
     pub ca: Option<PathBuf>,
 }
 
+/// An MQTT URL, checked while the route file is read (a typo is a `file:line:column` error
+/// of `switchyard check`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Url(String);
+
+impl std::ops::Deref for Url {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Url {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let url = String::deserialize(d)?;
+        parse_url(&url).map_err(serde::de::Error::custom)?;
+        Ok(Url(url))
+    }
+}
+
+/// An MQTT QoS level from a route file: 0, 1 or 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Qos(pub u8);
+
+impl<'de> Deserialize<'de> for Qos {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let level = u8::deserialize(d)?;
+        qos(level).map_err(serde::de::Error::custom)?;
+        Ok(Qos(level))
+    }
+}
+
 /// A broker address taken apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Broker {
@@ -105,6 +137,22 @@ pub fn qos(level: u8) -> Result<rumqttc::v5::mqttbytes::QoS, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_and_qos_are_checked_where_they_are_written() {
+        assert!(serde_yaml::from_str::<Url>("mqtt://h:1883").is_ok());
+        let e = serde_yaml::from_str::<Url>("http://u:s3cret@h")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("must start with mqtt://") && !e.contains("s3cret"),
+            "{e}"
+        );
+        assert!(serde_yaml::from_str::<Qos>("3")
+            .unwrap_err()
+            .to_string()
+            .contains("QoS 0, 1 and 2"));
+    }
 
     #[test]
     fn urls() {

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 pub struct Config {
     /// The broker: `amqp://user:${RABBIT_PASSWORD}@host:5672/vhost` (`%2f` is the default
     /// vhost `/`), or `amqps://` for TLS.
-    pub url: String,
+    pub url: amqp::Url,
     /// The queue to consume.
     pub queue: String,
     /// Deliveries unacknowledged at once (default 64): the bound on what is in flight
@@ -68,7 +68,7 @@ fn default_max_size() -> ByteSize {
 
 impl Config {
     pub fn build(&self) -> anyhow::Result<AmqpInbound> {
-        amqp::check(&self.url, &self.tls).map_err(anyhow::Error::msg)?;
+        amqp::check(&self.tls).map_err(anyhow::Error::msg)?;
         self.declare.check().map_err(anyhow::Error::msg)?;
         if self.prefetch == 0 {
             anyhow::bail!("`prefetch` must be at least 1");

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The broker: `mqtt://host:1883`, `mqtt://user:${MQTT_PASSWORD}@host`, or `mqtts://`.
-    pub url: String,
+    pub url: mqtt::Url,
     /// The client id: the name of the session the broker keeps for this route. Keep it
     /// stable, and give each route its own.
     pub client_id: String,
@@ -43,7 +43,7 @@ pub struct Config {
     pub topics: Vec<String>,
     /// QoS of the subscriptions (default 1; 2 works too; 0 means messages may be lost).
     #[serde(default = "default_qos")]
-    pub qos: u8,
+    pub qos: mqtt::Qos,
     /// Start without the session kept by the broker (default false: the session and what
     /// was queued in it while the engine was away are kept).
     #[serde(default)]
@@ -74,8 +74,8 @@ pub struct Config {
     pub tls: Tls,
 }
 
-fn default_qos() -> u8 {
-    1
+fn default_qos() -> mqtt::Qos {
+    mqtt::Qos(1)
 }
 fn default_session_expiry() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
@@ -96,7 +96,6 @@ fn default_max_size() -> ByteSize {
 impl Config {
     pub fn build(&self) -> anyhow::Result<MqttInbound> {
         let broker = mqtt::parse_url(&self.url).map_err(anyhow::Error::msg)?;
-        mqtt::qos(self.qos).map_err(anyhow::Error::msg)?;
         if self.topics.is_empty() {
             anyhow::bail!("`topics` is empty: name at least one topic filter");
         }
@@ -209,7 +208,7 @@ impl Inbound for MqttInbound {
         let filters: Vec<Filter> = cfg
             .topics
             .iter()
-            .map(|t| Filter::new(t.clone(), mqtt::qos(cfg.qos).unwrap_or_default()))
+            .map(|t| Filter::new(t.clone(), mqtt::qos(cfg.qos.0).unwrap_or_default()))
             .collect();
         // Messages being committed, acknowledged in the order they came; and the packet ids
         // among them, to recognise the broker's resend of one after a reconnect.

@@ -29,7 +29,7 @@ use tokio::sync::Mutex;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The broker: `amqp://user:${RABBIT_PASSWORD}@host:5672/vhost`, or `amqps://`.
-    pub url: String,
+    pub url: amqp::Url,
     /// The exchange to publish to (default: the default exchange, where the routing key is
     /// a queue name).
     #[serde(default)]
@@ -98,7 +98,7 @@ fn default_connect_timeout() -> Duration {
 
 impl Config {
     pub fn build(&self) -> anyhow::Result<AmqpOutbound> {
-        amqp::check(&self.url, &self.tls).map_err(anyhow::Error::msg)?;
+        amqp::check(&self.tls).map_err(anyhow::Error::msg)?;
         self.declare.check().map_err(anyhow::Error::msg)?;
         let target = if self.exchange.is_empty() {
             "the default exchange".to_string()

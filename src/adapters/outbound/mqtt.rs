@@ -32,11 +32,11 @@ use tokio_util::sync::CancellationToken;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The broker: `mqtt://host:1883`, `mqtt://user:${MQTT_PASSWORD}@host`, or `mqtts://`.
-    pub url: String,
+    pub url: mqtt::Url,
     /// The topic, a template: `plant/{{header.line}}/orders`.
     pub topic: Template,
     /// 1 (default) or 2.
-    #[serde(default = "default_qos")]
+    #[serde(default = "default_qos", deserialize_with = "confirmed_qos")]
     pub qos: u8,
     /// Publish as the topic's retained message (default false).
     #[serde(default)]
@@ -64,6 +64,15 @@ pub struct Config {
 fn default_qos() -> u8 {
     1
 }
+fn confirmed_qos<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    match u8::deserialize(d)? {
+        n @ (1 | 2) => Ok(n),
+        n => Err(serde::de::Error::custom(format!(
+            "`qos: {n}`: an MQTT destination publishes with QoS 1 or 2, so that the broker confirms each message"
+        ))),
+    }
+}
+
 fn default_confirm_timeout() -> Duration {
     Duration::from_secs(30)
 }
@@ -74,12 +83,7 @@ fn default_keep_alive() -> Duration {
 impl Config {
     pub fn build(&self) -> anyhow::Result<MqttOutbound> {
         let broker = mqtt::parse_url(&self.url).map_err(anyhow::Error::msg)?;
-        let qos = match self.qos {
-            1 | 2 => mqtt::qos(self.qos).map_err(anyhow::Error::msg)?,
-            n => anyhow::bail!(
-                "`qos: {n}`: an MQTT destination publishes with QoS 1 or 2, so that the broker confirms each message"
-            ),
-        };
+        let qos = mqtt::qos(self.qos).map_err(anyhow::Error::msg)?;
         let client_id = self.client_id.clone().unwrap_or_else(|| {
             format!(
                 "switchyard-{}",
