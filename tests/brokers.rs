@@ -803,8 +803,9 @@ async fn the_bundled_broker_examples_work_as_shipped() {
     engine.stop();
 }
 
-/// QoS 2 both ways: the destination is done on PUBCOMP, the inbound acknowledges (PUBREC)
-/// after the commit; every message arrives once.
+/// QoS 2 both ways, with a topic made from a header and a wildcard subscription: the
+/// destination is done on PUBCOMP, the inbound acknowledges (PUBREC) after the commit; every
+/// message arrives once, on its own topic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_qos_2_in_and_out() {
     let Some(url) = mqtt_server("MQTT QoS 2") else {
@@ -816,12 +817,20 @@ async fn mqtt_qos_2_in_and_out() {
     ws.write_route(
         "publish.yaml",
         &format!(
-            "from:\n  http: {{ listen: 127.0.0.1:{port} }}\nto:\n  - mqtt: {{ url: {}, topic: {}, qos: 2 }}\n",
+            "from:\n  http: {{ listen: 127.0.0.1:{port} }}\nto:\n  - mqtt: {{ url: {}, topic: \"{}/{{{{header.http.header.x-line}}}}\", qos: 2 }}\n",
             broker.url(),
             broker.topic("q2")
         ),
     );
-    ws.write_route("consume.yaml", &to_files(&broker, "q2", "    qos: 2\n"));
+    ws.write_route(
+        "consume.yaml",
+        &format!(
+            "from:\n  mqtt:\n    url: {}\n    client_id: {}\n    topics: [ \"{}/+\" ]\n    qos: 2\nto:\n  - file: {{ path: outbox, name: \"{{{{id}}}}.json\" }}\n",
+            broker.url(),
+            broker.client_id("q2"),
+            broker.topic("q2")
+        ),
+    );
     let engine = ws.start();
     ws.http_addr();
     wait_consuming(&ws, "consume");
@@ -829,6 +838,7 @@ async fn mqtt_qos_2_in_and_out() {
     for i in 0..50 {
         let r = client
             .post(format!("http://127.0.0.1:{port}/"))
+            .header("x-line", format!("line-{}", i % 3))
             .body(format!("q2-{i}"))
             .send()
             .await
@@ -846,6 +856,15 @@ async fn mqtt_qos_2_in_and_out() {
         "SELECT json_extract(headers, '$.\"mqtt.qos\"'), COUNT(*) FROM messages WHERE route = 'consume' GROUP BY 1",
     );
     assert_eq!(qos.get("2"), Some(&50), "{qos:?}");
+    let topics = ws.query_pairs(
+        "SELECT json_extract(headers, '$.\"mqtt.topic\"'), COUNT(*) FROM messages WHERE route = 'consume' GROUP BY 1",
+    );
+    let line0 = format!("{}/line-0", broker.topic("q2"));
+    assert_eq!(
+        (topics.len(), topics.get(&line0)),
+        (3, Some(&17)),
+        "{topics:?}"
+    );
     // Each delivery was done on the broker's PUBCOMP.
     let done: Vec<String> = ws
         .log_events()
