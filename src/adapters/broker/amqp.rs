@@ -2,12 +2,11 @@
 //! file, credentials kept out of logs), the topology they declare on every (re)connect, and
 //! AMQP field values from YAML.
 
-use super::{redact, scrub};
+use super::{redact, scrub, Tls};
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde::Deserialize;
-use std::path::PathBuf;
 
 /// An AMQP URL, checked while the route file is read (so a typo is a `file:line:column`
 /// error of `switchyard check`, not a connection that never comes up).
@@ -32,16 +31,6 @@ impl<'de> Deserialize<'de> for Url {
         })?;
         Ok(Url(url))
     }
-}
-
-/// TLS for `amqps://` URLs.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Tls {
-    /// CA certificate(s) to trust (PEM), for a broker with a private CA or a self-signed
-    /// certificate. Without it, the public web roots are trusted.
-    #[serde(default)]
-    pub ca: Option<PathBuf>,
 }
 
 /// Exchanges, queues and bindings declared on every (re)connect, before consuming or

@@ -19,8 +19,20 @@
 pub mod amqp;
 pub mod mqtt;
 
+use serde::Deserialize;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
+
+/// TLS for `amqps://` and `mqtts://` URLs (rustls with ring).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// CA certificate(s) to trust (PEM), for a broker with a private CA or a self-signed
+    /// certificate. Without it, the public web roots are trusted.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+}
 
 /// The state of one broker connection, as operators see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

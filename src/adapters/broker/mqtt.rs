@@ -1,21 +1,10 @@
 //! What the MQTT inbound and outbound share: the broker URL (`mqtt://`, `mqtts://` with a CA
 //! file), credentials kept out of logs, and the client options (MQTT 5).
 
-use super::redact;
+use super::{redact, Tls};
 use rumqttc::v5::MqttOptions;
 use serde::Deserialize;
-use std::path::PathBuf;
 use std::sync::Arc;
-
-/// TLS for `mqtts://` URLs.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Tls {
-    /// CA certificate(s) to trust (PEM), for a broker with a private CA or a self-signed
-    /// certificate. Without it, the public web roots are trusted.
-    #[serde(default)]
-    pub ca: Option<PathBuf>,
-}
 
 /// An MQTT URL, checked while the route file is read (a typo is a `file:line:column` error
 /// of `switchyard check`).

@@ -11,8 +11,8 @@
 
 use super::http::Content;
 use super::{Inbound, Intake};
-use crate::adapters::broker::amqp::{self as amqp, Declare, Tls};
-use crate::adapters::broker::{redact, Backoff, Link};
+use crate::adapters::broker::amqp::{self as amqp, Declare};
+use crate::adapters::broker::{redact, Backoff, Link, Tls};
 use crate::message::{Headers, Message};
 use crate::route::values::ByteSize;
 use async_trait::async_trait;

@@ -16,8 +16,8 @@
 
 use super::http::Content;
 use super::{Inbound, Intake};
-use crate::adapters::broker::mqtt::{self as mqtt, Tls};
-use crate::adapters::broker::{redact, Backoff, Link};
+use crate::adapters::broker::mqtt;
+use crate::adapters::broker::{redact, Backoff, Link, Tls};
 use crate::message::{Headers, Message};
 use crate::route::values::{ByteSize, Duration};
 use async_trait::async_trait;

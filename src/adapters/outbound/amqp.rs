@@ -10,8 +10,8 @@
 //! backoff allows.
 
 use super::{DeliveryConfig, Outbound, SendError, Sent};
-use crate::adapters::broker::amqp::{self as amqp, Declare, Tls};
-use crate::adapters::broker::{redact, Backoff, Link};
+use crate::adapters::broker::amqp::{self as amqp, Declare};
+use crate::adapters::broker::{redact, Backoff, Link, Tls};
 use crate::message::Message;
 use crate::route::values::Duration;
 use crate::template::Template;

@@ -10,8 +10,8 @@
 //! not resend by itself) and every delivery in flight fails and is retried.
 
 use super::{DeliveryConfig, Outbound, SendError, Sent};
-use crate::adapters::broker::mqtt::{self as mqtt, Tls};
-use crate::adapters::broker::{redact, Backoff, Link};
+use crate::adapters::broker::mqtt;
+use crate::adapters::broker::{redact, Backoff, Link, Tls};
 use crate::message::Message;
 use crate::route::values::Duration;
 use crate::template::Template;
