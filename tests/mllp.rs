@@ -165,6 +165,13 @@ to:
         "{:?}",
         sender.states()
     );
+    // The receiver ACKs on commit and writes its files just after: wait for the last one.
+    assert!(
+        wait_until(Duration::from_secs(10), || receiver.files("outbox").len()
+            >= total),
+        "{:?}",
+        receiver.states()
+    );
     assert_eq!(receiver.files("outbox").len(), total);
     // The receiver stored them in the order they were sent.
     let order = receiver.query_pairs(
