@@ -33,6 +33,21 @@ fn wait_consuming(ws: &Workspace, route: &str) {
     );
 }
 
+/// POSTs `body` with `headers` to the HTTP inbound on `port`; the answer must be a success.
+async fn post(
+    client: &reqwest::Client,
+    port: u16,
+    headers: &[(&str, &str)],
+    body: impl Into<reqwest::Body>,
+) {
+    let mut request = client.post(format!("http://127.0.0.1:{port}/"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let r = request.body(body).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+}
+
 /// The bodies of the files in `outbox/`, and how many files there are.
 fn outbox_bodies(ws: &Workspace) -> (BTreeSet<String>, usize) {
     let files = ws.files("outbox");
@@ -100,14 +115,8 @@ async fn end_to_end(b: Arc<dyn TestBroker>) {
     let client = reqwest::Client::new();
     let total = 200;
     for i in 0..total {
-        let r = client
-            .post(format!("http://127.0.0.1:{port}/"))
-            .header("content-type", "application/json")
-            .body(format!("{{\"n\":{i}}}"))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{}", r.status());
+        let json = [("content-type", "application/json")];
+        post(&client, port, &json, format!("{{\"n\":{i}}}")).await;
     }
     assert!(
         wait_until(Duration::from_secs(60), || ws.files("outbox").len()
@@ -201,13 +210,7 @@ async fn connection_cut_mid_stream(b: Arc<dyn TestBroker>) {
     let post = tokio::spawn(async move {
         let client = reqwest::Client::new();
         for i in 0..total {
-            let r = client
-                .post(format!("http://127.0.0.1:{port}/"))
-                .body(format!("m{i}"))
-                .send()
-                .await
-                .unwrap();
-            assert!(r.status().is_success(), "{}", r.status());
+            post(&client, port, &[], format!("m{i}")).await;
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
@@ -446,14 +449,7 @@ to:
     );
     let engine = ws.start();
     ws.http_addr();
-    let r = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port}/"))
-        .header("x-country", "nl")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    post(&reqwest::Client::new(), port, &[("x-country", "nl")], "{}").await;
     assert!(
         wait_until(Duration::from_secs(20), || ws.count("dead") == 1),
         "{:?}",
@@ -521,15 +517,8 @@ to:
     wait_consuming(&ws, "consume");
     let client = reqwest::Client::new();
     for body in ["{\"ok\":true}".to_string(), "x".repeat(500)] {
-        let r = client
-            .post(format!("http://127.0.0.1:{port}/"))
-            .header("x-source", "shop")
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
+        let headers = [("x-source", "shop"), ("content-type", "application/json")];
+        post(&client, port, &headers, body).await;
     }
     assert!(wait_until(Duration::from_secs(20), || ws
         .files("outbox")
@@ -643,13 +632,7 @@ to:
     ws.http_addr();
     wait_consuming(&ws, "consume");
     wait_consuming(&ws, "sensors");
-    let r = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port}/"))
-        .body("over tls")
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    post(&reqwest::Client::new(), port, &[], "over tls").await;
     assert!(
         wait_until(Duration::from_secs(20), || ws.files("outbox").len() == 2),
         "{:?} {:?}",
@@ -836,14 +819,8 @@ async fn mqtt_qos_2_in_and_out() {
     wait_consuming(&ws, "consume");
     let client = reqwest::Client::new();
     for i in 0..50 {
-        let r = client
-            .post(format!("http://127.0.0.1:{port}/"))
-            .header("x-line", format!("line-{}", i % 3))
-            .body(format!("q2-{i}"))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
+        let line = format!("line-{}", i % 3);
+        post(&client, port, &[("x-line", &line)], format!("q2-{i}")).await;
     }
     assert!(wait_until(Duration::from_secs(20), || ws
         .files("outbox")

@@ -101,20 +101,21 @@ impl Rabbit {
     pub async fn ready(&self, queue: &str) -> u32 {
         let conn = self.connect().await;
         let ch = conn.create_channel().await.unwrap();
-        let q = ch
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let count = declare(&ch, queue).await.message_count();
         let _ = conn.close(200, "done".into()).await;
-        q.message_count()
+        count
     }
+}
+
+/// Declares a durable queue as the routes under test declare it.
+async fn declare(ch: &lapin::Channel, queue: &str) -> lapin::Queue {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(queue.into(), durable, FieldTable::default())
+        .await
+        .unwrap()
 }
 
 impl Drop for Rabbit {
@@ -159,16 +160,7 @@ impl TestBroker for Rabbit {
     async fn publish(&self, source: &str, messages: &[(String, String)]) {
         let conn = self.connect().await;
         let ch = conn.create_channel().await.unwrap();
-        ch.queue_declare(
-            source.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        declare(&ch, source).await;
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
             .unwrap();
