@@ -385,6 +385,7 @@ fn main() {
         rows.push(baseline_mllp());
         rows.push(baseline_sqlite(1));
         rows.push(baseline_sqlite(100));
+        rows.push(baseline_group_commit(50));
     }
     println!(
         "\n{:<44} {:>9} {:>9} {:>9} {:>9} {:>12} {:>9}",
@@ -543,6 +544,76 @@ fn baseline_sqlite(batch: usize) -> Row {
     Row::baseline(
         format!("baseline: SQLite 1 KiB rows, {batch} per commit"),
         n,
+        started,
+        cpu0,
+    )
+}
+
+/// The group-commit floor: `clients` concurrent callers, each storing one new message per
+/// write (a JSON body of 34 bytes and two headers, as the HTTP scenario sends) through the
+/// store's own writer and schema. One write per message is the least any durable intake
+/// costs, so the HTTP figures above read as a fraction of this.
+fn baseline_group_commit(clients: usize) -> Row {
+    use switchyard::store::{Insert, MessageState, Store};
+    let secs: f64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20.0)
+        * scale().clamp(0.05, 1.0);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(
+        switchyard::store::sqlite::SqliteStore::open(&tmp.path().join("store.db")).unwrap(),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cpu0 = self_cpu();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(secs);
+    let stored: usize = rt.block_on(async {
+        let tasks: Vec<_> = (0..clients)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut n = 0;
+                    while Instant::now() < deadline {
+                        let mut msg = switchyard::message::Message::new(
+                            "bench",
+                            bytes::Bytes::from_static(br#"{"order": 42, "lines": [1, 2, 3]}"#),
+                        );
+                        msg.headers.insert("http.method".into(), "POST".into());
+                        msg.headers
+                            .insert("content-type".into(), "application/json".into());
+                        let ins = Insert {
+                            msg,
+                            route_version: "v1".into(),
+                            state: MessageState::Received,
+                            error: None,
+                            parent: None,
+                            resume_step: 0,
+                            scheduled: true,
+                            wire_taps: Vec::new(),
+                            index: Vec::new(),
+                        };
+                        store.insert(vec![ins]).await.expect("insert");
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.expect("client");
+        }
+        total
+    });
+    let _ = rt.block_on(store.close());
+    Row::baseline(
+        format!("baseline: group commit, {clients} writers, 1 write/msg"),
+        stored,
         started,
         cpu0,
     )

@@ -16,9 +16,10 @@
 //! message in hand, delivery workers finish the attempts in flight; then the store closes.
 //! Whatever was not finished is in the store and resumes at the next start.
 
-use crate::adapters::inbound::{Inbound, Intake, Replies, Reply};
+use crate::adapters::inbound::{Inbound, Intake, Ran, Replies, Reply};
 use crate::adapters::listeners::Listeners;
 use crate::delivery::{self, Destination};
+use crate::message::Message;
 use crate::route::{OnError, Route, StepPolicy};
 use crate::routing::Router;
 use crate::steps::{self, BuiltStep, Outcome};
@@ -312,14 +313,20 @@ impl Engine {
             let (dest, store, stop) = (dest.clone(), self.store.clone(), stop.clone());
             tasks.spawn(delivery::run(dest, store, stop));
         }
+        // A worker hands the commit of each outcome to a task of its own and takes the next
+        // message: commits overlap (the store groups them), and no worker waits on a disk.
+        // The permits bound how many outcomes wait for their commit.
+        let committing = Arc::new(tokio::sync::Semaphore::new(workers * QUEUE_PER_WORKER));
         for _ in 0..workers {
-            let (r, rx, store, stop) = (
+            let (r, rx, store, stop, tasks, committing) = (
                 running.clone(),
                 rx.clone(),
                 self.store.clone(),
                 stop.clone(),
+                tasks.clone(),
+                committing.clone(),
             );
-            tasks.spawn(async move {
+            tasks.clone().spawn(async move {
                 loop {
                     let next = {
                         let mut rx = rx.lock().await;
@@ -330,7 +337,17 @@ impl Engine {
                         }
                     };
                     let Some(work) = next else { break };
-                    process(&r, store.as_ref(), work).await;
+                    let Ok(permit) = committing.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let Some(decision) = decide_off_thread(&r, work).await else {
+                        continue;
+                    };
+                    let (r, store) = (r.clone(), store.clone());
+                    tasks.spawn(async move {
+                        record(&r, store.as_ref(), decision).await;
+                        drop(permit);
+                    });
                 }
             });
         }
@@ -363,6 +380,15 @@ impl Engine {
         intake.split_first = route.split_first.clone();
         intake.replies = running.replies.clone();
         intake.index = running.index.clone();
+        // One write per message: the steps run at intake and their outcome is committed with
+        // the message. A split may be long (and makes many messages): such routes store first
+        // and process after.
+        if !running.steps.iter().any(|s| s.name.ends_with(".split")) {
+            intake.steps = Some(Arc::new(InlineSteps {
+                route: running.clone(),
+                running: Arc::new(tokio::sync::Semaphore::new(workers)),
+            }));
+        }
         let standby = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let inbound = spawn_inbound(
             &running,
@@ -696,17 +722,40 @@ async fn schedule(
     }
 }
 
-/// Applies the route's steps, logging each, and turns what they did into store records.
-fn run_steps(route: &RunningRoute, work: Pending) -> (Pending, Vec<StepRecord>, Outcome) {
+/// What the steps and routing made of one message: what to record, and what to do once it
+/// is recorded.
+struct Decision {
+    records: Vec<StepRecord>,
+    result: Processed,
+    after: After,
+}
+
+/// What follows the commit of a message's outcome.
+struct After {
+    /// The message as received and as the steps left it.
+    original: Message,
+    current: Message,
+    /// For the log, after the commit.
+    records: Vec<StepRecord>,
+    started: Instant,
+    destinations: Vec<String>,
+    reason: Option<String>,
+    failure: Option<String>,
+    dead_lettered: bool,
+    rescheduled: bool,
+}
+
+/// Runs the steps and routing on one message (CPU work: call it off the I/O threads) and
+/// turns what they did into store records.
+fn decide(route: &RunningRoute, work: Pending, started: Instant) -> Decision {
+    let original = work.msg.clone();
     let Pending {
         msg,
         resume_step,
         attempts,
     } = work;
-    let (current, runs, outcome) = steps::run_all(&route.steps, resume_step, msg, |run, msg| {
-        telemetry::step(msg, &run.name, run.duration, run.error.as_deref());
-    });
-    let records = runs
+    let (current, runs, outcome) = steps::run_all(&route.steps, resume_step, msg, |_, _| {});
+    let records: Vec<StepRecord> = runs
         .into_iter()
         .map(|r| StepRecord {
             step: r.name,
@@ -720,30 +769,10 @@ fn run_steps(route: &RunningRoute, work: Pending) -> (Pending, Vec<StepRecord>, 
         resume_step,
         attempts,
     };
-    (work, records, outcome)
-}
-
-/// Runs the steps and routing on one message and records the outcome.
-async fn process(route: &Arc<RunningRoute>, store: &dyn Store, work: Pending) {
-    let started = Instant::now();
-    let original = work.msg.clone();
-    // Steps are CPU work (parsing, mapping): keep them off the threads that serve I/O, so a
-    // large message never delays intake acknowledgements or deliveries.
-    let r = route.clone();
-    let ran = tokio::task::spawn_blocking(move || {
-        let (work, records, outcome) = run_steps(&r, work);
-        // Routing runs scripts too; do it here, on the same thread.
-        let routed = match &outcome {
-            Outcome::Done => Some(r.router.destinations(&work.msg)),
-            _ => None,
-        };
-        (work, records, outcome, routed)
-    })
-    .await;
-    let Ok((work, records, outcome, routed)) = ran else {
-        tracing::error!(route = %route.id, message_id = %original.id,
-            "step worker failed; the message stays received and is processed again at the next start");
-        return;
+    // Routing runs scripts too; it runs here, on the same thread.
+    let routed = match &outcome {
+        Outcome::Done => Some(route.router.destinations(&work.msg)),
+        _ => None,
     };
     let current = &work.msg;
     let mut failure: Option<String> = None;
@@ -793,58 +822,136 @@ async fn process(route: &Arc<RunningRoute>, store: &dyn Store, work: Pending) {
             on_step_error(route, &work, error, route.on_error.for_class(class))
         }
     };
-    let destinations = match &result {
-        Processed::Routed { destinations, .. } => destinations.clone(),
-        _ => Vec::new(),
+    let after = After {
+        destinations: match &result {
+            Processed::Routed { destinations, .. } => destinations.clone(),
+            _ => Vec::new(),
+        },
+        reason: match &result {
+            Processed::Failed { error, .. } => Some(error.clone()),
+            Processed::Filtered { reason } => Some(reason.clone()),
+            _ => None,
+        },
+        dead_lettered: matches!(
+            &result,
+            Processed::Failed {
+                dead_letter: Some(_),
+                ..
+            }
+        ),
+        rescheduled: matches!(&result, Processed::Retry { .. } | Processed::Split { .. }),
+        failure,
+        records: records.clone(),
+        started,
+        original,
+        current: work.msg,
     };
-    let reason = match &result {
-        Processed::Failed { error, .. } => Some(error.clone()),
-        Processed::Filtered { reason } => Some(reason.clone()),
-        _ => None,
-    };
-    let dead_lettered = matches!(
-        &result,
-        Processed::Failed {
-            dead_letter: Some(_),
-            ..
-        }
+    Decision {
+        records,
+        result,
+        after,
+    }
+}
+
+/// Everything that follows the commit of a message's outcome: the log, wake-ups of the
+/// destinations and the scheduler, the answer to a waiting caller, and a failed message
+/// handed back to the inbound side (the file adapter's error directory).
+fn recorded(route: &Arc<RunningRoute>, after: After, state: MessageState) {
+    let current = &after.current;
+    for r in &after.records {
+        telemetry::step(current, &r.step, r.duration, r.detail.as_deref());
+    }
+    telemetry::processed(
+        current,
+        state,
+        after.destinations.len(),
+        after.started.elapsed(),
     );
-    let rescheduled = matches!(&result, Processed::Retry { .. } | Processed::Split { .. });
-    match store.finish_steps(current.id, records, result).await {
-        Ok(Some(state)) => {
-            telemetry::processed(current, state, destinations.len(), started.elapsed());
-            if state != MessageState::Received {
-                route.replies.complete(current.id, || Reply {
-                    state,
-                    headers: current.headers.clone(),
-                    body: current.body.clone(),
-                    error: reason.clone(),
-                });
-            }
-            destinations.iter().for_each(|d| route.wake(d));
-            if dead_lettered {
-                if let Some(dl) = &route.dead_letter {
-                    route.wake(dl);
-                }
-            }
-            if rescheduled {
-                route.scheduled.notify_one();
-            }
-            if let (Some(error), MessageState::Failed) = (&failure, state) {
-                if let Err(e) = route.inbound.failed(&original, error).await {
-                    tracing::error!(route = %route.id, message_id = %original.id, error = format!("{e:#}"),
-                        "could not hand the failed message back to the inbound side (it is kept in the store)");
-                }
-            }
+    if state != MessageState::Received {
+        route.replies.complete(current.id, || Reply {
+            state,
+            headers: current.headers.clone(),
+            body: current.body.clone(),
+            error: after.reason.clone(),
+        });
+    }
+    after.destinations.iter().for_each(|d| route.wake(d));
+    if after.dead_lettered {
+        if let Some(dl) = &route.dead_letter {
+            route.wake(dl);
         }
+    }
+    if after.rescheduled {
+        route.scheduled.notify_one();
+    }
+    if let (Some(error), MessageState::Failed) = (after.failure, state) {
+        let (route, original) = (route.clone(), after.original);
+        tokio::spawn(async move {
+            if let Err(e) = route.inbound.failed(&original, &error).await {
+                tracing::error!(route = %route.id, message_id = %original.id, error = format!("{e:#}"),
+                    "could not hand the failed message back to the inbound side (it is kept in the store)");
+            }
+        });
+    }
+}
+
+/// Runs the steps on a stored message (off the I/O threads); `None` when the worker died.
+async fn decide_off_thread(route: &Arc<RunningRoute>, work: Pending) -> Option<Decision> {
+    let started = Instant::now();
+    let id = work.msg.id;
+    // Steps are CPU work (parsing, mapping): keep them off the threads that serve I/O, so a
+    // large message never delays intake acknowledgements or deliveries.
+    let r = route.clone();
+    match tokio::task::spawn_blocking(move || decide(&r, work, started)).await {
+        Ok(d) => Some(d),
+        Err(_) => {
+            tracing::error!(route = %route.id, message_id = %id,
+                "step worker failed; the message stays received and is processed again");
+            None
+        }
+    }
+}
+
+/// Records the steps' outcome of a stored message and does what follows.
+async fn record(route: &Arc<RunningRoute>, store: &dyn Store, d: Decision) {
+    let id = d.after.current.id;
+    match store.finish_steps(id, d.records, d.result).await {
+        Ok(Some(state)) => recorded(route, d.after, state),
         Ok(None) => {} // processed already, by an earlier pass
         Err(e) => {
-            tracing::error!(route = %route.id, message_id = %current.id, error = %e,
+            tracing::error!(route = %route.id, message_id = %id, error = %e,
                 "could not record the steps' result; the message stays received and is processed again");
             // Handed back, the route's resume loop claims it again within seconds; if even
             // that fails (the database is away), its lease runs out and it is claimed then.
-            let _ = store.release(vec![current.id]).await;
+            let _ = store.release(vec![id]).await;
         }
+    }
+}
+
+/// The route's steps run by the intake, before the commit (see [`crate::adapters::inbound::Steps`]).
+struct InlineSteps {
+    route: Arc<RunningRoute>,
+    /// Steps running at once: CPU work, bounded like the step workers.
+    running: Arc<tokio::sync::Semaphore>,
+}
+
+#[async_trait::async_trait]
+impl crate::adapters::inbound::Steps for InlineSteps {
+    async fn run(&self, msg: Message) -> Option<Ran> {
+        let _permit = self.running.acquire().await.ok()?;
+        let work = Pending {
+            msg,
+            resume_step: 0,
+            attempts: 0,
+        };
+        let d = decide_off_thread(&self.route, work).await?;
+        let route = self.route.clone();
+        let after = d.after;
+        Some(Ran {
+            steps: d.records,
+            result: d.result,
+            then: Box::new(move |state| recorded(&route, after, state)),
+        })
     }
 }
 

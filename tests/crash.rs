@@ -27,7 +27,8 @@ fn all_outputs_present(ws: &Workspace, total: usize, out_dir: &str, ext: &str) -
 fn sigkill_during_steps_and_during_delivery_loses_nothing() {
     let ws = Workspace::new();
     // Slow steps (a busy script) and a strictly one-at-a-time destination, so that at the kill
-    // many messages are in their steps or waiting for delivery.
+    // many messages are in their steps (run at intake, before the commit: their files are
+    // still in the inbox) or waiting for delivery.
     ws.write_route(
         "slow.yaml",
         r#"from:
@@ -55,7 +56,8 @@ to:
     let mid = wait_until(Duration::from_secs(120), || {
         let s = ws.states();
         s.get("delivered").copied().unwrap_or(0) >= 40
-            && s.get("received").copied().unwrap_or(0) > 0
+            && s.get("delivering").copied().unwrap_or(0) > 0
+            && !ws.files("inbox").is_empty()
     });
     assert!(mid, "never caught it mid-way: {:?}", ws.states());
     engine.kill();

@@ -808,6 +808,145 @@ async fn keyed_inserts_record_a_redelivery_as_duplicate(b: &Backend) {
     store.close().await.unwrap();
 }
 
+async fn processed_inserts_commit_message_and_outcome_together(b: &Backend) {
+    let store = b.open("node-a", LEASE).await;
+    // Routed: delivering, its delivery due at once with the steps' output.
+    let (routed_msg, ins) = insert("r", "in");
+    let stored = store
+        .insert_processed(ins, vec![step()], routed(&["to[0]"]), None)
+        .await
+        .unwrap();
+    assert_eq!(stored, Stored::Processed(MessageState::Delivering));
+    let due = store
+        .due_deliveries("r", "to[0]", SystemTime::now(), 10)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].message.id, routed_msg.id);
+    assert_eq!(&due[0].message.body[..], b"{}");
+    let details = store.details(routed_msg.id).await.unwrap().unwrap();
+    let events: Vec<(String, String)> = details
+        .transitions
+        .iter()
+        .map(|t| (t.event.clone(), t.outcome.clone()))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            ("received".into(), "received".into()),
+            ("step".into(), "ok".into()),
+            ("state".into(), "delivering".into())
+        ]
+    );
+    assert_eq!(&details.body[..], b"in");
+    // Nobody claims it for the steps: they ran.
+    assert!(store.claim_received("r", 10).await.unwrap().is_empty());
+
+    // Failed with a dead letter: the copy as received is due.
+    let (failed, ins) = insert("r", "bad");
+    let stored = store
+        .insert_processed(
+            ins,
+            vec![step()],
+            Processed::Failed {
+                error: "steps[0]: no".into(),
+                dead_letter: Some("dead_letter".into()),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored, Stored::Processed(MessageState::Failed));
+    let dl = store
+        .due_deliveries("r", "dead_letter", SystemTime::now(), 10)
+        .await
+        .unwrap();
+    assert_eq!(dl.len(), 1);
+    assert_eq!(dl[0].message.id, failed.id);
+    assert_eq!(&dl[0].message.body[..], b"bad");
+
+    // Retried: still received, scheduled for later, not claimable before.
+    let (retried, ins) = insert("q", "later");
+    let stored = store
+        .insert_processed(
+            ins,
+            vec![step()],
+            Processed::Retry {
+                error: "busy".into(),
+                next_attempt_at: SystemTime::now() + Duration::from_millis(300),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored, Stored::Processed(MessageState::Received));
+    assert!(store.claim_received("q", 10).await.unwrap().is_empty());
+    assert!(store
+        .take_scheduled("q", SystemTime::now(), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let later = store
+        .take_scheduled("q", SystemTime::now() + Duration::from_secs(1), 10)
+        .await
+        .unwrap();
+    assert_eq!(later.len(), 1);
+    assert_eq!((later[0].msg.id, later[0].attempts), (retried.id, 1));
+
+    // Keyed: the second copy is a duplicate and its outcome is not recorded.
+    let key = || ("broker_message_id".to_string(), "p-1".to_string());
+    let (first, mut ins) = insert("k", "one");
+    ins.index.push(key());
+    let stored = store
+        .insert_processed(ins, vec![step()], routed(&["to[0]"]), Some(key()))
+        .await
+        .unwrap();
+    assert_eq!(stored, Stored::Processed(MessageState::Delivering));
+    let (again, mut ins) = insert("k", "one");
+    ins.index.push(key());
+    let stored = store
+        .insert_processed(ins, vec![step()], routed(&["to[0]"]), Some(key()))
+        .await
+        .unwrap();
+    assert_eq!(stored, Stored::Duplicate { first: first.id });
+    assert_eq!(
+        store.message(again.id).await.unwrap().unwrap().state,
+        MessageState::Duplicate
+    );
+    let due = store
+        .due_deliveries("k", "to[0]", SystemTime::now(), 10)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1, "one delivery, the first copy's");
+
+    // Many at once share transactions; one fails (its id is taken) and undoes nobody else.
+    let (_, taken) = insert("m", "x");
+    store.insert(vec![taken.clone()]).await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..60 {
+        let s = store.clone();
+        let ins = if i == 30 {
+            taken.clone()
+        } else {
+            insert("m", &format!("m{i}")).1
+        };
+        tasks.spawn(async move {
+            let dup = i == 30;
+            let r = s
+                .insert_processed(ins, vec![step()], routed(&["to[0]"]), None)
+                .await;
+            (dup, r)
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        let (dup, result) = r.unwrap();
+        assert_eq!(result.is_err(), dup, "{result:?}");
+    }
+    let counts = store.count_by_state(Some("m")).await.unwrap();
+    assert_eq!(counts.get(&MessageState::Delivering), Some(&59));
+    store.close().await.unwrap();
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -844,6 +983,7 @@ conformance!(
     named_leases_pass_to_another_node_when_not_renewed,
     released_deliveries_are_due_again_for_any_node,
     keyed_inserts_record_a_redelivery_as_duplicate,
+    processed_inserts_commit_message_and_outcome_together,
 );
 
 /// Needs no server: what an operator reads when the URL or the server is wrong.

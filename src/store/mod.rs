@@ -11,6 +11,7 @@
 //! node renews ([`Store::renew_leases`]); when a node dies, its lease runs out and another
 //! node takes its work over. With SQLite the only node is the engine holding the file's lock.
 
+pub(crate) mod plan;
 pub mod postgres;
 pub mod sqlite;
 
@@ -174,6 +175,15 @@ pub enum Processed {
     },
     /// A split step made these children; the parent is done.
     Split { children: Vec<Insert> },
+}
+
+/// What [`Store::insert_processed`] committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// The message and its steps' outcome; it is now in this state.
+    Processed(MessageState),
+    /// The message as `duplicate` of `first` (same key), its steps' outcome dropped.
+    Duplicate { first: Uuid },
 }
 
 /// The outcome of one delivery attempt.
@@ -493,6 +503,19 @@ pub trait Store: Send + Sync {
     /// first) instead, and the first's id is returned: the caller acknowledges the sender and
     /// processes nothing. `ins.index` should hold `key`, so that the next copy is found too.
     async fn insert_once(&self, ins: Insert, key: (String, String)) -> StoreResult<Option<Uuid>>;
+
+    /// Commits a new message together with what its steps made of it (they ran before the
+    /// commit): its row, the step transitions, its result and deliveries, in one write — the
+    /// common life of a message costs this write and its delivery's. With `key`, as
+    /// [`Store::insert_once`]: a message of the route stored under the key before makes this
+    /// one a `duplicate`, and its outcome is not recorded.
+    async fn insert_processed(
+        &self,
+        ins: Insert,
+        steps: Vec<StepRecord>,
+        result: Processed,
+        key: Option<(String, String)>,
+    ) -> StoreResult<Stored>;
 
     /// Records the steps' outcomes and the result in one transaction. Returns the message's
     /// new state, or `None` when it was no longer waiting for its steps (processed already),

@@ -11,6 +11,7 @@
 //! `docs/store.md`). A FIFO destination is delivered to by one node at a time, the holder of
 //! its row in `destination_leases`.
 
+use super::plan::{self, Change};
 use super::*;
 use std::collections::HashMap;
 use std::future::Future;
@@ -573,75 +574,189 @@ async fn take_lease(
     .map(|held| held.is_some())
 }
 
-/// Queues the writes of one new message: its row, its `received` transition, its search
-/// fields and its wire-tap deliveries.
-fn insert_one<'a>(
+/// One planned change (see [`plan`]) as a statement to pipeline.
+fn apply<'a>(
     db: &'a Db,
-    ins: &'a Insert,
+    change: &'a Change<'a>,
     now: i64,
     node: &'a str,
     lease: i64,
-    work: &mut Pipeline<'a>,
-) {
-    let m = &ins.msg;
-    let received = millis(m.received_at);
-    // This node processes what it stored itself: held from the start.
-    let held = ins.state == MessageState::Received && !ins.scheduled;
-    work.push(Box::pin(async move {
-        db.execute(
-            "INSERT INTO messages (id, route, route_version, state, received_at, updated_at, headers, body,
-                                   error, parent_id, resume_step, next_attempt_at, owner, lease_until)
-             VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            &[
-                &m.id,
-                &m.route,
-                &ins.route_version,
-                &ins.state.as_str(),
-                &received,
-                &headers_json(&m.headers),
-                &&m.body[..],
-                &ins.error,
-                &ins.parent,
-                &(ins.resume_step as i32),
-                &ins.scheduled.then_some(now),
-                &held.then_some(node),
-                &held.then_some(now + lease),
-            ],
+) -> Pin<Box<dyn Future<Output = PgResult<()>> + Send + 'a>> {
+    Box::pin(async move {
+        match change {
+            Change::Message { ins, held } => {
+                let m = &ins.msg;
+                db.execute(
+                    "INSERT INTO messages (id, route, route_version, state, received_at, updated_at, headers, body,
+                                           error, parent_id, resume_step, next_attempt_at, owner, lease_until)
+                     VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                    &[
+                        &m.id,
+                        &m.route,
+                        &ins.route_version,
+                        &ins.state.as_str(),
+                        &millis(m.received_at),
+                        &headers_json(&m.headers),
+                        &&m.body[..],
+                        &ins.error,
+                        &ins.parent,
+                        &(ins.resume_step as i32),
+                        &ins.scheduled.then_some(now),
+                        &held.then_some(node),
+                        &held.then_some(now + lease),
+                    ],
+                )
+                .await?;
+            }
+            Change::Child { parent, ins } => {
+                let m = &ins.msg;
+                db.execute(
+                    "INSERT INTO messages (id, route, route_version, state, received_at, updated_at, headers, body,
+                                           parent_id, resume_step, next_attempt_at)
+                     VALUES ($1, $2, $3, 'received', $4, $4, $5, $6, $7, $8, $4)",
+                    &[
+                        &m.id,
+                        &m.route,
+                        &ins.route_version,
+                        &millis(m.received_at),
+                        &headers_json(&m.headers),
+                        &&m.body[..],
+                        parent,
+                        &(ins.resume_step as i32),
+                    ],
+                )
+                .await?;
+            }
+            Change::Index {
+                message,
+                name,
+                value,
+            } => {
+                db.execute(
+                    "INSERT INTO message_index (name, value, message_id) VALUES ($1, $2, $3)",
+                    &[name, value, message],
+                )
+                .await?;
+            }
+            Change::Transition {
+                message,
+                at,
+                event,
+                name,
+                outcome,
+                duration,
+                detail,
+            } => {
+                let at = at.map(millis).unwrap_or(now);
+                transition(
+                    db,
+                    *message,
+                    at,
+                    event,
+                    *name,
+                    outcome,
+                    *duration,
+                    detail.as_deref(),
+                )
+                .await?;
+            }
+            Change::Output {
+                message,
+                state,
+                headers,
+                body,
+            } => {
+                db.execute(
+                    "UPDATE messages SET state = $2, updated_at = $3, out_headers = $4, out_body = $5, error = NULL
+                     WHERE id = $1",
+                    &[message, &state.as_str(), &now, &headers_json(headers), &&body[..]],
+                )
+                .await?;
+            }
+            Change::State {
+                message,
+                state,
+                error,
+            } => set_state(db, *message, now, *state, error.as_deref()).await?,
+            Change::Retry { message, at, error } => {
+                db.execute(
+                    "UPDATE messages SET attempts = attempts + 1, next_attempt_at = $2, updated_at = $3, error = $4,
+                     owner = NULL, lease_until = NULL WHERE id = $1",
+                    &[message, &millis(*at), &now, error],
+                )
+                .await?;
+            }
+            Change::Delivery {
+                message,
+                route,
+                destination,
+                kind,
+                payload,
+            } => {
+                add_delivery(
+                    db,
+                    *message,
+                    route,
+                    destination,
+                    *kind,
+                    payload.as_str(),
+                    now,
+                )
+                .await?
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Executes a plan, its statements pipelined. Statements pipelined together may run in any
+/// order (one waiting for its first preparation is overtaken), so a plan that makes a row and
+/// then changes it (`new_row`) runs its inserts first and its updates after.
+async fn apply_all(
+    db: &Db,
+    plan: &[Change<'_>],
+    now: i64,
+    node: &str,
+    lease: i64,
+    new_row: bool,
+) -> PgResult<()> {
+    let is_update = |c: &Change<'_>| {
+        matches!(
+            c,
+            Change::Output { .. } | Change::State { .. } | Change::Retry { .. }
         )
-        .await
-        .map(drop)
-    }));
-    work.push(Box::pin(transition(
-        db,
-        m.id,
-        received,
-        "received",
-        None,
-        ins.state.as_str(),
-        None,
-        ins.error.as_deref(),
-    )));
-    for (name, value) in &ins.index {
-        work.push(Box::pin(async move {
-            db.execute(
-                "INSERT INTO message_index (name, value, message_id) VALUES ($1, $2, $3)",
-                &[name, value, &m.id],
-            )
-            .await
-            .map(drop)
-        }));
+    };
+    if !new_row {
+        let work: Pipeline = plan
+            .iter()
+            .map(|c| apply(db, c, now, node, lease))
+            .collect();
+        return pipelined(work).await;
     }
-    for tap in &ins.wire_taps {
-        work.push(Box::pin(add_delivery(
-            db,
-            m.id,
-            &m.route,
-            tap,
-            DeliveryKind::WireTap,
-            "in",
-            now,
-        )));
-    }
+    let first: Pipeline = plan
+        .iter()
+        .filter(|c| !is_update(c))
+        .map(|c| apply(db, c, now, node, lease))
+        .collect();
+    pipelined(first).await?;
+    let then: Pipeline = plan
+        .iter()
+        .filter(|c| is_update(c))
+        .map(|c| apply(db, c, now, node, lease))
+        .collect();
+    pipelined(then).await
+}
+
+/// The first message of `route` stored under the search field `key`, if any.
+async fn first_with_key(db: &Db, route: &str, key: &(String, String)) -> PgResult<Option<Uuid>> {
+    Ok(db
+        .query_opt(
+            "SELECT i.message_id FROM message_index i JOIN messages m ON m.id = i.message_id
+             WHERE i.name = $1 AND i.value = $2 AND m.route = $3 ORDER BY i.message_id LIMIT 1",
+            &[&key.0, &key.1, &route],
+        )
+        .await?
+        .map(|r| r.get(0)))
 }
 
 async fn add_delivery(
@@ -672,23 +787,6 @@ async fn set_state(
     db.execute(
         "UPDATE messages SET state = $2, updated_at = $3, error = $4 WHERE id = $1",
         &[&id, &state.as_str(), &now, &error],
-    )
-    .await?;
-    Ok(())
-}
-
-async fn set_output(
-    db: &Db,
-    id: Uuid,
-    now: i64,
-    state: MessageState,
-    headers: &Headers,
-    body: &Bytes,
-) -> PgResult<()> {
-    db.execute(
-        "UPDATE messages SET state = $2, updated_at = $3, out_headers = $4, out_body = $5, error = NULL
-         WHERE id = $1",
-        &[&id, &state.as_str(), &now, &headers_json(headers), &&body[..]],
     )
     .await?;
     Ok(())
@@ -769,11 +867,15 @@ impl Store for PgStore {
         let result = self
             .write(move |db| async move {
                 let now = millis(SystemTime::now());
-                let mut work: Pipeline = Vec::new();
-                for ins in &batch {
-                    insert_one(&db, ins, now, &node, lease, &mut work);
-                }
-                pipelined(work).await
+                let plan: Vec<Change> = batch
+                    .iter()
+                    .flat_map(|ins| {
+                        // This node processes what it stored itself: held from the start.
+                        let held = ins.state == MessageState::Received && !ins.scheduled;
+                        plan::new_message(ins, held)
+                    })
+                    .collect();
+                apply_all(&db, &plan, now, &node, lease, false).await
             })
             .await;
         if result.is_ok() {
@@ -789,21 +891,15 @@ impl Store for PgStore {
         let result = self
             .write(move |db| async move {
                 let now = millis(SystemTime::now());
-                let earlier: Option<Uuid> = db
-                    .query_opt(
-                        "SELECT i.message_id FROM message_index i JOIN messages m ON m.id = i.message_id
-                         WHERE i.name = $1 AND i.value = $2 AND m.route = $3 ORDER BY i.message_id LIMIT 1",
-                        &[&key.0, &key.1, &ins.msg.route],
-                    )
-                    .await?
-                    .map(|r| r.get(0));
-                let ins = match earlier {
-                    None => ins,
-                    Some(first) => duplicate_of(ins, &first.to_string(), &key),
+                let earlier = first_with_key(&db, &ins.msg.route, &key).await?;
+                let (ins, held) = match earlier {
+                    None => (ins, held),
+                    Some(first) => (duplicate_of(ins, &first.to_string(), &key), false),
                 };
-                let mut work: Pipeline = Vec::new();
-                insert_one(&db, &ins, now, &node, lease, &mut work);
-                pipelined(work).await.map(|_| earlier)
+                let plan = plan::new_message(&ins, held);
+                apply_all(&db, &plan, now, &node, lease, false)
+                    .await
+                    .map(|_| earlier)
             })
             .await;
         if let Ok(None) = result {
@@ -814,100 +910,61 @@ impl Store for PgStore {
         result
     }
 
+    async fn insert_processed(
+        &self,
+        ins: Insert,
+        steps: Vec<StepRecord>,
+        result: Processed,
+        key: Option<(String, String)>,
+    ) -> StoreResult<Stored> {
+        let (node, lease) = self.claim_args();
+        self.write(move |db| async move {
+            let now = millis(SystemTime::now());
+            if let Some(key) = &key {
+                if let Some(first) = first_with_key(&db, &ins.msg.route, key).await? {
+                    let dup = duplicate_of(ins, &first.to_string(), key);
+                    let plan = plan::new_message(&dup, false);
+                    apply_all(&db, &plan, now, &node, lease, false).await?;
+                    return Ok(Stored::Duplicate { first });
+                }
+            }
+            let mut changes = plan::new_message(&ins, false);
+            let (outcome, state) = plan::steps_outcome(ins.msg.id, &ins.msg.route, &steps, &result);
+            changes.extend(outcome);
+            apply_all(&db, &changes, now, &node, lease, true).await?;
+            Ok(Stored::Processed(state))
+        })
+        .await
+    }
+
     async fn finish_steps(
         &self,
         id: Uuid,
         steps: Vec<StepRecord>,
         result: Processed,
     ) -> StoreResult<Option<MessageState>> {
-        let (node, _) = self.claim_args();
-        let result = self.write(move |db| async move {
-            let now = millis(SystemTime::now());
-            let db = &db;
-            // Another node that took the message over (this one's lease ran out) records it.
-            let Some(row) = db
-                .query_opt(
-                    "UPDATE messages SET owner = NULL, lease_until = NULL
-                     WHERE id = $1 AND state = 'received' AND (owner IS NULL OR owner = $2) RETURNING route",
-                    &[&id, &node],
-                )
-                .await?
-            else {
-                return Ok(None);
-            };
-            let route: String = row.get(0);
-            let route = route.as_str();
-            let split_note;
-            // Everything from here on is independent writes: sent together, one round trip.
-            let mut work: Pipeline = Vec::new();
-            for s in &steps {
-                work.push(Box::pin(transition(db, id, now, "step", Some(&s.step), if s.ok { "ok" } else { "error" }, Some(s.duration), s.detail.as_deref())));
-            }
-            let state = match &result {
-                Processed::Routed { headers, body, destinations } => {
-                    work.push(Box::pin(set_output(db, id, now, MessageState::Delivering, headers, body)));
-                    for d in destinations {
-                        work.push(Box::pin(add_delivery(db, id, route, d, DeliveryKind::Main, "out", now)));
-                    }
-                    MessageState::Delivering
-                }
-                Processed::Unrouted { headers, body } => {
-                    work.push(Box::pin(set_output(db, id, now, MessageState::Unrouted, headers, body)));
-                    MessageState::Unrouted
-                }
-                Processed::Filtered { reason } => {
-                    work.push(Box::pin(set_state(db, id, now, MessageState::Filtered, Some(reason))));
-                    MessageState::Filtered
-                }
-                Processed::Failed { error, dead_letter } => {
-                    work.push(Box::pin(set_state(db, id, now, MessageState::Failed, Some(error))));
-                    if let Some(dl) = dead_letter {
-                        work.push(Box::pin(add_delivery(db, id, route, dl, DeliveryKind::DeadLetter, "in", now)));
-                    }
-                    MessageState::Failed
-                }
-                Processed::Retry { error, next_attempt_at } => {
-                    let next = millis(*next_attempt_at);
-                    work.push(Box::pin(async move {
-                        db.execute(
-                            "UPDATE messages SET attempts = attempts + 1, next_attempt_at = $2, updated_at = $3, error = $4,
-                             owner = NULL, lease_until = NULL WHERE id = $1",
-                            &[&id, &next, &now, error],
-                        )
-                        .await
-                        .map(drop)
-                    }));
-                    work.push(Box::pin(transition(db, id, now, "state", None, "retry", None, Some(error))));
-                    pipelined(work).await?;
-                    return Ok(Some(MessageState::Received));
-                }
-                Processed::Split { children } => {
-                    for ins in children {
-                        let m = &ins.msg;
-                        work.push(Box::pin(async move {
-                            db.execute(
-                                "INSERT INTO messages (id, route, route_version, state, received_at, updated_at, headers, body,
-                                                       parent_id, resume_step, next_attempt_at)
-                                 VALUES ($1, $2, $3, 'received', $4, $4, $5, $6, $7, $8, $4)",
-                                &[&m.id, &m.route, &ins.route_version, &millis(m.received_at), &headers_json(&m.headers), &&m.body[..], &id, &(ins.resume_step as i32)],
-                            )
-                            .await
-                            .map(drop)
-                        }));
-                        work.push(Box::pin(async move {
-                            transition(db, m.id, now, "received", None, "received", None, Some(&format!("split from {id}"))).await
-                        }));
-                    }
-                    split_note = format!("split into {} messages", children.len());
-                    work.push(Box::pin(set_state(db, id, now, MessageState::Split, Some(&split_note))));
-                    MessageState::Split
-                }
-            };
-            work.push(Box::pin(transition(db, id, now, "state", None, state.as_str(), None, None)));
-            pipelined(work).await?;
-            Ok(Some(state))
-        })
-        .await;
+        let (node, lease) = self.claim_args();
+        let result = self
+            .write(move |db| async move {
+                let now = millis(SystemTime::now());
+                // Another node that took the message over (this one's lease ran out) records
+                // it; and a message processed already is not recorded twice.
+                let Some(row) = db
+                    .query_opt(
+                        "UPDATE messages SET owner = NULL, lease_until = NULL
+                         WHERE id = $1 AND state = 'received' AND (owner IS NULL OR owner = $2) RETURNING route",
+                        &[&id, &node],
+                    )
+                    .await?
+                else {
+                    return Ok(None);
+                };
+                let route: String = row.get(0);
+                let (changes, state) = plan::steps_outcome(id, &route, &steps, &result);
+                apply_all(&db, &changes, now, &node, lease, false).await?;
+                Ok(Some(state))
+            })
+            .await;
         self.in_hand.drop_messages([&id]);
         result
     }

@@ -1,11 +1,16 @@
 //! The embedded SQLite store (WAL, `synchronous=FULL`).
 //!
 //! All writes go through one writer thread that owns the write connection. It takes every job
-//! waiting in its queue, runs each in its own savepoint (one failing job does not undo the
-//! others), commits them in one transaction and only then answers each caller. This is group
-//! commit: one fsync covers many messages, and no caller hears "stored" before it is. Reads use
-//! a second connection, which WAL lets run beside the writer.
+//! waiting in its queue, runs them one after another in one transaction, commits, and only
+//! then answers each caller. This is group commit: one fsync covers many messages, and no
+//! caller hears "stored" before it is. A job that fails does not take the others with it: the
+//! transaction is rolled back and run again without that job (jobs are plain functions of the
+//! connection, so running one twice is safe). That costs a rerun when a job fails, which is
+//! rare, instead of a savepoint around every job, which is paid on every message (each
+//! savepoint copies the pages it touches into a statement journal). Reads use a second
+//! connection, which WAL lets run beside the writer.
 
+use super::plan::{self, Change};
 use super::*;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
@@ -15,12 +20,48 @@ use tokio::sync::{mpsc, oneshot};
 /// Jobs a single transaction may hold; bounds the latency one commit adds.
 const MAX_BATCH: usize = 512;
 
-type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
+/// One caller's writes, run by the writer thread inside its transaction.
+trait Job: Send {
+    /// Runs the job's statements in the open transaction; false when they failed (the error
+    /// is kept for the caller). May run more than once: only the last run counts.
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Answers the caller once the transaction's fate (`commit`) is known.
+    fn answer(self: Box<Self>, commit: Result<(), String>);
+}
+
+struct Call<R, F> {
+    f: F,
+    result: Option<rusqlite::Result<R>>,
+    tx: oneshot::Sender<StoreResult<R>>,
+}
+
+impl<R, F> Job for Call<R, F>
+where
+    R: Send,
+    F: Fn(&Connection) -> rusqlite::Result<R> + Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let result = (self.f)(conn);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn answer(self: Box<Self>, commit: Result<(), String>) {
+        let out = match (self.result, commit) {
+            (None, Err(e)) => Err(StoreError(e)),
+            (None, Ok(())) => Err(StoreError("the write did not run".into())),
+            (Some(Err(e)), _) => Err(sql_err(e)),
+            (Some(Ok(_)), Err(e)) => Err(StoreError(format!("commit failed: {e}"))),
+            (Some(Ok(r)), Ok(())) => Ok(r),
+        };
+        let _ = self.tx.send(out);
+    }
+}
 
 pub struct SqliteStore {
     path: PathBuf,
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    jobs: Mutex<Option<mpsc::Sender<Box<dyn Job>>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     reader: Arc<Mutex<Connection>>,
     /// Held while an engine uses the store; released by `close`.
@@ -44,7 +85,9 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     // FULL: a commit survives power loss, not only a process crash — "stored" must mean stored.
     // auto_vacuum first: it only takes on a new database, and only before WAL mode is set;
     // it lets retention hand freed pages back to the file system (the file shrinks).
-    conn.execute_batch("PRAGMA auto_vacuum=INCREMENTAL; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA journal_size_limit=67108864;")?;
+    // temp_store=MEMORY: a statement that may fail halfway keeps its undo pages in memory,
+    // not in a temporary file created for it.
+    conn.execute_batch("PRAGMA auto_vacuum=INCREMENTAL; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA journal_size_limit=67108864; PRAGMA temp_store=MEMORY;")?;
     Ok(conn)
 }
 
@@ -134,7 +177,7 @@ impl SqliteStore {
         migrate(&conn).map_err(damaged)?;
         let reader = open_connection(path).map_err(sql_err)?;
 
-        let (tx, rx) = mpsc::channel::<Job>(4096);
+        let (tx, rx) = mpsc::channel::<Box<dyn Job>>(4096);
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || write_loop(conn, rx))
@@ -177,7 +220,7 @@ impl SqliteStore {
     async fn write<R, F>(&self, f: F) -> StoreResult<R>
     where
         R: Send + 'static,
-        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+        F: Fn(&Connection) -> rusqlite::Result<R> + Send + 'static,
     {
         let jobs = self
             .jobs
@@ -186,16 +229,10 @@ impl SqliteStore {
             .clone()
             .ok_or_else(closed)?;
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn: &Connection| -> Completion {
-            let result = in_savepoint(conn, f);
-            Box::new(move |commit: Result<(), String>| {
-                let out = match (result, commit) {
-                    (Err(e), _) => Err(sql_err(e)),
-                    (Ok(_), Err(e)) => Err(StoreError(format!("commit failed: {e}"))),
-                    (Ok(r), Ok(())) => Ok(r),
-                };
-                let _ = tx.send(out);
-            })
+        let job: Box<dyn Job> = Box::new(Call {
+            f,
+            result: None,
+            tx,
         });
         jobs.send(job).await.map_err(|_| closed())?;
         rx.await.map_err(|_| closed())?
@@ -216,24 +253,7 @@ impl SqliteStore {
     }
 }
 
-fn in_savepoint<R>(
-    conn: &Connection,
-    f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
-) -> rusqlite::Result<R> {
-    conn.execute_batch("SAVEPOINT job")?;
-    match f(conn) {
-        Ok(r) => {
-            conn.execute_batch("RELEASE job")?;
-            Ok(r)
-        }
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
-            Err(e)
-        }
-    }
-}
-
-fn write_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+fn write_loop(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -242,23 +262,40 @@ fn write_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        commit_batch(&conn, batch);
+    }
+}
+
+/// Runs `batch` in one transaction and answers every job. A failing job is answered with its
+/// error and the transaction is run again without it, so each job's writes are committed
+/// whole or not at all, whatever the others do.
+fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn Job>>) {
+    while !batch.is_empty() {
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            // Nothing ran: run each job outside a transaction is not an option (it would not be
-            // atomic), so every caller hears the error and keeps its message unacknowledged.
+            // Nothing ran, and running jobs outside a transaction would not be atomic: every
+            // caller hears the error and keeps its message unacknowledged.
             let msg = format!("cannot begin a transaction: {e}");
-            for job in batch {
-                let completion = job(&conn);
-                completion(Err(msg.clone()));
+            batch
+                .into_iter()
+                .for_each(|job| job.answer(Err(msg.clone())));
+            return;
+        }
+        match batch.iter_mut().position(|job| !job.run(conn)) {
+            Some(failed) => {
+                // Some errors (a full disk) end the transaction by themselves: then there is
+                // nothing left to roll back.
+                let _ = conn.execute_batch("ROLLBACK");
+                // Its own error is what it answers with; the commit is not its business.
+                batch.remove(failed).answer(Ok(()));
             }
-            continue;
-        }
-        let completions: Vec<Completion> = batch.into_iter().map(|job| job(&conn)).collect();
-        let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
-        if commit.is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-        for c in completions {
-            c(commit.clone());
+            None => {
+                let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+                if commit.is_err() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                batch.into_iter().for_each(|job| job.answer(commit.clone()));
+                return;
+            }
         }
     }
 }
@@ -409,60 +446,170 @@ fn parse_id(text: &str) -> rusqlite::Result<Uuid> {
     })
 }
 
-/// Writes one new message: its row, its `received` transition, its search fields and its
-/// wire-tap deliveries.
-fn insert_one(
+/// Executes one planned change (see [`plan`]).
+fn apply(
     conn: &Connection,
-    ins: &Insert,
+    change: &Change<'_>,
     now: i64,
     node: &str,
     lease: i64,
 ) -> rusqlite::Result<()> {
-    let m = &ins.msg;
-    let id = m.id.to_string();
-    let received = millis(m.received_at);
-    let held = ins.state == MessageState::Received && !ins.scheduled;
-    conn.prepare_cached(
-        "INSERT INTO messages (id, route, route_version, state, received_at, updated_at, headers, body,
-                               error, parent_id, resume_step, next_attempt_at, owner, lease_until)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-    )?
-    .execute(params![
-        id,
-        m.route,
-        ins.route_version,
-        ins.state.as_str(),
-        received,
-        headers_json(&m.headers),
-        &m.body[..],
-        ins.error,
-        ins.parent.map(|p| p.to_string()),
-        ins.resume_step as i64,
-        ins.scheduled.then_some(now),
-        // This node processes what it stored itself: held from the start.
-        held.then_some(node),
-        held.then_some(now + lease),
-    ])?;
-    transition(
-        conn,
-        &id,
-        received,
-        "received",
-        None,
-        ins.state.as_str(),
-        None,
-        ins.error.as_deref(),
-    )?;
-    for (name, value) in &ins.index {
-        conn.prepare_cached(
-            "INSERT INTO message_index (name, value, message_id) VALUES (?1, ?2, ?3)",
-        )?
-        .execute(params![name, value, id])?;
-    }
-    for tap in &ins.wire_taps {
-        add_delivery(conn, &id, &m.route, tap, DeliveryKind::WireTap, "in", now)?;
+    match change {
+        Change::Message { ins, held } => {
+            let m = &ins.msg;
+            conn.prepare_cached(
+                "INSERT INTO messages (id, route, route_version, state, received_at, updated_at, headers, body,
+                                       error, parent_id, resume_step, next_attempt_at, owner, lease_until)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            )?
+            .execute(params![
+                m.id.to_string(),
+                m.route,
+                ins.route_version,
+                ins.state.as_str(),
+                millis(m.received_at),
+                headers_json(&m.headers),
+                &m.body[..],
+                ins.error,
+                ins.parent.map(|p| p.to_string()),
+                ins.resume_step as i64,
+                ins.scheduled.then_some(now),
+                held.then_some(node),
+                held.then_some(now + lease),
+            ])?;
+        }
+        Change::Child { parent, ins } => {
+            let m = &ins.msg;
+            conn.prepare_cached(
+                "INSERT INTO messages (id, route, route_version, state, received_at, updated_at, headers, body,
+                                       parent_id, resume_step, next_attempt_at)
+                 VALUES (?1, ?2, ?3, 'received', ?4, ?4, ?5, ?6, ?7, ?8, ?4)",
+            )?
+            .execute(params![
+                m.id.to_string(),
+                m.route,
+                ins.route_version,
+                millis(m.received_at),
+                headers_json(&m.headers),
+                &m.body[..],
+                parent.to_string(),
+                ins.resume_step as i64,
+            ])?;
+        }
+        Change::Index {
+            message,
+            name,
+            value,
+        } => {
+            conn.prepare_cached(
+                "INSERT INTO message_index (name, value, message_id) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![name, value, message.to_string()])?;
+        }
+        Change::Transition {
+            message,
+            at,
+            event,
+            name,
+            outcome,
+            duration,
+            detail,
+        } => {
+            transition(
+                conn,
+                &message.to_string(),
+                at.map(millis).unwrap_or(now),
+                event,
+                *name,
+                outcome,
+                *duration,
+                detail.as_deref(),
+            )?;
+        }
+        Change::Output {
+            message,
+            state,
+            headers,
+            body,
+        } => {
+            conn.prepare_cached(
+                "UPDATE messages SET state = ?2, updated_at = ?3, out_headers = ?4, out_body = ?5, error = NULL
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                message.to_string(),
+                state.as_str(),
+                now,
+                headers_json(headers),
+                &body[..]
+            ])?;
+        }
+        Change::State {
+            message,
+            state,
+            error,
+        } => set_state(conn, &message.to_string(), now, *state, error.as_deref())?,
+        Change::Retry { message, at, error } => {
+            conn.prepare_cached(
+                "UPDATE messages SET attempts = attempts + 1, next_attempt_at = ?2, updated_at = ?3, error = ?4,
+                 owner = NULL, lease_until = NULL WHERE id = ?1",
+            )?
+            .execute(params![message.to_string(), millis(*at), now, error])?;
+        }
+        Change::Delivery {
+            message,
+            route,
+            destination,
+            kind,
+            payload,
+        } => add_delivery(
+            conn,
+            &message.to_string(),
+            route,
+            destination,
+            *kind,
+            payload.as_str(),
+            now,
+        )?,
     }
     Ok(())
+}
+
+fn apply_all(
+    conn: &Connection,
+    plan: &[Change<'_>],
+    now: i64,
+    node: &str,
+    lease: i64,
+) -> rusqlite::Result<()> {
+    plan.iter()
+        .try_for_each(|c| apply(conn, c, now, node, lease))
+}
+
+/// Writes one new message (see [`plan::new_message`]).
+fn insert_one(
+    conn: &Connection,
+    ins: &Insert,
+    held: bool,
+    now: i64,
+    node: &str,
+    lease: i64,
+) -> rusqlite::Result<()> {
+    apply_all(conn, &plan::new_message(ins, held), now, node, lease)
+}
+
+/// The first message of `route` stored under the search field `key`, if any.
+fn first_with_key(
+    conn: &Connection,
+    route: &str,
+    key: &(String, String),
+) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached(
+        "SELECT i.message_id FROM message_index i JOIN messages m ON m.id = i.message_id
+         WHERE i.name = ?1 AND i.value = ?2 AND m.route = ?3 ORDER BY i.message_id LIMIT 1",
+    )?
+    .query_row(params![key.0, key.1, route], |r| r.get(0))
+    .optional()
 }
 
 fn add_delivery(
@@ -493,22 +640,6 @@ fn set_state(
         "UPDATE messages SET state = ?2, updated_at = ?3, error = ?4 WHERE id = ?1",
     )?
     .execute(params![id, state.as_str(), now, error])?;
-    Ok(())
-}
-
-fn set_output(
-    conn: &Connection,
-    id: &str,
-    now: i64,
-    state: MessageState,
-    headers: &Headers,
-    body: &Bytes,
-) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "UPDATE messages SET state = ?2, updated_at = ?3, out_headers = ?4, out_body = ?5, error = NULL
-         WHERE id = ?1",
-    )?
-    .execute(params![id, state.as_str(), now, headers_json(headers), &body[..]])?;
     Ok(())
 }
 
@@ -572,9 +703,11 @@ impl Store for SqliteStore {
         let result = self
             .write(move |conn| {
                 let now = millis(SystemTime::now());
-                batch
-                    .iter()
-                    .try_for_each(|ins| insert_one(conn, ins, now, &node, lease))
+                batch.iter().try_for_each(|ins| {
+                    // This node processes what it stored itself: held from the start.
+                    let held = ins.state == MessageState::Received && !ins.scheduled;
+                    insert_one(conn, ins, held, now, &node, lease)
+                })
             })
             .await;
         if result.is_ok() {
@@ -590,18 +723,11 @@ impl Store for SqliteStore {
         let result = self
             .write(move |conn| {
                 let now = millis(SystemTime::now());
-                let earlier: Option<String> = conn
-                    .prepare_cached(
-                        "SELECT i.message_id FROM message_index i JOIN messages m ON m.id = i.message_id
-                         WHERE i.name = ?1 AND i.value = ?2 AND m.route = ?3 ORDER BY i.message_id LIMIT 1",
-                    )?
-                    .query_row(params![key.0, key.1, ins.msg.route], |r| r.get(0))
-                    .optional()?;
-                match earlier {
-                    None => insert_one(conn, &ins, now, &node, lease).map(|_| None),
+                match first_with_key(conn, &ins.msg.route, &key)? {
+                    None => insert_one(conn, &ins, held, now, &node, lease).map(|_| None),
                     Some(first) => {
-                        let dup = duplicate_of(ins, &first, &key);
-                        insert_one(conn, &dup, now, &node, lease)?;
+                        let dup = duplicate_of(ins.clone(), &first, &key);
+                        insert_one(conn, &dup, false, now, &node, lease)?;
                         Ok(Uuid::parse_str(&first).ok())
                     }
                 }
@@ -615,113 +741,62 @@ impl Store for SqliteStore {
         result
     }
 
+    async fn insert_processed(
+        &self,
+        ins: Insert,
+        steps: Vec<StepRecord>,
+        result: Processed,
+        key: Option<(String, String)>,
+    ) -> StoreResult<Stored> {
+        let (node, lease) = self.claim_args();
+        self.write(move |conn| {
+            let now = millis(SystemTime::now());
+            if let Some(key) = &key {
+                if let Some(first) = first_with_key(conn, &ins.msg.route, key)? {
+                    let dup = duplicate_of(ins.clone(), &first, key);
+                    insert_one(conn, &dup, false, now, &node, lease)?;
+                    return Ok(Stored::Duplicate {
+                        first: parse_id(&first)?,
+                    });
+                }
+            }
+            let mut changes = plan::new_message(&ins, false);
+            let (outcome, state) = plan::steps_outcome(ins.msg.id, &ins.msg.route, &steps, &result);
+            changes.extend(outcome);
+            apply_all(conn, &changes, now, &node, lease)?;
+            Ok(Stored::Processed(state))
+        })
+        .await
+    }
+
     async fn finish_steps(
         &self,
         id: Uuid,
         steps: Vec<StepRecord>,
         result: Processed,
     ) -> StoreResult<Option<MessageState>> {
-        let uuid = id;
-        let id = id.to_string();
-        let (node, _) = self.claim_args();
-        let result = self.write(move |conn| {
-            let now = millis(SystemTime::now());
-            // Another node that took the message over (this one's lease ran out) records it.
-            let waiting = conn
-                .prepare_cached(
-                    "SELECT 1 FROM messages WHERE id = ?1 AND state = 'received' AND (owner IS NULL OR owner = ?2)",
-                )?
-                .exists(params![&id, &node])?;
-            if !waiting {
-                return Ok(None);
-            }
-            conn.prepare_cached("UPDATE messages SET owner = NULL, lease_until = NULL WHERE id = ?1")?
-                .execute([&id])?;
-            for s in &steps {
-                transition(
-                    conn,
-                    &id,
-                    now,
-                    "step",
-                    Some(&s.step),
-                    if s.ok { "ok" } else { "error" },
-                    Some(s.duration),
-                    s.detail.as_deref(),
-                )?;
-            }
-            let route: String =
-                conn.query_row("SELECT route FROM messages WHERE id = ?1", [&id], |r| r.get(0))?;
-            let state = match &result {
-                Processed::Routed {
-                    headers,
-                    body,
-                    destinations,
-                } => {
-                    set_output(conn, &id, now, MessageState::Delivering, headers, body)?;
-                    for d in destinations {
-                        add_delivery(conn, &id, &route, d, DeliveryKind::Main, "out", now)?;
-                    }
-                    MessageState::Delivering
-                }
-                Processed::Unrouted { headers, body } => {
-                    set_output(conn, &id, now, MessageState::Unrouted, headers, body)?;
-                    MessageState::Unrouted
-                }
-                Processed::Filtered { reason } => {
-                    set_state(conn, &id, now, MessageState::Filtered, Some(reason))?;
-                    MessageState::Filtered
-                }
-                Processed::Failed { error, dead_letter } => {
-                    set_state(conn, &id, now, MessageState::Failed, Some(error))?;
-                    if let Some(dl) = dead_letter {
-                        add_delivery(conn, &id, &route, dl, DeliveryKind::DeadLetter, "in", now)?;
-                    }
-                    MessageState::Failed
-                }
-                Processed::Retry {
-                    error,
-                    next_attempt_at,
-                } => {
-                    conn.prepare_cached(
-                        "UPDATE messages SET attempts = attempts + 1, next_attempt_at = ?2, updated_at = ?3, error = ?4
-                         WHERE id = ?1",
+        let (node, lease) = self.claim_args();
+        let result = self
+            .write(move |conn| {
+                let now = millis(SystemTime::now());
+                // Another node that took the message over (this one's lease ran out) records
+                // it; and a message processed already is not recorded twice.
+                let route: Option<String> = conn
+                    .prepare_cached(
+                        "UPDATE messages SET owner = NULL, lease_until = NULL
+                         WHERE id = ?1 AND state = 'received' AND (owner IS NULL OR owner = ?2) RETURNING route",
                     )?
-                    .execute(params![id, millis(*next_attempt_at), now, error])?;
-                    transition(conn, &id, now, "state", None, "retry", None, Some(error))?;
-                    return Ok(Some(MessageState::Received));
-                }
-                Processed::Split { children } => {
-                    let mut n = 0;
-                    for ins in children {
-                        let m = &ins.msg;
-                        let child = m.id.to_string();
-                        conn.prepare_cached(
-                            "INSERT INTO messages (id, route, route_version, state, received_at, updated_at, headers, body,
-                                                   parent_id, resume_step, next_attempt_at)
-                             VALUES (?1, ?2, ?3, 'received', ?4, ?4, ?5, ?6, ?7, ?8, ?4)",
-                        )?
-                        .execute(params![
-                            child,
-                            m.route,
-                            ins.route_version,
-                            millis(m.received_at),
-                            headers_json(&m.headers),
-                            &m.body[..],
-                            id,
-                            ins.resume_step as i64,
-                        ])?;
-                        transition(conn, &child, now, "received", None, "received", None, Some(&format!("split from {id}")))?;
-                        n += 1;
-                    }
-                    set_state(conn, &id, now, MessageState::Split, Some(&format!("split into {n} messages")))?;
-                    MessageState::Split
-                }
-            };
-            transition(conn, &id, now, "state", None, state.as_str(), None, None)?;
-            Ok(Some(state))
-        })
-        .await;
-        self.in_hand.drop_messages([&uuid]);
+                    .query_row(params![id.to_string(), &node], |r| r.get(0))
+                    .optional()?;
+                let Some(route) = route else {
+                    return Ok(None);
+                };
+                let (changes, state) = plan::steps_outcome(id, &route, &steps, &result);
+                apply_all(conn, &changes, now, &node, lease)?;
+                Ok(Some(state))
+            })
+            .await;
+        self.in_hand.drop_messages([&id]);
         result
     }
 
@@ -1186,7 +1261,7 @@ impl Store for SqliteStore {
                 let Some(state) = state else {
                     return Ok(Err(format!("no message {id}")));
                 };
-                match destination {
+                match &destination {
                     Some(dest) => {
                         let n = conn
                             .prepare_cached(
@@ -1201,7 +1276,7 @@ impl Store for SqliteStore {
                             "UPDATE messages SET state = 'delivering', updated_at = ?2 WHERE id = ?1 AND state != 'delivering'",
                         )?
                         .execute(params![id, now])?;
-                        transition(conn, &id, now, "replay", Some(&dest), "pending", None, Some(&format!("re-delivery requested (was {state})")))?;
+                        transition(conn, &id, now, "replay", Some(dest), "pending", None, Some(&format!("re-delivery requested (was {state})")))?;
                         Ok(Ok(format!("message {id}: delivery to {dest} is pending again")))
                     }
                     None => {

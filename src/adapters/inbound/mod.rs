@@ -13,7 +13,9 @@ pub mod tcp;
 use crate::adapters::listeners::Listeners;
 use crate::message::{Headers, Message};
 use crate::steps::split::Split;
-use crate::store::{Insert, MessageState, Pending, Store, StoreError};
+use crate::store::{
+    Insert, MessageState, Pending, Processed, StepRecord, Store, StoreError, Stored,
+};
 use crate::telemetry;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -138,6 +140,30 @@ pub trait Inbound: Send + Sync {
     }
 }
 
+/// How long the intake waits for a message's steps before it commits the message without
+/// their outcome (and acknowledges the sender): quick steps cost no write of their own, slow
+/// ones never hold a sender up for long.
+pub const INLINE_BUDGET: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// A route's steps and routing, run by the intake itself before the commit, so that a new
+/// message and what its steps made of it are stored in one write (the engine provides it;
+/// routes with a split step leave it out and take the two-phase path: store, then process).
+#[async_trait]
+pub trait Steps: Send + Sync {
+    /// Runs the steps and routing on a new message. `None` when they could not run at all
+    /// (the worker died): then the message is stored as received and processed later.
+    async fn run(&self, msg: Message) -> Option<Ran>;
+}
+
+/// What the steps made of a new message, to be committed with it.
+pub struct Ran {
+    pub steps: Vec<StepRecord>,
+    pub result: Processed,
+    /// Called once the message and its outcome are committed, with its state: logs the
+    /// steps, wakes the destinations, answers a waiting caller.
+    pub then: Box<dyn FnOnce(MessageState) + Send>,
+}
+
 /// The adapter's way into the store and on to the route's steps.
 #[derive(Clone)]
 pub struct Intake {
@@ -156,6 +182,8 @@ pub struct Intake {
     pub(crate) replies: Arc<Replies>,
     /// The route's search fields, extracted as each message is stored.
     pub(crate) index: Arc<crate::route::Index>,
+    /// The route's steps, when they run before the commit (see [`Steps`]).
+    pub(crate) steps: Option<Arc<dyn Steps>>,
 }
 
 /// A message's result after its steps, for adapters that answer with it.
@@ -216,6 +244,7 @@ impl Intake {
             split_first: None,
             replies: Arc::new(Replies::default()),
             index: Arc::new(crate::route::Index::default()),
+            steps: None,
         }
     }
 
@@ -267,14 +296,109 @@ impl Intake {
     /// is durable and the adapter may acknowledge the sender. Waits while the route's queue is
     /// full (backpressure), before storing anything.
     pub async fn submit(&self, headers: Headers, body: Bytes) -> Result<Uuid, StoreError> {
-        let permit = self.reserve().await?;
-        let msg = self.message(headers, body);
-        self.store
-            .insert(vec![self.insert(msg.clone(), MessageState::Received, None)])
-            .await?;
+        match self.submit_once(headers, body, None).await? {
+            Submitted::New(id) | Submitted::Duplicate { id, .. } => Ok(id),
+        }
+    }
+
+    /// Runs the steps, then commits the message with their outcome in one write (see
+    /// [`Steps`]). Steps that take longer than [`INLINE_BUDGET`] do not hold the sender up:
+    /// the message is committed as received at that point and their outcome recorded when
+    /// they finish. `Err(msg)` hands the message back when the steps could not run.
+    async fn submit_processed(
+        &self,
+        steps: &Arc<dyn Steps>,
+        msg: Message,
+        key: Option<(String, String)>,
+    ) -> Result<Result<Submitted, StoreError>, Message> {
+        let steps = steps.clone();
+        let input = msg.clone();
+        let mut running = Box::pin(async move { steps.run(input).await });
+        let ran = tokio::select! {
+            biased;
+            ran = &mut running => ran,
+            _ = tokio::time::sleep(INLINE_BUDGET) => {
+                return Ok(self.submit_before_steps(msg, key, running).await);
+            }
+        };
+        let Some(ran) = ran else {
+            return Err(msg);
+        };
+        let mut insert = self.insert(msg.clone(), MessageState::Received, None);
+        if let Some(key) = &key {
+            insert.index.retain(|(name, _)| *name != key.0);
+            insert.index.push(key.clone());
+        }
+        let stored = self
+            .store
+            .insert_processed(insert, ran.steps, ran.result, key)
+            .await;
+        Ok(stored.map(|stored| match stored {
+            Stored::Processed(state) => {
+                telemetry::received(&msg);
+                self.wake_taps();
+                (ran.then)(state);
+                Submitted::New(msg.id)
+            }
+            Stored::Duplicate { first } => {
+                telemetry::duplicate(&msg, first);
+                Submitted::Duplicate { id: msg.id, first }
+            }
+        }))
+    }
+
+    /// The slow case of [`Intake::submit_processed`]: commits the message as received (this
+    /// node holds it) while its steps go on, and records their outcome when they finish. If
+    /// they cannot, the message is handed back and the route's workers process it.
+    async fn submit_before_steps(
+        &self,
+        msg: Message,
+        key: Option<(String, String)>,
+        running: std::pin::Pin<Box<dyn std::future::Future<Output = Option<Ran>> + Send>>,
+    ) -> Result<Submitted, StoreError> {
         let id = msg.id;
-        self.queue_committed(permit, msg);
-        Ok(id)
+        let mut insert = self.insert(msg.clone(), MessageState::Received, None);
+        let submitted = match key {
+            None => {
+                self.store.insert(vec![insert]).await?;
+                Submitted::New(id)
+            }
+            Some(key) => {
+                insert.index.retain(|(name, _)| *name != key.0);
+                insert.index.push(key.clone());
+                match self.store.insert_once(insert, key).await? {
+                    Some(first) => {
+                        telemetry::duplicate(&msg, first);
+                        return Ok(Submitted::Duplicate { id, first });
+                    }
+                    None => Submitted::New(id),
+                }
+            }
+        };
+        telemetry::received(&msg);
+        self.wake_taps();
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let recorded = match running.await {
+                Some(ran) => match store.finish_steps(id, ran.steps, ran.result).await {
+                    Ok(Some(state)) => {
+                        (ran.then)(state);
+                        true
+                    }
+                    Ok(None) => true, // processed already
+                    Err(e) => {
+                        tracing::error!(route = %msg.route, message_id = %id, error = %e,
+                            "could not record the steps' result; the message stays received and is processed again");
+                        false
+                    }
+                },
+                None => false,
+            };
+            if !recorded {
+                let _ = store.release(vec![id]).await;
+            }
+        });
+        Ok(submitted)
     }
 
     /// Like [`Intake::submit`], then waits up to `timeout` for the message's result. Returns
@@ -286,19 +410,40 @@ impl Intake {
         body: Bytes,
         timeout: std::time::Duration,
     ) -> Result<(Uuid, Option<Reply>), StoreError> {
-        let permit = self.reserve().await?;
         let msg = self.message(headers, body);
         let id = msg.id;
         let result = self.replies.register(id);
-        if let Err(e) = self
-            .store
-            .insert(vec![self.insert(msg.clone(), MessageState::Received, None)])
-            .await
-        {
-            self.replies.forget(id);
-            return Err(e);
+        let msg = match &self.steps {
+            Some(steps) => match self.submit_processed(steps, msg, None).await {
+                Ok(stored) => {
+                    if let Err(e) = stored {
+                        self.replies.forget(id);
+                        return Err(e);
+                    }
+                    None
+                }
+                Err(msg) => Some(msg),
+            },
+            None => Some(msg),
+        };
+        if let Some(msg) = msg {
+            let permit = match self.reserve().await {
+                Ok(p) => p,
+                Err(e) => {
+                    self.replies.forget(id);
+                    return Err(e);
+                }
+            };
+            if let Err(e) = self
+                .store
+                .insert(vec![self.insert(msg.clone(), MessageState::Received, None)])
+                .await
+            {
+                self.replies.forget(id);
+                return Err(e);
+            }
+            self.queue_committed(permit, msg);
         }
-        self.queue_committed(permit, msg);
         match tokio::time::timeout(timeout, result).await {
             Ok(Ok(reply)) => Ok((id, Some(reply))),
             _ => {
@@ -319,11 +464,23 @@ impl Intake {
         body: Bytes,
         key: Option<(String, String)>,
     ) -> Result<Submitted, StoreError> {
-        let Some(key) = key else {
-            return self.submit(headers, body).await.map(Submitted::New);
+        let msg = self.message(headers, body);
+        let msg = match &self.steps {
+            Some(steps) => match self.submit_processed(steps, msg, key.clone()).await {
+                Ok(stored) => return stored,
+                Err(msg) => msg,
+            },
+            None => msg,
         };
         let permit = self.reserve().await?;
-        let msg = self.message(headers, body);
+        let Some(key) = key else {
+            self.store
+                .insert(vec![self.insert(msg.clone(), MessageState::Received, None)])
+                .await?;
+            let id = msg.id;
+            self.queue_committed(permit, msg);
+            return Ok(Submitted::New(id));
+        };
         let mut insert = self.insert(msg.clone(), MessageState::Received, None);
         insert.index.retain(|(name, _)| *name != key.0);
         insert.index.push(key.clone());

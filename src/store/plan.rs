@@ -1,0 +1,249 @@
+//! What each write changes, decided once for both backends.
+//!
+//! A store write is planned here as a list of row changes; `sqlite` and `postgres` only
+//! execute a plan in their own SQL. So which rows a new message or the steps' outcome
+//! touches — its transitions, its deliveries, its state — cannot drift apart between the
+//! backends.
+
+use super::{DeliveryKind, Insert, MessageState, Processed, StepRecord};
+use crate::message::Headers;
+use bytes::Bytes;
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime};
+use uuid::Uuid;
+
+/// Which body a delivery carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Payload {
+    /// The message as received (wire taps, dead-letter copies of step failures).
+    In,
+    /// The message as the steps left it.
+    Out,
+}
+
+impl Payload {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Payload::In => "in",
+            Payload::Out => "out",
+        }
+    }
+}
+
+/// One row change.
+#[derive(Debug)]
+pub(crate) enum Change<'a> {
+    /// A new message's row; `held`: this node processes it and holds it from the start.
+    Message { ins: &'a Insert, held: bool },
+    /// A message made by a split, scheduled for the steps after the split.
+    Child { parent: Uuid, ins: &'a Insert },
+    /// A search field of a message.
+    Index {
+        message: Uuid,
+        name: &'a str,
+        value: &'a str,
+    },
+    /// A line of the message's history. `at: None` is the write's own time.
+    Transition {
+        message: Uuid,
+        at: Option<SystemTime>,
+        event: &'static str,
+        name: Option<&'a str>,
+        outcome: &'a str,
+        duration: Option<Duration>,
+        detail: Option<Cow<'a, str>>,
+    },
+    /// The steps' result and the state it leads to.
+    Output {
+        message: Uuid,
+        state: MessageState,
+        headers: &'a Headers,
+        body: &'a Bytes,
+    },
+    /// A new state, with its error or reason.
+    State {
+        message: Uuid,
+        state: MessageState,
+        error: Option<Cow<'a, str>>,
+    },
+    /// The steps run again at `at`.
+    Retry {
+        message: Uuid,
+        at: SystemTime,
+        error: &'a str,
+    },
+    /// A pending delivery, due at once.
+    Delivery {
+        message: Uuid,
+        route: &'a str,
+        destination: &'a str,
+        kind: DeliveryKind,
+        payload: Payload,
+    },
+}
+
+/// A new message: its row, its `received` transition, its search fields, its wire taps.
+pub(crate) fn new_message(ins: &Insert, held: bool) -> Vec<Change<'_>> {
+    let m = &ins.msg;
+    let mut plan = vec![
+        Change::Message { ins, held },
+        Change::Transition {
+            message: m.id,
+            at: Some(m.received_at),
+            event: "received",
+            name: None,
+            outcome: ins.state.as_str(),
+            duration: None,
+            detail: ins.error.as_deref().map(Cow::Borrowed),
+        },
+    ];
+    plan.extend(ins.index.iter().map(|(name, value)| Change::Index {
+        message: m.id,
+        name,
+        value,
+    }));
+    plan.extend(ins.wire_taps.iter().map(|tap| Change::Delivery {
+        message: m.id,
+        route: &m.route,
+        destination: tap,
+        kind: DeliveryKind::WireTap,
+        payload: Payload::In,
+    }));
+    plan
+}
+
+/// The steps' outcome for message `id` of `route`: a transition per step, the result, the
+/// deliveries it makes, and the state it ends in.
+pub(crate) fn steps_outcome<'a>(
+    id: Uuid,
+    route: &'a str,
+    steps: &'a [StepRecord],
+    result: &'a Processed,
+) -> (Vec<Change<'a>>, MessageState) {
+    let mut plan: Vec<Change<'a>> = steps
+        .iter()
+        .map(|s| Change::Transition {
+            message: id,
+            at: None,
+            event: "step",
+            name: Some(&s.step),
+            outcome: if s.ok { "ok" } else { "error" },
+            duration: Some(s.duration),
+            detail: s.detail.as_deref().map(Cow::Borrowed),
+        })
+        .collect();
+    let delivery = |destination: &'a str, kind, payload| Change::Delivery {
+        message: id,
+        route,
+        destination,
+        kind,
+        payload,
+    };
+    let state = match result {
+        Processed::Routed {
+            headers,
+            body,
+            destinations,
+        } => {
+            plan.push(Change::Output {
+                message: id,
+                state: MessageState::Delivering,
+                headers,
+                body,
+            });
+            plan.extend(
+                destinations
+                    .iter()
+                    .map(|d| delivery(d, DeliveryKind::Main, Payload::Out)),
+            );
+            MessageState::Delivering
+        }
+        Processed::Unrouted { headers, body } => {
+            plan.push(Change::Output {
+                message: id,
+                state: MessageState::Unrouted,
+                headers,
+                body,
+            });
+            MessageState::Unrouted
+        }
+        Processed::Filtered { reason } => {
+            plan.push(Change::State {
+                message: id,
+                state: MessageState::Filtered,
+                error: Some(Cow::Borrowed(reason)),
+            });
+            MessageState::Filtered
+        }
+        Processed::Failed { error, dead_letter } => {
+            plan.push(Change::State {
+                message: id,
+                state: MessageState::Failed,
+                error: Some(Cow::Borrowed(error)),
+            });
+            if let Some(dl) = dead_letter {
+                plan.push(delivery(dl, DeliveryKind::DeadLetter, Payload::In));
+            }
+            MessageState::Failed
+        }
+        Processed::Retry {
+            error,
+            next_attempt_at,
+        } => {
+            plan.push(Change::Retry {
+                message: id,
+                at: *next_attempt_at,
+                error,
+            });
+            plan.push(Change::Transition {
+                message: id,
+                at: None,
+                event: "state",
+                name: None,
+                outcome: "retry",
+                duration: None,
+                detail: Some(Cow::Borrowed(error)),
+            });
+            // Still waiting for its steps: no `state` transition.
+            return (plan, MessageState::Received);
+        }
+        Processed::Split { children } => {
+            for ins in children {
+                plan.push(Change::Child { parent: id, ins });
+                plan.extend(ins.index.iter().map(|(name, value)| Change::Index {
+                    message: ins.msg.id,
+                    name,
+                    value,
+                }));
+                plan.push(Change::Transition {
+                    message: ins.msg.id,
+                    at: None,
+                    event: "received",
+                    name: None,
+                    outcome: "received",
+                    duration: None,
+                    detail: Some(Cow::Owned(format!("split from {id}"))),
+                });
+            }
+            plan.push(Change::State {
+                message: id,
+                state: MessageState::Split,
+                error: Some(Cow::Owned(format!(
+                    "split into {} messages",
+                    children.len()
+                ))),
+            });
+            MessageState::Split
+        }
+    };
+    plan.push(Change::Transition {
+        message: id,
+        at: None,
+        event: "state",
+        name: None,
+        outcome: state.as_str(),
+        duration: None,
+        detail: None,
+    });
+    (plan, state)
+}
