@@ -130,12 +130,12 @@ impl Postgres {
         Postgres { url, rt, client }
     }
 
-    fn delivered(&self) -> u64 {
+    fn count(&self, state: &str) -> u64 {
         self.rt
-            .block_on(self.client.query_one(
-                "SELECT COUNT(*) FROM messages WHERE state = 'delivered'",
-                &[],
-            ))
+            .block_on(
+                self.client
+                    .query_one("SELECT COUNT(*) FROM messages WHERE state = $1", &[&state]),
+            )
             .map(|r| r.get::<_, i64>(0) as u64)
             .unwrap_or(0)
     }
@@ -145,6 +145,16 @@ fn http_scenario(connections: usize, with_transform: bool) -> Row {
     http_scenario_on(connections, with_transform, None, None)
 }
 
+/// Where the HTTP scenario's messages go.
+enum Out<'a> {
+    /// A file destination (the default).
+    File,
+    /// A destination named for the table, and its YAML (an item of `to:`).
+    Named(&'a str, String),
+    /// Nowhere: no routing rule matches, the messages end `unrouted` — intake alone.
+    Nowhere,
+}
+
 /// The HTTP scenario; with `postgres`, on a PostgreSQL store instead of SQLite; with `to`
 /// (a named destination and its YAML), to that destination instead of a file.
 fn http_scenario_on(
@@ -152,6 +162,22 @@ fn http_scenario_on(
     with_transform: bool,
     postgres: Option<&str>,
     to: Option<(&str, String)>,
+) -> Row {
+    let out = match to {
+        Some((name, yaml)) => Out::Named(name, yaml),
+        None => Out::File,
+    };
+    http_run(connections, with_transform, false, postgres, out)
+}
+
+/// One HTTP run: `connections` keep-alive clients posting for `BENCH_SECONDS`; `reply`: the
+/// route answers with its result (`response: reply`) instead of 202 after the commit.
+fn http_run(
+    connections: usize,
+    with_transform: bool,
+    reply: bool,
+    postgres: Option<&str>,
+    to: Out,
 ) -> Row {
     let pg = postgres.map(Postgres::new);
     let secs: f64 = std::env::var("BENCH_SECONDS")
@@ -165,16 +191,21 @@ fn http_scenario_on(
     } else {
         String::new()
     };
-    let destination = match &to {
-        Some((_, yaml)) => yaml.clone(),
-        None => format!(
-            "  - file: {{ path: outbox, delivery: {{ concurrency: {c} }} }}\n",
+    let outputs = match &to {
+        Out::Named(_, yaml) => format!("to:\n{yaml}"),
+        Out::File => format!(
+            "to:\n  - file: {{ path: outbox, delivery: {{ concurrency: {c} }} }}\n",
             c = std::env::var("BENCH_FILE_CONCURRENCY").unwrap_or_else(|_| "4".into())
         ),
+        Out::Nowhere => {
+            "route:\n  rules:\n    - when: 'false'\n      to:\n        - file: { path: outbox }\n"
+                .to_string()
+        }
     };
+    let response = if reply { ", response: reply" } else { "" };
     ws.write_route(
         "http.yaml",
-        &format!("from:\n  http: {{ listen: 127.0.0.1:0 }}\n{steps}to:\n{destination}"),
+        &format!("from:\n  http: {{ listen: 127.0.0.1:0{response} }}\n{steps}{outputs}"),
     );
     let mut env = vec![(
         "SWITCHYARD_LOG",
@@ -218,7 +249,8 @@ fn http_scenario_on(
                                 .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
                                 .unwrap_or(0);
                             if got >= end + 4 + len {
-                                assert!(head.starts_with("HTTP/1.1 202"), "{head}");
+                                let ok = if reply { "HTTP/1.1 200" } else { "HTTP/1.1 202" };
+                                assert!(head.starts_with(ok), "{head}");
                                 break;
                             }
                         }
@@ -236,9 +268,14 @@ fn http_scenario_on(
     let accepted = lat.len();
     let elapsed = started.elapsed().as_secs_f64();
     // The backlog must drain: wait until every accepted message is delivered.
+    let finished = if matches!(to, Out::Nowhere) {
+        "unrouted"
+    } else {
+        "delivered"
+    };
     let delivered = || match &pg {
-        Some(pg) => pg.delivered(),
-        None => ws.count("delivered"),
+        Some(pg) => pg.count(finished),
+        None => ws.count(finished),
     };
     assert!(
         wait_until(Duration::from_secs(1800), || delivered() == accepted as u64),
@@ -251,13 +288,16 @@ fn http_scenario_on(
     lat.sort();
     Row {
         scenario: format!(
-            "http {connections} conn{}{}{}{} (drain {drained:.1}s)",
+            "http {connections} conn{}{}{}{}{} (drain {drained:.1}s)",
             if connections > 1 { "s" } else { "" },
+            if reply { " reply" } else { "" },
             if with_transform { " + transform" } else { "" },
             if pg.is_some() { ", PostgreSQL" } else { "" },
-            to.as_ref()
-                .map(|(name, _)| format!(" → {name}"))
-                .unwrap_or_default()
+            match &to {
+                Out::File => String::new(),
+                Out::Named(name, _) => format!(" → {name}"),
+                Out::Nowhere => " → nowhere".into(),
+            }
         ),
         messages: accepted,
         seconds: elapsed,
@@ -266,6 +306,48 @@ fn http_scenario_on(
         cpu_per_1000: cpu / accepted.max(1) as f64 * 1000.0,
         rss_mib: rss as f64 / 1024.0,
     }
+}
+
+/// A bare HTTP/1.1 endpoint on 127.0.0.1 answering every request with 200 and an empty body,
+/// a thread per connection; it runs until the benchmark ends.
+fn http_sink() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { continue };
+            std::thread::spawn(move || {
+                s.set_nodelay(true).ok();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    // Answer each complete request (head and Content-Length body) in turn.
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if buf.len() < end + 4 + len {
+                            break;
+                        }
+                        buf.drain(..end + 4 + len);
+                        if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
 }
 
 fn mllp_scenario() -> Row {
@@ -354,10 +436,37 @@ fn main() {
         rows.push(file_scenario());
     }
     if want("http") {
-        for c in [1, 10, 50] {
-            rows.push(http_scenario(c, true));
+        // BENCH_HTTP_CONNECTIONS=50 runs only that one (with a transform).
+        match std::env::var("BENCH_HTTP_CONNECTIONS") {
+            Ok(list) => {
+                for c in list.split(',').filter_map(|c| c.trim().parse().ok()) {
+                    rows.push(http_scenario(c, true));
+                }
+            }
+            Err(_) => {
+                for c in [1, 10, 50] {
+                    rows.push(http_scenario(c, true));
+                }
+                rows.push(http_scenario(50, false));
+            }
         }
-        rows.push(http_scenario(50, false));
+        // Intake alone (nothing to deliver), acknowledged after the commit and as a reply.
+        rows.push(http_run(50, true, false, None, Out::Nowhere));
+        rows.push(http_run(50, false, true, None, Out::Nowhere));
+        // To an HTTP endpoint (a bare local sink answering 200), 16 deliveries in flight.
+        let sink = http_sink();
+        rows.push(http_run(
+            50,
+            true,
+            false,
+            None,
+            Out::Named(
+                "http sink (16 in flight)",
+                format!(
+                    "  - http: {{ url: \"http://{sink}/\", delivery: {{ concurrency: 16 }} }}\n"
+                ),
+            ),
+        ));
     }
     // BENCH_POSTGRES=postgres://root@127.0.0.1/test: HTTP on a PostgreSQL store as well.
     if let (true, Ok(url)) = (want("http postgres"), std::env::var("BENCH_POSTGRES")) {
@@ -380,12 +489,15 @@ fn main() {
     }
     // The machine's limits, for reading the figures above as fractions of them.
     if want("baseline") {
-        rows.push(baseline_file(1));
-        rows.push(baseline_file(64));
+        rows.push(baseline_file(1, Sync::Fsync));
+        for how in [Sync::Fsync, Sync::Fdatasync, Sync::Parallel, Sync::Syncfs] {
+            rows.push(baseline_file(64, how));
+        }
         rows.push(baseline_mllp());
         rows.push(baseline_sqlite(1));
         rows.push(baseline_sqlite(100));
-        rows.push(baseline_group_commit(50));
+        rows.push(baseline_group_commit(50, false));
+        rows.push(baseline_group_commit(50, true));
     }
     println!(
         "\n{:<44} {:>9} {:>9} {:>9} {:>9} {:>12} {:>9}",
@@ -412,10 +524,24 @@ fn main() {
 
 // ---- Baselines: the machine's own limits, measured in the same run. ----
 
-/// The file scenario's I/O alone: read the input, write a temporary file, fsync, link it into
+/// How a batch of files is made durable.
+#[derive(Debug, Clone, Copy)]
+enum Sync {
+    /// `fsync` each file, one after another.
+    Fsync,
+    /// `fdatasync` each file, one after another.
+    Fdatasync,
+    /// `fsync` each file, eight threads side by side.
+    Parallel,
+    /// One `syncfs` for the whole file system.
+    Syncfs,
+}
+
+/// The file scenario's I/O alone: read the input, write a temporary file, sync, link it into
 /// place, remove the temporary name and the input, fsync the directory. `batch` files share
-/// one sync pass and one directory fsync, as the engine's file destination does.
-fn baseline_file(batch: usize) -> Row {
+/// one sync pass (made as `how` says) and one directory fsync, as the engine's file
+/// destination does.
+fn baseline_file(batch: usize, how: Sync) -> Row {
     let n = scaled(10_000);
     let tmp = tempfile::tempdir().expect("temp dir");
     let (inbox, outbox) = (tmp.path().join("inbox"), tmp.path().join("outbox"));
@@ -441,8 +567,21 @@ fn baseline_file(batch: usize) -> Row {
             f.write_all(&body).unwrap();
             open.push((name, tmp, f));
         }
-        for (_, _, f) in &open {
-            f.sync_all().unwrap();
+        match how {
+            Sync::Fsync => open.iter().for_each(|(_, _, f)| f.sync_all().unwrap()),
+            Sync::Fdatasync => open.iter().for_each(|(_, _, f)| f.sync_data().unwrap()),
+            Sync::Parallel => std::thread::scope(|s| {
+                for part in open.chunks(open.len().div_ceil(8)) {
+                    s.spawn(move || part.iter().for_each(|(_, _, f)| f.sync_all().unwrap()));
+                }
+            }),
+            Sync::Syncfs => {
+                use std::os::fd::AsRawFd;
+                if let Some((_, _, f)) = open.first() {
+                    // SAFETY: a valid open descriptor; syncfs only reads it.
+                    assert_eq!(unsafe { libc::syncfs(f.as_raw_fd()) }, 0);
+                }
+            }
         }
         for (name, tmp, _) in &open {
             std::fs::hard_link(tmp, outbox.join(format!("{name}.json"))).unwrap();
@@ -454,7 +593,7 @@ fn baseline_file(batch: usize) -> Row {
         }
     }
     Row::baseline(
-        format!("baseline: raw file I/O, sync per {batch}"),
+        format!("baseline: raw file I/O, {how:?} per {batch}"),
         n,
         started,
         cpu0,
@@ -553,8 +692,12 @@ fn baseline_sqlite(batch: usize) -> Row {
 /// write (a JSON body of 34 bytes and two headers, as the HTTP scenario sends) through the
 /// store's own writer and schema. One write per message is the least any durable intake
 /// costs, so the HTTP figures above read as a fraction of this.
-fn baseline_group_commit(clients: usize) -> Row {
-    use switchyard::store::{Insert, MessageState, Store};
+///
+/// With `processed`, each write is what the engine's intake commits for an HTTP message: the
+/// message with one step's outcome and one delivery ([`Store::insert_processed`]) — the
+/// store's share of the engine's cost, beside the floor.
+fn baseline_group_commit(clients: usize, processed: bool) -> Row {
+    use switchyard::store::{Insert, MessageState, Processed, StepRecord, Store};
     let secs: f64 = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -593,11 +736,29 @@ fn baseline_group_commit(clients: usize) -> Row {
                             error: None,
                             parent: None,
                             resume_step: 0,
-                            scheduled: true,
+                            scheduled: !processed,
                             wire_taps: Vec::new(),
                             index: Vec::new(),
                         };
-                        store.insert(vec![ins]).await.expect("insert");
+                        if processed {
+                            let step = StepRecord {
+                                step: "steps[0].transform".into(),
+                                ok: true,
+                                duration: Duration::from_micros(20),
+                                detail: None,
+                            };
+                            let result = Processed::Routed {
+                                headers: ins.msg.headers.clone(),
+                                body: ins.msg.body.clone(),
+                                destinations: vec!["to[0]".into()],
+                            };
+                            store
+                                .insert_processed(ins, vec![step], result, None)
+                                .await
+                                .expect("insert");
+                        } else {
+                            store.insert(vec![ins]).await.expect("insert");
+                        }
                         n += 1;
                     }
                     n
@@ -612,7 +773,11 @@ fn baseline_group_commit(clients: usize) -> Row {
     });
     let _ = rt.block_on(store.close());
     Row::baseline(
-        format!("baseline: group commit, {clients} writers, 1 write/msg"),
+        if processed {
+            format!("store: {clients} writers, message + outcome + delivery")
+        } else {
+            format!("baseline: group commit, {clients} writers, 1 write/msg")
+        },
         stored,
         started,
         cpu0,

@@ -76,7 +76,15 @@ pub async fn run(dest: Arc<Destination>, store: Arc<dyn Store>, shutdown: Cancel
 
 async fn run_parallel(dest: Arc<Destination>, store: Arc<dyn Store>, shutdown: CancellationToken) {
     let limit = Arc::new(Semaphore::new(dest.policy.concurrency.max(1)));
+    // Attempts in flight and records being written: the worker claims the next batch while
+    // they finish, so a destination never idles while the store commits.
+    let mut running = JoinSet::new();
     while !shutdown.is_cancelled() {
+        while running.try_join_next().is_some() {}
+        // Bounded: at most a batch being recorded beside the one being sent.
+        while running.len() > BATCH {
+            running.join_next().await;
+        }
         let due = match store
             .due_deliveries(&dest.route, &dest.name, SystemTime::now(), BATCH)
             .await
@@ -99,12 +107,11 @@ async fn run_parallel(dest: Arc<Destination>, store: Arc<dyn Store>, shutdown: C
             wait(&dest, &shutdown, until_next.max(Duration::from_millis(10))).await;
             continue;
         }
-        let mut tasks = JoinSet::new();
         if dest.outbound.batched() {
-            // One batch at a time: the batch shares one sync to disk, and batches side by side
-            // in one directory only contend for its lock (measured: docs/performance.md).
-            let (dest, store) = (dest.clone(), store.clone());
-            tasks.spawn(async move { attempt_batch(dest, store, due).await });
+            // One batch sent at a time: the batch shares one durability point, and batches
+            // side by side in one directory only contend for its lock (docs/performance.md).
+            // Its records are written while the next batch is sent.
+            attempt_batch(&dest, &store, due, &mut running).await;
         } else {
             for delivery in due {
                 if shutdown.is_cancelled() {
@@ -114,14 +121,14 @@ async fn run_parallel(dest: Arc<Destination>, store: Arc<dyn Store>, shutdown: C
                     break;
                 };
                 let (dest, store) = (dest.clone(), store.clone());
-                tasks.spawn(async move {
+                running.spawn(async move {
                     attempt(&dest, store.as_ref(), delivery).await;
                     drop(permit);
                 });
             }
         }
-        while tasks.join_next().await.is_some() {}
     }
+    while running.join_next().await.is_some() {}
 }
 
 async fn run_fifo(dest: Arc<Destination>, store: Arc<dyn Store>, shutdown: CancellationToken) {
@@ -165,21 +172,24 @@ async fn attempt(dest: &Destination, store: &dyn Store, d: Delivery) {
     conclude(dest, store, ticket, &msg, result, started.elapsed()).await;
 }
 
-/// Sends a batch in one call, then records every attempt; the store's group commit writes
-/// the records of one batch together.
-async fn attempt_batch(dest: Arc<Destination>, store: Arc<dyn Store>, batch: Vec<Delivery>) {
+/// Sends a batch in one call, then records every attempt on `records`; the store's group
+/// commit writes the records of one batch together.
+async fn attempt_batch(
+    dest: &Arc<Destination>,
+    store: &Arc<dyn Store>,
+    batch: Vec<Delivery>,
+    records: &mut JoinSet<()>,
+) {
     let (tickets, msgs): (Vec<Ticket>, Vec<Message>) = batch.into_iter().map(outgoing).unzip();
     let started = Instant::now();
     let results = dest.outbound.send_batch(&msgs).await;
     let duration = started.elapsed();
-    let mut records = JoinSet::new();
     for ((ticket, msg), result) in tickets.into_iter().zip(msgs).zip(results) {
         let (dest, store) = (dest.clone(), store.clone());
         records.spawn(async move {
             conclude(&dest, store.as_ref(), ticket, &msg, result, duration).await
         });
     }
-    while records.join_next().await.is_some() {}
 }
 
 /// What recording an attempt needs to know about its delivery.

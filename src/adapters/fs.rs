@@ -44,6 +44,24 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Makes a batch of newly written files durable at one point. On Linux, one `syncfs` on their
+/// file system writes them all out together — measured on this project's test disk
+/// (`cargo bench --bench e2e`, baselines): 2.2× the files per second of an fsync per file, at a
+/// third of the CPU, and ahead of eight threads calling fsync side by side (docs/performance.md).
+/// `syncfs` reports a write-back error of any file of the file system; then, or where there is
+/// no `syncfs`, each file is fsynced, so each result says whether its own file is durable.
+pub fn sync_files(files: &[&File]) -> Vec<io::Result<()>> {
+    #[cfg(target_os = "linux")]
+    if files.len() > 1 {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a descriptor of an open file, borrowed for the call; syncfs only reads it.
+        if unsafe { libc::syncfs(files[0].as_raw_fd()) } == 0 {
+            return files.iter().map(|_| Ok(())).collect();
+        }
+    }
+    files.iter().map(|f| f.sync_all()).collect()
+}
+
 /// Writes `bytes` to a hidden temporary file in `dir` and fsyncs it; the caller links or
 /// renames it into place, so readers never see a half-written file.
 pub fn write_temp(dir: &Path, tag: &str, bytes: &[u8]) -> io::Result<PathBuf> {

@@ -72,7 +72,10 @@ impl Workspace {
             .append(true)
             .open(self.path("console.log"))
             .unwrap();
-        let child = Command::new(BIN)
+        // BENCH_ENGINE: another build of the engine (an earlier commit's, for a before/after
+        // table in one run).
+        let bin = std::env::var("BENCH_ENGINE").unwrap_or_else(|_| BIN.to_string());
+        let child = Command::new(bin)
             .arg("run")
             .current_dir(self.dir.path())
             .env("SWITCHYARD_LOG", "info")
