@@ -33,8 +33,13 @@ impl Payload {
 /// One row change.
 #[derive(Debug)]
 pub(crate) enum Change<'a> {
-    /// A new message's row; `held`: this node processes it and holds it from the start.
-    Message { ins: &'a Insert, held: bool },
+    /// A new message's row; `held`: this node processes it and holds it from the start;
+    /// `finish`: its steps ran already, and the row is written with their outcome.
+    Message {
+        ins: &'a Insert,
+        held: bool,
+        finish: Option<Finish<'a>>,
+    },
     /// A message made by a split, scheduled for the steps after the split.
     Child { parent: Uuid, ins: &'a Insert },
     /// A search field of a message.
@@ -82,11 +87,26 @@ pub(crate) enum Change<'a> {
     },
 }
 
+/// What the steps made of a new message, written into its row as it is inserted.
+#[derive(Debug)]
+pub(crate) struct Finish<'a> {
+    pub state: MessageState,
+    /// The message as the steps left it.
+    pub output: Option<(&'a Headers, &'a Bytes)>,
+    pub error: Option<Cow<'a, str>>,
+    /// The steps run again then (`on_error: retry`); the message stays `received`.
+    pub retry_at: Option<SystemTime>,
+}
+
 /// A new message: its row, its `received` transition, its search fields, its wire taps.
 pub(crate) fn new_message(ins: &Insert, held: bool) -> Vec<Change<'_>> {
     let m = &ins.msg;
     let mut plan = vec![
-        Change::Message { ins, held },
+        Change::Message {
+            ins,
+            held,
+            finish: None,
+        },
         Change::Transition {
             message: m.id,
             at: Some(m.received_at),
@@ -110,6 +130,47 @@ pub(crate) fn new_message(ins: &Insert, held: bool) -> Vec<Change<'_>> {
         payload: Payload::In,
     }));
     plan
+}
+
+/// A new message whose steps ran before its commit: [`new_message`] and [`steps_outcome`],
+/// with the outcome's change to the message's own row folded into the row's insert — the
+/// row is written once, and every change of the plan is an insert.
+pub(crate) fn processed_message<'a>(
+    ins: &'a Insert,
+    steps: &'a [StepRecord],
+    result: &'a Processed,
+) -> (Vec<Change<'a>>, MessageState) {
+    let id = ins.msg.id;
+    let (outcome, state) = steps_outcome(id, &ins.msg.route, steps, result);
+    let mut finish = Finish {
+        state,
+        output: None,
+        error: None,
+        retry_at: None,
+    };
+    let mut rest = Vec::with_capacity(outcome.len());
+    for change in outcome {
+        match change {
+            Change::Output {
+                message,
+                headers,
+                body,
+                ..
+            } if message == id => finish.output = Some((headers, body)),
+            Change::State { message, error, .. } if message == id => finish.error = error,
+            Change::Retry { message, at, error } if message == id => {
+                finish.retry_at = Some(at);
+                finish.error = Some(Cow::Borrowed(error));
+            }
+            other => rest.push(other),
+        }
+    }
+    let mut plan = new_message(ins, false);
+    if let Some(Change::Message { finish: f, .. }) = plan.first_mut() {
+        *f = Some(finish);
+    }
+    plan.extend(rest);
+    (plan, state)
 }
 
 /// The steps' outcome for message `id` of `route`: a transition per step, the result, the

@@ -584,26 +584,40 @@ fn apply<'a>(
 ) -> Pin<Box<dyn Future<Output = PgResult<()>> + Send + 'a>> {
     Box::pin(async move {
         match change {
-            Change::Message { ins, held } => {
+            Change::Message { ins, held, finish } => {
                 let m = &ins.msg;
+                let (state, error) = match finish {
+                    Some(f) => (f.state, f.error.as_deref()),
+                    None => (ins.state, ins.error.as_deref()),
+                };
+                let output = finish.as_ref().and_then(|f| f.output);
+                let retry_at = finish.as_ref().and_then(|f| f.retry_at);
+                let next_attempt_at = match retry_at {
+                    Some(at) => Some(millis(at)),
+                    None => ins.scheduled.then_some(now),
+                };
                 db.execute(
                     "INSERT INTO messages (id, route, route_version, state, received_at, updated_at, headers, body,
-                                           error, parent_id, resume_step, next_attempt_at, owner, lease_until)
-                     VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                                           error, parent_id, resume_step, next_attempt_at, owner, lease_until,
+                                           out_headers, out_body, attempts)
+                     VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
                     &[
                         &m.id,
                         &m.route,
                         &ins.route_version,
-                        &ins.state.as_str(),
+                        &state.as_str(),
                         &millis(m.received_at),
                         &headers_json(&m.headers),
                         &&m.body[..],
-                        &ins.error,
+                        &error,
                         &ins.parent,
                         &(ins.resume_step as i32),
-                        &ins.scheduled.then_some(now),
+                        &next_attempt_at,
                         &held.then_some(node),
                         &held.then_some(now + lease),
+                        &output.map(|(h, _)| headers_json(h)),
+                        &output.map(|(_, b)| &b[..]),
+                        &(retry_at.is_some() as i32),
                     ],
                 )
                 .await?;
@@ -710,41 +724,14 @@ fn apply<'a>(
 }
 
 /// Executes a plan, its statements pipelined. Statements pipelined together may run in any
-/// order (one waiting for its first preparation is overtaken), so a plan that makes a row and
-/// then changes it (`new_row`) runs its inserts first and its updates after.
-async fn apply_all(
-    db: &Db,
-    plan: &[Change<'_>],
-    now: i64,
-    node: &str,
-    lease: i64,
-    new_row: bool,
-) -> PgResult<()> {
-    let is_update = |c: &Change<'_>| {
-        matches!(
-            c,
-            Change::Output { .. } | Change::State { .. } | Change::Retry { .. }
-        )
-    };
-    if !new_row {
-        let work: Pipeline = plan
-            .iter()
-            .map(|c| apply(db, c, now, node, lease))
-            .collect();
-        return pipelined(work).await;
-    }
-    let first: Pipeline = plan
+/// order (one waiting for its first preparation is overtaken), so a plan never makes a row and
+/// changes it too (see [`plan::processed_message`]).
+async fn apply_all(db: &Db, plan: &[Change<'_>], now: i64, node: &str, lease: i64) -> PgResult<()> {
+    let work: Pipeline = plan
         .iter()
-        .filter(|c| !is_update(c))
         .map(|c| apply(db, c, now, node, lease))
         .collect();
-    pipelined(first).await?;
-    let then: Pipeline = plan
-        .iter()
-        .filter(|c| is_update(c))
-        .map(|c| apply(db, c, now, node, lease))
-        .collect();
-    pipelined(then).await
+    pipelined(work).await
 }
 
 /// The first message of `route` stored under the search field `key`, if any.
@@ -875,7 +862,7 @@ impl Store for PgStore {
                         plan::new_message(ins, held)
                     })
                     .collect();
-                apply_all(&db, &plan, now, &node, lease, false).await
+                apply_all(&db, &plan, now, &node, lease).await
             })
             .await;
         if result.is_ok() {
@@ -897,7 +884,7 @@ impl Store for PgStore {
                     Some(first) => (duplicate_of(ins, &first.to_string(), &key), false),
                 };
                 let plan = plan::new_message(&ins, held);
-                apply_all(&db, &plan, now, &node, lease, false)
+                apply_all(&db, &plan, now, &node, lease)
                     .await
                     .map(|_| earlier)
             })
@@ -924,14 +911,12 @@ impl Store for PgStore {
                 if let Some(first) = first_with_key(&db, &ins.msg.route, key).await? {
                     let dup = duplicate_of(ins, &first.to_string(), key);
                     let plan = plan::new_message(&dup, false);
-                    apply_all(&db, &plan, now, &node, lease, false).await?;
+                    apply_all(&db, &plan, now, &node, lease).await?;
                     return Ok(Stored::Duplicate { first });
                 }
             }
-            let mut changes = plan::new_message(&ins, false);
-            let (outcome, state) = plan::steps_outcome(ins.msg.id, &ins.msg.route, &steps, &result);
-            changes.extend(outcome);
-            apply_all(&db, &changes, now, &node, lease, true).await?;
+            let (changes, state) = plan::processed_message(&ins, &steps, &result);
+            apply_all(&db, &changes, now, &node, lease).await?;
             Ok(Stored::Processed(state))
         })
         .await
@@ -961,7 +946,7 @@ impl Store for PgStore {
                 };
                 let route: String = row.get(0);
                 let (changes, state) = plan::steps_outcome(id, &route, &steps, &result);
-                apply_all(&db, &changes, now, &node, lease, false).await?;
+                apply_all(&db, &changes, now, &node, lease).await?;
                 Ok(Some(state))
             })
             .await;

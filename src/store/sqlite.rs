@@ -455,27 +455,40 @@ fn apply(
     lease: i64,
 ) -> rusqlite::Result<()> {
     match change {
-        Change::Message { ins, held } => {
+        Change::Message { ins, held, finish } => {
             let m = &ins.msg;
+            let (state, error) = match finish {
+                Some(f) => (f.state, f.error.as_deref()),
+                None => (ins.state, ins.error.as_deref()),
+            };
+            let output = finish.as_ref().and_then(|f| f.output);
+            let retry_at = finish.as_ref().and_then(|f| f.retry_at);
             conn.prepare_cached(
                 "INSERT INTO messages (id, route, route_version, state, received_at, updated_at, headers, body,
-                                       error, parent_id, resume_step, next_attempt_at, owner, lease_until)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                                       error, parent_id, resume_step, next_attempt_at, owner, lease_until,
+                                       out_headers, out_body, attempts)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             )?
             .execute(params![
                 m.id.to_string(),
                 m.route,
                 ins.route_version,
-                ins.state.as_str(),
+                state.as_str(),
                 millis(m.received_at),
                 headers_json(&m.headers),
                 &m.body[..],
-                ins.error,
+                error,
                 ins.parent.map(|p| p.to_string()),
                 ins.resume_step as i64,
-                ins.scheduled.then_some(now),
+                match retry_at {
+                    Some(at) => Some(millis(at)),
+                    None => ins.scheduled.then_some(now),
+                },
                 held.then_some(node),
                 held.then_some(now + lease),
+                output.map(|(h, _)| headers_json(h)),
+                output.map(|(_, b)| &b[..]),
+                retry_at.is_some() as i64,
             ])?;
         }
         Change::Child { parent, ins } => {
@@ -760,9 +773,7 @@ impl Store for SqliteStore {
                     });
                 }
             }
-            let mut changes = plan::new_message(&ins, false);
-            let (outcome, state) = plan::steps_outcome(ins.msg.id, &ins.msg.route, &steps, &result);
-            changes.extend(outcome);
+            let (changes, state) = plan::processed_message(&ins, &steps, &result);
             apply_all(conn, &changes, now, &node, lease)?;
             Ok(Stored::Processed(state))
         })
