@@ -3,7 +3,8 @@
 //! `cargo bench --bench e2e`. `BENCH_SCALE=0.01` runs tiny counts (what CI does, to keep the
 //! command from rotting); `BENCH_SECONDS` sets the HTTP run length (default 20).
 //!
-//! Columns: messages, msg/s, latency p50/p99 (HTTP: request to 202; MLLP: message to ACK),
+//! Columns: messages, msg/s, latency p50/p99 (HTTP: request to 202; MLLP: message to ACK;
+//! search: the median and the slowest of five queries, and the rows found),
 //! engine CPU seconds per 1,000 messages, and the engine's peak RSS.
 
 #[path = "../tests/common/mod.rs"]
@@ -308,6 +309,135 @@ fn http_run(
     }
 }
 
+/// `messages list`/search on a store of 1,000,000 messages (scaled by `BENCH_SCALE`) over
+/// three routes, 1% failed, each with a search field: each query's time (median of five, and
+/// the slowest) for a page of 50, through the store's own search.
+fn search_scenario() -> Vec<Row> {
+    use switchyard::store::{Insert, MessageState, Search, Store};
+    let n = scaled(1_000_000);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(
+        switchyard::store::sqlite::SqliteStore::open(&tmp.path().join("store.db")).unwrap(),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let mut window = None;
+    rt.block_on(async {
+        let mut i = 0;
+        while i < n {
+            if window.is_none() && i >= n * 2 / 5 {
+                window = Some(std::time::SystemTime::now());
+            }
+            let batch: Vec<Insert> = (i..(i + 1000).min(n))
+                .map(|k| {
+                    let mut msg = switchyard::message::Message::new(
+                        ["orders", "lab", "shop"][k % 3],
+                        bytes::Bytes::from(format!("{{\"order\": {k}, \"lines\": [1, 2, 3]}}")),
+                    );
+                    msg.headers
+                        .insert("content-type".into(), "application/json".into());
+                    let failed = k % 100 == 7;
+                    Insert {
+                        msg,
+                        route_version: "v1".into(),
+                        state: if failed {
+                            MessageState::Failed
+                        } else {
+                            MessageState::Delivered
+                        },
+                        error: failed.then(|| "steps[0].validate: qty must be at least 1".into()),
+                        parent: None,
+                        resume_step: 0,
+                        scheduled: false,
+                        wire_taps: Vec::new(),
+                        index: vec![("order".into(), k.to_string())],
+                    }
+                })
+                .collect();
+            i += batch.len();
+            store.insert(batch).await.expect("insert");
+        }
+    });
+    let filled = started.elapsed().as_secs_f64();
+    let since = window.unwrap_or_else(std::time::SystemTime::now);
+    let queries: Vec<(&str, Search)> = vec![
+        (
+            "state = failed",
+            Search {
+                state: Some(MessageState::Failed),
+                ..Default::default()
+            },
+        ),
+        (
+            "route + state = failed",
+            Search {
+                route: Some("lab".into()),
+                state: Some(MessageState::Failed),
+                ..Default::default()
+            },
+        ),
+        (
+            "route + 1 s time window",
+            Search {
+                route: Some("shop".into()),
+                since: Some(since),
+                until: Some(since + Duration::from_secs(1)),
+                ..Default::default()
+            },
+        ),
+        (
+            "index field order = (a middle one)",
+            Search {
+                field: Some(("order".into(), (n / 2).to_string())),
+                ..Default::default()
+            },
+        ),
+        (
+            "route, newest",
+            Search {
+                route: Some("orders".into()),
+                ..Default::default()
+            },
+        ),
+    ];
+    let mut rows = vec![Row {
+        scenario: format!("search: fill the store ({n} messages)"),
+        messages: n,
+        seconds: filled,
+        p50_ms: None,
+        p99_ms: None,
+        cpu_per_1000: 0.0,
+        rss_mib: 0.0,
+    }];
+    for (name, mut query) in queries {
+        query.limit = 50;
+        let mut times = Vec::new();
+        let mut found = 0;
+        for _ in 0..5 {
+            let t = Instant::now();
+            found = rt.block_on(store.search(&query)).expect("search").len();
+            times.push(t.elapsed());
+        }
+        times.sort();
+        assert!(found > 0, "{name}: nothing found");
+        rows.push(Row {
+            scenario: format!("search {n}: {name} ({found} rows)"),
+            messages: found,
+            seconds: times[2].as_secs_f64(),
+            p50_ms: Some(times[2].as_secs_f64() * 1e3),
+            p99_ms: Some(times[4].as_secs_f64() * 1e3),
+            cpu_per_1000: 0.0,
+            rss_mib: 0.0,
+        });
+    }
+    let _ = rt.block_on(store.close());
+    rows
+}
+
 /// A bare HTTP/1.1 endpoint on 127.0.0.1 answering every request with 200 and an empty body,
 /// a thread per connection; it runs until the benchmark ends.
 fn http_sink() -> String {
@@ -474,6 +604,9 @@ fn main() {
     }
     if want("mllp") {
         rows.push(mllp_scenario());
+    }
+    if want("search") {
+        rows.extend(search_scenario());
     }
     // Brokers, each beside its bare client at the same window (SWITCHYARD_TEST_AMQP and
     // SWITCHYARD_TEST_MQTT name the servers, as for the tests).

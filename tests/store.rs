@@ -14,6 +14,7 @@ use switchyard::route::values::{ByteSize, Duration as D};
 use switchyard::store::postgres::PgStore;
 use switchyard::store::sqlite::SqliteStore;
 use switchyard::store::*;
+use uuid::Uuid;
 
 enum Backend {
     Sqlite(tempfile::TempDir),
@@ -808,6 +809,69 @@ async fn keyed_inserts_record_a_redelivery_as_duplicate(b: &Backend) {
     store.close().await.unwrap();
 }
 
+async fn search_by_time_range_state_and_route_newest_first(b: &Backend) {
+    let store = b.open("a", LEASE).await;
+    let stored = |route: &'static str, n: usize| {
+        let store = store.clone();
+        async move {
+            let mut ids = Vec::new();
+            for i in 0..n {
+                let (m, ins) = insert(route, &format!("{route} {i}"));
+                store.insert(vec![ins]).await.unwrap();
+                ids.push(m.id);
+            }
+            ids
+        }
+    };
+    let pause = || tokio::time::sleep(Duration::from_millis(20));
+    stored("a", 2).await;
+    pause().await;
+    let from = SystemTime::now();
+    pause().await;
+    let middle_a = stored("a", 3).await;
+    let middle_b = stored("b", 1).await;
+    pause().await;
+    let to = SystemTime::now();
+    pause().await;
+    stored("a", 2).await;
+    let ids = |found: Vec<StoredMessage>| found.iter().map(|m| m.id).collect::<Vec<_>>();
+    let window = Search {
+        since: Some(from),
+        until: Some(to),
+        limit: 10,
+        ..Default::default()
+    };
+    // Newest first, only what arrived inside the window, of every route.
+    let mut expected: Vec<Uuid> = middle_a.iter().chain(&middle_b).copied().collect();
+    expected.reverse();
+    assert_eq!(ids(store.search(&window).await.unwrap()), expected);
+    // One route's, and a page of two.
+    let mut one_route = Search {
+        route: Some("a".into()),
+        ..window.clone()
+    };
+    let mut newest_a = middle_a.clone();
+    newest_a.reverse();
+    assert_eq!(ids(store.search(&one_route).await.unwrap()), newest_a);
+    one_route.limit = 2;
+    assert_eq!(ids(store.search(&one_route).await.unwrap()), newest_a[..2]);
+    // State and route together; a state nothing is in.
+    let failed = Search {
+        route: Some("a".into()),
+        state: Some(MessageState::Failed),
+        limit: 10,
+        ..Default::default()
+    };
+    assert!(store.search(&failed).await.unwrap().is_empty());
+    let received = Search {
+        state: Some(MessageState::Received),
+        limit: 100,
+        ..Default::default()
+    };
+    assert_eq!(store.search(&received).await.unwrap().len(), 8);
+    store.close().await.unwrap();
+}
+
 async fn processed_inserts_commit_message_and_outcome_together(b: &Backend) {
     let store = b.open("node-a", LEASE).await;
     // Routed: delivering, its delivery due at once with the steps' output.
@@ -984,6 +1048,7 @@ conformance!(
     released_deliveries_are_due_again_for_any_node,
     keyed_inserts_record_a_redelivery_as_duplicate,
     processed_inserts_commit_message_and_outcome_together,
+    search_by_time_range_state_and_route_newest_first,
 );
 
 /// Needs no server: what an operator reads when the URL or the server is wrong.

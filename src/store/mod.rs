@@ -606,13 +606,6 @@ pub trait Store: Send + Sync {
     async fn count_by_state(&self, route: Option<&str>)
         -> StoreResult<BTreeMap<MessageState, u64>>;
 
-    /// Messages oldest first (of one route, or of all), at most `limit`.
-    async fn list_messages(
-        &self,
-        route: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Vec<StoredMessage>>;
-
     /// Messages matching `filter`, newest first.
     async fn search(&self, filter: &Search) -> StoreResult<Vec<StoredMessage>>;
 

@@ -308,3 +308,51 @@ pub(crate) fn steps_outcome<'a>(
     });
     (plan, state)
 }
+
+/// One condition of a search, in the order that lets the store use its indexes: an index
+/// field first (a look-up), then route and state (`messages (route, state, id)`), then the
+/// time range as a range of ids (ids are UUIDv7: they sort by arrival time), so that even a
+/// search of a million messages reads only what it returns and a page of neighbours.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Condition<'a> {
+    Field(&'a str, &'a str),
+    Route(&'a str),
+    State(&'static str),
+    /// Ids at or after the first one possible at this time, and `received_at` at or after it.
+    Since(Uuid, i64),
+    /// Ids at or before the last one possible at this time, and `received_at` at or before it.
+    Until(Uuid, i64),
+    /// Text in the headers or the bodies: a scan of what the other conditions leave.
+    Text(&'a str),
+}
+
+/// The conditions of `search`; those it leaves unset are left out (not `? IS NULL OR ...`,
+/// which keeps a database from using any index).
+pub(crate) fn search(search: &super::Search) -> Vec<Condition<'_>> {
+    let ms = |t: SystemTime| super::millis(t).max(0) as u128;
+    let mut out = Vec::new();
+    if let Some((name, value)) = &search.field {
+        out.push(Condition::Field(name, value));
+    }
+    if let Some(route) = &search.route {
+        out.push(Condition::Route(route));
+    }
+    if let Some(state) = search.state {
+        out.push(Condition::State(state.as_str()));
+    }
+    if let Some(since) = search.since {
+        let t = ms(since);
+        out.push(Condition::Since(Uuid::from_u128(t << 80), t as i64));
+    }
+    if let Some(until) = search.until {
+        let t = ms(until);
+        out.push(Condition::Until(
+            Uuid::from_u128((t << 80) | ((1u128 << 80) - 1)),
+            t as i64,
+        ));
+    }
+    if let Some(text) = &search.text {
+        out.push(Condition::Text(text));
+    }
+    out
+}
