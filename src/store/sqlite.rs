@@ -1471,3 +1471,27 @@ fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
             .and_then(|p| Uuid::parse_str(&p).ok()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every setting the store's durability and write path rely on is in force on both of its
+    /// connections, not only the first of the batch of pragmas.
+    #[test]
+    fn connections_run_in_wal_with_full_sync_and_memory_temp_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_connection(&dir.path().join("s.db")).unwrap();
+        let pragma = |name: &str| -> String {
+            conn.query_row(&format!("PRAGMA {name}"), [], |r| {
+                r.get::<_, rusqlite::types::Value>(0)
+            })
+            .map(|v| format!("{v:?}"))
+            .unwrap()
+        };
+        assert_eq!(pragma("journal_mode"), "Text(\"wal\")");
+        assert_eq!(pragma("synchronous"), "Integer(2)", "FULL");
+        assert_eq!(pragma("temp_store"), "Integer(2)", "MEMORY");
+        assert_eq!(pragma("auto_vacuum"), "Integer(2)", "INCREMENTAL");
+    }
+}
