@@ -74,7 +74,10 @@ impl Workspace {
             .unwrap();
         // BENCH_ENGINE: another build of the engine (an earlier commit's, for a before/after
         // table in one run).
-        let bin = std::env::var("BENCH_ENGINE").unwrap_or_else(|_| BIN.to_string());
+        let bin = std::env::var("BENCH_ENGINE")
+            .ok()
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| BIN.to_string());
         let child = Command::new(bin)
             .arg("run")
             .current_dir(self.dir.path())
