@@ -16,7 +16,7 @@
 use crate::adapters::outbound::{DeliveryConfig, Ordering, Outbound, RetryConfig, SendError, Sent};
 use crate::message::Message;
 use crate::route::DeliveryPolicy;
-use crate::store::{Attempt, AttemptOutcome, Delivery, DeliveryKind, Store};
+use crate::store::{Attempt, AttemptOutcome, Delivery, DeliveryKind, Processing};
 use crate::telemetry;
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -67,14 +67,18 @@ impl Destination {
 }
 
 /// Runs until `shutdown`; deliveries in flight then finish, nothing new starts.
-pub async fn run(dest: Arc<Destination>, store: Arc<dyn Store>, shutdown: CancellationToken) {
+pub async fn run(dest: Arc<Destination>, store: Arc<dyn Processing>, shutdown: CancellationToken) {
     match dest.policy.ordering {
         Some(Ordering::Fifo) => run_fifo(dest, store, shutdown).await,
         _ => run_parallel(dest, store, shutdown).await,
     }
 }
 
-async fn run_parallel(dest: Arc<Destination>, store: Arc<dyn Store>, shutdown: CancellationToken) {
+async fn run_parallel(
+    dest: Arc<Destination>,
+    store: Arc<dyn Processing>,
+    shutdown: CancellationToken,
+) {
     let limit = Arc::new(Semaphore::new(dest.policy.concurrency.max(1)));
     // Attempts in flight and records being written: the worker claims the next batch while
     // they finish, so a destination never idles while the store commits.
@@ -131,7 +135,7 @@ async fn run_parallel(dest: Arc<Destination>, store: Arc<dyn Store>, shutdown: C
     while running.join_next().await.is_some() {}
 }
 
-async fn run_fifo(dest: Arc<Destination>, store: Arc<dyn Store>, shutdown: CancellationToken) {
+async fn run_fifo(dest: Arc<Destination>, store: Arc<dyn Processing>, shutdown: CancellationToken) {
     while !shutdown.is_cancelled() {
         let head = match store.oldest_pending(&dest.route, &dest.name).await {
             Ok(h) => h,
@@ -165,7 +169,7 @@ async fn wait(dest: &Destination, shutdown: &CancellationToken, at_most: Duratio
     }
 }
 
-async fn attempt(dest: &Destination, store: &dyn Store, d: Delivery) {
+async fn attempt(dest: &Destination, store: &dyn Processing, d: Delivery) {
     let (ticket, msg) = outgoing(d);
     let started = Instant::now();
     let result = dest.outbound.send(&msg).await;
@@ -176,7 +180,7 @@ async fn attempt(dest: &Destination, store: &dyn Store, d: Delivery) {
 /// commit writes the records of one batch together.
 async fn attempt_batch(
     dest: &Arc<Destination>,
-    store: &Arc<dyn Store>,
+    store: &Arc<dyn Processing>,
     batch: Vec<Delivery>,
     records: &mut JoinSet<()>,
 ) {
@@ -220,7 +224,7 @@ fn outgoing(d: Delivery) -> (Ticket, Message) {
 /// Records one attempt's result: delivered, retry later, or dead (and dead-lettered).
 async fn conclude(
     dest: &Destination,
-    store: &dyn Store,
+    store: &dyn Processing,
     d: Ticket,
     msg: &Message,
     result: Result<Sent, SendError>,

@@ -23,7 +23,9 @@ use crate::message::Message;
 use crate::route::{OnError, Route, StepPolicy};
 use crate::routing::Router;
 use crate::steps::{self, BuiltStep, Outcome};
-use crate::store::{DeliveryKind, Insert, MessageState, Pending, Processed, StepRecord, Store};
+use crate::store::{
+    DeliveryKind, Insert, MessageState, Pending, Processed, Processing, StepRecord, Store,
+};
 use crate::telemetry;
 use anyhow::Context;
 use std::collections::HashMap;
@@ -637,7 +639,7 @@ fn build(route: &Route, listeners: &Arc<Listeners>) -> anyhow::Result<RunningRou
 async fn resume(
     route: &str,
     tx: mpsc::Sender<Pending>,
-    store: &dyn Store,
+    store: &dyn Processing,
     stop: &CancellationToken,
 ) {
     let every = (store.lease() / 3).min(Duration::from_secs(5));
@@ -677,7 +679,7 @@ async fn resume(
 async fn schedule(
     route: &RunningRoute,
     tx: mpsc::Sender<Pending>,
-    store: &dyn Store,
+    store: &dyn Processing,
     stop: &CancellationToken,
 ) {
     while !stop.is_cancelled() {
@@ -913,7 +915,7 @@ async fn decide_off_thread(route: &Arc<RunningRoute>, work: Pending) -> Option<D
 }
 
 /// Records the steps' outcome of a stored message and does what follows.
-async fn record(route: &Arc<RunningRoute>, store: &dyn Store, d: Decision) {
+async fn record(route: &Arc<RunningRoute>, store: &dyn Processing, d: Decision) {
     let id = d.after.current.id;
     match store.finish_steps(id, d.records, d.result).await {
         Ok(Some(state)) => recorded(route, d.after, state),

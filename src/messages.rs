@@ -2,7 +2,7 @@
 //! messages, see everything that happened to one, send them again, copy the store safely.
 //! They work beside a running engine (which picks replayed messages up within seconds).
 
-use crate::store::{Details, MessageState, Search, Store, StoredMessage};
+use crate::store::{Details, MessageState, Operations, Search, StoredMessage};
 use std::fmt::Write as _;
 use uuid::Uuid;
 
@@ -150,7 +150,7 @@ fn indent(text: &str, max: usize) -> String {
 
 /// Replays one message, or every message of a route in a state; returns one line per message.
 pub async fn replay(
-    store: &dyn Store,
+    store: &dyn Operations,
     id: Option<Uuid>,
     destination: Option<&str>,
     route: Option<String>,

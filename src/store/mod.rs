@@ -1,15 +1,19 @@
 //! The transactional message store: the one source of truth about every message.
 //!
-//! The inbound side acknowledges a sender only after [`Store::insert`] returns (the message is
-//! committed). Each later change — the steps' outcome, each delivery attempt — is one recorded
+//! The inbound side acknowledges a sender only after the message is committed
+//! ([`Processing::insert_processed`], with what its steps made of it, or
+//! [`Processing::insert`]). Each later change — each delivery attempt — is one recorded
 //! transition, so after a crash or restart every unfinished message resumes from the store:
 //! messages still `received` run through the steps again, and `pending` deliveries are retried.
 //!
-//! Two backends implement [`Store`]: [`sqlite`] (embedded, one engine per file) and
-//! [`postgres`] (several engines — nodes — on one database). Work is *claimed*: a message
-//! waiting for its steps and a due delivery belong to one node at a time, under a lease the
-//! node renews ([`Store::renew_leases`]); when a node dies, its lease runs out and another
-//! node takes its work over. With SQLite the only node is the engine holding the file's lock.
+//! A store is three traits: [`Processing`] (what the engine needs), [`Operations`] (what
+//! operators need) and [`Maintenance`] (retention); [`Store`] is all three. Which rows each
+//! write changes is decided once, in `plan`. Two backends implement them, each a folder with
+//! a file per trait: [`sqlite`] (embedded, one engine per file) and [`postgres`] (several
+//! engines — nodes — on one database). Work is *claimed*: a message waiting for its steps and
+//! a due delivery belong to one node at a time, under a lease the node renews
+//! ([`Processing::renew_leases`]); when a node dies, its lease runs out and another node takes
+//! its work over. With SQLite the only node is the engine holding the file's lock.
 
 pub(crate) mod plan;
 pub mod postgres;
@@ -177,7 +181,7 @@ pub enum Processed {
     Split { children: Vec<Insert> },
 }
 
-/// What [`Store::insert_processed`] committed.
+/// What [`Processing::insert_processed`] committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stored {
     /// The message and its steps' outcome; it is now in this state.
@@ -460,8 +464,8 @@ pub(crate) fn parse_headers(text: Option<String>) -> Headers {
 }
 
 /// The lease that lets one node at a time run a route's exclusive inbound (a shared
-/// directory). Unlike the other leases, [`Store::renew_leases`] leaves it alone: only the
-/// running inbound renews it (through [`Store::hold`]), so a node that stops running the
+/// directory). Unlike the other leases, [`Processing::renew_leases`] leaves it alone: only the
+/// running inbound renews it (through [`Processing::hold`]), so a node that stops running the
 /// inbound — paused, route removed, frozen — lets another take it over.
 pub const INBOUND_LEASE: &str = "from";
 
@@ -492,8 +496,10 @@ pub struct StoreError(pub String);
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// What the engine needs of a store: taking messages in, recording what the steps and the
+/// deliveries did, claiming work and holding it under leases.
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait Processing: Send + Sync {
     /// Commits new messages (and their wire-tap deliveries) in one transaction.
     async fn insert(&self, batch: Vec<Insert>) -> StoreResult<()>;
 
@@ -507,7 +513,7 @@ pub trait Store: Send + Sync {
     /// Commits a new message together with what its steps made of it (they ran before the
     /// commit): its row, the step transitions, its result and deliveries, in one write — the
     /// common life of a message costs this write and its delivery's. With `key`, as
-    /// [`Store::insert_once`]: a message of the route stored under the key before makes this
+    /// [`Processing::insert_once`]: a message of the route stored under the key before makes this
     /// one a `duplicate`, and its outcome is not recorded.
     async fn insert_processed(
         &self,
@@ -553,7 +559,7 @@ pub trait Store: Send + Sync {
     async fn hold(&self, route: &str, name: &str) -> StoreResult<bool>;
 
     /// Extends this node's leases: messages in hand, claimed deliveries, FIFO destinations.
-    /// The engine calls it every third of [`Store::lease`].
+    /// The engine calls it every third of [`Processing::lease`].
     async fn renew_leases(&self) -> StoreResult<()>;
 
     /// How long a claim holds without renewal; another node may take the work over after.
@@ -596,6 +602,14 @@ pub trait Store: Send + Sync {
     /// records how it ended this way).
     async fn annotate(&self, id: Uuid, state: MessageState, text: &str) -> StoreResult<()>;
 
+    /// Flushes and closes; later calls fail.
+    async fn close(&self) -> StoreResult<()>;
+}
+
+/// What operators need: look-ups, search, the record of one message, replay (the
+/// `messages` command, the admin API).
+#[async_trait]
+pub trait Operations: Send + Sync {
     /// Pending deliveries per route and destination (queue depth).
     async fn pending_deliveries(&self) -> StoreResult<Vec<(String, String, u64)>>;
 
@@ -616,14 +630,20 @@ pub trait Store: Send + Sync {
     /// deliveries), or to one destination only (that delivery is pending again). The running
     /// engine picks it up within seconds. Returns what was done, for the operator.
     async fn replay(&self, id: Uuid, destination: Option<&str>) -> StoreResult<String>;
+}
 
+/// Keeping the store bounded: retention, and handing space back to the file system.
+#[async_trait]
+pub trait Maintenance: Send + Sync {
     /// Deletes (or strips the bodies of) up to `batch` finished messages of `route` that
     /// `policy` no longer keeps. Messages with pending deliveries are never touched.
     async fn prune(&self, route: &str, policy: &Retention, batch: usize) -> StoreResult<Pruned>;
 
     /// Hands up to `pages` free pages back to the file system; returns how many it freed.
     async fn reclaim(&self, pages: u32) -> StoreResult<u64>;
-
-    /// Flushes and closes; later calls fail.
-    async fn close(&self) -> StoreResult<()>;
 }
+
+/// A whole store: every backend is one (see `tests/store.rs`, the conformance suite).
+pub trait Store: Processing + Operations + Maintenance {}
+
+impl<T: Processing + Operations + Maintenance + ?Sized> Store for T {}

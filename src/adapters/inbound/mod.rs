@@ -14,7 +14,7 @@ use crate::adapters::listeners::Listeners;
 use crate::message::{Headers, Message};
 use crate::steps::split::Split;
 use crate::store::{
-    Insert, MessageState, Pending, Processed, StepRecord, Store, StoreError, Stored,
+    Insert, MessageState, Pending, Processed, Processing, StepRecord, StoreError, Stored,
 };
 use crate::telemetry;
 use async_trait::async_trait;
@@ -169,7 +169,7 @@ pub struct Ran {
 pub struct Intake {
     pub(crate) route: String,
     pub(crate) version: String,
-    pub(crate) store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Processing>,
     pub(crate) queue: mpsc::Sender<Pending>,
     /// Wire-tap destinations, which get a copy of each message as received, and their
     /// workers' wake-ups.
@@ -231,7 +231,7 @@ impl Intake {
     pub fn new(
         route: &str,
         version: &str,
-        store: Arc<dyn Store>,
+        store: Arc<dyn Processing>,
         queue: mpsc::Sender<Pending>,
     ) -> Intake {
         Intake {

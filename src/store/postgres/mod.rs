@@ -1,0 +1,883 @@
+//! The PostgreSQL store: several engines (nodes) sharing one database.
+//!
+//! Writes go through writer tasks (four per node by default), each owning a connection. A
+//! writer takes every job waiting in its queue, runs each in its own savepoint, commits them
+//! in one transaction and only then answers each caller — group commit, as in the SQLite
+//! store. Reads share one more connection (tokio-postgres pipelines concurrent queries on it).
+//!
+//! Work is claimed with `FOR UPDATE SKIP LOCKED`: two nodes asking at once get different rows
+//! and never wait for each other. A claim carries the node's name and a lease that the node
+//! renews; when a node dies its leases run out and the others take its work over (see
+//! `docs/store.md`). A FIFO destination is delivered to by one node at a time, the holder of
+//! its row in `destination_leases`.
+
+use super::plan::{self, Change};
+use super::*;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Row, Statement};
+
+mod maintenance;
+mod operations;
+mod processing;
+
+/// Jobs a single transaction may hold. Each job runs in a savepoint (a subtransaction), and
+/// PostgreSQL slows every session's snapshots once one transaction has more than 64 of them
+/// ("subtransaction overflow"), so a batch stays under that.
+const MAX_BATCH: usize = 60;
+
+/// Schema changes in order; each runs once, in its own transaction, under an advisory lock so
+/// that nodes starting together do not race. Append new ones; never edit one that has shipped.
+const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2)];
+/// Any constant will do: it names the migration lock among the database's advisory locks.
+const MIGRATION_LOCK: i64 = 0x5357_4954_4348; // "SWITCH"
+
+/// Writer connections per node (`SWITCHYARD_PG_WRITERS`, default 4). Each commits its own
+/// groups; several in parallel hide the network round trips of each other's statements.
+fn writer_count() -> usize {
+    std::env::var("SWITCHYARD_PG_WRITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4usize)
+        .clamp(1, 16)
+}
+
+/// A connection with its prepared statements.
+struct Db {
+    client: Client,
+    statements: std::sync::Mutex<HashMap<String, Statement>>,
+}
+
+type PgResult<T> = Result<T, tokio_postgres::Error>;
+
+/// Drives a connection until it ends; the next use of its client reconnects.
+async fn watch<F: Future<Output = PgResult<()>>>(connection: F) {
+    if let Err(e) = connection.await {
+        tracing::warn!(error = %describe(&e), "PostgreSQL connection lost; reconnecting on next use");
+    }
+}
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// How connections are made: in the clear, or with TLS that verifies the server's
+/// certificate and name (`sslmode=require`, `verify-ca` or `verify-full` in the URL).
+#[derive(Clone)]
+enum Tls {
+    Off,
+    On(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+/// Where and how to connect.
+#[derive(Clone)]
+struct Target {
+    config: tokio_postgres::Config,
+    tls: Tls,
+}
+
+/// Takes out of `url` what libpq understands and tokio-postgres does not: `sslrootcert=FILE`
+/// (returned), and the verifying `sslmode`s, which become `require` (this store always
+/// verifies the server when it uses TLS).
+fn libpq_options(url: &str) -> (String, Option<std::path::PathBuf>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_string(), None);
+    };
+    let mut root = None;
+    // The other options pass through exactly as written (their encoding is tokio-postgres').
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        let decoded: Vec<(String, String)> = form_urlencoded::parse(pair.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        match decoded.first().map(|(k, v)| (k.as_str(), v.as_str())) {
+            Some(("sslrootcert", path)) => root = Some(std::path::PathBuf::from(path)),
+            Some(("sslmode", "verify-ca" | "verify-full")) => kept.push("sslmode=require"),
+            _ => kept.push(pair),
+        }
+    }
+    if kept.is_empty() {
+        (base.to_string(), root)
+    } else {
+        (format!("{base}?{}", kept.join("&")), root)
+    }
+}
+
+impl Db {
+    async fn connect(target: &Target) -> PgResult<Arc<Db>> {
+        let client = match &target.tls {
+            Tls::Off => {
+                let (client, connection) = target.config.connect(NoTls).await?;
+                tokio::spawn(watch(connection));
+                client
+            }
+            Tls::On(tls) => {
+                let (client, connection) = target.config.connect(tls.clone()).await?;
+                tokio::spawn(watch(connection));
+                client
+            }
+        };
+        Ok(Arc::new(Db {
+            client,
+            statements: std::sync::Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Prepares `sql` once per connection.
+    async fn prepare(&self, sql: &str) -> PgResult<Statement> {
+        if let Some(s) = self
+            .statements
+            .lock()
+            .ok()
+            .and_then(|m| m.get(sql).cloned())
+        {
+            return Ok(s);
+        }
+        let s = self.client.prepare(sql).await?;
+        if let Ok(mut m) = self.statements.lock() {
+            m.insert(sql.to_string(), s.clone());
+        }
+        Ok(s)
+    }
+
+    async fn query(&self, sql: &str, params: Params<'_>) -> PgResult<Vec<Row>> {
+        let s = self.prepare(sql).await?;
+        self.client.query(&s, params).await
+    }
+
+    async fn query_opt(&self, sql: &str, params: Params<'_>) -> PgResult<Option<Row>> {
+        let s = self.prepare(sql).await?;
+        self.client.query_opt(&s, params).await
+    }
+
+    async fn execute(&self, sql: &str, params: Params<'_>) -> PgResult<u64> {
+        let s = self.prepare(sql).await?;
+        self.client.execute(&s, params).await
+    }
+}
+
+/// Independent statements of one job, sent together: tokio-postgres pipelines requests that
+/// are in flight at once, so they cost one round trip instead of one each.
+type Pipeline<'a> = Vec<Pin<Box<dyn Future<Output = PgResult<()>> + Send + 'a>>>;
+
+async fn pipelined(work: Pipeline<'_>) -> PgResult<()> {
+    futures_util::future::try_join_all(work).await.map(drop)
+}
+
+type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+type JobFuture = Pin<Box<dyn Future<Output = (bool, Completion)> + Send>>;
+/// A write: given the writer's connection (or why there is none), runs inside the batch's
+/// transaction and returns whether it succeeded and how to answer its caller once the
+/// commit is known.
+type Job = Box<dyn FnOnce(Result<Arc<Db>, String>) -> JobFuture + Send>;
+
+pub struct PgStore {
+    target: Target,
+    jobs: std::sync::Mutex<Option<Vec<mpsc::Sender<Job>>>>,
+    next_writer: std::sync::atomic::AtomicUsize,
+    writers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    reader: Mutex<Option<Arc<Db>>>,
+    claims: Claims,
+    held: HeldLeases,
+    in_hand: InHand,
+}
+
+fn pg_err(e: tokio_postgres::Error) -> StoreError {
+    StoreError(describe(&e))
+}
+
+/// The server's own words ("database \"x\" does not exist") or the cause below the client's
+/// summary ("error connecting to server: Connection refused"): more than "db error".
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!(
+            "PostgreSQL: {} (SQLSTATE {})",
+            db.message(),
+            db.code().code()
+        );
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}
+
+fn closed() -> StoreError {
+    StoreError("the store is closed (the engine is shutting down)".into())
+}
+
+/// The URL without its password, for messages.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user@host:port/db`), applies the schema and starts the
+    /// writer. Several nodes may connect to one database; each needs its own `claims.node`.
+    pub async fn connect(url: &str, claims: Claims) -> StoreResult<PgStore> {
+        let (pg_url, root) = libpq_options(url);
+        let mut config: tokio_postgres::Config = pg_url.parse().map_err(|e| {
+            StoreError(format!(
+                "bad PostgreSQL URL {}: {}; expected postgres://user@host:5432/database",
+                redacted(url),
+                describe(&e)
+            ))
+        })?;
+        // So that a DBA sees which node a connection belongs to (pg_stat_activity).
+        if config.get_application_name().is_none() {
+            config.application_name(format!("switchyard {}", claims.node));
+        }
+        let tls = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            let tls = crate::adapters::tls::client_config(root.as_deref())
+                .map_err(|e| StoreError(format!("PostgreSQL TLS: {e:#}")))?;
+            Tls::On(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+        } else {
+            Tls::Off
+        };
+        let target = Target { config, tls };
+        let db = Db::connect(&target).await.map_err(|e| {
+            StoreError(format!(
+                "cannot connect to PostgreSQL at {}: {}; is the server running and the database created?",
+                redacted(url),
+                describe(&e)
+            ))
+        })?;
+        migrate(&db).await.map_err(|e| {
+            StoreError(format!(
+                "cannot apply the store schema in {}: {}",
+                redacted(url),
+                describe(&e)
+            ))
+        })?;
+        // A node restarting under its name takes back what its earlier run claimed: that run
+        // is gone (node names are unique among running engines; see docs/store.md).
+        db.client
+            .execute(
+                "UPDATE messages SET owner = NULL, lease_until = NULL WHERE owner = $1",
+                &[&claims.node],
+            )
+            .await
+            .map_err(pg_err)?;
+        db.client
+            .execute(
+                "UPDATE deliveries SET owner = NULL, lease_until = NULL WHERE owner = $1",
+                &[&claims.node],
+            )
+            .await
+            .map_err(pg_err)?;
+        db.client
+            .execute(
+                "DELETE FROM destination_leases WHERE owner = $1",
+                &[&claims.node],
+            )
+            .await
+            .map_err(pg_err)?;
+        let mut senders = Vec::new();
+        let mut writers = Vec::new();
+        let mut first = Some(db);
+        for _ in 0..writer_count() {
+            let db = match first.take() {
+                Some(db) => db,
+                None => Db::connect(&target).await.map_err(pg_err)?,
+            };
+            let (tx, rx) = mpsc::channel::<Job>(4096);
+            writers.push(tokio::spawn(write_loop(target.clone(), db, rx)));
+            senders.push(tx);
+        }
+        Ok(PgStore {
+            target,
+            jobs: std::sync::Mutex::new(Some(senders)),
+            next_writer: std::sync::atomic::AtomicUsize::new(0),
+            writers: Mutex::new(writers),
+            reader: Mutex::new(None),
+            claims,
+            held: HeldLeases::default(),
+            in_hand: InHand::default(),
+        })
+    }
+
+    fn claim_args(&self) -> (String, i64) {
+        (
+            self.claims.node.clone(),
+            self.claims.lease.as_millis() as i64,
+        )
+    }
+
+    async fn write<R, F, Fut>(&self, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(Arc<Db>) -> Fut + Send + 'static,
+        Fut: Future<Output = PgResult<R>> + Send + 'static,
+    {
+        let jobs = {
+            let senders = self.jobs.lock().map_err(|_| closed())?;
+            let senders = senders.as_ref().ok_or_else(closed)?;
+            let n = self
+                .next_writer
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            senders[n % senders.len()].clone()
+        };
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |db: Result<Arc<Db>, String>| -> JobFuture {
+            Box::pin(async move {
+                let result = match db {
+                    Ok(db) => f(db).await.map_err(pg_err),
+                    Err(e) => Err(StoreError(e)),
+                };
+                let ok = result.is_ok();
+                let completion = Box::new(move |commit: Result<(), String>| {
+                    let out = match (result, commit) {
+                        (Err(e), _) => Err(e),
+                        (Ok(_), Err(e)) => Err(StoreError(format!("commit failed: {e}"))),
+                        (Ok(r), Ok(())) => Ok(r),
+                    };
+                    let _ = tx.send(out);
+                }) as Completion;
+                (ok, completion)
+            })
+        });
+        jobs.send(job).await.map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+
+    /// The shared read connection, reconnected when it was lost.
+    async fn reader(&self) -> StoreResult<Arc<Db>> {
+        let mut reader = self.reader.lock().await;
+        if let Some(db) = reader.as_ref().filter(|db| !db.client.is_closed()) {
+            return Ok(db.clone());
+        }
+        let db = Db::connect(&self.target)
+            .await
+            .map_err(|e| StoreError(format!("cannot connect to PostgreSQL: {e}")))?;
+        *reader = Some(db.clone());
+        Ok(db)
+    }
+}
+
+async fn write_loop(target: Target, first_db: Arc<Db>, mut rx: mpsc::Receiver<Job>) {
+    let mut db = Some(first_db);
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if db.as_ref().is_none_or(|d| d.client.is_closed()) {
+            db = Db::connect(&target).await.ok();
+        }
+        let Some(conn) = db.clone() else {
+            for job in batch {
+                let (_, completion) = job(Err("cannot connect to PostgreSQL".into())).await;
+                completion(Err("no connection".into()));
+            }
+            continue;
+        };
+        if let Err(e) = conn.client.batch_execute("BEGIN").await {
+            let msg = format!("cannot begin a transaction: {e}");
+            for job in batch {
+                let (_, completion) = job(Err(msg.clone())).await;
+                completion(Err(msg.clone()));
+            }
+            continue;
+        }
+        // Each job in its own savepoint, so that one failing job does not undo the others.
+        // The savepoint commands travel with the job's first statement (tokio-postgres
+        // pipelines requests in the order they are first polled): no round trip of their own.
+        let mut completions = Vec::with_capacity(batch.len());
+        let mut open_savepoint = false;
+        for job in batch {
+            let mark = if open_savepoint {
+                "RELEASE job; SAVEPOINT job"
+            } else {
+                "SAVEPOINT job"
+            };
+            let (marked, (ok, completion)) =
+                tokio::join!(conn.client.batch_execute(mark), job(Ok(conn.clone())));
+            // The job tells its caller why it failed; here it only needs undoing.
+            if marked.is_err() || !ok {
+                let _ = conn
+                    .client
+                    .batch_execute("ROLLBACK TO job; RELEASE job")
+                    .await;
+                open_savepoint = false;
+            } else {
+                open_savepoint = true;
+            }
+            completions.push(completion);
+        }
+        let commit = conn
+            .client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| e.to_string());
+        if commit.is_err() {
+            let _ = conn.client.batch_execute("ROLLBACK").await;
+        }
+        for c in completions {
+            c(commit.clone());
+        }
+    }
+}
+
+async fn migrate(db: &Db) -> PgResult<()> {
+    db.client
+        .batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+        .await?;
+    for (v, sql) in MIGRATIONS {
+        db.client.batch_execute("BEGIN").await?;
+        let step = async {
+            db.client
+                .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+                .await?;
+            let current: i64 = db
+                .client
+                .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])
+                .await?
+                .get(0);
+            if current < *v {
+                db.client.batch_execute(sql).await?;
+                db.client
+                    .execute("INSERT INTO schema_version (version) VALUES ($1)", &[v])
+                    .await?;
+            }
+            Ok::<_, tokio_postgres::Error>(())
+        };
+        match step.await {
+            Ok(()) => db.client.batch_execute("COMMIT").await?,
+            Err(e) => {
+                let _ = db.client.batch_execute("ROLLBACK").await;
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A route's newest messages, and a route's messages in a time range (ids sort by arrival):
+/// `messages list --route` and the console's search on a large store. Never changes after
+/// the insert (route and id are fixed), so it costs one index entry per message.
+const SCHEMA_V2: &str = "CREATE INDEX messages_route_id ON messages (route, id)";
+
+const SCHEMA_V1: &str = "
+    CREATE TABLE messages (
+        id              UUID PRIMARY KEY,   -- UUIDv7: sorts by arrival
+        route           TEXT NOT NULL,
+        route_version   TEXT NOT NULL,
+        state           TEXT NOT NULL,
+        received_at     BIGINT NOT NULL,    -- unix ms
+        updated_at      BIGINT NOT NULL,
+        headers         TEXT NOT NULL,      -- JSON object, as received
+        body            BYTEA,
+        out_headers     TEXT,
+        out_body        BYTEA,
+        error           TEXT,
+        parent_id       UUID,
+        resume_step     INTEGER NOT NULL DEFAULT 0,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at BIGINT,
+        owner           TEXT,               -- the node processing it, while received
+        lease_until     BIGINT
+    );
+    CREATE INDEX messages_route_state ON messages (route, state, id);
+    CREATE INDEX messages_scheduled ON messages (route, next_attempt_at) WHERE next_attempt_at IS NOT NULL;
+    CREATE INDEX messages_state ON messages (state, id);
+    CREATE INDEX messages_route_updated ON messages (route, updated_at);
+    CREATE INDEX messages_parent ON messages (parent_id) WHERE parent_id IS NOT NULL;
+    CREATE INDEX messages_owner ON messages (owner) WHERE owner IS NOT NULL;
+    CREATE TABLE deliveries (
+        id              BIGSERIAL PRIMARY KEY,
+        message_id      UUID NOT NULL,
+        route           TEXT NOT NULL,
+        destination     TEXT NOT NULL,
+        kind            TEXT NOT NULL DEFAULT 'main',
+        payload         TEXT NOT NULL DEFAULT 'out',
+        state           TEXT NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at BIGINT NOT NULL,
+        last_error      TEXT,
+        updated_at      BIGINT NOT NULL,
+        owner           TEXT,               -- the node sending it, while claimed
+        lease_until     BIGINT
+    );
+    CREATE INDEX deliveries_due ON deliveries (route, destination, state, next_attempt_at, id);
+    CREATE INDEX deliveries_message ON deliveries (message_id);
+    CREATE INDEX deliveries_owner ON deliveries (owner) WHERE owner IS NOT NULL;
+    CREATE TABLE destination_leases (
+        route       TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        owner       TEXT NOT NULL,
+        lease_until BIGINT NOT NULL,
+        PRIMARY KEY (route, destination)
+    );
+    CREATE TABLE message_index (
+        name        TEXT NOT NULL,
+        value       TEXT NOT NULL,
+        message_id  UUID NOT NULL
+    );
+    CREATE INDEX message_index_lookup ON message_index (name, value);
+    CREATE INDEX message_index_message ON message_index (message_id);
+    CREATE TABLE transitions (
+        id          BIGSERIAL PRIMARY KEY,
+        message_id  UUID NOT NULL,
+        at          BIGINT NOT NULL,
+        event       TEXT NOT NULL,
+        name        TEXT,
+        outcome     TEXT NOT NULL,
+        duration_us BIGINT,
+        detail      TEXT
+    );
+    CREATE INDEX transitions_message ON transitions (message_id);
+";
+
+#[allow(clippy::too_many_arguments)]
+async fn transition(
+    db: &Db,
+    message: Uuid,
+    at: i64,
+    event: &str,
+    name: Option<&str>,
+    outcome: &str,
+    duration: Option<Duration>,
+    detail: Option<&str>,
+) -> PgResult<()> {
+    let duration = duration.map(|d| d.as_micros() as i64);
+    db.execute(
+        "INSERT INTO transitions (message_id, at, event, name, outcome, duration_us, detail)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[&message, &at, &event, &name, &outcome, &duration, &detail],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Takes or renews the lease `name` of `route` for `node`: true when `node` holds it now (it
+/// was free, expired, or already this node's). The upsert's row lock makes it one node's.
+async fn take_lease(
+    db: &Db,
+    route: &str,
+    name: &str,
+    node: &str,
+    now: i64,
+    lease: i64,
+) -> PgResult<bool> {
+    db.query_opt(
+        "INSERT INTO destination_leases (route, destination, owner, lease_until) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (route, destination) DO UPDATE SET owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until
+         WHERE destination_leases.owner = EXCLUDED.owner OR destination_leases.lease_until < $5
+         RETURNING owner",
+        &[&route, &name, &node, &(now + lease), &now],
+    )
+    .await
+    .map(|held| held.is_some())
+}
+
+/// One planned change (see [`plan`]) as a statement to pipeline.
+fn apply<'a>(
+    db: &'a Db,
+    change: &'a Change<'a>,
+    now: i64,
+    node: &'a str,
+    lease: i64,
+) -> Pin<Box<dyn Future<Output = PgResult<()>> + Send + 'a>> {
+    Box::pin(async move {
+        match change {
+            Change::Message { ins, held, finish } => {
+                let m = &ins.msg;
+                let (state, error) = match finish {
+                    Some(f) => (f.state, f.error.as_deref()),
+                    None => (ins.state, ins.error.as_deref()),
+                };
+                let output = finish.as_ref().and_then(|f| f.output);
+                let retry_at = finish.as_ref().and_then(|f| f.retry_at);
+                let next_attempt_at = match retry_at {
+                    Some(at) => Some(millis(at)),
+                    None => ins.scheduled.then_some(now),
+                };
+                db.execute(
+                    "INSERT INTO messages (id, route, route_version, state, received_at, updated_at, headers, body,
+                                           error, parent_id, resume_step, next_attempt_at, owner, lease_until,
+                                           out_headers, out_body, attempts)
+                     VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                    &[
+                        &m.id,
+                        &m.route,
+                        &ins.route_version,
+                        &state.as_str(),
+                        &millis(m.received_at),
+                        &headers_json(&m.headers),
+                        &&m.body[..],
+                        &error,
+                        &ins.parent,
+                        &(ins.resume_step as i32),
+                        &next_attempt_at,
+                        &held.then_some(node),
+                        &held.then_some(now + lease),
+                        &output.map(|(h, _)| headers_json(h)),
+                        &output.map(|(_, b)| &b[..]),
+                        &(retry_at.is_some() as i32),
+                    ],
+                )
+                .await?;
+            }
+            Change::Child { parent, ins } => {
+                let m = &ins.msg;
+                db.execute(
+                    "INSERT INTO messages (id, route, route_version, state, received_at, updated_at, headers, body,
+                                           parent_id, resume_step, next_attempt_at)
+                     VALUES ($1, $2, $3, 'received', $4, $4, $5, $6, $7, $8, $4)",
+                    &[
+                        &m.id,
+                        &m.route,
+                        &ins.route_version,
+                        &millis(m.received_at),
+                        &headers_json(&m.headers),
+                        &&m.body[..],
+                        parent,
+                        &(ins.resume_step as i32),
+                    ],
+                )
+                .await?;
+            }
+            Change::Index {
+                message,
+                name,
+                value,
+            } => {
+                db.execute(
+                    "INSERT INTO message_index (name, value, message_id) VALUES ($1, $2, $3)",
+                    &[name, value, message],
+                )
+                .await?;
+            }
+            Change::Transition {
+                message,
+                at,
+                event,
+                name,
+                outcome,
+                duration,
+                detail,
+            } => {
+                let at = at.map(millis).unwrap_or(now);
+                transition(
+                    db,
+                    *message,
+                    at,
+                    event,
+                    *name,
+                    outcome,
+                    *duration,
+                    detail.as_deref(),
+                )
+                .await?;
+            }
+            Change::Output {
+                message,
+                state,
+                headers,
+                body,
+            } => {
+                db.execute(
+                    "UPDATE messages SET state = $2, updated_at = $3, out_headers = $4, out_body = $5, error = NULL
+                     WHERE id = $1",
+                    &[message, &state.as_str(), &now, &headers_json(headers), &&body[..]],
+                )
+                .await?;
+            }
+            Change::State {
+                message,
+                state,
+                error,
+            } => set_state(db, *message, now, *state, error.as_deref()).await?,
+            Change::Retry { message, at, error } => {
+                db.execute(
+                    "UPDATE messages SET attempts = attempts + 1, next_attempt_at = $2, updated_at = $3, error = $4,
+                     owner = NULL, lease_until = NULL WHERE id = $1",
+                    &[message, &millis(*at), &now, error],
+                )
+                .await?;
+            }
+            Change::Delivery {
+                message,
+                route,
+                destination,
+                kind,
+                payload,
+            } => {
+                add_delivery(
+                    db,
+                    *message,
+                    route,
+                    destination,
+                    *kind,
+                    payload.as_str(),
+                    now,
+                )
+                .await?
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Executes a plan, its statements pipelined. Statements pipelined together may run in any
+/// order (one waiting for its first preparation is overtaken), so a plan never makes a row and
+/// changes it too (see [`plan::processed_message`]).
+async fn apply_all(db: &Db, plan: &[Change<'_>], now: i64, node: &str, lease: i64) -> PgResult<()> {
+    let work: Pipeline = plan
+        .iter()
+        .map(|c| apply(db, c, now, node, lease))
+        .collect();
+    pipelined(work).await
+}
+
+/// The first message of `route` stored under the search field `key`, if any.
+async fn first_with_key(db: &Db, route: &str, key: &(String, String)) -> PgResult<Option<Uuid>> {
+    Ok(db
+        .query_opt(
+            "SELECT i.message_id FROM message_index i JOIN messages m ON m.id = i.message_id
+             WHERE i.name = $1 AND i.value = $2 AND m.route = $3 ORDER BY i.message_id LIMIT 1",
+            &[&key.0, &key.1, &route],
+        )
+        .await?
+        .map(|r| r.get(0)))
+}
+
+async fn add_delivery(
+    db: &Db,
+    message: Uuid,
+    route: &str,
+    destination: &str,
+    kind: DeliveryKind,
+    payload: &str,
+    now: i64,
+) -> PgResult<()> {
+    db.execute(
+        "INSERT INTO deliveries (message_id, route, destination, kind, payload, state, next_attempt_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6)",
+        &[&message, &route, &destination, &kind.as_str(), &payload, &now],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn set_state(
+    db: &Db,
+    id: Uuid,
+    now: i64,
+    state: MessageState,
+    error: Option<&str>,
+) -> PgResult<()> {
+    db.execute(
+        "UPDATE messages SET state = $2, updated_at = $3, error = $4 WHERE id = $1",
+        &[&id, &state.as_str(), &now, &error],
+    )
+    .await?;
+    Ok(())
+}
+
+/// What a claim returns of each message (the `UPDATE ... FROM c` needs them qualified).
+const PENDING_COLUMNS: &str = "messages.id, messages.route, messages.headers, messages.body,
+    messages.received_at, messages.resume_step, messages.attempts";
+
+fn pending_row(r: &Row) -> Pending {
+    Pending {
+        msg: Message {
+            id: r.get(0),
+            route: r.get(1),
+            headers: parse_headers(r.get(2)),
+            body: Bytes::from(r.get::<_, Option<Vec<u8>>>(3).unwrap_or_default()),
+            received_at: from_millis(r.get(4)),
+        },
+        resume_step: r.get::<_, i32>(5).max(0) as usize,
+        attempts: r.get::<_, i32>(6).max(0) as u32,
+    }
+}
+
+/// Delivery columns of `d` (a deliveries row set) joined with its message `m`.
+const DELIVERY_COLUMNS: &str =
+    "d.id, d.attempts, d.kind, d.next_attempt_at, m.id, m.received_at, m.error,
+        CASE d.payload WHEN 'in' THEN m.headers ELSE m.out_headers END,
+        CASE d.payload WHEN 'in' THEN m.body ELSE m.out_body END";
+
+fn delivery_row(r: &Row, route: &str, destination: &str) -> Delivery {
+    let kind: String = r.get(2);
+    Delivery {
+        id: r.get(0),
+        destination: destination.to_string(),
+        kind: DeliveryKind::parse(&kind),
+        attempts: r.get::<_, i32>(1).max(0) as u32,
+        next_attempt_at: from_millis(r.get(3)),
+        error: r.get(6),
+        message: Message {
+            id: r.get(4),
+            route: route.to_string(),
+            headers: parse_headers(r.get(7)),
+            body: Bytes::from(r.get::<_, Option<Vec<u8>>>(8).unwrap_or_default()),
+            received_at: from_millis(r.get(5)),
+        },
+    }
+}
+
+const STORED_COLUMNS: &str =
+    "id, route, route_version, state, headers, error, received_at, parent_id";
+
+fn stored_row(r: &Row) -> StoredMessage {
+    let state: String = r.get(3);
+    StoredMessage {
+        id: r.get(0),
+        route: r.get(1),
+        route_version: r.get(2),
+        state: MessageState::parse(&state).unwrap_or(MessageState::Failed),
+        headers: parse_headers(r.get(4)),
+        error: r.get(5),
+        received_at: from_millis(r.get(6)),
+        parent: r.get(7),
+    }
+}
+
+const FINISHED: &str = "state IN ('delivered','failed','filtered','unrouted','split','dead','duplicate')
+    AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id AND d.state = 'pending')";
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn libpq_tls_options_are_taken_out_and_the_rest_kept_as_written() {
+        let (url, root) = super::libpq_options(
+            "postgres://u@db/x?options=-c%20search_path%3Ds&sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem",
+        );
+        assert_eq!(
+            url,
+            "postgres://u@db/x?options=-c%20search_path%3Ds&sslmode=require"
+        );
+        assert_eq!(root, Some(std::path::PathBuf::from("/etc/ca.pem")));
+        let (url, root) = super::libpq_options("postgres://u@db/x");
+        assert_eq!((url.as_str(), root), ("postgres://u@db/x", None));
+    }
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(
+            redacted("postgres://app:s3cret@db:5432/switchyard"),
+            "postgres://app:***@db:5432/switchyard"
+        );
+        assert_eq!(
+            redacted("postgres://app@db/switchyard"),
+            "postgres://app@db/switchyard"
+        );
+    }
+}

@@ -1,0 +1,463 @@
+//! What the engine needs of the PostgreSQL store: intake, the steps' outcome, attempts, claims
+//! and leases (see [`crate::store::Processing`]).
+
+use super::*;
+
+#[async_trait]
+impl Processing for PgStore {
+    async fn insert(&self, batch: Vec<Insert>) -> StoreResult<()> {
+        let held: Vec<Uuid> = batch
+            .iter()
+            .filter(|i| i.state == MessageState::Received && !i.scheduled)
+            .map(|i| i.msg.id)
+            .collect();
+        let (node, lease) = self.claim_args();
+        let result = self
+            .write(move |db| async move {
+                let now = millis(SystemTime::now());
+                let plan: Vec<Change> = batch
+                    .iter()
+                    .flat_map(|ins| {
+                        // This node processes what it stored itself: held from the start.
+                        let held = ins.state == MessageState::Received && !ins.scheduled;
+                        plan::new_message(ins, held)
+                    })
+                    .collect();
+                apply_all(&db, &plan, now, &node, lease).await
+            })
+            .await;
+        if result.is_ok() {
+            self.in_hand.take_messages(held);
+        }
+        result
+    }
+
+    async fn insert_once(&self, ins: Insert, key: (String, String)) -> StoreResult<Option<Uuid>> {
+        let (node, lease) = self.claim_args();
+        let id = ins.msg.id;
+        let held = ins.state == MessageState::Received && !ins.scheduled;
+        let result = self
+            .write(move |db| async move {
+                let now = millis(SystemTime::now());
+                let earlier = first_with_key(&db, &ins.msg.route, &key).await?;
+                let (ins, held) = match earlier {
+                    None => (ins, held),
+                    Some(first) => (duplicate_of(ins, &first.to_string(), &key), false),
+                };
+                let plan = plan::new_message(&ins, held);
+                apply_all(&db, &plan, now, &node, lease)
+                    .await
+                    .map(|_| earlier)
+            })
+            .await;
+        if let Ok(None) = result {
+            if held {
+                self.in_hand.take_messages([id]);
+            }
+        }
+        result
+    }
+
+    async fn insert_processed(
+        &self,
+        ins: Insert,
+        steps: Vec<StepRecord>,
+        result: Processed,
+        key: Option<(String, String)>,
+    ) -> StoreResult<Stored> {
+        let (node, lease) = self.claim_args();
+        self.write(move |db| async move {
+            let now = millis(SystemTime::now());
+            if let Some(key) = &key {
+                if let Some(first) = first_with_key(&db, &ins.msg.route, key).await? {
+                    let dup = duplicate_of(ins, &first.to_string(), key);
+                    let plan = plan::new_message(&dup, false);
+                    apply_all(&db, &plan, now, &node, lease).await?;
+                    return Ok(Stored::Duplicate { first });
+                }
+            }
+            let (changes, state) = plan::processed_message(&ins, &steps, &result);
+            apply_all(&db, &changes, now, &node, lease).await?;
+            Ok(Stored::Processed(state))
+        })
+        .await
+    }
+
+    async fn finish_steps(
+        &self,
+        id: Uuid,
+        steps: Vec<StepRecord>,
+        result: Processed,
+    ) -> StoreResult<Option<MessageState>> {
+        let (node, lease) = self.claim_args();
+        let result = self
+            .write(move |db| async move {
+                let now = millis(SystemTime::now());
+                // Another node that took the message over (this one's lease ran out) records
+                // it; and a message processed already is not recorded twice.
+                let Some(row) = db
+                    .query_opt(
+                        "UPDATE messages SET owner = NULL, lease_until = NULL
+                         WHERE id = $1 AND state = 'received' AND (owner IS NULL OR owner = $2) RETURNING route",
+                        &[&id, &node],
+                    )
+                    .await?
+                else {
+                    return Ok(None);
+                };
+                let route: String = row.get(0);
+                let (changes, state) = plan::steps_outcome(id, &route, &steps, &result);
+                apply_all(&db, &changes, now, &node, lease).await?;
+                Ok(Some(state))
+            })
+            .await;
+        self.in_hand.drop_messages([&id]);
+        result
+    }
+
+    async fn record_attempt(&self, a: Attempt<'_>) -> StoreResult<Option<MessageState>> {
+        let delivery_id = a.delivery;
+        let id = a.message;
+        let destination = a.destination.to_string();
+        let (delivery, number, duration, outcome) = (a.delivery, a.number, a.duration, a.outcome);
+        let result = self.write(move |db| async move {
+            let now = millis(SystemTime::now());
+            let db = &db;
+            let (state, next, error) = match &outcome {
+                AttemptOutcome::Delivered => ("delivered", now, None),
+                AttemptOutcome::Retry { error, next_attempt_at } => {
+                    ("pending", millis(*next_attempt_at), Some(error.as_str()))
+                }
+                AttemptOutcome::Dead { error, .. } => ("dead", now, Some(error.as_str())),
+            };
+            let detail = match error {
+                Some(e) => format!("attempt {number}: {e}"),
+                None => format!("attempt {number}"),
+            };
+            let outcome_name = if state == "pending" { "retry" } else { state };
+            let (row, ()) = tokio::try_join!(
+                async {
+                    db.query_opt(
+                        "UPDATE deliveries SET state = $2, attempts = $3, next_attempt_at = $4, last_error = $5, updated_at = $6,
+                         owner = NULL, lease_until = NULL WHERE id = $1 RETURNING kind, route",
+                        &[&delivery, &state, &(number as i32), &next, &error, &now],
+                    )
+                    .await
+                },
+                transition(db, id, now, "attempt", Some(&destination), outcome_name, Some(duration), Some(&detail)),
+            )?;
+            let Some(row) = row else { return Ok(None) };
+            if state == "pending" {
+                return Ok(None);
+            }
+            let (kind, route): (String, String) = (row.get(0), row.get(1));
+            if DeliveryKind::parse(&kind) != DeliveryKind::Main {
+                return Ok(None); // copies never change the message's state
+            }
+            // Two nodes may finish the message's last two deliveries at once: the row lock makes
+            // the second wait for the first, and then count what the first committed (each
+            // statement sees the latest commits), so exactly one of them closes the message.
+            db.query_opt("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", &[&id])
+                .await?;
+            let mut work: Pipeline = Vec::new();
+            if let AttemptOutcome::Dead { error, dead_letter } = &outcome {
+                let text = format!("{destination}: {error}");
+                work.push(Box::pin(async move {
+                    db.execute("UPDATE messages SET error = $2 WHERE id = $1", &[&id, &text]).await.map(drop)
+                }));
+                if let Some(dl) = dead_letter {
+                    work.push(Box::pin(add_delivery(db, id, &route, dl, DeliveryKind::DeadLetter, "out", now)));
+                }
+            }
+            let (counts, ()) = tokio::try_join!(
+                async {
+                    db.query_opt(
+                        "SELECT COUNT(*) FILTER (WHERE state = 'pending'), COUNT(*) FILTER (WHERE state = 'dead')
+                         FROM deliveries WHERE message_id = $1 AND kind = 'main'",
+                        &[&id],
+                    )
+                    .await
+                },
+                pipelined(work),
+            )?;
+            let (open, dead): (i64, i64) = counts.map(|r| (r.get(0), r.get(1))).unwrap_or((0, 0));
+            if open > 0 {
+                return Ok(None);
+            }
+            let final_state = if dead > 0 { MessageState::Dead } else { MessageState::Delivered };
+            tokio::try_join!(
+                async {
+                    db.execute("UPDATE messages SET state = $2, updated_at = $3 WHERE id = $1", &[&id, &final_state.as_str(), &now])
+                        .await
+                },
+                transition(db, id, now, "state", None, final_state.as_str(), None, None),
+            )?;
+            Ok(Some(final_state))
+        })
+        .await;
+        self.in_hand.drop_deliveries([&delivery_id]);
+        result
+    }
+
+    async fn claim_received(&self, route: &str, limit: usize) -> StoreResult<Vec<Pending>> {
+        let route = route.to_string();
+        let (node, lease) = self.claim_args();
+        let mut taken = self
+            .write(move |db| async move {
+                let now = millis(SystemTime::now());
+                let rows = db
+                    .query(
+                        &format!(
+                            "WITH c AS (
+                               SELECT id FROM messages WHERE route = $1 AND state = 'received' AND next_attempt_at IS NULL
+                               AND (owner IS NULL OR lease_until < $2)
+                               ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
+                             UPDATE messages SET owner = $3, lease_until = $5 FROM c WHERE messages.id = c.id
+                             RETURNING {PENDING_COLUMNS}"
+                        ),
+                        &[&route, &now, &node, &(limit as i64), &(now + lease)],
+                    )
+                    .await?;
+                Ok(rows.iter().map(pending_row).collect::<Vec<_>>())
+            })
+            .await?;
+        taken.sort_by_key(|p| p.msg.id);
+        self.in_hand.take_messages(taken.iter().map(|p| p.msg.id));
+        Ok(taken)
+    }
+
+    async fn release(&self, ids: Vec<Uuid>) -> StoreResult<()> {
+        self.in_hand.drop_messages(&ids);
+        let (node, _) = self.claim_args();
+        let result = self
+            .write(move |db| async move {
+                db.execute(
+                    "UPDATE messages SET owner = NULL, lease_until = NULL
+                 WHERE id = ANY($1) AND owner = $2 AND state = 'received'",
+                    &[&ids, &node],
+                )
+                .await?;
+                Ok(())
+            })
+            .await;
+        result
+    }
+
+    async fn release_deliveries(&self, ids: Vec<i64>) -> StoreResult<()> {
+        self.in_hand.drop_deliveries(&ids);
+        let (node, _) = self.claim_args();
+        let result = self
+            .write(move |db| async move {
+                db.execute(
+                    "UPDATE deliveries SET owner = NULL, lease_until = NULL
+                 WHERE id = ANY($1) AND owner = $2 AND state = 'pending'",
+                    &[&ids, &node],
+                )
+                .await
+                .map(drop)
+            })
+            .await;
+        result
+    }
+
+    async fn hold(&self, route: &str, name: &str) -> StoreResult<bool> {
+        let (route, name) = (route.to_string(), name.to_string());
+        let (node, lease) = self.claim_args();
+        self.write(move |db| async move {
+            let now = millis(SystemTime::now());
+            take_lease(&db, &route, &name, &node, now, lease).await
+        })
+        .await
+    }
+
+    async fn renew_leases(&self) -> StoreResult<()> {
+        let (node, lease) = self.claim_args();
+        let (messages, deliveries) = self.in_hand.snapshot();
+        self.write(move |db| async move {
+            let until = millis(SystemTime::now()) + lease;
+            db.execute(
+                "UPDATE messages SET lease_until = $2 WHERE owner = $1 AND id = ANY($3) AND state = 'received'",
+                &[&node, &until, &messages],
+            )
+            .await?;
+            db.execute(
+                "UPDATE deliveries SET lease_until = $2 WHERE owner = $1 AND id = ANY($3) AND state = 'pending'",
+                &[&node, &until, &deliveries],
+            )
+            .await?;
+            db.execute(
+                "UPDATE destination_leases SET lease_until = $2 WHERE owner = $1 AND destination <> $3",
+                &[&node, &until, &INBOUND_LEASE],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    fn lease(&self) -> Duration {
+        self.claims.lease
+    }
+
+    async fn take_scheduled(
+        &self,
+        route: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> StoreResult<Vec<Pending>> {
+        let route = route.to_string();
+        let now = millis(now);
+        let (node, lease) = self.claim_args();
+        let mut taken = self
+            .write(move |db| async move {
+                let rows = db
+                    .query(
+                        &format!(
+                            "WITH c AS (
+                               SELECT id FROM messages WHERE route = $1 AND state = 'received' AND next_attempt_at IS NOT NULL
+                               AND next_attempt_at <= $2 ORDER BY next_attempt_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
+                             UPDATE messages SET next_attempt_at = NULL, owner = $4, lease_until = $5 FROM c WHERE messages.id = c.id
+                             RETURNING {PENDING_COLUMNS}"
+                        ),
+                        &[&route, &now, &(limit as i64), &node, &(now + lease)],
+                    )
+                    .await?;
+                Ok(rows.iter().map(pending_row).collect::<Vec<_>>())
+            })
+            .await?;
+        taken.sort_by_key(|p| p.msg.id);
+        self.in_hand.take_messages(taken.iter().map(|p| p.msg.id));
+        Ok(taken)
+    }
+
+    async fn next_scheduled(&self, route: &str) -> StoreResult<Option<SystemTime>> {
+        let db = self.reader().await?;
+        let row = db
+            .query_opt(
+                "SELECT MIN(next_attempt_at) FROM messages
+                 WHERE route = $1 AND state = 'received' AND next_attempt_at IS NOT NULL",
+                &[&route],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(row
+            .and_then(|r| r.get::<_, Option<i64>>(0))
+            .map(from_millis))
+    }
+
+    async fn due_deliveries(
+        &self,
+        route: &str,
+        destination: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        let (route, destination) = (route.to_string(), destination.to_string());
+        let now = millis(now);
+        let (node, lease) = self.claim_args();
+        let due = self.write(move |db| async move {
+            let rows = db
+                .query(
+                    &format!(
+                        "WITH c AS (
+                           SELECT id FROM deliveries WHERE route = $1 AND destination = $2 AND state = 'pending'
+                           AND next_attempt_at <= $3 AND (owner IS NULL OR lease_until < $3)
+                           ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED),
+                         d AS (UPDATE deliveries SET owner = $5, lease_until = $6 FROM c WHERE deliveries.id = c.id
+                               RETURNING deliveries.*)
+                         SELECT {DELIVERY_COLUMNS} FROM d JOIN messages m ON m.id = d.message_id ORDER BY d.id"
+                    ),
+                    &[&route, &destination, &now, &(limit as i64), &node, &(now + lease)],
+                )
+                .await?;
+            Ok(rows.iter().map(|r| delivery_row(r, &route, &destination)).collect::<Vec<_>>())
+        })
+        .await;
+        if let Ok(due) = &due {
+            self.in_hand.take_deliveries(due.iter().map(|d| d.id));
+        }
+        due
+    }
+
+    async fn oldest_pending(
+        &self,
+        route: &str,
+        destination: &str,
+    ) -> StoreResult<Option<Delivery>> {
+        let (route, destination) = (route.to_string(), destination.to_string());
+        let head_sql = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN messages m ON m.id = d.message_id
+             WHERE d.route = $1 AND d.destination = $2 AND d.state = 'pending' ORDER BY d.id LIMIT 1"
+        );
+        if self.held.fresh(&route, &destination) {
+            let db = self.reader().await?;
+            let row = db
+                .query_opt(&head_sql, &[&route, &destination])
+                .await
+                .map_err(pg_err)?;
+            return Ok(row.map(|r| delivery_row(&r, &route, &destination)));
+        }
+        let (node, lease) = self.claim_args();
+        let (r, d) = (route.clone(), destination.clone());
+        let (held, first) = self
+            .write(move |db| async move {
+                let now = millis(SystemTime::now());
+                if !take_lease(&db, &r, &d, &node, now, lease).await? {
+                    return Ok((false, None)); // another node delivers to it now
+                }
+                let row = db.query_opt(&head_sql, &[&r, &d]).await?;
+                Ok((true, row.map(|row| delivery_row(&row, &r, &d))))
+            })
+            .await?;
+        if held {
+            self.held.took(&route, &destination, self.claims.lease);
+        }
+        Ok(first)
+    }
+
+    async fn next_due(&self, route: &str, destination: &str) -> StoreResult<Option<SystemTime>> {
+        let db = self.reader().await?;
+        let row = db
+            .query_opt(
+                "SELECT MIN(GREATEST(next_attempt_at, COALESCE(lease_until, 0))) FROM deliveries
+                 WHERE route = $1 AND destination = $2 AND state = 'pending'",
+                &[&route, &destination],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(row
+            .and_then(|r| r.get::<_, Option<i64>>(0))
+            .map(from_millis))
+    }
+
+    async fn annotate(&self, id: Uuid, state: MessageState, text: &str) -> StoreResult<()> {
+        let text = text.to_string();
+        self.write(move |db| async move {
+            let now = millis(SystemTime::now());
+            set_state(&db, id, now, state, Some(&text)).await?;
+            transition(
+                &db,
+                id,
+                now,
+                "state",
+                None,
+                state.as_str(),
+                None,
+                Some(&text),
+            )
+            .await
+        })
+        .await
+    }
+
+    async fn close(&self) -> StoreResult<()> {
+        // Dropping the last sender ends the writer loop once it has committed what it holds.
+        drop(self.jobs.lock().map_err(|_| closed())?.take());
+        for h in std::mem::take(&mut *self.writers.lock().await) {
+            h.await
+                .map_err(|_| StoreError("the writer task failed".into()))?;
+        }
+        self.reader.lock().await.take();
+        Ok(())
+    }
+}

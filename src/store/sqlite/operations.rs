@@ -1,0 +1,212 @@
+//! What operators need of the SQLite store: look-ups, search, a message's record, replay
+//! (see [`crate::store::Operations`]).
+
+use super::*;
+
+#[async_trait]
+impl Operations for SqliteStore {
+    async fn pending_deliveries(&self) -> StoreResult<Vec<(String, String, u64)>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT route, destination, COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY route, destination",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn message(&self, id: Uuid) -> StoreResult<Option<StoredMessage>> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            conn.prepare_cached(&format!("{SELECT_STORED} WHERE id = ?1"))?
+                .query_row([id], stored_row)
+                .optional()
+        })
+        .await
+    }
+
+    async fn count_by_state(
+        &self,
+        route: Option<&str>,
+    ) -> StoreResult<BTreeMap<MessageState, u64>> {
+        let route = route.map(str::to_string);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT state, COUNT(*) FROM messages WHERE ?1 IS NULL OR route = ?1 GROUP BY state",
+            )?;
+            let rows = stmt.query_map([route], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })?;
+            let mut out = BTreeMap::new();
+            for row in rows {
+                let (state, n) = row?;
+                if let Some(s) = MessageState::parse(&state) {
+                    out.insert(s, n as u64);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn search(&self, f: &Search) -> StoreResult<Vec<StoredMessage>> {
+        let mut sql = format!("{SELECT_STORED} WHERE 1 = 1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        let mut arg = |v: rusqlite::types::Value| {
+            args.push(v);
+            format!("?{}", args.len())
+        };
+        for c in plan::search(f) {
+            let text = |s: &str| rusqlite::types::Value::Text(s.to_string());
+            let cond = match c {
+                plan::Condition::Field(name, value) => format!(
+                    "id IN (SELECT message_id FROM message_index WHERE name = {} AND value = {})",
+                    arg(text(name)),
+                    arg(text(value))
+                ),
+                plan::Condition::Route(route) => format!("route = {}", arg(text(route))),
+                plan::Condition::State(state) => format!("state = {}", arg(text(state))),
+                plan::Condition::Since(id, ms) => format!(
+                    "id >= {} AND received_at >= {}",
+                    arg(text(&id.to_string())),
+                    arg(ms.into())
+                ),
+                plan::Condition::Until(id, ms) => format!(
+                    "id <= {} AND received_at <= {}",
+                    arg(text(&id.to_string())),
+                    arg(ms.into())
+                ),
+                plan::Condition::Text(t) => {
+                    let t = arg(text(t));
+                    format!(
+                        "(instr(headers, {t}) > 0 OR instr(CAST(body AS TEXT), {t}) > 0
+                          OR instr(COALESCE(out_headers, ''), {t}) > 0 OR instr(CAST(COALESCE(out_body, '') AS TEXT), {t}) > 0)"
+                    )
+                }
+            };
+            sql.push_str(" AND ");
+            sql.push_str(&cond);
+        }
+        let limit = arg((f.limit.max(1) as i64).into());
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), stored_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn details(&self, id: Uuid) -> StoreResult<Option<Details>> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            let Some(message) = conn
+                .prepare_cached(&format!("{SELECT_STORED} WHERE id = ?1"))?
+                .query_row([&id], stored_row)
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let (body, out_headers, out_body): (Option<Vec<u8>>, Option<String>, Option<Vec<u8>>) = conn
+                .prepare_cached("SELECT body, out_headers, out_body FROM messages WHERE id = ?1")?
+                .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            let ts = |ms: i64| humantime::format_rfc3339_millis(from_millis(ms)).to_string();
+            let mut stmt = conn.prepare_cached(
+                "SELECT at, event, name, outcome, duration_us, detail FROM transitions WHERE message_id = ?1 ORDER BY id",
+            )?;
+            let transitions = stmt
+                .query_map([&id], |r| {
+                    Ok(TransitionRecord {
+                        at: ts(r.get(0)?),
+                        event: r.get(1)?,
+                        name: r.get(2)?,
+                        outcome: r.get(3)?,
+                        duration_us: r.get(4)?,
+                        detail: r.get(5)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT destination, kind, state, attempts, next_attempt_at, last_error FROM deliveries WHERE message_id = ?1 ORDER BY id",
+            )?;
+            let deliveries = stmt
+                .query_map([&id], |r| {
+                    Ok(DeliveryRecord {
+                        destination: r.get(0)?,
+                        kind: r.get(1)?,
+                        state: r.get(2)?,
+                        attempts: r.get(3)?,
+                        next_attempt_at: ts(r.get(4)?),
+                        last_error: r.get(5)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Some(Details {
+                message,
+                body: Bytes::from(body.unwrap_or_default()),
+                out_headers: out_headers.map(|h| parse_headers(Some(h))),
+                out_body: out_body.map(Bytes::from),
+                transitions,
+                deliveries,
+            }))
+        })
+        .await
+    }
+
+    async fn replay(&self, id: Uuid, destination: Option<&str>) -> StoreResult<String> {
+        let id = id.to_string();
+        let destination = destination.map(str::to_string);
+        let result = self
+            .write(move |conn| {
+                let now = millis(SystemTime::now());
+                let state: Option<String> = conn
+                    .prepare_cached("SELECT state FROM messages WHERE id = ?1")?
+                    .query_row([&id], |r| r.get(0))
+                    .optional()?;
+                let Some(state) = state else {
+                    return Ok(Err(format!("no message {id}")));
+                };
+                match &destination {
+                    Some(dest) => {
+                        let n = conn
+                            .prepare_cached(
+                                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?3, last_error = NULL, updated_at = ?3,
+                                 owner = NULL, lease_until = NULL WHERE message_id = ?1 AND destination = ?2",
+                            )?
+                            .execute(params![id, dest, now])?;
+                        if n == 0 {
+                            return Ok(Err(format!("message {id} has no delivery to `{dest}`")));
+                        }
+                        conn.prepare_cached(
+                            "UPDATE messages SET state = 'delivering', updated_at = ?2 WHERE id = ?1 AND state != 'delivering'",
+                        )?
+                        .execute(params![id, now])?;
+                        transition(conn, &id, now, "replay", Some(dest), "pending", None, Some(&format!("re-delivery requested (was {state})")))?;
+                        Ok(Ok(format!("message {id}: delivery to {dest} is pending again")))
+                    }
+                    None => {
+                        if state == "received" {
+                            return Ok(Err(format!("message {id} is still waiting for its steps")));
+                        }
+                        conn.prepare_cached(
+                            "UPDATE messages SET state = 'received', resume_step = 0, attempts = 0, next_attempt_at = ?2,
+                             error = NULL, out_headers = NULL, out_body = NULL, updated_at = ?2, owner = NULL, lease_until = NULL
+                             WHERE id = ?1",
+                        )?
+                        .execute(params![id, now])?;
+                        // Old deliveries stay as history; pending ones would be sent twice.
+                        conn.prepare_cached(
+                            "UPDATE deliveries SET state = 'dead', last_error = 'replaced by a replay', updated_at = ?2
+                             WHERE message_id = ?1 AND state = 'pending'",
+                        )?
+                        .execute(params![id, now])?;
+                        transition(conn, &id, now, "replay", None, "received", None, Some(&format!("reprocess requested (was {state})")))?;
+                        Ok(Ok(format!("message {id}: queued to run through the route again (was {state})")))
+                    }
+                }
+            })
+            .await?;
+        result.map_err(StoreError)
+    }
+}

@@ -1,0 +1,440 @@
+//! What the engine needs of the SQLite store: intake, the steps' outcome, attempts, claims
+//! and leases (see [`crate::store::Processing`]).
+
+use super::*;
+
+#[async_trait]
+impl Processing for SqliteStore {
+    async fn insert(&self, batch: Vec<Insert>) -> StoreResult<()> {
+        let held: Vec<Uuid> = batch
+            .iter()
+            .filter(|i| i.state == MessageState::Received && !i.scheduled)
+            .map(|i| i.msg.id)
+            .collect();
+        let (node, lease) = self.claim_args();
+        let result = self
+            .write(move |conn| {
+                let now = millis(SystemTime::now());
+                batch.iter().try_for_each(|ins| {
+                    // This node processes what it stored itself: held from the start.
+                    let held = ins.state == MessageState::Received && !ins.scheduled;
+                    insert_one(conn, ins, held, now, &node, lease)
+                })
+            })
+            .await;
+        if result.is_ok() {
+            self.in_hand.take_messages(held);
+        }
+        result
+    }
+
+    async fn insert_once(&self, ins: Insert, key: (String, String)) -> StoreResult<Option<Uuid>> {
+        let (node, lease) = self.claim_args();
+        let id = ins.msg.id;
+        let held = ins.state == MessageState::Received && !ins.scheduled;
+        let result = self
+            .write(move |conn| {
+                let now = millis(SystemTime::now());
+                match first_with_key(conn, &ins.msg.route, &key)? {
+                    None => insert_one(conn, &ins, held, now, &node, lease).map(|_| None),
+                    Some(first) => {
+                        let dup = duplicate_of(ins.clone(), &first, &key);
+                        insert_one(conn, &dup, false, now, &node, lease)?;
+                        Ok(Uuid::parse_str(&first).ok())
+                    }
+                }
+            })
+            .await;
+        if let Ok(None) = result {
+            if held {
+                self.in_hand.take_messages([id]);
+            }
+        }
+        result
+    }
+
+    async fn insert_processed(
+        &self,
+        ins: Insert,
+        steps: Vec<StepRecord>,
+        result: Processed,
+        key: Option<(String, String)>,
+    ) -> StoreResult<Stored> {
+        let (node, lease) = self.claim_args();
+        self.write(move |conn| {
+            let now = millis(SystemTime::now());
+            if let Some(key) = &key {
+                if let Some(first) = first_with_key(conn, &ins.msg.route, key)? {
+                    let dup = duplicate_of(ins.clone(), &first, key);
+                    insert_one(conn, &dup, false, now, &node, lease)?;
+                    return Ok(Stored::Duplicate {
+                        first: parse_id(&first)?,
+                    });
+                }
+            }
+            let (changes, state) = plan::processed_message(&ins, &steps, &result);
+            apply_all(conn, &changes, now, &node, lease)?;
+            Ok(Stored::Processed(state))
+        })
+        .await
+    }
+
+    async fn finish_steps(
+        &self,
+        id: Uuid,
+        steps: Vec<StepRecord>,
+        result: Processed,
+    ) -> StoreResult<Option<MessageState>> {
+        let (node, lease) = self.claim_args();
+        let result = self
+            .write(move |conn| {
+                let now = millis(SystemTime::now());
+                // Another node that took the message over (this one's lease ran out) records
+                // it; and a message processed already is not recorded twice.
+                let route: Option<String> = conn
+                    .prepare_cached(
+                        "UPDATE messages SET owner = NULL, lease_until = NULL
+                         WHERE id = ?1 AND state = 'received' AND (owner IS NULL OR owner = ?2) RETURNING route",
+                    )?
+                    .query_row(params![id.to_string(), &node], |r| r.get(0))
+                    .optional()?;
+                let Some(route) = route else {
+                    return Ok(None);
+                };
+                let (changes, state) = plan::steps_outcome(id, &route, &steps, &result);
+                apply_all(conn, &changes, now, &node, lease)?;
+                Ok(Some(state))
+            })
+            .await;
+        self.in_hand.drop_messages([&id]);
+        result
+    }
+
+    async fn record_attempt(&self, a: Attempt<'_>) -> StoreResult<Option<MessageState>> {
+        let delivery_id = a.delivery;
+        let id = a.message.to_string();
+        let destination = a.destination.to_string();
+        let (delivery, number, duration, outcome) = (a.delivery, a.number, a.duration, a.outcome);
+        let result = self.write(move |conn| {
+            let now = millis(SystemTime::now());
+            let (state, next, error) = match &outcome {
+                AttemptOutcome::Delivered => ("delivered", now, None),
+                AttemptOutcome::Retry {
+                    error,
+                    next_attempt_at,
+                } => ("pending", millis(*next_attempt_at), Some(error.as_str())),
+                AttemptOutcome::Dead { error, .. } => ("dead", now, Some(error.as_str())),
+            };
+            let row: Option<(String, String)> = conn
+                .prepare_cached(
+                    "UPDATE deliveries SET state = ?2, attempts = ?3, next_attempt_at = ?4, last_error = ?5, updated_at = ?6,
+                     owner = NULL, lease_until = NULL WHERE id = ?1 RETURNING kind, route",
+                )?
+                .query_row(params![delivery, state, number, next, error, now], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            let detail = match error {
+                Some(e) => format!("attempt {number}: {e}"),
+                None => format!("attempt {number}"),
+            };
+            let outcome_name = if state == "pending" { "retry" } else { state };
+            transition(conn, &id, now, "attempt", Some(&destination), outcome_name, Some(duration), Some(&detail))?;
+            let Some((kind, route)) = row else { return Ok(None) };
+            if state == "pending" {
+                return Ok(None);
+            }
+            if DeliveryKind::parse(&kind) != DeliveryKind::Main {
+                return Ok(None); // copies never change the message's state
+            }
+            if let AttemptOutcome::Dead { error, dead_letter } = &outcome {
+                conn.prepare_cached("UPDATE messages SET error = ?2 WHERE id = ?1")?
+                    .execute(params![id, format!("{destination}: {error}")])?;
+                if let Some(dl) = dead_letter {
+                    add_delivery(conn, &id, &route, dl, DeliveryKind::DeadLetter, "out", now)?;
+                }
+            }
+            let (open, dead): (i64, i64) = conn
+                .prepare_cached(
+                    "SELECT COALESCE(SUM(state = 'pending'), 0), COALESCE(SUM(state = 'dead'), 0)
+                     FROM deliveries WHERE message_id = ?1 AND kind = 'main'",
+                )?
+                .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            if open > 0 {
+                return Ok(None);
+            }
+            let final_state = if dead > 0 {
+                MessageState::Dead
+            } else {
+                MessageState::Delivered
+            };
+            conn.prepare_cached("UPDATE messages SET state = ?2, updated_at = ?3 WHERE id = ?1")?
+                .execute(params![id, final_state.as_str(), now])?;
+            transition(conn, &id, now, "state", None, final_state.as_str(), None, None)?;
+            Ok(Some(final_state))
+        })
+        .await;
+        self.in_hand.drop_deliveries([&delivery_id]);
+        result
+    }
+
+    async fn claim_received(&self, route: &str, limit: usize) -> StoreResult<Vec<Pending>> {
+        let route = route.to_string();
+        let (node, lease) = self.claim_args();
+        self.write(move |conn| {
+            let now = millis(SystemTime::now());
+            let mut stmt = conn.prepare_cached(&format!(
+                "{SELECT_PENDING} WHERE route = ?1 AND state = 'received' AND next_attempt_at IS NULL
+                 AND (owner IS NULL OR lease_until < ?2) ORDER BY id LIMIT ?3"
+            ))?;
+            let taken: Vec<Pending> = stmt
+                .query_map(params![route, now, limit as i64], pending_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut claim = conn
+                .prepare_cached("UPDATE messages SET owner = ?2, lease_until = ?3 WHERE id = ?1")?;
+            for p in &taken {
+                claim.execute(params![p.msg.id.to_string(), node, now + lease])?;
+            }
+            Ok(taken)
+        })
+        .await
+        .inspect(|taken| self.in_hand.take_messages(taken.iter().map(|p| p.msg.id)))
+    }
+
+    async fn release(&self, ids: Vec<Uuid>) -> StoreResult<()> {
+        self.in_hand.drop_messages(&ids);
+        let (node, _) = self.claim_args();
+        let result = self.write(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "UPDATE messages SET owner = NULL, lease_until = NULL WHERE id = ?1 AND owner = ?2 AND state = 'received'",
+            )?;
+            for id in &ids {
+                stmt.execute(params![id.to_string(), node])?;
+            }
+            Ok(())
+        })
+        .await;
+        result
+    }
+
+    async fn release_deliveries(&self, ids: Vec<i64>) -> StoreResult<()> {
+        self.in_hand.drop_deliveries(&ids);
+        let (node, _) = self.claim_args();
+        let result = self.write(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "UPDATE deliveries SET owner = NULL, lease_until = NULL WHERE id = ?1 AND owner = ?2 AND state = 'pending'",
+            )?;
+            for id in &ids {
+                stmt.execute(params![id, node])?;
+            }
+            Ok(())
+        })
+        .await;
+        result
+    }
+
+    async fn hold(&self, route: &str, name: &str) -> StoreResult<bool> {
+        let (route, name) = (route.to_string(), name.to_string());
+        let (node, lease) = self.claim_args();
+        self.write(move |conn| {
+            let now = millis(SystemTime::now());
+            take_lease(conn, &route, &name, &node, now, lease)
+        })
+        .await
+    }
+
+    async fn renew_leases(&self) -> StoreResult<()> {
+        let (node, lease) = self.claim_args();
+        let (messages, deliveries) = self.in_hand.snapshot();
+        self.write(move |conn| {
+            let until = millis(SystemTime::now()) + lease;
+            let mut renew = conn.prepare_cached(
+                "UPDATE messages SET lease_until = ?3 WHERE id = ?1 AND owner = ?2 AND state = 'received'",
+            )?;
+            for id in &messages {
+                renew.execute(params![id.to_string(), node, until])?;
+            }
+            let mut renew = conn.prepare_cached(
+                "UPDATE deliveries SET lease_until = ?3 WHERE id = ?1 AND owner = ?2 AND state = 'pending'",
+            )?;
+            for id in &deliveries {
+                renew.execute(params![id, node, until])?;
+            }
+            conn.prepare_cached("UPDATE destination_leases SET lease_until = ?2 WHERE owner = ?1 AND destination <> ?3")?
+                .execute(params![node, until, INBOUND_LEASE])?;
+            Ok(())
+        })
+        .await
+    }
+
+    fn lease(&self) -> Duration {
+        self.claims.lease
+    }
+
+    async fn take_scheduled(
+        &self,
+        route: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> StoreResult<Vec<Pending>> {
+        let route = route.to_string();
+        let now = millis(now);
+        let (node, lease) = self.claim_args();
+        self.write(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "{SELECT_PENDING} WHERE route = ?1 AND state = 'received' AND next_attempt_at IS NOT NULL
+                 AND next_attempt_at <= ?2 ORDER BY next_attempt_at, id LIMIT ?3"
+            ))?;
+            let taken: Vec<Pending> = stmt
+                .query_map(params![route, now, limit as i64], pending_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut unschedule = conn.prepare_cached(
+                "UPDATE messages SET next_attempt_at = NULL, owner = ?2, lease_until = ?3 WHERE id = ?1",
+            )?;
+            for p in &taken {
+                unschedule.execute(params![p.msg.id.to_string(), node, now + lease])?;
+            }
+            Ok(taken)
+        })
+        .await
+        .inspect(|taken| self.in_hand.take_messages(taken.iter().map(|p| p.msg.id)))
+    }
+
+    async fn next_scheduled(&self, route: &str) -> StoreResult<Option<SystemTime>> {
+        let route = route.to_string();
+        self.read(move |conn| {
+            let next: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT MIN(next_attempt_at) FROM messages
+                     WHERE route = ?1 AND state = 'received' AND next_attempt_at IS NOT NULL",
+                )?
+                .query_row([route], |r| r.get(0))?;
+            Ok(next.map(from_millis))
+        })
+        .await
+    }
+
+    async fn due_deliveries(
+        &self,
+        route: &str,
+        destination: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        let route = route.to_string();
+        let destination = destination.to_string();
+        let now = millis(now);
+        let (node, lease) = self.claim_args();
+        let due = self.write(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "{SELECT_DELIVERY} WHERE d.route = ?1 AND d.destination = ?2 AND d.state = 'pending'
+                 AND d.next_attempt_at <= ?3 AND (d.owner IS NULL OR d.lease_until < ?3) ORDER BY d.id LIMIT ?4"
+            ))?;
+            let due: Vec<Delivery> = stmt
+                .query_map(params![route, destination, now, limit as i64], |r| {
+                    delivery_row(r, &route, &destination)
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut claim = conn
+                .prepare_cached("UPDATE deliveries SET owner = ?2, lease_until = ?3 WHERE id = ?1")?;
+            for d in &due {
+                claim.execute(params![d.id, node, now + lease])?;
+            }
+            Ok(due)
+        })
+        .await;
+        if let Ok(due) = &due {
+            self.in_hand.take_deliveries(due.iter().map(|d| d.id));
+        }
+        due
+    }
+
+    async fn oldest_pending(
+        &self,
+        route: &str,
+        destination: &str,
+    ) -> StoreResult<Option<Delivery>> {
+        let route = route.to_string();
+        let destination = destination.to_string();
+        let head = |conn: &Connection, route: &str, destination: &str| {
+            conn.prepare_cached(&format!(
+                "{SELECT_DELIVERY} WHERE d.route = ?1 AND d.destination = ?2 AND d.state = 'pending'
+                 ORDER BY d.id LIMIT 1"
+            ))?
+            .query_row(params![route, destination], |r| {
+                delivery_row(r, route, destination)
+            })
+            .optional()
+        };
+        if self.held.fresh(&route, &destination) {
+            return self
+                .read(move |conn| head(conn, &route, &destination))
+                .await;
+        }
+        let (node, lease) = self.claim_args();
+        let (r, d) = (route.clone(), destination.clone());
+        let (held, first) = self
+            .write(move |conn| {
+                let now = millis(SystemTime::now());
+                if !take_lease(conn, &r, &d, &node, now, lease)? {
+                    return Ok((false, None)); // another node delivers to it now
+                }
+                Ok((true, head(conn, &r, &d)?))
+            })
+            .await?;
+        if held {
+            self.held.took(&route, &destination, self.claims.lease);
+        }
+        Ok(first)
+    }
+
+    async fn next_due(&self, route: &str, destination: &str) -> StoreResult<Option<SystemTime>> {
+        let route = route.to_string();
+        let destination = destination.to_string();
+        self.read(move |conn| {
+            let next: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT MIN(MAX(next_attempt_at, COALESCE(lease_until, 0))) FROM deliveries
+                     WHERE route = ?1 AND destination = ?2 AND state = 'pending'",
+                )?
+                .query_row(params![route, destination], |r| r.get(0))?;
+            Ok(next.map(from_millis))
+        })
+        .await
+    }
+
+    async fn annotate(&self, id: Uuid, state: MessageState, text: &str) -> StoreResult<()> {
+        let (id, text) = (id.to_string(), text.to_string());
+        self.write(move |conn| {
+            let now = millis(SystemTime::now());
+            set_state(conn, &id, now, state, Some(&text))?;
+            transition(
+                conn,
+                &id,
+                now,
+                "state",
+                None,
+                state.as_str(),
+                None,
+                Some(&text),
+            )
+        })
+        .await
+    }
+
+    async fn close(&self) -> StoreResult<()> {
+        // Dropping the last sender ends the writer loop once it has committed what it holds.
+        drop(self.jobs.lock().map_err(|_| closed())?.take());
+        let handle = self.writer.lock().map_err(|_| closed())?.take();
+        if let Some(h) = handle {
+            tokio::task::spawn_blocking(move || h.join())
+                .await
+                .map_err(sql_err)?
+                .map_err(|_| StoreError("the writer thread panicked".into()))?;
+        }
+        if let Ok(mut l) = self.lock.lock() {
+            l.take();
+        }
+        Ok(())
+    }
+}
