@@ -5,7 +5,7 @@
 //! touches — its transitions, its deliveries, its state — cannot drift apart between the
 //! backends.
 
-use super::{DeliveryKind, Insert, MessageState, Processed, StepRecord};
+use super::{Attempt, AttemptOutcome, DeliveryKind, Insert, MessageState, Processed, StepRecord};
 use crate::message::Headers;
 use bytes::Bytes;
 use std::borrow::Cow;
@@ -71,6 +71,10 @@ pub(crate) enum Change<'a> {
         state: MessageState,
         error: Option<Cow<'a, str>>,
     },
+    /// The error of a message whose delivery died; its state stays until its last delivery.
+    Error { message: Uuid, error: String },
+    /// The final state of a message whose last open delivery ended.
+    Final { message: Uuid, state: MessageState },
     /// The steps run again at `at`.
     Retry {
         message: Uuid,
@@ -307,6 +311,114 @@ pub(crate) fn steps_outcome<'a>(
         detail: None,
     });
     (plan, state)
+}
+
+/// What an attempt writes into its delivery's row.
+#[derive(Debug)]
+pub(crate) struct DeliveryOutcome<'a> {
+    /// `pending` (tried again later), `delivered` or `dead`.
+    pub state: &'static str,
+    /// When it is due again; `None`: the write's own time.
+    pub next_attempt_at: Option<SystemTime>,
+    pub error: Option<&'a str>,
+}
+
+impl DeliveryOutcome<'_> {
+    /// Delivered or dead: the delivery is over, and may have been its message's last.
+    pub(crate) fn ended(&self) -> bool {
+        self.state != "pending"
+    }
+}
+
+/// An attempt: its delivery's new values and the attempt's transition.
+pub(crate) fn attempt<'a>(a: &'a Attempt<'a>) -> (DeliveryOutcome<'a>, Change<'a>) {
+    let (state, next_attempt_at, error, outcome) = match &a.outcome {
+        AttemptOutcome::Delivered => ("delivered", None, None, "delivered"),
+        AttemptOutcome::Retry {
+            error,
+            next_attempt_at,
+        } => (
+            "pending",
+            Some(*next_attempt_at),
+            Some(error.as_str()),
+            "retry",
+        ),
+        AttemptOutcome::Dead { error, .. } => ("dead", None, Some(error.as_str()), "dead"),
+    };
+    let detail = match error {
+        Some(e) => format!("attempt {}: {e}", a.number),
+        None => format!("attempt {}", a.number),
+    };
+    (
+        DeliveryOutcome {
+            state,
+            next_attempt_at,
+            error,
+        },
+        Change::Transition {
+            message: a.message,
+            at: None,
+            event: "attempt",
+            name: Some(a.destination),
+            outcome,
+            duration: Some(a.duration),
+            detail: Some(Cow::Owned(detail)),
+        },
+    )
+}
+
+/// A main delivery of `route` that ended, before its message's deliveries are counted: a
+/// dead one records its error on the message and sends the message to the dead letter.
+pub(crate) fn main_delivery_ended<'a>(a: &'a Attempt<'a>, route: &'a str) -> Vec<Change<'a>> {
+    let AttemptOutcome::Dead { error, dead_letter } = &a.outcome else {
+        return Vec::new();
+    };
+    let mut plan = vec![Change::Error {
+        message: a.message,
+        error: format!("{}: {error}", a.destination),
+    }];
+    if let Some(dl) = dead_letter {
+        plan.push(Change::Delivery {
+            message: a.message,
+            route,
+            destination: dl,
+            kind: DeliveryKind::DeadLetter,
+            payload: Payload::Out,
+        });
+    }
+    plan
+}
+
+/// The end of a message whose main deliveries were counted (`open` still pending, `dead`
+/// dead): when none is open, its final state — `dead` if any died — and that transition.
+pub(crate) fn message_ended<'a>(
+    message: Uuid,
+    open: i64,
+    dead: i64,
+) -> Option<(Vec<Change<'a>>, MessageState)> {
+    if open > 0 {
+        return None;
+    }
+    let state = if dead > 0 {
+        MessageState::Dead
+    } else {
+        MessageState::Delivered
+    };
+    Some((
+        vec![
+            Change::Final { message, state },
+            Change::Transition {
+                message,
+                at: None,
+                event: "state",
+                name: None,
+                outcome: state.as_str(),
+                duration: None,
+                detail: None,
+            },
+        ],
+        state,
+    ))
 }
 
 /// One condition of a search, in the order that lets the store use its indexes: an index

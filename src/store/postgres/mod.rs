@@ -701,6 +701,20 @@ fn apply<'a>(
                 state,
                 error,
             } => set_state(db, *message, now, *state, error.as_deref()).await?,
+            Change::Error { message, error } => {
+                db.execute(
+                    "UPDATE messages SET error = $2 WHERE id = $1",
+                    &[message, error],
+                )
+                .await?;
+            }
+            Change::Final { message, state } => {
+                db.execute(
+                    "UPDATE messages SET state = $2, updated_at = $3 WHERE id = $1",
+                    &[message, &state.as_str(), &now],
+                )
+                .await?;
+            }
             Change::Retry { message, at, error } => {
                 db.execute(
                     "UPDATE messages SET attempts = attempts + 1, next_attempt_at = $2, updated_at = $3, error = $4,

@@ -117,84 +117,63 @@ impl Processing for PgStore {
 
     async fn record_attempt(&self, a: Attempt<'_>) -> StoreResult<Option<MessageState>> {
         let delivery_id = a.delivery;
-        let id = a.message;
         let destination = a.destination.to_string();
-        let (delivery, number, duration, outcome) = (a.delivery, a.number, a.duration, a.outcome);
-        let result = self.write(move |db| async move {
-            let now = millis(SystemTime::now());
-            let db = &db;
-            let (state, next, error) = match &outcome {
-                AttemptOutcome::Delivered => ("delivered", now, None),
-                AttemptOutcome::Retry { error, next_attempt_at } => {
-                    ("pending", millis(*next_attempt_at), Some(error.as_str()))
-                }
-                AttemptOutcome::Dead { error, .. } => ("dead", now, Some(error.as_str())),
-            };
-            let detail = match error {
-                Some(e) => format!("attempt {number}: {e}"),
-                None => format!("attempt {number}"),
-            };
-            let outcome_name = if state == "pending" { "retry" } else { state };
-            let (row, ()) = tokio::try_join!(
-                async {
+        let (message, number, duration, outcome) = (a.message, a.number, a.duration, a.outcome);
+        let (node, lease) = self.claim_args();
+        let result = self
+            .write(move |db| async move {
+                let now = millis(SystemTime::now());
+                let db = &db;
+                let a = Attempt {
+                    delivery: delivery_id,
+                    message,
+                    destination: &destination,
+                    number,
+                    duration,
+                    outcome,
+                };
+                let (row, transition) = plan::attempt(&a);
+                let next = row.next_attempt_at.map(millis).unwrap_or(now);
+                let attempts = number as i32;
+                let args: [&(dyn ToSql + Sync); 6] =
+                    [&delivery_id, &row.state, &attempts, &next, &row.error, &now];
+                let (ended, ()) = tokio::try_join!(
                     db.query_opt(
                         "UPDATE deliveries SET state = $2, attempts = $3, next_attempt_at = $4, last_error = $5, updated_at = $6,
                          owner = NULL, lease_until = NULL WHERE id = $1 RETURNING kind, route",
-                        &[&delivery, &state, &(number as i32), &next, &error, &now],
-                    )
-                    .await
-                },
-                transition(db, id, now, "attempt", Some(&destination), outcome_name, Some(duration), Some(&detail)),
-            )?;
-            let Some(row) = row else { return Ok(None) };
-            if state == "pending" {
-                return Ok(None);
-            }
-            let (kind, route): (String, String) = (row.get(0), row.get(1));
-            if DeliveryKind::parse(&kind) != DeliveryKind::Main {
-                return Ok(None); // copies never change the message's state
-            }
-            // Two nodes may finish the message's last two deliveries at once: the row lock makes
-            // the second wait for the first, and then count what the first committed (each
-            // statement sees the latest commits), so exactly one of them closes the message.
-            db.query_opt("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", &[&id])
-                .await?;
-            let mut work: Pipeline = Vec::new();
-            if let AttemptOutcome::Dead { error, dead_letter } = &outcome {
-                let text = format!("{destination}: {error}");
-                work.push(Box::pin(async move {
-                    db.execute("UPDATE messages SET error = $2 WHERE id = $1", &[&id, &text]).await.map(drop)
-                }));
-                if let Some(dl) = dead_letter {
-                    work.push(Box::pin(add_delivery(db, id, &route, dl, DeliveryKind::DeadLetter, "out", now)));
+                        &args,
+                    ),
+                    apply(db, &transition, now, &node, lease),
+                )?;
+                let Some(ended) = ended else { return Ok(None) };
+                let (kind, route): (String, String) = (ended.get(0), ended.get(1));
+                // Copies (dead letter, wire tap) never change the message's state.
+                if !row.ended() || DeliveryKind::parse(&kind) != DeliveryKind::Main {
+                    return Ok(None);
                 }
-            }
-            let (counts, ()) = tokio::try_join!(
-                async {
+                // Two nodes may finish the message's last two deliveries at once: the row lock
+                // makes the second wait for the first, and then count what the first committed
+                // (each statement sees the latest commits), so exactly one closes the message.
+                db.query_opt("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", &[&message])
+                    .await?;
+                let before = plan::main_delivery_ended(&a, &route);
+                let of_message: [&(dyn ToSql + Sync); 1] = [&message];
+                let (counts, ()) = tokio::try_join!(
                     db.query_opt(
                         "SELECT COUNT(*) FILTER (WHERE state = 'pending'), COUNT(*) FILTER (WHERE state = 'dead')
                          FROM deliveries WHERE message_id = $1 AND kind = 'main'",
-                        &[&id],
-                    )
-                    .await
-                },
-                pipelined(work),
-            )?;
-            let (open, dead): (i64, i64) = counts.map(|r| (r.get(0), r.get(1))).unwrap_or((0, 0));
-            if open > 0 {
-                return Ok(None);
-            }
-            let final_state = if dead > 0 { MessageState::Dead } else { MessageState::Delivered };
-            tokio::try_join!(
-                async {
-                    db.execute("UPDATE messages SET state = $2, updated_at = $3 WHERE id = $1", &[&id, &final_state.as_str(), &now])
-                        .await
-                },
-                transition(db, id, now, "state", None, final_state.as_str(), None, None),
-            )?;
-            Ok(Some(final_state))
-        })
-        .await;
+                        &of_message,
+                    ),
+                    apply_all(db, &before, now, &node, lease),
+                )?;
+                let (open, dead): (i64, i64) = counts.map(|r| (r.get(0), r.get(1))).unwrap_or((0, 0));
+                let Some((changes, state)) = plan::message_ended(message, open, dead) else {
+                    return Ok(None);
+                };
+                apply_all(db, &changes, now, &node, lease).await?;
+                Ok(Some(state))
+            })
+            .await;
         self.in_hand.drop_deliveries([&delivery_id]);
         result
     }

@@ -571,6 +571,14 @@ fn apply(
             state,
             error,
         } => set_state(conn, &message.to_string(), now, *state, error.as_deref())?,
+        Change::Error { message, error } => {
+            conn.prepare_cached("UPDATE messages SET error = ?2 WHERE id = ?1")?
+                .execute(params![message.to_string(), error])?;
+        }
+        Change::Final { message, state } => {
+            conn.prepare_cached("UPDATE messages SET state = ?2, updated_at = ?3 WHERE id = ?1")?
+                .execute(params![message.to_string(), state.as_str(), now])?;
+        }
         Change::Retry { message, at, error } => {
             conn.prepare_cached(
                 "UPDATE messages SET attempts = attempts + 1, next_attempt_at = ?2, updated_at = ?3, error = ?4,

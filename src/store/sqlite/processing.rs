@@ -112,68 +112,60 @@ impl Processing for SqliteStore {
 
     async fn record_attempt(&self, a: Attempt<'_>) -> StoreResult<Option<MessageState>> {
         let delivery_id = a.delivery;
-        let id = a.message.to_string();
         let destination = a.destination.to_string();
-        let (delivery, number, duration, outcome) = (a.delivery, a.number, a.duration, a.outcome);
-        let result = self.write(move |conn| {
-            let now = millis(SystemTime::now());
-            let (state, next, error) = match &outcome {
-                AttemptOutcome::Delivered => ("delivered", now, None),
-                AttemptOutcome::Retry {
-                    error,
-                    next_attempt_at,
-                } => ("pending", millis(*next_attempt_at), Some(error.as_str())),
-                AttemptOutcome::Dead { error, .. } => ("dead", now, Some(error.as_str())),
-            };
-            let row: Option<(String, String)> = conn
-                .prepare_cached(
-                    "UPDATE deliveries SET state = ?2, attempts = ?3, next_attempt_at = ?4, last_error = ?5, updated_at = ?6,
-                     owner = NULL, lease_until = NULL WHERE id = ?1 RETURNING kind, route",
-                )?
-                .query_row(params![delivery, state, number, next, error, now], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .optional()?;
-            let detail = match error {
-                Some(e) => format!("attempt {number}: {e}"),
-                None => format!("attempt {number}"),
-            };
-            let outcome_name = if state == "pending" { "retry" } else { state };
-            transition(conn, &id, now, "attempt", Some(&destination), outcome_name, Some(duration), Some(&detail))?;
-            let Some((kind, route)) = row else { return Ok(None) };
-            if state == "pending" {
-                return Ok(None);
-            }
-            if DeliveryKind::parse(&kind) != DeliveryKind::Main {
-                return Ok(None); // copies never change the message's state
-            }
-            if let AttemptOutcome::Dead { error, dead_letter } = &outcome {
-                conn.prepare_cached("UPDATE messages SET error = ?2 WHERE id = ?1")?
-                    .execute(params![id, format!("{destination}: {error}")])?;
-                if let Some(dl) = dead_letter {
-                    add_delivery(conn, &id, &route, dl, DeliveryKind::DeadLetter, "out", now)?;
+        let (message, number, duration, outcome) = (a.message, a.number, a.duration, a.outcome);
+        let (node, lease) = self.claim_args();
+        let result = self
+            .write(move |conn| {
+                let now = millis(SystemTime::now());
+                let a = Attempt {
+                    delivery: delivery_id,
+                    message,
+                    destination: &destination,
+                    number,
+                    duration,
+                    outcome: outcome.clone(),
+                };
+                let (row, transition) = plan::attempt(&a);
+                let ended: Option<(String, String)> = conn
+                    .prepare_cached(
+                        "UPDATE deliveries SET state = ?2, attempts = ?3, next_attempt_at = ?4, last_error = ?5, updated_at = ?6,
+                         owner = NULL, lease_until = NULL WHERE id = ?1 RETURNING kind, route",
+                    )?
+                    .query_row(
+                        params![
+                            delivery_id,
+                            row.state,
+                            number,
+                            row.next_attempt_at.map(millis).unwrap_or(now),
+                            row.error,
+                            now
+                        ],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                apply(conn, &transition, now, &node, lease)?;
+                let Some((kind, route)) = ended else {
+                    return Ok(None);
+                };
+                // Copies (dead letter, wire tap) never change the message's state.
+                if !row.ended() || DeliveryKind::parse(&kind) != DeliveryKind::Main {
+                    return Ok(None);
                 }
-            }
-            let (open, dead): (i64, i64) = conn
-                .prepare_cached(
-                    "SELECT COALESCE(SUM(state = 'pending'), 0), COALESCE(SUM(state = 'dead'), 0)
-                     FROM deliveries WHERE message_id = ?1 AND kind = 'main'",
-                )?
-                .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            if open > 0 {
-                return Ok(None);
-            }
-            let final_state = if dead > 0 {
-                MessageState::Dead
-            } else {
-                MessageState::Delivered
-            };
-            conn.prepare_cached("UPDATE messages SET state = ?2, updated_at = ?3 WHERE id = ?1")?
-                .execute(params![id, final_state.as_str(), now])?;
-            transition(conn, &id, now, "state", None, final_state.as_str(), None, None)?;
-            Ok(Some(final_state))
-        })
-        .await;
+                apply_all(conn, &plan::main_delivery_ended(&a, &route), now, &node, lease)?;
+                let (open, dead): (i64, i64) = conn
+                    .prepare_cached(
+                        "SELECT COALESCE(SUM(state = 'pending'), 0), COALESCE(SUM(state = 'dead'), 0)
+                         FROM deliveries WHERE message_id = ?1 AND kind = 'main'",
+                    )?
+                    .query_row([message.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                let Some((changes, state)) = plan::message_ended(message, open, dead) else {
+                    return Ok(None);
+                };
+                apply_all(conn, &changes, now, &node, lease)?;
+                Ok(Some(state))
+            })
+            .await;
         self.in_hand.drop_deliveries([&delivery_id]);
         result
     }
