@@ -629,6 +629,8 @@ fn main() {
         rows.push(baseline_mllp());
         rows.push(baseline_sqlite(1));
         rows.push(baseline_sqlite(100));
+    }
+    if want("baseline store floor") {
         rows.push(baseline_group_commit(50, false));
         rows.push(baseline_group_commit(50, true));
     }
@@ -837,9 +839,17 @@ fn baseline_group_commit(clients: usize, processed: bool) -> Row {
         .unwrap_or(20.0)
         * scale().clamp(0.05, 1.0);
     let tmp = tempfile::tempdir().expect("temp dir");
-    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(
-        switchyard::store::sqlite::SqliteStore::open(&tmp.path().join("store.db")).unwrap(),
-    );
+    let path = tmp.path().join("store.db");
+    let store: std::sync::Arc<dyn Store> =
+        std::sync::Arc::new(switchyard::store::sqlite::SqliteStore::open(&path).unwrap());
+    // BENCH_DROP_INDEX=messages_state: the same without that index — what the index costs.
+    let dropped = std::env::var("BENCH_DROP_INDEX").unwrap_or_default();
+    if !dropped.is_empty() {
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(&format!("DROP INDEX {dropped}"))
+            .unwrap();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -907,7 +917,14 @@ fn baseline_group_commit(clients: usize, processed: bool) -> Row {
     let _ = rt.block_on(store.close());
     Row::baseline(
         if processed {
-            format!("store: {clients} writers, message + outcome + delivery")
+            format!(
+                "store: {clients} writers, message + outcome + delivery{}",
+                if dropped.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (without {dropped})")
+                }
+            )
         } else {
             format!("baseline: group commit, {clients} writers, 1 write/msg")
         },
