@@ -301,16 +301,21 @@ pub(crate) fn steps_outcome<'a>(
             MessageState::Split
         }
     };
-    plan.push(Change::Transition {
-        message: id,
+    plan.push(entered(id, state));
+    (plan, state)
+}
+
+/// The transition of a message into `state`.
+fn entered(message: Uuid, state: MessageState) -> Change<'static> {
+    Change::Transition {
+        message,
         at: None,
         event: "state",
         name: None,
         outcome: state.as_str(),
         duration: None,
         detail: None,
-    });
-    (plan, state)
+    }
 }
 
 /// What an attempt writes into its delivery's row.
@@ -405,18 +410,7 @@ pub(crate) fn message_ended<'a>(
         MessageState::Delivered
     };
     Some((
-        vec![
-            Change::Final { message, state },
-            Change::Transition {
-                message,
-                at: None,
-                event: "state",
-                name: None,
-                outcome: state.as_str(),
-                duration: None,
-                detail: None,
-            },
-        ],
+        vec![Change::Final { message, state }, entered(message, state)],
         state,
     ))
 }

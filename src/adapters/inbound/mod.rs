@@ -281,10 +281,42 @@ impl Intake {
         msg
     }
 
-    /// Hands a committed message to the steps (and its copies to the wire taps).
+    /// The stored record of a new message; with `key`, the key is one of its search fields
+    /// (replacing a field of the same name), so that a later copy is found by it.
+    fn insert_keyed(&self, msg: &Message, key: Option<&(String, String)>) -> Insert {
+        let mut insert = self.insert(msg.clone(), MessageState::Received, None);
+        if let Some(key) = key {
+            insert.index.retain(|(name, _)| *name != key.0);
+            insert.index.push(key.clone());
+        }
+        insert
+    }
+
+    /// Commits a new message as received, before its steps: under `key` (see
+    /// [`Intake::submit_once`]) a message stored with that key before makes this one a
+    /// duplicate, and the first's id is returned.
+    async fn commit_received(
+        &self,
+        msg: &Message,
+        key: Option<(String, String)>,
+    ) -> Result<Option<Uuid>, StoreError> {
+        let insert = self.insert_keyed(msg, key.as_ref());
+        let first = match key {
+            None => self.store.insert(vec![insert]).await.map(|_| None)?,
+            Some(key) => self.store.insert_once(insert, key).await?,
+        };
+        match first {
+            Some(first) => telemetry::duplicate(msg, first),
+            None => {
+                telemetry::received(msg);
+                self.wake_taps();
+            }
+        }
+        Ok(first)
+    }
+
+    /// Hands a committed message to the route's step workers.
     fn queue_committed(&self, permit: mpsc::Permit<'_, Pending>, msg: Message) {
-        telemetry::received(&msg);
-        self.wake_taps();
         permit.send(Pending {
             msg,
             resume_step: 0,
@@ -324,11 +356,7 @@ impl Intake {
         let Some(ran) = ran else {
             return Err(msg);
         };
-        let mut insert = self.insert(msg.clone(), MessageState::Received, None);
-        if let Some(key) = &key {
-            insert.index.retain(|(name, _)| *name != key.0);
-            insert.index.push(key.clone());
-        }
+        let insert = self.insert_keyed(&msg, key.as_ref());
         let stored = self
             .store
             .insert_processed(insert, ran.steps, ran.result, key)
@@ -357,26 +385,9 @@ impl Intake {
         running: std::pin::Pin<Box<dyn std::future::Future<Output = Option<Ran>> + Send>>,
     ) -> Result<Submitted, StoreError> {
         let id = msg.id;
-        let mut insert = self.insert(msg.clone(), MessageState::Received, None);
-        let submitted = match key {
-            None => {
-                self.store.insert(vec![insert]).await?;
-                Submitted::New(id)
-            }
-            Some(key) => {
-                insert.index.retain(|(name, _)| *name != key.0);
-                insert.index.push(key.clone());
-                match self.store.insert_once(insert, key).await? {
-                    Some(first) => {
-                        telemetry::duplicate(&msg, first);
-                        return Ok(Submitted::Duplicate { id, first });
-                    }
-                    None => Submitted::New(id),
-                }
-            }
-        };
-        telemetry::received(&msg);
-        self.wake_taps();
+        if let Some(first) = self.commit_received(&msg, key).await? {
+            return Ok(Submitted::Duplicate { id, first });
+        }
         let store = self.store.clone();
         tokio::spawn(async move {
             let recorded = match running.await {
@@ -398,7 +409,7 @@ impl Intake {
                 let _ = store.release(vec![id]).await;
             }
         });
-        Ok(submitted)
+        Ok(Submitted::New(id))
     }
 
     /// Like [`Intake::submit`], then waits up to `timeout` for the message's result. Returns
@@ -413,36 +424,9 @@ impl Intake {
         let msg = self.message(headers, body);
         let id = msg.id;
         let result = self.replies.register(id);
-        let msg = match &self.steps {
-            Some(steps) => match self.submit_processed(steps, msg, None).await {
-                Ok(stored) => {
-                    if let Err(e) = stored {
-                        self.replies.forget(id);
-                        return Err(e);
-                    }
-                    None
-                }
-                Err(msg) => Some(msg),
-            },
-            None => Some(msg),
-        };
-        if let Some(msg) = msg {
-            let permit = match self.reserve().await {
-                Ok(p) => p,
-                Err(e) => {
-                    self.replies.forget(id);
-                    return Err(e);
-                }
-            };
-            if let Err(e) = self
-                .store
-                .insert(vec![self.insert(msg.clone(), MessageState::Received, None)])
-                .await
-            {
-                self.replies.forget(id);
-                return Err(e);
-            }
-            self.queue_committed(permit, msg);
+        if let Err(e) = self.submit_message(msg, None).await {
+            self.replies.forget(id);
+            return Err(e);
         }
         match tokio::time::timeout(timeout, result).await {
             Ok(Ok(reply)) => Ok((id, Some(reply))),
@@ -464,7 +448,16 @@ impl Intake {
         body: Bytes,
         key: Option<(String, String)>,
     ) -> Result<Submitted, StoreError> {
-        let msg = self.message(headers, body);
+        self.submit_message(self.message(headers, body), key).await
+    }
+
+    /// [`Intake::submit_once`] of a message already made: its steps run before the commit
+    /// when the route allows; otherwise it is committed as received and queued for them.
+    async fn submit_message(
+        &self,
+        msg: Message,
+        key: Option<(String, String)>,
+    ) -> Result<Submitted, StoreError> {
         let msg = match &self.steps {
             Some(steps) => match self.submit_processed(steps, msg, key.clone()).await {
                 Ok(stored) => return stored,
@@ -473,28 +466,12 @@ impl Intake {
             None => msg,
         };
         let permit = self.reserve().await?;
-        let Some(key) = key else {
-            self.store
-                .insert(vec![self.insert(msg.clone(), MessageState::Received, None)])
-                .await?;
-            let id = msg.id;
-            self.queue_committed(permit, msg);
-            return Ok(Submitted::New(id));
-        };
-        let mut insert = self.insert(msg.clone(), MessageState::Received, None);
-        insert.index.retain(|(name, _)| *name != key.0);
-        insert.index.push(key.clone());
-        match self.store.insert_once(insert, key).await? {
-            Some(first) => {
-                telemetry::duplicate(&msg, first);
-                Ok(Submitted::Duplicate { id: msg.id, first })
-            }
-            None => {
-                let id = msg.id;
-                self.queue_committed(permit, msg);
-                Ok(Submitted::New(id))
-            }
+        let id = msg.id;
+        if let Some(first) = self.commit_received(&msg, key).await? {
+            return Ok(Submitted::Duplicate { id, first });
         }
+        self.queue_committed(permit, msg);
+        Ok(Submitted::New(id))
     }
 
     /// Records a message the adapter could not take in (too large, unreadable) as failed,
