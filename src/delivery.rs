@@ -7,16 +7,18 @@
 //! worker and its own rows, so a slow or dead destination delays nobody else, and a crash
 //! loses nothing: pending rows are simply found again.
 //!
-//! Ordering: `parallel` destinations take due deliveries in batches, `concurrency` at a time
-//! (a destination that sends whole batches at once, like the file destination, takes one
-//! batch at a time);
+//! Ordering: `parallel` destinations take due deliveries in batches and send `concurrency` at
+//! a time (a destination that sends whole batches at once, like the file destination, takes
+//! one batch at a time). Their worker writes once per batch: the attempts finished since its
+//! last write, and the claim of what is due next, in one transaction, while the sends go on;
+//!
 //! `fifo` destinations take the oldest pending delivery and nothing else until it is
 //! delivered or dead, waiting out its backoff, so order holds across failures and restarts.
 
 use crate::adapters::outbound::{DeliveryConfig, Ordering, Outbound, RetryConfig, SendError, Sent};
 use crate::message::Message;
 use crate::route::DeliveryPolicy;
-use crate::store::{Attempt, AttemptOutcome, Delivery, DeliveryKind, Processing};
+use crate::store::{Attempt, AttemptOutcome, Claim, Delivery, DeliveryKind, Processing};
 use crate::telemetry;
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -80,59 +82,160 @@ async fn run_parallel(
     shutdown: CancellationToken,
 ) {
     let limit = Arc::new(Semaphore::new(dest.policy.concurrency.max(1)));
-    // Attempts in flight and records being written: the worker claims the next batch while
-    // they finish, so a destination never idles while the store commits.
-    let mut running = JoinSet::new();
-    while !shutdown.is_cancelled() {
-        while running.try_join_next().is_some() {}
-        // Bounded: at most a batch being recorded beside the one being sent.
-        while running.len() > BATCH {
-            running.join_next().await;
+    // Attempts in flight, each ending in what it made (or its delivery unsent, at shutdown).
+    let mut sending: JoinSet<Vec<Result<Made, i64>>> = JoinSet::new();
+    // Attempts made and not yet recorded: the worker's next write records them all and claims
+    // what is due next in the same transaction — one write per batch, while the sends go on.
+    let mut made: Vec<Made> = Vec::new();
+    let mut unsent: Vec<i64> = Vec::new();
+    // The last claim got fewer than it asked for: claim again only when woken (new
+    // deliveries stored) or at `look_again` (retries falling due).
+    let mut drained = false;
+    let mut look_again = Instant::now();
+    loop {
+        while let Some(done) = sending.try_join_next() {
+            sort(done, &mut made, &mut unsent);
         }
-        let due = match store
-            .due_deliveries(&dest.route, &dest.name, SystemTime::now(), BATCH)
-            .await
-        {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(route = %dest.route, destination = %dest.name, error = %e, "cannot read deliveries; retrying");
-                wait(&dest, &shutdown, Duration::from_secs(1)).await;
-                continue;
+        if !unsent.is_empty() {
+            // Claimed but never started (shutdown): due again at once, for anyone.
+            let _ = store.release_deliveries(std::mem::take(&mut unsent)).await;
+        }
+        let stopping = shutdown.is_cancelled();
+        if stopping && sending.is_empty() && made.is_empty() {
+            return;
+        }
+        if drained && Instant::now() >= look_again {
+            drained = false;
+        }
+        let room = match () {
+            _ if stopping || drained => 0,
+            // One batch at a time: the batch shares one durability point, and batches side by
+            // side in one directory only contend for its lock (docs/performance.md).
+            _ if dest.outbound.batched() => {
+                if sending.is_empty() {
+                    BATCH
+                } else {
+                    0
+                }
             }
+            _ => BATCH.saturating_sub(sending.len()),
         };
-        if due.is_empty() {
-            let until_next = match store.next_due(&dest.route, &dest.name).await {
-                Ok(Some(t)) => t
-                    .duration_since(SystemTime::now())
-                    .unwrap_or(Duration::ZERO)
-                    .min(IDLE_POLL),
-                _ => IDLE_POLL,
-            };
-            wait(&dest, &shutdown, until_next.max(Duration::from_millis(10))).await;
+        // Nothing to record and little room: wait for sends to finish, so that claims come
+        // in batches rather than one by one.
+        if made.is_empty() && (room == 0 || (room < BATCH / 2 && !sending.is_empty())) {
+            tokio::select! {
+                Some(done) = sending.join_next(), if !sending.is_empty() => sort(done, &mut made, &mut unsent),
+                _ = dest.wake.notified(), if drained => drained = false,
+                _ = tokio::time::sleep_until(look_again.into()), if drained => drained = false,
+                _ = shutdown.cancelled(), if !stopping => {}
+                else => {}
+            }
             continue;
         }
-        if dest.outbound.batched() {
-            // One batch sent at a time: the batch shares one durability point, and batches
-            // side by side in one directory only contend for its lock (docs/performance.md).
-            // Its records are written while the next batch is sent.
-            attempt_batch(&dest, &store, due, &mut running).await;
-        } else {
-            for delivery in due {
-                if shutdown.is_cancelled() {
-                    break;
+        let claim = (room > 0).then(|| Claim {
+            route: dest.route.clone(),
+            destination: dest.name.clone(),
+            now: SystemTime::now(),
+            limit: room,
+        });
+        let attempts: Vec<Attempt> = made.iter().map(|m| m.attempt.clone()).collect();
+        match store.record_and_claim(attempts, claim).await {
+            Ok(recorded) => {
+                for (m, ended) in made.drain(..).zip(recorded.ended) {
+                    m.recorded(&dest, ended);
                 }
-                let Ok(permit) = limit.clone().acquire_owned().await else {
-                    break;
-                };
-                let (dest, store) = (dest.clone(), store.clone());
-                running.spawn(async move {
-                    attempt(&dest, store.as_ref(), delivery).await;
-                    drop(permit);
-                });
+                if room > 0 && recorded.due.len() < room {
+                    drained = true;
+                    look_again = Instant::now() + until_next_due(&dest, &store, &recorded.due, &sending).await;
+                }
+                start(&dest, &limit, &shutdown, recorded.due, &mut sending);
+            }
+            Err(e) => {
+                tracing::error!(route = %dest.route, destination = %dest.name, error = %e,
+                    "cannot record attempts or claim deliveries; recording the attempts one by one");
+                for m in made.drain(..) {
+                    let (dest, store) = (dest.clone(), store.clone());
+                    sending.spawn(async move {
+                        record_alone(&dest, store.as_ref(), m).await;
+                        Vec::new()
+                    });
+                }
+                drained = true;
+                look_again = Instant::now() + Duration::from_secs(1);
             }
         }
     }
-    while running.join_next().await.is_some() {}
+}
+
+/// Files a finished send's results.
+fn sort(
+    done: Result<Vec<Result<Made, i64>>, tokio::task::JoinError>,
+    made: &mut Vec<Made>,
+    unsent: &mut Vec<i64>,
+) {
+    for r in done.unwrap_or_default() {
+        match r {
+            Ok(m) => made.push(m),
+            Err(id) => unsent.push(id),
+        }
+    }
+}
+
+/// How long to wait before claiming again after a claim came back short: at once when woken
+/// (new deliveries), else when the next pending delivery falls due (at most [`IDLE_POLL`]).
+async fn until_next_due(
+    dest: &Destination,
+    store: &Arc<dyn Processing>,
+    claimed: &[Delivery],
+    sending: &JoinSet<Vec<Result<Made, i64>>>,
+) -> Duration {
+    // Still busy: the next write comes soon anyway; look at the store then.
+    if !claimed.is_empty() || !sending.is_empty() {
+        return Duration::from_millis(100);
+    }
+    let next = match store.next_due(&dest.route, &dest.name).await {
+        Ok(Some(t)) => t
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+            .min(IDLE_POLL),
+        _ => IDLE_POLL,
+    };
+    next.max(Duration::from_millis(10))
+}
+
+/// Sends what was claimed: a whole batch in one call (destinations that write batches), or
+/// each delivery as a task of its own, `concurrency` at a time.
+fn start(
+    dest: &Arc<Destination>,
+    limit: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+    due: Vec<Delivery>,
+    sending: &mut JoinSet<Vec<Result<Made, i64>>>,
+) {
+    if due.is_empty() {
+        return;
+    }
+    if dest.outbound.batched() {
+        let dest = dest.clone();
+        sending.spawn(async move { send_batch(&dest, due).await.into_iter().map(Ok).collect() });
+        return;
+    }
+    for delivery in due {
+        let (dest, limit, shutdown) = (dest.clone(), limit.clone(), shutdown.clone());
+        sending.spawn(async move {
+            let permit = tokio::select! {
+                p = limit.acquire_owned() => p,
+                _ = shutdown.cancelled() => return vec![Err(delivery.id)],
+            };
+            let Ok(_permit) = permit else {
+                return vec![Err(delivery.id)];
+            };
+            let (ticket, msg) = outgoing(delivery);
+            let started = Instant::now();
+            let result = dest.outbound.send(&msg).await;
+            vec![Ok(judge(&dest, ticket, msg, result, started.elapsed()))]
+        });
+    }
 }
 
 async fn run_fifo(dest: Arc<Destination>, store: Arc<dyn Processing>, shutdown: CancellationToken) {
@@ -173,27 +276,21 @@ async fn attempt(dest: &Destination, store: &dyn Processing, d: Delivery) {
     let (ticket, msg) = outgoing(d);
     let started = Instant::now();
     let result = dest.outbound.send(&msg).await;
-    conclude(dest, store, ticket, &msg, result, started.elapsed()).await;
+    record_alone(dest, store, judge(dest, ticket, msg, result, started.elapsed())).await;
 }
 
-/// Sends a batch in one call, then records every attempt on `records`; the store's group
-/// commit writes the records of one batch together.
-async fn attempt_batch(
-    dest: &Arc<Destination>,
-    store: &Arc<dyn Processing>,
-    batch: Vec<Delivery>,
-    records: &mut JoinSet<()>,
-) {
+/// Sends a batch in one call; every attempt shares the batch's duration.
+async fn send_batch(dest: &Destination, batch: Vec<Delivery>) -> Vec<Made> {
     let (tickets, msgs): (Vec<Ticket>, Vec<Message>) = batch.into_iter().map(outgoing).unzip();
     let started = Instant::now();
     let results = dest.outbound.send_batch(&msgs).await;
     let duration = started.elapsed();
-    for ((ticket, msg), result) in tickets.into_iter().zip(msgs).zip(results) {
-        let (dest, store) = (dest.clone(), store.clone());
-        records.spawn(async move {
-            conclude(&dest, store.as_ref(), ticket, &msg, result, duration).await
-        });
-    }
+    tickets
+        .into_iter()
+        .zip(msgs)
+        .zip(results)
+        .map(|((ticket, msg), result)| judge(dest, ticket, msg, result, duration))
+        .collect()
 }
 
 /// What recording an attempt needs to know about its delivery.
@@ -221,15 +318,38 @@ fn outgoing(d: Delivery) -> (Ticket, Message) {
     (ticket, msg)
 }
 
-/// Records one attempt's result: delivered, retry later, or dead (and dead-lettered).
-async fn conclude(
+/// An attempt made and judged, to be recorded.
+struct Made {
+    msg: Message,
+    attempt: Attempt,
+}
+
+impl Made {
+    /// After the record's commit: the message's end, and the dead letter's wake-up.
+    fn recorded(self, dest: &Destination, ended: Option<crate::store::MessageState>) {
+        if let Some(state) = ended {
+            telemetry::finished(&self.msg, state);
+        }
+        if let AttemptOutcome::Dead {
+            dead_letter: Some(_),
+            ..
+        } = &self.attempt.outcome
+        {
+            if let Some((_, wake)) = &dest.dead_letter {
+                wake.notify_one();
+            }
+        }
+    }
+}
+
+/// Judges one attempt's result: delivered, retry later, or dead (and dead-lettered).
+fn judge(
     dest: &Destination,
-    store: &dyn Processing,
     d: Ticket,
-    msg: &Message,
+    msg: Message,
     result: Result<Sent, SendError>,
     duration: Duration,
-) {
+) -> Made {
     let number = d.attempts + 1;
     let max = dest.max_attempts();
     let (outcome, detail) = match result {
@@ -265,30 +385,28 @@ async fn conclude(
         AttemptOutcome::Retry { .. } => "retry",
         AttemptOutcome::Dead { .. } => "dead",
     };
-    let dead_lettered = matches!(
-        &outcome,
-        AttemptOutcome::Dead {
-            dead_letter: Some(_),
-            ..
-        }
-    );
-    telemetry::attempt(msg, &dest.name, number, duration, outcome_name, &detail);
-    let record = Attempt {
+    telemetry::attempt(&msg, &dest.name, number, duration, outcome_name, &detail);
+    let attempt = Attempt {
         delivery: d.id,
         message: msg.id,
-        destination: &dest.name,
+        destination: dest.name.clone(),
         number,
         duration,
         outcome,
     };
-    // A failed record (a deadlock between nodes, a dropped connection) would leave the
-    // delivery to be sent again after its lease: try a few times before giving up.
+    Made { msg, attempt }
+}
+
+/// Records one attempt in a write of its own. A failed record (a deadlock between nodes, a
+/// dropped connection) would leave the delivery to be sent again after its lease: try a few
+/// times before giving up.
+async fn record_alone(dest: &Destination, store: &dyn Processing, made: Made) {
     let mut tries = 0;
     let recorded = loop {
         tries += 1;
-        match store.record_attempt(record.clone()).await {
+        match store.record_attempt(made.attempt.clone()).await {
             Err(e) if tries < 5 => {
-                tracing::warn!(route = %dest.route, destination = %dest.name, message_id = %msg.id, error = %e,
+                tracing::warn!(route = %dest.route, destination = %dest.name, message_id = %made.msg.id, error = %e,
                     "could not record the delivery attempt; trying again");
                 tokio::time::sleep(Duration::from_millis(50 * tries)).await;
             }
@@ -296,22 +414,13 @@ async fn conclude(
         }
     };
     match recorded {
-        Ok(state) => {
-            if let Some(state) = state {
-                telemetry::finished(msg, state);
-            }
-            if dead_lettered {
-                if let Some((_, wake)) = &dest.dead_letter {
-                    wake.notify_one();
-                }
-            }
-        }
+        Ok(ended) => made.recorded(dest, ended),
         Err(e) => {
-            tracing::error!(route = %dest.route, destination = %dest.name, message_id = %msg.id, error = %e,
+            tracing::error!(route = %dest.route, destination = %dest.name, message_id = %made.msg.id, error = %e,
             "could not record the delivery attempt; the delivery stays pending and runs again");
             // Not renewed as this node's any more: due again now, or when its lease ends if
             // even this fails (the store is away).
-            let _ = store.release_deliveries(vec![d.id]).await;
+            let _ = store.release_deliveries(vec![made.attempt.delivery]).await;
         }
     }
 }

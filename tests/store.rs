@@ -99,11 +99,11 @@ fn step() -> StepRecord {
     }
 }
 
-fn attempt(d: &Delivery, number: u32, outcome: AttemptOutcome) -> Attempt<'static> {
+fn attempt(d: &Delivery, number: u32, outcome: AttemptOutcome) -> Attempt {
     Attempt {
         delivery: d.id,
         message: d.message.id,
-        destination: "x",
+        destination: "x".into(),
         number,
         duration: Duration::from_millis(1),
         outcome,
@@ -749,6 +749,82 @@ async fn released_deliveries_are_due_again_for_any_node(b: &Backend) {
     a.close().await.unwrap();
 }
 
+/// A delivery worker's one write per batch: the attempts it made and the claim of its next
+/// batch, together.
+async fn attempts_and_the_next_claim_are_one_write(b: &Backend) {
+    let store = b.open("node-a", LEASE).await;
+    let other = b.other_node("node-b", LEASE).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (m, ins) = insert("rc", &format!("m{i}"));
+        let state = store
+            .insert_processed(ins, vec![step()], routed(&["to[0]"]), None)
+            .await
+            .unwrap();
+        assert_eq!(state, Stored::Processed(MessageState::Delivering));
+        ids.push(m.id);
+    }
+    let first = store
+        .due_deliveries("rc", "to[0]", SystemTime::now(), 2)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 2);
+    let attempts = vec![
+        attempt(&first[0], 1, AttemptOutcome::Delivered),
+        attempt(
+            &first[1],
+            1,
+            AttemptOutcome::Retry {
+                error: "503 from the far side".into(),
+                next_attempt_at: SystemTime::now() + Duration::from_secs(3600),
+            },
+        ),
+    ];
+    let claim = Claim {
+        route: "rc".into(),
+        destination: "to[0]".into(),
+        now: SystemTime::now(),
+        limit: 10,
+    };
+    let recorded = store
+        .record_and_claim(attempts, Some(claim.clone()))
+        .await
+        .unwrap();
+    assert_eq!(recorded.ended, [Some(MessageState::Delivered), None]);
+    // The three not yet claimed, oldest first; the retried one is not due for an hour.
+    let due: Vec<Uuid> = recorded.due.iter().map(|d| d.message.id).collect();
+    assert_eq!(due, ids[2..]);
+    // Claimed in that write: nobody else gets them, and nothing is left to claim.
+    assert!(other
+        .due_deliveries("rc", "to[0]", SystemTime::now(), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let state = |id| {
+        let store = store.clone();
+        async move { store.message(id).await.unwrap().unwrap().state }
+    };
+    assert_eq!(state(ids[0]).await, MessageState::Delivered);
+    assert_eq!(state(ids[1]).await, MessageState::Delivering);
+    let details = store.details(ids[1]).await.unwrap().unwrap();
+    assert_eq!(details.deliveries[0].attempts, 1);
+    assert_eq!(
+        details.deliveries[0].last_error.as_deref(),
+        Some("503 from the far side")
+    );
+    // Recording alone, with nothing to claim, is the same write without the claim.
+    let last: Vec<Attempt> = recorded
+        .due
+        .iter()
+        .map(|d| attempt(d, 1, AttemptOutcome::Delivered))
+        .collect();
+    let recorded = store.record_and_claim(last, None).await.unwrap();
+    assert_eq!(recorded.ended, [Some(MessageState::Delivered); 3]);
+    assert!(recorded.due.is_empty());
+    other.close().await.unwrap();
+    store.close().await.unwrap();
+}
+
 async fn keyed_inserts_record_a_redelivery_as_duplicate(b: &Backend) {
     let store = b.open("node-a", LEASE).await;
     let key = || ("broker_message_id".to_string(), "m-1".to_string());
@@ -1046,6 +1122,7 @@ conformance!(
     a_failing_write_does_not_undo_the_others,
     named_leases_pass_to_another_node_when_not_renewed,
     released_deliveries_are_due_again_for_any_node,
+    attempts_and_the_next_claim_are_one_write,
     keyed_inserts_record_a_redelivery_as_duplicate,
     processed_inserts_commit_message_and_outcome_together,
     search_by_time_range_state_and_route_newest_first,

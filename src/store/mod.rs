@@ -225,14 +225,34 @@ pub struct Delivery {
 
 /// One delivery attempt as recorded.
 #[derive(Debug, Clone)]
-pub struct Attempt<'a> {
+pub struct Attempt {
     pub delivery: i64,
     pub message: Uuid,
-    pub destination: &'a str,
+    pub destination: String,
     /// 1 for the first attempt.
     pub number: u32,
     pub duration: Duration,
     pub outcome: AttemptOutcome,
+}
+
+/// A delivery worker's claim of its destination's next due deliveries.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub route: String,
+    pub destination: String,
+    /// Deliveries due at or before this time are claimed.
+    pub now: SystemTime,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// What [`Processing::record_and_claim`] committed.
+#[derive(Debug, Clone, Default)]
+pub struct Recorded {
+    /// Per attempt, in order: the message's terminal state when the attempt closed it.
+    pub ended: Vec<Option<MessageState>>,
+    /// The deliveries claimed, oldest first.
+    pub due: Vec<Delivery>,
 }
 
 /// A stored message as an operator sees it.
@@ -533,9 +553,23 @@ pub trait Processing: Send + Sync {
         result: Processed,
     ) -> StoreResult<Option<MessageState>>;
 
-    /// Records a delivery attempt; when it was the message's last open main delivery, also
-    /// moves the message to its terminal state and returns it.
-    async fn record_attempt(&self, attempt: Attempt<'_>) -> StoreResult<Option<MessageState>>;
+    /// A delivery worker's one write per batch: records `attempts` (each one's delivery row
+    /// and transition; when it was its message's last open main delivery, the message's
+    /// terminal state) and, with `claim`, claims the destination's next due deliveries — not
+    /// claimed by a live node, oldest first, each held until its attempt is recorded — in
+    /// the same transaction. All or nothing: on an error nothing is recorded or claimed.
+    async fn record_and_claim(
+        &self,
+        attempts: Vec<Attempt>,
+        claim: Option<Claim>,
+    ) -> StoreResult<Recorded>;
+
+    /// Records one attempt alone (FIFO destinations, and an attempt whose batch could not be
+    /// written); returns the message's terminal state when the attempt closed it.
+    async fn record_attempt(&self, attempt: Attempt) -> StoreResult<Option<MessageState>> {
+        let mut recorded = self.record_and_claim(vec![attempt], None).await?;
+        Ok(recorded.ended.pop().flatten())
+    }
 
     /// Claims, oldest first, up to `limit` messages of `route` that wait for their steps, are
     /// not scheduled for later and that no live node holds: after a restart, everything the
@@ -577,15 +611,23 @@ pub trait Processing: Send + Sync {
     /// When the next scheduled message of `route` is due, if any.
     async fn next_scheduled(&self, route: &str) -> StoreResult<Option<SystemTime>>;
 
-    /// Claims the pending deliveries of one destination that are due at `now` and not claimed
-    /// by a live node, oldest first. Each stays claimed until its attempt is recorded.
+    /// Claims up to `limit` due deliveries of one destination (see
+    /// [`Processing::record_and_claim`]) with nothing to record.
     async fn due_deliveries(
         &self,
         route: &str,
         destination: &str,
         now: SystemTime,
         limit: usize,
-    ) -> StoreResult<Vec<Delivery>>;
+    ) -> StoreResult<Vec<Delivery>> {
+        let claim = Claim {
+            route: route.to_string(),
+            destination: destination.to_string(),
+            now,
+            limit,
+        };
+        Ok(self.record_and_claim(Vec::new(), Some(claim)).await?.due)
+    }
 
     /// The oldest pending delivery of a destination, due or not (strict FIFO order), when
     /// this node holds the destination's lease (taken here when free): one node at a time

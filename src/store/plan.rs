@@ -336,7 +336,7 @@ impl DeliveryOutcome<'_> {
 }
 
 /// An attempt: its delivery's new values and the attempt's transition.
-pub(crate) fn attempt<'a>(a: &'a Attempt<'a>) -> (DeliveryOutcome<'a>, Change<'a>) {
+pub(crate) fn attempt(a: &Attempt) -> (DeliveryOutcome<'_>, Change<'_>) {
     let (state, next_attempt_at, error, outcome) = match &a.outcome {
         AttemptOutcome::Delivered => ("delivered", None, None, "delivered"),
         AttemptOutcome::Retry {
@@ -364,7 +364,7 @@ pub(crate) fn attempt<'a>(a: &'a Attempt<'a>) -> (DeliveryOutcome<'a>, Change<'a
             message: a.message,
             at: None,
             event: "attempt",
-            name: Some(a.destination),
+            name: Some(&a.destination),
             outcome,
             duration: Some(a.duration),
             detail: Some(Cow::Owned(detail)),
@@ -374,7 +374,7 @@ pub(crate) fn attempt<'a>(a: &'a Attempt<'a>) -> (DeliveryOutcome<'a>, Change<'a
 
 /// A main delivery of `route` that ended, before its message's deliveries are counted: a
 /// dead one records its error on the message and sends the message to the dead letter.
-pub(crate) fn main_delivery_ended<'a>(a: &'a Attempt<'a>, route: &'a str) -> Vec<Change<'a>> {
+pub(crate) fn main_delivery_ended<'a>(a: &'a Attempt, route: &'a str) -> Vec<Change<'a>> {
     let AttemptOutcome::Dead { error, dead_letter } = &a.outcome else {
         return Vec::new();
     };

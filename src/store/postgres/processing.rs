@@ -115,66 +115,31 @@ impl Processing for PgStore {
         result
     }
 
-    async fn record_attempt(&self, a: Attempt<'_>) -> StoreResult<Option<MessageState>> {
-        let delivery_id = a.delivery;
-        let destination = a.destination.to_string();
-        let (message, number, duration, outcome) = (a.message, a.number, a.duration, a.outcome);
+    async fn record_and_claim(
+        &self,
+        attempts: Vec<Attempt>,
+        claim: Option<Claim>,
+    ) -> StoreResult<Recorded> {
+        let recorded: Vec<i64> = attempts.iter().map(|a| a.delivery).collect();
         let (node, lease) = self.claim_args();
         let result = self
             .write(move |db| async move {
                 let now = millis(SystemTime::now());
-                let db = &db;
-                let a = Attempt {
-                    delivery: delivery_id,
-                    message,
-                    destination: &destination,
-                    number,
-                    duration,
-                    outcome,
-                };
-                let (row, transition) = plan::attempt(&a);
-                let next = row.next_attempt_at.map(millis).unwrap_or(now);
-                let attempts = number as i32;
-                let args: [&(dyn ToSql + Sync); 6] =
-                    [&delivery_id, &row.state, &attempts, &next, &row.error, &now];
-                let (ended, ()) = tokio::try_join!(
-                    db.query_opt(
-                        "UPDATE deliveries SET state = $2, attempts = $3, next_attempt_at = $4, last_error = $5, updated_at = $6,
-                         owner = NULL, lease_until = NULL WHERE id = $1 RETURNING kind, route",
-                        &args,
-                    ),
-                    apply(db, &transition, now, &node, lease),
-                )?;
-                let Some(ended) = ended else { return Ok(None) };
-                let (kind, route): (String, String) = (ended.get(0), ended.get(1));
-                // Copies (dead letter, wire tap) never change the message's state.
-                if !row.ended() || DeliveryKind::parse(&kind) != DeliveryKind::Main {
-                    return Ok(None);
+                let mut ended = Vec::with_capacity(attempts.len());
+                for a in &attempts {
+                    ended.push(record_one(&db, a, now, &node, lease).await?);
                 }
-                // Two nodes may finish the message's last two deliveries at once: the row lock
-                // makes the second wait for the first, and then count what the first committed
-                // (each statement sees the latest commits), so exactly one closes the message.
-                db.query_opt("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", &[&message])
-                    .await?;
-                let before = plan::main_delivery_ended(&a, &route);
-                let of_message: [&(dyn ToSql + Sync); 1] = [&message];
-                let (counts, ()) = tokio::try_join!(
-                    db.query_opt(
-                        "SELECT COUNT(*) FILTER (WHERE state = 'pending'), COUNT(*) FILTER (WHERE state = 'dead')
-                         FROM deliveries WHERE message_id = $1 AND kind = 'main'",
-                        &of_message,
-                    ),
-                    apply_all(db, &before, now, &node, lease),
-                )?;
-                let (open, dead): (i64, i64) = counts.map(|r| (r.get(0), r.get(1))).unwrap_or((0, 0));
-                let Some((changes, state)) = plan::message_ended(message, open, dead) else {
-                    return Ok(None);
+                let due = match &claim {
+                    Some(c) => claim_due(&db, c, &node, lease).await?,
+                    None => Vec::new(),
                 };
-                apply_all(db, &changes, now, &node, lease).await?;
-                Ok(Some(state))
+                Ok(Recorded { ended, due })
             })
             .await;
-        self.in_hand.drop_deliveries([&delivery_id]);
+        self.in_hand.drop_deliveries(&recorded);
+        if let Ok(r) = &result {
+            self.in_hand.take_deliveries(r.due.iter().map(|d| d.id));
+        }
         result
     }
 
@@ -324,40 +289,6 @@ impl Processing for PgStore {
             .map(from_millis))
     }
 
-    async fn due_deliveries(
-        &self,
-        route: &str,
-        destination: &str,
-        now: SystemTime,
-        limit: usize,
-    ) -> StoreResult<Vec<Delivery>> {
-        let (route, destination) = (route.to_string(), destination.to_string());
-        let now = millis(now);
-        let (node, lease) = self.claim_args();
-        let due = self.write(move |db| async move {
-            let rows = db
-                .query(
-                    &format!(
-                        "WITH c AS (
-                           SELECT id FROM deliveries WHERE route = $1 AND destination = $2 AND state = 'pending'
-                           AND next_attempt_at <= $3 AND (owner IS NULL OR lease_until < $3)
-                           ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED),
-                         d AS (UPDATE deliveries SET owner = $5, lease_until = $6 FROM c WHERE deliveries.id = c.id
-                               RETURNING deliveries.*)
-                         SELECT {DELIVERY_COLUMNS} FROM d JOIN messages m ON m.id = d.message_id ORDER BY d.id"
-                    ),
-                    &[&route, &destination, &now, &(limit as i64), &node, &(now + lease)],
-                )
-                .await?;
-            Ok(rows.iter().map(|r| delivery_row(r, &route, &destination)).collect::<Vec<_>>())
-        })
-        .await;
-        if let Ok(due) = &due {
-            self.in_hand.take_deliveries(due.iter().map(|d| d.id));
-        }
-        due
-    }
-
     async fn oldest_pending(
         &self,
         route: &str,
@@ -439,4 +370,78 @@ impl Processing for PgStore {
         self.reader.lock().await.take();
         Ok(())
     }
+}
+
+/// Records one attempt (see [`Processing::record_and_claim`]); the message's terminal state
+/// when it was the last open main delivery.
+async fn record_one(
+    db: &Db,
+    a: &Attempt,
+    now: i64,
+    node: &str,
+    lease: i64,
+) -> PgResult<Option<MessageState>> {
+    let (row, transition) = plan::attempt(a);
+    let next = row.next_attempt_at.map(millis).unwrap_or(now);
+    let attempts = a.number as i32;
+    let args: [&(dyn ToSql + Sync); 6] = [&a.delivery, &row.state, &attempts, &next, &row.error, &now];
+    let (ended, ()) = tokio::try_join!(
+        db.query_opt(
+            "UPDATE deliveries SET state = $2, attempts = $3, next_attempt_at = $4, last_error = $5, updated_at = $6,
+             owner = NULL, lease_until = NULL WHERE id = $1 RETURNING kind, route",
+            &args,
+        ),
+        apply(db, &transition, now, node, lease),
+    )?;
+    let Some(ended) = ended else { return Ok(None) };
+    let (kind, route): (String, String) = (ended.get(0), ended.get(1));
+    // Copies (dead letter, wire tap) never change the message's state.
+    if !row.ended() || DeliveryKind::parse(&kind) != DeliveryKind::Main {
+        return Ok(None);
+    }
+    // Two nodes may finish the message's last two deliveries at once: the row lock makes the
+    // second wait for the first, and then count what the first committed (each statement
+    // sees the latest commits), so exactly one closes the message.
+    db.query_opt("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", &[&a.message])
+        .await?;
+    let before = plan::main_delivery_ended(a, &route);
+    let of_message: [&(dyn ToSql + Sync); 1] = [&a.message];
+    let (counts, ()) = tokio::try_join!(
+        db.query_opt(
+            "SELECT COUNT(*) FILTER (WHERE state = 'pending'), COUNT(*) FILTER (WHERE state = 'dead')
+             FROM deliveries WHERE message_id = $1 AND kind = 'main'",
+            &of_message,
+        ),
+        apply_all(db, &before, now, node, lease),
+    )?;
+    let (open, dead): (i64, i64) = counts.map(|r| (r.get(0), r.get(1))).unwrap_or((0, 0));
+    let Some((changes, state)) = plan::message_ended(a.message, open, dead) else {
+        return Ok(None);
+    };
+    apply_all(db, &changes, now, node, lease).await?;
+    Ok(Some(state))
+}
+
+/// Claims a destination's due deliveries (see [`Processing::record_and_claim`]); rows another
+/// node is claiming at this moment are skipped, not waited for.
+async fn claim_due(db: &Db, c: &Claim, node: &str, lease: i64) -> PgResult<Vec<Delivery>> {
+    let now = millis(c.now);
+    let rows = db
+        .query(
+            &format!(
+                "WITH c AS (
+                   SELECT id FROM deliveries WHERE route = $1 AND destination = $2 AND state = 'pending'
+                   AND next_attempt_at <= $3 AND (owner IS NULL OR lease_until < $3)
+                   ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED),
+                 d AS (UPDATE deliveries SET owner = $5, lease_until = $6 FROM c WHERE deliveries.id = c.id
+                       RETURNING deliveries.*)
+                 SELECT {DELIVERY_COLUMNS} FROM d JOIN messages m ON m.id = d.message_id ORDER BY d.id"
+            ),
+            &[&c.route, &c.destination, &now, &(c.limit as i64), &node, &(now + lease)],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| delivery_row(r, &c.route, &c.destination))
+        .collect())
 }

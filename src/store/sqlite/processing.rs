@@ -110,63 +110,31 @@ impl Processing for SqliteStore {
         result
     }
 
-    async fn record_attempt(&self, a: Attempt<'_>) -> StoreResult<Option<MessageState>> {
-        let delivery_id = a.delivery;
-        let destination = a.destination.to_string();
-        let (message, number, duration, outcome) = (a.message, a.number, a.duration, a.outcome);
+    async fn record_and_claim(
+        &self,
+        attempts: Vec<Attempt>,
+        claim: Option<Claim>,
+    ) -> StoreResult<Recorded> {
+        let recorded: Vec<i64> = attempts.iter().map(|a| a.delivery).collect();
         let (node, lease) = self.claim_args();
         let result = self
             .write(move |conn| {
                 let now = millis(SystemTime::now());
-                let a = Attempt {
-                    delivery: delivery_id,
-                    message,
-                    destination: &destination,
-                    number,
-                    duration,
-                    outcome: outcome.clone(),
+                let ended = attempts
+                    .iter()
+                    .map(|a| record_one(conn, a, now, &node, lease))
+                    .collect::<rusqlite::Result<_>>()?;
+                let due = match &claim {
+                    Some(c) => claim_due(conn, c, &node, lease)?,
+                    None => Vec::new(),
                 };
-                let (row, transition) = plan::attempt(&a);
-                let ended: Option<(String, String)> = conn
-                    .prepare_cached(
-                        "UPDATE deliveries SET state = ?2, attempts = ?3, next_attempt_at = ?4, last_error = ?5, updated_at = ?6,
-                         owner = NULL, lease_until = NULL WHERE id = ?1 RETURNING kind, route",
-                    )?
-                    .query_row(
-                        params![
-                            delivery_id,
-                            row.state,
-                            number,
-                            row.next_attempt_at.map(millis).unwrap_or(now),
-                            row.error,
-                            now
-                        ],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .optional()?;
-                apply(conn, &transition, now, &node, lease)?;
-                let Some((kind, route)) = ended else {
-                    return Ok(None);
-                };
-                // Copies (dead letter, wire tap) never change the message's state.
-                if !row.ended() || DeliveryKind::parse(&kind) != DeliveryKind::Main {
-                    return Ok(None);
-                }
-                apply_all(conn, &plan::main_delivery_ended(&a, &route), now, &node, lease)?;
-                let (open, dead): (i64, i64) = conn
-                    .prepare_cached(
-                        "SELECT COALESCE(SUM(state = 'pending'), 0), COALESCE(SUM(state = 'dead'), 0)
-                         FROM deliveries WHERE message_id = ?1 AND kind = 'main'",
-                    )?
-                    .query_row([message.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                let Some((changes, state)) = plan::message_ended(message, open, dead) else {
-                    return Ok(None);
-                };
-                apply_all(conn, &changes, now, &node, lease)?;
-                Ok(Some(state))
+                Ok(Recorded { ended, due })
             })
             .await;
-        self.in_hand.drop_deliveries([&delivery_id]);
+        self.in_hand.drop_deliveries(&recorded);
+        if let Ok(r) = &result {
+            self.in_hand.take_deliveries(r.due.iter().map(|d| d.id));
+        }
         result
     }
 
@@ -306,41 +274,6 @@ impl Processing for SqliteStore {
         .await
     }
 
-    async fn due_deliveries(
-        &self,
-        route: &str,
-        destination: &str,
-        now: SystemTime,
-        limit: usize,
-    ) -> StoreResult<Vec<Delivery>> {
-        let route = route.to_string();
-        let destination = destination.to_string();
-        let now = millis(now);
-        let (node, lease) = self.claim_args();
-        let due = self.write(move |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "{SELECT_DELIVERY} WHERE d.route = ?1 AND d.destination = ?2 AND d.state = 'pending'
-                 AND d.next_attempt_at <= ?3 AND (d.owner IS NULL OR d.lease_until < ?3) ORDER BY d.id LIMIT ?4"
-            ))?;
-            let due: Vec<Delivery> = stmt
-                .query_map(params![route, destination, now, limit as i64], |r| {
-                    delivery_row(r, &route, &destination)
-                })?
-                .collect::<rusqlite::Result<_>>()?;
-            let mut claim = conn
-                .prepare_cached("UPDATE deliveries SET owner = ?2, lease_until = ?3 WHERE id = ?1")?;
-            for d in &due {
-                claim.execute(params![d.id, node, now + lease])?;
-            }
-            Ok(due)
-        })
-        .await;
-        if let Ok(due) = &due {
-            self.in_hand.take_deliveries(due.iter().map(|d| d.id));
-        }
-        due
-    }
-
     async fn oldest_pending(
         &self,
         route: &str,
@@ -429,4 +362,78 @@ impl Processing for SqliteStore {
         }
         Ok(())
     }
+}
+
+/// Records one attempt (see [`Processing::record_and_claim`]); the message's terminal state
+/// when it was the last open main delivery.
+fn record_one(
+    conn: &Connection,
+    a: &Attempt,
+    now: i64,
+    node: &str,
+    lease: i64,
+) -> rusqlite::Result<Option<MessageState>> {
+    let (row, transition) = plan::attempt(a);
+    let ended: Option<(String, String)> = conn
+        .prepare_cached(
+            "UPDATE deliveries SET state = ?2, attempts = ?3, next_attempt_at = ?4, last_error = ?5, updated_at = ?6,
+             owner = NULL, lease_until = NULL WHERE id = ?1 RETURNING kind, route",
+        )?
+        .query_row(
+            params![
+                a.delivery,
+                row.state,
+                a.number,
+                row.next_attempt_at.map(millis).unwrap_or(now),
+                row.error,
+                now
+            ],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    apply(conn, &transition, now, node, lease)?;
+    let Some((kind, route)) = ended else {
+        return Ok(None);
+    };
+    // Copies (dead letter, wire tap) never change the message's state.
+    if !row.ended() || DeliveryKind::parse(&kind) != DeliveryKind::Main {
+        return Ok(None);
+    }
+    apply_all(conn, &plan::main_delivery_ended(a, &route), now, node, lease)?;
+    let (open, dead): (i64, i64) = conn
+        .prepare_cached(
+            "SELECT COALESCE(SUM(state = 'pending'), 0), COALESCE(SUM(state = 'dead'), 0)
+             FROM deliveries WHERE message_id = ?1 AND kind = 'main'",
+        )?
+        .query_row([a.message.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let Some((changes, state)) = plan::message_ended(a.message, open, dead) else {
+        return Ok(None);
+    };
+    apply_all(conn, &changes, now, node, lease)?;
+    Ok(Some(state))
+}
+
+/// Claims a destination's due deliveries (see [`Processing::record_and_claim`]).
+fn claim_due(
+    conn: &Connection,
+    c: &Claim,
+    node: &str,
+    lease: i64,
+) -> rusqlite::Result<Vec<Delivery>> {
+    let now = millis(c.now);
+    let mut stmt = conn.prepare_cached(&format!(
+        "{SELECT_DELIVERY} WHERE d.route = ?1 AND d.destination = ?2 AND d.state = 'pending'
+         AND d.next_attempt_at <= ?3 AND (d.owner IS NULL OR d.lease_until < ?3) ORDER BY d.id LIMIT ?4"
+    ))?;
+    let due: Vec<Delivery> = stmt
+        .query_map(params![c.route, c.destination, now, c.limit as i64], |r| {
+            delivery_row(r, &c.route, &c.destination)
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut claim =
+        conn.prepare_cached("UPDATE deliveries SET owner = ?2, lease_until = ?3 WHERE id = ?1")?;
+    for d in &due {
+        claim.execute(params![d.id, node, now + lease])?;
+    }
+    Ok(due)
 }
