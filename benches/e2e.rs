@@ -558,7 +558,8 @@ fn mllp_clients(addr: &str, connections: usize, per: usize) -> Vec<Duration> {
 }
 
 fn main() {
-    // BENCH_ONLY=baseline (or file, http, postgres, mllp) runs the groups whose name contains it.
+    // BENCH_ONLY=baseline (or file, http, http sink, http nowhere, postgres, mllp, search) runs
+    // the groups whose name contains it.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let want = |group: &str| group.contains(only.as_str());
     let mut rows = Vec::new();
@@ -580,10 +581,14 @@ fn main() {
                 rows.push(http_scenario(50, false));
             }
         }
-        // Intake alone (nothing to deliver), acknowledged after the commit and as a reply.
+    }
+    // Intake alone (nothing to deliver), acknowledged after the commit and as a reply.
+    if want("http nowhere") {
         rows.push(http_run(50, true, false, None, Out::Nowhere));
         rows.push(http_run(50, false, true, None, Out::Nowhere));
-        // To an HTTP endpoint (a bare local sink answering 200), 16 deliveries in flight.
+    }
+    // To an HTTP endpoint (a bare local sink answering 200), 16 deliveries in flight.
+    if want("http sink") {
         let sink = http_sink();
         rows.push(http_run(
             50,

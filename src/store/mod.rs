@@ -556,7 +556,8 @@ pub trait Processing: Send + Sync {
     /// A delivery worker's one write per batch: records `attempts` (each one's delivery row
     /// and transition; when it was its message's last open main delivery, the message's
     /// terminal state) and, with `claim`, claims the destination's next due deliveries — not
-    /// claimed by a live node, oldest first, each held until its attempt is recorded — in
+    /// claimed by a live node, in the order they fell due (then by id: new deliveries in the
+    /// order they were stored), each held until its attempt is recorded — in
     /// the same transaction. All or nothing: on an error nothing is recorded or claimed.
     async fn record_and_claim(
         &self,

@@ -423,7 +423,8 @@ async fn record_one(
 }
 
 /// Claims a destination's due deliveries (see [`Processing::record_and_claim`]); rows another
-/// node is claiming at this moment are skipped, not waited for.
+/// node is claiming at this moment are skipped, not waited for. In the order of
+/// `deliveries_due`, so that a claim reads its batch and no more, however long the queue.
 async fn claim_due(db: &Db, c: &Claim, node: &str, lease: i64) -> PgResult<Vec<Delivery>> {
     let now = millis(c.now);
     let rows = db
@@ -432,10 +433,11 @@ async fn claim_due(db: &Db, c: &Claim, node: &str, lease: i64) -> PgResult<Vec<D
                 "WITH c AS (
                    SELECT id FROM deliveries WHERE route = $1 AND destination = $2 AND state = 'pending'
                    AND next_attempt_at <= $3 AND (owner IS NULL OR lease_until < $3)
-                   ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED),
+                   ORDER BY next_attempt_at, id LIMIT $4 FOR UPDATE SKIP LOCKED),
                  d AS (UPDATE deliveries SET owner = $5, lease_until = $6 FROM c WHERE deliveries.id = c.id
                        RETURNING deliveries.*)
-                 SELECT {DELIVERY_COLUMNS} FROM d JOIN messages m ON m.id = d.message_id ORDER BY d.id"
+                 SELECT {DELIVERY_COLUMNS} FROM d JOIN messages m ON m.id = d.message_id
+                 ORDER BY d.next_attempt_at, d.id"
             ),
             &[&c.route, &c.destination, &now, &(c.limit as i64), &node, &(now + lease)],
         )

@@ -413,7 +413,9 @@ fn record_one(
     Ok(Some(state))
 }
 
-/// Claims a destination's due deliveries (see [`Processing::record_and_claim`]).
+/// Claims a destination's due deliveries (see [`Processing::record_and_claim`]). In the order
+/// of `deliveries_due` (due time, then id), so that a claim reads its batch and no more:
+/// ordered by id alone, every claim sorted the whole due queue (O(queue) per batch).
 fn claim_due(
     conn: &Connection,
     c: &Claim,
@@ -423,7 +425,7 @@ fn claim_due(
     let now = millis(c.now);
     let mut stmt = conn.prepare_cached(&format!(
         "{SELECT_DELIVERY} WHERE d.route = ?1 AND d.destination = ?2 AND d.state = 'pending'
-         AND d.next_attempt_at <= ?3 AND (d.owner IS NULL OR d.lease_until < ?3) ORDER BY d.id LIMIT ?4"
+         AND d.next_attempt_at <= ?3 AND (d.owner IS NULL OR d.lease_until < ?3) ORDER BY d.next_attempt_at, d.id LIMIT ?4"
     ))?;
     let due: Vec<Delivery> = stmt
         .query_map(params![c.route, c.destination, now, c.limit as i64], |r| {
