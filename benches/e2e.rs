@@ -219,53 +219,8 @@ fn http_run(
     let addr = ws.http_addr();
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let started = Instant::now();
-    let threads: Vec<_> = (0..connections)
-        .map(|_| {
-            let addr = addr.clone();
-            std::thread::spawn(move || {
-                // A keep-alive HTTP/1.1 client on one connection, one request at a time.
-                let mut s = std::net::TcpStream::connect(&addr).expect("connect");
-                s.set_nodelay(true).ok();
-                let body = br#"{"order": 42, "lines": [1, 2, 3]}"#;
-                let req = format!(
-                    "POST / HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                    body.len()
-                );
-                let mut lat = Vec::new();
-                let mut buf = vec![0u8; 4096];
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    s.write_all(req.as_bytes()).unwrap();
-                    s.write_all(body).unwrap();
-                    let mut got = 0;
-                    loop {
-                        let n = s.read(&mut buf[got..]).expect("read");
-                        assert!(n > 0, "closed");
-                        got += n;
-                        let text = &buf[..got];
-                        if let Some(end) = text.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&text[..end]);
-                            let len: usize = head
-                                .lines()
-                                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
-                                .unwrap_or(0);
-                            if got >= end + 4 + len {
-                                let ok = if reply { "HTTP/1.1 200" } else { "HTTP/1.1 202" };
-                                assert!(head.starts_with(ok), "{head}");
-                                break;
-                            }
-                        }
-                    }
-                    lat.push(t.elapsed());
-                }
-                lat
-            })
-        })
-        .collect();
-    let mut lat: Vec<Duration> = threads
-        .into_iter()
-        .flat_map(|t| t.join().expect("client"))
-        .collect();
+    let expect = if reply { "HTTP/1.1 200" } else { "HTTP/1.1 202" };
+    let mut lat = http_load(&addr, connections, deadline, expect);
     let accepted = lat.len();
     let elapsed = started.elapsed().as_secs_f64();
     // The backlog must drain: wait until every accepted message is delivered.
@@ -307,6 +262,69 @@ fn http_run(
         cpu_per_1000: cpu / accepted.max(1) as f64 * 1000.0,
         rss_mib: rss as f64 / 1024.0,
     }
+}
+
+/// `connections` keep-alive HTTP/1.1 clients, one request at a time each, until `deadline`;
+/// every answer must start with `expect`. One thread drives them all through one event loop,
+/// and each request is one write, as wrk does: a client thread per connection cost the two
+/// cores as much CPU as the engine, and its header and body as two writes woke the engine
+/// twice. Returns each request's latency.
+fn http_load(addr: &str, connections: usize, deadline: Instant, expect: &'static str) -> Vec<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    rt.block_on(async {
+        let mut clients = tokio::task::JoinSet::new();
+        for _ in 0..connections {
+            let addr = addr.to_string();
+            clients.spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+                s.set_nodelay(true).ok();
+                let body = r#"{"order": 42, "lines": [1, 2, 3]}"#;
+                let req = format!(
+                    "POST / HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let mut lat = Vec::new();
+                let mut buf = vec![0u8; 4096];
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    s.write_all(req.as_bytes()).await.expect("write");
+                    let mut got = 0;
+                    loop {
+                        let n = s.read(&mut buf[got..]).await.expect("read");
+                        assert!(n > 0, "closed");
+                        got += n;
+                        let text = &buf[..got];
+                        if let Some(end) = text.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&text[..end]);
+                            let len: usize = head
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse().unwrap_or(0))
+                                })
+                                .unwrap_or(0);
+                            if got >= end + 4 + len {
+                                assert!(head.starts_with(expect), "{head}");
+                                break;
+                            }
+                        }
+                    }
+                    lat.push(t.elapsed());
+                }
+                lat
+            });
+        }
+        let mut lat = Vec::new();
+        while let Some(l) = clients.join_next().await {
+            lat.extend(l.expect("client"));
+        }
+        lat
+    })
 }
 
 /// `messages list`/search on a store of 1,000,000 messages (scaled by `BENCH_SCALE`) over
