@@ -498,13 +498,20 @@ fn http_sink() -> String {
     addr
 }
 
-fn mllp_scenario() -> Row {
+/// MLLP in, HL7 parsed, to a file per message (`to_file`) or to nowhere (unrouted: the
+/// intake alone, without the file destination's syncs sharing the disk).
+fn mllp_scenario(to_file: bool) -> Row {
     let per = scaled(1000);
     let connections = 8;
     let ws = Workspace::new();
+    let to = if to_file {
+        "to:\n  - file: { path: outbox, name: \"{{header.hl7.control_id}}.hl7\" }\n"
+    } else {
+        "route:\n  rules:\n    - when: 'false'\n      to:\n        - file: { path: outbox }\n"
+    };
     ws.write_route(
         "lab.yaml",
-        "from:\n  tcp: { listen: 127.0.0.1:0 }\nsteps:\n  - hl7: {}\nto:\n  - file: { path: outbox, name: \"{{header.hl7.control_id}}.hl7\" }\n",
+        &format!("from:\n  tcp: {{ listen: 127.0.0.1:0 }}\nsteps:\n  - hl7: {{}}\n{to}"),
     );
     let engine = ws.start_with_env(&[(
         "SWITCHYARD_LOG",
@@ -524,14 +531,19 @@ fn mllp_scenario() -> Row {
     let mut lat = mllp_clients(&addr, connections, per);
     let seconds = started.elapsed().as_secs_f64();
     let total = connections * per;
+    let finished = if to_file { "delivered" } else { "unrouted" };
     assert!(wait_until(Duration::from_secs(600), || ws
-        .count("delivered")
+        .count(finished)
         == total as u64));
     let (cpu, rss) = usage(engine.pid());
     engine.stop();
     lat.sort();
     Row {
-        scenario: "mllp 8 conns, ACK after commit".into(),
+        scenario: if to_file {
+            "mllp 8 conns, ACK after commit → file".into()
+        } else {
+            "mllp 8 conns, ACK after commit → nowhere".into()
+        },
         messages: total,
         seconds,
         p50_ms: Some(percentile(&lat, 0.5)),
@@ -626,7 +638,8 @@ fn main() {
         rows.push(http_scenario_on(50, true, Some(&url), None));
     }
     if want("mllp") {
-        rows.push(mllp_scenario());
+        rows.push(mllp_scenario(true));
+        rows.push(mllp_scenario(false));
     }
     if want("search") {
         rows.extend(search_scenario());
@@ -654,6 +667,8 @@ fn main() {
         rows.push(baseline_sqlite(100));
     }
     if want("baseline store floor") {
+        // As many writers as the MLLP scenario has connections: its floor.
+        rows.push(baseline_group_commit(8, false));
         rows.push(baseline_group_commit(50, false));
         rows.push(baseline_group_commit(50, true));
     }
