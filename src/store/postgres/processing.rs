@@ -125,10 +125,27 @@ impl Processing for PgStore {
         let result = self
             .write(move |db| async move {
                 let now = millis(SystemTime::now());
-                let mut ended = Vec::with_capacity(attempts.len());
-                for a in &attempts {
-                    ended.push(record_one(&db, a, now, &node, lease).await?);
-                }
+                // Attempts of different messages travel together (one connection pipelines
+                // them); two of one message (a main delivery and its dead-letter copy) go one
+                // after the other, so that the second counts what the first changed.
+                let distinct = attempts
+                    .iter()
+                    .map(|a| a.message)
+                    .collect::<std::collections::HashSet<_>>()
+                    .len()
+                    == attempts.len();
+                let ended = if distinct {
+                    futures_util::future::try_join_all(
+                        attempts.iter().map(|a| record_one(&db, a, now, &node, lease)),
+                    )
+                    .await?
+                } else {
+                    let mut ended = Vec::with_capacity(attempts.len());
+                    for a in &attempts {
+                        ended.push(record_one(&db, a, now, &node, lease).await?);
+                    }
+                    ended
+                };
                 let due = match &claim {
                     Some(c) => claim_due(&db, c, &node, lease).await?,
                     None => Vec::new(),
