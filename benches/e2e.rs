@@ -219,7 +219,11 @@ fn http_run(
     let addr = ws.http_addr();
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let started = Instant::now();
-    let expect = if reply { "HTTP/1.1 200" } else { "HTTP/1.1 202" };
+    let expect = if reply {
+        "HTTP/1.1 200"
+    } else {
+        "HTTP/1.1 202"
+    };
     let mut lat = http_load(&addr, connections, deadline, expect);
     let accepted = lat.len();
     let elapsed = started.elapsed().as_secs_f64();
@@ -269,7 +273,12 @@ fn http_run(
 /// and each request is one write, as wrk does: a client thread per connection cost the two
 /// cores as much CPU as the engine, and its header and body as two writes woke the engine
 /// twice. Returns each request's latency.
-fn http_load(addr: &str, connections: usize, deadline: Instant, expect: &'static str) -> Vec<Duration> {
+fn http_load(
+    addr: &str,
+    connections: usize,
+    deadline: Instant,
+    expect: &'static str,
+) -> Vec<Duration> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -532,8 +541,7 @@ fn mllp_scenario(to_file: bool) -> Row {
     let seconds = started.elapsed().as_secs_f64();
     let total = connections * per;
     let finished = if to_file { "delivered" } else { "unrouted" };
-    assert!(wait_until(Duration::from_secs(600), || ws
-        .count(finished)
+    assert!(wait_until(Duration::from_secs(600), || ws.count(finished)
         == total as u64));
     let (cpu, rss) = usage(engine.pid());
     engine.stop();

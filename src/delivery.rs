@@ -146,7 +146,8 @@ async fn run_parallel(
                 }
                 if room > 0 && recorded.due.len() < room {
                     drained = true;
-                    look_again = Instant::now() + until_next_due(&dest, &store, &recorded.due, &sending).await;
+                    look_again = Instant::now()
+                        + until_next_due(&dest, &store, &recorded.due, &sending).await;
                 }
                 start(&dest, &limit, &shutdown, recorded.due, &mut sending);
             }
@@ -276,7 +277,12 @@ async fn attempt(dest: &Destination, store: &dyn Processing, d: Delivery) {
     let (ticket, msg) = outgoing(d);
     let started = Instant::now();
     let result = dest.outbound.send(&msg).await;
-    record_alone(dest, store, judge(dest, ticket, msg, result, started.elapsed())).await;
+    record_alone(
+        dest,
+        store,
+        judge(dest, ticket, msg, result, started.elapsed()),
+    )
+    .await;
 }
 
 /// Sends a batch in one call; every attempt shares the batch's duration.

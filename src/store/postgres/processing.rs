@@ -136,7 +136,9 @@ impl Processing for PgStore {
                     == attempts.len();
                 let ended = if distinct {
                     futures_util::future::try_join_all(
-                        attempts.iter().map(|a| record_one(&db, a, now, &node, lease)),
+                        attempts
+                            .iter()
+                            .map(|a| record_one(&db, a, now, &node, lease)),
                     )
                     .await?
                 } else {
@@ -401,7 +403,8 @@ async fn record_one(
     let (row, transition) = plan::attempt(a);
     let next = row.next_attempt_at.map(millis).unwrap_or(now);
     let attempts = a.number as i32;
-    let args: [&(dyn ToSql + Sync); 6] = [&a.delivery, &row.state, &attempts, &next, &row.error, &now];
+    let args: [&(dyn ToSql + Sync); 6] =
+        [&a.delivery, &row.state, &attempts, &next, &row.error, &now];
     let (ended, ()) = tokio::try_join!(
         db.query_opt(
             "UPDATE deliveries SET state = $2, attempts = $3, next_attempt_at = $4, last_error = $5, updated_at = $6,
@@ -419,8 +422,11 @@ async fn record_one(
     // Two nodes may finish the message's last two deliveries at once: the row lock makes the
     // second wait for the first, and then count what the first committed (each statement
     // sees the latest commits), so exactly one closes the message.
-    db.query_opt("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", &[&a.message])
-        .await?;
+    db.query_opt(
+        "SELECT 1 FROM messages WHERE id = $1 FOR UPDATE",
+        &[&a.message],
+    )
+    .await?;
     let before = plan::main_delivery_ended(a, &route);
     let of_message: [&(dyn ToSql + Sync); 1] = [&a.message];
     let (counts, ()) = tokio::try_join!(

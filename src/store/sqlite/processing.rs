@@ -399,7 +399,13 @@ fn record_one(
     if !row.ended() || DeliveryKind::parse(&kind) != DeliveryKind::Main {
         return Ok(None);
     }
-    apply_all(conn, &plan::main_delivery_ended(a, &route), now, node, lease)?;
+    apply_all(
+        conn,
+        &plan::main_delivery_ended(a, &route),
+        now,
+        node,
+        lease,
+    )?;
     let (open, dead): (i64, i64) = conn
         .prepare_cached(
             "SELECT COALESCE(SUM(state = 'pending'), 0), COALESCE(SUM(state = 'dead'), 0)
