@@ -407,6 +407,15 @@ impl InHand {
         }
     }
 
+    /// After a delivery batch's write: its recorded deliveries are out of hand, and what it
+    /// claimed (if it committed) in hand.
+    pub(crate) fn recorded(&self, recorded: &[i64], result: &StoreResult<Recorded>) {
+        self.drop_deliveries(recorded);
+        if let Ok(r) = result {
+            self.take_deliveries(r.due.iter().map(|d| d.id));
+        }
+    }
+
     /// The messages and deliveries to renew.
     pub(crate) fn snapshot(&self) -> (Vec<Uuid>, Vec<i64>) {
         (

@@ -131,10 +131,7 @@ impl Processing for SqliteStore {
                 Ok(Recorded { ended, due })
             })
             .await;
-        self.in_hand.drop_deliveries(&recorded);
-        if let Ok(r) = &result {
-            self.in_hand.take_deliveries(r.due.iter().map(|d| d.id));
-        }
+        self.in_hand.recorded(&recorded, &result);
         result
     }
 
