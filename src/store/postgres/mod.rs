@@ -32,7 +32,7 @@ const MAX_BATCH: usize = 60;
 
 /// Schema changes in order; each runs once, in its own transaction, under an advisory lock so
 /// that nodes starting together do not race. Append new ones; never edit one that has shipped.
-const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)];
 /// Any constant will do: it names the migration lock among the database's advisory locks.
 const MIGRATION_LOCK: i64 = 0x5357_4954_4348; // "SWITCH"
 
@@ -464,6 +464,16 @@ async fn migrate(db: &Db) -> PgResult<()> {
     }
     Ok(())
 }
+
+/// Pending deliveries only, in the two orders their queries read them: a parallel
+/// destination's claims by due time (`deliveries_due`), a FIFO destination's head by id
+/// (`deliveries_pending`: without it, each FIFO delivery sorted the destination's whole
+/// queue). A delivery leaves both when it ends, so they hold the backlog and nothing else.
+const SCHEMA_V3: &str = "
+    DROP INDEX deliveries_due;
+    CREATE INDEX deliveries_due ON deliveries (route, destination, next_attempt_at, id)
+        WHERE state = 'pending';
+    CREATE INDEX deliveries_pending ON deliveries (route, destination, id) WHERE state = 'pending'";
 
 /// A route's newest messages, and a route's messages in a time range (ids sort by arrival):
 /// `messages list --route` and the console's search on a large store. Never changes after

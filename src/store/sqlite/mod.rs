@@ -306,7 +306,12 @@ fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn Job>>) {
 
 /// Schema changes in order; each runs once, in its own transaction, and is recorded in
 /// `schema_version`. Append new ones; never edit one that has shipped.
-const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, SCHEMA_V1),
+    (2, SCHEMA_V2),
+    (3, SCHEMA_V3),
+    (4, SCHEMA_V4),
+];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);")?;
@@ -322,6 +327,17 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     }
     Ok(())
 }
+
+/// Pending deliveries only, in the two orders their queries read them: a parallel
+/// destination's claims by due time (`deliveries_due`), a FIFO destination's head by id
+/// (`deliveries_pending`: without it, each FIFO delivery sorted the destination's whole queue —
+/// 64 ms apiece with 100,000 pending). A delivery leaves both when it ends, so they hold the
+/// backlog and nothing else.
+const SCHEMA_V4: &str = "
+        DROP INDEX deliveries_due;
+        CREATE INDEX deliveries_due ON deliveries (route, destination, next_attempt_at, id)
+            WHERE state = 'pending';
+        CREATE INDEX deliveries_pending ON deliveries (route, destination, id) WHERE state = 'pending'";
 
 /// A route's newest messages, and a route's messages in a time range (ids sort by arrival):
 /// `messages list --route` and the console's search on a large store. Never changes after
@@ -691,6 +707,17 @@ fn pending_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Pending> {
     })
 }
 
+/// A destination's due deliveries, in the order of `deliveries_due` (due time, then id), so
+/// that a claim reads its batch and no more: ordered by id alone, every claim sorted the whole
+/// due queue.
+const DUE: &str = " WHERE d.route = ?1 AND d.destination = ?2 AND d.state = 'pending'
+    AND d.next_attempt_at <= ?3 AND (d.owner IS NULL OR d.lease_until < ?3)
+    ORDER BY d.next_attempt_at, d.id LIMIT ?4";
+
+/// A FIFO destination's head: its oldest pending delivery (`deliveries_pending`).
+const HEAD: &str =
+    " WHERE d.route = ?1 AND d.destination = ?2 AND d.state = 'pending' ORDER BY d.id LIMIT 1";
+
 const SELECT_DELIVERY: &str =
     "SELECT d.id, d.attempts, d.kind, d.next_attempt_at, m.id, m.received_at, m.error,
         CASE d.payload WHEN 'in' THEN m.headers ELSE m.out_headers END,
@@ -762,5 +789,31 @@ mod tests {
         assert_eq!(pragma("synchronous"), "Integer(2)", "FULL");
         assert_eq!(pragma("temp_store"), "Integer(2)", "MEMORY");
         assert_eq!(pragma("auto_vacuum"), "Integer(2)", "INCREMENTAL");
+    }
+
+    /// Claims and a FIFO head read their rows in an index's order: no sort of the queue,
+    /// however long it is.
+    #[test]
+    fn delivery_queries_read_the_queue_in_index_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_connection(&dir.path().join("s.db")).unwrap();
+        migrate(&conn).unwrap();
+        let due: &[&dyn rusqlite::ToSql] = &[&"r", &"to[0]", &0, &64];
+        let head: &[&dyn rusqlite::ToSql] = &[&"r", &"to[0]"];
+        for (query, args, index) in [
+            (DUE, due, "deliveries_due"),
+            (HEAD, head, "deliveries_pending"),
+        ] {
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {SELECT_DELIVERY}{query}"))
+                .unwrap()
+                .query_map(args, |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            let plan = plan.join("\n");
+            assert!(plan.contains(index), "{plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+        }
     }
 }

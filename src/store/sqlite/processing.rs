@@ -279,14 +279,11 @@ impl Processing for SqliteStore {
         let route = route.to_string();
         let destination = destination.to_string();
         let head = |conn: &Connection, route: &str, destination: &str| {
-            conn.prepare_cached(&format!(
-                "{SELECT_DELIVERY} WHERE d.route = ?1 AND d.destination = ?2 AND d.state = 'pending'
-                 ORDER BY d.id LIMIT 1"
-            ))?
-            .query_row(params![route, destination], |r| {
-                delivery_row(r, route, destination)
-            })
-            .optional()
+            conn.prepare_cached(&format!("{SELECT_DELIVERY}{HEAD}"))?
+                .query_row(params![route, destination], |r| {
+                    delivery_row(r, route, destination)
+                })
+                .optional()
         };
         if self.held.fresh(&route, &destination) {
             return self
@@ -416,9 +413,7 @@ fn record_one(
     Ok(Some(state))
 }
 
-/// Claims a destination's due deliveries (see [`Processing::record_and_claim`]). In the order
-/// of `deliveries_due` (due time, then id), so that a claim reads its batch and no more:
-/// ordered by id alone, every claim sorted the whole due queue (O(queue) per batch).
+/// Claims a destination's due deliveries (see [`Processing::record_and_claim`]).
 fn claim_due(
     conn: &Connection,
     c: &Claim,
@@ -426,10 +421,7 @@ fn claim_due(
     lease: i64,
 ) -> rusqlite::Result<Vec<Delivery>> {
     let now = millis(c.now);
-    let mut stmt = conn.prepare_cached(&format!(
-        "{SELECT_DELIVERY} WHERE d.route = ?1 AND d.destination = ?2 AND d.state = 'pending'
-         AND d.next_attempt_at <= ?3 AND (d.owner IS NULL OR d.lease_until < ?3) ORDER BY d.next_attempt_at, d.id LIMIT ?4"
-    ))?;
+    let mut stmt = conn.prepare_cached(&format!("{SELECT_DELIVERY}{DUE}"))?;
     let due: Vec<Delivery> = stmt
         .query_map(params![c.route, c.destination, now, c.limit as i64], |r| {
             delivery_row(r, &c.route, &c.destination)
