@@ -110,6 +110,24 @@ fn attempt(d: &Delivery, number: u32, outcome: AttemptOutcome) -> Attempt {
     }
 }
 
+/// Claims up to `limit` due deliveries of a destination: a delivery worker's write with no
+/// attempts to record.
+async fn claim_due(
+    store: &Arc<dyn Store>,
+    route: &str,
+    destination: &str,
+    now: SystemTime,
+    limit: usize,
+) -> StoreResult<Vec<Delivery>> {
+    let claim = Claim {
+        route: route.into(),
+        destination: destination.into(),
+        now,
+        limit,
+    };
+    Ok(store.record_and_claim(Vec::new(), Some(claim)).await?.due)
+}
+
 fn routed(destinations: &[&str]) -> Processed {
     Processed::Routed {
         headers: Headers::new(),
@@ -182,13 +200,12 @@ async fn lifecycle_transitions_and_idempotent_steps(b: &Backend) {
     );
 
     let now = SystemTime::now();
-    let d0 = store.due_deliveries("r", "to[0]", now, 10).await.unwrap();
-    let d1 = store.due_deliveries("r", "to[1]", now, 10).await.unwrap();
+    let d0 = claim_due(&store, "r", "to[0]", now, 10).await.unwrap();
+    let d1 = claim_due(&store, "r", "to[1]", now, 10).await.unwrap();
     assert_eq!((d0.len(), d1.len()), (1, 1));
     assert_eq!(&d0[0].message.body[..], b"{}");
     // The wire tap carries the message as received.
-    let tap = store
-        .due_deliveries("r", "wire_tap[0]", now, 10)
+    let tap = claim_due(&store, "r", "wire_tap[0]", now, 10)
         .await
         .unwrap();
     assert_eq!(&tap[0].message.body[..], b"<a/>");
@@ -206,8 +223,7 @@ async fn lifecycle_transitions_and_idempotent_steps(b: &Backend) {
             .unwrap(),
         None
     );
-    assert!(store
-        .due_deliveries("r", "to[0]", now, 10)
+    assert!(claim_due(&store, "r", "to[0]", now, 10)
         .await
         .unwrap()
         .is_empty());
@@ -250,8 +266,7 @@ async fn lifecycle_transitions_and_idempotent_steps(b: &Backend) {
         MessageState::Dead
     );
     // The dead delivery went to the dead-letter destination, with the processed body.
-    let dl = store
-        .due_deliveries("r", "dead_letter", SystemTime::now(), 10)
+    let dl = claim_due(&store, "r", "dead_letter", SystemTime::now(), 10)
         .await
         .unwrap();
     assert_eq!(dl.len(), 1);
@@ -303,8 +318,7 @@ async fn failures_filters_retries_and_splits(b: &Backend) {
         .await
         .unwrap();
     assert_eq!(s, Some(MessageState::Failed));
-    let dl = store
-        .due_deliveries("r", "dead_letter", SystemTime::now(), 10)
+    let dl = claim_due(&store, "r", "dead_letter", SystemTime::now(), 10)
         .await
         .unwrap();
     assert_eq!(
@@ -479,8 +493,7 @@ async fn search_details_and_replay(b: &Backend) {
         .unwrap();
     assert_eq!(by_state.len(), 1);
 
-    let d = store
-        .due_deliveries("orders", "to[0]", SystemTime::now(), 10)
+    let d = claim_due(&store, "orders", "to[0]", SystemTime::now(), 10)
         .await
         .unwrap();
     store
@@ -495,8 +508,7 @@ async fn search_details_and_replay(b: &Backend) {
     let said = store.replay(m.id, Some("to[0]")).await.unwrap();
     assert!(said.contains("pending again"), "{said}");
     assert_eq!(
-        store
-            .due_deliveries("orders", "to[0]", SystemTime::now(), 10)
+        claim_due(&store, "orders", "to[0]", SystemTime::now(), 10)
             .await
             .unwrap()
             .len(),
@@ -533,12 +545,8 @@ async fn claims_are_exclusive_and_taken_over_after_the_lease(b: &Backend) {
     // What node A holds, node B does not get: the message in hand, the claimed delivery.
     assert!(other.claim_received("r", 10).await.unwrap().is_empty());
     let now = SystemTime::now();
-    assert_eq!(
-        a.due_deliveries("r", "to[0]", now, 10).await.unwrap().len(),
-        1
-    );
-    assert!(other
-        .due_deliveries("r", "to[0]", now, 10)
+    assert_eq!(claim_due(&a, "r", "to[0]", now, 10).await.unwrap().len(), 1);
+    assert!(claim_due(&other, "r", "to[0]", now, 10)
         .await
         .unwrap()
         .is_empty());
@@ -548,8 +556,7 @@ async fn claims_are_exclusive_and_taken_over_after_the_lease(b: &Backend) {
         a.renew_leases().await.unwrap();
     }
     assert!(other.claim_received("r", 10).await.unwrap().is_empty());
-    assert!(other
-        .due_deliveries("r", "to[0]", SystemTime::now(), 10)
+    assert!(claim_due(&other, "r", "to[0]", SystemTime::now(), 10)
         .await
         .unwrap()
         .is_empty());
@@ -561,8 +568,7 @@ async fn claims_are_exclusive_and_taken_over_after_the_lease(b: &Backend) {
     tokio::time::sleep(lease + Duration::from_millis(200)).await;
     let taken = other.claim_received("r", 10).await.unwrap();
     assert_eq!(taken.iter().map(|p| p.msg.id).collect::<Vec<_>>(), [m2.id]);
-    let deliveries = other
-        .due_deliveries("r", "to[0]", SystemTime::now(), 10)
+    let deliveries = claim_due(&other, "r", "to[0]", SystemTime::now(), 10)
         .await
         .unwrap();
     assert_eq!(
@@ -609,8 +615,7 @@ async fn concurrent_claims_never_overlap(b: &Backend) {
         tasks.spawn(async move {
             let mut got = Vec::new();
             loop {
-                let batch = node
-                    .due_deliveries("r", "to[0]", SystemTime::now(), 16)
+                let batch = claim_due(&node, "r", "to[0]", SystemTime::now(), 16)
                     .await
                     .unwrap();
                 if batch.is_empty() {
@@ -725,20 +730,17 @@ async fn released_deliveries_are_due_again_for_any_node(b: &Backend) {
     a.finish_steps(m.id, vec![], routed(&["to[0]"]))
         .await
         .unwrap();
-    let claimed = a
-        .due_deliveries("r", "to[0]", SystemTime::now(), 10)
+    let claimed = claim_due(&a, "r", "to[0]", SystemTime::now(), 10)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
-    assert!(other
-        .due_deliveries("r", "to[0]", SystemTime::now(), 10)
+    assert!(claim_due(&other, "r", "to[0]", SystemTime::now(), 10)
         .await
         .unwrap()
         .is_empty());
     // Node A could not record its attempt and gives the delivery back.
     a.release_deliveries(vec![claimed[0].id]).await.unwrap();
-    let again = other
-        .due_deliveries("r", "to[0]", SystemTime::now(), 10)
+    let again = claim_due(&other, "r", "to[0]", SystemTime::now(), 10)
         .await
         .unwrap();
     assert_eq!(
@@ -764,8 +766,7 @@ async fn attempts_and_the_next_claim_are_one_write(b: &Backend) {
         assert_eq!(state, Stored::Processed(MessageState::Delivering));
         ids.push(m.id);
     }
-    let first = store
-        .due_deliveries("rc", "to[0]", SystemTime::now(), 2)
+    let first = claim_due(&store, "rc", "to[0]", SystemTime::now(), 2)
         .await
         .unwrap();
     assert_eq!(first.len(), 2);
@@ -795,8 +796,7 @@ async fn attempts_and_the_next_claim_are_one_write(b: &Backend) {
     let due: Vec<Uuid> = recorded.due.iter().map(|d| d.message.id).collect();
     assert_eq!(due, ids[2..]);
     // Claimed in that write: nobody else gets them, and nothing is left to claim.
-    assert!(other
-        .due_deliveries("rc", "to[0]", SystemTime::now(), 10)
+    assert!(claim_due(&other, "rc", "to[0]", SystemTime::now(), 10)
         .await
         .unwrap()
         .is_empty());
@@ -957,8 +957,7 @@ async fn processed_inserts_commit_message_and_outcome_together(b: &Backend) {
         .await
         .unwrap();
     assert_eq!(stored, Stored::Processed(MessageState::Delivering));
-    let due = store
-        .due_deliveries("r", "to[0]", SystemTime::now(), 10)
+    let due = claim_due(&store, "r", "to[0]", SystemTime::now(), 10)
         .await
         .unwrap();
     assert_eq!(due.len(), 1);
@@ -997,8 +996,7 @@ async fn processed_inserts_commit_message_and_outcome_together(b: &Backend) {
         .await
         .unwrap();
     assert_eq!(stored, Stored::Processed(MessageState::Failed));
-    let dl = store
-        .due_deliveries("r", "dead_letter", SystemTime::now(), 10)
+    let dl = claim_due(&store, "r", "dead_letter", SystemTime::now(), 10)
         .await
         .unwrap();
     assert_eq!(dl.len(), 1);
@@ -1053,8 +1051,7 @@ async fn processed_inserts_commit_message_and_outcome_together(b: &Backend) {
         store.message(again.id).await.unwrap().unwrap().state,
         MessageState::Duplicate
     );
-    let due = store
-        .due_deliveries("k", "to[0]", SystemTime::now(), 10)
+    let due = claim_due(&store, "k", "to[0]", SystemTime::now(), 10)
         .await
         .unwrap();
     assert_eq!(due.len(), 1, "one delivery, the first copy's");

@@ -621,24 +621,6 @@ pub trait Processing: Send + Sync {
     /// When the next scheduled message of `route` is due, if any.
     async fn next_scheduled(&self, route: &str) -> StoreResult<Option<SystemTime>>;
 
-    /// Claims up to `limit` due deliveries of one destination (see
-    /// [`Processing::record_and_claim`]) with nothing to record.
-    async fn due_deliveries(
-        &self,
-        route: &str,
-        destination: &str,
-        now: SystemTime,
-        limit: usize,
-    ) -> StoreResult<Vec<Delivery>> {
-        let claim = Claim {
-            route: route.to_string(),
-            destination: destination.to_string(),
-            now,
-            limit,
-        };
-        Ok(self.record_and_claim(Vec::new(), Some(claim)).await?.due)
-    }
-
     /// The oldest pending delivery of a destination, due or not (strict FIFO order), when
     /// this node holds the destination's lease (taken here when free): one node at a time
     /// delivers to a FIFO destination, so order holds across nodes. `None` while another
