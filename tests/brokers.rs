@@ -1,12 +1,14 @@
-//! The broker conformance suite, written once and run against every broker adapter (RabbitMQ
-//! and Mosquitto here; the next brokers add a `TestBroker` and the same lines at the end):
+//! The broker conformance suite, written once and run against every broker adapter (RabbitMQ,
+//! Mosquitto, NATS JetStream and Redis Streams here; a new broker adds a `TestBroker` and one
+//! line at the end):
 //! end to end through a broker, SIGKILL while consuming a steady stream, the broker's
 //! connections cut mid-stream, a poison message, a reload under a steady stream. Then what is
 //! particular to each broker: unroutable messages, dead-letter exchanges, persistent MQTT
 //! sessions, TLS.
 //!
-//! Runs against the real servers when `SWITCHYARD_TEST_AMQP` / `SWITCHYARD_TEST_MQTT` are set
-//! (`.ci/run` sets them); otherwise each test says what it did not run.
+//! Runs against the real servers when `SWITCHYARD_TEST_AMQP`, `SWITCHYARD_TEST_MQTT`,
+//! `SWITCHYARD_TEST_NATS` and `SWITCHYARD_TEST_REDIS` are set (`.ci/run` sets them);
+//! otherwise each test says what it did not run.
 
 mod common;
 
@@ -130,10 +132,7 @@ async fn end_to_end(b: Arc<dyn TestBroker>) {
     assert_eq!((bodies.len(), files), (total, total), "{}", b.kind());
     assert!(bodies.contains("{\"n\":137}"));
     // The consumed copies carry the broker's envelope as headers.
-    let header = match b.kind() {
-        "amqp" => "amqp.routing_key",
-        _ => "mqtt.topic",
-    };
+    let header = b.envelope_header();
     let with_header = ws.query_pairs(&format!(
         "SELECT route, COUNT(*) FROM messages WHERE json_extract(headers, '$.\"{header}\"') IS NOT NULL GROUP BY route"
     ));
@@ -364,6 +363,7 @@ async fn same_id_twice_is_a_visible_duplicate(b: Arc<dyn TestBroker>) {
     assert!(wait_until(Duration::from_secs(20), || ws
         .count("delivered")
         == 1));
+    tokio::time::sleep(b.dedupe_window()).await;
     b.publish("in", &[once]).await;
     assert!(wait_until(Duration::from_secs(20), || ws
         .count("duplicate")
@@ -418,6 +418,8 @@ macro_rules! suite {
 
 suite!(amqp, amqp_server, |url| Arc::new(Rabbit::new(url)));
 suite!(mqtt, mqtt_server, |url| Arc::new(Mosquitto::new(url)));
+suite!(nats, nats_server, |url| Arc::new(Nats::new(url)));
+suite!(redis, redis_server, |url| Arc::new(Redis::new(url)));
 
 // ---- what is particular to each broker ----
 

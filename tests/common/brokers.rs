@@ -6,6 +6,7 @@
 //! (`.ci/run` sets both and fails when a server cannot be reached); without them each test
 //! says what it did not run.
 
+use super::net::Relay;
 use async_trait::async_trait;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -30,11 +31,28 @@ pub trait TestBroker: Send + Sync {
     async fn publish(&self, source: &str, messages: &[(String, String)]);
     /// Cuts the engine's connections to the broker from the outside.
     async fn cut(&self);
+    /// A header every consumed message carries (the broker's envelope).
+    fn envelope_header(&self) -> &'static str;
+    /// How long the broker itself drops a message id published again (JetStream's duplicate
+    /// window): a test of the engine's own duplicate check waits it out.
+    fn dedupe_window(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// `SWITCHYARD_TEST_AMQP` (`amqp://guest:guest@127.0.0.1:5672`), or `None` with a note.
 pub fn amqp_server(what: &str) -> Option<String> {
     server("SWITCHYARD_TEST_AMQP", &format!("RabbitMQ ({what})"))
+}
+
+/// `SWITCHYARD_TEST_NATS` (`nats://127.0.0.1:4222`, JetStream on), or `None` with a note.
+pub fn nats_server(what: &str) -> Option<String> {
+    server("SWITCHYARD_TEST_NATS", &format!("NATS ({what})"))
+}
+
+/// `SWITCHYARD_TEST_REDIS` (`redis://127.0.0.1:6379`), or `None` with a note.
+pub fn redis_server(what: &str) -> Option<String> {
+    server("SWITCHYARD_TEST_REDIS", &format!("Redis ({what})"))
 }
 
 /// `SWITCHYARD_TEST_MQTT` (`mqtt://127.0.0.1:1883`), or `None` with a note.
@@ -187,6 +205,10 @@ impl TestBroker for Rabbit {
         let _ = conn.close(200, "done".into()).await;
     }
 
+    fn envelope_header(&self) -> &'static str {
+        "amqp.routing_key"
+    }
+
     async fn cut(&self) {
         rabbitmqctl(&[
             "close_all_connections",
@@ -324,6 +346,10 @@ impl TestBroker for Mosquitto {
         .await;
     }
 
+    fn envelope_header(&self) -> &'static str {
+        "mqtt.topic"
+    }
+
     async fn cut(&self) {
         // The engine's inbound and outbound clients of every source this test used.
         for source in ["in", "stream"] {
@@ -331,5 +357,249 @@ impl TestBroker for Mosquitto {
             self.take_over(&self.client_id(&format!("{source}-out")))
                 .await;
         }
+    }
+}
+
+/// NATS with JetStream, with streams and subjects of this test's own (deleted at the end).
+/// The engine reaches the server through a [`Relay`], so a test can cut its connections.
+pub struct Nats {
+    pub url: String,
+    pub prefix: String,
+    relay: Relay,
+}
+
+impl Nats {
+    pub fn new(url: &str) -> Nats {
+        let target = url.trim_start_matches("nats://").trim_end_matches('/');
+        Nats {
+            url: url.to_string(),
+            prefix: unique("sy").to_uppercase(),
+            relay: Relay::start(target),
+        }
+    }
+
+    /// The URL the engine uses: through the relay.
+    pub fn engine_url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.relay.port)
+    }
+
+    pub fn stream(&self, source: &str) -> String {
+        format!("{}_{}", self.prefix, source.to_uppercase())
+    }
+
+    pub fn subject(&self, source: &str) -> String {
+        format!("{}.{source}", self.prefix.to_lowercase())
+    }
+
+    /// `create_stream:` as the routes under test write it; a short duplicate window, so a
+    /// test can publish an id again and see what the engine does with it.
+    fn stream_yaml(&self, source: &str) -> String {
+        format!(
+            "{{ subjects: [ \"{}\" ], duplicate_window: 500ms }}",
+            self.subject(source)
+        )
+    }
+
+    pub async fn connect(&self) -> async_nats::jetstream::Context {
+        let client = async_nats::connect(self.url.as_str())
+            .await
+            .unwrap_or_else(|e| panic!("NATS at {} cannot be reached: {e}", self.url));
+        async_nats::jetstream::new(client)
+    }
+
+    /// The stream of `source`, as the routes create it.
+    pub async fn ensure_stream(&self, js: &async_nats::jetstream::Context, source: &str) {
+        js.get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: self.stream(source),
+            subjects: vec![self.subject(source)],
+            duplicate_window: Duration::from_millis(500),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let (url, prefix) = (self.url.clone(), self.prefix.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let Ok(client) = async_nats::connect(url.as_str()).await else {
+                    return;
+                };
+                let js = async_nats::jetstream::new(client);
+                let names: Vec<String> = {
+                    use futures_util::StreamExt;
+                    js.stream_names()
+                        .filter_map(|n| async { n.ok() })
+                        .collect()
+                        .await
+                };
+                for name in names.iter().filter(|n| n.starts_with(&prefix)) {
+                    let _ = js.delete_stream(name).await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+#[async_trait]
+impl TestBroker for Nats {
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+
+    fn inbound_yaml(&self, source: &str, extra: &str) -> String {
+        format!(
+            "  nats:\n    url: {}\n    stream: {}\n    create_stream: {}\n    consumer: engine\n    ack_wait: 5s\n{extra}",
+            self.engine_url(),
+            self.stream(source),
+            self.stream_yaml(source)
+        )
+    }
+
+    fn outbound_yaml(&self, source: &str) -> String {
+        format!(
+            "  - nats:\n      url: {}\n      subject: {}\n      stream: {}\n      create_stream: {}\n      ack_timeout: 2s\n      delivery: {{ retry: {{ backoff: 100ms, max_backoff: 1s, max_attempts: 100 }} }}\n",
+            self.engine_url(),
+            self.subject(source),
+            self.stream(source),
+            self.stream_yaml(source)
+        )
+    }
+
+    async fn publish(&self, source: &str, messages: &[(String, String)]) {
+        let js = self.connect().await;
+        self.ensure_stream(&js, source).await;
+        let mut acks = Vec::new();
+        for (id, body) in messages {
+            let publish = async_nats::jetstream::message::PublishMessage::build()
+                .payload(body.clone().into())
+                .message_id(id);
+            acks.push(
+                js.send_publish(self.subject(source), publish)
+                    .await
+                    .unwrap(),
+            );
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+    }
+
+    async fn cut(&self) {
+        self.relay.cut();
+    }
+
+    fn envelope_header(&self) -> &'static str {
+        "nats.subject"
+    }
+
+    fn dedupe_window(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+}
+
+/// Redis, with stream keys of this test's own (deleted at the end). The engine reaches the
+/// server through a [`Relay`], so a test can cut its connections.
+pub struct Redis {
+    pub url: String,
+    pub prefix: String,
+    relay: Relay,
+}
+
+impl Redis {
+    pub fn new(url: &str) -> Redis {
+        let target = url
+            .trim_start_matches("redis://")
+            .split('/')
+            .next()
+            .unwrap_or("127.0.0.1:6379");
+        Redis {
+            url: url.to_string(),
+            prefix: unique("sytest"),
+            relay: Relay::start(target),
+        }
+    }
+
+    /// The URL the engine uses: through the relay.
+    pub fn engine_url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.relay.port)
+    }
+
+    pub fn key(&self, source: &str) -> String {
+        format!("{}:{source}", self.prefix)
+    }
+
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url.as_str())
+            .and_then(|c| c.get_connection())
+            .unwrap_or_else(|e| panic!("Redis at {} cannot be reached: {e}", self.url))
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let mut conn = self.connection();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.prefix))
+            .query(&mut conn)
+            .unwrap_or_default();
+        for key in keys {
+            let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(key).query(&mut conn);
+        }
+    }
+}
+
+#[async_trait]
+impl TestBroker for Redis {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn inbound_yaml(&self, source: &str, extra: &str) -> String {
+        format!(
+            "  redis:\n    url: {}\n    stream: {}\n    group: engine\n    claim_idle: 2s\n{extra}",
+            self.engine_url(),
+            self.key(source)
+        )
+    }
+
+    fn outbound_yaml(&self, source: &str) -> String {
+        format!(
+            "  - redis:\n      url: {}\n      key: {}\n      timeout: 2s\n      delivery: {{ retry: {{ backoff: 100ms, max_backoff: 1s, max_attempts: 100 }} }}\n",
+            self.engine_url(),
+            self.key(source)
+        )
+    }
+
+    async fn publish(&self, source: &str, messages: &[(String, String)]) {
+        let mut conn = self.connection();
+        let mut pipe = redis::pipe();
+        for (id, body) in messages {
+            pipe.cmd("XADD")
+                .arg(self.key(source))
+                .arg("*")
+                .arg("body")
+                .arg(body)
+                .arg("switchyard-message-id")
+                .arg(id)
+                .ignore();
+        }
+        let _: () = pipe.query(&mut conn).unwrap();
+    }
+
+    async fn cut(&self) {
+        self.relay.cut();
+    }
+
+    fn envelope_header(&self) -> &'static str {
+        "redis.id"
     }
 }

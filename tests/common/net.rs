@@ -296,3 +296,68 @@ pub async fn tls_front(cert: &Path, key: &Path, target: String) -> u16 {
     });
     port
 }
+
+/// A plain TCP relay on 127.0.0.1 to `target` (a broker), on a thread of its own, whose
+/// connections a test can cut at once — the way a network failure or a broker restart
+/// drops them — while it keeps accepting new ones. Stops when dropped.
+pub struct Relay {
+    pub port: u16,
+    open: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Relay {
+    pub fn start(target: &str) -> Relay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Default::default();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (conns, stopped, target) = (open.clone(), stop.clone(), target.to_string());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let (mut inbound, _) = tokio::select! {
+                        _ = stopped.cancelled() => break,
+                        accepted = listener.accept() => match accepted {
+                            Ok(a) => a,
+                            Err(_) => continue,
+                        },
+                    };
+                    let target = target.clone();
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    let mut conns = conns.lock().unwrap();
+                    conns.retain(|c| !c.is_finished());
+                    conns.push(task.abort_handle());
+                }
+                for c in conns.lock().unwrap().drain(..) {
+                    c.abort();
+                }
+            });
+        });
+        Relay { port, open, stop }
+    }
+
+    /// Drops every relayed connection (both sides see it closed).
+    pub fn cut(&self) {
+        for c in self.open.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

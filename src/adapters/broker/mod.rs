@@ -18,6 +18,8 @@
 
 pub mod amqp;
 pub mod mqtt;
+pub mod nats;
+pub mod redis;
 
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -183,7 +185,7 @@ impl Default for Backoff {
 
 impl Backoff {
     const FIRST: Duration = Duration::from_millis(200);
-    const MAX: Duration = Duration::from_secs(30);
+    pub const MAX: Duration = Duration::from_secs(30);
 
     /// The wait before the next attempt; each call doubles the one after.
     pub fn wait(&mut self) -> Duration {
@@ -196,6 +198,57 @@ impl Backoff {
     /// A connection worked: start again from the shortest wait.
     pub fn reset(&mut self) {
         self.next = Self::FIRST;
+    }
+}
+
+/// Paces a destination's reconnects: after a failed connection, deliveries fail fast ("the
+/// next attempt to reconnect is in …") until the [`Backoff`]'s wait has passed, so a dead
+/// broker is not hammered by every retry of every delivery.
+pub struct Pace(Mutex<(std::time::Instant, Backoff)>);
+
+impl Default for Pace {
+    fn default() -> Self {
+        Pace(Mutex::new((std::time::Instant::now(), Backoff::default())))
+    }
+}
+
+impl Pace {
+    /// `Err` with the reason when the next connection attempt is not due yet.
+    pub fn ready(&self, link: &Link) -> Result<(), String> {
+        let not_before = self
+            .0
+            .lock()
+            .map(|p| p.0)
+            .unwrap_or_else(|_| std::time::Instant::now());
+        let now = std::time::Instant::now();
+        if now < not_before {
+            return Err(format!(
+                "the connection to {} is down; the next attempt to reconnect is in {:?}",
+                link.broker,
+                not_before - now
+            ));
+        }
+        Ok(())
+    }
+
+    /// A connection was made: the next failure waits the shortest time again.
+    pub fn connected(&self) {
+        if let Ok(mut p) = self.0.lock() {
+            p.1.reset();
+        }
+    }
+
+    /// The connection failed or was lost: pace the next attempt and report it on `link`.
+    pub fn failed(&self, link: &Link, error: &str) {
+        let wait = match self.0.lock() {
+            Ok(mut p) => {
+                let wait = p.1.wait();
+                p.0 = std::time::Instant::now() + wait;
+                wait
+            }
+            Err(_) => Duration::from_secs(1),
+        };
+        link.down(error, wait);
     }
 }
 

@@ -189,15 +189,8 @@ impl AmqpInbound {
 async fn take(cfg: &Config, intake: &Intake, mut delivery: Delivery) {
     let headers = headers(&delivery);
     let acker = &delivery.acker;
-    let refusal = if delivery.data.len() as u64 > cfg.max_size.0 {
-        Some(format!(
-            "message of {} bytes is larger than max_size ({} bytes); rejected without requeue",
-            delivery.data.len(),
-            cfg.max_size.0
-        ))
-    } else {
-        cfg.content.error(&delivery.data)
-    };
+    let refusal = super::refusal(&delivery.data, cfg.max_size, cfg.content)
+        .map(|r| format!("{r}; rejected without requeue"));
     if let Some(reason) = refusal {
         match intake.refuse(headers, &reason).await {
             Ok(_) => {

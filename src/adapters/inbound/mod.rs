@@ -8,6 +8,8 @@ pub mod amqp;
 pub mod file;
 pub mod http;
 pub mod mqtt;
+pub mod nats;
+pub mod redis;
 pub mod tcp;
 
 use crate::adapters::listeners::Listeners;
@@ -39,6 +41,10 @@ pub enum InboundConfig {
     Amqp(amqp::Config),
     /// Subscribes to MQTT topics.
     Mqtt(mqtt::Config),
+    /// Consumes a NATS JetStream stream through a durable pull consumer.
+    Nats(nats::Config),
+    /// Reads a Redis stream through a consumer group.
+    Redis(redis::Config),
     /// A named endpoint from the adapters directory, replaced by its definition on load.
     Endpoint(String),
 }
@@ -51,6 +57,8 @@ impl InboundConfig {
             InboundConfig::Tcp(_) => "tcp",
             InboundConfig::Amqp(_) => "amqp",
             InboundConfig::Mqtt(_) => "mqtt",
+            InboundConfig::Nats(_) => "nats",
+            InboundConfig::Redis(_) => "redis",
             InboundConfig::Endpoint(_) => "endpoint",
         }
     }
@@ -75,6 +83,14 @@ impl InboundConfig {
             InboundConfig::Amqp(_) => None,
             // One MQTT client id is one session: two routes with it would knock each other off.
             InboundConfig::Mqtt(c) => Some(format!("MQTT client id {}", c.client_id)),
+            // Several routes on one durable consumer share its messages, like queue consumers.
+            InboundConfig::Nats(_) => None,
+            // One consumer name in a group is one pending list: two routes with it would
+            // take each other's entries as their own.
+            InboundConfig::Redis(c) => Some(format!(
+                "Redis consumer {} of group {} on stream {}",
+                c.consumer, c.group, c.stream
+            )),
             InboundConfig::Endpoint(_) => None,
         }
     }
@@ -85,6 +101,8 @@ impl InboundConfig {
         match self {
             InboundConfig::Amqp(c) => Some(c.prefetch as usize),
             InboundConfig::Mqtt(c) => Some(c.receive_maximum as usize),
+            InboundConfig::Nats(c) => Some(c.prefetch as usize),
+            InboundConfig::Redis(c) => Some(c.prefetch),
             _ => None,
         }
     }
@@ -95,6 +113,8 @@ impl InboundConfig {
             InboundConfig::File(_)
             | InboundConfig::Amqp(_)
             | InboundConfig::Mqtt(_)
+            | InboundConfig::Nats(_)
+            | InboundConfig::Redis(_)
             | InboundConfig::Endpoint(_) => None,
             InboundConfig::Http(c) => Some(&c.listen),
             InboundConfig::Tcp(c) => Some(&c.listen),
@@ -110,9 +130,28 @@ impl InboundConfig {
             InboundConfig::Tcp(c) => Arc::new(c.build(listeners)?),
             InboundConfig::Amqp(c) => Arc::new(c.build()?),
             InboundConfig::Mqtt(c) => Arc::new(c.build()?),
+            InboundConfig::Nats(c) => Arc::new(c.build()?),
+            InboundConfig::Redis(c) => Arc::new(c.build()?),
             InboundConfig::Endpoint(name) => anyhow::bail!("endpoint `{name}` was not resolved"),
         })
     }
+}
+
+/// Why a broker delivery is refused before it is stored: larger than `max_size`, or not the
+/// declared `content`. Shared by every broker inbound, so the reasons read alike.
+pub fn refusal(
+    body: &[u8],
+    max_size: crate::route::values::ByteSize,
+    content: http::Content,
+) -> Option<String> {
+    if body.len() as u64 > max_size.0 {
+        return Some(format!(
+            "message of {} bytes is larger than max_size ({} bytes)",
+            body.len(),
+            max_size.0
+        ));
+    }
+    content.error(body)
 }
 
 /// A running inbound adapter.

@@ -331,15 +331,7 @@ fn send_acks(client: &AsyncClient, unsent: &mut VecDeque<Publish>) {
 /// Commits one message (or records it as refused); true when the broker may be told.
 async fn take(cfg: &Config, intake: &Intake, p: &Publish) -> bool {
     let headers = headers(p);
-    let refusal = if p.payload.len() as u64 > cfg.max_size.0 {
-        Some(format!(
-            "message of {} bytes is larger than max_size ({} bytes)",
-            p.payload.len(),
-            cfg.max_size.0
-        ))
-    } else {
-        cfg.content.error(&p.payload)
-    };
+    let refusal = super::refusal(&p.payload, cfg.max_size, cfg.content);
     let outcome = match refusal {
         Some(reason) => intake.refuse(headers, &reason).await.map(drop),
         None => {

@@ -11,7 +11,7 @@
 
 use super::{DeliveryConfig, Outbound, SendError, Sent};
 use crate::adapters::broker::amqp::{self as amqp, Declare};
-use crate::adapters::broker::{redact, Backoff, Link, Tls};
+use crate::adapters::broker::{redact, Link, Pace, Tls};
 use crate::message::Message;
 use crate::route::values::Duration;
 use crate::template::Template;
@@ -22,7 +22,6 @@ use lapin::{BasicProperties, Channel, Connection};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::sync::Mutex;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -109,7 +108,7 @@ impl Config {
             link: Arc::new(Link::idle(format!("{} {target}", redact(&self.url)))),
             cfg: self.clone(),
             session: Mutex::new(None),
-            pace: std::sync::Mutex::new((Instant::now(), Backoff::default())),
+            pace: Pace::default(),
         })
     }
 }
@@ -122,8 +121,7 @@ struct Session {
 pub struct AmqpOutbound {
     cfg: Config,
     session: Mutex<Option<Arc<Session>>>,
-    /// Not before this instant may the next connection be tried, and how long after.
-    pace: std::sync::Mutex<(Instant, Backoff)>,
+    pace: Pace,
     link: Arc<Link>,
 }
 
@@ -137,18 +135,7 @@ impl AmqpOutbound {
             }
         }
         *slot = None;
-        let not_before = self
-            .pace
-            .lock()
-            .map(|p| p.0)
-            .unwrap_or_else(|_| Instant::now());
-        if Instant::now() < not_before {
-            return Err(SendError::retryable(format!(
-                "the connection to {} is down; the next attempt to reconnect is in {:?}",
-                self.link.broker,
-                not_before - Instant::now()
-            )));
-        }
+        self.pace.ready(&self.link).map_err(SendError::retryable)?;
         self.link.connecting();
         let opened = tokio::time::timeout(self.cfg.connect_timeout.0, self.open())
             .await
@@ -161,16 +148,14 @@ impl AmqpOutbound {
             });
         match opened {
             Ok(s) => {
-                if let Ok(mut p) = self.pace.lock() {
-                    p.1.reset();
-                }
+                self.pace.connected();
                 self.link.up();
                 let s = Arc::new(s);
                 *slot = Some(s.clone());
                 Ok(s)
             }
             Err(e) => {
-                self.lost(&e);
+                self.pace.failed(&self.link, &e);
                 Err(SendError::retryable(e))
             }
         }
@@ -189,26 +174,13 @@ impl AmqpOutbound {
         Ok(Session { conn, ch })
     }
 
-    /// The connection failed: pace the next attempt and say so.
-    fn lost(&self, error: &str) {
-        let wait = match self.pace.lock() {
-            Ok(mut p) => {
-                let wait = p.1.wait();
-                p.0 = Instant::now() + wait;
-                wait
-            }
-            Err(_) => std::time::Duration::from_secs(1),
-        };
-        self.link.down(error, wait);
-    }
-
     /// Forgets `broken` (if it is still the open session), so the next delivery reconnects.
     async fn drop_session(&self, broken: &Arc<Session>, error: &str) {
         let mut slot = self.session.lock().await;
         if slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, broken)) {
             *slot = None;
             let _ = broken.conn.close(200, "reconnecting".into()).await;
-            self.lost(error);
+            self.pace.failed(&self.link, error);
         }
     }
 

@@ -6,6 +6,8 @@ pub mod amqp;
 pub mod file;
 pub mod http;
 pub mod mqtt;
+pub mod nats;
+pub mod redis;
 pub mod smtp;
 pub mod tcp;
 
@@ -32,6 +34,10 @@ pub enum OutboundConfig {
     Amqp(Box<amqp::Config>),
     /// Publishes each message to an MQTT topic (QoS 1).
     Mqtt(mqtt::Config),
+    /// Publishes each message to a NATS JetStream subject, done on the stream's PubAck.
+    Nats(nats::Config),
+    /// Appends each message to a Redis stream (or pushes it on a list, or publishes it).
+    Redis(redis::Config),
     /// A named endpoint from the adapters directory (`endpoint: lab-system`), replaced by its
     /// definition when the route is loaded.
     Endpoint(String),
@@ -46,6 +52,8 @@ impl OutboundConfig {
             OutboundConfig::Tcp(_) => "tcp",
             OutboundConfig::Amqp(_) => "amqp",
             OutboundConfig::Mqtt(_) => "mqtt",
+            OutboundConfig::Nats(_) => "nats",
+            OutboundConfig::Redis(_) => "redis",
             OutboundConfig::Endpoint(_) => "endpoint",
         }
     }
@@ -60,6 +68,8 @@ impl OutboundConfig {
             OutboundConfig::Tcp(c) => (&c.delivery, Ordering::Fifo),
             OutboundConfig::Amqp(c) => (&c.delivery, Ordering::Parallel),
             OutboundConfig::Mqtt(c) => (&c.delivery, Ordering::Parallel),
+            OutboundConfig::Nats(c) => (&c.delivery, Ordering::Parallel),
+            OutboundConfig::Redis(c) => (&c.delivery, Ordering::Parallel),
             OutboundConfig::Endpoint(_) => return DeliveryConfig::default(),
         };
         let mut d = d.clone();
@@ -75,6 +85,8 @@ impl OutboundConfig {
             OutboundConfig::Tcp(c) => Arc::new(c.build()?),
             OutboundConfig::Amqp(c) => Arc::new(c.build()?),
             OutboundConfig::Mqtt(c) => Arc::new(c.build()?),
+            OutboundConfig::Nats(c) => Arc::new(c.build()?),
+            OutboundConfig::Redis(c) => Arc::new(c.build()?),
             OutboundConfig::Endpoint(name) => anyhow::bail!("endpoint `{name}` was not resolved"),
         })
     }

@@ -11,7 +11,7 @@
 
 use super::{DeliveryConfig, Outbound, SendError, Sent};
 use crate::adapters::broker::mqtt;
-use crate::adapters::broker::{redact, Backoff, Link, Tls};
+use crate::adapters::broker::{redact, Link, Pace, Tls};
 use crate::message::Message;
 use crate::route::values::Duration;
 use crate::template::Template;
@@ -100,7 +100,7 @@ impl Config {
             qos,
             client_id,
             conn: Mutex::new(None),
-            pace: SyncMutex::new((std::time::Instant::now(), Backoff::default())),
+            pace: Pace::default(),
         })
     }
 }
@@ -148,7 +148,7 @@ pub struct MqttOutbound {
     qos: QoS,
     client_id: String,
     conn: Mutex<Option<Arc<Conn>>>,
-    pace: SyncMutex<(std::time::Instant, Backoff)>,
+    pace: Pace,
     link: Arc<Link>,
 }
 
@@ -262,19 +262,7 @@ impl MqttOutbound {
             }
         }
         *slot = None;
-        let not_before = self
-            .pace
-            .lock()
-            .map(|p| p.0)
-            .unwrap_or_else(|_| std::time::Instant::now());
-        let now = std::time::Instant::now();
-        if now < not_before {
-            return Err(SendError::retryable(format!(
-                "the connection to {} is down; the next attempt to reconnect is in {:?}",
-                self.link.broker,
-                not_before - now
-            )));
-        }
+        self.pace.ready(&self.link).map_err(SendError::retryable)?;
         self.link.connecting();
         let (conn, ready) = self.connect().map_err(SendError::permanent)?;
         let answer = tokio::time::timeout(std::time::Duration::from_secs(10), ready)
@@ -284,24 +272,14 @@ impl MqttOutbound {
             .and_then(|r| r);
         match answer {
             Ok(_) => {
-                if let Ok(mut p) = self.pace.lock() {
-                    p.1.reset();
-                }
+                self.pace.connected();
                 self.link.up();
                 *slot = Some(conn.clone());
                 Ok(conn)
             }
             Err(e) => {
-                let wait = match self.pace.lock() {
-                    Ok(mut p) => {
-                        let wait = p.1.wait();
-                        p.0 = std::time::Instant::now() + wait;
-                        wait
-                    }
-                    Err(_) => std::time::Duration::from_secs(1),
-                };
                 let error = format!("cannot connect to {}: {e}", self.link.broker);
-                self.link.down(&error, wait);
+                self.pace.failed(&self.link, &error);
                 Err(SendError::retryable(error))
             }
         }
