@@ -855,3 +855,356 @@ async fn mqtt_qos_2_in_and_out() {
     assert!(done.iter().all(|t| t.starts_with("PUBCOMP")), "{done:?}");
     engine.stop();
 }
+
+/// JetStream gives up on a message after `max_deliver` deliveries without an acknowledgement
+/// (here another client took it and never acknowledged): the engine records it as failed
+/// from the server's advisory, with where the message still is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_message_jetstream_gave_up_on_is_recorded_as_failed() {
+    let Some(url) = nats_server("NATS max_deliver") else {
+        return;
+    };
+    let nats = Nats::new(&url);
+    let ws = Workspace::new();
+    let route =
+        to_files(&nats, "gave", "    max_deliver: 1\n").replace("ack_wait: 5s", "ack_wait: 3s");
+    ws.write_route("consume.yaml", &route);
+    // The first start creates the stream and the durable consumer.
+    let engine = ws.start();
+    wait_consuming(&ws, "consume");
+    engine.stop();
+    let js = nats.connect().await;
+    nats.publish("gave", &[("lost-1".into(), "{\"n\":1}".into())])
+        .await;
+    let consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(nats.stream("gave"))
+        .await
+        .unwrap()
+        .get_consumer("engine")
+        .await
+        .unwrap();
+    let mut taken = consumer.fetch().max_messages(1).messages().await.unwrap();
+    use futures_util::StreamExt;
+    let taken = taken.next().await.unwrap().unwrap();
+    assert_eq!(taken.info().unwrap().delivered, 1); // and never acknowledged
+    let engine = ws.start();
+    assert!(
+        wait_until(Duration::from_secs(20), || ws.count("failed") == 1),
+        "{:?}",
+        ws.states()
+    );
+    let errors = ws.query_pairs(
+        "SELECT error || '|' || json_extract(headers, '$.\"nats.stream_seq\"') || '|' || json_extract(headers, '$.\"nats.subject\"'), COUNT(*) FROM messages WHERE state = 'failed' GROUP BY 1",
+    );
+    let text = format!("{errors:?}");
+    assert!(
+        text.contains("JetStream gave up after 1 deliveries (max_deliver)")
+            && text.contains(&format!("|1|{}", nats.subject("gave"))),
+        "{text}"
+    );
+    assert_eq!(ws.files("outbox").len(), 0);
+    engine.stop();
+}
+
+/// The NATS destination: the message id travels as `Nats-Msg-Id` (so the stream drops a
+/// republished copy), headers are templates, the PubAck is the attempt's outcome; a subject
+/// no stream captures fails its attempts with a clear reason and ends dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_destination_sets_the_message_id_and_fails_without_a_stream() {
+    let Some(url) = nats_server("NATS destination") else {
+        return;
+    };
+    let nats = Nats::new(&url);
+    let ws = Workspace::new();
+    let port = net::free_port();
+    ws.write_route(
+        "publish.yaml",
+        &format!(
+            r#"from:
+  http: {{ listen: 127.0.0.1:{port} }}
+to:
+  - nats:
+      url: {url}
+      subject: "{subject}.{{{{header.http.header.x-line}}}}"
+      stream: {stream}
+      create_stream: {{ subjects: [ "{subject}.>" ] }}
+      headers: {{ X-Line: "{{{{header.http.header.x-line}}}}" }}
+  - nats:
+      url: {url}
+      subject: nobody.listens.{prefix}
+      delivery: {{ retry: {{ max_attempts: 2, backoff: 100ms }} }}
+"#,
+            url = nats.engine_url(),
+            subject = nats.subject("out"),
+            stream = nats.stream("out"),
+            prefix = nats.prefix.to_lowercase(),
+        ),
+    );
+    let engine = ws.start();
+    ws.http_addr();
+    let json = [("content-type", "application/json"), ("x-line", "l7")];
+    post(&reqwest::Client::new(), port, &json, "{\"a\":1}").await;
+    assert!(
+        wait_until(Duration::from_secs(20), || ws.count("dead") == 1),
+        "{:?}",
+        ws.states()
+    );
+    let id = ws
+        .query_pairs("SELECT id, COUNT(*) FROM messages GROUP BY id")
+        .into_keys()
+        .next()
+        .unwrap();
+    let js = nats.connect().await;
+    let stored = js
+        .get_stream(nats.stream("out"))
+        .await
+        .unwrap()
+        .get_raw_message(1)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.subject.as_str(),
+        format!("{}.l7", nats.subject("out"))
+    );
+    let headers = stored.headers;
+    assert_eq!(
+        headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+        Some(id.as_str())
+    );
+    assert_eq!(headers.get("X-Line").map(|v| v.as_str()), Some("l7"));
+    assert_eq!(
+        headers.get("Content-Type").map(|v| v.as_str()),
+        Some("application/json")
+    );
+    assert_eq!(stored.payload.as_ref(), b"{\"a\":1}");
+    let outcomes = ws.query_pairs(
+        "SELECT destination || '|' || state || '|' || COALESCE(last_error, ''), attempts FROM deliveries",
+    );
+    let text = format!("{outcomes:?}");
+    assert!(
+        text.contains("to[1]|dead|no stream takes subject `nobody.listens."),
+        "{text}"
+    );
+    assert!(text.contains("to[0]|delivered|"), "{text}");
+    let done: Vec<String> = ws
+        .log_events()
+        .iter()
+        .filter(|e| e["event"] == "attempt" && e["outcome"] == "delivered")
+        .map(|e| e["to"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        done.iter()
+            .any(|t| t.starts_with(&format!("PubAck: stream {} sequence 1", nats.stream("out")))),
+        "{done:?}"
+    );
+    engine.stop();
+}
+
+/// Entries a dead consumer of the group read and never acknowledged are taken over after
+/// `claim_idle`; one delivered more than `max_deliver` times is recorded as failed, and one
+/// trimmed from the stream while pending is recorded as lost at the broker; all end
+/// acknowledged, nothing stays pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_entries_of_a_dead_consumer_are_claimed() {
+    let Some(url) = redis_server("Redis XAUTOCLAIM") else {
+        return;
+    };
+    let redis = Redis::new(&url);
+    let key = redis.key("claim");
+    let mut conn = redis.connection();
+    let _: () = ::redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&key)
+        .arg("engine")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(&mut conn)
+        .unwrap();
+    let add = |conn: &mut ::redis::Connection, body: &str| -> String {
+        ::redis::cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg("body")
+            .arg(body)
+            .query(conn)
+            .unwrap()
+    };
+    let read_as_dead = |conn: &mut ::redis::Connection, from: &str| {
+        let _: ::redis::Value = ::redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("engine")
+            .arg("dead")
+            .arg("STREAMS")
+            .arg(&key)
+            .arg(from)
+            .query(conn)
+            .unwrap();
+    };
+    // Two entries read by a consumer that then died; the second read three more times.
+    add(&mut conn, "{\"n\":1}");
+    let often = add(&mut conn, "{\"n\":2}");
+    read_as_dead(&mut conn, ">");
+    for _ in 0..3 {
+        let _: ::redis::Value = ::redis::cmd("XCLAIM")
+            .arg(&key)
+            .arg("engine")
+            .arg("dead")
+            .arg(0)
+            .arg(&often)
+            .query(&mut conn)
+            .unwrap();
+    }
+    // A third, read and then trimmed away while pending.
+    let trimmed = add(&mut conn, "{\"n\":3}");
+    read_as_dead(&mut conn, ">");
+    let _: i64 = ::redis::cmd("XDEL")
+        .arg(&key)
+        .arg(&trimmed)
+        .query(&mut conn)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2100));
+    let ws = Workspace::new();
+    let extra = "    max_deliver: 3\n";
+    ws.write_route("consume.yaml", &to_files(&redis, "claim", extra));
+    let engine = ws.start();
+    wait_consuming(&ws, "consume");
+    assert!(
+        wait_until(Duration::from_secs(20), || ws.count("delivered") == 1
+            && ws.count("failed") == 2),
+        "{:?}",
+        ws.states()
+    );
+    let errors = ws
+        .query_pairs("SELECT error, COUNT(*) FROM messages WHERE state = 'failed' GROUP BY error");
+    let text = format!("{errors:?}");
+    assert!(
+        text.contains(&format!(
+            "entry {often} was delivered 5 times without being stored (max_deliver 3)"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("entry {trimmed} was removed from stream")),
+        "{text}"
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        let pending: ::redis::Value = ::redis::cmd("XPENDING")
+            .arg(&key)
+            .arg("engine")
+            .query(&mut conn)
+            .unwrap();
+        matches!(pending, ::redis::Value::Array(ref p) if p.first() == Some(&::redis::Value::Int(0)))
+    }));
+    assert_eq!(ws.files("outbox").len(), 1);
+    engine.stop();
+}
+
+/// The Redis destination's commands: XADD with the message id, fields from templates and a
+/// length cap, RPUSH onto a list in order, PUBLISH on a channel; a key of another type is a
+/// permanent failure (dead after one attempt, with Redis's reason).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_destination_commands() {
+    let Some(url) = redis_server("Redis destination") else {
+        return;
+    };
+    let redis = Redis::new(&url);
+    let mut conn = redis.connection();
+    let _: () = ::redis::cmd("SET")
+        .arg(redis.key("plain"))
+        .arg("x")
+        .query(&mut conn)
+        .unwrap();
+    let ws = Workspace::new();
+    let port = net::free_port();
+    ws.write_route(
+        "publish.yaml",
+        &format!(
+            r#"from:
+  http: {{ listen: 127.0.0.1:{port} }}
+to:
+  - redis:
+      url: {url}
+      key: {stream}
+      maxlen: 1000
+      fields: {{ source: "{{{{header.http.header.x-source}}}}" }}
+  - redis: {{ url: {url}, command: rpush, key: {list}, delivery: {{ ordering: fifo }} }}
+  - redis: {{ url: {url}, command: publish, key: {channel} }}
+  - redis: {{ url: {url}, command: lpush, key: {plain}, delivery: {{ retry: {{ max_attempts: 5 }} }} }}
+"#,
+            url = redis.engine_url(),
+            stream = redis.key("stream"),
+            list = redis.key("list"),
+            channel = redis.key("channel"),
+            plain = redis.key("plain"),
+        ),
+    );
+    let engine = ws.start();
+    ws.http_addr();
+    let client = reqwest::Client::new();
+    for i in 0..3 {
+        post(&client, port, &[("x-source", "shop")], format!("m{i}")).await;
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || ws.count("dead") == 3),
+        "{:?}",
+        ws.states()
+    );
+    let list: Vec<String> = ::redis::cmd("LRANGE")
+        .arg(redis.key("list"))
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(list, ["m0", "m1", "m2"]);
+    let entries: ::redis::Value = ::redis::cmd("XRANGE")
+        .arg(redis.key("stream"))
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+    let read = switchyard::adapters::broker::redis::entry_list(&entries);
+    assert_eq!(read.len(), 3);
+    let fields: std::collections::BTreeMap<String, String> = read[0]
+        .fields
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8(v).unwrap()))
+        .collect();
+    assert_eq!(fields["body"], "m0");
+    assert_eq!(fields["source"], "shop");
+    let ids = ws.query_pairs("SELECT id, COUNT(*) FROM messages GROUP BY id");
+    assert!(
+        ids.contains_key(&fields["switchyard-message-id"]),
+        "{fields:?}"
+    );
+    let outcomes = ws.query_pairs(
+        "SELECT destination || '|' || state || '|' || COALESCE(last_error, ''), attempts FROM deliveries GROUP BY 1",
+    );
+    let text = format!("{outcomes:?}");
+    assert!(
+        text.contains("to[3]|dead|Redis refused the message"),
+        "{text}"
+    );
+    assert!(text.contains("WRONGTYPE"), "{text}");
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|(k, _)| k.starts_with("to[3]"))
+            .map(|(_, v)| *v)
+            .collect::<Vec<_>>(),
+        [1],
+        "a permanent failure is not retried: {text}"
+    );
+    let published: Vec<String> = ws
+        .log_events()
+        .iter()
+        .filter(|e| e["event"] == "attempt" && e["destination"] == "to[2]")
+        .map(|e| e["to"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        published.iter().any(|t| t.contains("to 0 subscriber(s)")),
+        "{published:?}"
+    );
+    engine.stop();
+}
