@@ -664,6 +664,16 @@ fn main() {
             rows.extend(broker::mqtt(&url));
         }
     }
+    if want("broker nats") {
+        if let Ok(url) = std::env::var("SWITCHYARD_TEST_NATS") {
+            rows.extend(broker::nats(&url));
+        }
+    }
+    if want("broker redis") {
+        if let Ok(url) = std::env::var("SWITCHYARD_TEST_REDIS") {
+            rows.extend(broker::redis(&url));
+        }
+    }
     // The machine's limits, for reading the figures above as fractions of them.
     if want("baseline") {
         rows.push(baseline_file(1, Sync::Fsync));
@@ -1004,7 +1014,7 @@ fn self_cpu() -> f64 {
 /// with an ack per message at the same prefetch, publish with confirms at the same window).
 mod broker {
     use super::*;
-    use common::brokers::{Mosquitto, Rabbit, TestBroker};
+    use common::brokers::{Mosquitto, Nats, Rabbit, Redis, TestBroker};
     use futures_util::StreamExt;
     use lapin::options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -1048,23 +1058,17 @@ mod broker {
         }
     }
 
-    pub fn amqp(url: &str) -> Vec<Row> {
-        let rt = runtime();
-        let rabbit = Rabbit::new(url);
-        let n = scaled(20_000);
-        let mut rows = Vec::new();
-
-        // amqp in → file out: a queue loaded beforehand, drained by the engine.
+    /// The engine drains `n` messages its inbound `from` finds loaded beforehand, into one
+    /// file each; the scenario's figure is the whole run, intake is in its label.
+    fn drain(label: &str, from: String, n: usize) -> Row {
         let ws = Workspace::new();
         ws.write_route(
             "consume.yaml",
             &format!(
-                "from:\n{}{}to:\n  - file: {{ path: outbox, name: \"{{{{id}}}}.json\" }}\n",
-                rabbit.inbound_yaml("engine", ""),
+                "from:\n{from}{}to:\n  - file: {{ path: outbox, name: \"{{{{id}}}}.json\" }}\n",
                 std::env::var("BENCH_ROUTE_EXTRA").unwrap_or_default()
             ),
         );
-        rt.block_on(rabbit.publish("engine", &payloads(n)));
         let engine = ws.start_with_env(&[("SWITCHYARD_LOG", "warn")]);
         let started = Instant::now();
         let stored = || ws.states().values().sum::<u64>();
@@ -1073,14 +1077,35 @@ mod broker {
         assert!(wait_until(Duration::from_secs(1800), || ws
             .count("delivered")
             == n as u64));
-        rows.push(engine_row(
-            &format!(
-                "amqp in (prefetch 64) → file (intake {:.0}/s)",
-                n as f64 / intake
-            ),
+        engine_row(
+            &format!("{label} (intake {:.0}/s)", n as f64 / intake),
             n,
             started.elapsed().as_secs_f64(),
             engine,
+        )
+    }
+
+    /// How many deliveries a broker destination has in flight: its default concurrency, 4,
+    /// unless BENCH_AMQP_WINDOW says otherwise; the bare publisher keeps as many.
+    fn window() -> usize {
+        std::env::var("BENCH_AMQP_WINDOW")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4)
+    }
+
+    pub fn amqp(url: &str) -> Vec<Row> {
+        let rt = runtime();
+        let rabbit = Rabbit::new(url);
+        let n = scaled(20_000);
+        let mut rows = Vec::new();
+
+        // amqp in → file out: a queue loaded beforehand, drained by the engine.
+        rt.block_on(rabbit.publish("engine", &payloads(n)));
+        rows.push(drain(
+            "amqp in (prefetch 64) → file",
+            rabbit.inbound_yaml("engine", ""),
+            n,
         ));
 
         // Baseline: the bare client drains the same load, acking each message.
@@ -1112,12 +1137,8 @@ mod broker {
             cpu0,
         ));
 
-        // HTTP in → amqp out, publisher confirms, `window` deliveries in flight (the
-        // destination's default concurrency, 4, unless BENCH_AMQP_WINDOW says otherwise).
-        let window: usize = std::env::var("BENCH_AMQP_WINDOW")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(4);
+        // HTTP in → amqp out, publisher confirms, `window` deliveries in flight.
+        let window = window();
         let destination = format!(
             "  - amqp:\n      url: {}\n      routing_key: published\n      declare: {{ queues: [ {{ name: published }} ] }}\n      delivery: {{ concurrency: {window} }}\n",
             rabbit.url()
@@ -1281,6 +1302,201 @@ mod broker {
         rows.push(Row::baseline(
             "baseline: bare subscriber, manual acks".into(),
             n,
+            started,
+            cpu0,
+        ));
+        rows
+    }
+
+    pub fn nats(url: &str) -> Vec<Row> {
+        let rt = runtime();
+        let nats = Nats::new(url);
+        let n = scaled(20_000);
+        let mut rows = Vec::new();
+        // Straight to the server, not through the tests' relay.
+        let direct = |yaml: String| yaml.replace(&nats.engine_url(), url);
+
+        rt.block_on(nats.publish("engine", &payloads(n)));
+        rows.push(drain(
+            "nats in (prefetch 64, double ack) → file",
+            direct(nats.inbound_yaml("engine", "")),
+            n,
+        ));
+
+        // Baseline: a bare pull consumer drains the same load, acknowledging each message.
+        rt.block_on(nats.publish("bare", &payloads(n)));
+        let cpu0 = self_cpu();
+        let started = Instant::now();
+        rt.block_on(async {
+            let js = nats.connect().await;
+            let consumer = js
+                .get_stream(nats.stream("bare"))
+                .await
+                .unwrap()
+                .get_or_create_consumer(
+                    "bare",
+                    async_nats::jetstream::consumer::pull::Config {
+                        durable_name: Some("bare".into()),
+                        max_ack_pending: 64,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            let mut messages = consumer.messages().await.unwrap();
+            for _ in 0..n {
+                let m = messages.next().await.unwrap().unwrap();
+                m.ack().await.unwrap();
+            }
+        });
+        rows.push(Row::baseline(
+            "baseline: bare pull consumer + ack, 64 pending".into(),
+            n,
+            started,
+            cpu0,
+        ));
+
+        // HTTP in → nats out, done on the PubAck, `window` deliveries in flight.
+        let window = window();
+        let label = format!("nats ({window} in flight)");
+        rows.push(http_scenario_on(
+            50,
+            false,
+            None,
+            Some((label.as_str(), direct(nats.outbound_yaml("published")))),
+        ));
+
+        // Baseline: the bare client publishing and awaiting each PubAck, as many in flight.
+        let body = payloads(1).remove(0).1;
+        let cpu0 = self_cpu();
+        let started = Instant::now();
+        rt.block_on(async {
+            let js = nats.connect().await;
+            nats.ensure_stream(&js, "bare-out").await;
+            let workers: Vec<_> = (0..window)
+                .map(|_| {
+                    let (js, body, subject) = (js.clone(), body.clone(), nats.subject("bare-out"));
+                    tokio::spawn(async move {
+                        for _ in 0..n / window {
+                            let ack = js.publish(subject.clone(), body.clone().into());
+                            ack.await.unwrap().await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.await.unwrap();
+            }
+        });
+        rows.push(Row::baseline(
+            format!("baseline: bare publish + PubAck, {window} in flight"),
+            n / window * window,
+            started,
+            cpu0,
+        ));
+        rows
+    }
+
+    pub fn redis(url: &str) -> Vec<Row> {
+        let rt = runtime();
+        let redis = Redis::new(url);
+        let n = scaled(20_000);
+        let mut rows = Vec::new();
+        let direct = |yaml: String| yaml.replace(&redis.engine_url(), url);
+
+        rt.block_on(redis.publish("engine", &payloads(n)));
+        rows.push(drain(
+            "redis in (group, prefetch 64) → file",
+            direct(redis.inbound_yaml("engine", "")),
+            n,
+        ));
+
+        // Baseline: a bare group reader drains the same load, XACK after each read of 64.
+        rt.block_on(redis.publish("bare", &payloads(n)));
+        let cpu0 = self_cpu();
+        let started = Instant::now();
+        let mut conn = redis.connection();
+        let key = redis.key("bare");
+        let _: () = ::redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&key)
+            .arg("bare")
+            .arg("0")
+            .query(&mut conn)
+            .unwrap();
+        let mut read = 0;
+        while read < n {
+            let reply: ::redis::Value = ::redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg("bare")
+                .arg("bare")
+                .arg("COUNT")
+                .arg(64)
+                .arg("STREAMS")
+                .arg(&key)
+                .arg(">")
+                .query(&mut conn)
+                .unwrap();
+            let entries = switchyard::adapters::broker::redis::read_entries(&reply);
+            let mut ack = ::redis::cmd("XACK");
+            ack.arg(&key).arg("bare");
+            for e in &entries {
+                ack.arg(&e.id);
+            }
+            let _: i64 = ack.query(&mut conn).unwrap();
+            read += entries.len();
+        }
+        rows.push(Row::baseline(
+            "baseline: bare XREADGROUP 64 + XACK".into(),
+            n,
+            started,
+            cpu0,
+        ));
+
+        // HTTP in → redis out (XADD), done on the reply, `window` deliveries in flight.
+        let window = window();
+        let label = format!("redis xadd ({window} in flight)");
+        rows.push(http_scenario_on(
+            50,
+            false,
+            None,
+            Some((label.as_str(), direct(redis.outbound_yaml("published")))),
+        ));
+
+        // Baseline: the bare client adding entries and awaiting each reply, as many in flight.
+        let body = payloads(1).remove(0).1;
+        let cpu0 = self_cpu();
+        let started = Instant::now();
+        rt.block_on(async {
+            let conn = ::redis::Client::open(url)
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            let workers: Vec<_> = (0..window)
+                .map(|_| {
+                    let (mut conn, body, key) = (conn.clone(), body.clone(), redis.key("bare-out"));
+                    tokio::spawn(async move {
+                        for _ in 0..n / window {
+                            let _: String = ::redis::cmd("XADD")
+                                .arg(&key)
+                                .arg("*")
+                                .arg("body")
+                                .arg(&body)
+                                .query_async(&mut conn)
+                                .await
+                                .unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.await.unwrap();
+            }
+        });
+        rows.push(Row::baseline(
+            format!("baseline: bare XADD, {window} in flight"),
+            n / window * window,
             started,
             cpu0,
         ));

@@ -1208,3 +1208,138 @@ to:
     );
     engine.stop();
 }
+
+/// The bundled NATS and Redis examples, as shipped (routes from `examples/routes`, named
+/// endpoints from `adapters/`): carrier shipments from JetStream normalised onto the
+/// warehouse's Redis stream (a non-JSON one fails and is not redelivered), and paid orders from
+/// the shop's Redis event stream published to JetStream (other events filtered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bundled_nats_and_redis_examples_work_as_shipped() {
+    let (Some(nats_url), Some(redis_url)) = (
+        nats_server("NATS and Redis examples"),
+        redis_server("NATS and Redis examples"),
+    ) else {
+        return;
+    };
+    let nats = Nats::new(&nats_url);
+    let redis = Redis::new(&redis_url);
+    let ws = Workspace::new();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(ws.path("adapters")).unwrap();
+    for f in [
+        "nats-shipments-to-redis.yaml",
+        "redis-shop-events-to-nats.yaml",
+    ] {
+        std::fs::copy(
+            repo.join("examples/routes").join(f),
+            ws.path("routes").join(f),
+        )
+        .unwrap();
+    }
+    for f in ["nats-shipments.yaml", "redis-warehouse.yaml"] {
+        std::fs::copy(repo.join("adapters").join(f), ws.path("adapters").join(f)).unwrap();
+    }
+    let env = [
+        ("NATS_SHIPMENTS_STREAM", nats.stream("shipments")),
+        ("NATS_SHIPMENTS_SUBJECT", nats.subject("shipments")),
+        ("NATS_FULFILMENT_STREAM", nats.stream("fulfilment")),
+        ("NATS_FULFILMENT_SUBJECT", nats.subject("fulfilment")),
+        ("REDIS_PREFIX", redis.prefix.clone()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let engine = ws.start_with_env(&env);
+    wait_consuming(&ws, "nats-shipments-to-redis");
+    wait_consuming(&ws, "redis-shop-events-to-nats");
+
+    // Shipments in over JetStream, out to the warehouse's Redis stream.
+    let js = nats.connect().await;
+    let shipment =
+        std::fs::read_to_string(repo.join("examples/shipments/shipment-dhl.json")).unwrap();
+    for (id, body) in [("dhl-1", shipment.as_str()), ("dhl-2", "not json")] {
+        let publish = async_nats::jetstream::message::PublishMessage::build()
+            .payload(body.to_string().into())
+            .message_id(id);
+        js.send_publish(format!("{}.dhl", nats.subject("shipments")), publish)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let mut conn = redis.connection();
+    let warehouse = format!("{}:shipments", redis.prefix);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            ::redis::cmd("XLEN")
+                .arg(&warehouse)
+                .query::<i64>(&mut conn)
+                .unwrap_or(0)
+                == 1
+        }),
+        "{:?}",
+        ws.states()
+    );
+    let entries: ::redis::Value = ::redis::cmd("XRANGE")
+        .arg(&warehouse)
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+    let entry = switchyard::adapters::broker::redis::entry_list(&entries).remove(0);
+    let fields: std::collections::BTreeMap<String, String> = entry
+        .fields
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8(v).unwrap()))
+        .collect();
+    assert_eq!(fields["carrier"], "dhl");
+    assert_eq!(fields["tracking"], "00340434161094042557");
+    let body: serde_json::Value = serde_json::from_str(&fields["body"]).unwrap();
+    assert_eq!(body["status"], "delivered");
+    assert!(wait_until(Duration::from_secs(10), || ws.count("failed") == 1));
+
+    // Shop events in from Redis, paid orders out to JetStream.
+    let order = std::fs::read_to_string(repo.join("examples/shipments/order-paid.json")).unwrap();
+    let events = format!("{}:events", redis.prefix);
+    for (kind, body) in [
+        ("cart.viewed", "{\"cart\":1}"),
+        ("order.paid", order.as_str()),
+    ] {
+        let _: String = ::redis::cmd("XADD")
+            .arg(&events)
+            .arg("*")
+            .arg("type")
+            .arg(kind)
+            .arg("body")
+            .arg(body)
+            .query(&mut conn)
+            .unwrap();
+    }
+    let shop = || {
+        ws.query_pairs(
+            "SELECT state, COUNT(*) FROM messages WHERE route = 'redis-shop-events-to-nats' GROUP BY state",
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || shop().get("delivered")
+            == Some(&1)
+            && shop().get("filtered") == Some(&1)),
+        "{:?}",
+        shop()
+    );
+    let stored = js
+        .get_stream(nats.stream("fulfilment"))
+        .await
+        .unwrap()
+        .get_raw_message(1)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.subject.as_str(),
+        format!("{}.nl", nats.subject("fulfilment"))
+    );
+    assert_eq!(
+        stored.headers.get("Order-Id").map(|v| v.as_str()),
+        Some("SO-1001")
+    );
+    engine.stop();
+}

@@ -69,8 +69,8 @@ pub fn client(url: &Url, tls: &Tls) -> Result<redis::Client, String> {
     })
 }
 
-/// A connection; `wait` is the longest a command may take (`None` for blocking reads, which
-/// get a connection of their own).
+/// A connection; `wait` is the longest a command may take (blocking reads get a connection of
+/// their own, with a wait longer than their block).
 pub async fn connect(
     client: &redis::Client,
     url: &Url,

@@ -220,7 +220,14 @@ impl NatsInbound {
                     .messages()
                     .await
             } else {
-                consumer.fetch().max_messages(room).messages().await
+                // With `expires` the client gives up on a pull whose answer was lost with a
+                // connection (5 s after it), instead of waiting for ever.
+                consumer
+                    .fetch()
+                    .max_messages(room)
+                    .expires(WAIT)
+                    .messages()
+                    .await
             };
             let mut batch = match batch {
                 Ok(b) => b,

@@ -195,7 +195,10 @@ impl RedisInbound {
         let cfg = &self.cfg;
         let client = redis_broker::client(&cfg.url, &cfg.tls)?;
         let connecting = async {
-            let reader = redis_broker::connect(&client, &cfg.url, None).await?;
+            // A blocking read answers within BLOCK_MS; a connection that died without a
+            // word is noticed 10 s after that.
+            let wait = std::time::Duration::from_millis(BLOCK_MS + 10_000);
+            let reader = redis_broker::connect(&client, &cfg.url, Some(wait)).await?;
             let acks =
                 redis_broker::connect(&client, &cfg.url, Some(std::time::Duration::from_secs(10)))
                     .await?;
