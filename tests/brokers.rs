@@ -420,6 +420,7 @@ suite!(amqp, amqp_server, |url| Arc::new(Rabbit::new(url)));
 suite!(mqtt, mqtt_server, |url| Arc::new(Mosquitto::new(url)));
 suite!(nats, nats_server, |url| Arc::new(Nats::new(url)));
 suite!(redis, redis_server, |url| Arc::new(Redis::new(url)));
+suite!(amqp1, amqp1_server, |url| Arc::new(Amqp1::new(url)));
 
 // ---- what is particular to each broker ----
 

@@ -45,6 +45,12 @@ pub fn amqp_server(what: &str) -> Option<String> {
     server("SWITCHYARD_TEST_AMQP", &format!("RabbitMQ ({what})"))
 }
 
+/// `SWITCHYARD_TEST_AMQP1` (`amqp://guest:guest@127.0.0.1:5672`: RabbitMQ with its AMQP 1.0
+/// plugin on), or `None` with a note.
+pub fn amqp1_server(what: &str) -> Option<String> {
+    server("SWITCHYARD_TEST_AMQP1", &format!("AMQP-1.0 ({what})"))
+}
+
 /// `SWITCHYARD_TEST_NATS` (`nats://127.0.0.1:4222`, JetStream on), or `None` with a note.
 pub fn nats_server(what: &str) -> Option<String> {
     server("SWITCHYARD_TEST_NATS", &format!("NATS ({what})"))
@@ -477,19 +483,23 @@ impl TestBroker for Nats {
     async fn publish(&self, source: &str, messages: &[(String, String)]) {
         let js = self.connect().await;
         self.ensure_stream(&js, source).await;
-        let mut acks = Vec::new();
-        for (id, body) in messages {
-            let publish = async_nats::jetstream::message::PublishMessage::build()
-                .payload(body.clone().into())
-                .message_id(id);
-            acks.push(
-                js.send_publish(self.subject(source), publish)
-                    .await
-                    .unwrap(),
-            );
-        }
-        for ack in acks {
-            ack.await.unwrap();
+        // Acks awaited a window at a time: the client holds back publishes while too many
+        // acks are outstanding.
+        for window in messages.chunks(256) {
+            let mut acks = Vec::new();
+            for (id, body) in window {
+                let publish = async_nats::jetstream::message::PublishMessage::build()
+                    .payload(body.clone().into())
+                    .message_id(id);
+                acks.push(
+                    js.send_publish(self.subject(source), publish)
+                        .await
+                        .unwrap(),
+                );
+            }
+            for ack in acks {
+                ack.await.unwrap();
+            }
         }
     }
 
@@ -601,5 +611,126 @@ impl TestBroker for Redis {
 
     fn envelope_header(&self) -> &'static str {
         "redis.id"
+    }
+}
+
+/// RabbitMQ through its AMQP 1.0 plugin, with queues of this test's own (deleted at the end).
+/// The engine reaches it through a [`Relay`], so a test can cut its connections.
+pub struct Amqp1 {
+    pub url: String,
+    pub prefix: String,
+    relay: Relay,
+    queues: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl Amqp1 {
+    pub fn new(url: &str) -> Amqp1 {
+        let hostport = url.rsplit('@').next().unwrap_or(url);
+        let target = hostport.trim_start_matches("amqp://").trim_end_matches('/');
+        Amqp1 {
+            url: url.trim_end_matches('/').to_string(),
+            prefix: unique("sy_amqp1"),
+            relay: Relay::start(target),
+            queues: Default::default(),
+        }
+    }
+
+    /// The URL the engine uses: through the relay, with the same credentials.
+    pub fn engine_url(&self) -> String {
+        let credentials = self
+            .url
+            .trim_start_matches("amqp://")
+            .rsplit_once('@')
+            .map(|(c, _)| format!("{c}@"))
+            .unwrap_or_default();
+        format!("amqp://{credentials}127.0.0.1:{}", self.relay.port)
+    }
+
+    /// The queue of `source`, as an AMQP 1.0 address of RabbitMQ's plugin.
+    pub fn address(&self, source: &str) -> String {
+        let queue = format!("{}_{source}", self.prefix);
+        self.queues.lock().unwrap().insert(queue.clone());
+        format!("/queue/{queue}")
+    }
+
+    pub async fn connect(
+        &self,
+    ) -> (
+        fe2o3_amqp::connection::ConnectionHandle<()>,
+        fe2o3_amqp::session::SessionHandle<()>,
+    ) {
+        let mut conn = fe2o3_amqp::Connection::open("switchyard-test", self.url.as_str())
+            .await
+            .unwrap_or_else(|e| panic!("AMQP 1.0 at {} cannot be reached: {e}", self.url));
+        let session = fe2o3_amqp::Session::begin(&mut conn).await.unwrap();
+        (conn, session)
+    }
+}
+
+impl Drop for Amqp1 {
+    fn drop(&mut self) {
+        for q in self.queues.lock().unwrap().iter() {
+            let _ = Command::new("rabbitmqctl")
+                .args(["delete_queue", q])
+                .output();
+        }
+    }
+}
+
+#[async_trait]
+impl TestBroker for Amqp1 {
+    fn kind(&self) -> &'static str {
+        "amqp1"
+    }
+
+    fn inbound_yaml(&self, source: &str, extra: &str) -> String {
+        format!(
+            "  amqp1:\n    url: {}\n    address: {}\n{extra}",
+            self.engine_url(),
+            self.address(source)
+        )
+    }
+
+    fn outbound_yaml(&self, source: &str) -> String {
+        format!(
+            "  - amqp1:\n      url: {}\n      address: {}\n      settle_timeout: 5s\n      delivery: {{ retry: {{ backoff: 100ms, max_backoff: 1s, max_attempts: 100 }} }}\n",
+            self.engine_url(),
+            self.address(source)
+        )
+    }
+
+    async fn publish(&self, source: &str, messages: &[(String, String)]) {
+        use fe2o3_amqp::types::messaging::{Message, MessageId, Outcome, Properties};
+        use fe2o3_amqp::types::primitives::Binary;
+        let (mut conn, mut session) = self.connect().await;
+        let mut sender = fe2o3_amqp::Sender::attach(
+            &mut session,
+            format!("test-{}", unique("s")),
+            self.address(source),
+        )
+        .await
+        .unwrap();
+        for (id, body) in messages {
+            let message = Message::builder()
+                .properties(Properties {
+                    message_id: Some(MessageId::String(id.clone())),
+                    ..Default::default()
+                })
+                .data(Binary::from(body.as_bytes().to_vec()))
+                .build();
+            let outcome = sender.send(message).await.unwrap();
+            assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+        }
+        let _ = sender.close().await;
+        let _ = session.end().await;
+        let _ = conn.close().await;
+    }
+
+    async fn cut(&self) {
+        self.relay.cut();
+    }
+
+    fn envelope_header(&self) -> &'static str {
+        "amqp1.address"
     }
 }

@@ -17,6 +17,7 @@
 //!   again, and reports its state through a [`Link`] (logs, `/routes`, `/metrics`).
 
 pub mod amqp;
+pub mod amqp1;
 pub mod mqtt;
 pub mod nats;
 pub mod redis;

@@ -5,6 +5,7 @@
 //! (moves the file away, answers 2xx, sends an ACK). That order is the engine's first promise.
 
 pub mod amqp;
+pub mod amqp1;
 pub mod file;
 pub mod http;
 pub mod mqtt;
@@ -39,6 +40,8 @@ pub enum InboundConfig {
     Tcp(tcp::Config),
     /// Consumes a RabbitMQ (AMQP 0-9-1) queue.
     Amqp(amqp::Config),
+    /// Receives from an AMQP 1.0 address (ActiveMQ Artemis, Qpid, Azure Service Bus, ...).
+    Amqp1(amqp1::Config),
     /// Subscribes to MQTT topics.
     Mqtt(mqtt::Config),
     /// Consumes a NATS JetStream stream through a durable pull consumer.
@@ -56,6 +59,7 @@ impl InboundConfig {
             InboundConfig::Http(_) => "http",
             InboundConfig::Tcp(_) => "tcp",
             InboundConfig::Amqp(_) => "amqp",
+            InboundConfig::Amqp1(_) => "amqp1",
             InboundConfig::Mqtt(_) => "mqtt",
             InboundConfig::Nats(_) => "nats",
             InboundConfig::Redis(_) => "redis",
@@ -80,7 +84,7 @@ impl InboundConfig {
             InboundConfig::Tcp(c) if c.listen.ends_with(":0") => None,
             InboundConfig::Tcp(c) => Some(format!("address {}", c.listen)),
             // Several consumers of one queue share its messages: nothing is taken for itself.
-            InboundConfig::Amqp(_) => None,
+            InboundConfig::Amqp(_) | InboundConfig::Amqp1(_) => None,
             // One MQTT client id is one session: two routes with it would knock each other off.
             InboundConfig::Mqtt(c) => Some(format!("MQTT client id {}", c.client_id)),
             // Several routes on one durable consumer share its messages, like queue consumers.
@@ -100,6 +104,7 @@ impl InboundConfig {
     pub fn in_flight(&self) -> Option<usize> {
         match self {
             InboundConfig::Amqp(c) => Some(c.prefetch as usize),
+            InboundConfig::Amqp1(c) => Some(c.prefetch as usize),
             InboundConfig::Mqtt(c) => Some(c.receive_maximum as usize),
             InboundConfig::Nats(c) => Some(c.prefetch as usize),
             InboundConfig::Redis(c) => Some(c.prefetch),
@@ -112,6 +117,7 @@ impl InboundConfig {
         match self {
             InboundConfig::File(_)
             | InboundConfig::Amqp(_)
+            | InboundConfig::Amqp1(_)
             | InboundConfig::Mqtt(_)
             | InboundConfig::Nats(_)
             | InboundConfig::Redis(_)
@@ -129,6 +135,7 @@ impl InboundConfig {
             InboundConfig::Http(c) => Arc::new(c.build(listeners)?),
             InboundConfig::Tcp(c) => Arc::new(c.build(listeners)?),
             InboundConfig::Amqp(c) => Arc::new(c.build()?),
+            InboundConfig::Amqp1(c) => Arc::new(c.build()?),
             InboundConfig::Mqtt(c) => Arc::new(c.build()?),
             InboundConfig::Nats(c) => Arc::new(c.build()?),
             InboundConfig::Redis(c) => Arc::new(c.build()?),

@@ -3,6 +3,7 @@
 //! records the outcome, so adapters never touch the store.
 
 pub mod amqp;
+pub mod amqp1;
 pub mod file;
 pub mod http;
 pub mod mqtt;
@@ -32,6 +33,8 @@ pub enum OutboundConfig {
     Tcp(tcp::Config),
     /// Publishes each message to a RabbitMQ (AMQP 0-9-1) exchange, with publisher confirms.
     Amqp(Box<amqp::Config>),
+    /// Sends each message to an AMQP 1.0 address, done on the broker's `accepted` outcome.
+    Amqp1(Box<amqp1::Config>),
     /// Publishes each message to an MQTT topic (QoS 1).
     Mqtt(mqtt::Config),
     /// Publishes each message to a NATS JetStream subject, done on the stream's PubAck.
@@ -51,6 +54,7 @@ impl OutboundConfig {
             OutboundConfig::Smtp(_) => "smtp",
             OutboundConfig::Tcp(_) => "tcp",
             OutboundConfig::Amqp(_) => "amqp",
+            OutboundConfig::Amqp1(_) => "amqp1",
             OutboundConfig::Mqtt(_) => "mqtt",
             OutboundConfig::Nats(_) => "nats",
             OutboundConfig::Redis(_) => "redis",
@@ -67,6 +71,7 @@ impl OutboundConfig {
             OutboundConfig::Smtp(c) => (&c.delivery, Ordering::Parallel),
             OutboundConfig::Tcp(c) => (&c.delivery, Ordering::Fifo),
             OutboundConfig::Amqp(c) => (&c.delivery, Ordering::Parallel),
+            OutboundConfig::Amqp1(c) => (&c.delivery, Ordering::Parallel),
             OutboundConfig::Mqtt(c) => (&c.delivery, Ordering::Parallel),
             OutboundConfig::Nats(c) => (&c.delivery, Ordering::Parallel),
             OutboundConfig::Redis(c) => (&c.delivery, Ordering::Parallel),
@@ -84,6 +89,7 @@ impl OutboundConfig {
             OutboundConfig::Smtp(c) => Arc::new(c.build()?),
             OutboundConfig::Tcp(c) => Arc::new(c.build()?),
             OutboundConfig::Amqp(c) => Arc::new(c.build()?),
+            OutboundConfig::Amqp1(c) => Arc::new(c.build()?),
             OutboundConfig::Mqtt(c) => Arc::new(c.build()?),
             OutboundConfig::Nats(c) => Arc::new(c.build()?),
             OutboundConfig::Redis(c) => Arc::new(c.build()?),
