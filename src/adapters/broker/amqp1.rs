@@ -32,6 +32,7 @@ impl<'de> Deserialize<'de> for Url {
 }
 
 /// A URL taken apart.
+#[derive(Debug)]
 struct Parts {
     tls: bool,
     host: String,
