@@ -664,6 +664,11 @@ fn main() {
             rows.extend(broker::mqtt(&url));
         }
     }
+    if want("broker amqp1") {
+        if let Ok(url) = std::env::var("SWITCHYARD_TEST_AMQP1") {
+            rows.extend(broker::amqp1(&url));
+        }
+    }
     if want("broker nats") {
         if let Ok(url) = std::env::var("SWITCHYARD_TEST_NATS") {
             rows.extend(broker::nats(&url));
@@ -1014,7 +1019,7 @@ fn self_cpu() -> f64 {
 /// with an ack per message at the same prefetch, publish with confirms at the same window).
 mod broker {
     use super::*;
-    use common::brokers::{Mosquitto, Nats, Rabbit, Redis, TestBroker};
+    use common::brokers::{Amqp1, Mosquitto, Nats, Rabbit, Redis, TestBroker};
     use futures_util::StreamExt;
     use lapin::options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -1496,6 +1501,102 @@ mod broker {
         });
         rows.push(Row::baseline(
             format!("baseline: bare XADD, {window} in flight"),
+            n / window * window,
+            started,
+            cpu0,
+        ));
+        rows
+    }
+
+    pub fn amqp1(url: &str) -> Vec<Row> {
+        use fe2o3_amqp::types::messaging::{Body, Message, Outcome};
+        use fe2o3_amqp::types::primitives::{Binary, Value};
+        let rt = runtime();
+        let broker = Amqp1::new(url);
+        let n = scaled(20_000);
+        let mut rows = Vec::new();
+        let direct = |yaml: String| yaml.replace(&broker.engine_url(), url);
+
+        rt.block_on(broker.publish("engine", &payloads(n)));
+        rows.push(drain(
+            "amqp1 in (credit 64) → file",
+            direct(broker.inbound_yaml("engine", "")),
+            n,
+        ));
+
+        // Baseline: a bare receiver drains the same load, accepting each delivery.
+        rt.block_on(broker.publish("bare", &payloads(n)));
+        let cpu0 = self_cpu();
+        let started = Instant::now();
+        rt.block_on(async {
+            let (mut conn, mut session) = broker.connect().await;
+            let mut receiver = fe2o3_amqp::Receiver::builder()
+                .name("bare")
+                .source(broker.address("bare"))
+                .credit_mode(fe2o3_amqp::link::receiver::CreditMode::Auto(64))
+                .attach(&mut session)
+                .await
+                .unwrap();
+            for _ in 0..n {
+                let d = receiver.recv::<Body<Value>>().await.unwrap();
+                receiver.accept(&d).await.unwrap();
+            }
+            let _ = receiver.close().await;
+            let _ = session.end().await;
+            let _ = conn.close().await;
+        });
+        rows.push(Row::baseline(
+            "baseline: bare receiver + accept, credit 64".into(),
+            n,
+            started,
+            cpu0,
+        ));
+
+        // HTTP in → amqp1 out, done on `accepted`, `window` transfers in flight.
+        let window = window();
+        let label = format!("amqp1 ({window} in flight)");
+        rows.push(http_scenario_on(
+            50,
+            false,
+            None,
+            Some((label.as_str(), direct(broker.outbound_yaml("published")))),
+        ));
+
+        // Baseline: bare senders awaiting each outcome, as many in flight (a link each).
+        let body = payloads(1).remove(0).1;
+        let cpu0 = self_cpu();
+        let started = Instant::now();
+        rt.block_on(async {
+            let (mut conn, mut session) = broker.connect().await;
+            let mut workers = Vec::new();
+            for w in 0..window {
+                let mut sender = fe2o3_amqp::Sender::attach(
+                    &mut session,
+                    format!("bare-{w}"),
+                    broker.address("bare-out"),
+                )
+                .await
+                .unwrap();
+                let body = body.clone();
+                workers.push(tokio::spawn(async move {
+                    for _ in 0..n / window {
+                        let m = Message::builder()
+                            .data(Binary::from(body.as_bytes().to_vec()))
+                            .build();
+                        let outcome = sender.send(m).await.unwrap();
+                        assert!(matches!(outcome, Outcome::Accepted(_)));
+                    }
+                    let _ = sender.close().await;
+                }));
+            }
+            for w in workers {
+                w.await.unwrap();
+            }
+            let _ = session.end().await;
+            let _ = conn.close().await;
+        });
+        rows.push(Row::baseline(
+            format!("baseline: bare send + accepted, {window} in flight"),
             n / window * window,
             started,
             cpu0,
