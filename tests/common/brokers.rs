@@ -33,6 +33,11 @@ pub trait TestBroker: Send + Sync {
     async fn cut(&self);
     /// A header every consumed message carries (the broker's envelope).
     fn envelope_header(&self) -> &'static str;
+    /// True when the adapter holds a connection whose loss it counts (`reconnects` in
+    /// `/routes`); an HTTP API such as SQS has none to lose: its client retries each request.
+    fn counts_reconnects(&self) -> bool {
+        true
+    }
     /// How long the broker itself drops a message id published again (JetStream's duplicate
     /// window): a test of the engine's own duplicate check waits it out.
     fn dedupe_window(&self) -> Duration {
@@ -49,6 +54,12 @@ pub fn amqp_server(what: &str) -> Option<String> {
 /// plugin on), or `None` with a note.
 pub fn amqp1_server(what: &str) -> Option<String> {
     server("SWITCHYARD_TEST_AMQP1", &format!("AMQP-1.0 ({what})"))
+}
+
+/// `SWITCHYARD_TEST_SQS` (`moto`: the tests start moto's SQS server, installed from PyPI when
+/// missing), or `None` with a note.
+pub fn sqs_server(what: &str) -> Option<String> {
+    server("SWITCHYARD_TEST_SQS", &format!("SQS ({what})"))
 }
 
 /// `SWITCHYARD_TEST_NATS` (`nats://127.0.0.1:4222`, JetStream on), or `None` with a note.
@@ -732,5 +743,200 @@ impl TestBroker for Amqp1 {
 
     fn envelope_header(&self) -> &'static str {
         "amqp1.address"
+    }
+}
+
+/// Amazon SQS as moto serves it, a server of this test's own on a free port (stopped at the
+/// end). The engine reaches it through a [`Relay`], so a test can cut its connections.
+#[cfg(feature = "sqs")]
+pub struct Sqs {
+    pub port: u16,
+    pub prefix: String,
+    relay: Relay,
+    child: std::process::Child,
+}
+
+#[cfg(feature = "sqs")]
+impl Sqs {
+    pub fn new(_: &str) -> Sqs {
+        super::net::ensure_python_package("moto.server", "moto[server]");
+        let port = super::net::free_port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start moto's server");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "moto did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Sqs {
+            port,
+            prefix: unique("sy"),
+            relay: Relay::start(&format!("127.0.0.1:{port}")),
+            child,
+        }
+    }
+
+    fn queue_name(&self, source: &str) -> String {
+        format!("{}-{source}", self.prefix)
+    }
+
+    /// The queue's URL straight to moto, and as the engine reaches it (through the relay).
+    pub fn queue_url(&self, source: &str) -> String {
+        format!(
+            "http://127.0.0.1:{}/123456789012/{}",
+            self.port,
+            self.queue_name(source)
+        )
+    }
+
+    pub fn engine_queue_url(&self, source: &str) -> String {
+        self.create(source);
+        format!(
+            "http://127.0.0.1:{}/123456789012/{}",
+            self.relay.port,
+            self.queue_name(source)
+        )
+    }
+
+    pub fn client(&self) -> aws_sdk_sqs::Client {
+        let config = aws_sdk_sqs::Config::builder()
+            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                "test", "test", None, None, "test",
+            ))
+            .endpoint_url(format!("http://127.0.0.1:{}", self.port))
+            .http_client(
+                aws_smithy_http_client::Builder::new()
+                    .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                        aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                    ))
+                    .build_https(),
+            )
+            .build();
+        aws_sdk_sqs::Client::from_conf(config)
+    }
+
+    /// Creates the queue of `source` (again: creating one that exists changes nothing).
+    pub fn create(&self, source: &str) {
+        let (client, name) = (self.client(), self.queue_name(source));
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(client.create_queue().queue_name(name).send())
+                .expect("create the queue in moto");
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// Messages in `source`'s queue, visible or in flight.
+    pub async fn depth(&self, source: &str) -> (u64, u64) {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let out = self
+            .client()
+            .get_queue_attributes()
+            .queue_url(self.queue_url(source))
+            .attribute_names(A::ApproximateNumberOfMessages)
+            .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .unwrap();
+        let a = out.attributes.unwrap_or_default();
+        let n = |k: A| a.get(&k).and_then(|v| v.parse().ok()).unwrap_or(0);
+        (
+            n(A::ApproximateNumberOfMessages),
+            n(A::ApproximateNumberOfMessagesNotVisible),
+        )
+    }
+}
+
+#[cfg(feature = "sqs")]
+impl Drop for Sqs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(feature = "sqs")]
+#[async_trait]
+impl TestBroker for Sqs {
+    fn kind(&self) -> &'static str {
+        "sqs"
+    }
+
+    fn inbound_yaml(&self, source: &str, extra: &str) -> String {
+        format!(
+            "  sqs:\n    queue_url: {}\n    access_key_id: test\n    secret_access_key: test\n    region: us-east-1\n    wait_time: 2s\n    visibility_timeout: 5s\n{extra}",
+            self.engine_queue_url(source)
+        )
+    }
+
+    fn outbound_yaml(&self, source: &str) -> String {
+        format!(
+            "  - sqs:\n      queue_url: {}\n      access_key_id: test\n      secret_access_key: test\n      region: us-east-1\n      timeout: 5s\n      delivery: {{ retry: {{ backoff: 100ms, max_backoff: 1s, max_attempts: 100 }} }}\n",
+            self.engine_queue_url(source)
+        )
+    }
+
+    async fn publish(&self, source: &str, messages: &[(String, String)]) {
+        use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
+        self.create(source);
+        let client = self.client();
+        for (i, chunk) in messages.chunks(10).enumerate() {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(j, (id, body))| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(format!("m{i}-{j}"))
+                        .message_body(body)
+                        .message_attributes(
+                            "switchyard-message-id",
+                            MessageAttributeValue::builder()
+                                .data_type("String")
+                                .string_value(id)
+                                .build()
+                                .unwrap(),
+                        )
+                        .build()
+                        .unwrap()
+                })
+                .collect();
+            let out = client
+                .send_message_batch()
+                .queue_url(self.queue_url(source))
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .unwrap();
+            assert!(out.failed.is_empty(), "{:?}", out.failed);
+        }
+    }
+
+    async fn cut(&self) {
+        self.relay.cut();
+    }
+
+    fn envelope_header(&self) -> &'static str {
+        "sqs.message_id"
+    }
+
+    fn counts_reconnects(&self) -> bool {
+        false
     }
 }

@@ -21,11 +21,22 @@ pub mod amqp1;
 pub mod mqtt;
 pub mod nats;
 pub mod redis;
+#[cfg(feature = "sqs")]
+pub mod sqs;
 
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
+
+/// The name under which Switchyard's broker destinations send the message id where the
+/// broker has no message-id property of its own (an MQTT user property, a Redis field, an SQS
+/// message attribute), and where its inbounds look for it.
+pub const ID_NAME: &str = "switchyard-message-id";
+
+/// What a route using SQS hears from a build without it.
+#[cfg(not(feature = "sqs"))]
+pub const NO_SQS: &str = "this Switchyard was built without Amazon SQS support: build it with `cargo build --release --features sqs`";
 
 /// TLS for `amqps://` and `mqtts://` URLs (rustls with ring).
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 /// The entry field carrying the message id, set by the outbound and read by the inbound
 /// unless its `id_field` says otherwise.
-pub const ID_FIELD: &str = "switchyard-message-id";
+pub const ID_FIELD: &str = super::ID_NAME;
 
 /// A Redis URL (`redis://[:password@]host:6379[/db]`, `rediss://` for TLS), checked while the
 /// route file is read.

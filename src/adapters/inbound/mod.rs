@@ -11,6 +11,8 @@ pub mod http;
 pub mod mqtt;
 pub mod nats;
 pub mod redis;
+#[cfg(feature = "sqs")]
+pub mod sqs;
 pub mod tcp;
 
 use crate::adapters::listeners::Listeners;
@@ -48,6 +50,12 @@ pub enum InboundConfig {
     Nats(nats::Config),
     /// Reads a Redis stream through a consumer group.
     Redis(redis::Config),
+    /// Long-polls an Amazon SQS queue (cargo feature `sqs`).
+    #[cfg(feature = "sqs")]
+    Sqs(sqs::Config),
+    /// Long-polls an Amazon SQS queue: this build has no SQS support (cargo feature `sqs`).
+    #[cfg(not(feature = "sqs"))]
+    Sqs(serde::de::IgnoredAny),
     /// A named endpoint from the adapters directory, replaced by its definition on load.
     Endpoint(String),
 }
@@ -63,6 +71,7 @@ impl InboundConfig {
             InboundConfig::Mqtt(_) => "mqtt",
             InboundConfig::Nats(_) => "nats",
             InboundConfig::Redis(_) => "redis",
+            InboundConfig::Sqs(_) => "sqs",
             InboundConfig::Endpoint(_) => "endpoint",
         }
     }
@@ -88,7 +97,8 @@ impl InboundConfig {
             // One MQTT client id is one session: two routes with it would knock each other off.
             InboundConfig::Mqtt(c) => Some(format!("MQTT client id {}", c.client_id)),
             // Several routes on one durable consumer share its messages, like queue consumers.
-            InboundConfig::Nats(_) => None,
+            // Readers of one queue share its messages.
+            InboundConfig::Nats(_) | InboundConfig::Sqs(_) => None,
             // One consumer name in a group is one pending list: two routes with it would
             // take each other's entries as their own.
             InboundConfig::Redis(c) => Some(format!(
@@ -108,6 +118,8 @@ impl InboundConfig {
             InboundConfig::Mqtt(c) => Some(c.receive_maximum as usize),
             InboundConfig::Nats(c) => Some(c.prefetch as usize),
             InboundConfig::Redis(c) => Some(c.prefetch),
+            #[cfg(feature = "sqs")]
+            InboundConfig::Sqs(c) => Some(c.prefetch),
             _ => None,
         }
     }
@@ -121,6 +133,7 @@ impl InboundConfig {
             | InboundConfig::Mqtt(_)
             | InboundConfig::Nats(_)
             | InboundConfig::Redis(_)
+            | InboundConfig::Sqs(_)
             | InboundConfig::Endpoint(_) => None,
             InboundConfig::Http(c) => Some(&c.listen),
             InboundConfig::Tcp(c) => Some(&c.listen),
@@ -139,6 +152,10 @@ impl InboundConfig {
             InboundConfig::Mqtt(c) => Arc::new(c.build()?),
             InboundConfig::Nats(c) => Arc::new(c.build()?),
             InboundConfig::Redis(c) => Arc::new(c.build()?),
+            #[cfg(feature = "sqs")]
+            InboundConfig::Sqs(c) => Arc::new(c.build()?),
+            #[cfg(not(feature = "sqs"))]
+            InboundConfig::Sqs(_) => anyhow::bail!(crate::adapters::broker::NO_SQS),
             InboundConfig::Endpoint(name) => anyhow::bail!("endpoint `{name}` was not resolved"),
         })
     }

@@ -10,6 +10,8 @@ pub mod mqtt;
 pub mod nats;
 pub mod redis;
 pub mod smtp;
+#[cfg(feature = "sqs")]
+pub mod sqs;
 pub mod tcp;
 
 use crate::message::Message;
@@ -41,6 +43,13 @@ pub enum OutboundConfig {
     Nats(nats::Config),
     /// Appends each message to a Redis stream (or pushes it on a list, or publishes it).
     Redis(redis::Config),
+    /// Sends each message to an Amazon SQS queue (cargo feature `sqs`).
+    #[cfg(feature = "sqs")]
+    Sqs(Box<sqs::Config>),
+    /// Sends each message to an Amazon SQS queue: this build has no SQS support (cargo
+    /// feature `sqs`).
+    #[cfg(not(feature = "sqs"))]
+    Sqs(serde::de::IgnoredAny),
     /// A named endpoint from the adapters directory (`endpoint: lab-system`), replaced by its
     /// definition when the route is loaded.
     Endpoint(String),
@@ -58,6 +67,7 @@ impl OutboundConfig {
             OutboundConfig::Mqtt(_) => "mqtt",
             OutboundConfig::Nats(_) => "nats",
             OutboundConfig::Redis(_) => "redis",
+            OutboundConfig::Sqs(_) => "sqs",
             OutboundConfig::Endpoint(_) => "endpoint",
         }
     }
@@ -75,6 +85,10 @@ impl OutboundConfig {
             OutboundConfig::Mqtt(c) => (&c.delivery, Ordering::Parallel),
             OutboundConfig::Nats(c) => (&c.delivery, Ordering::Parallel),
             OutboundConfig::Redis(c) => (&c.delivery, Ordering::Parallel),
+            #[cfg(feature = "sqs")]
+            OutboundConfig::Sqs(c) => (&c.delivery, Ordering::Parallel),
+            #[cfg(not(feature = "sqs"))]
+            OutboundConfig::Sqs(_) => return DeliveryConfig::default(),
             OutboundConfig::Endpoint(_) => return DeliveryConfig::default(),
         };
         let mut d = d.clone();
@@ -93,6 +107,10 @@ impl OutboundConfig {
             OutboundConfig::Mqtt(c) => Arc::new(c.build()?),
             OutboundConfig::Nats(c) => Arc::new(c.build()?),
             OutboundConfig::Redis(c) => Arc::new(c.build()?),
+            #[cfg(feature = "sqs")]
+            OutboundConfig::Sqs(c) => Arc::new(c.build()?),
+            #[cfg(not(feature = "sqs"))]
+            OutboundConfig::Sqs(_) => anyhow::bail!(crate::adapters::broker::NO_SQS),
             OutboundConfig::Endpoint(name) => anyhow::bail!("endpoint `{name}` was not resolved"),
         })
     }
