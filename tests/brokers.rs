@@ -1402,3 +1402,74 @@ async fn the_bundled_amqp1_example_works_as_shipped() {
     assert_eq!(ws.count("failed"), 1, "the rejected one came back");
     engine.stop();
 }
+
+/// The bundled SQS example as shipped (`examples/sqs`): partner orders from a standard queue
+/// to a FIFO queue, grouped by customer, with the message id as deduplication id; a non-JSON
+/// order fails and is deleted, not received again.
+#[cfg(feature = "sqs")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bundled_sqs_example_works_as_shipped() {
+    let Some(url) = sqs_server("SQS example") else {
+        return;
+    };
+    let sqs = Sqs::new(&url);
+    let ws = Workspace::new();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(
+        repo.join("examples/sqs/sqs-orders-to-fifo.yaml"),
+        ws.path("routes/sqs-orders-to-fifo.yaml"),
+    )
+    .unwrap();
+    let (orders, fulfilment) = (
+        sqs.engine_queue_url("orders"),
+        sqs.engine_queue_url("fulfilment.fifo"),
+    );
+    let engine = ws.start_with_env(&[
+        ("SQS_ORDERS_URL", orders.as_str()),
+        ("SQS_FULFILMENT_URL", fulfilment.as_str()),
+    ]);
+    wait_consuming(&ws, "sqs-orders-to-fifo");
+    let order = std::fs::read_to_string(repo.join("examples/sqs/order-1001.json")).unwrap();
+    sqs.publish(
+        "orders",
+        &[("o-1".into(), order), ("o-2".into(), "not json".into())],
+    )
+    .await;
+    assert!(
+        wait_until(Duration::from_secs(30), || ws.count("delivered") == 1
+            && ws.count("failed") == 1),
+        "{:?}",
+        ws.states()
+    );
+    let out = sqs
+        .client()
+        .receive_message()
+        .queue_url(sqs.queue_url("fulfilment.fifo"))
+        .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+        .message_attribute_names("All")
+        .send()
+        .await
+        .unwrap();
+    let m = &out.messages.unwrap()[0];
+    let attributes = m.attributes.as_ref().unwrap();
+    use aws_sdk_sqs::types::MessageSystemAttributeName as A;
+    assert_eq!(attributes[&A::MessageGroupId], "acme");
+    let ids =
+        ws.query_pairs("SELECT id, COUNT(*) FROM messages WHERE state = 'delivered' GROUP BY id");
+    assert!(
+        ids.contains_key(&attributes[&A::MessageDeduplicationId]),
+        "{attributes:?}"
+    );
+    assert_eq!(
+        m.message_attributes.as_ref().unwrap()["order-id"]
+            .string_value
+            .as_deref(),
+        Some("PO-1001")
+    );
+    // Both orders are gone from the partner queue: the failed one too.
+    assert!(wait_until(Duration::from_secs(10), || {
+        let rt = tokio::runtime::Handle::current();
+        tokio::task::block_in_place(|| rt.block_on(sqs.depth("orders"))) == (0, 0)
+    }));
+    engine.stop();
+}

@@ -828,15 +828,21 @@ impl Sqs {
         aws_sdk_sqs::Client::from_conf(config)
     }
 
-    /// Creates the queue of `source` (again: creating one that exists changes nothing).
+    /// Creates the queue of `source` (again: creating one that exists changes nothing); a
+    /// FIFO queue when `source` ends in `.fifo`.
     pub fn create(&self, source: &str) {
         let (client, name) = (self.client(), self.queue_name(source));
         std::thread::spawn(move || {
+            let mut create = client.create_queue().queue_name(&name);
+            if name.ends_with(".fifo") {
+                create =
+                    create.attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true");
+            }
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap()
-                .block_on(client.create_queue().queue_name(name).send())
+                .block_on(create.send())
                 .expect("create the queue in moto");
         })
         .join()

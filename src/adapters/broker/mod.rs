@@ -76,6 +76,8 @@ struct LinkInner {
     error: Option<String>,
     reconnects: u64,
     ever_connected: bool,
+    /// Connected at some point since the last `connecting`.
+    came_up: bool,
 }
 
 /// A copy of a [`Link`]'s state, for the admin API and metrics.
@@ -109,6 +111,7 @@ impl Link {
                 error: None,
                 reconnects: 0,
                 ever_connected: false,
+                came_up: false,
             }),
         }
     }
@@ -123,6 +126,7 @@ impl Link {
                     l.reconnects += 1;
                 }
                 l.ever_connected = true;
+                l.came_up = true;
             }
             l.state = state;
             if error.is_some() || state == LinkState::Connected {
@@ -144,6 +148,9 @@ impl Link {
 
     pub fn connecting(&self) {
         self.set(LinkState::Connecting, None);
+        if let Ok(mut l) = self.inner.lock() {
+            l.came_up = false;
+        }
     }
 
     pub fn up(&self) {
@@ -158,6 +165,12 @@ impl Link {
         tracing::warn!(route, adapter, broker = %self.broker, error,
             retry_in = ?retry_in, "broker connection down; reconnecting");
         self.set(LinkState::Down, Some(error.to_string()));
+    }
+
+    /// True when the connection came up since the last [`Link::connecting`]: the session that
+    /// just ended had worked.
+    fn was_up(&self) -> bool {
+        self.inner.lock().is_ok_and(|l| l.came_up)
     }
 
     pub fn is_up(&self) -> bool {
@@ -261,6 +274,36 @@ impl Pace {
             Err(_) => Duration::from_secs(1),
         };
         link.down(error, wait);
+    }
+}
+
+/// Runs an inbound's connection `session` again and again until one ends with `Ok` (the
+/// route stops) or `shutdown`: after a failure the link goes down with the error and the next
+/// try waits the [`Backoff`] — from its shortest wait again when the failed session had been
+/// up, so a connection lost after working is retried at once.
+pub async fn keep_connected<F, Fut>(
+    link: &Link,
+    shutdown: &tokio_util::sync::CancellationToken,
+    mut session: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut backoff = Backoff::default();
+    loop {
+        link.connecting();
+        let Err(e) = session().await else {
+            return;
+        };
+        if link.was_up() {
+            backoff.reset();
+        }
+        let wait = backoff.wait();
+        link.down(&e, wait);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
     }
 }
 

@@ -12,7 +12,7 @@
 use super::http::Content;
 use super::{Inbound, Intake};
 use crate::adapters::broker::amqp::{self as amqp, Declare};
-use crate::adapters::broker::{redact, Backoff, Link, Tls};
+use crate::adapters::broker::{keep_connected, redact, Link, Tls};
 use crate::message::{Headers, Message};
 use crate::route::values::ByteSize;
 use async_trait::async_trait;
@@ -92,21 +92,8 @@ pub struct AmqpInbound {
 #[async_trait]
 impl Inbound for AmqpInbound {
     async fn run(&self, intake: Intake, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut backoff = Backoff::default();
-        loop {
-            self.link.connecting();
-            match self.session(&intake, &shutdown, &mut backoff).await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    let wait = backoff.wait();
-                    self.link.down(&e, wait);
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                }
-            }
-        }
+        keep_connected(&self.link, &shutdown, || self.session(&intake, &shutdown)).await;
+        Ok(())
     }
 
     async fn failed(&self, _original: &Message, _reason: &str) -> anyhow::Result<()> {
@@ -123,12 +110,7 @@ impl AmqpInbound {
     /// or `shutdown` (`Ok`). Deliveries in hand when it ends are finished first: committed
     /// and acknowledged, or, when the acknowledgement cannot be sent any more, redelivered by
     /// the broker later (and recognised by their message id).
-    async fn session(
-        &self,
-        intake: &Intake,
-        shutdown: &CancellationToken,
-        backoff: &mut Backoff,
-    ) -> Result<(), String> {
+    async fn session(&self, intake: &Intake, shutdown: &CancellationToken) -> Result<(), String> {
         let cfg = &self.cfg;
         let name = format!("switchyard {}", intake.route);
         let connecting = amqp::connect(&cfg.url, &cfg.tls, &name);
@@ -155,7 +137,6 @@ impl AmqpInbound {
             .map_err(|e| format!("cannot consume queue `{}`: {e}", cfg.queue))?;
         self.link.up();
         tracing::info!(route = %intake.route, queue = %cfg.queue, prefetch = cfg.prefetch, "consuming");
-        backoff.reset();
         let mut in_hand = JoinSet::new();
         let result = loop {
             while in_hand.try_join_next().is_some() {}

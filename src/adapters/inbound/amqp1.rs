@@ -15,7 +15,7 @@
 use super::http::Content;
 use super::{Inbound, Intake};
 use crate::adapters::broker::amqp1;
-use crate::adapters::broker::{redact, Backoff, Link, Tls};
+use crate::adapters::broker::{keep_connected, redact, Link, Tls};
 use crate::message::{Headers, Message};
 use crate::route::values::ByteSize;
 use async_trait::async_trait;
@@ -106,21 +106,8 @@ pub struct Amqp1Inbound {
 #[async_trait]
 impl Inbound for Amqp1Inbound {
     async fn run(&self, intake: Intake, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut backoff = Backoff::default();
-        loop {
-            self.link.connecting();
-            match self.session(&intake, &shutdown, &mut backoff).await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    let wait = backoff.wait();
-                    self.link.down(&e, wait);
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                }
-            }
-        }
+        keep_connected(&self.link, &shutdown, || self.session(&intake, &shutdown)).await;
+        Ok(())
     }
 
     async fn failed(&self, _original: &Message, _reason: &str) -> anyhow::Result<()> {
@@ -143,12 +130,7 @@ impl Amqp1Inbound {
     /// One connection's life: open, attach the receiver, receive until the link fails
     /// (`Err`) or `shutdown` (`Ok`). Deliveries in hand when it ends are stored and settled
     /// first; a delivery left unsettled when the connection goes is delivered again.
-    async fn session(
-        &self,
-        intake: &Intake,
-        shutdown: &CancellationToken,
-        backoff: &mut Backoff,
-    ) -> Result<(), String> {
+    async fn session(&self, intake: &Intake, shutdown: &CancellationToken) -> Result<(), String> {
         let cfg = &self.cfg;
         let container = format!("switchyard {}", intake.route);
         let login = cfg.login();
@@ -173,7 +155,6 @@ impl Amqp1Inbound {
         };
         self.link.up();
         tracing::info!(route = %intake.route, address = %cfg.address, prefetch = cfg.prefetch, "consuming");
-        backoff.reset();
         let (done, mut settled) = mpsc::channel::<(DeliveryInfo, Settle)>(cfg.prefetch as usize);
         let mut in_hand = 0usize;
         let result = loop {

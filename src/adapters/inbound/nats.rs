@@ -15,7 +15,7 @@
 use super::http::Content;
 use super::{Inbound, Intake};
 use crate::adapters::broker::nats::{self as nats, StreamDecl};
-use crate::adapters::broker::{redact, Backoff, Link, Tls};
+use crate::adapters::broker::{keep_connected, redact, Link, Tls};
 use crate::message::{Headers, Message};
 use crate::route::values::{ByteSize, Duration};
 use async_nats::jetstream::{self, consumer::pull, AckKind};
@@ -113,21 +113,8 @@ pub struct NatsInbound {
 #[async_trait]
 impl Inbound for NatsInbound {
     async fn run(&self, intake: Intake, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut backoff = Backoff::default();
-        loop {
-            self.link.connecting();
-            match self.session(&intake, &shutdown, &mut backoff).await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    let wait = backoff.wait();
-                    self.link.down(&e, wait);
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                }
-            }
-        }
+        keep_connected(&self.link, &shutdown, || self.session(&intake, &shutdown)).await;
+        Ok(())
     }
 
     async fn failed(&self, _original: &Message, _reason: &str) -> anyhow::Result<()> {
@@ -143,12 +130,7 @@ impl NatsInbound {
     /// One client's life: connect, find or create the stream and the consumer, pull until
     /// the subscription fails (`Err`) or `shutdown` (`Ok`). The client reconnects by itself
     /// in between; messages in hand when it ends are finished first.
-    async fn session(
-        &self,
-        intake: &Intake,
-        shutdown: &CancellationToken,
-        backoff: &mut Backoff,
-    ) -> Result<(), String> {
+    async fn session(&self, intake: &Intake, shutdown: &CancellationToken) -> Result<(), String> {
         let cfg = &self.cfg;
         let name = format!("switchyard {}", intake.route);
         let client = tokio::select! {
@@ -189,7 +171,6 @@ impl NatsInbound {
             .map_err(|e| format!("cannot subscribe to JetStream advisories: {e}"))?;
         tracing::info!(route = %intake.route, stream = %cfg.stream, consumer = %cfg.consumer,
             prefetch = cfg.prefetch, "consuming");
-        backoff.reset();
         let mut in_hand = JoinSet::new();
         // Pulls in batches the engine asks for, rather than a continuous subscription: every
         // message the server sent is in hand when a batch ends, so a shutdown or a reload

@@ -16,7 +16,7 @@
 use super::http::Content;
 use super::{Inbound, Intake};
 use crate::adapters::broker::redis::{self as redis_broker, Entry};
-use crate::adapters::broker::{redact, Backoff, Link, Tls};
+use crate::adapters::broker::{keep_connected, redact, Link, Tls};
 use crate::message::{Headers, Message};
 use crate::route::values::{ByteSize, Duration};
 use async_trait::async_trait;
@@ -147,21 +147,8 @@ pub struct RedisInbound {
 #[async_trait]
 impl Inbound for RedisInbound {
     async fn run(&self, intake: Intake, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut backoff = Backoff::default();
-        loop {
-            self.link.connecting();
-            match self.session(&intake, &shutdown, &mut backoff).await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    let wait = backoff.wait();
-                    self.link.down(&e, wait);
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                }
-            }
-        }
+        keep_connected(&self.link, &shutdown, || self.session(&intake, &shutdown)).await;
+        Ok(())
     }
 
     async fn failed(&self, _original: &Message, _reason: &str) -> anyhow::Result<()> {
@@ -186,12 +173,7 @@ impl RedisInbound {
     /// One pair of connections' life: read (own pending entries first, then new ones, and
     /// claimed ones now and then) until a command fails (`Err`) or `shutdown` (`Ok`).
     /// Entries in hand when it ends are finished first.
-    async fn session(
-        &self,
-        intake: &Intake,
-        shutdown: &CancellationToken,
-        backoff: &mut Backoff,
-    ) -> Result<(), String> {
+    async fn session(&self, intake: &Intake, shutdown: &CancellationToken) -> Result<(), String> {
         let cfg = &self.cfg;
         let client = redis_broker::client(&cfg.url, &cfg.tls)?;
         let connecting = async {
@@ -233,7 +215,6 @@ impl RedisInbound {
         self.link.up();
         tracing::info!(route = %intake.route, stream = %cfg.stream, group = %cfg.group,
             consumer = %cfg.consumer, prefetch = cfg.prefetch, "consuming");
-        backoff.reset();
         let in_hand_ids: Arc<Mutex<HashSet<String>>> = Default::default();
         let mut in_hand = JoinSet::new();
         // This consumer's own pending entries are read first, from the start of its list.

@@ -133,6 +133,40 @@ impl Inbound for SqsInbound {
                     _ = in_hand.join_next() => continue,
                 }
             }
+            if !consuming {
+                // One cheap call says whether the queue is there and the credentials work,
+                // before a long poll that would only answer after `wait_time`.
+                let reached = client
+                    .get_queue_attributes()
+                    .queue_url(&self.cfg.queue_url)
+                    .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+                    .send();
+                let reached = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    r = reached => r,
+                };
+                match reached {
+                    Ok(_) => {
+                        consuming = true;
+                        self.link.up();
+                        backoff.reset();
+                        tracing::info!(route = %intake.route, queue = %self.cfg.queue_url,
+                            prefetch = self.cfg.prefetch, "consuming");
+                    }
+                    Err(e) => {
+                        let wait = backoff.wait();
+                        self.link.down(
+                            &format!("cannot reach {}: {}", self.cfg.queue_url, error_text(&e)),
+                            wait,
+                        );
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                        continue;
+                    }
+                }
+            }
             let room = (self.cfg.prefetch - in_hand.len()).min(10) as i32;
             let receive = client
                 .receive_message()
@@ -151,13 +185,6 @@ impl Inbound for SqsInbound {
             };
             match received {
                 Ok(out) => {
-                    if !consuming {
-                        consuming = true;
-                        self.link.up();
-                        backoff.reset();
-                        tracing::info!(route = %intake.route, queue = %self.cfg.queue_url,
-                            prefetch = self.cfg.prefetch, "consuming");
-                    }
                     for m in out.messages.unwrap_or_default() {
                         let (cfg, intake, client) =
                             (self.cfg.clone(), intake.clone(), client.clone());
