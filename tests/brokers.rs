@@ -311,11 +311,12 @@ async fn reload_under_stream(b: Arc<dyn TestBroker>) {
     let engine = ws.start();
     wait_consuming(&ws, "consume");
     let total = 800;
+    // About 2.4 s of stream, so that all three reloads land while it flows.
     let feed = steady(
         b.clone(),
         "stream",
         messages("r", total),
-        40,
+        20,
         Duration::from_millis(60),
     );
     for i in 0..3 {

@@ -239,9 +239,10 @@ impl NatsInbound {
     }
 }
 
-/// How long one pull waits for a message when there was none: also how long a shutdown may
-/// wait for the pull in progress.
-const WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long one pull waits for a message when there was none: also how long a stop or a
+/// reload may wait for the pull in progress (the pull is let finish, never dropped, so no
+/// message sent to it waits out `ack_wait`).
+const WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Commits one message, then acknowledges it; terminates poison.
 async fn take(cfg: &Config, intake: &Intake, msg: jetstream::Message, epoch: i64) {
