@@ -121,7 +121,7 @@ impl Link {
             if l.state != state {
                 l.since = SystemTime::now();
             }
-            if state == LinkState::Connected {
+            if state == LinkState::Connected && l.state != LinkState::Connected {
                 if l.ever_connected {
                     l.reconnects += 1;
                 }
@@ -260,6 +260,28 @@ impl Pace {
     pub fn connected(&self) {
         if let Ok(mut p) = self.0.lock() {
             p.1.reset();
+        }
+    }
+
+    /// Makes a destination's connection with `connect`, no sooner than the backoff allows,
+    /// and reports the outcome on `link`: every broker destination connects through here.
+    pub async fn connect<T>(
+        &self,
+        link: &Link,
+        connect: impl std::future::Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
+        self.ready(link)?;
+        link.connecting();
+        match connect.await {
+            Ok(made) => {
+                self.connected();
+                link.up();
+                Ok(made)
+            }
+            Err(e) => {
+                self.failed(link, &e);
+                Err(e)
+            }
         }
     }
 

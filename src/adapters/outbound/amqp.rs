@@ -135,30 +135,25 @@ impl AmqpOutbound {
             }
         }
         *slot = None;
-        self.pace.ready(&self.link).map_err(SendError::retryable)?;
-        self.link.connecting();
-        let opened = tokio::time::timeout(self.cfg.connect_timeout.0, self.open())
-            .await
-            .unwrap_or_else(|_| {
-                Err(format!(
-                    "cannot connect to {} within {:?}",
-                    redact(&self.cfg.url),
-                    self.cfg.connect_timeout.0
-                ))
-            });
-        match opened {
-            Ok(s) => {
-                self.pace.connected();
-                self.link.up();
-                let s = Arc::new(s);
-                *slot = Some(s.clone());
-                Ok(s)
-            }
-            Err(e) => {
-                self.pace.failed(&self.link, &e);
-                Err(SendError::retryable(e))
-            }
-        }
+        let wait = self.cfg.connect_timeout.0;
+        let opening = async {
+            tokio::time::timeout(wait, self.open())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "cannot connect to {} within {wait:?}",
+                        redact(&self.cfg.url)
+                    ))
+                })
+        };
+        let s = Arc::new(
+            self.pace
+                .connect(&self.link, opening)
+                .await
+                .map_err(SendError::retryable)?,
+        );
+        *slot = Some(s.clone());
+        Ok(s)
     }
 
     async fn open(&self) -> Result<Session, String> {

@@ -90,19 +90,13 @@ impl NatsOutbound {
         if let Some(js) = slot.as_ref() {
             return Ok(js.clone());
         }
-        self.pace.ready(&self.link).map_err(SendError::retryable)?;
-        self.link.connecting();
-        match self.open().await {
-            Ok(js) => {
-                self.pace.connected();
-                *slot = Some(js.clone());
-                Ok(js)
-            }
-            Err(e) => {
-                self.pace.failed(&self.link, &e);
-                Err(SendError::retryable(e))
-            }
-        }
+        let js = self
+            .pace
+            .connect(&self.link, self.open())
+            .await
+            .map_err(SendError::retryable)?;
+        *slot = Some(js.clone());
+        Ok(js)
     }
 
     async fn open(&self) -> Result<jetstream::Context, String> {

@@ -108,20 +108,15 @@ impl RedisOutbound {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        self.pace.ready(&self.link).map_err(SendError::retryable)?;
-        self.link.connecting();
-        match redis_broker::connect(&self.client, &self.cfg.url, Some(self.cfg.timeout.0)).await {
-            Ok(c) => {
-                self.pace.connected();
-                self.link.up();
-                *slot = Some(c.clone());
-                Ok(c)
-            }
-            Err(e) => {
-                self.pace.failed(&self.link, &e);
-                Err(SendError::retryable(e))
-            }
-        }
+        let connecting =
+            redis_broker::connect(&self.client, &self.cfg.url, Some(self.cfg.timeout.0));
+        let c = self
+            .pace
+            .connect(&self.link, connecting)
+            .await
+            .map_err(SendError::retryable)?;
+        *slot = Some(c.clone());
+        Ok(c)
     }
 
     /// The connection broke: the next delivery connects anew.
