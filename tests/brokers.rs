@@ -313,13 +313,14 @@ async fn reload_under_stream(b: Arc<dyn TestBroker>) {
     let engine = ws.start();
     wait_consuming(&ws, "consume");
     let total = 800;
-    // About 2.4 s of stream, so that all three reloads land while it flows.
+    // About 2.4 s of stream (longer where a reload pauses the intake), so that all three
+    // reloads land while it flows.
     let feed = steady(
         b.clone(),
         "stream",
         messages("r", total),
         20,
-        Duration::from_millis(60),
+        Duration::from_millis(60) + b.reload_pause() / 12,
     );
     for i in 0..3 {
         assert!(wait_until(Duration::from_secs(60), || ws
@@ -428,6 +429,10 @@ suite!(redis, redis_server, |url| Arc::new(Redis::new(url)));
 suite!(amqp1, amqp1_server, |url| Arc::new(Amqp1::new(url)));
 #[cfg(feature = "sqs")]
 suite!(sqs, sqs_server, |url| Arc::new(Sqs::new(url)));
+#[cfg(feature = "kafka")]
+suite!(kafka, kafka_server, |tansu| Arc::new(Kafka::new(tansu)));
+#[cfg(feature = "kafka")]
+suite!(kafka_mock, kafka_mock, |_| Arc::new(KafkaMock::new("")));
 
 // ---- what is particular to each broker ----
 
@@ -1475,4 +1480,122 @@ async fn the_bundled_sqs_example_works_as_shipped() {
         tokio::task::block_in_place(|| rt.block_on(sqs.depth("orders"))) == (0, 0)
     }));
     engine.stop();
+}
+
+/// The bundled Kafka example as shipped (`examples/kafka`): web shop orders from one topic to
+/// the fulfilment topic, keyed by customer, with the message id as a record header; a
+/// non-JSON order fails and is passed, not read again.
+#[cfg(feature = "kafka")]
+async fn kafka_example(bootstrap: String, orders: String, fulfilment: String) {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Headers, Message};
+    let ws = Workspace::new();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(
+        repo.join("examples/kafka/kafka-orders-to-fulfilment.yaml"),
+        ws.path("routes/kafka-orders-to-fulfilment.yaml"),
+    )
+    .unwrap();
+    let engine = ws.start_with_env(&[
+        ("KAFKA_BROKERS", bootstrap.as_str()),
+        ("KAFKA_ORDERS_TOPIC", orders.as_str()),
+        ("KAFKA_FULFILMENT_TOPIC", fulfilment.as_str()),
+    ]);
+    wait_consuming(&ws, "kafka-orders-to-fulfilment");
+    let order = std::fs::read_to_string(repo.join("examples/kafka/order-1001.json")).unwrap();
+    kafka_client::publish(
+        &bootstrap,
+        &orders,
+        &[("o-1".into(), order), ("o-2".into(), "not json".into())],
+    )
+    .await;
+    assert!(
+        wait_until(Duration::from_secs(30), || ws.count("delivered") == 1
+            && ws.count("failed") == 1),
+        "{:?}",
+        ws.states()
+    );
+    let consumer: StreamConsumer = kafka_client::config(&bootstrap)
+        .set("group.id", format!("{fulfilment}-check"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[fulfilment.as_str()]).unwrap();
+    let record = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+        .await
+        .expect("a fulfilment record within 30 s")
+        .unwrap();
+    assert_eq!(record.key(), Some(&b"acme"[..]));
+    let headers: std::collections::BTreeMap<String, String> = record
+        .headers()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h.key.to_string(),
+                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(headers["order-id"], "PO-1001");
+    let ids =
+        ws.query_pairs("SELECT id, COUNT(*) FROM messages WHERE state = 'delivered' GROUP BY id");
+    assert!(
+        ids.contains_key(&headers["switchyard-message-id"]),
+        "{headers:?}"
+    );
+    // The failed order is recorded with the reason and its offset passed: a restart does not
+    // read it again.
+    let failed = ws
+        .query_pairs("SELECT error, COUNT(*) FROM messages WHERE state = 'failed' GROUP BY error");
+    assert!(
+        format!("{failed:?}").contains("not valid JSON"),
+        "{failed:?}"
+    );
+    engine.stop();
+    let engine = ws.start_with_env(&[
+        ("KAFKA_BROKERS", bootstrap.as_str()),
+        ("KAFKA_ORDERS_TOPIC", orders.as_str()),
+        ("KAFKA_FULFILMENT_TOPIC", fulfilment.as_str()),
+    ]);
+    wait_consuming(&ws, "kafka-orders-to-fulfilment");
+    std::thread::sleep(Duration::from_secs(2));
+    let states = ws.states();
+    assert_eq!(
+        (ws.count("failed"), ws.count("duplicate")),
+        (1, 0),
+        "read again after a clean stop: {states:?}"
+    );
+    engine.stop();
+}
+
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bundled_kafka_example_works_as_shipped_on_the_mock_cluster() {
+    let kafka = KafkaMock::new("");
+    kafka.create("orders");
+    kafka.create("fulfilment");
+    kafka_example(
+        kafka.bootstrap(),
+        kafka.topic("orders"),
+        kafka.topic("fulfilment"),
+    )
+    .await;
+}
+
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bundled_kafka_example_works_as_shipped() {
+    let Some(tansu) = kafka_server("Kafka example") else {
+        return;
+    };
+    let kafka = Kafka::new(&tansu);
+    kafka.create("orders");
+    kafka.create("fulfilment");
+    kafka_example(
+        kafka.bootstrap(),
+        kafka.topic("orders"),
+        kafka.topic("fulfilment"),
+    )
+    .await;
 }

@@ -43,6 +43,11 @@ pub trait TestBroker: Send + Sync {
     fn dedupe_window(&self) -> Duration {
         Duration::ZERO
     }
+    /// How long a reloaded route's new consumer may wait for its share of the source (a
+    /// Kafka group's rebalance): the reload test streams long enough to see every reload.
+    fn reload_pause(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// `SWITCHYARD_TEST_AMQP` (`amqp://guest:guest@127.0.0.1:5672`), or `None` with a note.
@@ -944,5 +949,307 @@ impl TestBroker for Sqs {
 
     fn counts_reconnects(&self) -> bool {
         false
+    }
+}
+
+/// `SWITCHYARD_TEST_KAFKA` (the path of a `tansu` binary, a Kafka-compatible broker: the
+/// tests start one of their own per test), or `None` with a note.
+#[cfg(feature = "kafka")]
+pub fn kafka_server(what: &str) -> Option<String> {
+    server("SWITCHYARD_TEST_KAFKA", &format!("Kafka ({what})"))
+}
+
+/// librdkafka's mock cluster needs no server: its suite runs in every build with the
+/// `kafka` feature.
+#[cfg(feature = "kafka")]
+pub fn kafka_mock(_: &str) -> Option<String> {
+    Some(String::new())
+}
+
+/// What the Kafka test brokers share: topics of this test's own, and a producer that sends
+/// each record with its id as the `switchyard-message-id` header.
+#[cfg(feature = "kafka")]
+pub mod kafka_client {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::ClientConfig;
+    use std::time::Duration;
+
+    pub const PARTITIONS: i32 = 3;
+
+    pub fn config(bootstrap: &str) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", bootstrap)
+            .set("log.connection.close", "false");
+        c
+    }
+
+    /// Creates `topic` with [`PARTITIONS`] partitions (an existing one is left as it is).
+    pub async fn create(bootstrap: &str, topic: &str) {
+        let admin: AdminClient<DefaultClientContext> = config(bootstrap).create().unwrap();
+        let new = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1));
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = admin.create_topics([&new], &options).await.unwrap();
+        for r in results {
+            if let Err((name, code)) = r {
+                assert_eq!(
+                    code,
+                    rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists,
+                    "creating topic {name}"
+                );
+            }
+        }
+    }
+
+    pub async fn publish(bootstrap: &str, topic: &str, messages: &[(String, String)]) {
+        let producer: FutureProducer = config(bootstrap)
+            .set("acks", "all")
+            .set("message.timeout.ms", "20000")
+            .create()
+            .unwrap();
+        let sends = messages.iter().map(|(id, body)| {
+            let record = FutureRecord::<str, str>::to(topic)
+                .payload(body)
+                .key(id)
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "switchyard-message-id",
+                    value: Some(id),
+                }));
+            producer.send(record, Duration::from_secs(20))
+        });
+        for sent in futures_util::future::join_all(sends).await {
+            if let Err((e, _)) = sent {
+                panic!("producing to {topic} at {bootstrap}: {e}");
+            }
+        }
+    }
+
+    pub fn inbound_yaml(bootstrap: &str, topic: &str, group: &str, extra: &str) -> String {
+        format!(
+            "  kafka:\n    brokers: [ \"{bootstrap}\" ]\n    topics: [ {topic} ]\n    group: {group}\n    session_timeout: 6s\n    commit_interval: 200ms\n{extra}"
+        )
+    }
+
+    pub fn outbound_yaml(bootstrap: &str, topic: &str) -> String {
+        format!(
+            "  - kafka:\n      brokers: [ \"{bootstrap}\" ]\n      topic: {topic}\n      key: \"{{{{id}}}}\"\n      timeout: 5s\n      delivery: {{ retry: {{ backoff: 100ms, max_backoff: 1s, max_attempts: 100 }} }}\n"
+        )
+    }
+}
+
+/// Kafka as `tansu` serves it (a Kafka-compatible broker keeping its logs in memory), a
+/// server of this test's own on a free port, stopped at the end. The engine reaches it
+/// through a [`Relay`] — tansu advertises the relay's port — so a test can cut its
+/// connections.
+#[cfg(feature = "kafka")]
+pub struct Kafka {
+    relay: Relay,
+    child: std::process::Child,
+    prefix: String,
+}
+
+#[cfg(feature = "kafka")]
+impl Kafka {
+    pub fn new(tansu: &str) -> Kafka {
+        let port = super::net::free_port();
+        let relay = Relay::start(&format!("127.0.0.1:{port}"));
+        let child = Command::new(tansu)
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{port}"),
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{}", relay.port),
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {tansu}: {e}"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "tansu did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Kafka {
+            relay,
+            child,
+            prefix: unique("sy"),
+        }
+    }
+
+    /// The bootstrap address the engine and the tests use (the relay).
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.relay.port)
+    }
+
+    pub fn topic(&self, source: &str) -> String {
+        format!("{}-{source}", self.prefix)
+    }
+
+    pub fn create(&self, source: &str) {
+        let (bootstrap, topic) = (self.bootstrap(), self.topic(source));
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(kafka_client::create(&bootstrap, &topic))
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+#[cfg(feature = "kafka")]
+impl Drop for Kafka {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(feature = "kafka")]
+#[async_trait]
+impl TestBroker for Kafka {
+    fn reload_pause(&self) -> Duration {
+        Duration::from_secs(6)
+    }
+
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn inbound_yaml(&self, source: &str, extra: &str) -> String {
+        self.create(source);
+        kafka_client::inbound_yaml(
+            &self.bootstrap(),
+            &self.topic(source),
+            &format!("{}-group", self.topic(source)),
+            extra,
+        )
+    }
+
+    fn outbound_yaml(&self, source: &str) -> String {
+        self.create(source);
+        kafka_client::outbound_yaml(&self.bootstrap(), &self.topic(source))
+    }
+
+    async fn publish(&self, source: &str, messages: &[(String, String)]) {
+        kafka_client::publish(&self.bootstrap(), &self.topic(source), messages).await;
+    }
+
+    async fn cut(&self) {
+        self.relay.cut();
+    }
+
+    fn envelope_header(&self) -> &'static str {
+        "kafka.offset"
+    }
+}
+
+/// librdkafka's mock cluster, in this test process (on a thread of its own, which owns it):
+/// a real Kafka protocol server on 127.0.0.1 without an installed broker. A cut takes its
+/// broker down for a moment, which closes every connection to it.
+#[cfg(feature = "kafka")]
+pub struct KafkaMock {
+    bootstrap: String,
+    orders: std::sync::mpsc::Sender<MockOrder>,
+    prefix: String,
+}
+
+#[cfg(feature = "kafka")]
+enum MockOrder {
+    Create(String, std::sync::mpsc::Sender<()>),
+    Cut,
+}
+
+#[cfg(feature = "kafka")]
+impl KafkaMock {
+    pub fn new(_: &str) -> KafkaMock {
+        let (orders, received) = std::sync::mpsc::channel::<MockOrder>();
+        let (tell, told) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let cluster = rdkafka::mocking::MockCluster::new(1).expect("start the mock cluster");
+            tell.send(cluster.bootstrap_servers()).unwrap();
+            // Ends, with the cluster, when the KafkaMock is dropped.
+            while let Ok(order) = received.recv() {
+                match order {
+                    MockOrder::Create(topic, done) => {
+                        // Made again for a second route on the same source: already there.
+                        let _ = cluster.create_topic(&topic, kafka_client::PARTITIONS, 1);
+                        let _ = done.send(());
+                    }
+                    MockOrder::Cut => {
+                        let _ = cluster.broker_down(1);
+                        std::thread::sleep(Duration::from_millis(300));
+                        let _ = cluster.broker_up(1);
+                    }
+                }
+            }
+        });
+        KafkaMock {
+            bootstrap: told.recv().unwrap(),
+            orders,
+            prefix: unique("sy"),
+        }
+    }
+
+    pub fn bootstrap(&self) -> String {
+        self.bootstrap.clone()
+    }
+
+    pub fn topic(&self, source: &str) -> String {
+        format!("{}-{source}", self.prefix)
+    }
+
+    pub fn create(&self, source: &str) {
+        let (done, wait) = std::sync::mpsc::channel();
+        let _ = self
+            .orders
+            .send(MockOrder::Create(self.topic(source), done));
+        let _ = wait.recv();
+    }
+}
+
+#[cfg(feature = "kafka")]
+#[async_trait]
+impl TestBroker for KafkaMock {
+    fn reload_pause(&self) -> Duration {
+        Duration::from_secs(6)
+    }
+
+    fn kind(&self) -> &'static str {
+        "kafka (librdkafka mock cluster)"
+    }
+
+    fn inbound_yaml(&self, source: &str, extra: &str) -> String {
+        self.create(source);
+        kafka_client::inbound_yaml(
+            &self.bootstrap,
+            &self.topic(source),
+            &format!("{}-group", self.topic(source)),
+            extra,
+        )
+    }
+
+    fn outbound_yaml(&self, source: &str) -> String {
+        self.create(source);
+        kafka_client::outbound_yaml(&self.bootstrap, &self.topic(source))
+    }
+
+    async fn publish(&self, source: &str, messages: &[(String, String)]) {
+        kafka_client::publish(&self.bootstrap, &self.topic(source), messages).await;
+    }
+
+    async fn cut(&self) {
+        let _ = self.orders.send(MockOrder::Cut);
+    }
+
+    fn envelope_header(&self) -> &'static str {
+        "kafka.offset"
     }
 }

@@ -18,6 +18,8 @@
 
 pub mod amqp;
 pub mod amqp1;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod mqtt;
 pub mod nats;
 pub mod redis;
@@ -37,6 +39,10 @@ pub const ID_NAME: &str = "switchyard-message-id";
 /// What a route using SQS hears from a build without it.
 #[cfg(not(feature = "sqs"))]
 pub const NO_SQS: &str = "this Switchyard was built without Amazon SQS support: build it with `cargo build --release --features sqs`";
+
+/// What a route using Kafka hears from a build without it.
+#[cfg(not(feature = "kafka"))]
+pub const NO_KAFKA: &str = "this Switchyard was built without Apache Kafka support: build it with `cargo build --release --features kafka`";
 
 /// TLS for `amqps://` and `mqtts://` URLs (rustls with ring).
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -8,6 +8,8 @@ pub mod amqp;
 pub mod amqp1;
 pub mod file;
 pub mod http;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod mqtt;
 pub mod nats;
 pub mod redis;
@@ -56,6 +58,12 @@ pub enum InboundConfig {
     /// Long-polls an Amazon SQS queue: this build has no SQS support (cargo feature `sqs`).
     #[cfg(not(feature = "sqs"))]
     Sqs(serde::de::IgnoredAny),
+    /// Consumes Apache Kafka topics as a member of a consumer group (cargo feature `kafka`).
+    #[cfg(feature = "kafka")]
+    Kafka(kafka::Config),
+    /// Consumes Apache Kafka topics: this build has no Kafka support (cargo feature `kafka`).
+    #[cfg(not(feature = "kafka"))]
+    Kafka(serde::de::IgnoredAny),
     /// A named endpoint from the adapters directory, replaced by its definition on load.
     Endpoint(String),
 }
@@ -72,6 +80,7 @@ impl InboundConfig {
             InboundConfig::Nats(_) => "nats",
             InboundConfig::Redis(_) => "redis",
             InboundConfig::Sqs(_) => "sqs",
+            InboundConfig::Kafka(_) => "kafka",
             InboundConfig::Endpoint(_) => "endpoint",
         }
     }
@@ -98,7 +107,8 @@ impl InboundConfig {
             InboundConfig::Mqtt(c) => Some(format!("MQTT client id {}", c.client_id)),
             // Several routes on one durable consumer share its messages, like queue consumers.
             // Readers of one queue share its messages.
-            InboundConfig::Nats(_) | InboundConfig::Sqs(_) => None,
+            // The group's coordinator gives each partition to one member.
+            InboundConfig::Nats(_) | InboundConfig::Sqs(_) | InboundConfig::Kafka(_) => None,
             // One consumer name in a group is one pending list: two routes with it would
             // take each other's entries as their own.
             InboundConfig::Redis(c) => Some(format!(
@@ -120,6 +130,8 @@ impl InboundConfig {
             InboundConfig::Redis(c) => Some(c.prefetch),
             #[cfg(feature = "sqs")]
             InboundConfig::Sqs(c) => Some(c.prefetch),
+            #[cfg(feature = "kafka")]
+            InboundConfig::Kafka(c) => Some(c.prefetch),
             _ => None,
         }
     }
@@ -134,6 +146,7 @@ impl InboundConfig {
             | InboundConfig::Nats(_)
             | InboundConfig::Redis(_)
             | InboundConfig::Sqs(_)
+            | InboundConfig::Kafka(_)
             | InboundConfig::Endpoint(_) => None,
             InboundConfig::Http(c) => Some(&c.listen),
             InboundConfig::Tcp(c) => Some(&c.listen),
@@ -156,6 +169,10 @@ impl InboundConfig {
             InboundConfig::Sqs(c) => Arc::new(c.build()?),
             #[cfg(not(feature = "sqs"))]
             InboundConfig::Sqs(_) => anyhow::bail!(crate::adapters::broker::NO_SQS),
+            #[cfg(feature = "kafka")]
+            InboundConfig::Kafka(c) => Arc::new(c.build()?),
+            #[cfg(not(feature = "kafka"))]
+            InboundConfig::Kafka(_) => anyhow::bail!(crate::adapters::broker::NO_KAFKA),
             InboundConfig::Endpoint(name) => anyhow::bail!("endpoint `{name}` was not resolved"),
         })
     }

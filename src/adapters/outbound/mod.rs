@@ -6,6 +6,8 @@ pub mod amqp;
 pub mod amqp1;
 pub mod file;
 pub mod http;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod mqtt;
 pub mod nats;
 pub mod redis;
@@ -50,6 +52,14 @@ pub enum OutboundConfig {
     /// feature `sqs`).
     #[cfg(not(feature = "sqs"))]
     Sqs(serde::de::IgnoredAny),
+    /// Produces each message to an Apache Kafka topic, done on the acknowledgement of all
+    /// in-sync replicas (cargo feature `kafka`).
+    #[cfg(feature = "kafka")]
+    Kafka(Box<kafka::Config>),
+    /// Produces each message to an Apache Kafka topic: this build has no Kafka support (cargo
+    /// feature `kafka`).
+    #[cfg(not(feature = "kafka"))]
+    Kafka(serde::de::IgnoredAny),
     /// A named endpoint from the adapters directory (`endpoint: lab-system`), replaced by its
     /// definition when the route is loaded.
     Endpoint(String),
@@ -68,6 +78,7 @@ impl OutboundConfig {
             OutboundConfig::Nats(_) => "nats",
             OutboundConfig::Redis(_) => "redis",
             OutboundConfig::Sqs(_) => "sqs",
+            OutboundConfig::Kafka(_) => "kafka",
             OutboundConfig::Endpoint(_) => "endpoint",
         }
     }
@@ -89,6 +100,10 @@ impl OutboundConfig {
             OutboundConfig::Sqs(c) => (&c.delivery, Ordering::Parallel),
             #[cfg(not(feature = "sqs"))]
             OutboundConfig::Sqs(_) => return DeliveryConfig::default(),
+            #[cfg(feature = "kafka")]
+            OutboundConfig::Kafka(c) => (&c.delivery, Ordering::Parallel),
+            #[cfg(not(feature = "kafka"))]
+            OutboundConfig::Kafka(_) => return DeliveryConfig::default(),
             OutboundConfig::Endpoint(_) => return DeliveryConfig::default(),
         };
         let mut d = d.clone();
@@ -111,6 +126,10 @@ impl OutboundConfig {
             OutboundConfig::Sqs(c) => Arc::new(c.build()?),
             #[cfg(not(feature = "sqs"))]
             OutboundConfig::Sqs(_) => anyhow::bail!(crate::adapters::broker::NO_SQS),
+            #[cfg(feature = "kafka")]
+            OutboundConfig::Kafka(c) => Arc::new(c.build()?),
+            #[cfg(not(feature = "kafka"))]
+            OutboundConfig::Kafka(_) => anyhow::bail!(crate::adapters::broker::NO_KAFKA),
             OutboundConfig::Endpoint(name) => anyhow::bail!("endpoint `{name}` was not resolved"),
         })
     }
