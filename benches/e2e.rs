@@ -679,6 +679,12 @@ fn main() {
             rows.extend(broker::redis(&url));
         }
     }
+    #[cfg(feature = "kafka")]
+    if want("broker kafka") {
+        if let Ok(tansu) = std::env::var("SWITCHYARD_TEST_KAFKA") {
+            rows.extend(broker::kafka(&tansu));
+        }
+    }
     // The machine's limits, for reading the figures above as fractions of them.
     if want("baseline") {
         rows.push(baseline_file(1, Sync::Fsync));
@@ -1396,6 +1402,106 @@ mod broker {
         rows.push(Row::baseline(
             format!("baseline: bare publish + PubAck, {window} in flight"),
             n / window * window,
+            started,
+            cpu0,
+        ));
+        rows
+    }
+
+    /// Kafka as tansu serves it (a broker of the bench's own, its logs in memory): records
+    /// loaded beforehand drained by the engine's consumer group, beside a bare consumer in a
+    /// group of its own that stores and commits offsets the same way; and HTTP → kafka beside
+    /// a bare idempotent producer queueing batches of 64 and awaiting their acknowledgements.
+    #[cfg(feature = "kafka")]
+    pub fn kafka(tansu: &str) -> Vec<Row> {
+        use common::brokers::{kafka_client, Kafka};
+        use rdkafka::consumer::{Consumer, StreamConsumer};
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let rt = runtime();
+        let kafka = Kafka::direct(tansu);
+        let n = scaled(20_000);
+        let mut rows = Vec::new();
+        let bootstrap = kafka.bootstrap();
+
+        kafka.create("engine");
+        rt.block_on(kafka_client::publish(
+            &bootstrap,
+            &kafka.topic("engine"),
+            &payloads(n),
+        ));
+        rows.push(drain(
+            "kafka in (prefetch 256, 3 partitions) → file",
+            kafka.inbound_yaml("engine", ""),
+            n,
+        ));
+
+        kafka.create("bare");
+        rt.block_on(kafka_client::publish(
+            &bootstrap,
+            &kafka.topic("bare"),
+            &payloads(n),
+        ));
+        let cpu0 = self_cpu();
+        let started = Instant::now();
+        rt.block_on(async {
+            let consumer: StreamConsumer = kafka_client::config(&bootstrap)
+                .set("group.id", "bare")
+                .set("auto.offset.reset", "earliest")
+                .set("enable.auto.offset.store", "false")
+                .set("auto.commit.interval.ms", "200")
+                .create()
+                .unwrap();
+            consumer.subscribe(&[kafka.topic("bare").as_str()]).unwrap();
+            for _ in 0..n {
+                let m = consumer.recv().await.unwrap();
+                consumer.store_offset_from_message(&m).unwrap();
+            }
+        });
+        rows.push(Row::baseline(
+            "baseline: bare group consumer, offsets stored".into(),
+            n,
+            started,
+            cpu0,
+        ));
+
+        rows.push(http_scenario_on(
+            50,
+            false,
+            None,
+            Some((
+                "kafka (batches of 64, acks=all)",
+                kafka.outbound_yaml("published"),
+            )),
+        ));
+
+        kafka.create("bare-out");
+        let body = payloads(1).remove(0).1;
+        let cpu0 = self_cpu();
+        let started = Instant::now();
+        let batches = n / 64;
+        rt.block_on(async {
+            let producer: FutureProducer = kafka_client::config(&bootstrap)
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set("linger.ms", "1")
+                .create()
+                .unwrap();
+            let topic = kafka.topic("bare-out");
+            for _ in 0..batches {
+                let sends = (0..64).map(|_| {
+                    producer.send(
+                        FutureRecord::<str, str>::to(&topic).payload(&body),
+                        Duration::from_secs(10),
+                    )
+                });
+                for sent in futures_util::future::join_all(sends).await {
+                    assert!(sent.is_ok());
+                }
+            }
+        });
+        rows.push(Row::baseline(
+            "baseline: bare idempotent producer, batches of 64".into(),
+            batches * 64,
             started,
             cpu0,
         ));

@@ -1045,6 +1045,8 @@ pub mod kafka_client {
 /// connections.
 #[cfg(feature = "kafka")]
 pub struct Kafka {
+    /// The port tansu advertises: the relay's, or its own.
+    advertised: u16,
     relay: Relay,
     child: std::process::Child,
     prefix: String,
@@ -1053,15 +1055,25 @@ pub struct Kafka {
 #[cfg(feature = "kafka")]
 impl Kafka {
     pub fn new(tansu: &str) -> Kafka {
+        Self::start(tansu, true)
+    }
+
+    /// A broker reached without the relay (for the bench).
+    pub fn direct(tansu: &str) -> Kafka {
+        Self::start(tansu, false)
+    }
+
+    fn start(tansu: &str, through_relay: bool) -> Kafka {
         let port = super::net::free_port();
         let relay = Relay::start(&format!("127.0.0.1:{port}"));
+        let advertised = if through_relay { relay.port } else { port };
         let child = Command::new(tansu)
             .args([
                 "broker",
                 "--listener-url",
                 &format!("tcp://127.0.0.1:{port}"),
                 "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{}", relay.port),
+                &format!("tcp://127.0.0.1:{advertised}"),
                 "--storage-engine",
                 "memory://tansu/",
             ])
@@ -1075,15 +1087,16 @@ impl Kafka {
             std::thread::sleep(Duration::from_millis(50));
         }
         Kafka {
+            advertised,
             relay,
             child,
             prefix: unique("sy"),
         }
     }
 
-    /// The bootstrap address the engine and the tests use (the relay).
+    /// The bootstrap address the engine and the tests use (the relay, unless direct).
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.relay.port)
+        format!("127.0.0.1:{}", self.advertised)
     }
 
     pub fn topic(&self, source: &str) -> String {

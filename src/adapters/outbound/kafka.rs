@@ -8,8 +8,9 @@
 //! message id travels as the record header `switchyard-message-id`, so a consuming Switchyard
 //! route recognises a message produced again after a crash or a lost acknowledgement.
 //!
-//! One producer per destination, made on the first delivery and shared by the deliveries in
-//! flight; librdkafka batches them (`linger.ms`) and keeps its own connections.
+//! One producer per destination, made on the first delivery; the delivery worker hands it its
+//! due deliveries in batches of up to 64, queued at once, which librdkafka sends together.
+//! librdkafka keeps its own connections.
 
 use super::{DeliveryConfig, Outbound, SendError, Sent};
 use crate::adapters::broker::kafka::{Connection, Context, Sasl};
@@ -44,7 +45,8 @@ pub struct Config {
     /// `30s`).
     #[serde(default = "default_timeout")]
     pub timeout: Duration,
-    /// How long records wait to be sent in one batch (default `5ms`).
+    /// How long librdkafka waits for more records before it sends a batch (default `1ms`;
+    /// the deliveries of a batch are queued together anyway).
     #[serde(default = "default_linger")]
     pub linger: Duration,
     /// SASL authentication (PLAIN, SCRAM).
@@ -65,7 +67,7 @@ fn default_timeout() -> Duration {
     Duration::from_secs(30)
 }
 fn default_linger() -> Duration {
-    Duration::from_millis(5)
+    Duration::from_millis(1)
 }
 
 impl Config {
@@ -220,6 +222,18 @@ impl Outbound for KafkaOutbound {
                 }
             }
         }
+    }
+
+    /// librdkafka sends what is queued together (one produce request per partition), so a
+    /// batch of due deliveries is queued at once and costs about one round trip.
+    fn batched(&self) -> bool {
+        true
+    }
+
+    async fn send_batch(&self, msgs: &[Message]) -> Vec<Result<Sent, SendError>> {
+        // Queued in order (join_all polls in order): the idempotent producer keeps that
+        // order within each partition.
+        futures_util::future::join_all(msgs.iter().map(|m| self.send(m))).await
     }
 
     fn link(&self) -> Option<Arc<Link>> {
