@@ -430,3 +430,119 @@ fn a_node_reconnects_when_its_database_connections_are_cut() {
     eprintln!("connections cut: {cut}; afterwards {refused} of 200 requests refused, the rest stored and delivered");
     engine.stop();
 }
+
+/// Two nodes on one PostgreSQL store in one Kafka consumer group (librdkafka's mock cluster):
+/// the group coordinator shares the topic's partitions between them, each record is stored
+/// by one node; one node killed with SIGKILL mid-stream, its partitions go to the other after
+/// the session timeout, and every record is delivered once — what the killed node had read
+/// but not committed is read again and recorded as a duplicate in the shared store.
+#[cfg(feature = "kafka")]
+#[test]
+fn kafka_partitions_shared_by_two_nodes_one_killed() {
+    use common::brokers::{kafka_client, KafkaMock};
+    let Some((rt, url, db)) = postgres() else {
+        return;
+    };
+    let kafka = KafkaMock::new("");
+    kafka.create("orders");
+    let out = tempfile::tempdir().unwrap();
+    let nodes: Vec<Workspace> = (0..2).map(|_| Workspace::new()).collect();
+    let mut engines = Vec::new();
+    for (i, ws) in nodes.iter().enumerate() {
+        ws.write_route(
+            "orders.yaml",
+            &format!(
+                "from:\n{}to:\n  - file: {{ path: {}, name: \"{{{{id}}}}.json\" }}\n",
+                kafka_client::inbound_yaml(
+                    &kafka.bootstrap(),
+                    &kafka.topic("orders"),
+                    "shared-group",
+                    ""
+                ),
+                out.path().display()
+            ),
+        );
+        engines.push(Some(ws.start_with_env(&[
+            ("SWITCHYARD_STORE", url.as_str()),
+            ("SWITCHYARD_NODE", &format!("node-{i}")),
+            ("SWITCHYARD_LEASE", "2s"),
+        ])));
+    }
+    // Both members hold partitions once the group settled.
+    let assigned = |ws: &Workspace| {
+        ws.log_events()
+            .iter()
+            .filter(|e| e["message"] == "consuming")
+            .filter_map(|e| e["partitions"].as_str().map(str::to_string))
+            .next_back()
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let (a, b) = (assigned(&nodes[0]), assigned(&nodes[1]));
+            matches!((a, b), (Some(a), Some(b)) if a != b && !a.ends_with("[0,1,2]") && !b.ends_with("[0,1,2]"))
+        }),
+        "the partitions were not shared: {:?} / {:?}",
+        assigned(&nodes[0]),
+        assigned(&nodes[1]),
+    );
+    let batch = |from: usize, n: usize| -> Vec<(String, String)> {
+        (from..from + n)
+            .map(|i| (format!("o-{i}"), format!("{{\"order\":{i}}}")))
+            .collect()
+    };
+    let files = || std::fs::read_dir(out.path()).unwrap().count();
+    rt.block_on(kafka_client::publish(
+        &kafka.bootstrap(),
+        &kafka.topic("orders"),
+        &batch(0, 300),
+    ));
+    assert!(wait_until(Duration::from_secs(60), || files() >= 300));
+    let received = |ws: &Workspace| {
+        ws.log_events()
+            .iter()
+            .filter(|e| e["event"] == "received")
+            .count()
+    };
+    let (a, b) = (received(&nodes[0]), received(&nodes[1]));
+    assert!(a > 0 && b > 0, "one node took every record: {a} / {b}");
+
+    // Kill node 0 while a second batch streams in.
+    let feed = {
+        let (bootstrap, topic) = (kafka.bootstrap(), kafka.topic("orders"));
+        let all = batch(300, 600);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            for chunk in all.chunks(30) {
+                rt.block_on(kafka_client::publish(&bootstrap, &topic, chunk));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    assert!(wait_until(Duration::from_secs(60), || files() >= 400));
+    engines[0].take().unwrap().kill();
+    feed.join().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(120), || files() >= 900),
+        "{} of 900 delivered after the kill",
+        files()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(files(), 900, "a record was delivered twice");
+    let delivered = count(
+        &rt,
+        &db,
+        "SELECT COUNT(*) FROM messages WHERE state = 'delivered'",
+    );
+    let unique = count(
+        &rt,
+        &db,
+        "SELECT COUNT(DISTINCT value) FROM message_index WHERE name = 'broker_message_id'",
+    );
+    assert_eq!((delivered, unique), (900, 900));
+    for e in engines.into_iter().flatten() {
+        e.stop();
+    }
+}

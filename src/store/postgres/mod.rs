@@ -432,9 +432,24 @@ async fn write_loop(target: Target, first_db: Arc<Db>, mut rx: mpsc::Receiver<Jo
 }
 
 async fn migrate(db: &Db) -> PgResult<()> {
-    db.client
-        .batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
-        .await?;
+    // Under the lock too: nodes starting together on a new database would otherwise race on
+    // CREATE TABLE IF NOT EXISTS, which PostgreSQL answers with a unique violation in pg_type.
+    db.client.batch_execute("BEGIN").await?;
+    let made = async {
+        db.client
+            .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        db.client
+            .batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+            .await
+    };
+    match made.await {
+        Ok(()) => db.client.batch_execute("COMMIT").await?,
+        Err(e) => {
+            let _ = db.client.batch_execute("ROLLBACK").await;
+            return Err(e);
+        }
+    }
     for (v, sql) in MIGRATIONS {
         db.client.batch_execute("BEGIN").await?;
         let step = async {
