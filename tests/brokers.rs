@@ -1482,8 +1482,9 @@ async fn the_bundled_sqs_example_works_as_shipped() {
     engine.stop();
 }
 
-/// The bundled Kafka example as shipped (`examples/kafka`): web shop orders from one topic to
-/// the fulfilment topic, keyed by customer, with the message id as a record header; a
+/// The bundled Kafka example as shipped (`examples/kafka`, with the named endpoint
+/// `adapters/kafka-fulfilment.yaml`): web shop orders from one topic to the fulfilment topic,
+/// keyed by customer, with the message id as a record header; a
 /// non-JSON order fails and is passed, not read again.
 #[cfg(feature = "kafka")]
 async fn kafka_example(bootstrap: String, orders: String, fulfilment: String) {
@@ -1494,6 +1495,12 @@ async fn kafka_example(bootstrap: String, orders: String, fulfilment: String) {
     std::fs::copy(
         repo.join("examples/kafka/kafka-orders-to-fulfilment.yaml"),
         ws.path("routes/kafka-orders-to-fulfilment.yaml"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(ws.path("adapters")).unwrap();
+    std::fs::copy(
+        repo.join("adapters/kafka-fulfilment.yaml"),
+        ws.path("adapters/kafka-fulfilment.yaml"),
     )
     .unwrap();
     let engine = ws.start_with_env(&[
@@ -1598,4 +1605,37 @@ async fn the_bundled_kafka_example_works_as_shipped() {
         kafka.topic("fulfilment"),
     )
     .await;
+}
+
+/// A build without the `kafka` feature refuses a Kafka route when it is checked, saying how
+/// to build one that takes it.
+#[cfg(not(feature = "kafka"))]
+#[test]
+fn a_kafka_route_in_a_build_without_kafka_says_how_to_build_it() {
+    let ws = Workspace::new();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(
+        repo.join("examples/kafka/kafka-orders-to-fulfilment.yaml"),
+        ws.path("routes/kafka-orders-to-fulfilment.yaml"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(ws.path("adapters")).unwrap();
+    std::fs::copy(
+        repo.join("adapters/kafka-fulfilment.yaml"),
+        ws.path("adapters/kafka-fulfilment.yaml"),
+    )
+    .unwrap();
+    let out = ws.run(&["check"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("kafka-orders-to-fulfilment.yaml")
+            && text.contains("built without Apache Kafka support")
+            && text.contains("--features kafka"),
+        "{text}"
+    );
 }

@@ -44,6 +44,19 @@ pub const NO_SQS: &str = "this Switchyard was built without Amazon SQS support: 
 #[cfg(not(feature = "kafka"))]
 pub const NO_KAFKA: &str = "this Switchyard was built without Apache Kafka support: build it with `cargo build --release --features kafka`";
 
+/// Reads a `kafka:` adapter in a build without Kafka: an error where the route file says
+/// `kafka:`, so `switchyard check` reports it with file, line and column.
+#[cfg(not(feature = "kafka"))]
+pub fn no_kafka<'de, D: serde::Deserializer<'de>>(_: D) -> Result<(), D::Error> {
+    Err(serde::de::Error::custom(NO_KAFKA))
+}
+
+/// Reads an `sqs:` adapter in a build without SQS, like [`no_kafka`].
+#[cfg(not(feature = "sqs"))]
+pub fn no_sqs<'de, D: serde::Deserializer<'de>>(_: D) -> Result<(), D::Error> {
+    Err(serde::de::Error::custom(NO_SQS))
+}
+
 /// TLS for `amqps://` and `mqtts://` URLs (rustls with ring).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

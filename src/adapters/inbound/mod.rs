@@ -57,13 +57,15 @@ pub enum InboundConfig {
     Sqs(sqs::Config),
     /// Long-polls an Amazon SQS queue: this build has no SQS support (cargo feature `sqs`).
     #[cfg(not(feature = "sqs"))]
-    Sqs(serde::de::IgnoredAny),
+    #[serde(deserialize_with = "crate::adapters::broker::no_sqs")]
+    Sqs(()),
     /// Consumes Apache Kafka topics as a member of a consumer group (cargo feature `kafka`).
     #[cfg(feature = "kafka")]
     Kafka(kafka::Config),
     /// Consumes Apache Kafka topics: this build has no Kafka support (cargo feature `kafka`).
     #[cfg(not(feature = "kafka"))]
-    Kafka(serde::de::IgnoredAny),
+    #[serde(deserialize_with = "crate::adapters::broker::no_kafka")]
+    Kafka(()),
     /// A named endpoint from the adapters directory, replaced by its definition on load.
     Endpoint(String),
 }

@@ -51,7 +51,8 @@ pub enum OutboundConfig {
     /// Sends each message to an Amazon SQS queue: this build has no SQS support (cargo
     /// feature `sqs`).
     #[cfg(not(feature = "sqs"))]
-    Sqs(serde::de::IgnoredAny),
+    #[serde(deserialize_with = "crate::adapters::broker::no_sqs")]
+    Sqs(()),
     /// Produces each message to an Apache Kafka topic, done on the acknowledgement of all
     /// in-sync replicas (cargo feature `kafka`).
     #[cfg(feature = "kafka")]
@@ -59,7 +60,8 @@ pub enum OutboundConfig {
     /// Produces each message to an Apache Kafka topic: this build has no Kafka support (cargo
     /// feature `kafka`).
     #[cfg(not(feature = "kafka"))]
-    Kafka(serde::de::IgnoredAny),
+    #[serde(deserialize_with = "crate::adapters::broker::no_kafka")]
+    Kafka(()),
     /// A named endpoint from the adapters directory (`endpoint: lab-system`), replaced by its
     /// definition when the route is loaded.
     Endpoint(String),
