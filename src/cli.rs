@@ -53,8 +53,11 @@ enum Command {
     },
     /// Copy the store to FILE while the engine runs (SQLite's online backup).
     Backup {
-        /// Where the copy goes.
+        /// Where the copy goes; an existing file is kept unless `--force`.
         file: PathBuf,
+        /// Replace FILE when it exists.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -66,7 +69,8 @@ enum Command {
         /// Only this route.
         #[arg(long)]
         route: Option<String>,
-        /// Only this message (an id, or its start).
+        /// Only this message: its id, the start of it, or its end (the 8 characters the
+        /// readable lines show).
         #[arg(long = "message")]
         message: Option<String>,
         /// Only events with this outcome (`delivered`, `failed`, `dead`, `retry`, ...).
@@ -272,7 +276,14 @@ fn messages(command: MessagesCommand, store: StoreArgs) -> ExitCode {
     }
 }
 
-fn backup(file: PathBuf, store: StoreArgs) -> ExitCode {
+fn backup(file: PathBuf, force: bool, store: StoreArgs) -> ExitCode {
+    if file.exists() && !force {
+        eprintln!(
+            "error: {} exists; give another file, or --force to replace it",
+            file.display()
+        );
+        return ExitCode::FAILURE;
+    }
     let result = store.location().and_then(|location| match location {
         StoreLocation::Sqlite(path) => {
             if !path.exists() {
@@ -329,7 +340,7 @@ pub fn main() -> ExitCode {
             adapters,
         } => check(paths, routes, &Endpoints::load(&adapters)),
         Command::Messages { command, store } => messages(command, store),
-        Command::Backup { file, store } => backup(file, store),
+        Command::Backup { file, force, store } => backup(file, force, store),
         Command::Tail {
             logs,
             route,

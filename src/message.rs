@@ -45,6 +45,54 @@ pub fn utf8<'a>(body: &'a [u8], what: &str) -> Result<&'a str, String> {
     })
 }
 
+/// Deepest JSON nesting the engine reads: serde_json's recursion limit (128) refuses a 128th
+/// level; it keeps a hostile body from exhausting the stack.
+pub const JSON_DEPTH: usize = 127;
+
+/// Why `what` (`body`, `the body`) could not be read as JSON, saying so plainly when it is
+/// valid JSON nested deeper than [`JSON_DEPTH`] rather than calling it invalid.
+pub fn json_error(what: &str, e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    if text.starts_with("recursion limit exceeded") {
+        format!(
+            "{what} is JSON nested deeper than {JSON_DEPTH} levels, the most Switchyard reads (at line {} column {}); flatten it, or convert it as text",
+            e.line(),
+            e.column()
+        )
+    } else {
+        format!("{what} is not valid JSON: {text}")
+    }
+}
+
+/// Whether `json` (read as JSON text) nests arrays and objects deeper than [`JSON_DEPTH`]:
+/// a scan, so a check that does not build the value (`content: json`) finds it too.
+pub fn json_too_deep(json: &[u8]) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > JSON_DEPTH {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 impl Message {
     /// The body as text.
     pub fn body_text(&self) -> Result<&str, String> {
@@ -54,7 +102,7 @@ impl Message {
     /// The body parsed as JSON.
     pub fn body_json(&self) -> Result<serde_json::Value, String> {
         let text = utf8(&self.body, "JSON")?;
-        serde_json::from_str(text).map_err(|e| format!("body is not valid JSON: {e}"))
+        serde_json::from_str(text).map_err(|e| json_error("body", &e))
     }
 
     /// Whether the `content-type` header says JSON.
@@ -75,5 +123,23 @@ impl Message {
         self.body = Bytes::from(text.into_bytes());
         self.headers
             .insert("content-type".into(), content_type.into());
+    }
+}
+
+#[cfg(test)]
+mod depth_tests {
+    use super::*;
+
+    #[test]
+    fn the_depth_scan_agrees_with_the_parser() {
+        for depth in [1, 127, 128, 129, 300] {
+            let json = format!("{}\"]}}\\\"[\"{}", "[".repeat(depth), "]".repeat(depth));
+            let parsed = serde_json::from_str::<serde_json::Value>(&json);
+            assert_eq!(
+                json_too_deep(json.as_bytes()),
+                parsed.is_err(),
+                "depth {depth}: {parsed:?}"
+            );
+        }
     }
 }

@@ -163,6 +163,15 @@ impl Settings {
         };
         let data = pick(&args.data, &file.data, "data");
         let defaults = Rotation::default();
+        let retention_every = match std::env::var("SWITCHYARD_RETENTION_EVERY") {
+            Ok(v) => Some(humantime::parse_duration(&v).map_err(|e| Diagnostic {
+                file: PathBuf::from("SWITCHYARD_RETENTION_EVERY"),
+                line: 1,
+                column: 1,
+                message: format!("`{v}` is not a duration ({e}); write one such as 30s or 5m"),
+            })?),
+            Err(_) => None,
+        };
         Ok(Settings {
             routes: pick(&args.routes, &file.routes, "routes"),
             adapters: pick(&args.adapters, &file.adapters, "adapters"),
@@ -199,9 +208,7 @@ impl Settings {
                 keep: args.log_keep.or(file.log.keep).unwrap_or(defaults.keep),
             },
             log_level: file.log.level.clone(),
-            retention_every: std::env::var("SWITCHYARD_RETENTION_EVERY")
-                .ok()
-                .and_then(|v| humantime::parse_duration(&v).ok())
+            retention_every: retention_every
                 .or(file.retention_every.map(|d| d.0))
                 .unwrap_or(std::time::Duration::from_secs(30)),
             admin: match (&args.admin, &file.admin) {

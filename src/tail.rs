@@ -28,7 +28,11 @@ impl Filter {
         if self
             .message
             .as_deref()
-            .is_some_and(|m| !field("message_id").starts_with(m))
+            // The readable lines show an id's last 8 characters: either end finds it.
+            .is_some_and(|m| {
+                let id = field("message_id");
+                !(id.starts_with(m) || id.ends_with(m))
+            })
         {
             return false;
         }

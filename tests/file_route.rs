@@ -469,3 +469,49 @@ fn check_reports_file_line_and_column() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Temporary files a crash left in an output directory (hidden full copies of message
+/// bodies) are removed when the engine starts; a fresh one — another node's write in
+/// progress — and the user's own hidden files are left alone.
+#[test]
+fn temporary_files_left_by_a_crash_are_swept_at_start() {
+    let ws = Workspace::new();
+    ws.write_route("orders.yaml", &xml_route(""));
+    std::fs::create_dir_all(ws.path("outbox")).unwrap();
+    let plant = |name: &str, age: Duration| {
+        let path = ws.path("outbox").join(name);
+        std::fs::write(&path, "a message body").unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(SystemTime::now() - age).unwrap();
+        path
+    };
+    let stale = [
+        plant(
+            ".switchyard-0196a5f2-7c3e-7d41-9a55-3b2f8e1d0c11-0.tmp",
+            Duration::from_secs(600),
+        ),
+        plant(
+            ".switchyard-0196a5f2-7c3e-7d41-9a55-3b2f8e1d0c12-7.tmp",
+            Duration::from_secs(120),
+        ),
+    ];
+    let fresh = plant(
+        ".switchyard-0196a5f2-7c3e-7d41-9a55-3b2f8e1d0c13-0.tmp",
+        Duration::ZERO,
+    );
+    let users = plant(".switchyard-notes.txt", Duration::from_secs(600));
+    let engine = ws.start();
+    ws.drop_file("inbox", "order-0001.xml", order_xml(1).as_bytes());
+    assert!(wait_until(Duration::from_secs(30), || ws
+        .count("delivered")
+        == 1));
+    for s in &stale {
+        assert!(!s.exists(), "{} was not swept", s.display());
+    }
+    assert!(fresh.exists() && users.exists());
+    assert!(ws
+        .log_events()
+        .iter()
+        .any(|e| e["message"] == "removed temporary files left by a crash" && e["removed"] == 2));
+    engine.stop();
+}

@@ -162,6 +162,24 @@ to:
         "{bad}"
     );
     assert_eq!(ws.count("failed"), 1);
+
+    // Valid JSON nested deeper than the engine reads: 400 saying which limit, not "invalid".
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let deep = c
+        .post(format!("{base}/orders"))
+        .bearer_auth("t0ken-123")
+        .body(deep)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deep.status(), 400);
+    let deep: serde_json::Value = serde_json::from_slice(&deep.bytes().await.unwrap()).unwrap();
+    let why = deep["error"].as_str().unwrap();
+    assert!(
+        why.contains("nested deeper than 127 levels") && !why.contains("not valid"),
+        "{deep}"
+    );
+    assert_eq!(ws.count("failed"), 2);
     engine.stop();
 }
 

@@ -135,6 +135,26 @@ fn list_show_and_replay_beside_a_running_engine() {
         .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n, 3);
+    drop(copy);
+    // An existing copy is kept unless --force.
+    let before = std::fs::metadata(ws.path("copy.db"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let (ok, _, err) = run(&ws, &["backup", "copy.db"]);
+    assert!(
+        !ok && err.contains("copy.db exists") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::metadata(ws.path("copy.db"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        before
+    );
+    let (ok, _, err) = run(&ws, &["backup", "copy.db", "--force"]);
+    assert!(ok, "{err}");
 
     // A second engine on the same store is refused, with what to do.
     let (status, console) = ws
@@ -147,6 +167,22 @@ fn list_show_and_replay_beside_a_running_engine() {
         "{console}"
     );
     engine.stop();
+}
+
+#[test]
+fn a_bad_retention_interval_is_refused_not_replaced() {
+    let ws = Workspace::new();
+    ws.write_route("r.yaml", ROUTE);
+    let (status, console) = ws
+        .start_with_env(&[("SWITCHYARD_RETENTION_EVERY", "soon")])
+        .wait_exit(Duration::from_secs(20))
+        .expect("exits");
+    assert!(!status.success());
+    assert!(
+        console.contains("SWITCHYARD_RETENTION_EVERY")
+            && console.contains("`soon` is not a duration"),
+        "{console}"
+    );
 }
 
 #[test]

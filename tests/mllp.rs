@@ -363,3 +363,62 @@ to:
     );
     engine.stop();
 }
+
+/// `max_frame` is exact through a real socket: a complete frame one byte over the limit, sent
+/// in one write, gets an AR and a close (it used to be accepted up to about twice the limit);
+/// one exactly at the limit gets its AA. A frame missing its end block, followed by a good
+/// frame, gets an AR of its own and the good one its AA.
+#[test]
+fn max_frame_is_exact_and_a_broken_frame_does_not_swallow_the_next() {
+    let ws = Workspace::new();
+    ws.write_route(
+        "lab.yaml",
+        "from:\n  tcp: { listen: 127.0.0.1:0, max_frame: 64KiB }\nto:\n  - file: { path: outbox }\n",
+    );
+    let engine = ws.start();
+    let addr = tcp_addr(&ws);
+    // HL7 padded with an NTE segment to an exact size.
+    let sized = |control: &str, size: usize| {
+        let mut m = hl7_message(control, "ORU^R01", "7");
+        m.push_str("NTE|1||");
+        let pad = size - m.len() - 1;
+        m.push_str(&"x".repeat(pad));
+        m.push('\r');
+        assert_eq!(m.len(), size);
+        m
+    };
+    let mut a = TcpStream::connect(&addr).unwrap();
+    let at_limit = exchange(&mut a, sized("EXACT", 65_536).as_bytes());
+    assert!(at_limit.contains("MSA|AA|EXACT"), "{at_limit}");
+    let over = exchange(&mut a, sized("OVER", 65_537).as_bytes());
+    assert!(
+        over.contains("MSA|AR") && over.contains("larger than max_frame"),
+        "{over}"
+    );
+    let mut rest = Vec::new();
+    let _ = a.read_to_end(&mut rest);
+
+    let mut b = TcpStream::connect(&addr).unwrap();
+    let mut wire = vec![0x0b];
+    wire.extend_from_slice(
+        b"MSH|^~\\&|LAB|GENHOSP|EHR|GENHOSP|20261126063012||ORU^R01|CUT|P|2.5\r",
+    );
+    wire.push(0x0b);
+    wire.extend_from_slice(hl7_message("GOOD", "ORU^R01", "8").as_bytes());
+    wire.extend_from_slice(&[0x1c, 0x0d]);
+    b.write_all(&wire).unwrap();
+    let first = read_frame(&mut b);
+    assert!(
+        first.contains("MSA|AR") && first.contains("no end block"),
+        "{first}"
+    );
+    let second = read_frame(&mut b);
+    assert!(second.contains("MSA|AA|GOOD"), "{second}");
+    assert!(
+        wait_until(Duration::from_secs(20), || ws.count("delivered") == 2
+            && ws.count("failed") == 2),
+        "{:?}",
+        ws.states()
+    );
+    engine.stop();
+}

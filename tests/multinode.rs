@@ -546,3 +546,88 @@ fn kafka_partitions_shared_by_two_nodes_one_killed() {
         e.stop();
     }
 }
+
+/// Clients alternating their requests between two nodes, each request sent after the last
+/// one's 202, several clients at once: a FIFO destination delivers each client's messages in
+/// the order that client sent them, and every message in the order of the store's delivery
+/// sequence — whichever node stored it and whichever node delivers.
+#[test]
+fn fifo_order_across_two_nodes_follows_the_commits() {
+    let Some((rt, url, db)) = postgres() else {
+        return;
+    };
+    let out = tempfile::tempdir().unwrap();
+    let nodes: Vec<Workspace> = (0..2).map(|_| Workspace::new()).collect();
+    let mut engines = Vec::new();
+    let mut addrs = Vec::new();
+    for (i, ws) in nodes.iter().enumerate() {
+        ws.write_route(
+            "feed.yaml",
+            &format!(
+                "from:\n  http: {{ listen: 127.0.0.1:0 }}\nsteps:\n  - transform: {{ script: 'body.seen = true;' }}\nto:\n  - file: {{ path: {}, name: \"{{{{id}}}}.json\", delivery: {{ ordering: fifo }} }}\n",
+                out.path().display()
+            ),
+        );
+        engines.push(ws.start_with_env(&[
+            ("SWITCHYARD_STORE", url.as_str()),
+            ("SWITCHYARD_NODE", &format!("node-{i}")),
+            ("SWITCHYARD_LEASE", "2s"),
+        ]));
+        addrs.push(ws.http_addr());
+    }
+    let (clients, each) = (6, 60);
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let addrs = addrs.clone();
+            std::thread::spawn(move || {
+                for n in 0..each {
+                    let body = format!("{{\"client\": {c}, \"n\": {n}}}");
+                    assert!(post(&addrs[(c + n) % 2], &body), "client {c} request {n}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let total = (clients * each) as i64;
+    assert!(wait_until(Duration::from_secs(60), || count(
+        &rt,
+        &db,
+        "SELECT COUNT(*) FROM deliveries WHERE state = 'delivered'"
+    ) == total));
+    // Each delivery's first successful attempt, in the order they happened.
+    let rows = rt
+        .block_on(db.query(
+            "SELECT m.body, d.id, MIN(t.id) AS first FROM deliveries d
+               JOIN messages m ON m.id = d.message_id
+               JOIN transitions t ON t.message_id = d.message_id AND t.event = 'attempt'
+                                 AND t.name = d.destination AND t.outcome = 'delivered'
+             GROUP BY m.body, d.id ORDER BY first",
+            &[],
+        ))
+        .unwrap();
+    assert_eq!(rows.len() as i64, total);
+    let mut last_n = vec![-1i64; clients];
+    let mut last_id = 0i64;
+    for r in &rows {
+        let body: Vec<u8> = r.get(0);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let (c, n) = (
+            v["client"].as_u64().unwrap() as usize,
+            v["n"].as_i64().unwrap(),
+        );
+        assert!(
+            n > last_n[c],
+            "client {c}: {n} delivered after {}",
+            last_n[c]
+        );
+        last_n[c] = n;
+        let id: i64 = r.get(1);
+        assert!(id > last_id, "delivery {id} delivered after {last_id}");
+        last_id = id;
+    }
+    for e in engines {
+        e.stop();
+    }
+}

@@ -102,5 +102,28 @@ fn tail_follows_filters_and_survives_rotation() {
         !text.contains('\u{1b}'),
         "no colours when the output is not a terminal"
     );
+
+    // The 8 characters a readable line shows of an id find that message.
+    let failed_line = text
+        .lines()
+        .find(|l| l.contains(" orders ") && l.contains(" failed"))
+        .unwrap();
+    let shown = failed_line
+        .split_whitespace()
+        .find(|w| w.len() == 8 && w.chars().all(|c| c.is_ascii_hexdigit() || c == '-'))
+        .unwrap_or_else(|| panic!("no short id in `{failed_line}`"));
+    let out = Command::new(BIN)
+        .args(["tail", "--no-follow", "--json", "--message", shown])
+        .current_dir(ws.dir.path())
+        .output()
+        .unwrap();
+    let found = String::from_utf8_lossy(&out.stdout);
+    let ids: std::collections::BTreeSet<String> = found
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|e| e["message_id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(ids.len(), 1, "{found}");
+    assert!(ids.iter().all(|id| id.ends_with(shown)), "{ids:?}");
     engine.stop();
 }

@@ -211,3 +211,27 @@ to:
     assert!(text.contains("(message "), "{text}");
     engine.stop();
 }
+
+/// A route's test file kept beside it in the routes directory is not taken for a route:
+/// `check` passes, and `test` runs it.
+#[test]
+fn a_test_file_beside_its_route_is_not_a_route() {
+    let ws = Workspace::new();
+    ws.write_route(
+        "upper.yaml",
+        "from:\n  file: { path: inbox }\nsteps:\n  - transform: { script: 'body = body.to_upper();' }\nto:\n  - file: { path: outbox }\n",
+    );
+    std::fs::write(
+        ws.path("routes/upper.test.yaml"),
+        "route: upper.yaml\ncases:\n  - name: shouts\n    body: \"hello\"\n    headers: { content-type: text/plain }\n    expect:\n      body: \"HELLO\"\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = run_in(ws.dir.path(), &["check"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("route `upper`") && !stdout.contains("upper.test"),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = run_in(ws.dir.path(), &["test", "routes/upper.test.yaml"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+}

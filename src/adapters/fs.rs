@@ -70,6 +70,43 @@ pub fn write_temp(dir: &Path, tag: &str, bytes: &[u8]) -> io::Result<PathBuf> {
     Ok(tmp)
 }
 
+/// A temporary file older than this is left over from a crash: no write takes this long
+/// between making its temporary file and moving it into place.
+pub const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes the engine's own temporary files (`.switchyard-*.tmp`, full copies of message
+/// bodies) that a crash left in `dir`, when older than `older_than` — a younger one may be
+/// another node's write in progress. Returns how many were removed.
+pub fn sweep_temps(dir: &Path, older_than: std::time::Duration) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(".switchyard-") && name.ends_with(".tmp")) {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= older_than);
+        if old
+            && entry.file_type().is_ok_and(|t| t.is_file())
+            && fs::remove_file(entry.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(dir = %dir.display(), removed, "removed temporary files left by a crash");
+    }
+    removed
+}
+
 /// [`write_temp`] without the fsync, for callers that sync many files together.
 pub fn create_temp(dir: &Path, tag: &str, bytes: &[u8]) -> io::Result<(PathBuf, File)> {
     let tmp = dir.join(format!(".switchyard-{tag}.tmp"));

@@ -5,9 +5,11 @@
 //! - `length_prefixed`: a 2- or 4-byte big-endian length, then that many bytes;
 //! - `delimiter`: messages end with a custom byte sequence (`"\u0003"`, `"<EOM>"`).
 //!
-//! The decoder never buffers more than `max_frame` bytes of one message: a longer one is an
-//! error, after which the connection is closed (there is no safe place to resynchronise).
-//! Bytes outside MLLP frames are skipped and reported.
+//! No frame longer than `max_frame` bytes is ever taken, however TCP splits the bytes, and the
+//! decoder never buffers much more than that of one message: a longer one is an error, after
+//! which the connection is closed (there is no safe place to resynchronise). Bytes outside
+//! MLLP frames are skipped and reported; an MLLP frame cut short by the next start block is
+//! reported as broken, and the next frame is read from its start block.
 
 use bytes::{Buf, Bytes, BytesMut};
 use serde::Deserialize;
@@ -45,6 +47,8 @@ pub enum Decoded {
     Frame(Bytes),
     /// Bytes outside any frame were skipped.
     Skipped(usize),
+    /// A frame that never ended properly was dropped, for the reason given.
+    Broken(String),
 }
 
 impl Framing {
@@ -81,18 +85,41 @@ impl Framing {
                         }
                     }
                 }
-                match find(&buf[1..], &EB) {
-                    Some(end) => {
+                let body = &buf[1..];
+                let end = find(body, &EB);
+                // A start block before the end block: the frame was cut short (a sender that
+                // crashed mid-frame); drop it and read the next one from its start.
+                let restart = body[..end.unwrap_or(body.len())]
+                    .iter()
+                    .position(|b| *b == SB);
+                match (end, restart) {
+                    (_, Some(at)) => {
+                        let broken = at;
+                        buf.advance(at + 1);
+                        Ok(Some(Decoded::Broken(format!(
+                            "an MLLP frame of {broken} bytes had no end block (0x1C 0x0D) before the next start block; it was dropped"
+                        ))))
+                    }
+                    (Some(end), None) if end > max => Err(format!(
+                        "an MLLP frame of {end} bytes is larger than max_frame ({max} bytes)"
+                    )),
+                    (Some(end), None) => {
                         let frame = buf.split_to(end + 3);
                         Ok(Some(Decoded::Frame(frame.freeze().slice(1..end + 1))))
                     }
-                    None if buf.len() > max + 3 => Err(format!(
+                    // Past the start block, all but a possible first byte of the end block is
+                    // the message.
+                    (None, None) if buf.len() > max + 2 => Err(format!(
                         "an MLLP frame is larger than max_frame ({max} bytes)"
                     )),
-                    None => Ok(None),
+                    (None, None) => Ok(None),
                 }
             }
             Framing::Lines => match buf.iter().position(|b| *b == b'\n') {
+                // The line without its LF (and CR): longer than max_frame is refused.
+                Some(i) if i - usize::from(i > 0 && buf[i - 1] == b'\r') > max => {
+                    Err(format!("a line is longer than max_frame ({max} bytes)"))
+                }
                 Some(i) => {
                     let mut line = buf.split_to(i + 1);
                     line.truncate(i);
@@ -133,6 +160,9 @@ impl Framing {
             Framing::Delimiter(d) => {
                 let end = d.end.as_bytes();
                 match find(buf, end) {
+                    Some(i) if i > max => Err(format!(
+                        "a message of {i} bytes is longer than max_frame ({max} bytes)"
+                    )),
                     Some(i) => {
                         let frame = buf.split_to(i + end.len());
                         Ok(Some(Decoded::Frame(frame.freeze().slice(..i))))
@@ -249,6 +279,63 @@ mod tests {
         let (_, r, _) = all(&f, &[&[0x0b][..], &[b'x'; 50]].concat(), 10);
         assert!(r.unwrap_err().contains("larger than max_frame"));
         assert_eq!(f.encode(b"A").unwrap(), b"\x0bA\x1c\r");
+    }
+
+    /// Feeds `wire` in pieces of `step` bytes, as TCP may split it, decoding after each.
+    fn trickled(f: &Framing, wire: &[u8], max: usize, step: usize) -> Result<Vec<Decoded>, String> {
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for piece in wire.chunks(step) {
+            buf.extend_from_slice(piece);
+            while let Some(d) = f.decode(&mut buf, max)? {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn max_frame_is_exact_for_every_framing_however_the_bytes_come() {
+        let max = 64;
+        let framings = [
+            Framing::Mllp,
+            Framing::Lines,
+            Framing::LengthPrefixed(LengthPrefix { bytes: 4 }),
+            Framing::Delimiter(DelimiterOptions {
+                end: "<EOM>".into(),
+            }),
+        ];
+        for f in &framings {
+            let exact = f.encode(&[b'x'; 64]).unwrap();
+            let over = f.encode(&[b'x'; 65]).unwrap();
+            for step in [1, 2, 3, 7, 64, 65, 66, 67, 1000] {
+                let taken = trickled(f, &exact, max, step).unwrap();
+                assert_eq!(
+                    taken,
+                    vec![Decoded::Frame(Bytes::from(vec![b'x'; 64]))],
+                    "{f:?} in pieces of {step}"
+                );
+                let refused = trickled(f, &over, max, step);
+                assert!(
+                    refused.as_ref().is_err_and(|e| e.contains("max_frame")),
+                    "{f:?} in pieces of {step}: {refused:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_mllp_frame_without_its_end_does_not_swallow_the_next() {
+        let wire = b"\x0bMSH|broken, never ended\x0bMSH|good\x1c\r";
+        for step in [1, 5, wire.len()] {
+            let d = trickled(&Framing::Mllp, wire, 1000, step).unwrap();
+            assert_eq!(d.len(), 2, "{d:?}");
+            assert!(
+                matches!(&d[0], Decoded::Broken(why) if why.contains("no end block")),
+                "{d:?}"
+            );
+            assert_eq!(d[1], Decoded::Frame(Bytes::from_static(b"MSH|good")));
+        }
     }
 
     #[test]

@@ -484,7 +484,7 @@ fn step_diagnostic(
     }
 }
 
-/// The route files in `dir` (`*.yaml`, `*.yml`, not hidden), sorted by name.
+/// The route files in `dir` (`*.yaml`, `*.yml`, not hidden, not `*.test.yaml`), sorted by name.
 pub fn route_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -494,7 +494,11 @@ pub fn route_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
             path.extension().and_then(|e| e.to_str()),
             Some("yaml" | "yml")
         );
-        if is_yaml && path.is_file() && !name.is_some_and(|n| n.starts_with('.')) {
+        // A route's test file (`NAME.test.yaml`) may sit beside it: it is not a route.
+        let skipped = name.is_some_and(|n| {
+            n.starts_with('.') || n.ends_with(".test.yaml") || n.ends_with(".test.yml")
+        });
+        if is_yaml && path.is_file() && !skipped {
             files.push(path);
         }
     }
@@ -572,7 +576,9 @@ pub fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates
         .iter()
         .map(|c| (strsim::damerau_levenshtein(word, c), *c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        // Near, and nearer than half the word: `sftp` is two letters from `http` but not a
+        // misspelling of it.
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3) && *d * 2 < word.len().max(c.len()))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }
@@ -589,6 +595,8 @@ mod tests {
             Some("xml_to_json")
         );
         assert_eq!(did_you_mean("zzz", &["path", "pattern"]), None);
+        assert_eq!(did_you_mean("sftp", &["file", "http", "tcp"]), None);
+        assert_eq!(did_you_mean("htp", &["file", "http", "tcp"]), Some("http"));
     }
 
     #[test]

@@ -264,7 +264,9 @@ pub fn body_to_dynamic(msg: &Message) -> Result<Dynamic, String> {
         // Straight from JSON text to script values: no intermediate tree.
         match serde_json::from_str::<Dynamic>(text) {
             Ok(v) => return Ok(v),
-            Err(e) if msg.is_json() => return Err(format!("body is not valid JSON: {e}")),
+            Err(e) if msg.is_json() || e.to_string().starts_with("recursion limit exceeded") => {
+                return Err(crate::message::json_error("body", &e))
+            }
             Err(_) => {}
         }
     }

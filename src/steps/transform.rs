@@ -99,6 +99,16 @@ mod tests {
     }
 
     #[test]
+    fn json_nested_too_deep_fails_saying_which_limit() {
+        let t = transform("script: 'body.seen = true;'").unwrap();
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        for content_type in [Some("application/json"), None] {
+            let e = run(&t, &deep, content_type).map(|_| ()).unwrap_err();
+            assert!(e.0.contains("nested deeper than 127 levels"), "{e}");
+        }
+    }
+
+    #[test]
     fn text_bodies_are_strings() {
         let t = transform("script: 'body = body.to_upper() + \"!\";'").unwrap();
         let m = run(&t, "hello", Some("text/plain")).unwrap();

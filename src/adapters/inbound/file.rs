@@ -135,6 +135,7 @@ impl Config {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create directory {}", dir.display()))?;
         }
+        crate::adapters::fs::sweep_temps(&errors, crate::adapters::fs::STALE_TEMP);
         Ok(FileInbound(Arc::new(Inner {
             cfg: self.clone(),
             archive,

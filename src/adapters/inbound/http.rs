@@ -61,8 +61,12 @@ impl Content {
         match self {
             Content::Any => None,
             Content::Json => match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Ok(_) if crate::message::json_too_deep(body) => Some(format!(
+                    "the body is JSON nested deeper than {} levels, the most Switchyard reads; flatten it, or take it as text",
+                    crate::message::JSON_DEPTH
+                )),
                 Ok(_) => None,
-                Err(e) => Some(format!("the body is not valid JSON: {e}")),
+                Err(e) => Some(crate::message::json_error("the body", &e)),
             },
             Content::Xml => crate::convert::xml::xml_to_value(body, &Default::default()).err(),
         }

@@ -185,6 +185,8 @@ struct Positions {
 #[derive(Default)]
 struct Partition {
     in_hand: BTreeSet<i64>,
+    /// The lowest offset read: nothing below it is this consumer's to commit.
+    first: Option<i64>,
     done: i64,
     /// The last offset handed to librdkafka to commit (the record's own; it commits +1).
     stored: Option<i64>,
@@ -192,11 +194,12 @@ struct Partition {
 
 impl Positions {
     fn take(&mut self, topic: &str, partition: i32, offset: i64) {
-        self.partitions
+        let p = self
+            .partitions
             .entry((topic.to_string(), partition))
-            .or_default()
-            .in_hand
-            .insert(offset);
+            .or_default();
+        p.in_hand.insert(offset);
+        p.first = Some(p.first.map_or(offset, |f| f.min(offset)));
     }
 
     /// A record is in the store: the offset the partition may now move to, if it moved.
@@ -208,7 +211,7 @@ impl Positions {
             Some(&lowest) => lowest - 1,
             None => p.done,
         };
-        if p.stored.is_some_and(|s| s >= to) || to < 0 {
+        if p.stored.is_some_and(|s| s >= to) || p.first.is_none_or(|f| to < f) {
             return None;
         }
         p.stored = Some(to);

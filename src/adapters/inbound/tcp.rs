@@ -229,6 +229,9 @@ impl Connection {
                         )
                         .await;
                     }
+                    Ok(Some(Decoded::Broken(why))) => {
+                        self.bad_input(&why, &mut stream, false).await;
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         // No safe place to pick up again: answer, record, close.

@@ -65,6 +65,7 @@ impl Config {
         if let Err(e) = std::fs::create_dir_all(&self.path) {
             tracing::warn!(dir = %self.path.display(), error = %e, "cannot create output directory yet");
         }
+        crate::adapters::fs::sweep_temps(&self.path, crate::adapters::fs::STALE_TEMP);
         Ok(FileOutbound {
             cfg: Arc::new(self.clone()),
         })

@@ -116,7 +116,7 @@ impl TcpOutbound {
             loop {
                 match self.cfg.framing.decode(&mut conn.buf, max) {
                     Ok(Some(Decoded::Frame(f))) => return Ok(f),
-                    Ok(Some(Decoded::Skipped(_))) => continue,
+                    Ok(Some(Decoded::Skipped(_) | Decoded::Broken(_))) => continue,
                     Ok(None) => {}
                     Err(e) => {
                         return Err(SendError::retryable(format!("bad answer from {addr}: {e}")))

@@ -35,6 +35,12 @@ const MAX_BATCH: usize = 60;
 const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)];
 /// Any constant will do: it names the migration lock among the database's advisory locks.
 const MIGRATION_LOCK: i64 = 0x5357_4954_4348; // "SWITCH"
+/// Held by every transaction from its first new delivery to its commit, so that delivery ids
+/// — the order a FIFO destination delivers in — follow the order of the commits across
+/// nodes: without it, a lower id taken by a transaction that commits later is found after a
+/// higher one was already delivered. One lock for all destinations, so two transactions can
+/// never take two of them in opposite orders.
+const DELIVERY_ORDER_LOCK: i64 = 0x5357_4946_4946; // "SWIFIF"
 
 /// Writer connections per node (`SWITCHYARD_PG_WRITERS`, default 4). Each commits its own
 /// groups; several in parallel hide the network round trips of each other's statements.
@@ -803,6 +809,9 @@ async fn add_delivery(
     payload: &str,
     now: i64,
 ) -> PgResult<()> {
+    // Re-entrant: the transaction's later deliveries take it again at no cost.
+    db.execute("SELECT pg_advisory_xact_lock($1)", &[&DELIVERY_ORDER_LOCK])
+        .await?;
     db.execute(
         "INSERT INTO deliveries (message_id, route, destination, kind, payload, state, next_attempt_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6)",
