@@ -445,8 +445,13 @@ async fn migrate(db: &Db) -> PgResult<()> {
         db.client
             .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await?;
+        // Every node but the first would otherwise log PostgreSQL's NOTICE "relation
+        // already exists, skipping".
         db.client
-            .batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+            .batch_execute(
+                "SET LOCAL client_min_messages = warning;
+                 CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)",
+            )
             .await
     };
     match made.await {
