@@ -425,6 +425,10 @@ impl Engine {
         v.intake_stop.cancel();
         let handle = std::mem::replace(&mut v.inbound, tokio::spawn(async {}));
         let _ = tokio::time::timeout(self.drain, handle).await;
+        // Until the resume (or a stop), a listener tells its callers the route is paused.
+        v.intake_stop = v.stop.child_token();
+        let (inbound, until) = (v.running.inbound.clone(), v.intake_stop.clone());
+        v.inbound = tokio::spawn(async move { inbound.paused(until).await });
         v.paused = true;
         tracing::info!(event = "pause", route = %id, "route paused: intake stopped");
         Ok(())
@@ -439,6 +443,9 @@ impl Engine {
         if !v.paused {
             return Ok(());
         }
+        v.intake_stop.cancel();
+        let answering = std::mem::replace(&mut v.inbound, tokio::spawn(async {}));
+        let _ = tokio::time::timeout(self.drain, answering).await;
         v.intake_stop = v.stop.child_token();
         v.inbound = spawn_inbound(
             &v.running,

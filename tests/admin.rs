@@ -260,3 +260,100 @@ async fn the_settings_file_sets_directories_logs_and_the_admin_api() {
         "{console}"
     );
 }
+
+/// A paused HTTP route answers at once with 503 and `Retry-After`, stores nothing it did
+/// not acknowledge — a caller that gave up while paused is not stored at the resume — and
+/// takes requests again once resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_http_route_answers_503_at_once_and_stores_nothing() {
+    use std::io::Write;
+    let ws = Workspace::new();
+    let port = net::free_port();
+    ws.write_route(
+        "shop.yaml",
+        &format!(
+            "from:\n  http: {{ listen: 127.0.0.1:{port} }}\nto:\n  - file: {{ path: outbox }}\n"
+        ),
+    );
+    let engine = ws.start_with_env(&[
+        ("SWITCHYARD_ADMIN", "127.0.0.1:0"),
+        ("SWITCHYARD_ADMIN_TOKEN", "adm1n"),
+    ]);
+    let admin = format!("http://{}", ws.admin_addr());
+    ws.http_addr();
+    let c = reqwest::Client::new();
+    let shop = format!("http://127.0.0.1:{port}/");
+    assert_eq!(
+        c.post(&shop).body("before").send().await.unwrap().status(),
+        202
+    );
+    let pause = c
+        .post(format!("{admin}/routes/shop/pause"))
+        .bearer_auth("adm1n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pause.status(), 200);
+
+    let started = std::time::Instant::now();
+    let paused = c
+        .post(&shop)
+        .body("while paused")
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("an answer, not a hang");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(paused.status(), 503);
+    assert_eq!(paused.headers()["retry-after"], "5");
+    // A caller that sends and gives up while the route is paused.
+    let mut gave_up = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    gave_up
+        .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\nabandon!")
+        .unwrap();
+    drop(gave_up);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let resume = c
+        .post(format!("{admin}/routes/shop/resume"))
+        .bearer_auth("adm1n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resume.status(), 200);
+    let after = async {
+        loop {
+            if let Ok(r) = c.post(&shop).body("after").send().await {
+                return r.status();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), after)
+            .await
+            .unwrap(),
+        202
+    );
+    assert!(wait_until(Duration::from_secs(20), || ws
+        .count("delivered")
+        == 2));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let bodies: Vec<String> = ws
+        .files("outbox")
+        .iter()
+        .map(|f| std::fs::read_to_string(ws.path("outbox").join(f)).unwrap())
+        .collect();
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    assert!(
+        !bodies
+            .iter()
+            .any(|b| b == "abandon!" || b == "while paused"),
+        "{bodies:?}"
+    );
+    engine.stop();
+}

@@ -497,6 +497,67 @@ impl Inbound for HttpInbound {
         Ok(())
     }
 
+    async fn paused(&self, stop: CancellationToken) {
+        let listener = match self.listeners.acquire(&self.listener, &self.cfg.listen) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(listen = %self.cfg.listen, error = %e, "cannot answer callers while paused");
+                return;
+            }
+        };
+        let mut connections = JoinSet::new();
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = stop.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(_) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            while connections.try_join_next().is_some() {}
+            let (tls, header_timeout) = (self.tls.clone(), self.cfg.header_timeout.0);
+            connections.spawn(async move {
+                let service = service_fn(|_req| async {
+                    let mut r = json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        serde_json::json!({"error": "the route is paused; nothing was stored, send it again later"}),
+                    );
+                    r.headers_mut()
+                        .insert("retry-after", HeaderValue::from_static("5"));
+                    Ok::<_, Infallible>(r)
+                });
+                let mut builder = http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout)
+                    .keep_alive(false);
+                let served = async {
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(Ok(s)) =
+                                tokio::time::timeout(header_timeout, acceptor.accept(stream)).await
+                            {
+                                let _ = builder.serve_connection(TokioIo::new(s), service).await;
+                            }
+                        }
+                    }
+                };
+                // The answer needs no body: a caller still sending one is not waited for.
+                let _ = tokio::time::timeout(header_timeout, served).await;
+            });
+        }
+        connections.abort_all();
+        self.listeners.release(&self.cfg.listen, listener);
+    }
+
     async fn failed(&self, _original: &Message, _reason: &str) -> anyhow::Result<()> {
         // The client was answered already (202), or gets the failure in the reply.
         Ok(())

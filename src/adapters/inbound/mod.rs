@@ -220,6 +220,13 @@ pub trait Inbound: Send + Sync {
     fn link(&self) -> Option<Arc<crate::adapters::broker::Link>> {
         None
     }
+
+    /// While the route is paused, until `stop`: a listener answers its callers at once that
+    /// the route is paused (HTTP: `503` with `Retry-After`), rather than leave them waiting
+    /// in the socket's backlog to be taken in at the resume. Others do nothing.
+    async fn paused(&self, stop: CancellationToken) {
+        let _ = stop;
+    }
 }
 
 /// How long the intake waits for a message's steps before it commits the message without
