@@ -697,3 +697,80 @@ to:
     assert_eq!(ws.states().values().sum::<u64>(), 1);
     engine.stop();
 }
+
+/// SIGTERM under a steady load of keep-alive clients: the engine answers what is in flight,
+/// finishes its work and exits as soon as that is done, well within the drain timeout; every
+/// request answered 202 is delivered.
+#[test]
+fn sigterm_under_load_exits_when_the_work_in_hand_is_done() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let ws = Workspace::new();
+    let port = net::free_port();
+    ws.write_route(
+        "feed.yaml",
+        &format!(
+            "from:\n  http: {{ listen: 127.0.0.1:{port} }}\nsteps:\n  - transform: {{ script: 'body.seen = true;' }}\nto:\n  - file: {{ path: outbox, name: \"{{{{id}}}}.json\" }}\n"
+        ),
+    );
+    let engine = ws.start();
+    ws.http_addr();
+    let (stop, accepted) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let (stop, accepted) = (stop.clone(), accepted.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let _in = rt.enter();
+                let c = reqwest::Client::new();
+                while !stop.load(Ordering::SeqCst) {
+                    let sent = rt.block_on(
+                        c.post(format!("http://127.0.0.1:{port}/"))
+                            .header("content-type", "application/json")
+                            .body("{\"n\":1}")
+                            .timeout(Duration::from_secs(30))
+                            .send(),
+                    );
+                    match sent {
+                        Ok(r) if r.status() == 202 => {
+                            accepted.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(_) => {}
+                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            })
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(30), || accepted
+        .load(Ordering::SeqCst)
+        >= 300));
+    let signalled = std::time::Instant::now();
+    let (status, console) = engine.stop();
+    let took = signalled.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert!(status.success(), "{console}");
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?} to stop (the drain timeout is 30s): {console}"
+    );
+    // Every 202 is delivered, after a restart if need be.
+    let engine = ws.start();
+    let accepted = accepted.load(Ordering::SeqCst) as u64;
+    assert!(
+        wait_until(Duration::from_secs(30), || ws.count("delivered")
+            >= accepted),
+        "{accepted} accepted: {:?}",
+        ws.states()
+    );
+    engine.stop();
+}
