@@ -142,7 +142,7 @@ impl Amqp1Inbound {
         let attached = Receiver::builder()
             .name(format!("switchyard-{}", intake.route))
             .source(cfg.address.as_str())
-            .credit_mode(CreditMode::Auto(cfg.prefetch))
+            .credit_mode(CreditMode::Manual)
             .auto_accept(false)
             .attach(&mut opened.session)
             .await;
@@ -156,8 +156,22 @@ impl Amqp1Inbound {
         self.link.up();
         tracing::info!(route = %intake.route, address = %cfg.address, prefetch = cfg.prefetch, "consuming");
         let (done, mut settled) = mpsc::channel::<(DeliveryInfo, Settle)>(cfg.prefetch as usize);
+        let prefetch = cfg.prefetch as usize;
         let mut in_hand = 0usize;
+        // Credit is granted only once the last grant is used up, so no transfer is ever on
+        // its way when a grant goes out: RabbitMQ's AMQP 1.0 plugin counts a new grant from
+        // what it has sent rather than from what the receiver has received, and with
+        // transfers in flight it sends more than fe2o3 allows ("the peer sent more message
+        // transfers than currently allowed"), which cost a reconnect each time.
+        let (mut granted, mut received) = (0u64, 0u64);
         let result = loop {
+            let room = prefetch - in_hand;
+            if granted == received && (room >= (prefetch / 4).max(1) || in_hand == 0) {
+                if let Err(e) = receiver.set_credit(room as u32).await {
+                    break Err(format!("cannot grant credit on `{}`: {e}", cfg.address));
+                }
+                granted += room as u64;
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
                 Some((info, how)) = settled.recv() => {
@@ -166,10 +180,11 @@ impl Amqp1Inbound {
                         break Err(e);
                     }
                 }
-                delivery = receiver.recv::<Body<Value>>(), if in_hand < cfg.prefetch as usize => {
+                delivery = receiver.recv::<Body<Value>>(), if in_hand < prefetch => {
                     match delivery {
                         Ok(d) => {
                             in_hand += 1;
+                            received += 1;
                             let (info, message) = d.into_parts();
                             let (cfg, intake, done) = (cfg.clone(), intake.clone(), done.clone());
                             tokio::spawn(async move {
