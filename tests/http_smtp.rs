@@ -774,3 +774,43 @@ fn sigterm_under_load_exits_when_the_work_in_hand_is_done() {
     );
     engine.stop();
 }
+
+/// A `content: json` route takes the checked body as JSON whatever the caller's label: a
+/// script sees a map even when the request said `text/plain` (kept as
+/// `http.header.content-type`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_json_route_reads_a_text_plain_body_as_json() {
+    let ws = Workspace::new();
+    let port = net::free_port();
+    ws.write_route(
+        "orders.yaml",
+        &format!(
+            "from:\n  http: {{ listen: 127.0.0.1:{port}, content: json }}\nsteps:\n  - transform: {{ script: 'body.total = body.qty * 2;' }}\nto:\n  - file: {{ path: outbox, name: \"{{{{id}}}}.json\" }}\n"
+        ),
+    );
+    let engine = ws.start();
+    ws.http_addr();
+    let r = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/"))
+        .header("content-type", "text/plain")
+        .body(r#"{"qty": 21}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert!(
+        wait_for(Duration::from_secs(20), || ws.count("delivered") == 1).await,
+        "{:?}",
+        ws.states()
+    );
+    let file = &ws.files("outbox")[0];
+    let out: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ws.path("outbox").join(file)).unwrap())
+            .unwrap();
+    assert_eq!(out["total"], 42);
+    let headers = ws.query_pairs("SELECT headers, 1 FROM messages");
+    let headers: serde_json::Value = serde_json::from_str(headers.keys().next().unwrap()).unwrap();
+    assert_eq!(headers["http.header.content-type"], "text/plain");
+    assert_eq!(headers["content-type"], "application/json");
+    engine.stop();
+}

@@ -397,6 +397,18 @@ impl Handler {
         {
             h.insert("content-type".into(), ct.to_string());
         }
+        // The route declared the content and the body was checked against it: the steps take
+        // it as such whatever the caller labelled it (`http.header.content-type` keeps that).
+        let declared = match self.cfg.content {
+            Content::Json => Some(("json", "application/json")),
+            Content::Xml => Some(("xml", "application/xml")),
+            Content::Any => None,
+        };
+        if let Some((kind, ct)) = declared {
+            if !h.get("content-type").is_some_and(|c| c.contains(kind)) {
+                h.insert("content-type".into(), ct.into());
+            }
+        }
         h
     }
 
