@@ -1500,17 +1500,14 @@ async fn kafka_example(bootstrap: String, orders: String, fulfilment: String) {
     use rdkafka::message::{Headers, Message};
     let ws = Workspace::new();
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    std::fs::copy(
-        repo.join("examples/kafka/kafka-orders-to-fulfilment.yaml"),
-        ws.path("routes/kafka-orders-to-fulfilment.yaml"),
-    )
-    .unwrap();
-    std::fs::create_dir_all(ws.path("adapters")).unwrap();
-    std::fs::copy(
-        repo.join("adapters/kafka-fulfilment.yaml"),
-        ws.path("adapters/kafka-fulfilment.yaml"),
-    )
-    .unwrap();
+    ws.copy_from_repo(
+        "examples/kafka/kafka-orders-to-fulfilment.yaml",
+        "routes/kafka-orders-to-fulfilment.yaml",
+    );
+    ws.copy_from_repo(
+        "adapters/kafka-fulfilment.yaml",
+        "adapters/kafka-fulfilment.yaml",
+    );
     let engine = ws.start_with_env(&[
         ("KAFKA_BROKERS", bootstrap.as_str()),
         ("KAFKA_ORDERS_TOPIC", orders.as_str()),
@@ -1621,18 +1618,14 @@ async fn the_bundled_kafka_example_works_as_shipped() {
 #[test]
 fn a_kafka_route_in_a_build_without_kafka_says_how_to_build_it() {
     let ws = Workspace::new();
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    std::fs::copy(
-        repo.join("examples/kafka/kafka-orders-to-fulfilment.yaml"),
-        ws.path("routes/kafka-orders-to-fulfilment.yaml"),
-    )
-    .unwrap();
-    std::fs::create_dir_all(ws.path("adapters")).unwrap();
-    std::fs::copy(
-        repo.join("adapters/kafka-fulfilment.yaml"),
-        ws.path("adapters/kafka-fulfilment.yaml"),
-    )
-    .unwrap();
+    ws.copy_from_repo(
+        "examples/kafka/kafka-orders-to-fulfilment.yaml",
+        "routes/kafka-orders-to-fulfilment.yaml",
+    );
+    ws.copy_from_repo(
+        "adapters/kafka-fulfilment.yaml",
+        "adapters/kafka-fulfilment.yaml",
+    );
     let out = ws.run(&["check"]);
     let text = format!(
         "{}{}",

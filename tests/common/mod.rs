@@ -27,6 +27,18 @@ impl Workspace {
         Workspace { dir }
     }
 
+    /// Copies a file of the repository (`examples/...`, `adapters/...`) into the workspace
+    /// at `to`, making its directory: a bundled example run as shipped.
+    pub fn copy_from_repo(&self, from: &str, to: &str) {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let target = self.path(to);
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::copy(repo.join(from), &target)
+            .unwrap_or_else(|e| panic!("copy {from} into the workspace: {e}"));
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
