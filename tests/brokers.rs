@@ -90,7 +90,10 @@ fn steady(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         for chunk in all.chunks(per) {
-            b.publish(source, chunk).await;
+            // A broker that stops answering fails the test instead of hanging the run.
+            tokio::time::timeout(Duration::from_secs(60), b.publish(source, chunk))
+                .await
+                .unwrap_or_else(|_| panic!("publishing to {} took over 60 s", b.kind()));
             tokio::time::sleep(every).await;
         }
     })

@@ -718,11 +718,20 @@ impl TestBroker for Amqp1 {
     async fn publish(&self, source: &str, messages: &[(String, String)]) {
         use fe2o3_amqp::types::messaging::{Message, MessageId, Outcome, Properties};
         use fe2o3_amqp::types::primitives::Binary;
-        let (mut conn, mut session) = self.connect().await;
-        let mut sender = fe2o3_amqp::Sender::attach(
-            &mut session,
-            format!("test-{}", unique("s")),
-            self.address(source),
+        // Each exchange with the broker bounded, so a stuck one names itself.
+        async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+            tokio::time::timeout(Duration::from_secs(20), f)
+                .await
+                .unwrap_or_else(|_| panic!("AMQP 1.0 test publisher: {what} took over 20 s"))
+        }
+        let (mut conn, mut session) = bounded("connecting", self.connect()).await;
+        let mut sender = bounded(
+            "attaching a sender",
+            fe2o3_amqp::Sender::attach(
+                &mut session,
+                format!("test-{}", unique("s")),
+                self.address(source),
+            ),
         )
         .await
         .unwrap();
@@ -734,12 +743,17 @@ impl TestBroker for Amqp1 {
                 })
                 .data(Binary::from(body.as_bytes().to_vec()))
                 .build();
-            let outcome = sender.send(message).await.unwrap();
+            let outcome = bounded("sending a message", sender.send(message))
+                .await
+                .unwrap();
             assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
         }
-        let _ = sender.close().await;
-        let _ = session.end().await;
-        let _ = conn.close().await;
+        // Every message is accepted: the goodbye is a courtesy, and RabbitMQ's plugin
+        // sometimes never answers a session's end (the engine bounds it the same way).
+        let goodbye = Duration::from_secs(3);
+        let _ = tokio::time::timeout(goodbye, sender.close()).await;
+        let _ = tokio::time::timeout(goodbye, session.end()).await;
+        let _ = tokio::time::timeout(goodbye, conn.close()).await;
     }
 
     async fn cut(&self) {

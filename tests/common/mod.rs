@@ -214,15 +214,33 @@ impl Engine {
         c.wait().unwrap();
     }
 
-    /// SIGTERM, then wait for a graceful exit; returns its status and console output.
+    /// SIGTERM, then wait for a graceful exit; returns its status and console output. An
+    /// engine still running 40 s later (the drain time is 10 s) fails the test with the end
+    /// of its console, instead of hanging the run.
     pub fn stop(mut self) -> (ExitStatus, String) {
         let mut c = self.child.take().unwrap();
         // SAFETY: kill(2) on a child we started and have not reaped yet.
         unsafe {
             libc::kill(c.id() as i32, libc::SIGTERM);
         }
-        let status = c.wait().unwrap();
-        (status, self.console())
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return (status, self.console());
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                let console = self.console();
+                let tail: Vec<&str> = console.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "the engine did not exit within 40 s of SIGTERM; the end of its console:\n{}",
+                    tail.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Waits for the process to exit by itself (a start-up error, say).

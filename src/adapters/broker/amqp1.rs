@@ -85,11 +85,17 @@ pub struct Opened {
     pub session: SessionHandle<()>,
 }
 
+/// How long a polite goodbye may take. RabbitMQ's AMQP 1.0 plugin (3.10) sometimes never
+/// answers a session's `end`; waiting for it held a stopping route for ever. Past this the
+/// connection is dropped, which the broker handles like any lost connection.
+pub const GOODBYE: std::time::Duration = std::time::Duration::from_secs(3);
+
 impl Opened {
-    /// Ends the session and closes the connection, politely; errors are of no use here.
+    /// Ends the session and closes the connection, politely but within [`GOODBYE`] each;
+    /// errors are of no use here.
     pub async fn close(mut self) {
-        let _ = self.session.end().await;
-        let _ = self.conn.close().await;
+        let _ = tokio::time::timeout(GOODBYE, self.session.end()).await;
+        let _ = tokio::time::timeout(GOODBYE, self.conn.close()).await;
     }
 }
 
@@ -145,7 +151,7 @@ pub async fn open(url: &Url, tls: &Tls, login: &Login, container: &str) -> Resul
     match Session::begin(&mut conn).await {
         Ok(session) => Ok(Opened { conn, session }),
         Err(e) => {
-            let _ = conn.close().await;
+            let _ = tokio::time::timeout(GOODBYE, conn.close()).await;
             Err(format!("{} refused a session: {e}", redact(url)))
         }
     }

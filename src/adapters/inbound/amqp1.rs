@@ -206,7 +206,7 @@ impl Amqp1Inbound {
             in_hand -= 1;
             let _ = settle(&receiver, info, how).await;
         }
-        let _ = receiver.close().await;
+        let _ = tokio::time::timeout(amqp1::GOODBYE, receiver.close()).await;
         opened.close().await;
         result
     }

@@ -187,7 +187,8 @@ impl Amqp1Outbound {
         if slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, broken)) {
             *slot = None;
             if let Some(opened) = broken.opened.lock().await.take() {
-                opened.close().await;
+                // In the background: the next delivery need not wait for the goodbye.
+                tokio::spawn(opened.close());
             }
             self.pace.failed(&self.link, error);
         }
