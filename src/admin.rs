@@ -62,6 +62,14 @@ async fn handle(req: Request<Incoming>, engine: &Engine, token: Option<&str>) ->
     match (&method, path.as_str()) {
         (&Method::GET, "/health") => return answer(StatusCode::OK, "text/plain", "ok\n".into()),
         (&Method::GET, "/ready") => {
+            // The reason is in the log; this answer is open to anyone who reaches the port.
+            if engine.store().damaged().is_some() {
+                return answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready: the store is damaged (see the log)\n".into(),
+                );
+            }
             return answer(StatusCode::OK, "text/plain", "ready\n".into());
         }
         _ => {}
@@ -138,6 +146,16 @@ async fn handle(req: Request<Incoming>, engine: &Engine, token: Option<&str>) ->
                     if r.state == "running" { 1.0 } else { 0.0 },
                 ));
             }
+            gauges.push((
+                "switchyard_store_damaged",
+                "1 once damage was found in the store (intake paused, nothing more written).",
+                Vec::new(),
+                if engine.store().damaged().is_some() {
+                    1.0
+                } else {
+                    0.0
+                },
+            ));
             // Prometheus wants each metric's samples together.
             gauges.sort_by(|a, b| a.0.cmp(b.0));
             answer(

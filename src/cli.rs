@@ -51,6 +51,13 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Look after the store itself: `store check` reads it for damage.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Copy the store to FILE while the engine runs (SQLite's online backup).
     Backup {
         /// Where the copy goes; an existing file is kept unless `--force`.
@@ -133,6 +140,18 @@ impl StoreArgs {
             .map(|s| s.store)
             .map_err(|d| d.to_string())
     }
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Read every page and index of a SQLite store for damage, without changing it (the
+    /// engine may run meanwhile). Exit status 1 when damage is found.
+    Check {
+        /// Only SQLite's quick check (no matching of indexes to tables): what the engine
+        /// runs at start and while running.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -310,6 +329,59 @@ fn backup(file: PathBuf, force: bool, store: StoreArgs) -> ExitCode {
     }
 }
 
+fn store_check(quick: bool, store: StoreArgs) -> ExitCode {
+    let path = match store.location() {
+        Ok(StoreLocation::Sqlite(path)) => path,
+        Ok(StoreLocation::Postgres(_)) => {
+            println!("a PostgreSQL store is checked by PostgreSQL itself (data checksums, amcheck); nothing to read here");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !path.exists() {
+        eprintln!(
+            "error: no store at {} (set --data or --store)",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let started = std::time::Instant::now();
+    match crate::store::sqlite::check_file(&path, !quick, None) {
+        Ok(crate::store::sqlite::Checked::Damaged(problems)) => {
+            for p in &problems {
+                println!("{}: {p}", path.display());
+            }
+            eprintln!(
+                "error: {}",
+                crate::store::sqlite::damage_report(
+                    &path,
+                    &problems,
+                    "An engine refuses it at start; a running one stops its intake at its next check."
+                )
+            );
+            ExitCode::FAILURE
+        }
+        Ok(_) => {
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            println!(
+                "ok: {} ({} check of {:.1} MiB in {:.1} s, no damage)",
+                path.display(),
+                if quick { "quick" } else { "full" },
+                size as f64 / (1u64 << 20) as f64,
+                started.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", e.0);
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn parse_since(s: &str) -> Result<std::time::SystemTime, String> {
     if let Ok(t) = humantime::parse_rfc3339_weak(s.trim_end_matches('Z')) {
         return Ok(t);
@@ -341,6 +413,10 @@ pub fn main() -> ExitCode {
         } => check(paths, routes, &Endpoints::load(&adapters)),
         Command::Messages { command, store } => messages(command, store),
         Command::Backup { file, force, store } => backup(file, force, store),
+        Command::Store {
+            command: StoreCommand::Check { quick },
+            store,
+        } => store_check(quick, store),
         Command::Tail {
             logs,
             route,
@@ -574,6 +650,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     engine.watch_routes(dirs.routes.clone(), dirs.adapters.clone());
     engine.keep_store_bounded(dirs.retention_every);
+    engine.watch_store(dirs.store_check_every);
     let admin_stop = tokio_util::sync::CancellationToken::new();
     if let Some((addr, token)) = admin {
         let listener = tokio::net::TcpListener::bind(&addr)

@@ -235,6 +235,40 @@ impl Engine {
         });
     }
 
+    /// Watches the store for damage: a quick check every `every` (none when zero), and a look
+    /// each second at what reads and writes met. Damage pauses every route's intake — nothing
+    /// more can be stored anyway — and `/ready` and `/metrics` report it.
+    pub fn watch_store(self: &Arc<Self>, every: Duration) {
+        let (engine, stop) = (self.clone(), self.shutdown.clone());
+        self.tasks.spawn(async move {
+            let mut next_check = (!every.is_zero()).then(|| tokio::time::Instant::now() + every);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                if next_check.is_some_and(|t| t <= tokio::time::Instant::now()) {
+                    next_check = Some(tokio::time::Instant::now() + every);
+                    match engine.store.check(false).await {
+                        Ok(problems) if problems.is_empty() => {
+                            tracing::debug!("store check: no damage")
+                        }
+                        Ok(_) => {} // the store reports it below, once
+                        Err(e) => tracing::warn!(error = %e, "the store check could not run"),
+                    }
+                }
+                if engine.store.damaged().is_some() {
+                    let ids: Vec<String> = engine.versions.lock().await.keys().cloned().collect();
+                    for id in ids {
+                        let _ = engine.pause(&id).await;
+                    }
+                    tracing::error!("every route's intake is paused: the store is damaged");
+                    return;
+                }
+            }
+        });
+    }
+
     /// Builds and starts a route version.
     pub(crate) fn start_version(&self, route: Arc<Route>) -> anyhow::Result<RouteVersion> {
         let running = Arc::new(build(&route, &self.listeners)?);

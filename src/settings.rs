@@ -59,6 +59,22 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("bad duration `{s}`: {e}"))
 }
 
+/// A duration from the environment variable `name`, if it is set; a clear error when it is
+/// not a duration (never a silent default).
+fn env_duration(name: &str) -> Result<Option<std::time::Duration>, Diagnostic> {
+    match std::env::var(name) {
+        Ok(v) => humantime::parse_duration(&v)
+            .map(Some)
+            .map_err(|e| Diagnostic {
+                file: PathBuf::from(name),
+                line: 1,
+                column: 1,
+                message: format!("`{v}` is not a duration ({e}); write one such as 30s or 5m"),
+            }),
+        Err(_) => Ok(None),
+    }
+}
+
 fn parse_size(s: &str) -> Result<u64, String> {
     ByteSize::parse(s).map(|b| b.0)
 }
@@ -93,6 +109,10 @@ pub struct SettingsFile {
     /// How often the routes' retention runs (default `30s`).
     #[serde(default)]
     pub retention_every: Option<Duration>,
+    /// How often a SQLite store's pages are checked for damage while the engine runs
+    /// (default `6h`; `0s`: never, only the check at start).
+    #[serde(default)]
+    pub store_check_every: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,6 +155,8 @@ pub struct Settings {
     pub admin: Option<(String, Option<String>)>,
     /// How often retention runs.
     pub retention_every: std::time::Duration,
+    /// How often the store's pages are checked while running; zero: only at start.
+    pub store_check_every: std::time::Duration,
 }
 
 impl Settings {
@@ -163,15 +185,8 @@ impl Settings {
         };
         let data = pick(&args.data, &file.data, "data");
         let defaults = Rotation::default();
-        let retention_every = match std::env::var("SWITCHYARD_RETENTION_EVERY") {
-            Ok(v) => Some(humantime::parse_duration(&v).map_err(|e| Diagnostic {
-                file: PathBuf::from("SWITCHYARD_RETENTION_EVERY"),
-                line: 1,
-                column: 1,
-                message: format!("`{v}` is not a duration ({e}); write one such as 30s or 5m"),
-            })?),
-            Err(_) => None,
-        };
+        let retention_every = env_duration("SWITCHYARD_RETENTION_EVERY")?;
+        let store_check_every = env_duration("SWITCHYARD_STORE_CHECK_EVERY")?;
         Ok(Settings {
             routes: pick(&args.routes, &file.routes, "routes"),
             adapters: pick(&args.adapters, &file.adapters, "adapters"),
@@ -211,6 +226,9 @@ impl Settings {
             retention_every: retention_every
                 .or(file.retention_every.map(|d| d.0))
                 .unwrap_or(std::time::Duration::from_secs(30)),
+            store_check_every: store_check_every
+                .or(file.store_check_every.map(|d| d.0))
+                .unwrap_or(std::time::Duration::from_secs(6 * 3600)),
             admin: match (&args.admin, &file.admin) {
                 (Some(a), f) => Some((
                     a.clone(),

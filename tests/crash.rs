@@ -1,6 +1,7 @@
 //! Crash safety with the real binary: SIGKILL while messages are in their steps and while
-//! they are being delivered, and an output disk that fills up. After a restart (or once there
-//! is room again) nothing is lost; duplicates are counted and printed.
+//! they are being delivered, an output disk that fills up, and a store file that gets
+//! damaged. After a restart (or once there is room again) nothing is lost; duplicates are
+//! counted and printed; a damaged store is refused and never written into.
 
 mod common;
 
@@ -192,5 +193,167 @@ to:
     println!(
         "disk full: {total} messages, all delivered whole once there was room; {} files",
         saved_files.len()
+    );
+}
+
+/// A store of `n` delivered messages (HTTP in, files out), stopped, with its log copied into
+/// the file, so that every page is in `data/switchyard.db` itself.
+/// Returns the route's address (the same port for every start of the engine).
+async fn filled_store(ws: &Workspace, n: usize) -> String {
+    let port = net::free_port();
+    ws.write_route(
+        "in.yaml",
+        &format!(
+            "from:\n  http: {{ listen: 127.0.0.1:{port} }}\nto:\n  - file: {{ path: outbox }}\n"
+        ),
+    );
+    let engine = ws.start();
+    let url = format!("http://127.0.0.1:{port}/");
+    ws.http_addr();
+    let client = reqwest::Client::new();
+    for i in 0..n {
+        let body = format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(900));
+        let r = client.post(&url).body(body).send().await.unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+    assert!(wait_until(Duration::from_secs(60), || ws
+        .count("delivered")
+        == n as u64));
+    engine.stop();
+    checkpoint(ws);
+    url
+}
+
+fn checkpoint(ws: &Workspace) {
+    let conn = rusqlite::Connection::open(ws.path("data/switchyard.db")).unwrap();
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+}
+
+/// Overwrites three pages in the middle of the store file, as a failing disk would.
+fn damage_pages(ws: &Workspace) {
+    use std::io::{Seek, SeekFrom, Write};
+    let path = ws.path("data/switchyard.db");
+    let pages = std::fs::metadata(&path).unwrap().len() / 4096;
+    assert!(
+        pages > 40,
+        "a store of {pages} pages is too small to damage in the middle"
+    );
+    let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    for at in [pages * 3 / 10, pages / 2, pages * 7 / 10] {
+        f.seek(SeekFrom::Start(at * 4096)).unwrap();
+        f.write_all(&[0xA5; 4096]).unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
+/// A store with damaged pages is refused at start — with what is wrong and what to do — and
+/// not modified at all; `switchyard store check` finds the damage (exit status 1) and says a
+/// sound store is sound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_store_is_refused_at_start_and_left_untouched() {
+    let ws = Workspace::new();
+    filled_store(&ws, 400).await;
+    let sound = ws.run(&["store", "check"]);
+    let text = String::from_utf8_lossy(&sound.stdout);
+    assert!(sound.status.success(), "{text}");
+    assert!(
+        text.starts_with("ok: ") && text.contains("full check"),
+        "{text}"
+    );
+
+    damage_pages(&ws);
+    let before = std::fs::read(ws.path("data/switchyard.db")).unwrap();
+    let (status, console) = ws
+        .start()
+        .wait_exit(Duration::from_secs(30))
+        .expect("the engine started on a damaged store");
+    assert!(!status.success());
+    assert!(
+        console.contains("is damaged") && console.contains("A damaged store"),
+        "{console}"
+    );
+    let after = std::fs::read(ws.path("data/switchyard.db")).unwrap();
+    assert!(before == after, "the refused store was modified");
+
+    for args in [&["store", "check"][..], &["store", "check", "--quick"]] {
+        let out = ws.run(args);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stdout}{stderr}");
+        assert!(
+            stdout.contains("switchyard.db: ") && stderr.contains("is damaged"),
+            "{args:?}: {stdout}{stderr}"
+        );
+    }
+}
+
+/// Damage that appears while the engine runs is found by the periodic check: intake stops
+/// (HTTP answers 503), `/ready` says not ready, `/metrics` says damaged, and nothing more is
+/// written into the file — not even at shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_found_while_running_stops_intake_and_writes() {
+    let ws = Workspace::new();
+    let url = filled_store(&ws, 400).await;
+    let engine = ws.start_with_env(&[
+        ("SWITCHYARD_ADMIN", "127.0.0.1:0"),
+        ("SWITCHYARD_STORE_CHECK_EVERY", "1s"),
+    ]);
+    let admin = format!("http://{}", ws.admin_addr());
+    let client = reqwest::Client::new();
+    let ready = || async {
+        client
+            .get(format!("{admin}/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(ready().await, 200);
+    checkpoint(&ws);
+    damage_pages(&ws);
+    let mut found = false;
+    for _ in 0..100 {
+        if ready().await == 503 {
+            found = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(found, "/ready still ready 10 s after the damage");
+    let metrics = client
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("switchyard_store_damaged 1"), "{metrics}");
+    assert!(wait_until(Duration::from_secs(20), || ws
+        .log_events()
+        .iter()
+        .any(
+            |e| e["message"] == "every route's intake is paused: the store is damaged"
+        )));
+    let before = std::fs::read(ws.path("data/switchyard.db")).unwrap();
+    let refused = client.post(&url).body("{}").send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    engine.stop();
+    let after = std::fs::read(ws.path("data/switchyard.db")).unwrap();
+    assert!(before == after, "the damaged store was written into");
+    let damaged = ws.log_events();
+    let event = damaged
+        .iter()
+        .find(|e| e["event"] == "store damaged")
+        .expect("a `store damaged` event in the log");
+    assert!(
+        event["problem"]
+            .as_str()
+            .unwrap_or("")
+            .contains("docs/store.md"),
+        "{event}"
     );
 }

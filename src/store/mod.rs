@@ -675,6 +675,15 @@ pub trait Maintenance: Send + Sync {
 
     /// Hands up to `pages` free pages back to the file system; returns how many it freed.
     async fn reclaim(&self, pages: u32) -> StoreResult<u64>;
+
+    /// Reads the store for damage — every page and index (`full`), or the quicker look that
+    /// skips matching indexes to tables — and returns what is wrong, empty when nothing is.
+    /// Damage found stops every later write, as [`Maintenance::damaged`] reports.
+    async fn check(&self, full: bool) -> StoreResult<Vec<String>>;
+
+    /// Why nothing more is written to the store, once damage was found (by a check, or by a
+    /// read or write that met a damaged page).
+    fn damaged(&self) -> Option<String>;
 }
 
 /// A whole store: every backend is one (see `tests/store.rs`, the conformance suite).

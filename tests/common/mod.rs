@@ -215,7 +215,7 @@ impl Engine {
     }
 
     /// SIGTERM, then wait for a graceful exit; returns its status and console output. An
-    /// engine still running 40 s later (the drain time is 10 s) fails the test with the end
+    /// engine still running 60 s later (past the default drain time of 30 s) fails the test with the end
     /// of its console, instead of hanging the run.
     pub fn stop(mut self) -> (ExitStatus, String) {
         let mut c = self.child.take().unwrap();
@@ -223,7 +223,7 @@ impl Engine {
         unsafe {
             libc::kill(c.id() as i32, libc::SIGTERM);
         }
-        let deadline = Instant::now() + Duration::from_secs(40);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = c.try_wait().unwrap() {
                 return (status, self.console());
@@ -235,7 +235,7 @@ impl Engine {
                 let tail: Vec<&str> = console.lines().rev().take(40).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
                 panic!(
-                    "the engine did not exit within 40 s of SIGTERM; the end of its console:\n{}",
+                    "the engine did not exit within 60 s of SIGTERM; the end of its console:\n{}",
                     tail.join("\n")
                 );
             }

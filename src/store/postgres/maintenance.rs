@@ -112,4 +112,14 @@ impl Maintenance for PgStore {
         // PostgreSQL's autovacuum reuses the space of deleted rows; nothing to do here.
         Ok(0)
     }
+
+    async fn check(&self, _full: bool) -> StoreResult<Vec<String>> {
+        // PostgreSQL guards its own pages (data checksums, amcheck) and refuses a damaged one
+        // with an error of its own; there is no file of ours to read.
+        Ok(Vec::new())
+    }
+
+    fn damaged(&self) -> Option<String> {
+        None
+    }
 }

@@ -106,4 +106,26 @@ impl Maintenance for SqliteStore {
         }
         Ok(freed)
     }
+
+    async fn check(&self, full: bool) -> StoreResult<Vec<String>> {
+        let path = self.path.clone();
+        let checked = tokio::task::spawn_blocking(move || integrity::check_file(&path, full, None))
+            .await
+            .map_err(sql_err)??;
+        match checked {
+            Checked::Damaged(problems) => {
+                self.damage.set(integrity::report(
+                    &self.path,
+                    &problems,
+                    integrity::WRITES_STOPPED,
+                ));
+                Ok(problems)
+            }
+            Checked::Sound | Checked::Unfinished => Ok(Vec::new()),
+        }
+    }
+
+    fn damaged(&self) -> Option<String> {
+        self.damage.get()
+    }
 }

@@ -17,9 +17,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
+mod integrity;
 mod maintenance;
 mod operations;
 mod processing;
+
+use integrity::Damage;
+pub use integrity::{check_file, report as damage_report, Checked};
 
 /// Jobs a single transaction may hold; bounds the latency one commit adds.
 const MAX_BATCH: usize = 512;
@@ -31,6 +35,8 @@ trait Job: Send {
     fn run(&mut self, conn: &Connection) -> bool;
     /// Answers the caller once the transaction's fate (`commit`) is known.
     fn answer(self: Box<Self>, commit: Result<(), String>);
+    /// The damage the last run met (a damaged page, a file that is no database), if any.
+    fn damage(&self) -> Option<String>;
 }
 
 struct Call<R, F> {
@@ -61,6 +67,13 @@ where
         };
         let _ = self.tx.send(out);
     }
+
+    fn damage(&self) -> Option<String> {
+        match &self.result {
+            Some(Err(e)) if integrity::is_damage(e) => Some(e.to_string()),
+            _ => None,
+        }
+    }
 }
 
 pub struct SqliteStore {
@@ -73,6 +86,8 @@ pub struct SqliteStore {
     claims: Claims,
     held: HeldLeases,
     in_hand: InHand,
+    /// Damage found in the file: from then on nothing is written to it.
+    damage: Arc<Damage>,
 }
 
 fn sql_err(e: impl std::fmt::Display) -> StoreError {
@@ -106,6 +121,25 @@ impl SqliteStore {
     /// [`SqliteStore::open`] with this node's name and lease.
     pub fn open_with(path: &Path, claims: Claims) -> StoreResult<SqliteStore> {
         let lock = Self::lock(path)?;
+        // Before anything is written: a damaged store is refused untouched, so that what it
+        // holds can still be recovered.
+        if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+            match integrity::check_file(path, false, Some(integrity::START_BUDGET))? {
+                Checked::Sound => {}
+                Checked::Damaged(problems) => {
+                    return Err(StoreError(integrity::report(
+                        path,
+                        &problems,
+                        "The engine did not start and left the file as it was.",
+                    )))
+                }
+                Checked::Unfinished => tracing::warn!(
+                    store = %path.display(),
+                    "the store was checked for {:?} at start without finishing (it is big); it is checked in full while running (store_check_every), or now with `switchyard store check`",
+                    integrity::START_BUDGET
+                ),
+            }
+        }
         let mut store = Self::open_shared(path)?;
         store.claims = claims;
         if let Ok(mut l) = store.lock.lock() {
@@ -182,9 +216,11 @@ impl SqliteStore {
         let reader = open_connection(path).map_err(sql_err)?;
 
         let (tx, rx) = mpsc::channel::<Box<dyn Job>>(4096);
+        let damage = Arc::new(Damage::default());
+        let (writer_damage, writer_path) = (damage.clone(), path.to_path_buf());
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || write_loop(conn, rx))
+            .spawn(move || write_loop(conn, rx, &writer_damage, &writer_path))
             .map_err(sql_err)?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
@@ -195,6 +231,7 @@ impl SqliteStore {
             claims: Claims::default(),
             held: HeldLeases::default(),
             in_hand: InHand::default(),
+            damage,
         })
     }
 
@@ -226,6 +263,9 @@ impl SqliteStore {
         R: Send + 'static,
         F: Fn(&Connection) -> rusqlite::Result<R> + Send + 'static,
     {
+        if let Some(report) = self.damage.get() {
+            return Err(StoreError(report));
+        }
         let jobs = self
             .jobs
             .lock()
@@ -247,17 +287,24 @@ impl SqliteStore {
         R: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
     {
-        let reader = self.reader.clone();
+        let (reader, damage, path) = (self.reader.clone(), self.damage.clone(), self.path.clone());
         tokio::task::spawn_blocking(move || {
             let conn = reader.lock().map_err(|_| closed())?;
-            f(&conn).map_err(sql_err)
+            let result = f(&conn).map_err(|e| sql_err(damage.note(&path, e)));
+            damage.seal(&conn);
+            result
         })
         .await
         .map_err(sql_err)?
     }
 }
 
-fn write_loop(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>) {
+fn write_loop(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Box<dyn Job>>,
+    damage: &Damage,
+    path: &Path,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -266,23 +313,41 @@ fn write_loop(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>) {
                 Err(_) => break,
             }
         }
-        commit_batch(&conn, batch);
+        if let Some(report) = damage.get() {
+            // Found since these were queued (by a read, a check): nothing more goes in.
+            batch
+                .into_iter()
+                .for_each(|job| job.answer(Err(report.clone())));
+            continue;
+        }
+        if let Some(problem) = commit_batch(&conn, batch) {
+            damage.set(integrity::report(
+                path,
+                &[problem],
+                integrity::WRITES_STOPPED,
+            ));
+        }
     }
+    // Dropping the connection must not copy the log into a damaged file.
+    damage.seal(&conn);
 }
 
 /// Runs `batch` in one transaction and answers every job. A failing job is answered with its
 /// error and the transaction is run again without it, so each job's writes are committed
-/// whole or not at all, whatever the others do.
-fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn Job>>) {
+/// whole or not at all, whatever the others do. Returns the damage met, if any: then the
+/// jobs not yet answered are refused rather than run again on a damaged file.
+fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn Job>>) -> Option<String> {
+    let refuse = |batch: Vec<Box<dyn Job>>, msg: String| {
+        batch
+            .into_iter()
+            .for_each(|job| job.answer(Err(msg.clone())));
+    };
     while !batch.is_empty() {
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             // Nothing ran, and running jobs outside a transaction would not be atomic: every
             // caller hears the error and keeps its message unacknowledged.
-            let msg = format!("cannot begin a transaction: {e}");
-            batch
-                .into_iter()
-                .for_each(|job| job.answer(Err(msg.clone())));
-            return;
+            refuse(batch, format!("cannot begin a transaction: {e}"));
+            return integrity::is_damage(&e).then(|| e.to_string());
         }
         match batch.iter_mut().position(|job| !job.run(conn)) {
             Some(failed) => {
@@ -290,18 +355,31 @@ fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn Job>>) {
                 // nothing left to roll back.
                 let _ = conn.execute_batch("ROLLBACK");
                 // Its own error is what it answers with; the commit is not its business.
-                batch.remove(failed).answer(Ok(()));
+                let job = batch.remove(failed);
+                let damage = job.damage();
+                job.answer(Ok(()));
+                if let Some(problem) = damage {
+                    refuse(batch, format!("the store is damaged: {problem}"));
+                    return Some(problem);
+                }
             }
             None => {
-                let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+                let commit = conn.execute_batch("COMMIT");
+                let damage = commit
+                    .as_ref()
+                    .err()
+                    .filter(|e| integrity::is_damage(e))
+                    .map(|e| e.to_string());
+                let commit = commit.map_err(|e| e.to_string());
                 if commit.is_err() {
                     let _ = conn.execute_batch("ROLLBACK");
                 }
                 batch.into_iter().for_each(|job| job.answer(commit.clone()));
-                return;
+                return damage;
             }
         }
     }
+    None
 }
 
 /// Schema changes in order; each runs once, in its own transaction, and is recorded in

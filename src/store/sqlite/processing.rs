@@ -351,6 +351,9 @@ impl Processing for SqliteStore {
                 .map_err(sql_err)?
                 .map_err(|_| StoreError("the writer thread panicked".into()))?;
         }
+        if let Ok(reader) = self.reader.lock() {
+            self.damage.seal(&reader);
+        }
         if let Ok(mut l) = self.lock.lock() {
             l.take();
         }
