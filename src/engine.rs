@@ -523,16 +523,19 @@ impl Engine {
 
     /// Stops intake, lets work in hand finish (at most `drain`), then closes the store.
     pub async fn shutdown(&self, drain: Duration) -> anyhow::Result<()> {
-        tracing::info!("shutting down: intake stopped, finishing work in hand");
-        let versions: Vec<RouteVersion> =
+        tracing::info!("shutting down: stopping intake");
+        let mut versions: Vec<RouteVersion> =
             self.versions.lock().await.drain().map(|(_, v)| v).collect();
-        // Intake of every route first, then everything else.
+        // Intake of every route first (what it accepted is committed), then everything else.
         versions.iter().for_each(|v| v.intake_stop.cancel());
         self.shutdown.cancel();
         self.tasks.close();
         let all = async {
+            for v in versions.iter_mut() {
+                let _ = (&mut v.inbound).await;
+            }
+            tracing::info!("intake stopped; finishing work in hand");
             for v in versions {
-                let _ = v.inbound.await;
                 v.tasks.close();
                 v.tasks.wait().await;
             }
@@ -543,6 +546,7 @@ impl Engine {
                 "work still running after {drain:?}; stopping anyway (it resumes at the next start)"
             );
         }
+        self.listeners.close_all();
         self.store.close().await?;
         tracing::info!("stopped");
         Ok(())

@@ -130,8 +130,13 @@ pub fn render(e: &Value, style: Style) -> String {
             }
         }
     }
-    if field("event").is_empty() {
+    // A warning or error says what is wrong in its message (a rejected reload's
+    // `file:line:column: …`, a damaged store's report): without it the line says nothing.
+    if field("event").is_empty() || matches!(field("level"), "ERROR" | "WARN") {
         line.push_str(&format!(" {}", field("message")));
+    }
+    if let Some(problem) = e.get("problem").and_then(Value::as_str) {
+        line.push_str(&format!(" problem={problem}"));
     }
     line
 }

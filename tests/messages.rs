@@ -103,6 +103,23 @@ fn list_show_and_replay_beside_a_running_engine() {
         "{:?}",
         ws.states()
     );
+    // Delivered now: its old error is history (in the timeline), not its state.
+    assert!(wait_until(Duration::from_secs(10), || {
+        let (_, json, _) = run(&ws, &["messages", "show", &dead_id, "--json"]);
+        let d: serde_json::Value = serde_json::from_str(&json).unwrap();
+        d["message"]["state"] == "delivered"
+    }));
+    let (_, json, _) = run(&ws, &["messages", "show", &dead_id, "--json"]);
+    let d: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(
+        d["message"]["error"].is_null(),
+        "a delivered message keeps an error: {d}"
+    );
+    let (_, shown, _) = run(&ws, &["messages", "show", &dead_id]);
+    assert!(
+        shown.contains("cannot write to outbox"),
+        "the old error stays in the timeline:\n{shown}"
+    );
 
     // Fix the route (it reloads), then run the rejected one through again from the start.
     std::fs::write(ws.path("routes/r.yaml"), ROUTE.replace("REJECT", "NEVER")).unwrap();
@@ -197,7 +214,8 @@ fn a_damaged_store_gives_a_clear_error() {
         .expect("exits");
     assert!(!status.success());
     assert!(
-        console.contains("cannot open the store data/switchyard.db"),
+        console.contains("the store data/switchyard.db is damaged: file is not a database")
+            && console.contains("left the file as it was"),
         "{console}"
     );
     assert!(console.contains("restore the latest backup"), "{console}");

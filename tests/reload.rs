@@ -178,6 +178,91 @@ fn an_http_listener_keeps_accepting_across_reloads() {
     engine.stop();
 }
 
+/// Keep-alive connections are handed from version to version: four clients each keep one
+/// connection and post on it all through six rewrites of the route; no request fails, none
+/// is stored twice, and each client's requests all came over its one connection.
+#[test]
+fn keep_alive_connections_carry_on_across_reloads() {
+    let port = free_port();
+    let ws = Workspace::new();
+    let route = ws.write_route("api.yaml", &http_route(port, "v1"));
+    let engine = ws.start();
+    ws.http_addr();
+    let (clients, each) = (4, 300);
+    let feed = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let mut tasks = Vec::new();
+            for c in 0..clients {
+                tasks.push(tokio::spawn(async move {
+                    // One connection, kept alive for every request of this client.
+                    let client = reqwest::Client::builder()
+                        .pool_max_idle_per_host(1)
+                        .build()
+                        .unwrap();
+                    let mut failures = Vec::new();
+                    for i in 0..each {
+                        match client
+                            .post(format!("http://127.0.0.1:{port}/"))
+                            .body(format!("c{c}-m{i}"))
+                            .send()
+                            .await
+                        {
+                            Ok(r) if r.status() == 202 => {}
+                            Ok(r) => failures.push(format!("c{c}-m{i}: HTTP {}", r.status())),
+                            Err(e) => failures.push(format!("c{c}-m{i}: {e:?}")),
+                        }
+                        tokio::time::sleep(Duration::from_millis(3)).await;
+                    }
+                    failures
+                }));
+            }
+            let mut failures = Vec::new();
+            for t in tasks {
+                failures.extend(t.await.unwrap());
+            }
+            failures
+        })
+    });
+    for n in 2..=7 {
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::write(&route, http_route(port, &format!("v{n}"))).unwrap();
+    }
+    let failures = feed.join().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    let total = (clients * each) as u64;
+    assert!(
+        wait_until(Duration::from_secs(60), || ws.count("delivered") == total),
+        "{:?}",
+        ws.states()
+    );
+    assert_eq!(
+        ws.states().values().sum::<u64>(),
+        total,
+        "nothing stored twice"
+    );
+    let versions =
+        ws.query_pairs("SELECT route_version, COUNT(*) FROM messages GROUP BY route_version");
+    assert!(
+        versions.len() >= 3,
+        "the requests should span several versions: {versions:?}"
+    );
+    let remotes = ws.query_pairs(
+        "SELECT json_extract(headers, '$.\"http.remote\"'), COUNT(*) FROM messages GROUP BY 1",
+    );
+    assert_eq!(
+        remotes.len(),
+        clients,
+        "each client's connection should have carried all its requests: {remotes:?}"
+    );
+    engine.stop();
+}
+
 #[test]
 fn routes_are_added_and_removed_while_running() {
     let ws = Workspace::new();

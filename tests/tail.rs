@@ -45,6 +45,8 @@ fn tail_follows_filters_and_survives_rotation() {
         );
     }
     ws.drop_file("inbox", "bad.xml", b"<order>");
+    // A route file with a mistake: its reload is rejected, with where and what.
+    ws.write_route("broken.yaml", "from:\n  file: { pathh: inbox3 }\nto: []\n");
     assert!(
         wait_until(Duration::from_secs(60), || ws.count("delivered")
             == 2 * total as u64),
@@ -97,6 +99,12 @@ fn tail_follows_filters_and_survives_rotation() {
     assert!(
         text.lines().all(|l| !l.contains(" delivered")),
         "--errors shows no successes: {text}"
+    );
+    assert!(
+        text.lines().any(|l| l.contains("reload")
+            && l.contains("rejected")
+            && l.contains("broken.yaml:2:")),
+        "a rejected reload shows its file:line:column: {text}"
     );
     assert!(
         !text.contains('\u{1b}'),

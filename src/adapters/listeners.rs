@@ -3,17 +3,27 @@
 //! closed: clients connecting during the swap wait in the kernel's backlog instead of being
 //! refused.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::net::TcpListener;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+/// What an inbound keeps beside its socket across versions (an HTTP route's open
+/// connections); closed with the socket when no version wants the address any more.
+pub trait Kept: Any + Send + Sync {
+    fn close(&self);
+}
 
 #[derive(Default)]
-pub struct Listeners(Mutex<HashMap<String, TcpListener>>);
+pub struct Listeners {
+    sockets: Mutex<HashMap<String, TcpListener>>,
+    kept: Mutex<HashMap<String, Arc<dyn Kept>>>,
+}
 
 impl Listeners {
     /// The listener handed back for `addr`, or a new one bound to it.
     pub fn take_or_bind(&self, addr: &str) -> std::io::Result<TcpListener> {
-        if let Some(l) = self.0.lock().ok().and_then(|mut m| m.remove(addr)) {
+        if let Some(l) = self.sockets.lock().ok().and_then(|mut m| m.remove(addr)) {
             return Ok(l);
         }
         let l = TcpListener::bind(addr)?;
@@ -27,7 +37,7 @@ impl Listeners {
         if addr.ends_with(":0") {
             return;
         }
-        if let Ok(mut m) = self.0.lock() {
+        if let Ok(mut m) = self.sockets.lock() {
             m.insert(addr.to_string(), listener);
         }
     }
@@ -60,10 +70,35 @@ impl Listeners {
         }
     }
 
-    /// Closes the listeners no running route uses any more.
+    /// What the inbound on `addr` keeps across versions, made on first use (`None` only when
+    /// `addr` keeps something of another type, which no two inbounds share).
+    pub fn kept<T: Kept + Default>(&self, addr: &str) -> Option<Arc<T>> {
+        let mut m = self.kept.lock().ok()?;
+        let entry = m
+            .entry(addr.to_string())
+            .or_insert_with(|| Arc::new(T::default()));
+        let any: Arc<dyn Any + Send + Sync> = entry.clone();
+        any.downcast::<T>().ok()
+    }
+
+    /// Closes the listeners, and what is kept with them, that no running route uses any more.
     pub fn retain(&self, in_use: impl Fn(&str) -> bool) {
-        if let Ok(mut m) = self.0.lock() {
+        if let Ok(mut m) = self.sockets.lock() {
             m.retain(|addr, _| in_use(addr));
         }
+        if let Ok(mut m) = self.kept.lock() {
+            m.retain(|addr, kept| {
+                let keep = in_use(addr);
+                if !keep {
+                    kept.close();
+                }
+                keep
+            });
+        }
+    }
+
+    /// Closes everything (the engine stops).
+    pub fn close_all(&self) {
+        self.retain(|_| false);
     }
 }

@@ -8,6 +8,10 @@
 //!
 //! `hyper` serves each connection with a header-read timeout (a client that trickles its
 //! headers is cut off) and the listener keeps accepting others meanwhile.
+//!
+//! Connections outlive route versions ([`Connections`]): a reload hands the open keep-alive
+//! connections to the next version instead of closing them, because a request a client sends
+//! on a connection just as the server closes it fails, and a POST is not sent again.
 
 use super::{Inbound, Intake, Reply};
 use crate::adapters::listeners::Listeners;
@@ -28,8 +32,9 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use tokio::task::JoinSet;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::{TaskTracker, TaskTrackerToken};
 
 /// What the client gets back.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -251,14 +256,137 @@ fn authorized(auth: &Auth, header: Option<&HeaderValue>) -> bool {
     false
 }
 
+/// One route version taking requests.
 struct Handler {
     cfg: Arc<Config>,
     intake: Intake,
-    remote: SocketAddr,
+    /// Requests this version took and has not answered: its stop waits for them.
+    in_flight: TaskTracker,
+}
+
+/// Who takes the requests arriving on an address's connections.
+enum Taker {
+    /// Between two versions (a reload), or before the first: requests wait for the next.
+    Swapping,
+    Version(Arc<Handler>),
+    /// The route is paused: `503` at once.
+    Paused,
+}
+
+/// How long a request waits for the next version during a reload before it is answered
+/// `503`; a reload takes milliseconds, this is for one that never comes.
+const SWAP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// An address's open connections and who takes their requests. Kept across versions with the
+/// listener ([`Listeners::kept`]); closed when no version wants the address any more (the
+/// route removed or moved, the engine stopping): then each connection finishes the request in
+/// hand and closes.
+pub struct Connections {
+    taker: watch::Sender<Taker>,
+    closed: CancellationToken,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections {
+            taker: watch::Sender::new(Taker::Swapping),
+            closed: CancellationToken::new(),
+        }
+    }
+}
+
+impl crate::adapters::listeners::Kept for Connections {
+    fn close(&self) {
+        self.closed.cancel();
+    }
+}
+
+/// What a request on a kept connection gets.
+enum Take {
+    /// This version, and a token that holds its stop until the request is answered.
+    Version(Arc<Handler>, TaskTrackerToken),
+    Paused,
+    Closing,
+}
+
+impl Connections {
+    /// The version to take a request, waiting (up to [`SWAP_WAIT`]) while versions swap.
+    async fn take(&self) -> Take {
+        let mut rx = self.taker.subscribe();
+        let wait = async {
+            loop {
+                {
+                    // The token is taken under the watch's lock, so a version that stops
+                    // after this (it swaps the taker first) waits for this request.
+                    let taker = rx.borrow_and_update();
+                    match &*taker {
+                        Taker::Version(h) => return Take::Version(h.clone(), h.in_flight.token()),
+                        Taker::Paused => return Take::Paused,
+                        Taker::Swapping => {}
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return Take::Closing;
+                }
+            }
+        };
+        tokio::select! {
+            t = wait => t,
+            _ = self.closed.cancelled() => Take::Closing,
+            _ = tokio::time::sleep(SWAP_WAIT) => Take::Closing,
+        }
+    }
+
+    /// Hands the connections to `next` (a version, or a pause).
+    fn hand_to(&self, next: Taker) {
+        self.taker.send_replace(next);
+    }
+
+    /// Stops handing requests to `version` when it still takes them.
+    fn stop(&self, version: &Arc<Handler>) {
+        self.taker.send_if_modified(|t| match t {
+            Taker::Version(h) if Arc::ptr_eq(h, version) => {
+                *t = Taker::Swapping;
+                true
+            }
+            _ => false,
+        });
+    }
+
+    /// Stops answering "paused" when that is still the answer.
+    fn unpause(&self) {
+        self.taker.send_if_modified(|t| match t {
+            Taker::Paused => {
+                *t = Taker::Swapping;
+                true
+            }
+            _ => false,
+        });
+    }
+}
+
+fn paused_answer() -> Answer {
+    let mut r = json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        serde_json::json!({"error": "the route is paused; nothing was stored, send it again later"}),
+    );
+    r.headers_mut()
+        .insert("retry-after", HeaderValue::from_static("5"));
+    r
+}
+
+fn closing_answer() -> Answer {
+    let mut r = problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the route is stopping; nothing was stored, send it again",
+    );
+    r.headers_mut()
+        .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 impl Handler {
-    async fn handle(&self, req: Request<Incoming>) -> Answer {
+    async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Answer {
         let cfg = &self.cfg;
         let path = req.uri().path().to_string();
         if !cfg.paths.contains(&path) {
@@ -303,7 +431,7 @@ impl Handler {
                 &format!("the body is over this route's limit of {}", cfg.max_body),
             );
         }
-        let headers = self.message_headers(&req);
+        let headers = self.message_headers(&req, remote);
         let body = Limited::new(req.into_body(), max as usize);
         let body = match tokio::time::timeout(cfg.body_timeout.0, body.collect()).await {
             Err(_) => {
@@ -371,11 +499,11 @@ impl Handler {
     }
 
     /// Request facts the steps can use. `Authorization` is never stored.
-    fn message_headers(&self, req: &Request<Incoming>) -> Headers {
+    fn message_headers(&self, req: &Request<Incoming>, remote: SocketAddr) -> Headers {
         let mut h = Headers::new();
         h.insert("http.method".into(), req.method().to_string());
         h.insert("http.path".into(), req.uri().path().to_string());
-        h.insert("http.remote".into(), self.remote.to_string());
+        h.insert("http.remote".into(), remote.to_string());
         if let Some(q) = req.uri().query() {
             h.insert("http.query".into(), q.to_string());
             for (k, v) in form_urlencoded::parse(q.as_bytes()) {
@@ -449,63 +577,113 @@ fn reply_answer(id: uuid::Uuid, reply: Reply) -> Answer {
     }
 }
 
-#[async_trait]
-impl Inbound for HttpInbound {
-    async fn run(&self, intake: Intake, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let listener = self.listeners.acquire(&self.listener, &self.cfg.listen)?;
-        tracing::info!(route = %intake.route, listen = %listener.local_addr()?, "HTTP listener ready");
-        let mut connections = JoinSet::new();
+impl HttpInbound {
+    /// The connections of this route's address: kept across versions, except on port 0 (any
+    /// free port), which a next version cannot ask for again.
+    fn connections(&self) -> (Arc<Connections>, bool) {
+        let kept = (!self.cfg.listen.ends_with(":0"))
+            .then(|| self.listeners.kept::<Connections>(&self.cfg.listen))
+            .flatten();
+        match kept {
+            Some(c) => (c, true),
+            None => (Arc::new(Connections::default()), false),
+        }
+    }
+
+    /// Accepts connections for `connections` until `stop`, then hands the listener back.
+    async fn accept(
+        &self,
+        listener: tokio::net::TcpListener,
+        connections: &Arc<Connections>,
+        stop: &CancellationToken,
+    ) {
         loop {
             let (stream, remote) = tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = stop.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
                     Err(e) => {
-                        tracing::warn!(route = %intake.route, error = %e, "accept failed");
+                        tracing::warn!(listen = %self.cfg.listen, error = %e, "accept failed");
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                         continue;
                     }
                 },
             };
-            while connections.try_join_next().is_some() {}
-            let handler = Arc::new(Handler {
-                cfg: self.cfg.clone(),
-                intake: intake.clone(),
+            tokio::spawn(connection(
+                connections.clone(),
+                stream,
                 remote,
-            });
-            let (tls, stop, header_timeout) = (
                 self.tls.clone(),
-                shutdown.clone(),
                 self.cfg.header_timeout.0,
-            );
-            connections.spawn(async move {
-                let service = service_fn(move |req| {
-                    let h = handler.clone();
-                    async move { Ok::<_, Infallible>(h.handle(req).await) }
-                });
-                let mut builder = http1::Builder::new();
-                builder
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(header_timeout);
-                match tls {
-                    None => serve(builder, TokioIo::new(stream), service, stop).await,
-                    Some(acceptor) => {
-                        // A failed or stalled handshake just closes the connection.
-                        let handshake =
-                            tokio::time::timeout(header_timeout, acceptor.accept(stream));
-                        if let Ok(Ok(tls_stream)) = handshake.await {
-                            serve(builder, TokioIo::new(tls_stream), service, stop).await
-                        }
-                    }
-                }
-            });
+            ));
         }
         self.listeners.release(&self.cfg.listen, listener);
-        // Requests in flight finish (their messages are being committed); idle ones close.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-            while connections.join_next().await.is_some() {}
-        })
-        .await;
+    }
+}
+
+/// Serves one connection for as long as the client keeps it, each request taken by the
+/// version taking requests at that moment.
+async fn connection(
+    connections: Arc<Connections>,
+    stream: tokio::net::TcpStream,
+    remote: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    header_timeout: std::time::Duration,
+) {
+    let closed = connections.closed.clone();
+    let service = service_fn(move |req| {
+        let connections = connections.clone();
+        async move {
+            let answer = match connections.take().await {
+                Take::Version(h, token) => {
+                    let answer = h.handle(req, remote).await;
+                    drop(token);
+                    answer
+                }
+                Take::Paused => paused_answer(),
+                Take::Closing => closing_answer(),
+            };
+            Ok::<_, Infallible>(answer)
+        }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    match tls {
+        None => serve(builder, TokioIo::new(stream), service, closed).await,
+        Some(acceptor) => {
+            // A failed or stalled handshake just closes the connection.
+            let handshake = tokio::time::timeout(header_timeout, acceptor.accept(stream));
+            if let Ok(Ok(tls_stream)) = handshake.await {
+                serve(builder, TokioIo::new(tls_stream), service, closed).await
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Inbound for HttpInbound {
+    async fn run(&self, intake: Intake, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let listener = self.listeners.acquire(&self.listener, &self.cfg.listen)?;
+        tracing::info!(route = %intake.route, listen = %listener.local_addr()?, "HTTP listener ready");
+        let (connections, kept) = self.connections();
+        let version = Arc::new(Handler {
+            cfg: self.cfg.clone(),
+            intake,
+            in_flight: TaskTracker::new(),
+        });
+        connections.hand_to(Taker::Version(version.clone()));
+        self.accept(listener, &connections, &shutdown).await;
+        // Requests this version took finish (their messages are being committed); the
+        // connections stay open for the next version.
+        connections.stop(&version);
+        version.in_flight.close();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), version.in_flight.wait())
+            .await;
+        if !kept {
+            connections.closed.cancel();
+        }
         Ok(())
     }
 
@@ -517,57 +695,13 @@ impl Inbound for HttpInbound {
                 return;
             }
         };
-        let mut connections = JoinSet::new();
-        loop {
-            let (stream, _) = tokio::select! {
-                _ = stop.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(_) => {
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            while connections.try_join_next().is_some() {}
-            let (tls, header_timeout) = (self.tls.clone(), self.cfg.header_timeout.0);
-            connections.spawn(async move {
-                let service = service_fn(|_req| async {
-                    let mut r = json(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        serde_json::json!({"error": "the route is paused; nothing was stored, send it again later"}),
-                    );
-                    r.headers_mut()
-                        .insert("retry-after", HeaderValue::from_static("5"));
-                    Ok::<_, Infallible>(r)
-                });
-                let mut builder = http1::Builder::new();
-                builder
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(header_timeout)
-                    .keep_alive(false);
-                let served = async {
-                    match tls {
-                        None => {
-                            let _ = builder
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
-                        }
-                        Some(acceptor) => {
-                            if let Ok(Ok(s)) =
-                                tokio::time::timeout(header_timeout, acceptor.accept(stream)).await
-                            {
-                                let _ = builder.serve_connection(TokioIo::new(s), service).await;
-                            }
-                        }
-                    }
-                };
-                // The answer needs no body: a caller still sending one is not waited for.
-                let _ = tokio::time::timeout(header_timeout, served).await;
-            });
+        let (connections, kept) = self.connections();
+        connections.hand_to(Taker::Paused);
+        self.accept(listener, &connections, &stop).await;
+        connections.unpause();
+        if !kept {
+            connections.closed.cancel();
         }
-        connections.abort_all();
-        self.listeners.release(&self.cfg.listen, listener);
     }
 
     async fn failed(&self, _original: &Message, _reason: &str) -> anyhow::Result<()> {

@@ -746,7 +746,8 @@ fn apply<'a>(
             }
             Change::Final { message, state } => {
                 db.execute(
-                    "UPDATE messages SET state = $2, updated_at = $3 WHERE id = $1",
+                    "UPDATE messages SET state = $2, updated_at = $3,
+                     error = CASE WHEN $2 = 'delivered' THEN NULL ELSE error END WHERE id = $1",
                     &[message, &state.as_str(), &now],
                 )
                 .await?;

@@ -14,7 +14,8 @@ use std::time::Duration;
 pub const START_BUDGET: Duration = Duration::from_secs(10);
 
 /// What becomes of a store found damaged while the engine runs.
-pub const WRITES_STOPPED: &str = "Intake is paused and nothing more is written to it.";
+pub const WRITES_STOPPED: &str =
+    "Intake is paused and nothing more is written to it; stop the engine.";
 
 /// Problems a check reports at most; the first few say what is needed.
 const MAX_PROBLEMS: usize = 20;
@@ -84,7 +85,7 @@ pub fn report(path: &Path, problems: &[String], state: &str) -> String {
     let shown: Vec<&str> = problems.iter().take(5).map(String::as_str).collect();
     let more = problems.len().saturating_sub(shown.len());
     format!(
-        "the store {} is damaged: {}{}. {state} Stop the engine, keep the file with its -wal and -shm files, and restore the latest backup or recover what it holds (docs/store.md, \"A damaged store\")",
+        "the store {} is damaged: {}{}. {state} Keep the file with its -wal and -shm files, and restore the latest backup or recover what it holds (docs/store.md, \"A damaged store\")",
         path.display(),
         shown.join("; "),
         if more > 0 {

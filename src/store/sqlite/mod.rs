@@ -670,8 +670,11 @@ fn apply(
                 .execute(params![message.to_string(), error])?;
         }
         Change::Final { message, state } => {
-            conn.prepare_cached("UPDATE messages SET state = ?2, updated_at = ?3 WHERE id = ?1")?
-                .execute(params![message.to_string(), state.as_str(), now])?;
+            conn.prepare_cached(
+                "UPDATE messages SET state = ?2, updated_at = ?3,
+                 error = CASE WHEN ?2 = 'delivered' THEN NULL ELSE error END WHERE id = ?1",
+            )?
+            .execute(params![message.to_string(), state.as_str(), now])?;
         }
         Change::Retry { message, at, error } => {
             conn.prepare_cached(
