@@ -65,12 +65,15 @@ to:
     let at_kill = ws.states();
 
     let engine = ws.start();
+    // Not "delivered >= total": inputs stored twice count there too, before every input
+    // has its output.
     assert!(
-        wait_until(Duration::from_secs(180), || ws.count("delivered") as usize
-            >= total
-            && ws.files("inbox").is_empty()),
-        "{:?}",
-        ws.states()
+        wait_until(Duration::from_secs(180), || ws.files("inbox").is_empty()
+            && all_outputs_present(&ws, total, "outbox", "out").is_empty()
+            && ws.count("received") + ws.count("delivering") == 0),
+        "{:?}; missing outputs: {:?}",
+        ws.states(),
+        all_outputs_present(&ws, total, "outbox", "out")
     );
     let (status, _) = engine.stop();
     assert!(status.success());
