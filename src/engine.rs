@@ -104,6 +104,9 @@ struct RunningRoute {
     replies: Arc<Replies>,
     /// The route's search fields.
     index: Arc<crate::route::Index>,
+    /// No destination at all (an HTTP `reply` route that only answers): a message is done,
+    /// `delivered`, once its steps are, instead of `unrouted`.
+    replies_only: bool,
 }
 
 impl RunningRoute {
@@ -674,6 +677,10 @@ fn build(route: &Route, listeners: &Arc<Listeners>) -> anyhow::Result<RunningRou
         scheduled: Arc::new(Notify::new()),
         replies: Arc::new(Replies::default()),
         index: route.index.clone(),
+        replies_only: !route
+            .destinations
+            .iter()
+            .any(|d| d.kind == DeliveryKind::Main),
     })
 }
 
@@ -824,10 +831,14 @@ fn decide(route: &RunningRoute, work: Pending, started: Instant) -> Decision {
     let current = &work.msg;
     let mut failure: Option<String> = None;
     let result = match (outcome, routed) {
-        (Outcome::Done, Some(Ok(destinations))) if destinations.is_empty() => Processed::Unrouted {
-            headers: current.headers.clone(),
-            body: current.body.clone(),
-        },
+        (Outcome::Done, Some(Ok(destinations)))
+            if destinations.is_empty() && !route.replies_only =>
+        {
+            Processed::Unrouted {
+                headers: current.headers.clone(),
+                body: current.body.clone(),
+            }
+        }
         (Outcome::Done, Some(Ok(destinations))) => Processed::Routed {
             headers: current.headers.clone(),
             body: current.body.clone(),

@@ -128,6 +128,14 @@ fn sigkill_with_5000_files_in_flight_loses_nothing() {
         extra_outputs, 0,
         "a re-run delivery must land on the same output file"
     );
+    // Every input taken twice was recognised as the same file: one delivery each.
+    assert_eq!(ws.count("delivered"), total as u64, "{:?}", ws.states());
+    assert_eq!(
+        ws.count("duplicate"),
+        stored_twice.values().map(|n| n - 1).sum::<u64>(),
+        "{:?}",
+        ws.states()
+    );
 }
 
 #[test]

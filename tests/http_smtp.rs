@@ -814,3 +814,45 @@ async fn a_declared_json_route_reads_a_text_plain_body_as_json() {
     assert_eq!(headers["content-type"], "application/json");
     engine.stop();
 }
+
+/// A `reply` route without destinations is a request-reply service: it is accepted, answers
+/// with the steps' result, and its messages end `delivered` (not `unrouted`) once answered.
+/// The bundled example is run as shipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_route_without_destinations_answers_and_is_done() {
+    let ws = Workspace::new();
+    ws.copy_from_repo(
+        "examples/routes/shipping-quote-service.yaml",
+        "routes/shipping-quote-service.yaml",
+    );
+    let port = common::net::free_port();
+    let engine = ws.start_with_env(&[("QUOTE_LISTEN", &format!("127.0.0.1:{port}"))]);
+    ws.http_addr();
+    let r = client()
+        .post(format!("http://127.0.0.1:{port}/quote"))
+        .header("content-type", "application/json")
+        .body(r#"{"kg": 2, "zone": "EU"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["price"], 12.0, "{body}");
+    let r = client()
+        .post(format!("http://127.0.0.1:{port}/quote"))
+        .header("content-type", "application/json")
+        .body(r#"{"kg": "heavy", "zone": "EU"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(
+        wait_for(Duration::from_secs(10), || ws.count("delivered") == 1
+            && ws.count("failed") == 1)
+        .await,
+        "{:?}",
+        ws.states()
+    );
+    assert_eq!(ws.count("unrouted"), 0);
+    engine.stop();
+}

@@ -122,6 +122,44 @@ pub fn create_temp(dir: &Path, tag: &str, bytes: &[u8]) -> io::Result<(PathBuf, 
     Ok((tmp, f))
 }
 
+/// The extended attribute that names the message a written file holds.
+const MARK: &std::ffi::CStr = c"user.switchyard.message";
+
+/// Marks `file` as holding message `id` (an extended attribute, which moves and links keep):
+/// a later attempt can then tell its own earlier output from another message's file. Best
+/// effort: a file system without user attributes just has no mark.
+pub fn mark(file: &File, id: &str) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid descriptor, a NUL-terminated name, and a buffer of the given length.
+    unsafe {
+        libc::fsetxattr(
+            file.as_raw_fd(),
+            MARK.as_ptr(),
+            id.as_ptr().cast(),
+            id.len(),
+            0,
+        );
+    }
+}
+
+/// The message `path` holds, if it is marked.
+pub fn marked(path: &Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut buf = [0u8; 64];
+    // SAFETY: NUL-terminated path and name; the buffer's length is passed.
+    let n = unsafe {
+        libc::getxattr(
+            c_path.as_ptr(),
+            MARK.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    let n = usize::try_from(n).ok()?;
+    String::from_utf8(buf.get(..n)?.to_vec()).ok()
+}
+
 /// Moves `from` into `dir` as `name`, or as `name` with a numeric suffix when that is taken.
 /// Falls back to copy-and-remove across file systems. Returns the new path.
 ///

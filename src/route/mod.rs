@@ -290,10 +290,14 @@ pub fn load_file(path: &Path, endpoints: &Endpoints) -> Result<Route, Vec<Diagno
             format!("route id `{id}` may only contain letters, digits, `-`, `_` and `.`"),
         ));
     }
-    if file.to.is_empty() && file.route.is_none() {
+    // An HTTP route in `reply` mode may only answer its callers (a transformation service):
+    // its messages end `delivered` with the reply.
+    let replies = matches!(&file.from, InboundConfig::Http(h)
+        if h.response == crate::adapters::inbound::http::ResponseMode::Reply);
+    if file.to.is_empty() && file.route.is_none() && !replies {
         problems.push(locate(
             "to",
-            "the route has no destination: add outbound adapters under `to`, or rules under `route`".into(),
+            "the route has no destination: add outbound adapters under `to`, or rules under `route` (only an HTTP route with `response: reply` may have none: it answers its callers)".into(),
         ));
     }
     let wants_dead_letter = [file.on_error.validation, file.on_error.transform]

@@ -209,6 +209,21 @@ pub(crate) fn steps_outcome<'a>(
             headers,
             body,
             destinations,
+        } if destinations.is_empty() => {
+            // Nowhere to deliver (a route that only replies): done once its steps are.
+            plan.push(Change::Output {
+                message: id,
+                state: MessageState::Delivered,
+                headers,
+                body,
+            });
+            plan.push(entered(id, MessageState::Delivered));
+            MessageState::Delivered
+        }
+        Processed::Routed {
+            headers,
+            body,
+            destinations,
         } => {
             plan.push(Change::Output {
                 message: id,

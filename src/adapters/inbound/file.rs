@@ -303,8 +303,23 @@ impl Inner {
                 return self.reject(&path, &name, headers, &reason, intake).await;
             }
         };
-        let id = match intake.submit(headers, body.into()).await {
-            Ok(id) => id,
+        // The file's identity (device, inode, status-change time, size): a file taken again
+        // after a crash, before it was moved away, has the same one and is recorded as a
+        // `duplicate`; the same name dropped again later is a new file and a new message.
+        let identity = {
+            use std::os::unix::fs::MetadataExt;
+            format!(
+                "{}:{}:{}.{:09}:{}",
+                meta.dev(),
+                meta.ino(),
+                meta.ctime(),
+                meta.ctime_nsec(),
+                meta.len()
+            )
+        };
+        let key = Some(("file_identity".to_string(), identity));
+        let id = match intake.submit_once(headers, body.into(), key).await {
+            Ok(super::Submitted::New(id) | super::Submitted::Duplicate { id, .. }) => id,
             Err(e) => {
                 // Not committed, so not acknowledged: the file stays and is tried again.
                 tracing::error!(route = %intake.route, file = %path.display(), error = %e, "could not store file; it stays in place and is retried");

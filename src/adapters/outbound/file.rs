@@ -14,7 +14,9 @@
 //! exactly this content, the delivery counts as done, so a retry does not duplicate it.
 
 use super::{DeliveryConfig, Outbound, SendError, Sent};
-use crate::adapters::fs::{create_temp, safe_file_name, sync_dir, sync_files, with_suffix};
+use crate::adapters::fs::{
+    create_temp, mark, marked, safe_file_name, sync_dir, sync_files, with_suffix,
+};
 use crate::message::Message;
 use crate::template::Template;
 use async_trait::async_trait;
@@ -100,7 +102,9 @@ impl FileOutbound {
             .map(|msg| {
                 // Unique even when two deliveries of one message are in flight (a replay).
                 let seq = TEMP_SEQ.fetch_add(1, AtomicOrdering::Relaxed);
-                create_temp(dir, &format!("{}-{seq}", msg.id), &msg.body)
+                let temp = create_temp(dir, &format!("{}-{seq}", msg.id), &msg.body)?;
+                mark(&temp.1, &msg.id.to_string());
+                Ok(temp)
             })
             .collect();
         let files: Vec<&std::fs::File> = temps.iter().flatten().map(|(_, f)| f).collect();
@@ -124,7 +128,7 @@ impl FileOutbound {
             .map(|(tmp, msg)| {
                 let tmp = tmp?;
                 let name = safe_file_name(&self.cfg.name.render(msg));
-                let result = self.place(&tmp, dir, &name, &msg.body);
+                let result = self.place(&tmp, dir, &name, msg);
                 let _ = std::fs::remove_file(&tmp);
                 result
             })
@@ -140,7 +144,7 @@ impl FileOutbound {
         placed
     }
 
-    fn place(&self, tmp: &Path, dir: &Path, name: &str, body: &[u8]) -> io::Result<PathBuf> {
+    fn place(&self, tmp: &Path, dir: &Path, name: &str, msg: &Message) -> io::Result<PathBuf> {
         let mut n = 1;
         loop {
             let target = if n == 1 {
@@ -156,8 +160,15 @@ impl FileOutbound {
             match std::fs::hard_link(tmp, &target) {
                 Ok(()) => return Ok(target),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    if same_content(&target, body) {
-                        return Ok(target); // an earlier attempt of this delivery got through
+                    // An earlier attempt of this delivery that got through (a crash before it
+                    // was recorded) is this message's file: marked with its id, or — where
+                    // the file system keeps no marks — with the same content.
+                    let earlier = match marked(&target) {
+                        Some(id) => id == msg.id.to_string(),
+                        None => same_content(&target, &msg.body),
+                    };
+                    if earlier {
+                        return Ok(target);
                     }
                     if self.cfg.on_clash == OnClash::Fail {
                         return Err(io::Error::new(
@@ -252,11 +263,23 @@ mod tests {
     fn clash_policies() {
         let tmp = tempfile::tempdir().unwrap();
         let suffix = outbound(tmp.path(), "name: \"{{original_name}}\"");
-        let a = suffix.write(&msg("a.json", "1")).unwrap();
+        let first = msg("a.json", "1");
+        let a = suffix.write(&first).unwrap();
         let b = suffix.write(&msg("a.json", "2")).unwrap();
         assert_eq!(b.file_name().unwrap(), "a-2.json");
-        // The same content again is taken as an earlier attempt of the same delivery.
-        assert_eq!(suffix.write(&msg("a.json", "1")).unwrap(), a);
+        // The same message again is an earlier attempt of the same delivery...
+        assert_eq!(suffix.write(&first).unwrap(), a);
+        // ...but another message with the same name and content is a file of its own (where
+        // the file system keeps marks: tmpfs before Linux 6.6 does not).
+        if marked(&a).is_some() {
+            let twin = suffix.write(&msg("a.json", "1")).unwrap();
+            assert_eq!(twin.file_name().unwrap(), "a-3.json");
+        }
+        // A file without a mark (written by someone else, or where the file system keeps
+        // none) with the same content is still taken as an earlier attempt.
+        std::fs::write(tmp.path().join("b.json"), "9").unwrap();
+        let unmarked = suffix.write(&msg("b.json", "9")).unwrap();
+        assert_eq!(unmarked.file_name().unwrap(), "b.json");
 
         let fail = outbound(tmp.path(), "name: \"{{original_name}}\"\non_clash: fail");
         let e = fail.write(&msg("a.json", "3")).unwrap_err();
