@@ -685,6 +685,11 @@ fn main() {
             rows.extend(broker::kafka(&tansu));
         }
     }
+    // SWITCHYARD_TEST_SQS=moto: SQS against moto's server, started here.
+    #[cfg(feature = "sqs")]
+    if want("broker sqs") && std::env::var("SWITCHYARD_TEST_SQS").is_ok() {
+        rows.extend(broker::sqs());
+    }
     // The machine's limits, for reading the figures above as fractions of them.
     if want("baseline") {
         rows.push(baseline_file(1, Sync::Fsync));
@@ -1502,6 +1507,122 @@ mod broker {
         rows.push(Row::baseline(
             "baseline: bare idempotent producer, batches of 64".into(),
             batches * 64,
+            started,
+            cpu0,
+        ));
+        rows
+    }
+
+    /// Amazon SQS as moto serves it (a Python server of the bench's own): the engine beside
+    /// the bare SDK client, both talking to moto straight, not through the tests' relay.
+    #[cfg(feature = "sqs")]
+    pub fn sqs() -> Vec<Row> {
+        use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, SendMessageBatchRequestEntry};
+        use common::brokers::Sqs;
+        let rt = runtime();
+        let sqs = Sqs::new("");
+        // moto answers a few hundred to a few thousand calls a second: 4,000 messages say
+        // enough.
+        let n = scaled(4_000).max(20);
+        let mut rows = Vec::new();
+        let direct = |source: &str, yaml: String| {
+            yaml.replace(&sqs.engine_queue_url(source), &sqs.queue_url(source))
+        };
+
+        rt.block_on(sqs.publish("engine", &payloads(n)));
+        rows.push(drain(
+            "sqs in (long poll, batches of 10) → file",
+            direct("engine", sqs.inbound_yaml("engine", "")),
+            n,
+        ));
+
+        rt.block_on(sqs.publish("bare", &payloads(n)));
+        let (client, url) = (sqs.client(), sqs.queue_url("bare"));
+        let cpu0 = self_cpu();
+        let started = Instant::now();
+        rt.block_on(async {
+            let mut got = 0;
+            while got < n {
+                let out = client
+                    .receive_message()
+                    .queue_url(&url)
+                    .max_number_of_messages(10)
+                    .wait_time_seconds(1)
+                    .send()
+                    .await
+                    .unwrap();
+                let messages = out.messages.unwrap_or_default();
+                if messages.is_empty() {
+                    continue;
+                }
+                let entries = messages
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| {
+                        DeleteMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .receipt_handle(m.receipt_handle().unwrap_or_default())
+                            .build()
+                            .unwrap()
+                    })
+                    .collect();
+                client
+                    .delete_message_batch()
+                    .queue_url(&url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await
+                    .unwrap();
+                got += messages.len();
+            }
+        });
+        rows.push(Row::baseline(
+            "baseline: bare receive + delete, batches of 10".into(),
+            n,
+            started,
+            cpu0,
+        ));
+
+        rows.push(http_scenario_on(
+            50,
+            false,
+            None,
+            Some(("sqs", direct("published", sqs.outbound_yaml("published")))),
+        ));
+
+        sqs.create("bare-out");
+        let url = sqs.queue_url("bare-out");
+        let body = payloads(1).remove(0).1;
+        let cpu0 = self_cpu();
+        let started = Instant::now();
+        let rounds = n.div_ceil(80);
+        rt.block_on(async {
+            for _ in 0..rounds {
+                // Eight batches of ten at once.
+                let sends = (0..8).map(|b| {
+                    let entries = (0..10)
+                        .map(|i| {
+                            SendMessageBatchRequestEntry::builder()
+                                .id(format!("{b}-{i}"))
+                                .message_body(&body)
+                                .build()
+                                .unwrap()
+                        })
+                        .collect();
+                    client
+                        .send_message_batch()
+                        .queue_url(&url)
+                        .set_entries(Some(entries))
+                        .send()
+                });
+                for sent in futures_util::future::join_all(sends).await {
+                    assert!(sent.unwrap().failed.is_empty());
+                }
+            }
+        });
+        rows.push(Row::baseline(
+            "baseline: bare SDK client, 8 batches of 10 at once".into(),
+            rounds * 80,
             started,
             cpu0,
         ));

@@ -531,6 +531,8 @@ impl Engine {
             self.versions.lock().await.drain().map(|(_, v)| v).collect();
         // Intake of every route first (what it accepted is committed), then everything else.
         versions.iter().for_each(|v| v.intake_stop.cancel());
+        // Connections close as their requests are answered; a body still arriving is cut.
+        self.listeners.close_all();
         self.shutdown.cancel();
         self.tasks.close();
         let all = async {
@@ -549,7 +551,7 @@ impl Engine {
                 "work still running after {drain:?}; stopping anyway (it resumes at the next start)"
             );
         }
-        self.listeners.close_all();
+        self.listeners.close_all(); // the sockets handed back since
         self.store.close().await?;
         tracing::info!("stopped");
         Ok(())

@@ -751,9 +751,30 @@ fn sigterm_under_load_exits_when_the_work_in_hand_is_done() {
     assert!(wait_until(Duration::from_secs(30), || accepted
         .load(Ordering::SeqCst)
         >= 300));
+    // A client trickling its body does not hold the shutdown: it is told to send again.
+    let mut trickler = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    {
+        use std::io::Write;
+        trickler
+            .write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{\"n\":")
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
     let signalled = std::time::Instant::now();
     let (status, console) = engine.stop();
     let took = signalled.elapsed();
+    let mut answer = String::new();
+    {
+        use std::io::Read;
+        trickler
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let _ = trickler.read_to_string(&mut answer);
+    }
+    assert!(
+        answer.starts_with("HTTP/1.1 503") && answer.contains("send it again"),
+        "the trickling client got: {answer:?}"
+    );
     stop.store(true, Ordering::SeqCst);
     for c in clients {
         c.join().unwrap();

@@ -386,7 +386,14 @@ fn closing_answer() -> Answer {
 }
 
 impl Handler {
-    async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Answer {
+    /// Answers one request; `closing` (the route removed, the engine stopping) cuts a body
+    /// still arriving, so a client trickling one cannot hold the shutdown.
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+        closing: &CancellationToken,
+    ) -> Answer {
         let cfg = &self.cfg;
         let path = req.uri().path().to_string();
         if !cfg.paths.contains(&path) {
@@ -433,7 +440,12 @@ impl Handler {
         }
         let headers = self.message_headers(&req, remote);
         let body = Limited::new(req.into_body(), max as usize);
-        let body = match tokio::time::timeout(cfg.body_timeout.0, body.collect()).await {
+        let reading = tokio::time::timeout(cfg.body_timeout.0, body.collect());
+        let read = tokio::select! {
+            r = reading => r,
+            _ = closing.cancelled() => return closing_answer(),
+        };
+        let body = match read {
             Err(_) => {
                 return problem(
                     StatusCode::REQUEST_TIMEOUT,
@@ -636,7 +648,7 @@ async fn connection(
         async move {
             let answer = match connections.take().await {
                 Take::Version(h, token) => {
-                    let answer = h.handle(req, remote).await;
+                    let answer = h.handle(req, remote, &connections.closed).await;
                     drop(token);
                     answer
                 }

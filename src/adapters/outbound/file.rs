@@ -161,12 +161,12 @@ impl FileOutbound {
                 Ok(()) => return Ok(target),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     // An earlier attempt of this delivery that got through (a crash before it
-                    // was recorded) is this message's file: marked with its id, or — where
-                    // the file system keeps no marks — with the same content.
-                    let earlier = match marked(&target) {
-                        Some(id) => id == msg.id.to_string(),
-                        None => same_content(&target, &msg.body),
-                    };
+                    // was recorded) left this message's body there, marked with its id (or
+                    // unmarked, where the file system keeps no marks). Another message's file
+                    // with the same body, or this message's with another body (a replay after
+                    // a change), is a clash.
+                    let earlier = marked(&target).is_none_or(|id| id == msg.id.to_string())
+                        && same_content(&target, &msg.body);
                     if earlier {
                         return Ok(target);
                     }
