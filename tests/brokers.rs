@@ -1643,3 +1643,56 @@ fn a_kafka_route_in_a_build_without_kafka_says_how_to_build_it() {
         "{text}"
     );
 }
+
+/// The SQS destination sends due deliveries ten to a `SendMessageBatch` call; an entry that
+/// can never be sent (a body that is not text) fails alone, dead with its reason, and every
+/// other message of its batch is in the queue.
+#[cfg(feature = "sqs")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_destination_batches_and_fails_only_the_bad_entry() {
+    let Some(url) = sqs_server("SQS batches") else {
+        return;
+    };
+    let sqs = Sqs::new(&url);
+    let ws = Workspace::new();
+    let port = net::free_port();
+    // Requests come in faster than one call per message goes out: due deliveries batch up.
+    ws.write_route(
+        "publish.yaml",
+        &format!(
+            "from:\n  http: {{ listen: 127.0.0.1:{port} }}\nto:\n{}",
+            sqs.outbound_yaml("batched")
+        ),
+    );
+    let engine = ws.start();
+    ws.http_addr();
+    let client = reqwest::Client::new();
+    let total = 35;
+    for i in 0..total {
+        let body: Vec<u8> = if i == 17 {
+            vec![0xff, 0xfe, b'x']
+        } else {
+            format!("{{\"n\":{i}}}").into_bytes()
+        };
+        let r = client
+            .post(format!("http://127.0.0.1:{port}/"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    assert!(
+        wait_until(Duration::from_secs(60), || ws.count("delivered")
+            == total as u64 - 1
+            && ws.count("dead") == 1),
+        "{:?}",
+        ws.states()
+    );
+    let errors = ws.query_pairs("SELECT last_error, COUNT(*) FROM deliveries WHERE state = 'dead'");
+    let text = format!("{errors:?}");
+    assert!(text.contains("not UTF-8"), "{text}");
+    let (visible, in_flight) = sqs.depth("batched").await;
+    assert_eq!(visible + in_flight, total as u64 - 1);
+    engine.stop();
+}
