@@ -114,6 +114,78 @@ fn file_scenario() -> Row {
     }
 }
 
+/// Peak memory with large messages: for each case, the engine's peak resident memory above
+/// what it held idle, as a multiple of one message — the figure docs/operations.md ("Memory")
+/// bounds. Cases: one large file through no steps, one large XML document through
+/// `xml_to_json`, and eight large files dropped at once (read one by one under the intake's
+/// read budget; delivered under the destination's byte bound).
+fn memory_scenario() -> Vec<Row> {
+    let plain = scaled(60 << 20);
+    let xml = large_order(scaled(27 << 20));
+    let filler: Vec<u8> = (0..plain).map(|i| b'a' + (i % 26) as u8).collect();
+    // (what, the route's steps, the files dropped at once)
+    type Case<'a> = (&'a str, &'a str, Vec<(String, &'a [u8])>);
+    let cases: [Case; 3] = [
+        (
+            "1 large file, no steps",
+            "",
+            vec![("big.dat".to_string(), &filler[..])],
+        ),
+        (
+            "1 large XML, xml_to_json",
+            "steps:\n  - xml_to_json: {}\n",
+            vec![("big.xml".to_string(), &xml[..])],
+        ),
+        (
+            "8 large files at once",
+            "",
+            (0..8)
+                .map(|i| (format!("big{i}.dat"), &filler[..]))
+                .collect(),
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (what, steps, files) in cases {
+        let ws = Workspace::new();
+        ws.write_route(
+            "big.yaml",
+            &format!("from:\n  file: {{ path: inbox, settle: 100ms, poll_interval: 200ms, max_size: 256MiB }}\n{steps}to:\n  - file: {{ path: outbox }}\n"),
+        );
+        let engine = ws.start_with_env(&[("SWITCHYARD_LOG", "warn")]);
+        std::thread::sleep(Duration::from_millis(500));
+        let idle = engine.memory_kib("VmRSS");
+        let size = files[0].1.len();
+        let started = Instant::now();
+        for (name, body) in &files {
+            ws.drop_file("inbox", name, body);
+        }
+        assert!(
+            wait_until(Duration::from_secs(600), || ws.count("delivered")
+                == files.len() as u64),
+            "{:?}",
+            ws.states()
+        );
+        let seconds = started.elapsed().as_secs_f64();
+        let (cpu, peak) = usage(engine.pid());
+        engine.stop();
+        let above = peak.saturating_sub(idle) as f64 * 1024.0 / size as f64;
+        rows.push(Row {
+            scenario: format!(
+                "memory: {what}, {:.1} MiB each (peak {above:.1}× one above idle {:.0} MiB)",
+                size as f64 / (1 << 20) as f64,
+                idle as f64 / 1024.0
+            ),
+            messages: files.len(),
+            seconds,
+            p50_ms: None,
+            p99_ms: None,
+            cpu_per_1000: cpu / files.len() as f64 * 1000.0,
+            rss_mib: peak as f64 / 1024.0,
+        });
+    }
+    rows
+}
+
 /// A PostgreSQL store for one scenario: a fresh schema, and a client to count with.
 struct Postgres {
     url: String,
@@ -353,6 +425,7 @@ fn search_scenario() -> Vec<Row> {
         .unwrap();
     let started = Instant::now();
     let mut window = None;
+    let mut middle = None;
     rt.block_on(async {
         let mut i = 0;
         while i < n {
@@ -381,10 +454,15 @@ fn search_scenario() -> Vec<Row> {
                         resume_step: 0,
                         scheduled: false,
                         wire_taps: Vec::new(),
+                        fifo: Vec::new(),
                         index: vec![("order".into(), k.to_string())],
+                        position: None,
                     }
                 })
                 .collect();
+            if middle.is_none() && i + batch.len() > n / 2 {
+                middle = Some(batch[n / 2 - i].msg.id);
+            }
             i += batch.len();
             store.insert(batch).await.expect("insert");
         }
@@ -430,6 +508,31 @@ fn search_scenario() -> Vec<Row> {
                 ..Default::default()
             },
         ),
+        // What the console adds: an id's first 12 hex digits, the next page of a route's
+        // messages from the middle, text in the error of the failed.
+        (
+            "id prefix (12 hex digits)",
+            Search {
+                id_prefix: middle.map(|m| m.simple().to_string()[..12].to_string()),
+                ..Default::default()
+            },
+        ),
+        (
+            "route, a page from the middle",
+            Search {
+                route: Some("orders".into()),
+                before: middle,
+                ..Default::default()
+            },
+        ),
+        (
+            "state = failed + error text",
+            Search {
+                state: Some(MessageState::Failed),
+                error: Some("qty must".into()),
+                ..Default::default()
+            },
+        ),
     ];
     let mut rows = vec![Row {
         scenario: format!("search: fill the store ({n} messages)"),
@@ -461,6 +564,29 @@ fn search_scenario() -> Vec<Row> {
             rss_mib: 0.0,
         });
     }
+    // The console's dashboard: counts by route and state over a window holding 60% of the
+    // store, and the destination queues.
+    let routes: Vec<String> = ["orders", "lab", "shop"].map(String::from).to_vec();
+    let mut times = Vec::new();
+    let mut counted = 0;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let counts = rt
+            .block_on(store.counts_since(&routes, since))
+            .expect("counts");
+        counted = counts.values().sum::<u64>() as usize;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    rows.push(Row {
+        scenario: format!("search {n}: dashboard counts since the window ({counted} messages)"),
+        messages: 1,
+        seconds: times[2].as_secs_f64(),
+        p50_ms: Some(times[2].as_secs_f64() * 1e3),
+        p99_ms: Some(times[4].as_secs_f64() * 1e3),
+        cpu_per_1000: 0.0,
+        rss_mib: 0.0,
+    });
     let _ = rt.block_on(store.close());
     rows
 }
@@ -596,7 +722,7 @@ fn mllp_clients(addr: &str, connections: usize, per: usize) -> Vec<Duration> {
 }
 
 fn main() {
-    // BENCH_ONLY=baseline (or file, http, http sink, http nowhere, postgres, mllp, search) runs
+    // BENCH_ONLY=baseline (or file, http, http sink, http nowhere, postgres, mllp, search, memory) runs
     // the groups whose name contains it.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let want = |group: &str| group.contains(only.as_str());
@@ -652,6 +778,9 @@ fn main() {
     if want("search") {
         rows.extend(search_scenario());
     }
+    if want("memory") {
+        rows.extend(memory_scenario());
+    }
     // Brokers, each beside its bare client at the same window (SWITCHYARD_TEST_AMQP and
     // SWITCHYARD_TEST_MQTT name the servers, as for the tests).
     if want("broker amqp") {
@@ -689,6 +818,18 @@ fn main() {
     #[cfg(feature = "sqs")]
     if want("broker sqs") && std::env::var("SWITCHYARD_TEST_SQS").is_ok() {
         rows.extend(broker::sqs());
+    }
+    // Databases as systems to integrate, each beside its bare client doing the same reads
+    // and writes (SWITCHYARD_TEST_POSTGRES and SWITCHYARD_TEST_MYSQL name the servers).
+    if want("database postgres") {
+        if let Ok(url) = std::env::var("SWITCHYARD_TEST_POSTGRES") {
+            rows.extend(database::run(&url));
+        }
+    }
+    if want("database mysql") {
+        if let Ok(url) = std::env::var("SWITCHYARD_TEST_MYSQL") {
+            rows.extend(database::run(&url));
+        }
     }
     // The machine's limits, for reading the figures above as fractions of them.
     if want("baseline") {
@@ -953,7 +1094,9 @@ fn baseline_group_commit(clients: usize, processed: bool) -> Row {
                             resume_step: 0,
                             scheduled: !processed,
                             wire_taps: Vec::new(),
+                            fifo: Vec::new(),
                             index: Vec::new(),
+                            position: None,
                         };
                         if processed {
                             let step = StepRecord {
@@ -1076,7 +1219,7 @@ mod broker {
 
     /// The engine drains `n` messages its inbound `from` finds loaded beforehand, into one
     /// file each; the scenario's figure is the whole run, intake is in its label.
-    fn drain(label: &str, from: String, n: usize) -> Row {
+    pub(super) fn drain(label: &str, from: String, n: usize) -> Row {
         let ws = Workspace::new();
         ws.write_route(
             "consume.yaml",
@@ -1828,6 +1971,177 @@ mod broker {
         rows.push(Row::baseline(
             format!("baseline: bare send + accepted, {window} in flight"),
             n / window * window,
+            started,
+            cpu0,
+        ));
+        rows
+    }
+}
+
+/// Database scenarios and their baselines: a table of 1 KiB rows read by watermark into files
+/// beside the bare client reading the same pages; HTTP into a table beside the bare client
+/// inserting in transactions of 64 rows, one at a time (the destination's batch).
+mod database {
+    use super::*;
+    use mysql_async::prelude::Queryable;
+
+    /// A database of its own on the server at `base`: PostgreSQL a schema, MySQL a database.
+    enum Db {
+        Postgres(tokio_postgres::Client),
+        Mysql(mysql_async::Conn),
+    }
+
+    impl Db {
+        async fn exec(&mut self, sql: &str) {
+            match self {
+                Db::Postgres(c) => c.batch_execute(sql).await.unwrap(),
+                Db::Mysql(c) => c.query_drop(sql).await.unwrap(),
+            }
+        }
+    }
+
+    async fn open(base: &str) -> (String, Db, &'static str) {
+        if base.starts_with("postgres") {
+            let (url, client) = common::postgres::fresh_schema(base, "bench").await;
+            (url, Db::Postgres(client), "PostgreSQL")
+        } else {
+            let name = format!("bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+            let mut admin = mysql_async::Conn::from_url(base).await.unwrap();
+            admin
+                .query_drop(format!("CREATE DATABASE {name}"))
+                .await
+                .unwrap();
+            let url = format!("{}/{name}", base.rsplit_once('/').map_or(base, |(s, _)| s));
+            let conn = mysql_async::Conn::from_url(&url).await.unwrap();
+            (url, Db::Mysql(conn), "MySQL")
+        }
+    }
+
+    const PAGE: usize = 500;
+
+    pub fn run(base: &str) -> Vec<Row> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (url, mut db, name) = rt.block_on(open(base));
+        let n = scaled(20_000);
+        let note = "x".repeat(1000);
+        rt.block_on(async {
+            db.exec("CREATE TABLE source (id BIGINT PRIMARY KEY, note TEXT NOT NULL)")
+                .await;
+            db.exec("CREATE TABLE sink (id VARCHAR(40) PRIMARY KEY, body TEXT NOT NULL)")
+                .await;
+            for from in (0..n).step_by(1000) {
+                let rows: Vec<String> = (from..(from + 1000).min(n))
+                    .map(|i| format!("({}, '{note}')", i + 1))
+                    .collect();
+                db.exec(&format!(
+                    "INSERT INTO source (id, note) VALUES {}",
+                    rows.join(",")
+                ))
+                .await;
+            }
+        });
+        let mut rows = Vec::new();
+
+        // database in (watermark, pages of 500) → file.
+        let query = format!("SELECT id, note FROM source WHERE id > :id ORDER BY id LIMIT {PAGE}");
+        rows.push(super::broker::drain(
+            &format!("database in ({name}, pages of {PAGE}) → file"),
+            format!(
+                "  database:\n    url: \"{url}\"\n    query: {query}\n    watermark: {{ columns: [id], start: {{ id: 0 }} }}\n    interval: 100ms\n"
+            ),
+            n,
+        ));
+        // Baseline: the bare client reads the same pages.
+        let cpu0 = self_cpu();
+        let started = Instant::now();
+        rt.block_on(async {
+            let mut last = 0i64;
+            let mut read = 0;
+            while read < n {
+                let page = PAGE as i64;
+                let ids: Vec<i64> = match &mut db {
+                    Db::Postgres(c) => c
+                        .query(
+                            "SELECT id, note FROM source WHERE id > $1 ORDER BY id LIMIT $2",
+                            &[&last, &page],
+                        )
+                        .await
+                        .unwrap()
+                        .iter()
+                        .map(|r| r.get(0))
+                        .collect(),
+                    Db::Mysql(c) => c
+                        .exec::<(i64, String), _, _>(
+                            "SELECT id, note FROM source WHERE id > ? ORDER BY id LIMIT ?",
+                            (last, page),
+                        )
+                        .await
+                        .unwrap()
+                        .into_iter()
+                        .map(|(id, _)| id)
+                        .collect(),
+                };
+                read += ids.len();
+                last = *ids.last().unwrap();
+            }
+        });
+        rows.push(Row::baseline(
+            format!("baseline: bare {name} keyset reads, pages of {PAGE}"),
+            n,
+            started,
+            cpu0,
+        ));
+
+        // HTTP in → database out (an insert per message, one transaction per batch).
+        let destination = format!(
+            "  - database:\n      url: \"{url}\"\n      statement: INSERT INTO sink (id, body) VALUES (:id, :body)\n      params: {{ id: \"= id\", body: \"= to_json(body)\" }}\n"
+        );
+        let label = format!("{name} insert");
+        rows.push(http_scenario_on(
+            50,
+            false,
+            None,
+            Some((label.as_str(), destination)),
+        ));
+        // Baseline: the bare client inserts the same rows, 64 to a transaction.
+        let body = r#"{"order":42,"lines":[1,2,3]}"#;
+        let cpu0 = self_cpu();
+        let started = Instant::now();
+        rt.block_on(async {
+            for batch in 0..n / 64 {
+                match &mut db {
+                    Db::Postgres(c) => {
+                        let tx = c.transaction().await.unwrap();
+                        let insert = tx
+                            .prepare("INSERT INTO sink (id, body) VALUES ($1, $2)")
+                            .await
+                            .unwrap();
+                        for i in 0..64 {
+                            let id = format!("bare-{batch}-{i}");
+                            tx.execute(&insert, &[&id, &body]).await.unwrap();
+                        }
+                        tx.commit().await.unwrap();
+                    }
+                    Db::Mysql(c) => {
+                        c.query_drop("START TRANSACTION").await.unwrap();
+                        for i in 0..64 {
+                            let id = format!("bare-{batch}-{i}");
+                            c.exec_drop("INSERT INTO sink (id, body) VALUES (?, ?)", (id, body))
+                                .await
+                                .unwrap();
+                        }
+                        c.query_drop("COMMIT").await.unwrap();
+                    }
+                }
+            }
+        });
+        rows.push(Row::baseline(
+            format!("baseline: bare {name} inserts, 64 per commit"),
+            n / 64 * 64,
             started,
             cpu0,
         ));

@@ -175,6 +175,12 @@ enum MessagesCommand {
         /// An index field, `name=value` (see the route's `index:`): a look-up, not a scan.
         #[arg(long, value_parser = parse_header)]
         field: Option<(String, String)>,
+        /// A message id or its first hex digits (`0193a4f2`).
+        #[arg(long, value_parser = parse_id_prefix)]
+        id: Option<String>,
+        /// Text in the message's last error.
+        #[arg(long)]
+        error: Option<String>,
         #[arg(long, default_value = "50")]
         limit: usize,
         /// JSON lines instead of a table.
@@ -204,6 +210,10 @@ enum MessagesCommand {
     },
 }
 
+fn parse_id_prefix(s: &str) -> Result<String, String> {
+    crate::store::id_range(s).map(|_| s.to_string())
+}
+
 fn parse_state(s: &str) -> Result<MessageState, String> {
     MessageState::parse(s).ok_or_else(|| {
         format!("unknown state `{s}`; use received, delivering, delivered, failed, filtered, unrouted, split or dead")
@@ -230,6 +240,8 @@ fn messages(command: MessagesCommand, store: StoreArgs) -> ExitCode {
                 until,
                 text,
                 field,
+                id,
+                error,
                 limit,
                 json,
             } => {
@@ -241,7 +253,10 @@ fn messages(command: MessagesCommand, store: StoreArgs) -> ExitCode {
                         until,
                         text,
                         field,
+                        id_prefix: id,
+                        error,
                         limit,
+                        ..Default::default()
                     })
                     .await
                     .map_err(|e| e.0)?;
@@ -652,17 +667,25 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     engine.keep_store_bounded(dirs.retention_every);
     engine.watch_store(dirs.store_check_every);
     let admin_stop = tokio_util::sync::CancellationToken::new();
-    if let Some((addr, token)) = admin {
-        let listener = tokio::net::TcpListener::bind(&addr)
+    if let Some(admin) = admin {
+        let listener = tokio::net::TcpListener::bind(&admin.listen)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for the admin API: {e}"))?;
+            .map_err(|e| {
+                anyhow::anyhow!("cannot listen on {} for the admin API: {e}", admin.listen)
+            })?;
         tracing::info!(listen = %listener.local_addr()?, "admin API ready");
-        if token.is_none() {
-            tracing::warn!("the admin API has no token (set SWITCHYARD_ADMIN_TOKEN): anyone who reaches it can pause routes");
+        if admin.token.is_none() {
+            tracing::warn!("the admin API has no token (set SWITCHYARD_ADMIN_TOKEN): anyone who reaches it can pause routes and replay messages");
         }
+        let access = crate::admin::Access {
+            token: admin.token,
+            read_token: admin.read_token,
+            log: dirs.logs.join(telemetry::LOG_FILE),
+            node: dirs.claims.node.clone(),
+        };
         tokio::spawn(crate::admin::serve(
             listener,
-            token,
+            access,
             engine.clone(),
             admin_stop.clone(),
         ));

@@ -29,6 +29,11 @@ use tokio_util::sync::CancellationToken;
 
 /// Due deliveries fetched per store query.
 const BATCH: usize = 64;
+/// Bytes of bodies fetched per store query (a larger message comes alone): with at most
+/// `concurrency` batches in flight per destination, bounds what delivery holds in memory.
+const BATCH_BYTES: u64 = 16 << 20;
+/// How often a FIFO destination looks again while its line waits for a message's steps.
+const BLOCKED_POLL: Duration = Duration::from_millis(100);
 /// Longest sleep between looks at the store, in case a wake-up was missed.
 const IDLE_POLL: Duration = Duration::from_secs(5);
 
@@ -92,6 +97,8 @@ async fn run_parallel(
     // deliveries stored) or at `look_again` (retries falling due).
     let mut drained = false;
     let mut look_again = Instant::now();
+    // Bytes of the bodies claimed and not yet sent.
+    let held = Held::default();
     loop {
         while let Some(done) = sending.try_join_next() {
             sort(done, &mut made, &mut unsent);
@@ -109,6 +116,7 @@ async fn run_parallel(
         }
         let room = match () {
             _ if stopping || drained => 0,
+            _ if held.bytes() >= BATCH_BYTES => 0,
             // One batch at a time: the batch shares one durability point, and batches side by
             // side in one directory only contend for its lock (docs/performance.md).
             _ if dest.outbound.batched() => {
@@ -132,11 +140,13 @@ async fn run_parallel(
             }
             continue;
         }
+        let max_bytes = BATCH_BYTES.saturating_sub(held.bytes());
         let claim = (room > 0).then(|| Claim {
             route: dest.route.clone(),
             destination: dest.name.clone(),
             now: SystemTime::now(),
             limit: room,
+            max_bytes,
         });
         let attempts: Vec<Attempt> = made.iter().map(|m| m.attempt.clone()).collect();
         match store.record_and_claim(attempts, claim).await {
@@ -144,12 +154,17 @@ async fn run_parallel(
                 for (m, ended) in made.drain(..).zip(recorded.ended) {
                     m.recorded(&dest, ended);
                 }
-                if room > 0 && recorded.due.len() < room {
+                let bytes: u64 = recorded
+                    .due
+                    .iter()
+                    .map(|d| d.message.body.len() as u64)
+                    .sum();
+                if room > 0 && recorded.due.len() < room && bytes < max_bytes {
                     drained = true;
                     look_again = Instant::now()
                         + until_next_due(&dest, &store, &recorded.due, &sending).await;
                 }
-                start(&dest, &limit, &shutdown, recorded.due, &mut sending);
+                start(&dest, &limit, &shutdown, &held, recorded.due, &mut sending);
             }
             Err(e) => {
                 tracing::error!(route = %dest.route, destination = %dest.name, error = %e,
@@ -210,6 +225,7 @@ fn start(
     dest: &Arc<Destination>,
     limit: &Arc<Semaphore>,
     shutdown: &CancellationToken,
+    held: &Held,
     due: Vec<Delivery>,
     sending: &mut JoinSet<Vec<Result<Made, i64>>>,
 ) {
@@ -218,12 +234,18 @@ fn start(
     }
     if dest.outbound.batched() {
         let dest = dest.clone();
-        sending.spawn(async move { send_batch(&dest, due).await.into_iter().map(Ok).collect() });
+        let bytes = held.take(due.iter().map(|d| d.message.body.len() as u64).sum());
+        sending.spawn(async move {
+            let _bytes = bytes;
+            send_batch(&dest, due).await.into_iter().map(Ok).collect()
+        });
         return;
     }
     for delivery in due {
         let (dest, limit, shutdown) = (dest.clone(), limit.clone(), shutdown.clone());
+        let bytes = held.take(delivery.message.body.len() as u64);
         sending.spawn(async move {
+            let _bytes = bytes;
             let permit = tokio::select! {
                 p = limit.acquire_owned() => p,
                 _ = shutdown.cancelled() => return vec![Err(delivery.id)],
@@ -239,6 +261,32 @@ fn start(
     }
 }
 
+/// Bytes of bodies a worker holds; each share is given back when its send is over.
+#[derive(Default, Clone)]
+struct Held(Arc<std::sync::atomic::AtomicU64>);
+
+struct Share(Held, u64);
+
+impl Held {
+    fn bytes(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn take(&self, bytes: u64) -> Share {
+        self.0
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        Share(self.clone(), bytes)
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        (self.0)
+            .0
+            .fetch_sub(self.1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 async fn run_fifo(dest: Arc<Destination>, store: Arc<dyn Processing>, shutdown: CancellationToken) {
     while !shutdown.is_cancelled() {
         let head = match store.oldest_pending(&dest.route, &dest.name).await {
@@ -250,7 +298,11 @@ async fn run_fifo(dest: Arc<Destination>, store: Arc<dyn Processing>, shutdown: 
             }
         };
         let Some(head) = head else {
-            wait(&dest, &shutdown, IDLE_POLL).await;
+            // Deliveries pending behind a place kept for a message still in its steps (on
+            // this node or another): look again soon. Nothing pending: wait to be woken.
+            let blocked = matches!(store.next_due(&dest.route, &dest.name).await, Ok(Some(_)));
+            let at_most = if blocked { BLOCKED_POLL } else { IDLE_POLL };
+            wait(&dest, &shutdown, at_most).await;
             continue;
         };
         // The head waits out its backoff; nothing behind it may overtake.
@@ -358,6 +410,7 @@ fn judge(
 ) -> Made {
     let number = d.attempts + 1;
     let max = dest.max_attempts();
+    let delivered = result.is_ok();
     let (outcome, detail) = match result {
         Ok(sent) => (AttemptOutcome::Delivered, sent.0),
         Err(e) if e.retryable && number < max => {
@@ -399,6 +452,7 @@ fn judge(
         number,
         duration,
         outcome,
+        receipt: delivered.then_some(detail),
     };
     Made { msg, attempt }
 }

@@ -415,6 +415,16 @@ impl Engine {
             .filter(|d| d.kind == DeliveryKind::WireTap)
             .map(|d| (d.name.clone(), d.wake.clone()))
             .collect();
+        intake.fifo = route
+            .destinations
+            .iter()
+            .filter(|d| {
+                d.kind == DeliveryKind::Main
+                    && d.config.delivery().ordering
+                        == Some(crate::adapters::outbound::Ordering::Fifo)
+            })
+            .map(|d| d.name.clone())
+            .collect();
         intake.scheduled = running.scheduled.clone();
         intake.split_first = route.split_first.clone();
         intake.replies = running.replies.clone();
@@ -872,7 +882,10 @@ fn decide(route: &RunningRoute, work: Pending, started: Instant) -> Decision {
                     resume_step: resume_at,
                     scheduled: true,
                     wire_taps: Vec::new(),
+                    // Children are stored beside their parent, which left its places.
+                    fifo: Vec::new(),
                     index: route.index.extract(&msg),
+                    position: None,
                     msg,
                 })
                 .collect(),

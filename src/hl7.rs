@@ -174,7 +174,9 @@ impl<'a> Hl7<'a> {
                 "R" => out.push(self.encoding.repetition),
                 "E" => out.push(e),
                 ".br" => out.push('\n'),
-                x if x.starts_with('X') && x.len() % 2 == 1 => {
+                // Hex digits are ASCII: anything else is not a hex sequence (and slicing it
+                // by two bytes could cut a character in half; found by cargo fuzz).
+                x if x.starts_with('X') && x.len() % 2 == 1 && x.is_ascii() => {
                     let bytes: Option<Vec<u8>> = (1..x.len())
                         .step_by(2)
                         .map(|i| u8::from_str_radix(&x[i..i + 2], 16).ok())
@@ -421,6 +423,15 @@ PID|1||100234^^^GENHOSP^MR~555-44-3333^^^SSA^SS||DOE^JANE^Q||19800101|F\r\
 OBR|1|ORD777|FIL888|4548-4^HbA1c^LN\r\
 OBX|1|NM|4548-4^HbA1c^LN||6.1|%^percent^UCUM|4.0-5.6|H\r\
 OBX|2|TX|NOTE^Comment||Fasting \\T\\ rested\\F\\ see \\X4F4B\\||\r";
+
+    #[test]
+    fn a_hex_escape_with_a_character_beyond_ascii_is_kept_as_written() {
+        let m = Hl7::parse(
+            "MSH|^~\\&|LAB|H|EHR|H|20261126063012||ORU^R01|M1|P|2.5\rOBX|1|TX|N||a\\Xa\u{a0}b\\c\r",
+        )
+        .unwrap();
+        assert_eq!(m.get("OBX-5").unwrap().as_deref(), Some("a\\Xa\u{a0}b\\c"));
+    }
 
     #[test]
     fn reads_fields_components_repetitions_and_escapes() {

@@ -13,6 +13,8 @@ pub mod codec;
 pub mod convert;
 pub mod delivery;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hl7;
 pub mod message;
 pub mod messages;

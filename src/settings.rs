@@ -53,6 +53,9 @@ pub struct RunArgs {
     /// Bearer token the admin API requires (all but /health and /ready).
     #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// A second token that may only read: the API's GETs, the console without its actions.
+    #[arg(long, env = "SWITCHYARD_ADMIN_READ_TOKEN", hide_env_values = true)]
+    pub admin_read_token: Option<String>,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -137,6 +140,19 @@ pub struct AdminSettings {
     /// Its bearer token; write `${SWITCHYARD_ADMIN_TOKEN}` rather than the token.
     #[serde(default)]
     pub token: Option<String>,
+    /// A token that may only read (the API's GETs, the console without its actions).
+    #[serde(default)]
+    pub read_token: Option<String>,
+}
+
+/// The admin listener, resolved: where, and who may do what.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub listen: String,
+    /// Needed for everything but `/health` and `/ready` when set.
+    pub token: Option<String>,
+    /// May read only.
+    pub read_token: Option<String>,
 }
 
 /// Everything `switchyard run` needs, resolved.
@@ -152,7 +168,7 @@ pub struct Settings {
     pub drain: std::time::Duration,
     pub rotation: Rotation,
     pub log_level: Option<String>,
-    pub admin: Option<(String, Option<String>)>,
+    pub admin: Option<Admin>,
     /// How often retention runs.
     pub retention_every: std::time::Duration,
     /// How often the store's pages are checked while running; zero: only at start.
@@ -229,19 +245,25 @@ impl Settings {
             store_check_every: store_check_every
                 .or(file.store_check_every.map(|d| d.0))
                 .unwrap_or(std::time::Duration::from_secs(6 * 3600)),
-            admin: match (&args.admin, &file.admin) {
-                (Some(a), f) => Some((
-                    a.clone(),
-                    args.admin_token
+            admin: args
+                .admin
+                .clone()
+                .or(file.admin.as_ref().map(|f| f.listen.clone()))
+                .map(|listen| Admin {
+                    // A bare port is this machine's only: the admin API is not for the world.
+                    listen: match listen.trim_start_matches(':').parse::<u16>() {
+                        Ok(port) => format!("127.0.0.1:{port}"),
+                        Err(_) => listen,
+                    },
+                    token: args
+                        .admin_token
                         .clone()
-                        .or(f.as_ref().and_then(|f| f.token.clone())),
-                )),
-                (None, Some(f)) => Some((
-                    f.listen.clone(),
-                    args.admin_token.clone().or(f.token.clone()),
-                )),
-                (None, None) => None,
-            },
+                        .or(file.admin.as_ref().and_then(|f| f.token.clone())),
+                    read_token: args
+                        .admin_read_token
+                        .clone()
+                        .or(file.admin.as_ref().and_then(|f| f.read_token.clone())),
+                }),
         })
     }
 }

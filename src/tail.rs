@@ -111,6 +111,15 @@ pub fn render(e: &Value, style: Style) -> String {
         field("event"),
         c(color),
     );
+    line.push_str(&details(e));
+    line
+}
+
+/// What a line says besides its time, level, route, id, event and outcome: the step,
+/// destination, attempt, file, error, and the message of a warning or error.
+pub fn details(e: &Value) -> String {
+    let field = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("");
+    let mut line = String::new();
     for key in [
         "step",
         "destination",
@@ -119,6 +128,7 @@ pub fn render(e: &Value, style: Style) -> String {
         "to",
         "duration_ms",
         "error",
+        "who",
     ] {
         if let Some(v) = e.get(key) {
             let v = v
@@ -146,11 +156,7 @@ pub fn run(path: PathBuf, filter: Filter, style: Style, follow: bool) -> std::io
     if !follow {
         // What is there: the rotated files, oldest first, then the live one.
         let mut files: Vec<PathBuf> = (1..=100)
-            .map(|n| {
-                let mut p = path.as_os_str().to_owned();
-                p.push(format!(".{n}"));
-                PathBuf::from(p)
-            })
+            .map(|n| numbered(&path, n))
             .take_while(|p| p.exists())
             .collect();
         files.reverse();
@@ -162,71 +168,129 @@ pub fn run(path: PathBuf, filter: Filter, style: Style, follow: bool) -> std::io
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let mut current: Option<(BufReader<std::fs::File>, u64)> = None;
-    let mut line = String::new();
+    let mut follower = Follower::new(path, false);
     loop {
-        if current.is_none() {
-            match std::fs::File::open(&path) {
-                Ok(f) => current = Some((BufReader::new(f), file_id(&path))),
-                Err(e) if !follow => {
-                    return Err(std::io::Error::new(
-                        e.kind(),
-                        format!("cannot read {}: {e}", path.display()),
-                    ))
+        let Some(line) = follower.next_line()? else {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
+        if let Ok(e) = serde_json::from_str::<Value>(&line) {
+            if filter.matches(&e) {
+                let text = if style.json {
+                    line.trim_end().to_string()
+                } else {
+                    render(&e, style)
+                };
+                if writeln!(out, "{text}").is_err() {
+                    return Ok(()); // the reader went away (a pipe closed)
                 }
-                Err(_) => {
-                    std::thread::sleep(Duration::from_millis(200));
-                    continue;
-                }
+                let _ = out.flush();
             }
         }
-        let (r, id) = current.as_mut().expect("opened above");
-        line.clear();
-        let n = r.read_line(&mut line)?;
-        if n > 0 && line.ends_with('\n') {
-            if let Ok(e) = serde_json::from_str::<Value>(&line) {
-                if filter.matches(&e) {
-                    let text = if style.json {
-                        line.trim_end().to_string()
-                    } else {
-                        render(&e, style)
-                    };
-                    if writeln!(out, "{text}").is_err() {
-                        return Ok(()); // the reader went away (a pipe closed)
-                    }
-                    let _ = out.flush();
-                }
-            }
-            continue;
-        }
-        if n > 0 {
-            // A line still being written: go back and read it whole later.
-            r.seek(SeekFrom::Current(-(n as i64)))?;
-        }
-        if !follow {
-            return Ok(());
-        }
-        // At the end of the file being read. If the engine rotated the log, this file has been
-        // renamed to `.N` and may have grown before that: it was read to its end just now, so
-        // go on with the file that came after it. Truncation starts the same file over.
-        let pos = r.stream_position()?;
-        let len = r.get_ref().metadata().map(|m| m.len()).unwrap_or(0);
-        if len > pos {
-            continue;
-        }
-        if file_id(&path) != *id {
-            let next = successor(&path, *id);
-            current = std::fs::File::open(&next)
-                .ok()
-                .map(|f| (BufReader::new(f), file_id(&next)));
-            continue;
-        }
-        if std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) < pos {
-            current = None;
-            continue;
-        }
-        std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Reads a log file's whole lines as they are written, across rotations (the file renamed to
+/// `.1` goes on with the new one) and truncation (read again from the start).
+pub struct Follower {
+    path: PathBuf,
+    current: Option<(BufReader<std::fs::File>, u64)>,
+    /// Start at the end of the file first opened (only what is written from now on).
+    from_end: bool,
+}
+
+impl Follower {
+    pub fn new(path: PathBuf, from_end: bool) -> Follower {
+        Follower {
+            path,
+            current: None,
+            from_end,
+        }
+    }
+
+    /// The next whole line, or `None` when there is none yet.
+    pub fn next_line(&mut self) -> std::io::Result<Option<String>> {
+        let mut line = String::new();
+        loop {
+            if self.current.is_none() {
+                let Ok(mut f) = std::fs::File::open(&self.path) else {
+                    return Ok(None); // not written yet
+                };
+                if std::mem::take(&mut self.from_end) {
+                    f.seek(SeekFrom::End(0))?;
+                }
+                self.current = Some((BufReader::new(f), file_id(&self.path)));
+            }
+            let Some((r, id)) = self.current.as_mut() else {
+                return Ok(None);
+            };
+            line.clear();
+            let n = r.read_line(&mut line)?;
+            if n > 0 && line.ends_with('\n') {
+                return Ok(Some(line));
+            }
+            if n > 0 {
+                // A line still being written: go back and read it whole later.
+                r.seek(SeekFrom::Current(-(n as i64)))?;
+            }
+            // At the end of the file being read. If the engine rotated the log, this file has
+            // been renamed to `.N` and may have grown before that: it was read to its end just
+            // now, so go on with the file that came after it. Truncation starts the same file
+            // over.
+            let pos = r.stream_position()?;
+            let len = r.get_ref().metadata().map(|m| m.len()).unwrap_or(0);
+            if len > pos {
+                continue;
+            }
+            if file_id(&self.path) != *id {
+                let next = successor(&self.path, *id);
+                self.current = std::fs::File::open(&next)
+                    .ok()
+                    .map(|f| (BufReader::new(f), file_id(&next)));
+                continue;
+            }
+            if std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0) < pos {
+                self.current = None;
+                continue;
+            }
+            return Ok(None);
+        }
+    }
+}
+
+/// The last `n` lines of `path` that `filter` matches, oldest first (reading at most the
+/// file's last 1 MiB).
+pub fn last_lines(path: &std::path::Path, filter: &Filter, n: usize) -> Vec<Value> {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(1 << 20);
+    if f.seek(SeekFrom::Start(start)).is_err() {
+        return Vec::new();
+    }
+    let mut lines = BufReader::new(f).lines();
+    if start > 0 {
+        lines.next(); // most likely cut in the middle
+    }
+    let mut found: std::collections::VecDeque<Value> = std::collections::VecDeque::new();
+    for line in lines.map_while(Result::ok) {
+        if let Ok(e) = serde_json::from_str::<Value>(&line) {
+            if filter.matches(&e) {
+                if found.len() == n {
+                    found.pop_front();
+                }
+                found.push_back(e);
+            }
+        }
+    }
+    found.into()
+}
+
+fn numbered(path: &std::path::Path, n: usize) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(format!(".{n}"));
+    PathBuf::from(p)
 }
 
 fn print_file(path: &std::path::Path, filter: &Filter, style: Style) -> std::io::Result<()> {
@@ -253,13 +317,8 @@ fn print_file(path: &std::path::Path, filter: &Filter, style: Style) -> std::io:
 /// The log file written after the one with `id`: rotation renamed that one to `.N`, and its
 /// successor is `.N-1`, or the live file when N is 1.
 fn successor(path: &std::path::Path, id: u64) -> PathBuf {
-    let numbered = |n: usize| {
-        let mut p = path.as_os_str().to_owned();
-        p.push(format!(".{n}"));
-        PathBuf::from(p)
-    };
     for n in 1..=100 {
-        let candidate = numbered(n);
+        let candidate = numbered(path, n);
         if !candidate.exists() {
             break;
         }
@@ -267,7 +326,7 @@ fn successor(path: &std::path::Path, id: u64) -> PathBuf {
             return if n == 1 {
                 path.to_path_buf()
             } else {
-                numbered(n - 1)
+                numbered(path, n - 1)
             };
         }
     }

@@ -5,13 +5,16 @@
 //! and deleted, chunks repeated and cut, structure characters sprinkled in — and asserts that
 //! the parser answers with a value or an error, never a panic, and holds its limits.
 //!
+//! The checks themselves are `switchyard::fuzzing`'s, shared with the coverage-guided
+//! `cargo fuzz` targets in `fuzz/` (see the README); the last test here runs the
+//! inputs those keep (their corpus, and every input they found a failure with).
+//!
 //! Deterministic (a fixed seed per target), so a failure reproduces; `FUZZ_ITERATIONS` runs
 //! more (CI runs the default; a long session: `FUZZ_ITERATIONS=200000 cargo test --release
 //! --test fuzz`). A panic prints the target, the iteration and the input.
 
-use bytes::BytesMut;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use switchyard::codec::framing::{Decoded, DelimiterOptions, Framing, LengthPrefix};
+use switchyard::fuzzing;
 
 fn iterations(default: usize) -> usize {
     std::env::var("FUZZ_ITERATIONS")
@@ -101,19 +104,9 @@ fn hl7_seeds() -> Vec<Vec<u8>> {
     ]
 }
 
-/// Every framing, fed in pieces as TCP may deliver them: frames are never longer than the
-/// limit, and the decoder always makes progress or waits for more.
+/// Every framing, fed in pieces as TCP may deliver them ([`fuzzing::framing`]).
 #[test]
 fn framings_hold_their_limit_and_never_panic() {
-    let framings = [
-        Framing::Mllp,
-        Framing::Lines,
-        Framing::LengthPrefixed(LengthPrefix { bytes: 2 }),
-        Framing::LengthPrefixed(LengthPrefix { bytes: 4 }),
-        Framing::Delimiter(DelimiterOptions {
-            end: "\u{3}".into(),
-        }),
-    ];
     let mut seeds = Vec::new();
     for h in hl7_seeds() {
         // Segments end in CR, as on the wire (`lines` cannot carry a line feed).
@@ -121,115 +114,42 @@ fn framings_hold_their_limit_and_never_panic() {
             .iter()
             .map(|b| if *b == b'\n' { b'\r' } else { *b })
             .collect();
-        for f in &framings {
+        for f in &fuzzing::framings() {
             let mut stream = f.encode(&h).unwrap();
             stream.extend(f.encode(b"second message").unwrap());
             seeds.push(stream);
         }
     }
-    let max = 300;
-    fuzz("framing", &seeds, iterations(20_000), |stream| {
-        for f in &framings {
-            let mut buf = BytesMut::new();
-            let mut rest = stream;
-            let mut pieces = 0usize;
-            while !rest.is_empty() {
-                // Pieces of 1 to 97 bytes, varying with the input.
-                let take = (1 + (rest.len() * 31 + pieces * 7) % 97).min(rest.len());
-                buf.extend_from_slice(&rest[..take]);
-                rest = &rest[take..];
-                pieces += 1;
-                for _ in 0..10_000 {
-                    let before = buf.len();
-                    match f.decode(&mut buf, max) {
-                        Ok(Some(Decoded::Frame(frame))) => {
-                            assert!(frame.len() <= max, "{f:?}: a frame of {}", frame.len())
-                        }
-                        Ok(Some(Decoded::Skipped(_) | Decoded::Broken(_))) => {}
-                        Ok(None) | Err(_) => break,
-                    }
-                    assert!(buf.len() < before, "{f:?}: decoded without consuming");
-                }
-            }
-            let _ = f.leftover(&buf);
-        }
-    });
+    fuzz("framing", &seeds, iterations(20_000), fuzzing::framing);
 }
 
 #[test]
 fn hl7_parsing_never_panics() {
-    let paths = [
-        "MSH-9", "MSH-9.1", "MSH-10", "PID-3", "PID-5.1", "OBX-5", "OBX(2)-5", "PV1-3.2", "ZZZ-1",
-    ];
-    fuzz("hl7", &hl7_seeds(), iterations(20_000), |input| {
-        let text = String::from_utf8_lossy(input);
-        if let Ok(m) = switchyard::hl7::Hl7::parse(&text) {
-            for p in paths {
-                let _ = m.get(p);
-            }
-            let _ = m.segments("OBX");
-        }
-        let _ = switchyard::hl7::reject_unparsed(&text);
-        let _ = switchyard::hl7::ack_code(&text);
-    });
+    fuzz("hl7", &hl7_seeds(), iterations(20_000), fuzzing::hl7);
 }
 
 #[test]
 fn xml_reading_never_panics_and_keeps_its_depth_limit() {
-    use switchyard::convert::xml::{value_to_xml, xml_to_value, ReadOptions, WriteOptions};
     let seeds = vec![
         example("examples/orders/order-1001.xml"),
         br#"<?xml version="1.0"?><a xmlns:n="urn:x" n:k="v"><n:b>t<![CDATA[<c>]]></n:b><!-- c --><d/></a>"#.to_vec(),
         br#"<!DOCTYPE a [<!ENTITY e SYSTEM "file:///etc/passwd">]><a>&e;&amp;&#65;</a>"#.to_vec(),
     ];
-    let opts = ReadOptions {
-        max_depth: 32,
-        ..ReadOptions::default()
-    };
-    fuzz("xml", &seeds, iterations(20_000), |input| {
-        if let Ok(v) = xml_to_value(input, &opts) {
-            let _ = value_to_xml(&v, &WriteOptions::default());
-            let text = v.to_string();
-            assert!(!text.contains("root:"), "an external entity was read");
-        }
-    });
+    fuzz("xml", &seeds, iterations(20_000), fuzzing::xml);
 }
 
 #[test]
 fn csv_and_json_reading_never_panic() {
-    use switchyard::convert::csv::{csv_to_value, value_to_csv, ReadOptions, WriteOptions};
     let seeds = vec![
         example("examples/stock/stock-2026-11-26.csv"),
         b"id;name\n1;\"a;\"\"b\"\"\"\n2;c\n".to_vec(),
     ];
-    fuzz("csv", &seeds, iterations(10_000), |input| {
-        for delimiter in [',', ';'] {
-            let opts = ReadOptions {
-                delimiter,
-                ..ReadOptions::default()
-            };
-            if let Ok(v) = csv_to_value(input, &opts) {
-                let _ = value_to_csv(&v, &WriteOptions::default());
-            }
-        }
-    });
+    fuzz("csv", &seeds, iterations(10_000), fuzzing::csv);
     let seeds = vec![
         example("examples/webshop/order-7001.json"),
         br#"{"a":[1,2,{"b":null,"c":"\u00e9\n"}],"d":-1.5e10}"#.to_vec(),
     ];
-    fuzz("json", &seeds, iterations(20_000), |input| {
-        // The intake's scan must catch every document the parser is too shallow for, so
-        // that none is accepted and then fails every step.
-        let deep = switchyard::message::json_too_deep(input);
-        if let Err(e) = serde_json::from_slice::<serde_json::Value>(input) {
-            if e.to_string().contains("recursion limit") {
-                assert!(
-                    deep,
-                    "the parser gave up on its depth, the intake's scan did not"
-                );
-            }
-        }
-    });
+    fuzz("json", &seeds, iterations(20_000), fuzzing::json);
 }
 
 /// A mutated route file is loaded or refused with a position inside the file, never a panic.
@@ -242,52 +162,50 @@ fn route_files_are_loaded_or_refused_with_a_position() {
     ]
     .map(example)
     .to_vec();
-    let dir = tempfile::tempdir().unwrap();
-    let endpoints = switchyard::route::endpoints::Endpoints::load(&dir.path().join("adapters"));
-    let file = dir.path().join("route.yaml");
-    fuzz("route", &seeds, iterations(1_500), |input| {
-        std::fs::write(&file, input).unwrap();
-        if let Err(problems) = switchyard::route::load_file(&file, &endpoints) {
-            assert!(!problems.is_empty());
-            // Lines as YAML counts them: LF, CR LF and a lone CR each end one.
-            let text = String::from_utf8_lossy(input).replace("\r\n", "\n");
-            let lines = text.split(['\n', '\r']).count().max(1);
-            for p in problems {
-                assert!(
-                    p.line >= 1 && p.line <= lines + 1 && p.column >= 1,
-                    "a position outside the file: {p}"
-                );
-            }
-        }
-    });
+    fuzz("route", &seeds, iterations(1_500), fuzzing::route_file);
 }
 
 #[test]
 fn fixed_width_records_and_templates_never_panic() {
-    use switchyard::steps::Step;
-    let step: switchyard::steps::fixed_width::Config = serde_yaml::from_str(
-        "columns: [ { name: employee, start: 1, width: 5 }, { name: name, start: 7, width: 20 }, { name: hours, start: 33, width: 4 } ]\nskip_lines: 1\n",
-    )
-    .unwrap();
-    let step = step.build().unwrap();
-    let seeds = vec![example("examples/legacy/PAYROLL.DAT")];
-    fuzz("fixed_width", &seeds, iterations(10_000), |input| {
-        let mut m = switchyard::message::Message::new("r", bytes::Bytes::from(input.to_vec()));
-        let _ = step.apply(&mut m);
-    });
-
+    // A plain layout's file, and lines of the record-type layout the check writes back.
+    let seeds = vec![
+        example("examples/legacy/PAYROLL.DAT"),
+        "H000042\nDBOLT 007\nDNüt  -05\nD  x +\r\nH\n"
+            .as_bytes()
+            .to_vec(),
+    ];
+    fuzz(
+        "fixed_width",
+        &seeds,
+        iterations(20_000),
+        fuzzing::fixed_width,
+    );
     let seeds = vec![
         b"{{original_stem}}-{{header.order_id}}-{{timestamp}}.xml".to_vec(),
         b"${HOME:-/tmp}/x-${SWITCHYARD_FUZZ_UNSET:-d}".to_vec(),
     ];
-    let mut msg = switchyard::message::Message::new("r", bytes::Bytes::from_static(b"{}"));
-    msg.headers.insert("file.name".into(), "in.xml".into());
-    msg.headers.insert("order_id".into(), "../x".into());
-    fuzz("template", &seeds, iterations(20_000), |input| {
-        let text = String::from_utf8_lossy(input);
-        if let Ok(t) = switchyard::template::Template::parse(&text) {
-            let _ = t.render(&msg);
+    fuzz("template", &seeds, iterations(20_000), fuzzing::template);
+}
+
+/// Every input `cargo fuzz` found a failure with, kept in `fuzz/regressions/<target>/`, and
+/// every input of the kept corpus (`fuzz/corpus/<target>/`), through its check again.
+#[test]
+fn kept_fuzz_inputs_pass_their_checks() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut ran = 0;
+    for (name, check) in fuzzing::TARGETS {
+        for kind in ["regressions", "corpus"] {
+            let Ok(dir) = std::fs::read_dir(root.join(kind).join(name)) else {
+                continue;
+            };
+            for entry in dir.flatten() {
+                let input = std::fs::read(entry.path()).unwrap();
+                if catch_unwind(AssertUnwindSafe(|| check(&input))).is_err() {
+                    panic!("{name}: {} fails its check again", entry.path().display());
+                }
+                ran += 1;
+            }
         }
-        let _ = switchyard::route::yaml::interpolate(std::path::Path::new("r.yaml"), &text);
-    });
+    }
+    assert!(ran > 0, "no kept inputs under {}", root.display());
 }

@@ -198,7 +198,7 @@ steps:
       script: 'if body.qty < 1 { "qty must be at least 1" } else { true }'
   - transform:
       script: |
-        if body.qty == 99 { let i = 0; while i < 100000000 { i += 1; } }
+        if body.qty == 99 { let t = timestamp(); while t.elapsed < 4.0 { } }
         body = #{ sku: body.sku, total: body.qty * 2.5 };
         headers["http.status"] = "201";
       limits: { max_operations: 1000000000, timeout: 60s }

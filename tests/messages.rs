@@ -38,7 +38,7 @@ fn list_show_and_replay_beside_a_running_engine() {
         ws.states()
     );
     std::fs::remove_file(ws.path("outbox")).unwrap();
-    std::fs::create_dir(ws.path("outbox")).unwrap();
+    std::fs::create_dir_all(ws.path("outbox")).unwrap(); // the destination may make it first
     ws.drop_file("inbox", "fails.txt", b"order C2 REJECT");
     ws.drop_file("inbox", "fine.txt", b"order C3");
     assert!(
@@ -338,6 +338,15 @@ to:
     assert_eq!(rows[0]["headers"]["file.name"], "o42.json");
     let (_, out, _) = run(&ws, &["messages", "list", "--field", "file=o7.json"]);
     assert!(out.contains("1 message(s)"), "{out}");
+    // By the start of an id; a prefix that is not hex is refused with what to give.
+    let id = rows[0]["id"].as_str().unwrap();
+    let (ok, out, err) = run(&ws, &["messages", "list", "--id", &id[..23]]);
+    assert!(ok && out.contains(id), "{out}{err}");
+    let (ok, _, err) = run(&ws, &["messages", "list", "--id", "o42"]);
+    assert!(
+        !ok && err.contains("not the start of a message id"),
+        "{err}"
+    );
     // An expression that fails for a message leaves that field out, and costs nothing else.
     let n = ws.query_pairs("SELECT name, COUNT(*) FROM message_index GROUP BY name");
     assert_eq!(n.get("order"), Some(&50));

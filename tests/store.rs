@@ -85,7 +85,9 @@ fn insert(route: &str, body: &str) -> (Message, Insert) {
         resume_step: 0,
         scheduled: false,
         wire_taps: Vec::new(),
+        fifo: Vec::new(),
         index: vec![("order".into(), "17".into())],
+        position: None,
     };
     (msg, ins)
 }
@@ -107,6 +109,7 @@ fn attempt(d: &Delivery, number: u32, outcome: AttemptOutcome) -> Attempt {
         number,
         duration: Duration::from_millis(1),
         outcome,
+        receipt: None,
     }
 }
 
@@ -124,8 +127,21 @@ async fn claim_due(
         destination: destination.into(),
         now,
         limit,
+        max_bytes: u64::MAX,
     };
     Ok(store.record_and_claim(Vec::new(), Some(claim)).await?.due)
+}
+
+/// Claims the destination's one due delivery and records it delivered on the first attempt.
+async fn deliver_the_one_due(store: &Arc<dyn Store>, route: &str, destination: &str) {
+    let due = claim_due(store, route, destination, SystemTime::now(), 10)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1, "{route}/{destination}");
+    store
+        .record_attempt(attempt(&due[0], 1, AttemptOutcome::Delivered))
+        .await
+        .unwrap();
 }
 
 fn routed(destinations: &[&str]) -> Processed {
@@ -493,13 +509,7 @@ async fn search_details_and_replay(b: &Backend) {
         .unwrap();
     assert_eq!(by_state.len(), 1);
 
-    let d = claim_due(&store, "orders", "to[0]", SystemTime::now(), 10)
-        .await
-        .unwrap();
-    store
-        .record_attempt(attempt(&d[0], 1, AttemptOutcome::Delivered))
-        .await
-        .unwrap();
+    deliver_the_one_due(&store, "orders", "to[0]").await;
     assert_eq!(
         store.message(m.id).await.unwrap().unwrap().state,
         MessageState::Delivered
@@ -523,10 +533,46 @@ async fn search_details_and_replay(b: &Backend) {
     assert_eq!(again.iter().map(|p| p.msg.id).collect::<Vec<_>>(), [m.id]);
     let e = store.replay(uuid::Uuid::now_v7(), None).await.unwrap_err();
     assert!(e.to_string().contains("no message"), "{e}");
-    let pending = store.pending_deliveries().await.unwrap();
+    let pending = store.queues().await.unwrap();
     assert!(
         pending.is_empty(),
         "the replaced delivery is not pending: {pending:?}"
+    );
+    // Its steps run again and the new delivery succeeds: the message is delivered, and the
+    // earlier delivery (ended dead by the replay) stays as history without counting.
+    store
+        .finish_steps(m.id, vec![step()], routed(&["to[0]"]))
+        .await
+        .unwrap();
+    deliver_the_one_due(&store, "orders", "to[0]").await;
+    assert_eq!(
+        store.message(m.id).await.unwrap().unwrap().state,
+        MessageState::Delivered
+    );
+    let kinds: Vec<(String, String)> = store
+        .details(m.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .deliveries
+        .iter()
+        .map(|d| (d.kind.clone(), d.state.clone()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("replaced".to_string(), "dead".to_string()),
+            ("main".to_string(), "delivered".to_string())
+        ]
+    );
+    // Sending it to that destination again sends the new delivery only.
+    store.replay(m.id, Some("to[0]")).await.unwrap();
+    assert_eq!(
+        claim_due(&store, "orders", "to[0]", SystemTime::now(), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
     );
     store.close().await.unwrap();
 }
@@ -668,6 +714,59 @@ async fn fifo_destination_is_held_by_one_node(b: &Backend) {
     a.close().await.unwrap();
 }
 
+/// A message stored before its steps ran keeps its place in the route's FIFO lines: a later
+/// message whose steps finished first (on any node) waits behind it, and a message that goes
+/// elsewhere after all gives its place up.
+async fn a_fifo_place_is_kept_while_the_steps_run(b: &Backend) {
+    let a = b.open("node-a", LEASE).await;
+    let other = b.other_node("node-b", LEASE).await;
+    let keeping = |body: &str| {
+        let (m, mut ins) = insert("rf", body);
+        ins.fifo = vec!["to[0]".into()];
+        (m, ins)
+    };
+    // First: stored at once, its steps slow. Second: filtered in the end. Third: processed
+    // before its commit, on the other node.
+    let (slow, ins) = keeping("slow");
+    a.insert(vec![ins]).await.unwrap();
+    let (filtered, ins) = keeping("filtered");
+    a.insert(vec![ins]).await.unwrap();
+    let (quick, ins) = keeping("quick");
+    other
+        .insert_processed(ins, vec![step()], routed(&["to[0]"]), None)
+        .await
+        .unwrap();
+    assert!(
+        a.oldest_pending("rf", "to[0]").await.unwrap().is_none(),
+        "the quick message waits behind the place the slow one keeps"
+    );
+    a.finish_steps(slow.id, vec![step()], routed(&["to[0]"]))
+        .await
+        .unwrap();
+    let head = a.oldest_pending("rf", "to[0]").await.unwrap().unwrap();
+    assert_eq!(head.message.id, slow.id, "in its place, first");
+    a.record_attempt(attempt(&head, 1, AttemptOutcome::Delivered))
+        .await
+        .unwrap();
+    assert!(a.oldest_pending("rf", "to[0]").await.unwrap().is_none());
+    a.finish_steps(
+        filtered.id,
+        vec![],
+        Processed::Filtered {
+            reason: "not for us".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let next = a.oldest_pending("rf", "to[0]").await.unwrap().unwrap();
+    assert_eq!(
+        next.message.id, quick.id,
+        "the filtered message left the line"
+    );
+    other.close().await.unwrap();
+    a.close().await.unwrap();
+}
+
 async fn a_failing_write_does_not_undo_the_others(b: &Backend) {
     let store = b.open("a", LEASE).await;
     let (first, ins) = insert("r", "first");
@@ -751,6 +850,50 @@ async fn released_deliveries_are_due_again_for_any_node(b: &Backend) {
     a.close().await.unwrap();
 }
 
+/// A claim stops at `max_bytes` of bodies, so that a batch of large messages is not loaded at
+/// once; the first delivery is claimed however large, and the rest stay due.
+async fn claims_stop_at_their_byte_bound(b: &Backend) {
+    let store = b.open("node-a", LEASE).await;
+    for _ in 0..5 {
+        let (m, ins) = insert("rb", "in");
+        store.insert(vec![ins]).await.unwrap();
+        let out = Processed::Routed {
+            headers: Headers::new(),
+            body: Bytes::from(vec![b'x'; 1000]),
+            destinations: vec!["to[0]".into()],
+        };
+        store.finish_steps(m.id, vec![], out).await.unwrap();
+    }
+    let claim = |max_bytes| Claim {
+        route: "rb".into(),
+        destination: "to[0]".into(),
+        now: SystemTime::now(),
+        limit: 10,
+        max_bytes,
+    };
+    let due = |claim| {
+        let store = store.clone();
+        async move {
+            store
+                .record_and_claim(Vec::new(), Some(claim))
+                .await
+                .unwrap()
+                .due
+        }
+    };
+    // 0, 1000 and 2000 bytes before them: under 2,500; the fourth would start at 3,000.
+    let first = due(claim(2500)).await;
+    assert_eq!(first.len(), 3);
+    assert!(first.iter().all(|d| d.message.body.len() == 1000));
+    assert_eq!(
+        due(claim(1)).await.len(),
+        1,
+        "the first comes whatever its size"
+    );
+    assert_eq!(due(claim(u64::MAX)).await.len(), 1, "the last one is left");
+    store.close().await.unwrap();
+}
+
 /// A delivery worker's one write per batch: the attempts it made and the claim of its next
 /// batch, together.
 async fn attempts_and_the_next_claim_are_one_write(b: &Backend) {
@@ -786,6 +929,7 @@ async fn attempts_and_the_next_claim_are_one_write(b: &Backend) {
         destination: "to[0]".into(),
         now: SystemTime::now(),
         limit: 10,
+        max_bytes: u64::MAX,
     };
     let recorded = store
         .record_and_claim(attempts, Some(claim.clone()))
@@ -856,11 +1000,11 @@ async fn keyed_inserts_record_a_redelivery_as_duplicate(b: &Backend) {
         dup.error
     );
     // Only the first is waiting for its steps; the duplicate has no wire tap either.
-    let pending = store.pending_deliveries().await.unwrap();
+    let pending = store.queues().await.unwrap();
     assert_eq!(
         pending
             .iter()
-            .map(|(r, _, n)| (r.as_str(), *n))
+            .map(|q| (q.route.as_str(), q.depth))
             .collect::<Vec<_>>(),
         [("r", 1), ("s", 1)]
     );
@@ -1084,6 +1228,182 @@ async fn processed_inserts_commit_message_and_outcome_together(b: &Backend) {
     store.close().await.unwrap();
 }
 
+/// A reader's position (a database watermark) is written in the write of its message: with a
+/// plain insert, a duplicate and a processed insert; a write that fails leaves it where it
+/// was; each route has its own.
+async fn positions_are_committed_with_their_message(b: &Backend) {
+    let store = b.open("node-a", LEASE).await;
+    let at = |v: &str| Some(("database".to_string(), v.to_string()));
+    assert_eq!(store.position("r", "database").await.unwrap(), None);
+    let (_, mut ins) = insert("r", "row 1");
+    ins.position = at(r#"{"id":1}"#);
+    let again = Insert {
+        position: at(r#"{"id":99}"#),
+        ..ins.clone()
+    };
+    store.insert(vec![ins]).await.unwrap();
+    assert_eq!(
+        store.position("r", "database").await.unwrap().as_deref(),
+        Some(r#"{"id":1}"#)
+    );
+    // The same message id again: the insert fails, and its position with it.
+    assert!(store.insert(vec![again]).await.is_err());
+    assert_eq!(
+        store.position("r", "database").await.unwrap().as_deref(),
+        Some(r#"{"id":1}"#)
+    );
+    // A row read again is a duplicate, and still moves the position.
+    let key = || ("database_key".to_string(), "[2]".to_string());
+    let (_, mut ins) = insert("r", "row 2");
+    ins.position = at(r#"{"id":2}"#);
+    ins.index.push(key());
+    assert_eq!(store.insert_once(ins, key()).await.unwrap(), None);
+    let (_, mut ins) = insert("r", "row 2");
+    ins.position = at(r#"{"id":3}"#);
+    ins.index.push(key());
+    assert!(store.insert_once(ins, key()).await.unwrap().is_some());
+    assert_eq!(
+        store.position("r", "database").await.unwrap().as_deref(),
+        Some(r#"{"id":3}"#)
+    );
+    let (_, mut ins) = insert("r", "row 4");
+    ins.position = at(r#"{"id":4}"#);
+    store
+        .insert_processed(ins, vec![step()], routed(&["to[0]"]), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.position("r", "database").await.unwrap().as_deref(),
+        Some(r#"{"id":4}"#)
+    );
+    assert_eq!(store.position("s", "database").await.unwrap(), None);
+    store.close().await.unwrap();
+    // Kept across a restart.
+    let store = b.open("node-a", LEASE).await;
+    assert_eq!(
+        store.position("r", "database").await.unwrap().as_deref(),
+        Some(r#"{"id":4}"#)
+    );
+    store.close().await.unwrap();
+}
+
+/// What the console's dashboard and search read: destination queues (depth, age of the
+/// oldest, newest error, who holds claims), counts since a time, id prefixes, pages, errors
+/// and a split's children.
+async fn queues_counts_and_console_searches(b: &Backend) {
+    let store = b.open("node-a", LEASE).await;
+    let before = SystemTime::now();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (m, ins) = insert("q", &format!("in {i}"));
+        store
+            .insert_processed(ins, vec![step()], routed(&["to[0]", "to[1]"]), None)
+            .await
+            .unwrap();
+        ids.push(m.id);
+    }
+    let due = claim_due(&store, "q", "to[0]", SystemTime::now(), 1)
+        .await
+        .unwrap();
+    assert_eq!(due[0].message.id, ids[0]);
+    let retry = AttemptOutcome::Retry {
+        error: "HTTP 503 from the shop".into(),
+        next_attempt_at: SystemTime::now() + Duration::from_secs(60),
+    };
+    store
+        .record_attempt(attempt(&due[0], 1, retry))
+        .await
+        .unwrap();
+    // Claimed again by this node: the queue says who holds it.
+    let due = claim_due(&store, "q", "to[1]", SystemTime::now(), 1)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1);
+    let mut queues = store.queues().await.unwrap();
+    queues.sort_by(|a, b| a.destination.cmp(&b.destination));
+    assert_eq!(queues.len(), 2, "{queues:?}");
+    let (q0, q1) = (&queues[0], &queues[1]);
+    assert_eq!(
+        (q0.route.as_str(), q0.destination.as_str(), q0.depth),
+        ("q", "to[0]", 3)
+    );
+    assert_eq!(q0.last_error.as_deref(), Some("HTTP 503 from the shop"));
+    assert!(q0.claimed_by.is_empty(), "{q0:?}");
+    assert_eq!(q1.claimed_by, ["node-a"]);
+    assert_eq!(q1.last_error, None);
+    let oldest = q0.oldest.expect("an oldest pending delivery");
+    assert!(ms(oldest) >= ms(before) && ms(oldest) <= ms(SystemTime::now()));
+
+    // Counts since a time: none of what came before it.
+    let (m, mut ins) = insert("q", "bad");
+    ins.state = MessageState::Failed;
+    ins.error = Some("steps[0]: unexpected end of input".into());
+    store.insert(vec![ins]).await.unwrap();
+    let routes = ["q".to_string(), "other".to_string()];
+    let counts = store.counts_since(&routes, before).await.unwrap();
+    assert_eq!(
+        counts.get(&("q".into(), MessageState::Delivering)),
+        Some(&3)
+    );
+    assert_eq!(counts.get(&("q".into(), MessageState::Failed)), Some(&1));
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    let later = store
+        .counts_since(&routes, SystemTime::now() + Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(later.is_empty(), "{later:?}");
+
+    let found = |s: Search| {
+        let store = store.clone();
+        async move {
+            let rows = store.search(&s).await.unwrap();
+            rows.iter().map(|m| m.id).collect::<Vec<_>>()
+        }
+    };
+    let all = Search {
+        route: Some("q".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    // Error text; an id prefix (with or without dashes, any case).
+    let by_error = Search {
+        error: Some("end of input".into()),
+        ..all.clone()
+    };
+    assert_eq!(found(by_error).await, [m.id]);
+    let full = ids[1].simple().to_string();
+    for prefix in [full.clone(), ids[1].to_string()[..13].to_uppercase()] {
+        let by_id = Search {
+            id_prefix: Some(prefix.clone()),
+            ..all.clone()
+        };
+        assert!(found(by_id).await.contains(&ids[1]), "{prefix}");
+    }
+    // Pages: the next page starts below the last id shown.
+    let page = Search {
+        limit: 2,
+        ..all.clone()
+    };
+    let first = found(page.clone()).await;
+    assert_eq!(first, [m.id, ids[2]]);
+    let next = Search {
+        before: Some(ids[2]),
+        ..page
+    };
+    assert_eq!(found(next).await, [ids[1], ids[0]]);
+    // A split's children.
+    let (child, mut ins) = insert("q", "part");
+    ins.parent = Some(ids[0]);
+    store.insert(vec![ins]).await.unwrap();
+    let children = Search {
+        parent: Some(ids[0]),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(found(children).await, [child.id]);
+    store.close().await.unwrap();
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -1116,13 +1436,17 @@ conformance!(
     claims_are_exclusive_and_taken_over_after_the_lease,
     concurrent_claims_never_overlap,
     fifo_destination_is_held_by_one_node,
+    a_fifo_place_is_kept_while_the_steps_run,
     a_failing_write_does_not_undo_the_others,
     named_leases_pass_to_another_node_when_not_renewed,
     released_deliveries_are_due_again_for_any_node,
+    claims_stop_at_their_byte_bound,
     attempts_and_the_next_claim_are_one_write,
     keyed_inserts_record_a_redelivery_as_duplicate,
     processed_inserts_commit_message_and_outcome_together,
     search_by_time_range_state_and_route_newest_first,
+    positions_are_committed_with_their_message,
+    queues_counts_and_console_searches,
 );
 
 /// Needs no server: what an operator reads when the URL or the server is wrong.

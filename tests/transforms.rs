@@ -29,7 +29,7 @@ fn run_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
 fn the_bundled_route_tests_pass() {
     let (code, stdout, stderr) = run_in(repo(), &["test", "examples/tests"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert!(stdout.contains("23 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("25 passed, 0 failed"), "{stdout}");
 }
 
 #[test]
@@ -209,6 +209,88 @@ to:
     // A body that is not JSON is a string to the script, so `body.qty` fails with a position.
     let text = find("script error at line 1").expect("script error for the text body");
     assert!(text.contains("(message "), "{text}");
+    engine.stop();
+}
+
+/// A mainframe file with header, detail and trailer lines is read with one layout, changed,
+/// and written back with the same layout by the running engine; a line of an unknown kind and a
+/// value too wide for its columns fail their messages, saying where.
+#[test]
+fn fixed_width_files_go_both_ways_with_one_layout() {
+    let ws = Workspace::new();
+    let layout = r#"
+      record_type: { start: 1, width: 1 }
+      records:
+        H: [ { name: batch, start: 2, width: 6, align: right, pad: "0" } ]
+        D: [ { name: sku, start: 2, width: 8 }, { name: qty, start: 10, width: 4, align: right, pad: "0" } ]
+        T: [ { name: count, start: 2, width: 3, align: right } ]"#;
+    ws.write_route(
+        "mainframe.yaml",
+        &format!(
+            r#"from:
+  file: {{ path: inbox, settle: 100ms, poll_interval: 200ms }}
+steps:
+  - fixed_width:{layout}
+  - transform:
+      script: |
+        for i in 0..body.len() {{
+            if body[i].record_type == "D" {{ body[i].qty = parse_int(body[i].qty) * 10; }}
+        }}
+  - json_to_fixed_width:{layout}
+      crlf: true
+to:
+  - file: {{ path: outbox, name: "{{{{original_name}}}}" }}
+"#
+        ),
+    );
+    let engine = ws.start();
+    ws.drop_file(
+        "inbox",
+        "good.DAT",
+        b"H000042
+DBOLT-M8 0012
+DNUT     0003
+T  2
+",
+    );
+    ws.drop_file(
+        "inbox",
+        "unknown.DAT",
+        b"H000042
+X1
+",
+    );
+    ws.drop_file(
+        "inbox",
+        "wide.DAT",
+        b"H000042
+DBOLT-M8 9999
+T  1
+",
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || ws.count("failed") == 2
+            && ws.count("delivered") == 1),
+        "{:?}",
+        ws.states()
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path("outbox/good.DAT")).unwrap(),
+        "H000042\r\nDBOLT-M8 0120\r\nDNUT     0030\r\nT  2\r\n"
+    );
+    let errors: Vec<String> = ws
+        .query_pairs("SELECT error, 1 FROM messages WHERE state = 'failed'")
+        .into_keys()
+        .collect();
+    let find = |needle: &str| errors.iter().any(|e| e.contains(needle));
+    assert!(
+        find("steps[0].fixed_width: line 2: the record type `X` (columns 1–1) is not one of `D`, `H`, `T`"),
+        "{errors:?}"
+    );
+    assert!(
+        find("steps[2].json_to_fixed_width: record 2, field `qty`: `99990` is 5 characters, wider than its 4 column(s) (10–13)"),
+        "{errors:?}"
+    );
     engine.stop();
 }
 

@@ -3,8 +3,12 @@
 //! adapter kind.
 
 pub mod broker;
+pub mod database;
 pub mod fs;
+pub mod ftp;
 pub mod inbound;
 pub mod listeners;
 pub mod outbound;
+pub mod remote;
+pub mod sftp;
 pub mod tls;

@@ -309,6 +309,9 @@ pub fn load_file(path: &Path, endpoints: &Endpoints) -> Result<Route, Vec<Diagno
             "`on_error` says `dead_letter`, but the route has no `dead_letter` destination".into(),
         ));
     }
+    if let Err(e) = file.from.check() {
+        problems.push(locate("from", format!("from.{}: {e}", file.from.kind())));
+    }
     if file.concurrency == Some(0) {
         problems.push(locate(
             "concurrency",
@@ -404,6 +407,12 @@ pub fn load_file(path: &Path, endpoints: &Endpoints) -> Result<Route, Vec<Diagno
             kind: DeliveryKind::WireTap,
             config: tap.clone(),
         });
+    }
+    for d in &destinations {
+        if let Err(e) = d.config.check() {
+            let key = d.name.split(['[', '.']).next().unwrap_or("to");
+            problems.push(locate(key, format!("{}: {e}", d.name)));
+        }
     }
     let fifo = destinations
         .iter()

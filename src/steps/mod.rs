@@ -47,6 +47,8 @@ pub enum StepConfig {
     JsonToCsv(json_to_csv::Config),
     /// Fixed-width text records to a JSON array.
     FixedWidth(fixed_width::Config),
+    /// A JSON array of records to fixed-width text, with the reader's layout.
+    JsonToFixedWidth(fixed_width::WriteConfig),
     /// Drops messages on purpose, with a recorded reason.
     Filter(filter::Config),
     /// Turns one message into many (lines, CSV rows, JSON array items, XML elements).
@@ -104,6 +106,7 @@ impl StepConfig {
             StepConfig::CsvToJson(_) => "csv_to_json",
             StepConfig::JsonToCsv(_) => "json_to_csv",
             StepConfig::FixedWidth(_) => "fixed_width",
+            StepConfig::JsonToFixedWidth(_) => "json_to_fixed_width",
             StepConfig::Filter(_) => "filter",
             StepConfig::Split(_) => "split",
             StepConfig::Hl7(_) => "hl7",
@@ -129,6 +132,7 @@ impl StepConfig {
             StepConfig::CsvToJson(c) => Arc::new(csv_to_json::build(c)?),
             StepConfig::JsonToCsv(c) => Arc::new(json_to_csv::build(c)?),
             StepConfig::FixedWidth(c) => Arc::new(c.build()?),
+            StepConfig::JsonToFixedWidth(c) => Arc::new(c.build()?),
             StepConfig::Filter(c) => Arc::new(c.build(cx)?),
             StepConfig::Split(c) => Arc::new(c.build()?),
             StepConfig::Hl7(c) => Arc::new(c.build()?),

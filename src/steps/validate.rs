@@ -6,7 +6,7 @@
 
 use super::xsd::Xsd;
 use super::{compile_script, script_engine, BuildContext, BuildError, Step, StepError};
-use crate::convert::xml::{xml_to_value, ReadOptions};
+use crate::convert::xml::check_xml;
 use crate::message::Message;
 use crate::script::{body_to_dynamic, Limits, Script};
 use rhai::Dynamic;
@@ -107,7 +107,7 @@ impl Step for Validate {
     fn apply(&self, msg: &mut Message) -> Result<(), StepError> {
         let mut errors: Vec<String> = Vec::new();
         if self.xml {
-            match xml_to_value(&msg.body, &ReadOptions::default()) {
+            match check_xml(&msg.body) {
                 Err(e) => errors.push(e),
                 // Only a well-formed document without a DOCTYPE reaches libxml2.
                 Ok(_) => {

@@ -1,7 +1,7 @@
 //! `xml_to_json`: parses an XML body into JSON by the convention in [`crate::convert::xml`].
 
 use super::{Step, StepError};
-use crate::convert::xml::{xml_to_value, ReadOptions};
+use crate::convert::xml::{xml_to_json, ReadOptions};
 use crate::message::Message;
 
 /// The step's options: see [`ReadOptions`].
@@ -15,8 +15,10 @@ pub struct XmlToJson(ReadOptions);
 
 impl Step for XmlToJson {
     fn apply(&self, msg: &mut Message) -> Result<(), StepError> {
-        let json = xml_to_value(&msg.body, &self.0)?;
-        msg.set_json(&json);
+        let json = xml_to_json(&msg.body, &self.0)?;
+        msg.body = json.into();
+        msg.headers
+            .insert("content-type".into(), "application/json".into());
         Ok(())
     }
 }

@@ -130,8 +130,17 @@ pub struct Insert {
     pub scheduled: bool,
     /// Wire-tap destinations that get a copy of the message as received.
     pub wire_taps: Vec<String>,
+    /// The route's FIFO destinations: a message committed before its steps ran keeps its
+    /// place in their lines from its commit, so that a message whose steps are slow is not
+    /// overtaken by a later one (on any node).
+    pub fifo: Vec<String>,
     /// Search fields extracted from the message (`order` = `123`), see the route's `index:`.
     pub index: Vec<(String, String)>,
+    /// The route's inbound position (name, value) after this message — a database reader's
+    /// watermark — written in the same transaction as the message, so that a crash can
+    /// neither lose the rows before it nor read them again as new. See
+    /// [`Processing::position`].
+    pub position: Option<(String, String)>,
 }
 
 /// A stored message waiting for its steps.
@@ -233,6 +242,9 @@ pub struct Attempt {
     pub number: u32,
     pub duration: Duration,
     pub outcome: AttemptOutcome,
+    /// What the other side answered to a delivered attempt (`HTTP 201 from host: {"id":7}`,
+    /// a file's path, a broker's confirmation), kept in the attempt's transition.
+    pub receipt: Option<String>,
 }
 
 /// A delivery worker's claim of its destination's next due deliveries.
@@ -244,6 +256,9 @@ pub struct Claim {
     pub now: SystemTime,
     /// At most this many.
     pub limit: usize,
+    /// And no more once their bodies reach this many bytes (the first is always claimed),
+    /// so that a batch of large messages does not load them all at once.
+    pub max_bytes: u64,
 }
 
 /// What [`Processing::record_and_claim`] committed.
@@ -305,7 +320,31 @@ pub struct Search {
     pub text: Option<String>,
     /// An index field and its value: a look-up, not a scan.
     pub field: Option<(String, String)>,
+    /// Ids starting with these hex digits (dashes ignored): a range of the primary key.
+    pub id_prefix: Option<String>,
+    /// Text in the message's last error.
+    pub error: Option<String>,
+    /// Children of this message (a split's parts).
+    pub parent: Option<Uuid>,
+    /// Only ids before this one: the next page of a search, newest first.
+    pub before: Option<Uuid>,
     pub limit: usize,
+}
+
+/// A destination's queue: what an operator watches and alerts on.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Queue {
+    pub route: String,
+    pub destination: String,
+    /// Pending deliveries.
+    pub depth: u64,
+    /// When the message of the oldest pending delivery was received.
+    #[serde(skip)]
+    pub oldest: Option<SystemTime>,
+    /// The newest error among the pending deliveries (a destination failing now).
+    pub last_error: Option<String>,
+    /// Nodes holding claims on its pending deliveries now (delivering them).
+    pub claimed_by: Vec<String>,
 }
 
 /// One recorded transition.
@@ -340,6 +379,8 @@ pub struct Details {
     pub transitions: Vec<TransitionRecord>,
     pub deliveries: Vec<DeliveryRecord>,
 }
+
+pub use plan::id_range;
 
 /// Opens the store at `location` for an engine (`shared: false`: SQLite takes the file's
 /// lock) or beside one (`shared: true`: the `messages` command).
@@ -621,6 +662,10 @@ pub trait Processing: Send + Sync {
     /// When the next scheduled message of `route` is due, if any.
     async fn next_scheduled(&self, route: &str) -> StoreResult<Option<SystemTime>>;
 
+    /// The inbound position `name` of `route` last committed with a message (see
+    /// [`Insert::position`]); `None` before the first.
+    async fn position(&self, route: &str, name: &str) -> StoreResult<Option<String>>;
+
     /// The oldest pending delivery of a destination, due or not (strict FIFO order), when
     /// this node holds the destination's lease (taken here when free): one node at a time
     /// delivers to a FIFO destination, so order holds across nodes. `None` while another
@@ -644,8 +689,24 @@ pub trait Processing: Send + Sync {
 /// `messages` command, the admin API).
 #[async_trait]
 pub trait Operations: Send + Sync {
-    /// Pending deliveries per route and destination (queue depth).
-    async fn pending_deliveries(&self) -> StoreResult<Vec<(String, String, u64)>>;
+    /// Every destination with pending deliveries: depth, age of the oldest, newest error.
+    async fn queues(&self) -> StoreResult<Vec<Queue>>;
+
+    /// How many messages of each of `routes` are in `state`, all of them (for the dead, the
+    /// failed: an index range each, not the whole store).
+    async fn count_in_state(
+        &self,
+        routes: &[String],
+        state: MessageState,
+    ) -> StoreResult<Vec<(String, u64)>>;
+
+    /// Messages of `routes` per route and state received since `since` (ids are UUIDv7, so
+    /// this reads the `(route, state, id)` index from that time on, nothing older).
+    async fn counts_since(
+        &self,
+        routes: &[String],
+        since: SystemTime,
+    ) -> StoreResult<BTreeMap<(String, MessageState), u64>>;
 
     /// One message's record, if it exists.
     async fn message(&self, id: Uuid) -> StoreResult<Option<StoredMessage>>;

@@ -30,6 +30,20 @@ impl Payload {
     }
 }
 
+/// Where a new delivery row stands in its destination's line (the order of delivery ids,
+/// which FIFO destinations deliver in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Line {
+    /// At the end, due at once.
+    End,
+    /// At the end, `waiting` for the steps of a message committed before they ran: the FIFO
+    /// destination's head stops there until they have.
+    Kept,
+    /// In the place kept for it when its message was committed (a `waiting` row becomes
+    /// `pending`), or at the end when none was kept.
+    InPlace,
+}
+
 /// One row change.
 #[derive(Debug)]
 pub(crate) enum Change<'a> {
@@ -42,6 +56,12 @@ pub(crate) enum Change<'a> {
     },
     /// A message made by a split, scheduled for the steps after the split.
     Child { parent: Uuid, ins: &'a Insert },
+    /// The route's inbound position, written with the message that reached it.
+    Position {
+        route: &'a str,
+        name: &'a str,
+        value: &'a str,
+    },
     /// A search field of a message.
     Index {
         message: Uuid,
@@ -81,14 +101,19 @@ pub(crate) enum Change<'a> {
         at: SystemTime,
         error: &'a str,
     },
-    /// A pending delivery, due at once.
+    /// A pending delivery, due at once (or a place kept, see [`Line`]).
     Delivery {
         message: Uuid,
         route: &'a str,
         destination: &'a str,
         kind: DeliveryKind,
         payload: Payload,
+        line: Line,
     },
+    /// The places kept for a message in lines it does not go to after all (filtered, failed,
+    /// routed elsewhere, split). Never one of `routed`, so that it may run in any order with
+    /// the deliveries of the same plan.
+    LeaveLines { message: Uuid, routed: Vec<&'a str> },
 }
 
 /// What the steps made of a new message, written into its row as it is inserted.
@@ -102,7 +127,8 @@ pub(crate) struct Finish<'a> {
     pub retry_at: Option<SystemTime>,
 }
 
-/// A new message: its row, its `received` transition, its search fields, its wire taps.
+/// A new message: its row, its `received` transition, its search fields, its wire taps, and
+/// its places in the lines of the route's FIFO destinations (its steps have not run yet).
 pub(crate) fn new_message(ins: &Insert, held: bool) -> Vec<Change<'_>> {
     let m = &ins.msg;
     let mut plan = vec![
@@ -126,13 +152,29 @@ pub(crate) fn new_message(ins: &Insert, held: bool) -> Vec<Change<'_>> {
         name,
         value,
     }));
+    plan.extend(ins.position.iter().map(|(name, value)| Change::Position {
+        route: &m.route,
+        name,
+        value,
+    }));
     plan.extend(ins.wire_taps.iter().map(|tap| Change::Delivery {
         message: m.id,
         route: &m.route,
         destination: tap,
         kind: DeliveryKind::WireTap,
         payload: Payload::In,
+        line: Line::End,
     }));
+    if ins.state == MessageState::Received {
+        plan.extend(ins.fifo.iter().map(|d| Change::Delivery {
+            message: m.id,
+            route: &m.route,
+            destination: d,
+            kind: DeliveryKind::Main,
+            payload: Payload::Out,
+            line: Line::Kept,
+        }));
+    }
     plan
 }
 
@@ -145,7 +187,7 @@ pub(crate) fn processed_message<'a>(
     result: &'a Processed,
 ) -> (Vec<Change<'a>>, MessageState) {
     let id = ins.msg.id;
-    let (outcome, state) = steps_outcome(id, &ins.msg.route, steps, result);
+    let (outcome, state) = steps_outcome(id, &ins.msg.route, steps, result, false);
     let mut finish = Finish {
         state,
         output: None,
@@ -170,6 +212,16 @@ pub(crate) fn processed_message<'a>(
         }
     }
     let mut plan = new_message(ins, false);
+    // Its steps ran: it goes straight to the end of its lines, no place kept.
+    plan.retain(|c| {
+        !matches!(
+            c,
+            Change::Delivery {
+                line: Line::Kept,
+                ..
+            }
+        )
+    });
     if let Some(Change::Message { finish: f, .. }) = plan.first_mut() {
         *f = Some(finish);
     }
@@ -178,12 +230,14 @@ pub(crate) fn processed_message<'a>(
 }
 
 /// The steps' outcome for message `id` of `route`: a transition per step, the result, the
-/// deliveries it makes, and the state it ends in.
+/// deliveries it makes, and the state it ends in. `stored`: the message was committed before
+/// its steps ran, so it may hold places in FIFO lines, taken or left here.
 pub(crate) fn steps_outcome<'a>(
     id: Uuid,
     route: &'a str,
     steps: &'a [StepRecord],
     result: &'a Processed,
+    stored: bool,
 ) -> (Vec<Change<'a>>, MessageState) {
     let mut plan: Vec<Change<'a>> = steps
         .iter()
@@ -203,6 +257,10 @@ pub(crate) fn steps_outcome<'a>(
         destination,
         kind,
         payload,
+        line: match (stored, kind) {
+            (true, DeliveryKind::Main) => Line::InPlace,
+            _ => Line::End,
+        },
     };
     let state = match result {
         Processed::Routed {
@@ -316,6 +374,18 @@ pub(crate) fn steps_outcome<'a>(
             MessageState::Split
         }
     };
+    if stored {
+        let routed = match result {
+            Processed::Routed { destinations, .. } => {
+                destinations.iter().map(String::as_str).collect()
+            }
+            _ => Vec::new(),
+        };
+        plan.push(Change::LeaveLines {
+            message: id,
+            routed,
+        });
+    }
     plan.push(entered(id, state));
     (plan, state)
 }
@@ -350,6 +420,16 @@ impl DeliveryOutcome<'_> {
     }
 }
 
+/// A receipt is kept up to this many characters.
+const RECEIPT: usize = 300;
+
+fn cut(s: &str, n: usize) -> Cow<'_, str> {
+    match s.char_indices().nth(n) {
+        Some((at, _)) => Cow::Owned(format!("{}…", &s[..at])),
+        None => Cow::Borrowed(s),
+    }
+}
+
 /// An attempt: its delivery's new values and the attempt's transition.
 pub(crate) fn attempt(a: &Attempt) -> (DeliveryOutcome<'_>, Change<'_>) {
     let (state, next_attempt_at, error, outcome) = match &a.outcome {
@@ -365,9 +445,10 @@ pub(crate) fn attempt(a: &Attempt) -> (DeliveryOutcome<'_>, Change<'_>) {
         ),
         AttemptOutcome::Dead { error, .. } => ("dead", None, Some(error.as_str()), "dead"),
     };
-    let detail = match error {
-        Some(e) => format!("attempt {}: {e}", a.number),
-        None => format!("attempt {}", a.number),
+    let detail = match (error, a.receipt.as_deref().filter(|r| !r.is_empty())) {
+        (Some(e), _) => format!("attempt {}: {e}", a.number),
+        (None, Some(receipt)) => format!("attempt {}: {}", a.number, cut(receipt, RECEIPT)),
+        (None, None) => format!("attempt {}", a.number),
     };
     (
         DeliveryOutcome {
@@ -404,6 +485,7 @@ pub(crate) fn main_delivery_ended<'a>(a: &'a Attempt, route: &'a str) -> Vec<Cha
             destination: dl,
             kind: DeliveryKind::DeadLetter,
             payload: Payload::Out,
+            line: Line::End,
         });
     }
     plan
@@ -443,12 +525,43 @@ pub(crate) enum Condition<'a> {
     Since(Uuid, i64),
     /// Ids at or before the last one possible at this time, and `received_at` at or before it.
     Until(Uuid, i64),
+    /// Ids from the first to the last: an id prefix, a range of the primary key.
+    Ids(Uuid, Uuid),
+    /// Ids before this one: the next page.
+    Before(Uuid),
+    /// Children of a message (`messages (parent_id)`).
+    Parent(Uuid),
     /// Text in the headers or the bodies: a scan of what the other conditions leave.
     Text(&'a str),
+    /// Text in the last error: a scan of what the other conditions leave.
+    Error(&'a str),
+}
+
+/// The range of ids that start with `prefix` (hex digits; dashes and case ignored), or why
+/// it is not an id prefix.
+pub fn id_range(prefix: &str) -> Result<(Uuid, Uuid), String> {
+    let hex: String = prefix.chars().filter(|c| *c != '-').collect();
+    if hex.is_empty() || hex.len() > 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "`{prefix}` is not the start of a message id (hex digits, such as 0193a4f2)"
+        ));
+    }
+    let pad = |c: char| format!("{hex:c<32}").replace('c', &c.to_string());
+    let (lo, hi) = (pad('0'), pad('f'));
+    let parse = |h: &str| u128::from_str_radix(h, 16).map(Uuid::from_u128);
+    match (parse(&lo), parse(&hi)) {
+        (Ok(lo), Ok(hi)) => Ok((lo, hi)),
+        _ => Err(format!("`{prefix}` is not the start of a message id")),
+    }
 }
 
 /// The conditions of `search`; those it leaves unset are left out (not `? IS NULL OR ...`,
 /// which keeps a database from using any index).
+/// The lowest UUIDv7 possible at `t`: ids at or above it were made at `t` or later.
+pub(crate) fn first_id_at(t: SystemTime) -> Uuid {
+    Uuid::from_u128((super::millis(t).max(0) as u128) << 80)
+}
+
 pub(crate) fn search(search: &super::Search) -> Vec<Condition<'_>> {
     let ms = |t: SystemTime| super::millis(t).max(0) as u128;
     let mut out = Vec::new();
@@ -462,8 +575,7 @@ pub(crate) fn search(search: &super::Search) -> Vec<Condition<'_>> {
         out.push(Condition::State(state.as_str()));
     }
     if let Some(since) = search.since {
-        let t = ms(since);
-        out.push(Condition::Since(Uuid::from_u128(t << 80), t as i64));
+        out.push(Condition::Since(first_id_at(since), ms(since) as i64));
     }
     if let Some(until) = search.until {
         let t = ms(until);
@@ -472,8 +584,20 @@ pub(crate) fn search(search: &super::Search) -> Vec<Condition<'_>> {
             t as i64,
         ));
     }
+    if let Some(parent) = search.parent {
+        out.push(Condition::Parent(parent));
+    }
+    if let Some((lo, hi)) = search.id_prefix.as_deref().and_then(|p| id_range(p).ok()) {
+        out.push(Condition::Ids(lo, hi));
+    }
+    if let Some(before) = search.before {
+        out.push(Condition::Before(before));
+    }
     if let Some(text) = &search.text {
         out.push(Condition::Text(text));
+    }
+    if let Some(error) = &search.error {
+        out.push(Condition::Error(error));
     }
     out
 }

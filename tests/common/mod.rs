@@ -6,6 +6,7 @@
 pub mod brokers;
 pub mod net;
 pub mod postgres;
+pub mod sshd;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -203,6 +204,16 @@ impl Engine {
         self.child.as_ref().unwrap().id()
     }
 
+    /// Resident memory now (`VmRSS`) or at its peak so far (`VmHWM`), in KiB, from /proc.
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     fn console(&self) -> String {
         std::fs::read_to_string(&self.console).unwrap_or_default()
     }
@@ -280,6 +291,23 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
     cond()
+}
+
+/// An XML order of about `size` bytes: a header and many small lines, the shape of an ERP
+/// export (`xml_to_json`'s worst case is many small elements, each its own JSON object).
+pub fn large_order(size: usize) -> Vec<u8> {
+    let mut xml = String::with_capacity(size + 256);
+    xml.push_str("<order id=\"1\"><customer>ACME &amp; Sons</customer><lines>");
+    let mut i = 0;
+    while xml.len() < size {
+        xml.push_str(&format!(
+            "<line sku=\"A{i}\" qty=\"{}\"><price>1.50</price><text>Widget number {i}</text></line>",
+            i % 9 + 1
+        ));
+        i += 1;
+    }
+    xml.push_str("</lines></order>");
+    xml.into_bytes()
 }
 
 pub fn order_xml(n: usize) -> String {

@@ -82,6 +82,9 @@ pub struct Config {
     pub parallel: usize,
 }
 
+/// Bytes of files read at once (see the scan loop).
+const READ_BUDGET: u64 = 64 << 20;
+
 fn default_settle() -> Duration {
     Duration::from_secs(1)
 }
@@ -428,7 +431,9 @@ fn write_reason(file: &Path, reason: &str) -> std::io::Result<()> {
 fn read_limited(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let file = std::fs::File::open(path)?;
-    let mut buf = Vec::new();
+    // Sized for the file, so that the buffer is not regrown (and briefly held twice).
+    let size = file.metadata()?.len().min(max);
+    let mut buf = Vec::with_capacity(size as usize + 1);
     file.take(max + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > max {
         return Err(std::io::Error::other(format!(
@@ -494,22 +499,29 @@ impl Inbound for FileInbound {
             skip.retain(|p| p.exists());
 
             let mut tasks = JoinSet::new();
+            // Bytes of the files being taken: small files go `parallel` at a time, large
+            // ones one by one, so intake holds at most READ_BUDGET (or one larger file).
+            let mut reading = 0u64;
             for path in ready {
                 if shutdown.is_cancelled() {
                     break;
                 }
-                while tasks.len() >= inner.cfg.parallel.max(1) {
-                    if let Some(Ok(Some(stuck))) = tasks.join_next().await {
-                        skip.insert(stuck);
+                let size = seen.get(&path).map(|o| o.size).unwrap_or(0);
+                while !tasks.is_empty()
+                    && (tasks.len() >= inner.cfg.parallel.max(1) || reading + size > READ_BUDGET)
+                {
+                    if let Some(Ok((bytes, stuck))) = tasks.join_next().await {
+                        reading -= bytes;
+                        skip.extend(stuck);
                     }
                 }
-                let size = seen.get(&path).map(|o| o.size).unwrap_or(0);
                 seen.remove(&path);
+                reading += size;
                 let (me, intake) = (self.0.clone(), intake.clone());
-                tasks.spawn(async move { me.take(path, size, &intake).await });
+                tasks.spawn(async move { (size, me.take(path, size, &intake).await) });
             }
             while let Some(res) = tasks.join_next().await {
-                if let Ok(Some(stuck)) = res {
+                if let Ok((_, Some(stuck))) = res {
                     skip.insert(stuck);
                 }
             }

@@ -73,7 +73,7 @@ impl Content {
                 Ok(_) => None,
                 Err(e) => Some(crate::message::json_error("the body", &e)),
             },
-            Content::Xml => crate::convert::xml::xml_to_value(body, &Default::default()).err(),
+            Content::Xml => crate::convert::xml::check_xml(body).err(),
         }
     }
 }

@@ -6,13 +6,19 @@
 
 pub mod amqp;
 pub mod amqp1;
+pub mod database;
 pub mod file;
+pub mod ftp;
 pub mod http;
+pub mod http_poll;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod mqtt;
 pub mod nats;
 pub mod redis;
+pub mod remote;
+pub mod schedule;
+pub mod sftp;
 #[cfg(feature = "sqs")]
 pub mod sqs;
 pub mod tcp;
@@ -52,6 +58,16 @@ pub enum InboundConfig {
     Nats(nats::Config),
     /// Reads a Redis stream through a consumer group.
     Redis(redis::Config),
+    /// Polls a query on a PostgreSQL or MySQL/MariaDB database; each row is a message.
+    Database(Box<database::Config>),
+    /// Makes a message at cron times or at an interval.
+    Schedule(Box<schedule::Config>),
+    /// Requests a URL on a schedule; a new answer (or each item of it) is a message.
+    HttpPoll(Box<http_poll::Config>),
+    /// Takes files from a remote directory over SFTP.
+    Sftp(Box<sftp::Config>),
+    /// Takes files from a remote directory over FTP or FTPS.
+    Ftp(Box<ftp::Config>),
     /// Long-polls an Amazon SQS queue (cargo feature `sqs`).
     #[cfg(feature = "sqs")]
     Sqs(sqs::Config),
@@ -81,6 +97,11 @@ impl InboundConfig {
             InboundConfig::Mqtt(_) => "mqtt",
             InboundConfig::Nats(_) => "nats",
             InboundConfig::Redis(_) => "redis",
+            InboundConfig::Database(_) => "database",
+            InboundConfig::Schedule(_) => "schedule",
+            InboundConfig::HttpPoll(_) => "http_poll",
+            InboundConfig::Sftp(_) => "sftp",
+            InboundConfig::Ftp(_) => "ftp",
             InboundConfig::Sqs(_) => "sqs",
             InboundConfig::Kafka(_) => "kafka",
             InboundConfig::Endpoint(_) => "endpoint",
@@ -111,6 +132,13 @@ impl InboundConfig {
             // Readers of one queue share its messages.
             // The group's coordinator gives each partition to one member.
             InboundConfig::Nats(_) | InboundConfig::Sqs(_) | InboundConfig::Kafka(_) => None,
+            // Several readers of one table: each route keeps its own position or marks.
+            InboundConfig::Database(_) => None,
+            // Each route keeps its own position; two routes polling one URL are two pollers.
+            InboundConfig::Schedule(_) | InboundConfig::HttpPoll(_) => None,
+            // One remote directory read by two routes would have them race for its files.
+            InboundConfig::Sftp(c) => Some(format!("SFTP directory {}", c.url.text)),
+            InboundConfig::Ftp(c) => Some(format!("FTP directory {}", c.url.text)),
             // One consumer name in a group is one pending list: two routes with it would
             // take each other's entries as their own.
             InboundConfig::Redis(c) => Some(format!(
@@ -130,6 +158,7 @@ impl InboundConfig {
             InboundConfig::Mqtt(c) => Some(c.receive_maximum as usize),
             InboundConfig::Nats(c) => Some(c.prefetch as usize),
             InboundConfig::Redis(c) => Some(c.prefetch),
+            InboundConfig::Database(c) => Some(c.prefetch),
             #[cfg(feature = "sqs")]
             InboundConfig::Sqs(c) => Some(c.prefetch),
             #[cfg(feature = "kafka")]
@@ -147,12 +176,32 @@ impl InboundConfig {
             | InboundConfig::Mqtt(_)
             | InboundConfig::Nats(_)
             | InboundConfig::Redis(_)
+            | InboundConfig::Database(_)
+            | InboundConfig::Schedule(_)
+            | InboundConfig::HttpPoll(_)
+            | InboundConfig::Sftp(_)
+            | InboundConfig::Ftp(_)
             | InboundConfig::Sqs(_)
             | InboundConfig::Kafka(_)
             | InboundConfig::Endpoint(_) => None,
             InboundConfig::Http(c) => Some(&c.listen),
             InboundConfig::Tcp(c) => Some(&c.listen),
         }
+    }
+
+    /// What is wrong with the settings, found without connecting or binding anything, for
+    /// `switchyard check` and the route's load: the kinds whose `build` is free of side
+    /// effects are built and dropped.
+    pub fn check(&self) -> Result<(), String> {
+        let built = match self {
+            InboundConfig::Database(c) => c.build().map(drop),
+            InboundConfig::Schedule(c) => c.build().map(drop),
+            InboundConfig::HttpPoll(c) => c.build().map(drop),
+            InboundConfig::Sftp(c) => c.build().map(drop),
+            InboundConfig::Ftp(c) => c.build().map(drop),
+            _ => Ok(()),
+        };
+        built.map_err(|e| format!("{e:#}"))
     }
 
     /// Builds the adapter; listeners come from `listeners`, where an earlier version of the
@@ -167,6 +216,11 @@ impl InboundConfig {
             InboundConfig::Mqtt(c) => Arc::new(c.build()?),
             InboundConfig::Nats(c) => Arc::new(c.build()?),
             InboundConfig::Redis(c) => Arc::new(c.build()?),
+            InboundConfig::Database(c) => Arc::new(c.build()?),
+            InboundConfig::Schedule(c) => Arc::new(c.build()?),
+            InboundConfig::HttpPoll(c) => Arc::new(c.build()?),
+            InboundConfig::Sftp(c) => Arc::new(c.build()?),
+            InboundConfig::Ftp(c) => Arc::new(c.build()?),
             #[cfg(feature = "sqs")]
             InboundConfig::Sqs(c) => Arc::new(c.build()?),
             #[cfg(not(feature = "sqs"))]
@@ -263,6 +317,8 @@ pub struct Intake {
     /// Wire-tap destinations, which get a copy of each message as received, and their
     /// workers' wake-ups.
     pub(crate) wire_taps: Vec<(String, Arc<Notify>)>,
+    /// The route's FIFO destinations (see [`Insert::fifo`]).
+    pub(crate) fifo: Vec<String>,
     /// Wakes the route's scheduler, which queues stored split children.
     pub(crate) scheduled: Arc<Notify>,
     /// Set when the route's first step is a split: files are split while they are read.
@@ -329,6 +385,7 @@ impl Intake {
             store,
             queue,
             wire_taps: Vec::new(),
+            fifo: Vec::new(),
             scheduled: Arc::new(Notify::new()),
             split_first: None,
             replies: Arc::new(Replies::default()),
@@ -348,7 +405,9 @@ impl Intake {
             resume_step: 0,
             scheduled: false,
             wire_taps: self.wire_taps.iter().map(|(n, _)| n.clone()).collect(),
+            fifo: self.fifo.clone(),
             index,
+            position: None,
         }
     }
 
@@ -372,8 +431,9 @@ impl Intake {
 
     /// The stored record of a new message; with `key`, the key is one of its search fields
     /// (replacing a field of the same name), so that a later copy is found by it.
-    fn insert_keyed(&self, msg: &Message, key: Option<&(String, String)>) -> Insert {
+    fn insert_keyed(&self, msg: &Message, key: Option<&(String, String)>, at: &At) -> Insert {
         let mut insert = self.insert(msg.clone(), MessageState::Received, None);
+        insert.position = at.0.clone();
         if let Some(key) = key {
             insert.index.retain(|(name, _)| *name != key.0);
             insert.index.push(key.clone());
@@ -388,8 +448,9 @@ impl Intake {
         &self,
         msg: &Message,
         key: Option<(String, String)>,
+        at: &At,
     ) -> Result<Option<Uuid>, StoreError> {
-        let insert = self.insert_keyed(msg, key.as_ref());
+        let insert = self.insert_keyed(msg, key.as_ref(), at);
         let first = match key {
             None => self.store.insert(vec![insert]).await.map(|_| None)?,
             Some(key) => self.store.insert_once(insert, key).await?,
@@ -431,6 +492,7 @@ impl Intake {
         steps: &Arc<dyn Steps>,
         msg: Message,
         key: Option<(String, String)>,
+        at: &At,
     ) -> Result<Result<Submitted, StoreError>, Message> {
         let steps = steps.clone();
         let input = msg.clone();
@@ -439,13 +501,13 @@ impl Intake {
             biased;
             ran = &mut running => ran,
             _ = tokio::time::sleep(INLINE_BUDGET) => {
-                return Ok(self.submit_before_steps(msg, key, running).await);
+                return Ok(self.submit_before_steps(msg, key, at, running).await);
             }
         };
         let Some(ran) = ran else {
             return Err(msg);
         };
-        let insert = self.insert_keyed(&msg, key.as_ref());
+        let insert = self.insert_keyed(&msg, key.as_ref(), at);
         let stored = self
             .store
             .insert_processed(insert, ran.steps, ran.result, key)
@@ -471,10 +533,11 @@ impl Intake {
         &self,
         msg: Message,
         key: Option<(String, String)>,
+        at: &At,
         running: std::pin::Pin<Box<dyn std::future::Future<Output = Option<Ran>> + Send>>,
     ) -> Result<Submitted, StoreError> {
         let id = msg.id;
-        if let Some(first) = self.commit_received(&msg, key).await? {
+        if let Some(first) = self.commit_received(&msg, key, at).await? {
             return Ok(Submitted::Duplicate { id, first });
         }
         let store = self.store.clone();
@@ -513,7 +576,7 @@ impl Intake {
         let msg = self.message(headers, body);
         let id = msg.id;
         let result = self.replies.register(id);
-        if let Err(e) = self.submit_message(msg, None).await {
+        if let Err(e) = self.submit_message(msg, None, &At::default()).await {
             self.replies.forget(id);
             return Err(e);
         }
@@ -537,7 +600,27 @@ impl Intake {
         body: Bytes,
         key: Option<(String, String)>,
     ) -> Result<Submitted, StoreError> {
-        self.submit_message(self.message(headers, body), key).await
+        self.submit_message(self.message(headers, body), key, &At::default())
+            .await
+    }
+
+    /// [`Intake::submit_once`] for a reader that keeps its place in the store: `position`
+    /// (name, value) is committed in the same write as the message, and read back with
+    /// [`Intake::position`] — a database reader's watermark.
+    pub async fn submit_at(
+        &self,
+        headers: Headers,
+        body: Bytes,
+        key: Option<(String, String)>,
+        position: Option<(String, String)>,
+    ) -> Result<Submitted, StoreError> {
+        self.submit_message(self.message(headers, body), key, &At(position))
+            .await
+    }
+
+    /// The position `name` last committed by [`Intake::submit_at`] on this route.
+    pub async fn position(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.store.position(&self.route, name).await
     }
 
     /// [`Intake::submit_once`] of a message already made: its steps run before the commit
@@ -546,9 +629,10 @@ impl Intake {
         &self,
         msg: Message,
         key: Option<(String, String)>,
+        at: &At,
     ) -> Result<Submitted, StoreError> {
         let msg = match &self.steps {
-            Some(steps) => match self.submit_processed(steps, msg, key.clone()).await {
+            Some(steps) => match self.submit_processed(steps, msg, key.clone(), at).await {
                 Ok(stored) => return stored,
                 Err(msg) => msg,
             },
@@ -556,7 +640,7 @@ impl Intake {
         };
         let permit = self.reserve().await?;
         let id = msg.id;
-        if let Some(first) = self.commit_received(&msg, key).await? {
+        if let Some(first) = self.commit_received(&msg, key, at).await? {
             return Ok(Submitted::Duplicate { id, first });
         }
         self.queue_committed(permit, msg);
@@ -623,7 +707,9 @@ impl Intake {
                     resume_step: 1,
                     scheduled: true,
                     wire_taps: Vec::new(),
+                    fifo: Vec::new(),
                     index: extracted,
+                    position: None,
                 });
                 if batch.len() == BATCH {
                     tx.blocking_send(std::mem::take(&mut batch))
@@ -688,6 +774,10 @@ impl Intake {
         }
     }
 }
+
+/// The reader's position committed with a message (see [`Intake::submit_at`]).
+#[derive(Default)]
+struct At(Option<(String, String)>);
 
 /// What [`Intake::submit_once`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,13 +4,17 @@
 
 pub mod amqp;
 pub mod amqp1;
+pub mod database;
 pub mod file;
+pub mod ftp;
 pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod mqtt;
 pub mod nats;
 pub mod redis;
+pub mod remote;
+pub mod sftp;
 pub mod smtp;
 #[cfg(feature = "sqs")]
 pub mod sqs;
@@ -45,6 +49,13 @@ pub enum OutboundConfig {
     Nats(nats::Config),
     /// Appends each message to a Redis stream (or pushes it on a list, or publishes it).
     Redis(redis::Config),
+    /// Runs a statement for each message on a PostgreSQL or MySQL/MariaDB database, done on
+    /// the commit.
+    Database(Box<database::Config>),
+    /// Uploads each message as a file over SFTP, renamed into place when whole.
+    Sftp(Box<sftp::Config>),
+    /// Uploads each message as a file over FTP or FTPS, renamed into place when whole.
+    Ftp(Box<ftp::Config>),
     /// Sends each message to an Amazon SQS queue (cargo feature `sqs`).
     #[cfg(feature = "sqs")]
     Sqs(Box<sqs::Config>),
@@ -79,6 +90,9 @@ impl OutboundConfig {
             OutboundConfig::Mqtt(_) => "mqtt",
             OutboundConfig::Nats(_) => "nats",
             OutboundConfig::Redis(_) => "redis",
+            OutboundConfig::Database(_) => "database",
+            OutboundConfig::Sftp(_) => "sftp",
+            OutboundConfig::Ftp(_) => "ftp",
             OutboundConfig::Sqs(_) => "sqs",
             OutboundConfig::Kafka(_) => "kafka",
             OutboundConfig::Endpoint(_) => "endpoint",
@@ -98,6 +112,9 @@ impl OutboundConfig {
             OutboundConfig::Mqtt(c) => (&c.delivery, Ordering::Parallel),
             OutboundConfig::Nats(c) => (&c.delivery, Ordering::Parallel),
             OutboundConfig::Redis(c) => (&c.delivery, Ordering::Parallel),
+            OutboundConfig::Database(c) => (&c.delivery, Ordering::Parallel),
+            OutboundConfig::Sftp(c) => (&c.delivery, Ordering::Parallel),
+            OutboundConfig::Ftp(c) => (&c.delivery, Ordering::Parallel),
             #[cfg(feature = "sqs")]
             OutboundConfig::Sqs(c) => (&c.delivery, Ordering::Parallel),
             #[cfg(not(feature = "sqs"))]
@@ -113,6 +130,17 @@ impl OutboundConfig {
         d
     }
 
+    /// What is wrong with the settings, found without connecting, for `switchyard check` and
+    /// the route's load (see [`crate::adapters::inbound::InboundConfig::check`]).
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            OutboundConfig::Database(c) => c.build().map(drop).map_err(|e| format!("{e:#}")),
+            OutboundConfig::Sftp(c) => c.build().map(drop).map_err(|e| format!("{e:#}")),
+            OutboundConfig::Ftp(c) => c.build().map(drop).map_err(|e| format!("{e:#}")),
+            _ => Ok(()),
+        }
+    }
+
     pub fn build(&self) -> anyhow::Result<Arc<dyn Outbound>> {
         Ok(match self {
             OutboundConfig::File(c) => Arc::new(c.build()?),
@@ -124,6 +152,9 @@ impl OutboundConfig {
             OutboundConfig::Mqtt(c) => Arc::new(c.build()?),
             OutboundConfig::Nats(c) => Arc::new(c.build()?),
             OutboundConfig::Redis(c) => Arc::new(c.build()?),
+            OutboundConfig::Database(c) => Arc::new(c.build()?),
+            OutboundConfig::Sftp(c) => Arc::new(c.build()?),
+            OutboundConfig::Ftp(c) => Arc::new(c.build()?),
             #[cfg(feature = "sqs")]
             OutboundConfig::Sqs(c) => Arc::new(c.build()?),
             #[cfg(not(feature = "sqs"))]

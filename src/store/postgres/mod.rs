@@ -11,7 +11,7 @@
 //! `docs/store.md`). A FIFO destination is delivered to by one node at a time, the holder of
 //! its row in `destination_leases`.
 
-use super::plan::{self, Change};
+use super::plan::{self, Change, Line};
 use super::*;
 use std::collections::HashMap;
 use std::future::Future;
@@ -32,7 +32,13 @@ const MAX_BATCH: usize = 60;
 
 /// Schema changes in order; each runs once, in its own transaction, under an advisory lock so
 /// that nodes starting together do not race. Append new ones; never edit one that has shipped.
-const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, SCHEMA_V1),
+    (2, SCHEMA_V2),
+    (3, SCHEMA_V3),
+    (4, SCHEMA_V4),
+    (5, SCHEMA_V5),
+];
 /// Any constant will do: it names the migration lock among the database's advisory locks.
 const MIGRATION_LOCK: i64 = 0x5357_4954_4348; // "SWITCH"
 /// Held by every transaction from its first new delivery to its commit, so that delivery ids
@@ -211,6 +217,45 @@ fn describe(e: &tokio_postgres::Error) -> String {
 
 fn closed() -> StoreError {
     StoreError("the store is closed (the engine is shutting down)".into())
+}
+
+/// A client connection to `url` with the store's URL options and TLS (`sslmode`,
+/// `sslrootcert`), named `application_name` in `pg_stat_activity` unless the URL names it:
+/// the `database` adapters connect to other systems' PostgreSQL the same way.
+pub(crate) async fn open_client(url: &str, application_name: &str) -> Result<Client, String> {
+    let (pg_url, root) = libpq_options(url);
+    let mut config: tokio_postgres::Config = pg_url.parse().map_err(|e| {
+        format!(
+            "bad PostgreSQL URL {}: {}; expected postgres://user@host:5432/database",
+            redacted(url),
+            describe(&e)
+        )
+    })?;
+    if config.get_application_name().is_none() {
+        config.application_name(application_name);
+    }
+    let tls = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        let tls = crate::adapters::tls::client_config(root.as_deref())
+            .map_err(|e| format!("PostgreSQL TLS: {e:#}"))?;
+        Tls::On(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+    } else {
+        Tls::Off
+    };
+    let db = Db::connect(&Target { config, tls }).await.map_err(|e| {
+        format!(
+            "cannot connect to PostgreSQL at {}: {}",
+            redacted(url),
+            describe(&e)
+        )
+    })?;
+    Arc::try_unwrap(db)
+        .map(|db| db.client)
+        .map_err(|_| "the new connection is shared".to_string())
+}
+
+/// The server's words for an error (see [`describe`]), for the `database` adapters.
+pub(crate) fn describe_error(e: &tokio_postgres::Error) -> String {
+    describe(e)
 }
 
 /// The URL without its password, for messages.
@@ -491,6 +536,21 @@ async fn migrate(db: &Db) -> PgResult<()> {
     Ok(())
 }
 
+/// Inbound positions (a database reader's watermark), written with the messages that reach
+/// them; one row per route and name, never pruned with the messages.
+const SCHEMA_V5: &str = "
+    CREATE TABLE positions (
+        route TEXT NOT NULL,
+        name  TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (route, name)
+    )";
+
+/// Places kept in FIFO lines by messages whose steps have not run (`Line::Kept`): a FIFO head
+/// looks for one before it. Only waiting rows are in it, so other deliveries pay nothing.
+const SCHEMA_V4: &str = "
+    CREATE INDEX deliveries_waiting ON deliveries (route, destination, id) WHERE state = 'waiting'";
+
 /// Pending deliveries only, in the two orders their queries read them: a parallel
 /// destination's claims by due time (`deliveries_due`), a FIFO destination's head by id
 /// (`deliveries_pending`: without it, each FIFO delivery sorted the destination's whole
@@ -686,6 +746,14 @@ fn apply<'a>(
                 )
                 .await?;
             }
+            Change::Position { route, name, value } => {
+                db.execute(
+                    "INSERT INTO positions (route, name, value) VALUES ($1, $2, $3)
+                     ON CONFLICT (route, name) DO UPDATE SET value = EXCLUDED.value",
+                    &[route, name, value],
+                )
+                .await?;
+            }
             Change::Index {
                 message,
                 name,
@@ -766,17 +834,27 @@ fn apply<'a>(
                 destination,
                 kind,
                 payload,
+                line,
             } => {
                 add_delivery(
                     db,
                     *message,
                     route,
                     destination,
-                    *kind,
-                    payload.as_str(),
+                    (*kind, payload.as_str(), *line),
                     now,
                 )
                 .await?
+            }
+            Change::LeaveLines { message, routed } => {
+                // Never a routed destination's row: those take their places in the same
+                // pipeline, in any order with this.
+                db.execute(
+                    "DELETE FROM deliveries WHERE message_id = $1 AND state = 'waiting'
+                     AND destination <> ALL($2)",
+                    &[message, routed],
+                )
+                .await?;
             }
         }
         Ok(())
@@ -811,17 +889,35 @@ async fn add_delivery(
     message: Uuid,
     route: &str,
     destination: &str,
-    kind: DeliveryKind,
-    payload: &str,
+    (kind, payload, line): (DeliveryKind, &str, Line),
     now: i64,
 ) -> PgResult<()> {
     // Re-entrant: the transaction's later deliveries take it again at no cost.
     db.execute("SELECT pg_advisory_xact_lock($1)", &[&DELIVERY_ORDER_LOCK])
         .await?;
+    let (kind, state) = match line {
+        Line::Kept => (kind.as_str(), "waiting"),
+        Line::End | Line::InPlace => (kind.as_str(), "pending"),
+    };
+    if line == Line::InPlace {
+        // The place kept at the message's commit becomes the delivery; a new row only when
+        // none was kept. One statement, so that no other statement of the pipeline runs
+        // between the two.
+        db.execute(
+            "WITH kept AS (
+               UPDATE deliveries SET state = 'pending', kind = $4, payload = $5, next_attempt_at = $6, updated_at = $6
+               WHERE message_id = $1 AND destination = $3 AND state = 'waiting' RETURNING id)
+             INSERT INTO deliveries (message_id, route, destination, kind, payload, state, next_attempt_at, updated_at)
+             SELECT $1, $2, $3, $4, $5, 'pending', $6, $6 WHERE NOT EXISTS (SELECT 1 FROM kept)",
+            &[&message, &route, &destination, &kind, &payload, &now],
+        )
+        .await?;
+        return Ok(());
+    }
     db.execute(
         "INSERT INTO deliveries (message_id, route, destination, kind, payload, state, next_attempt_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6)",
-        &[&message, &route, &destination, &kind.as_str(), &payload, &now],
+         VALUES ($1, $2, $3, $4, $5, $7, $6, $6)",
+        &[&message, &route, &destination, &kind, &payload, &now, &state],
     )
     .await?;
     Ok(())

@@ -5,18 +5,78 @@ use super::*;
 
 #[async_trait]
 impl Operations for PgStore {
-    async fn pending_deliveries(&self) -> StoreResult<Vec<(String, String, u64)>> {
+    async fn queues(&self) -> StoreResult<Vec<Queue>> {
         let db = self.reader().await?;
+        // Each reads the destination's pending entries in `deliveries_pending` (route,
+        // destination, id): the lowest id is the oldest delivery.
         let rows = db
             .query(
-                "SELECT route, destination, COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY route, destination",
+                "SELECT d.route, d.destination, COUNT(*),
+                        (SELECT m.received_at FROM messages m WHERE m.id = (SELECT f.message_id FROM deliveries f WHERE f.id = MIN(d.id))),
+                        (SELECT e.last_error FROM deliveries e WHERE e.route = d.route AND e.destination = d.destination
+                           AND e.state = 'pending' AND e.last_error IS NOT NULL ORDER BY e.updated_at DESC LIMIT 1),
+                        ARRAY(SELECT DISTINCT o.owner FROM deliveries o WHERE o.route = d.route
+                           AND o.destination = d.destination AND o.state = 'pending' AND o.owner IS NOT NULL)
+                 FROM deliveries d WHERE d.state = 'pending' GROUP BY d.route, d.destination",
                 &[],
             )
             .await
             .map_err(pg_err)?;
         Ok(rows
             .iter()
-            .map(|r| (r.get(0), r.get(1), r.get::<_, i64>(2) as u64))
+            .map(|r| Queue {
+                route: r.get(0),
+                destination: r.get(1),
+                depth: r.get::<_, i64>(2) as u64,
+                oldest: r.get::<_, Option<i64>>(3).map(from_millis),
+                last_error: r.get(4),
+                claimed_by: r.get(5),
+            })
+            .collect())
+    }
+
+    async fn count_in_state(
+        &self,
+        routes: &[String],
+        state: MessageState,
+    ) -> StoreResult<Vec<(String, u64)>> {
+        let db = self.reader().await?;
+        let rows = db
+            .query(
+                "SELECT r.route, (SELECT COUNT(*) FROM messages m WHERE m.route = r.route AND m.state = $2)
+                 FROM unnest($1::TEXT[]) AS r(route)",
+                &[&routes, &state.as_str()],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+            .collect())
+    }
+
+    async fn counts_since(
+        &self,
+        routes: &[String],
+        since: SystemTime,
+    ) -> StoreResult<BTreeMap<(String, MessageState), u64>> {
+        let db = self.reader().await?;
+        let first = plan::first_id_at(since);
+        let rows = db
+            .query(
+                "SELECT r.route, s.state, (SELECT COUNT(*) FROM messages m WHERE m.route = r.route AND m.state = s.state AND m.id >= $3)
+                 FROM unnest($1::TEXT[]) AS r(route), unnest($2::TEXT[]) AS s(state)",
+                &[&routes, &MessageState::ALL.map(MessageState::as_str).to_vec(), &first],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let n = r.get::<_, i64>(2) as u64;
+                let state = MessageState::parse(r.get(1))?;
+                (n > 0).then(|| ((r.get::<_, String>(0), state), n))
+            })
             .collect())
     }
 
@@ -80,6 +140,17 @@ impl Operations for PgStore {
                     "id <= {} AND received_at <= {}",
                     arg(Box::new(id)),
                     arg(Box::new(ms))
+                ),
+                plan::Condition::Ids(lo, hi) => format!(
+                    "id >= {} AND id <= {}",
+                    arg(Box::new(lo)),
+                    arg(Box::new(hi))
+                ),
+                plan::Condition::Before(id) => format!("id < {}", arg(Box::new(id))),
+                plan::Condition::Parent(id) => format!("parent_id = {}", arg(Box::new(id))),
+                plan::Condition::Error(t) => format!(
+                    "strpos(COALESCE(error, ''), {}) > 0",
+                    arg(Box::new(t.to_string()))
                 ),
                 plan::Condition::Text(t) => {
                     let (text, bytes) = (
@@ -184,7 +255,7 @@ impl Operations for PgStore {
                         let n = db
                             .execute(
                                 "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = $3, last_error = NULL,
-                                 updated_at = $3, owner = NULL, lease_until = NULL WHERE message_id = $1 AND destination = $2",
+                                 updated_at = $3, owner = NULL, lease_until = NULL WHERE message_id = $1 AND destination = $2 AND kind != 'replaced'",
                                 &[&id, &dest, &now],
                             )
                             .await?;
@@ -215,6 +286,12 @@ impl Operations for PgStore {
                             "UPDATE deliveries SET state = 'dead', last_error = 'replaced by a replay', updated_at = $2
                              WHERE message_id = $1 AND state = 'pending'",
                             &[&id, &now],
+                        )
+                        .await?;
+                        // They no longer decide its state: the new run's deliveries do.
+                        db.execute(
+                            "UPDATE deliveries SET kind = 'replaced' WHERE message_id = $1 AND kind = 'main'",
+                            &[&id],
                         )
                         .await?;
                         transition(&db, id, now, "replay", None, "received", None, Some(&format!("reprocess requested (was {state})"))).await?;

@@ -106,7 +106,7 @@ impl Processing for PgStore {
                     return Ok(None);
                 };
                 let route: String = row.get(0);
-                let (changes, state) = plan::steps_outcome(id, &route, &steps, &result);
+                let (changes, state) = plan::steps_outcome(id, &route, &steps, &result, true);
                 apply_all(&db, &changes, now, &node, lease).await?;
                 Ok(Some(state))
             })
@@ -290,6 +290,18 @@ impl Processing for PgStore {
         Ok(taken)
     }
 
+    async fn position(&self, route: &str, name: &str) -> StoreResult<Option<String>> {
+        let db = self.reader().await?;
+        let row = db
+            .query_opt(
+                "SELECT value FROM positions WHERE route = $1 AND name = $2",
+                &[&route, &name],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
     async fn next_scheduled(&self, route: &str) -> StoreResult<Option<SystemTime>> {
         let db = self.reader().await?;
         let row = db
@@ -312,8 +324,13 @@ impl Processing for PgStore {
     ) -> StoreResult<Option<Delivery>> {
         let (route, destination) = (route.to_string(), destination.to_string());
         let head_sql = format!(
+            // The oldest pending delivery, unless a place before it is kept for a message still
+            // in its steps (see the SQLite store's HEAD).
             "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN messages m ON m.id = d.message_id
-             WHERE d.route = $1 AND d.destination = $2 AND d.state = 'pending' ORDER BY d.id LIMIT 1"
+             WHERE d.id = (SELECT id FROM deliveries WHERE route = $1 AND destination = $2
+                           AND state = 'pending' ORDER BY id LIMIT 1)
+             AND NOT EXISTS (SELECT 1 FROM deliveries w WHERE w.route = $1 AND w.destination = $2
+                             AND w.state = 'waiting' AND w.id < d.id)"
         );
         if self.held.fresh(&route, &destination) {
             let db = self.reader().await?;
@@ -454,12 +471,26 @@ async fn claim_due(db: &Db, c: &Claim, node: &str, lease: i64) -> PgResult<Vec<D
                    SELECT id FROM deliveries WHERE route = $1 AND destination = $2 AND state = 'pending'
                    AND next_attempt_at <= $3 AND (owner IS NULL OR lease_until < $3)
                    ORDER BY next_attempt_at, id LIMIT $4 FOR UPDATE SKIP LOCKED),
-                 d AS (UPDATE deliveries SET owner = $5, lease_until = $6 FROM c WHERE deliveries.id = c.id
+                 -- Bytes of the bodies before each row: rows from `max_bytes` on stay unclaimed
+                 -- (octet_length reads a stored body's size, not the body).
+                 s AS (SELECT c.id, COALESCE(SUM(octet_length(CASE x.payload WHEN 'in' THEN m.body ELSE m.out_body END))
+                         OVER (ORDER BY x.next_attempt_at, x.id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before
+                       FROM c JOIN deliveries x ON x.id = c.id JOIN messages m ON m.id = x.message_id),
+                 d AS (UPDATE deliveries SET owner = $5, lease_until = $6 FROM s
+                       WHERE deliveries.id = s.id AND s.before < $7
                        RETURNING deliveries.*)
                  SELECT {DELIVERY_COLUMNS} FROM d JOIN messages m ON m.id = d.message_id
                  ORDER BY d.next_attempt_at, d.id"
             ),
-            &[&c.route, &c.destination, &now, &(c.limit as i64), &node, &(now + lease)],
+            &[
+                &c.route,
+                &c.destination,
+                &now,
+                &(c.limit as i64),
+                &node,
+                &(now + lease),
+                &(c.max_bytes.min(i64::MAX as u64) as i64),
+            ],
         )
         .await?;
     Ok(rows

@@ -10,7 +10,7 @@
 //! savepoint copies the pages it touches into a statement journal). Reads use a second
 //! connection, which WAL lets run beside the writer.
 
-use super::plan::{self, Change};
+use super::plan::{self, Change, Line};
 use super::*;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
@@ -389,6 +389,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, SCHEMA_V2),
     (3, SCHEMA_V3),
     (4, SCHEMA_V4),
+    (5, SCHEMA_V5),
+    (6, SCHEMA_V6),
 ];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -411,6 +413,21 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 /// (`deliveries_pending`: without it, each FIFO delivery sorted the destination's whole queue —
 /// 64 ms apiece with 100,000 pending). A delivery leaves both when it ends, so they hold the
 /// backlog and nothing else.
+/// Places kept in FIFO lines by messages whose steps have not run (`Line::Kept`): a FIFO head
+/// looks for one before it. Only waiting rows are in it, so other deliveries pay nothing.
+/// Inbound positions (a database reader's watermark), written with the messages that reach
+/// them; one row per route and name, never pruned with the messages.
+const SCHEMA_V6: &str = "
+        CREATE TABLE positions (
+            route TEXT NOT NULL,
+            name  TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY (route, name)
+        )";
+
+const SCHEMA_V5: &str = "
+        CREATE INDEX deliveries_waiting ON deliveries (route, destination, id) WHERE state = 'waiting'";
+
 const SCHEMA_V4: &str = "
         DROP INDEX deliveries_due;
         CREATE INDEX deliveries_due ON deliveries (route, destination, next_attempt_at, id)
@@ -466,7 +483,7 @@ const SCHEMA_V1: &str = "
             message_id      TEXT NOT NULL,
             route           TEXT NOT NULL,
             destination     TEXT NOT NULL,
-            kind            TEXT NOT NULL DEFAULT 'main', -- main, dead_letter, wire_tap
+            kind            TEXT NOT NULL DEFAULT 'main', -- main, dead_letter, wire_tap, replaced (a main one before a replay)
             payload         TEXT NOT NULL DEFAULT 'out',  -- out: after the steps; in: as received
             state           TEXT NOT NULL,    -- pending, delivered, dead
             attempts        INTEGER NOT NULL DEFAULT 0,
@@ -612,6 +629,13 @@ fn apply(
                 ins.resume_step as i64,
             ])?;
         }
+        Change::Position { route, name, value } => {
+            conn.prepare_cached(
+                "INSERT INTO positions (route, name, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (route, name) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![route, name, value])?;
+        }
         Change::Index {
             message,
             name,
@@ -689,15 +713,22 @@ fn apply(
             destination,
             kind,
             payload,
+            line,
         } => add_delivery(
             conn,
             &message.to_string(),
             route,
             destination,
-            *kind,
-            payload.as_str(),
+            (*kind, payload.as_str(), *line),
             now,
         )?,
+        Change::LeaveLines { message, .. } => {
+            // Runs after the plan's deliveries took their places: what is left is not routed.
+            conn.prepare_cached(
+                "DELETE FROM deliveries WHERE message_id = ?1 AND state = 'waiting'",
+            )?
+            .execute([message.to_string()])?;
+        }
     }
     Ok(())
 }
@@ -744,15 +775,29 @@ fn add_delivery(
     message: &str,
     route: &str,
     destination: &str,
-    kind: DeliveryKind,
-    payload: &str,
+    (kind, payload, line): (DeliveryKind, &str, Line),
     now: i64,
 ) -> rusqlite::Result<()> {
+    if line == Line::InPlace {
+        let kept = conn
+            .prepare_cached(
+                "UPDATE deliveries SET state = 'pending', kind = ?3, payload = ?4, next_attempt_at = ?5, updated_at = ?5
+                 WHERE message_id = ?1 AND destination = ?2 AND state = 'waiting'",
+            )?
+            .execute(params![message, destination, kind.as_str(), payload, now])?;
+        if kept > 0 {
+            return Ok(());
+        }
+    }
+    let state = match line {
+        Line::Kept => "waiting",
+        Line::End | Line::InPlace => "pending",
+    };
     conn.prepare_cached(
         "INSERT INTO deliveries (message_id, route, destination, kind, payload, state, next_attempt_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
     )?
-    .execute(params![message, route, destination, kind.as_str(), payload, now])?;
+    .execute(params![message, route, destination, kind.as_str(), payload, state, now])?;
     Ok(())
 }
 
@@ -795,9 +840,13 @@ const DUE: &str = " WHERE d.route = ?1 AND d.destination = ?2 AND d.state = 'pen
     AND d.next_attempt_at <= ?3 AND (d.owner IS NULL OR d.lease_until < ?3)
     ORDER BY d.next_attempt_at, d.id LIMIT ?4";
 
-/// A FIFO destination's head: its oldest pending delivery (`deliveries_pending`).
-const HEAD: &str =
-    " WHERE d.route = ?1 AND d.destination = ?2 AND d.state = 'pending' ORDER BY d.id LIMIT 1";
+/// A FIFO destination's head: its oldest pending delivery (`deliveries_pending`) — unless a
+/// place before it is kept for a message still in its steps (`deliveries_waiting`): then
+/// nothing, until those steps end.
+const HEAD: &str = " WHERE d.id = (SELECT id FROM deliveries WHERE route = ?1 AND destination = ?2
+        AND state = 'pending' ORDER BY id LIMIT 1)
+    AND NOT EXISTS (SELECT 1 FROM deliveries w WHERE w.route = ?1 AND w.destination = ?2
+        AND w.state = 'waiting' AND w.id < d.id)";
 
 const SELECT_DELIVERY: &str =
     "SELECT d.id, d.attempts, d.kind, d.next_attempt_at, m.id, m.received_at, m.error,
@@ -895,6 +944,9 @@ mod tests {
             let plan = plan.join("\n");
             assert!(plan.contains(index), "{plan}");
             assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+            if query == HEAD {
+                assert!(plan.contains("deliveries_waiting"), "{plan}");
+            }
         }
     }
 }

@@ -5,13 +5,94 @@ use super::*;
 
 #[async_trait]
 impl Operations for SqliteStore {
-    async fn pending_deliveries(&self) -> StoreResult<Vec<(String, String, u64)>> {
+    async fn queues(&self) -> StoreResult<Vec<Queue>> {
         self.read(|conn| {
+            // Each reads the destination's pending entries in `deliveries_pending` (route,
+            // destination, id): the lowest id is the oldest delivery.
             let mut stmt = conn.prepare_cached(
-                "SELECT route, destination, COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY route, destination",
+                "SELECT d.route, d.destination, COUNT(*), MIN(d.id),
+                        (SELECT last_error FROM deliveries e WHERE e.route = d.route AND e.destination = d.destination
+                           AND e.state = 'pending' AND e.last_error IS NOT NULL ORDER BY e.updated_at DESC LIMIT 1),
+                        (SELECT group_concat(DISTINCT o.owner) FROM deliveries o WHERE o.route = d.route
+                           AND o.destination = d.destination AND o.state = 'pending' AND o.owner IS NOT NULL)
+                 FROM deliveries d WHERE d.state = 'pending' GROUP BY d.route, d.destination",
             )?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?;
-            rows.collect()
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        Queue {
+                            route: r.get(0)?,
+                            destination: r.get(1)?,
+                            depth: r.get::<_, i64>(2)? as u64,
+                            oldest: None,
+                            last_error: r.get(4)?,
+                            claimed_by: r
+                                .get::<_, Option<String>>(5)?
+                                .map(|o| o.split(',').map(str::to_string).collect())
+                                .unwrap_or_default(),
+                        },
+                        r.get::<_, i64>(3)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut received = conn.prepare_cached(
+                "SELECT m.received_at FROM deliveries d JOIN messages m ON m.id = d.message_id WHERE d.id = ?1",
+            )?;
+            let mut out = Vec::with_capacity(rows.len());
+            for (mut q, first) in rows {
+                q.oldest = received
+                    .query_row([first], |r| r.get::<_, i64>(0))
+                    .optional()?
+                    .map(from_millis);
+                out.push(q);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn count_in_state(
+        &self,
+        routes: &[String],
+        state: MessageState,
+    ) -> StoreResult<Vec<(String, u64)>> {
+        let routes = routes.to_vec();
+        self.read(move |conn| {
+            let mut count = conn
+                .prepare_cached("SELECT COUNT(*) FROM messages WHERE route = ?1 AND state = ?2")?;
+            routes
+                .into_iter()
+                .map(|route| {
+                    let n: i64 = count.query_row(params![route, state.as_str()], |r| r.get(0))?;
+                    Ok((route, n as u64))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn counts_since(
+        &self,
+        routes: &[String],
+        since: SystemTime,
+    ) -> StoreResult<BTreeMap<(String, MessageState), u64>> {
+        let first = plan::first_id_at(since).to_string();
+        let routes = routes.to_vec();
+        self.read(move |conn| {
+            let mut count = conn.prepare_cached(
+                "SELECT COUNT(*) FROM messages WHERE route = ?1 AND state = ?2 AND id >= ?3",
+            )?;
+            let mut out = BTreeMap::new();
+            for route in routes {
+                for state in MessageState::ALL {
+                    let n: i64 =
+                        count.query_row(params![route, state.as_str(), first], |r| r.get(0))?;
+                    if n > 0 {
+                        out.insert((route.clone(), state), n as u64);
+                    }
+                }
+            }
+            Ok(out)
         })
         .await
     }
@@ -77,6 +158,18 @@ impl Operations for SqliteStore {
                     arg(text(&id.to_string())),
                     arg(ms.into())
                 ),
+                plan::Condition::Ids(lo, hi) => format!(
+                    "id >= {} AND id <= {}",
+                    arg(text(&lo.to_string())),
+                    arg(text(&hi.to_string()))
+                ),
+                plan::Condition::Before(id) => format!("id < {}", arg(text(&id.to_string()))),
+                plan::Condition::Parent(id) => {
+                    format!("parent_id = {}", arg(text(&id.to_string())))
+                }
+                plan::Condition::Error(t) => {
+                    format!("instr(COALESCE(error, ''), {}) > 0", arg(text(t)))
+                }
                 plan::Condition::Text(t) => {
                     let t = arg(text(t));
                     format!(
@@ -172,7 +265,7 @@ impl Operations for SqliteStore {
                         let n = conn
                             .prepare_cached(
                                 "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?3, last_error = NULL, updated_at = ?3,
-                                 owner = NULL, lease_until = NULL WHERE message_id = ?1 AND destination = ?2",
+                                 owner = NULL, lease_until = NULL WHERE message_id = ?1 AND destination = ?2 AND kind != 'replaced'",
                             )?
                             .execute(params![id, dest, now])?;
                         if n == 0 {
@@ -201,6 +294,11 @@ impl Operations for SqliteStore {
                              WHERE message_id = ?1 AND state = 'pending'",
                         )?
                         .execute(params![id, now])?;
+                        // They no longer decide its state: the new run's deliveries do.
+                        conn.prepare_cached(
+                            "UPDATE deliveries SET kind = 'replaced' WHERE message_id = ?1 AND kind = 'main'",
+                        )?
+                        .execute(params![id])?;
                         transition(conn, &id, now, "replay", None, "received", None, Some(&format!("reprocess requested (was {state})")))?;
                         Ok(Ok(format!("message {id}: queued to run through the route again (was {state})")))
                     }

@@ -101,7 +101,7 @@ impl Processing for SqliteStore {
                 let Some(route) = route else {
                     return Ok(None);
                 };
-                let (changes, state) = plan::steps_outcome(id, &route, &steps, &result);
+                let (changes, state) = plan::steps_outcome(id, &route, &steps, &result, true);
                 apply_all(conn, &changes, now, &node, lease)?;
                 Ok(Some(state))
             })
@@ -255,6 +255,16 @@ impl Processing for SqliteStore {
         })
         .await
         .inspect(|taken| self.in_hand.take_messages(taken.iter().map(|p| p.msg.id)))
+    }
+
+    async fn position(&self, route: &str, name: &str) -> StoreResult<Option<String>> {
+        let (route, name) = (route.to_string(), name.to_string());
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT value FROM positions WHERE route = ?1 AND name = ?2")?
+                .query_row([route, name], |r| r.get(0))
+                .optional()
+        })
+        .await
     }
 
     async fn next_scheduled(&self, route: &str) -> StoreResult<Option<SystemTime>> {
@@ -425,11 +435,15 @@ fn claim_due(
 ) -> rusqlite::Result<Vec<Delivery>> {
     let now = millis(c.now);
     let mut stmt = conn.prepare_cached(&format!("{SELECT_DELIVERY}{DUE}"))?;
-    let due: Vec<Delivery> = stmt
-        .query_map(params![c.route, c.destination, now, c.limit as i64], |r| {
-            delivery_row(r, &c.route, &c.destination)
-        })?
-        .collect::<rusqlite::Result<_>>()?;
+    let mut rows = stmt.query(params![c.route, c.destination, now, c.limit as i64])?;
+    let (mut due, mut bytes) = (Vec::new(), 0u64);
+    // Rows are read one at a time: the bodies past `max_bytes` are never loaded.
+    while bytes < c.max_bytes {
+        let Some(r) = rows.next()? else { break };
+        let d = delivery_row(r, &c.route, &c.destination)?;
+        bytes += d.message.body.len() as u64;
+        due.push(d);
+    }
     let mut claim =
         conn.prepare_cached("UPDATE deliveries SET owner = ?2, lease_until = ?3 WHERE id = ?1")?;
     for d in &due {

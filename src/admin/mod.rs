@@ -1,10 +1,12 @@
 //! The admin HTTP API, on its own address: health and readiness for load balancers, metrics
-//! for Prometheus, the route list, and pausing and resuming routes. Everything but `/health`
-//! and `/ready` needs `Authorization: Bearer <token>` when a token is set.
+//! for Prometheus, the route list, message search and replay, pausing and resuming routes, and
+//! the web console under `/ui` ([`console`]). Everything but `/health` and `/ready`
+//! needs `Authorization: Bearer <token>` when a token is set; the read-only token may only GET.
 
 use crate::engine::Engine;
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
@@ -14,10 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-type Answer = Response<Full<Bytes>>;
+mod console;
 
-fn answer(status: StatusCode, ctype: &'static str, body: String) -> Answer {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+pub(crate) type Answer = Response<BoxBody<Bytes, Infallible>>;
+
+pub(crate) fn answer(status: StatusCode, ctype: &'static str, body: String) -> Answer {
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
@@ -28,24 +32,81 @@ fn json(status: StatusCode, v: serde_json::Value) -> Answer {
     answer(status, "application/json", v.to_string())
 }
 
+/// Who may use the admin listener, and what the console reads.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// Needed for everything but `/health` and `/ready` when set.
+    pub token: Option<String>,
+    /// May read only (GET).
+    pub read_token: Option<String>,
+    /// The processing log, for the console's live log.
+    pub log: std::path::PathBuf,
+    /// This node's name in the store.
+    pub node: String,
+}
+
+/// What a caller may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    ReadOnly,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::ReadOnly => "read-only",
+        }
+    }
+}
+
+/// Equal without saying where they differ (no timing side channel).
+fn same(given: &str, expected: &str) -> bool {
+    given.len() == expected.len()
+        && given
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0, |a, (x, y)| a | (x ^ y))
+            == 0
+}
+
+impl Access {
+    /// The role a presented token gives, if any. With no token configured, everyone is admin
+    /// (the listener is for this machine; `switchyard run` warns).
+    pub fn role(&self, given: Option<&str>) -> Option<Role> {
+        let Some(token) = &self.token else {
+            return Some(Role::Admin);
+        };
+        let given = given?;
+        if same(given, token) {
+            Some(Role::Admin)
+        } else if self.read_token.as_deref().is_some_and(|t| same(given, t)) {
+            Some(Role::ReadOnly)
+        } else {
+            None
+        }
+    }
+}
+
 /// Serves the admin API on `listener` until `stop`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    token: Option<String>,
+    access: Access,
     engine: Arc<Engine>,
     stop: CancellationToken,
 ) {
-    let token = Arc::new(token);
+    let console = Arc::new(console::Console::new(access));
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
             a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
         };
-        let (engine, token) = (engine.clone(), token.clone());
+        let (engine, console, stop) = (engine.clone(), console.clone(), stop.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let (engine, token) = (engine.clone(), token.clone());
-                async move { Ok::<_, Infallible>(handle(req, &engine, token.as_deref()).await) }
+                let (engine, console, stop) = (engine.clone(), console.clone(), stop.clone());
+                async move { Ok::<_, Infallible>(handle(req, &engine, &console, peer, stop).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -56,11 +117,24 @@ pub async fn serve(
     }
 }
 
-async fn handle(req: Request<Incoming>, engine: &Engine, token: Option<&str>) -> Answer {
+async fn handle(
+    req: Request<Incoming>,
+    engine: &Arc<Engine>,
+    console: &Arc<console::Console>,
+    peer: std::net::SocketAddr,
+    stop: CancellationToken,
+) -> Answer {
     let path = req.uri().path().trim_end_matches('/').to_string();
     let method = req.method().clone();
     match (&method, path.as_str()) {
         (&Method::GET, "/health") => return answer(StatusCode::OK, "text/plain", "ok\n".into()),
+        // A browser opened on the admin address finds the console.
+        (&Method::GET, "") => {
+            let mut r = answer(StatusCode::SEE_OTHER, "text/plain", String::new());
+            r.headers_mut()
+                .insert(hyper::header::LOCATION, HeaderValue::from_static("/ui"));
+            return r;
+        }
         (&Method::GET, "/ready") => {
             // The reason is in the log; this answer is open to anyone who reaches the port.
             if engine.store().damaged().is_some() {
@@ -74,25 +148,28 @@ async fn handle(req: Request<Incoming>, engine: &Engine, token: Option<&str>) ->
         }
         _ => {}
     }
-    if let Some(t) = token {
-        let given = req
-            .headers()
-            .get(hyper::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if given.len() != t.len()
-            || given
-                .bytes()
-                .zip(t.bytes())
-                .fold(0, |a, (x, y)| a | (x ^ y))
-                != 0
-        {
+    if path == "/ui" || path.starts_with("/ui/") {
+        return console.handle(req, engine, peer, stop).await;
+    }
+    let given = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match console.access().role(given) {
+        None => {
             return json(
                 StatusCode::UNAUTHORIZED,
                 serde_json::json!({"error": "missing or wrong admin token"}),
-            );
+            )
         }
+        Some(crate::admin::Role::ReadOnly) if method != Method::GET => {
+            return json(
+                StatusCode::FORBIDDEN,
+                serde_json::json!({"error": "the read-only token may only read (GET)"}),
+            )
+        }
+        Some(_) => {}
     }
     let query: std::collections::HashMap<String, String> = req
         .uri()
@@ -103,17 +180,45 @@ async fn handle(req: Request<Incoming>, engine: &Engine, token: Option<&str>) ->
     match (&method, parts.as_slice()) {
         (&Method::GET, ["metrics"]) => {
             let mut gauges = Vec::new();
-            if let Ok(pending) = engine.store().pending_deliveries().await {
-                for (route, destination, n) in pending {
+            if let Ok(queues) = engine.store().queues().await {
+                let now = std::time::SystemTime::now();
+                for q in queues {
+                    let labels = vec![("route", q.route), ("destination", q.destination)];
                     gauges.push((
                         "switchyard_queue_depth",
                         "Pending deliveries, by route and destination.",
-                        vec![("route", route), ("destination", destination)],
+                        labels.clone(),
+                        q.depth as f64,
+                    ));
+                    let age = q
+                        .oldest
+                        .and_then(|t| now.duration_since(t).ok())
+                        .unwrap_or_default();
+                    gauges.push((
+                        "switchyard_queue_oldest_seconds",
+                        "Age of the oldest pending delivery's message, by route and destination.",
+                        labels,
+                        age.as_secs_f64(),
+                    ));
+                }
+            }
+            let status = engine.status().await;
+            let routes: Vec<String> = status.iter().map(|r| r.id.clone()).collect();
+            if let Ok(counts) = engine
+                .store()
+                .count_in_state(&routes, crate::store::MessageState::Dead)
+                .await
+            {
+                for (route, n) in counts {
+                    gauges.push((
+                        "switchyard_messages_dead",
+                        "Messages in the store that are dead (delivery given up), by route.",
+                        vec![("route", route)],
                         n as f64,
                     ));
                 }
             }
-            for r in engine.status().await {
+            for r in status {
                 // A destination that has not delivered yet has no connection to report.
                 let used = r
                     .connections
@@ -297,17 +402,20 @@ async fn handle(req: Request<Incoming>, engine: &Engine, token: Option<&str>) ->
         _ => json(
             StatusCode::NOT_FOUND,
             serde_json::json!({"error": format!("no such admin endpoint: {method} {path}"),
-                "endpoints": ["GET /health", "GET /ready", "GET /metrics", "GET /routes", "GET /reload", "GET /messages", "GET /messages/{id}", "POST /messages/{id}/replay", "POST /messages/replay", "POST /routes/{id}/pause", "POST /routes/{id}/resume"]}),
+                "endpoints": ["GET /ui (the web console)", "GET /health", "GET /ready", "GET /metrics", "GET /routes", "GET /reload", "GET /messages", "GET /messages/{id}", "POST /messages/{id}/replay", "POST /messages/replay", "POST /routes/{id}/pause", "POST /routes/{id}/resume"]}),
         ),
     }
 }
 
-/// A store search from query parameters: route, state, text, since, until, limit.
-fn search_from(
+/// A store search from query parameters: route, state, since, until, text, field
+/// (`name=value`), id (a prefix), error, parent, before, limit.
+pub(crate) fn search_from(
     q: &std::collections::HashMap<String, String>,
 ) -> Result<crate::store::Search, String> {
+    // Empty form fields mean "any".
+    let get = |key: &str| q.get(key).map(|v| v.trim()).filter(|v| !v.is_empty());
     let when = |key: &str| -> Result<Option<std::time::SystemTime>, String> {
-        let Some(v) = q.get(key) else { return Ok(None) };
+        let Some(v) = get(key) else { return Ok(None) };
         if let Ok(t) = humantime::parse_rfc3339_weak(v.trim_end_matches('Z')) {
             return Ok(Some(t));
         }
@@ -315,22 +423,47 @@ fn search_from(
             .map(|d| Some(std::time::SystemTime::now() - d))
             .map_err(|_| format!("`{key}={v}`: give a time (RFC 3339) or a duration such as 2h"))
     };
-    let state = match q.get("state") {
+    let id = |key: &str| -> Result<Option<uuid::Uuid>, String> {
+        get(key)
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| format!("`{key}={v}` is not a message id"))
+            })
+            .transpose()
+    };
+    let state = match get("state") {
         None => None,
         Some(s) => Some(
             crate::store::MessageState::parse(s).ok_or_else(|| format!("unknown state `{s}`"))?,
         ),
     };
+    let field = match get("field") {
+        None => None,
+        Some(f) => {
+            let (k, v) = f
+                .split_once('=')
+                .ok_or_else(|| format!("`field={f}`: give an index field as name=value"))?;
+            Some((k.trim().to_string(), v.trim().to_string()))
+        }
+    };
+    let id_prefix = get("id").map(str::to_string);
+    if let Some(p) = &id_prefix {
+        crate::store::id_range(p)?;
+    }
     Ok(crate::store::Search {
-        route: q.get("route").cloned(),
+        route: get("route").map(str::to_string),
         state,
         since: when("since")?,
         until: when("until")?,
-        text: q.get("text").cloned(),
-        field: q
-            .get("field")
-            .and_then(|f| f.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string())),
-        limit: q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(50),
+        text: get("text").map(str::to_string),
+        field,
+        id_prefix,
+        error: get("error").map(str::to_string),
+        parent: id("parent")?,
+        before: id("before")?,
+        limit: get("limit")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(50)
+            .min(1000),
     })
 }
