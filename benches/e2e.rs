@@ -1111,7 +1111,7 @@ fn baseline_group_commit(clients: usize, processed: bool) -> Row {
                                 destinations: vec!["to[0]".into()],
                             };
                             store
-                                .insert_processed(ins, vec![step], result, None)
+                                .insert_processed(ins, vec![step], result, vec![])
                                 .await
                                 .expect("insert");
                         } else {

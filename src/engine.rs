@@ -429,6 +429,7 @@ impl Engine {
         intake.split_first = route.split_first.clone();
         intake.replies = running.replies.clone();
         intake.index = running.index.clone();
+        intake.dedupe = route.dedupe.clone();
         // One write per message: the steps run at intake and their outcome is committed with
         // the message. A split may be long (and makes many messages): such routes store first
         // and process after.

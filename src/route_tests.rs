@@ -68,6 +68,9 @@ pub struct Expect {
     /// A split must make this many children (each then runs the remaining steps).
     #[serde(default)]
     pub children: Option<usize>,
+    /// The route's `dedupe` key of the input (checked before the steps, as at intake).
+    #[serde(default)]
+    pub dedupe_key: Option<String>,
 }
 
 /// Where a message ended up in a simulated run.
@@ -308,8 +311,18 @@ fn run_case(route: &Route, base: &Path, case: &Case) -> Result<(), String> {
         _ => return Err("give exactly one of `input` (a file) or `body` (inline)".into()),
     };
     let msg = input_message(route, body, name.as_deref(), &case.headers);
-    let end = simulate(route, msg, 0, &mut |_, _| {});
     let expect = &case.expect;
+    if let Some(wanted) = &expect.dedupe_key {
+        let dedupe = route
+            .dedupe
+            .as_ref()
+            .ok_or("`expect.dedupe_key` is given, but the route has no `dedupe`")?;
+        let key = dedupe.key(&msg)?;
+        if key.value != *wanted {
+            return Err(format!("the dedupe key is `{}`, not `{wanted}`", key.value));
+        }
+    }
+    let end = simulate(route, msg, 0, &mut |_, _| {});
     let out = match (end, &expect.error) {
         (End::Failed(actual), Some(wanted)) => {
             return if actual.contains(wanted.as_str()) {

@@ -182,7 +182,7 @@ pub fn duplicate(msg: &Message, first: uuid::Uuid) {
         vec![("route", msg.route.clone()), ("state", "duplicate".into())],
     );
     tracing::warn!(target: TARGET, event = "received", message_id = %msg.id, route = %msg.route,
-        duplicate_of = %first, outcome = "duplicate", "received again (redelivered by the sender); recorded, not processed");
+        duplicate_of = %first, outcome = "duplicate", "received again (a sender's redelivery, or a dedupe key seen within its window); recorded, not processed");
 }
 
 pub fn step(msg: &Message, step: &str, duration: Duration, error: Option<&str>) {

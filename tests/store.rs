@@ -92,6 +92,11 @@ fn insert(route: &str, body: &str) -> (Message, Insert) {
     (msg, ins)
 }
 
+/// A sender's message id as the one key of a keyed insert.
+fn sender((name, value): (String, String)) -> Vec<Key> {
+    vec![Key::sender(name, value)]
+}
+
 fn step() -> StepRecord {
     StepRecord {
         step: "steps[0].xml_to_json".into(),
@@ -733,7 +738,7 @@ async fn a_fifo_place_is_kept_while_the_steps_run(b: &Backend) {
     a.insert(vec![ins]).await.unwrap();
     let (quick, ins) = keeping("quick");
     other
-        .insert_processed(ins, vec![step()], routed(&["to[0]"]), None)
+        .insert_processed(ins, vec![step()], routed(&["to[0]"]), vec![])
         .await
         .unwrap();
     assert!(
@@ -903,7 +908,7 @@ async fn attempts_and_the_next_claim_are_one_write(b: &Backend) {
     for i in 0..5 {
         let (m, ins) = insert("rc", &format!("m{i}"));
         let state = store
-            .insert_processed(ins, vec![step()], routed(&["to[0]"]), None)
+            .insert_processed(ins, vec![step()], routed(&["to[0]"]), vec![])
             .await
             .unwrap();
         assert_eq!(state, Stored::Processed(MessageState::Delivering));
@@ -979,16 +984,16 @@ async fn keyed_inserts_record_a_redelivery_as_duplicate(b: &Backend) {
         (m, ins)
     };
     let (first, ins) = keyed("r");
-    assert_eq!(store.insert_once(ins, key()).await.unwrap(), None);
+    assert_eq!(store.insert_once(ins, sender(key())).await.unwrap(), None);
     let (again, ins) = keyed("r");
     assert_eq!(
-        store.insert_once(ins, key()).await.unwrap(),
+        store.insert_once(ins, sender(key())).await.unwrap(),
         Some(first.id),
         "the redelivery names the first"
     );
     // Another route may see the same broker id: its own message.
     let (other, ins) = keyed("s");
-    assert_eq!(store.insert_once(ins, key()).await.unwrap(), None);
+    assert_eq!(store.insert_once(ins, sender(key())).await.unwrap(), None);
     let dup = store.message(again.id).await.unwrap().unwrap();
     assert_eq!(dup.state, MessageState::Duplicate);
     assert!(
@@ -1097,7 +1102,7 @@ async fn processed_inserts_commit_message_and_outcome_together(b: &Backend) {
     // Routed: delivering, its delivery due at once with the steps' output.
     let (routed_msg, ins) = insert("r", "in");
     let stored = store
-        .insert_processed(ins, vec![step()], routed(&["to[0]"]), None)
+        .insert_processed(ins, vec![step()], routed(&["to[0]"]), vec![])
         .await
         .unwrap();
     assert_eq!(stored, Stored::Processed(MessageState::Delivering));
@@ -1135,7 +1140,7 @@ async fn processed_inserts_commit_message_and_outcome_together(b: &Backend) {
                 error: "steps[0]: no".into(),
                 dead_letter: Some("dead_letter".into()),
             },
-            None,
+            vec![],
         )
         .await
         .unwrap();
@@ -1157,7 +1162,7 @@ async fn processed_inserts_commit_message_and_outcome_together(b: &Backend) {
                 error: "busy".into(),
                 next_attempt_at: SystemTime::now() + Duration::from_millis(300),
             },
-            None,
+            vec![],
         )
         .await
         .unwrap();
@@ -1180,14 +1185,14 @@ async fn processed_inserts_commit_message_and_outcome_together(b: &Backend) {
     let (first, mut ins) = insert("k", "one");
     ins.index.push(key());
     let stored = store
-        .insert_processed(ins, vec![step()], routed(&["to[0]"]), Some(key()))
+        .insert_processed(ins, vec![step()], routed(&["to[0]"]), sender(key()))
         .await
         .unwrap();
     assert_eq!(stored, Stored::Processed(MessageState::Delivering));
     let (again, mut ins) = insert("k", "one");
     ins.index.push(key());
     let stored = store
-        .insert_processed(ins, vec![step()], routed(&["to[0]"]), Some(key()))
+        .insert_processed(ins, vec![step()], routed(&["to[0]"]), sender(key()))
         .await
         .unwrap();
     assert_eq!(stored, Stored::Duplicate { first: first.id });
@@ -1214,7 +1219,7 @@ async fn processed_inserts_commit_message_and_outcome_together(b: &Backend) {
         tasks.spawn(async move {
             let dup = i == 30;
             let r = s
-                .insert_processed(ins, vec![step()], routed(&["to[0]"]), None)
+                .insert_processed(ins, vec![step()], routed(&["to[0]"]), vec![])
                 .await;
             (dup, r)
         });
@@ -1257,11 +1262,15 @@ async fn positions_are_committed_with_their_message(b: &Backend) {
     let (_, mut ins) = insert("r", "row 2");
     ins.position = at(r#"{"id":2}"#);
     ins.index.push(key());
-    assert_eq!(store.insert_once(ins, key()).await.unwrap(), None);
+    assert_eq!(store.insert_once(ins, sender(key())).await.unwrap(), None);
     let (_, mut ins) = insert("r", "row 2");
     ins.position = at(r#"{"id":3}"#);
     ins.index.push(key());
-    assert!(store.insert_once(ins, key()).await.unwrap().is_some());
+    assert!(store
+        .insert_once(ins, sender(key()))
+        .await
+        .unwrap()
+        .is_some());
     assert_eq!(
         store.position("r", "database").await.unwrap().as_deref(),
         Some(r#"{"id":3}"#)
@@ -1269,7 +1278,7 @@ async fn positions_are_committed_with_their_message(b: &Backend) {
     let (_, mut ins) = insert("r", "row 4");
     ins.position = at(r#"{"id":4}"#);
     store
-        .insert_processed(ins, vec![step()], routed(&["to[0]"]), None)
+        .insert_processed(ins, vec![step()], routed(&["to[0]"]), vec![])
         .await
         .unwrap();
     assert_eq!(
@@ -1297,7 +1306,7 @@ async fn queues_counts_and_console_searches(b: &Backend) {
     for i in 0..3 {
         let (m, ins) = insert("q", &format!("in {i}"));
         store
-            .insert_processed(ins, vec![step()], routed(&["to[0]", "to[1]"]), None)
+            .insert_processed(ins, vec![step()], routed(&["to[0]", "to[1]"]), vec![])
             .await
             .unwrap();
         ids.push(m.id);
@@ -1404,6 +1413,99 @@ async fn queues_counts_and_console_searches(b: &Backend) {
     store.close().await.unwrap();
 }
 
+/// A route's `dedupe` key: held by messages of its window that did not fail, across nodes.
+async fn dedupe_keys_count_within_their_window_and_not_after_a_failure(b: &Backend) {
+    let store = b.open("node-a", LEASE).await;
+    let window = |value: &str| Key {
+        name: "dedupe_key".into(),
+        value: value.into(),
+        scope: KeyScope::Window(Duration::from_secs(3600)),
+    };
+    let keyed = |value: &str| {
+        let (m, mut ins) = insert("dd", "payload");
+        ins.index.push(("dedupe_key".into(), value.into()));
+        (m, ins)
+    };
+    // Stored two hours ago (its id says when): outside a one-hour window.
+    let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
+    let secs = two_hours_ago
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (_, mut ins) = keyed("A");
+    ins.msg.id = Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, secs, 0));
+    store.insert(vec![ins]).await.unwrap();
+    let (first, ins) = keyed("A");
+    assert_eq!(
+        store.insert_once(ins, vec![window("A")]).await.unwrap(),
+        None,
+        "the copy from two hours ago is outside the window"
+    );
+    let (again, ins) = keyed("A");
+    assert_eq!(
+        store.insert_once(ins, vec![window("A")]).await.unwrap(),
+        Some(first.id)
+    );
+    let dup = store.message(again.id).await.unwrap().unwrap();
+    assert_eq!(dup.state, MessageState::Duplicate);
+    let error = dup.error.unwrap();
+    assert!(
+        error.contains(&first.id.to_string()) && error.contains("within the last 1h"),
+        "{error}"
+    );
+
+    // A message that failed does not hold its key: the sender's resend is taken.
+    let (_, mut ins) = keyed("B");
+    ins.state = MessageState::Failed;
+    ins.error = Some("validation failed".into());
+    store.insert(vec![ins]).await.unwrap();
+    let (resent, ins) = keyed("B");
+    assert_eq!(
+        store.insert_once(ins, vec![window("B")]).await.unwrap(),
+        None
+    );
+    let (_, ins) = keyed("B");
+    assert_eq!(
+        store.insert_once(ins, vec![window("B")]).await.unwrap(),
+        Some(resent.id)
+    );
+
+    // With a sender's id as well, either key makes a duplicate; steps' outcome dropped.
+    let (_, mut ins) = keyed("A");
+    ins.index.push(("broker_message_id".into(), "x-9".into()));
+    let mut keys = sender(("broker_message_id".into(), "x-9".into()));
+    keys.push(window("A"));
+    let stored = store
+        .insert_processed(ins, vec![step()], routed(&["to[0]"]), keys)
+        .await
+        .unwrap();
+    assert_eq!(stored, Stored::Duplicate { first: first.id });
+
+    // Copies of one key arriving at two nodes at once: exactly one is taken.
+    let other = b.other_node("node-b", LEASE).await;
+    let stores = [store.clone(), other.clone()];
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let store = stores[i % 2].clone();
+            let (_, ins) = keyed("C");
+            let key = window("C");
+            tokio::spawn(async move { store.insert_once(ins, vec![key]).await.unwrap() })
+        })
+        .collect();
+    let mut taken = 0;
+    for t in tasks {
+        if t.await.unwrap().is_none() {
+            taken += 1;
+        }
+    }
+    assert_eq!(
+        taken, 1,
+        "copies taken of one key sent to two nodes at once"
+    );
+    other.close().await.unwrap();
+    store.close().await.unwrap();
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -1443,6 +1545,7 @@ conformance!(
     claims_stop_at_their_byte_bound,
     attempts_and_the_next_claim_are_one_write,
     keyed_inserts_record_a_redelivery_as_duplicate,
+    dedupe_keys_count_within_their_window_and_not_after_a_failure,
     processed_inserts_commit_message_and_outcome_together,
     search_by_time_range_state_and_route_newest_first,
     positions_are_committed_with_their_message,

@@ -61,10 +61,84 @@ pub struct RouteFile {
     /// message as received (`order: 'body.order["@id"]'`, `patient: 'hl7(body, "PID-3.1")'`).
     #[serde(default)]
     pub index: serde_json::Map<String, serde_json::Value>,
+    /// Idempotent receiver: a message whose key was seen on an earlier message of this route
+    /// within the window is recorded as `duplicate` and not processed.
+    #[serde(default)]
+    pub dedupe: Option<DedupeConfig>,
     /// How many messages of this route run through the steps at the same time (default 4;
     /// 1 when a destination is `fifo`).
     #[serde(default)]
     pub concurrency: Option<usize>,
+}
+
+/// The route's `dedupe` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupeConfig {
+    /// A Rhai expression over the message as received, as for `index` (`body.order.id`,
+    /// `headers["http.header.idempotency-key"]`, `hl7(body, "MSH-10")`). A message for which
+    /// it fails or gives nothing is recorded as failed.
+    pub key: String,
+    /// How long a key is remembered (default 24h). Keep `retention.max_age` at least this
+    /// long: a message deleted from the store no longer holds its key.
+    #[serde(default = "DedupeConfig::default_window")]
+    pub window: values::Duration,
+}
+
+impl DedupeConfig {
+    fn default_window() -> values::Duration {
+        values::Duration::from_secs(24 * 3600)
+    }
+}
+
+/// A route's `dedupe` key, compiled.
+pub struct Dedupe {
+    key: crate::script::Script,
+    /// The expression as written, for errors.
+    source: String,
+    window: std::time::Duration,
+}
+
+impl fmt::Debug for Dedupe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dedupe")
+            .field("key", &self.source)
+            .field("window", &self.window)
+            .finish()
+    }
+}
+
+impl Dedupe {
+    /// The search field the key is stored under.
+    pub const FIELD: &'static str = "dedupe_key";
+
+    /// `msg`'s key, or why it has none.
+    pub fn key(&self, msg: &crate::message::Message) -> Result<crate::store::Key, String> {
+        let why = |e: String| {
+            format!(
+                "dedupe.key `{}` gave no key for this message ({e}); it cannot be checked for duplicates, so it was not processed",
+                self.source
+            )
+        };
+        let body = crate::script::body_to_dynamic(msg).map_err(|e| why(e.to_string()))?;
+        let (v, _) = self.key.run(msg, body).map_err(|e| why(e.to_string()))?;
+        if v.is_unit() {
+            return Err(why("it is `()`: nothing at that path".into()));
+        }
+        let value = if v.is_string() {
+            v.into_string().unwrap_or_default()
+        } else {
+            v.to_string()
+        };
+        if value.is_empty() {
+            return Err(why("it is empty".into()));
+        }
+        Ok(crate::store::Key {
+            name: Self::FIELD.into(),
+            value,
+            scope: crate::store::KeyScope::Window(self.window),
+        })
+    }
 }
 
 /// What to do when a step fails.
@@ -145,6 +219,8 @@ pub struct Route {
     pub retention: crate::store::Retention,
     /// Compiled `index:` expressions.
     pub index: Arc<Index>,
+    /// The compiled `dedupe:` key.
+    pub dedupe: Option<Arc<Dedupe>>,
     pub concurrency: usize,
     /// The first step, when it is a split: adapters that read streams (files) split while
     /// they read, so a large input is never loaded whole.
@@ -334,18 +410,20 @@ pub fn load_file(path: &Path, endpoints: &Endpoints) -> Result<Route, Vec<Diagno
         }
     }
     let mut index = Index::default();
-    if !file.index.is_empty() {
+    let mut dedupe = None;
+    if !file.index.is_empty() || file.dedupe.is_some() {
         let limits = crate::script::Limits::default();
         match crate::steps::script_engine(&Default::default(), &limits, &cx) {
             Ok(engine) => {
+                let compile = |expr: &str| {
+                    crate::script::Script::compile_expression(engine.clone(), &limits, expr)
+                        .map_err(|e| e.message)
+                };
                 for (name, expr) in &file.index {
                     let compiled = expr
                         .as_str()
                         .ok_or_else(|| "write the expression as a string".to_string())
-                        .and_then(|e| {
-                            crate::script::Script::compile_expression(engine.clone(), &limits, e)
-                                .map_err(|e| e.message)
-                        });
+                        .and_then(compile);
                     match compiled {
                         Ok(s) => index.0.push((name.clone(), s)),
                         Err(e) => {
@@ -355,6 +433,27 @@ pub fn load_file(path: &Path, endpoints: &Endpoints) -> Result<Route, Vec<Diagno
                                 line,
                                 column,
                                 message: format!("index.{name}: {e}"),
+                            });
+                        }
+                    }
+                }
+                if let Some(d) = &file.dedupe {
+                    match compile(&d.key) {
+                        Ok(key) => {
+                            dedupe = Some(Arc::new(Dedupe {
+                                key,
+                                source: d.key.clone(),
+                                window: d.window.0,
+                            }))
+                        }
+                        Err(e) => {
+                            let (line, column) =
+                                yaml::locate_in_section(&source, "dedupe", "key").unwrap_or((1, 1));
+                            problems.push(Diagnostic {
+                                file: path.to_path_buf(),
+                                line,
+                                column,
+                                message: format!("dedupe.key: {e}"),
                             });
                         }
                     }
@@ -452,6 +551,7 @@ pub fn load_file(path: &Path, endpoints: &Endpoints) -> Result<Route, Vec<Diagno
         on_error: file.on_error,
         retention: file.retention,
         index: Arc::new(index),
+        dedupe,
         // Strict FIFO delivery needs the steps to finish in arrival order.
         concurrency: if fifo { 1 } else { concurrency },
     })

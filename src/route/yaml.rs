@@ -170,6 +170,30 @@ pub fn locate_key(source: &str, key: &str) -> Option<(usize, usize)> {
     })
 }
 
+/// Line and column of `key` inside the top-level section `section` (its first line at a
+/// deeper indent, or on the section's own line in flow style `section: { key: ... }`).
+pub fn locate_in_section(source: &str, section: &str, key: &str) -> Option<(usize, usize)> {
+    let lines: Vec<&str> = source.lines().collect();
+    let start = lines.iter().position(|l| {
+        l.strip_prefix(section)
+            .is_some_and(|r| r.trim_start().starts_with(':'))
+    })?;
+    if let Some(col) = lines[start].find(&format!("{key}:")) {
+        return Some((start + 1, col + 1));
+    }
+    lines[start + 1..]
+        .iter()
+        .enumerate()
+        .take_while(|(_, l)| l.trim().is_empty() || l.starts_with([' ', '\t', '#']))
+        .find_map(|(i, l)| {
+            let trimmed = l.trim_start();
+            trimmed
+                .strip_prefix(key)
+                .filter(|rest| rest.trim_start().starts_with(':'))
+                .map(|_| (start + 2 + i, l.len() - trimmed.len() + 1))
+        })
+}
+
 /// Line and column of item `index` (0-based) of the block list under the top-level `key`.
 pub fn locate_list_item(source: &str, key: &str, index: usize) -> Option<(usize, usize)> {
     let lines: Vec<&str> = source.lines().collect();

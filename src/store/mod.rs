@@ -46,7 +46,8 @@ pub enum MessageState {
     /// At least one destination gave up after its last attempt.
     Dead,
     /// Received again with the key of an earlier message of its route (a broker redelivered
-    /// a message whose commit it never heard of): kept for the record, never processed.
+    /// a message whose commit it never heard of, or the route's `dedupe` key was seen within
+    /// its window): kept for the record, never processed.
     Duplicate,
 }
 
@@ -499,13 +500,68 @@ impl HeldLeases {
     }
 }
 
+/// A search field under which a route takes a message only once: when an earlier message of
+/// the route holds the same value, the new one is committed as `duplicate` of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    pub name: String,
+    pub value: String,
+    pub scope: KeyScope,
+}
+
+/// Which earlier messages a [`Key`] is looked up among.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyScope {
+    /// A sender's own message id (a broker's message id, a file's identity): every earlier
+    /// message of the route, whatever became of it — the sender gave it to us once already.
+    Sender,
+    /// A route's `dedupe` key: the messages stored within this long before now that neither
+    /// failed nor went dead, so that a sender may resend what failed.
+    Window(Duration),
+}
+
+impl Key {
+    /// A sender's message id (see [`KeyScope::Sender`]).
+    pub fn sender(name: impl Into<String>, value: impl Into<String>) -> Key {
+        Key {
+            name: name.into(),
+            value: value.into(),
+            scope: KeyScope::Sender,
+        }
+    }
+
+    /// Where the look-up starts: the lowest id that counts (ids are UUIDv7, so a window of
+    /// time is a range of ids).
+    pub(crate) fn start(&self) -> Uuid {
+        match &self.scope {
+            KeyScope::Sender => Uuid::nil(),
+            KeyScope::Window(window) => plan::first_id_at(
+                SystemTime::now()
+                    .checked_sub(*window)
+                    .unwrap_or(std::time::UNIX_EPOCH),
+            ),
+        }
+    }
+
+    /// Whether messages that failed or went dead hold the key.
+    pub(crate) fn failures_count(&self) -> bool {
+        self.scope == KeyScope::Sender
+    }
+}
+
 /// What is committed for a message received again under an earlier message's key: its
 /// record, as `duplicate`, without wire taps, never processed.
-pub(crate) fn duplicate_of(mut ins: Insert, first: &str, key: &(String, String)) -> Insert {
+pub(crate) fn duplicate_of(mut ins: Insert, first: &str, key: &Key) -> Insert {
+    let when = match &key.scope {
+        KeyScope::Sender => "before".to_string(),
+        KeyScope::Window(window) => {
+            format!("within the last {}", humantime::format_duration(*window))
+        }
+    };
     ins.state = MessageState::Duplicate;
     ins.error = Some(format!(
-        "duplicate of message {first}: {} `{}` was received before; not processed again",
-        key.0, key.1
+        "duplicate of message {first}: {} `{}` was received {when}; not processed again",
+        key.name, key.value
     ));
     ins.wire_taps.clear();
     ins.scheduled = false;
@@ -573,24 +629,27 @@ pub trait Processing: Send + Sync {
     /// Commits new messages (and their wire-tap deliveries) in one transaction.
     async fn insert(&self, batch: Vec<Insert>) -> StoreResult<()>;
 
-    /// Commits one new message unless a message of its route was stored with the search field
-    /// `key` (name, value) before — a broker redelivering what was committed but never
-    /// acknowledged. Then the new one is committed as `duplicate` (with the key, naming the
-    /// first) instead, and the first's id is returned: the caller acknowledges the sender and
-    /// processes nothing. `ins.index` should hold `key`, so that the next copy is found too.
-    async fn insert_once(&self, ins: Insert, key: (String, String)) -> StoreResult<Option<Uuid>>;
+    /// Commits one new message unless a message of its route holds one of `keys` (see
+    /// [`Key`]): a broker redelivering what was committed but never acknowledged, or a
+    /// business key seen within a route's `dedupe` window. Then the new one is committed as
+    /// `duplicate` (with the keys, naming the first) instead, and the first's id is returned:
+    /// the caller acknowledges the sender and processes nothing. The look-up and the insert
+    /// are one transaction (on PostgreSQL serialised across nodes), so two copies arriving at
+    /// once are never both taken. `ins.index` should hold the keys, so that the next copy is
+    /// found too.
+    async fn insert_once(&self, ins: Insert, keys: Vec<Key>) -> StoreResult<Option<Uuid>>;
 
     /// Commits a new message together with what its steps made of it (they ran before the
     /// commit): its row, the step transitions, its result and deliveries, in one write — the
-    /// common life of a message costs this write and its delivery's. With `key`, as
-    /// [`Processing::insert_once`]: a message of the route stored under the key before makes this
-    /// one a `duplicate`, and its outcome is not recorded.
+    /// common life of a message costs this write and its delivery's. With `keys`, as
+    /// [`Processing::insert_once`]: a message of the route holding one of them makes this one
+    /// a `duplicate`, and its outcome is not recorded.
     async fn insert_processed(
         &self,
         ins: Insert,
         steps: Vec<StepRecord>,
         result: Processed,
-        key: Option<(String, String)>,
+        keys: Vec<Key>,
     ) -> StoreResult<Stored>;
 
     /// Records the steps' outcomes and the result in one transaction. Returns the message's

@@ -555,13 +555,13 @@ pub fn id_range(prefix: &str) -> Result<(Uuid, Uuid), String> {
     }
 }
 
-/// The conditions of `search`; those it leaves unset are left out (not `? IS NULL OR ...`,
-/// which keeps a database from using any index).
 /// The lowest UUIDv7 possible at `t`: ids at or above it were made at `t` or later.
 pub(crate) fn first_id_at(t: SystemTime) -> Uuid {
     Uuid::from_u128((super::millis(t).max(0) as u128) << 80)
 }
 
+/// The conditions of `search`; those it leaves unset are left out (not `? IS NULL OR ...`,
+/// which keeps a database from using any index).
 pub(crate) fn search(search: &super::Search) -> Vec<Condition<'_>> {
     let ms = |t: SystemTime| super::millis(t).max(0) as u128;
     let mut out = Vec::new();

@@ -13,7 +13,7 @@
 //! connections to the next version instead of closing them, because a request a client sends
 //! on a connection just as the server closes it fails, and a POST is not sent again.
 
-use super::{Inbound, Intake, Reply};
+use super::{Inbound, Intake, Reply, Submitted};
 use crate::adapters::listeners::Listeners;
 use crate::message::{Headers, Message};
 use crate::route::values::{ByteSize, Duration};
@@ -479,10 +479,15 @@ impl Handler {
             };
         }
         match cfg.response {
-            ResponseMode::Ack => match self.intake.submit(headers, body).await {
-                Ok(id) => json(
+            ResponseMode::Ack => match self.intake.submit_once(headers, body, None).await {
+                Ok(Submitted::New(id)) => json(
                     StatusCode::ACCEPTED,
                     serde_json::json!({ "id": id, "status": "accepted" }),
+                ),
+                // Taken (recorded as a duplicate): the sender must not send it again.
+                Ok(Submitted::Duplicate { id, first }) => json(
+                    StatusCode::ACCEPTED,
+                    serde_json::json!({ "id": id, "status": "duplicate", "duplicate_of": first }),
                 ),
                 Err(e) => problem(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -562,6 +567,11 @@ fn reply_answer(id: uuid::Uuid, reply: Reply) -> Answer {
         MessageState::Failed => json(
             StatusCode::UNPROCESSABLE_ENTITY,
             serde_json::json!({ "id": id, "state": "failed", "error": reply.error }),
+        ),
+        // The route's `dedupe` saw its key: the first copy's answer is not kept to repeat.
+        MessageState::Duplicate => json(
+            StatusCode::CONFLICT,
+            serde_json::json!({ "id": id, "state": "duplicate", "error": reply.error }),
         ),
         MessageState::Filtered | MessageState::Split => json(
             StatusCode::OK,

@@ -27,7 +27,7 @@ use crate::adapters::listeners::Listeners;
 use crate::message::{Headers, Message};
 use crate::steps::split::Split;
 use crate::store::{
-    Insert, MessageState, Pending, Processed, Processing, StepRecord, StoreError, Stored,
+    Insert, Key, MessageState, Pending, Processed, Processing, StepRecord, StoreError, Stored,
 };
 use crate::telemetry;
 use async_trait::async_trait;
@@ -329,6 +329,9 @@ pub struct Intake {
     pub(crate) index: Arc<crate::route::Index>,
     /// The route's steps, when they run before the commit (see [`Steps`]).
     pub(crate) steps: Option<Arc<dyn Steps>>,
+    /// The route's `dedupe` key: a message whose key was seen within the window is a
+    /// duplicate.
+    pub(crate) dedupe: Option<Arc<crate::route::Dedupe>>,
 }
 
 /// A message's result after its steps, for adapters that answer with it.
@@ -391,6 +394,7 @@ impl Intake {
             replies: Arc::new(Replies::default()),
             index: Arc::new(crate::route::Index::default()),
             steps: None,
+            dedupe: None,
         }
     }
 
@@ -429,31 +433,31 @@ impl Intake {
         msg
     }
 
-    /// The stored record of a new message; with `key`, the key is one of its search fields
-    /// (replacing a field of the same name), so that a later copy is found by it.
-    fn insert_keyed(&self, msg: &Message, key: Option<&(String, String)>, at: &At) -> Insert {
+    /// The stored record of a new message; its keys are among its search fields (each
+    /// replacing a field of the same name), so that a later copy is found by them.
+    fn insert_keyed(&self, msg: &Message, keys: &[Key], at: &At) -> Insert {
         let mut insert = self.insert(msg.clone(), MessageState::Received, None);
         insert.position = at.0.clone();
-        if let Some(key) = key {
-            insert.index.retain(|(name, _)| *name != key.0);
-            insert.index.push(key.clone());
+        for key in keys {
+            insert.index.retain(|(name, _)| *name != key.name);
+            insert.index.push((key.name.clone(), key.value.clone()));
         }
         insert
     }
 
-    /// Commits a new message as received, before its steps: under `key` (see
-    /// [`Intake::submit_once`]) a message stored with that key before makes this one a
+    /// Commits a new message as received, before its steps: under `keys` (see
+    /// [`Intake::submit_once`]) a message stored with one of them before makes this one a
     /// duplicate, and the first's id is returned.
     async fn commit_received(
         &self,
         msg: &Message,
-        key: Option<(String, String)>,
+        keys: Vec<Key>,
         at: &At,
     ) -> Result<Option<Uuid>, StoreError> {
-        let insert = self.insert_keyed(msg, key.as_ref(), at);
-        let first = match key {
-            None => self.store.insert(vec![insert]).await.map(|_| None)?,
-            Some(key) => self.store.insert_once(insert, key).await?,
+        let insert = self.insert_keyed(msg, &keys, at);
+        let first = match keys.is_empty() {
+            true => self.store.insert(vec![insert]).await.map(|_| None)?,
+            false => self.store.insert_once(insert, keys).await?,
         };
         match first {
             Some(first) => telemetry::duplicate(msg, first),
@@ -491,7 +495,7 @@ impl Intake {
         &self,
         steps: &Arc<dyn Steps>,
         msg: Message,
-        key: Option<(String, String)>,
+        keys: Vec<Key>,
         at: &At,
     ) -> Result<Result<Submitted, StoreError>, Message> {
         let steps = steps.clone();
@@ -501,16 +505,16 @@ impl Intake {
             biased;
             ran = &mut running => ran,
             _ = tokio::time::sleep(INLINE_BUDGET) => {
-                return Ok(self.submit_before_steps(msg, key, at, running).await);
+                return Ok(self.submit_before_steps(msg, keys, at, running).await);
             }
         };
         let Some(ran) = ran else {
             return Err(msg);
         };
-        let insert = self.insert_keyed(&msg, key.as_ref(), at);
+        let insert = self.insert_keyed(&msg, &keys, at);
         let stored = self
             .store
-            .insert_processed(insert, ran.steps, ran.result, key)
+            .insert_processed(insert, ran.steps, ran.result, keys)
             .await;
         Ok(stored.map(|stored| match stored {
             Stored::Processed(state) => {
@@ -532,12 +536,12 @@ impl Intake {
     async fn submit_before_steps(
         &self,
         msg: Message,
-        key: Option<(String, String)>,
+        keys: Vec<Key>,
         at: &At,
         running: std::pin::Pin<Box<dyn std::future::Future<Output = Option<Ran>> + Send>>,
     ) -> Result<Submitted, StoreError> {
         let id = msg.id;
-        if let Some(first) = self.commit_received(&msg, key, at).await? {
+        if let Some(first) = self.commit_received(&msg, keys, at).await? {
             return Ok(Submitted::Duplicate { id, first });
         }
         let store = self.store.clone();
@@ -566,7 +570,8 @@ impl Intake {
 
     /// Like [`Intake::submit`], then waits up to `timeout` for the message's result. Returns
     /// the id and the result, or `None` when it did not come in time (the message is stored
-    /// and will still be processed).
+    /// and will still be processed). A duplicate (the route's `dedupe`) is answered at once,
+    /// with the first's id in the error.
     pub async fn submit_and_wait(
         &self,
         headers: Headers,
@@ -576,9 +581,23 @@ impl Intake {
         let msg = self.message(headers, body);
         let id = msg.id;
         let result = self.replies.register(id);
-        if let Err(e) = self.submit_message(msg, None, &At::default()).await {
-            self.replies.forget(id);
-            return Err(e);
+        let headers = msg.headers.clone();
+        match self.submit_message(msg, None, &At::default()).await {
+            Err(e) => {
+                self.replies.forget(id);
+                return Err(e);
+            }
+            Ok(Submitted::Duplicate { first, .. }) => {
+                self.replies.forget(id);
+                let reply = Reply {
+                    state: MessageState::Duplicate,
+                    headers,
+                    body: Bytes::new(),
+                    error: Some(format!("duplicate of message {first}; not processed again")),
+                };
+                return Ok((id, Some(reply)));
+            }
+            Ok(Submitted::New(_)) => {}
         }
         match tokio::time::timeout(timeout, result).await {
             Ok(Ok(reply)) => Ok((id, Some(reply))),
@@ -625,14 +644,23 @@ impl Intake {
 
     /// [`Intake::submit_once`] of a message already made: its steps run before the commit
     /// when the route allows; otherwise it is committed as received and queued for them.
+    /// With the route's `dedupe`, its key is one more key; a message without one is recorded
+    /// as failed (it cannot be checked, and is never let through unchecked).
     async fn submit_message(
         &self,
         msg: Message,
         key: Option<(String, String)>,
         at: &At,
     ) -> Result<Submitted, StoreError> {
+        let mut keys: Vec<Key> = key.into_iter().map(|(n, v)| Key::sender(n, v)).collect();
+        if let Some(dedupe) = &self.dedupe {
+            match dedupe.key(&msg) {
+                Ok(key) => keys.push(key),
+                Err(reason) => return self.fail(msg, &reason).await.map(Submitted::New),
+            }
+        }
         let msg = match &self.steps {
-            Some(steps) => match self.submit_processed(steps, msg, key.clone(), at).await {
+            Some(steps) => match self.submit_processed(steps, msg, keys.clone(), at).await {
                 Ok(stored) => return stored,
                 Err(msg) => msg,
             },
@@ -640,7 +668,7 @@ impl Intake {
         };
         let permit = self.reserve().await?;
         let id = msg.id;
-        if let Some(first) = self.commit_received(&msg, key, at).await? {
+        if let Some(first) = self.commit_received(&msg, keys, at).await? {
             return Ok(Submitted::Duplicate { id, first });
         }
         self.queue_committed(permit, msg);
@@ -650,7 +678,11 @@ impl Intake {
     /// Records a message the adapter could not take in (too large, unreadable) as failed,
     /// with `reason`; the body is not stored.
     pub async fn refuse(&self, headers: Headers, reason: &str) -> Result<Uuid, StoreError> {
-        let msg = self.message(headers, Bytes::new());
+        self.fail(self.message(headers, Bytes::new()), reason).await
+    }
+
+    /// Records `msg` as failed with `reason`, without running its steps.
+    async fn fail(&self, msg: Message, reason: &str) -> Result<Uuid, StoreError> {
         self.store
             .insert(vec![self.insert(
                 msg.clone(),
@@ -660,6 +692,13 @@ impl Intake {
             .await?;
         telemetry::refused(&msg, reason);
         self.wake_taps();
+        // A caller waiting for the result (request-reply) hears it now: no steps will run.
+        self.replies.complete(msg.id, || Reply {
+            state: MessageState::Failed,
+            headers: msg.headers.clone(),
+            body: Bytes::new(),
+            error: Some(reason.to_string()),
+        });
         Ok(msg.id)
     }
 

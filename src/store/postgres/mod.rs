@@ -45,7 +45,8 @@ const MIGRATION_LOCK: i64 = 0x5357_4954_4348; // "SWITCH"
 /// — the order a FIFO destination delivers in — follow the order of the commits across
 /// nodes: without it, a lower id taken by a transaction that commits later is found after a
 /// higher one was already delivered. One lock for all destinations, so two transactions can
-/// never take two of them in opposite orders.
+/// never take two of them in opposite orders. Keyed inserts take it too (see
+/// `first_with_keys`).
 const DELIVERY_ORDER_LOCK: i64 = 0x5357_4946_4946; // "SWIFIF"
 
 /// Writer connections per node (`SWITCHYARD_PG_WRITERS`, default 4). Each commits its own
@@ -873,15 +874,41 @@ async fn apply_all(db: &Db, plan: &[Change<'_>], now: i64, node: &str, lease: i6
 }
 
 /// The first message of `route` stored under the search field `key`, if any.
-async fn first_with_key(db: &Db, route: &str, key: &(String, String)) -> PgResult<Option<Uuid>> {
-    Ok(db
-        .query_opt(
-            "SELECT i.message_id FROM message_index i JOIN messages m ON m.id = i.message_id
-             WHERE i.name = $1 AND i.value = $2 AND m.route = $3 ORDER BY i.message_id LIMIT 1",
-            &[&key.0, &key.1, &route],
-        )
-        .await?
-        .map(|r| r.get(0)))
+/// The first message of `route` holding one of `keys` (see [`Key`]), with the key it holds.
+/// Nodes look keys up one at a time: under the lock that orders deliveries (taken by every
+/// write that adds one, and held to its commit), a copy committed by another node a moment
+/// ago is seen, and two copies arriving at two nodes at once are not both taken.
+async fn first_with_keys<'k>(
+    db: &Db,
+    route: &str,
+    keys: &'k [Key],
+) -> PgResult<Option<(Uuid, &'k Key)>> {
+    if keys.is_empty() {
+        return Ok(None);
+    }
+    db.execute("SELECT pg_advisory_xact_lock($1)", &[&DELIVERY_ORDER_LOCK])
+        .await?;
+    for key in keys {
+        let first = db
+            .query_opt(
+                "SELECT i.message_id FROM message_index i JOIN messages m ON m.id = i.message_id
+                 WHERE i.name = $1 AND i.value = $2 AND m.route = $3 AND i.message_id >= $4
+                   AND ($5 OR m.state NOT IN ('failed', 'dead', 'duplicate'))
+                 ORDER BY i.message_id LIMIT 1",
+                &[
+                    &key.name,
+                    &key.value,
+                    &route,
+                    &key.start(),
+                    &key.failures_count(),
+                ],
+            )
+            .await?;
+        if let Some(row) = first {
+            return Ok(Some((row.get(0), key)));
+        }
+    }
+    Ok(None)
 }
 
 async fn add_delivery(

@@ -32,22 +32,22 @@ impl Processing for PgStore {
         result
     }
 
-    async fn insert_once(&self, ins: Insert, key: (String, String)) -> StoreResult<Option<Uuid>> {
+    async fn insert_once(&self, ins: Insert, keys: Vec<Key>) -> StoreResult<Option<Uuid>> {
         let (node, lease) = self.claim_args();
         let id = ins.msg.id;
         let held = ins.state == MessageState::Received && !ins.scheduled;
         let result = self
             .write(move |db| async move {
                 let now = millis(SystemTime::now());
-                let earlier = first_with_key(&db, &ins.msg.route, &key).await?;
-                let (ins, held) = match earlier {
+                let earlier = first_with_keys(&db, &ins.msg.route, &keys).await?;
+                let (ins, held) = match &earlier {
                     None => (ins, held),
-                    Some(first) => (duplicate_of(ins, &first.to_string(), &key), false),
+                    Some((first, key)) => (duplicate_of(ins, &first.to_string(), key), false),
                 };
                 let plan = plan::new_message(&ins, held);
                 apply_all(&db, &plan, now, &node, lease)
                     .await
-                    .map(|_| earlier)
+                    .map(|_| earlier.map(|(first, _)| first))
             })
             .await;
         if let Ok(None) = result {
@@ -63,18 +63,16 @@ impl Processing for PgStore {
         ins: Insert,
         steps: Vec<StepRecord>,
         result: Processed,
-        key: Option<(String, String)>,
+        keys: Vec<Key>,
     ) -> StoreResult<Stored> {
         let (node, lease) = self.claim_args();
         self.write(move |db| async move {
             let now = millis(SystemTime::now());
-            if let Some(key) = &key {
-                if let Some(first) = first_with_key(&db, &ins.msg.route, key).await? {
-                    let dup = duplicate_of(ins, &first.to_string(), key);
-                    let plan = plan::new_message(&dup, false);
-                    apply_all(&db, &plan, now, &node, lease).await?;
-                    return Ok(Stored::Duplicate { first });
-                }
+            if let Some((first, key)) = first_with_keys(&db, &ins.msg.route, &keys).await? {
+                let dup = duplicate_of(ins, &first.to_string(), key);
+                let plan = plan::new_message(&dup, false);
+                apply_all(&db, &plan, now, &node, lease).await?;
+                return Ok(Stored::Duplicate { first });
             }
             let (changes, state) = plan::processed_message(&ins, &steps, &result);
             apply_all(&db, &changes, now, &node, lease).await?;

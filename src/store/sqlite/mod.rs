@@ -757,17 +757,36 @@ fn insert_one(
 }
 
 /// The first message of `route` stored under the search field `key`, if any.
-fn first_with_key(
+/// The first message of `route` holding one of `keys` (see [`Key`]), with the key it holds.
+fn first_with_keys<'k>(
     conn: &Connection,
     route: &str,
-    key: &(String, String),
-) -> rusqlite::Result<Option<String>> {
-    conn.prepare_cached(
-        "SELECT i.message_id FROM message_index i JOIN messages m ON m.id = i.message_id
-         WHERE i.name = ?1 AND i.value = ?2 AND m.route = ?3 ORDER BY i.message_id LIMIT 1",
-    )?
-    .query_row(params![key.0, key.1, route], |r| r.get(0))
-    .optional()
+    keys: &'k [Key],
+) -> rusqlite::Result<Option<(String, &'k Key)>> {
+    for key in keys {
+        let first: Option<String> = conn
+            .prepare_cached(
+                "SELECT i.message_id FROM message_index i JOIN messages m ON m.id = i.message_id
+                 WHERE i.name = ?1 AND i.value = ?2 AND m.route = ?3 AND i.message_id >= ?4
+                   AND (?5 OR m.state NOT IN ('failed', 'dead', 'duplicate'))
+                 ORDER BY i.message_id LIMIT 1",
+            )?
+            .query_row(
+                params![
+                    key.name,
+                    key.value,
+                    route,
+                    key.start().to_string(),
+                    key.failures_count()
+                ],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(first) = first {
+            return Ok(Some((first, key)));
+        }
+    }
+    Ok(None)
 }
 
 fn add_delivery(

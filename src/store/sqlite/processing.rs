@@ -28,17 +28,17 @@ impl Processing for SqliteStore {
         result
     }
 
-    async fn insert_once(&self, ins: Insert, key: (String, String)) -> StoreResult<Option<Uuid>> {
+    async fn insert_once(&self, ins: Insert, keys: Vec<Key>) -> StoreResult<Option<Uuid>> {
         let (node, lease) = self.claim_args();
         let id = ins.msg.id;
         let held = ins.state == MessageState::Received && !ins.scheduled;
         let result = self
             .write(move |conn| {
                 let now = millis(SystemTime::now());
-                match first_with_key(conn, &ins.msg.route, &key)? {
+                match first_with_keys(conn, &ins.msg.route, &keys)? {
                     None => insert_one(conn, &ins, held, now, &node, lease).map(|_| None),
-                    Some(first) => {
-                        let dup = duplicate_of(ins.clone(), &first, &key);
+                    Some((first, key)) => {
+                        let dup = duplicate_of(ins.clone(), &first, key);
                         insert_one(conn, &dup, false, now, &node, lease)?;
                         Ok(Uuid::parse_str(&first).ok())
                     }
@@ -58,19 +58,17 @@ impl Processing for SqliteStore {
         ins: Insert,
         steps: Vec<StepRecord>,
         result: Processed,
-        key: Option<(String, String)>,
+        keys: Vec<Key>,
     ) -> StoreResult<Stored> {
         let (node, lease) = self.claim_args();
         self.write(move |conn| {
             let now = millis(SystemTime::now());
-            if let Some(key) = &key {
-                if let Some(first) = first_with_key(conn, &ins.msg.route, key)? {
-                    let dup = duplicate_of(ins.clone(), &first, key);
-                    insert_one(conn, &dup, false, now, &node, lease)?;
-                    return Ok(Stored::Duplicate {
-                        first: parse_id(&first)?,
-                    });
-                }
+            if let Some((first, key)) = first_with_keys(conn, &ins.msg.route, &keys)? {
+                let dup = duplicate_of(ins.clone(), &first, key);
+                insert_one(conn, &dup, false, now, &node, lease)?;
+                return Ok(Stored::Duplicate {
+                    first: parse_id(&first)?,
+                });
             }
             let (changes, state) = plan::processed_message(&ins, &steps, &result);
             apply_all(conn, &changes, now, &node, lease)?;
