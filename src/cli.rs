@@ -97,7 +97,8 @@ enum Command {
         no_follow: bool,
     },
     /// Run a route's steps without the store or adapters: on one input (`ROUTE --input FILE`),
-    /// or as route test files (`*.test.yaml`, or directories of them).
+    /// or as route test files (`*.test.yaml`, or directories of them); or, with `--replay`, run
+    /// a route's stored messages through a candidate route file and show what it would change.
     Test {
         /// A route file with `--input`; otherwise test files or directories.
         #[arg(required = true)]
@@ -111,6 +112,26 @@ enum Command {
         /// Directory of named endpoints the routes may use.
         #[arg(long, env = "SWITCHYARD_ADAPTERS", default_value = "adapters")]
         adapters: PathBuf,
+        /// Replay the stored messages of the route (the candidate file's id, or `--route`)
+        /// through the candidate route file given as the path, nothing delivered, and show
+        /// per message what would differ from what the route did. Exit 1 when anything does.
+        #[arg(long)]
+        replay: bool,
+        /// With `--replay`: the route whose messages to replay (default: the candidate's id).
+        #[arg(long, requires = "replay")]
+        route: Option<String>,
+        /// With `--replay`: messages received since this long ago (`1h`) or this time.
+        #[arg(long, value_parser = parse_since, requires = "replay")]
+        since: Option<std::time::SystemTime>,
+        /// With `--replay`: at most this many messages, newest first.
+        #[arg(long, default_value_t = 100, requires = "replay")]
+        limit: usize,
+        /// With `--replay`: a header name, or a JSON pointer into the body (`/processedAt`),
+        /// that may differ (times, generated ids); repeatable.
+        #[arg(long, requires = "replay")]
+        ignore: Vec<String>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -463,8 +484,20 @@ pub fn main() -> ExitCode {
             input,
             headers,
             adapters,
+            replay,
+            route,
+            since,
+            limit,
+            ignore,
+            store,
         } => {
             let endpoints = Endpoints::load(&adapters);
+            if replay {
+                let since = since.unwrap_or_else(|| {
+                    std::time::SystemTime::now() - std::time::Duration::from_secs(3600)
+                });
+                return test_replay(&paths, &endpoints, store, route, since, limit, ignore);
+            }
             match input {
                 Some(input) => test_one(&paths, &input, headers, &endpoints),
                 None => test_files(&paths, &endpoints),
@@ -585,6 +618,75 @@ fn test_one(
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// `test --replay`: see [`crate::replay_diff`].
+fn test_replay(
+    paths: &[PathBuf],
+    endpoints: &Endpoints,
+    store: StoreArgs,
+    route: Option<String>,
+    since: std::time::SystemTime,
+    limit: usize,
+    ignore: Vec<String>,
+) -> ExitCode {
+    let [route_file] = paths else {
+        eprintln!("with --replay, give exactly one route file: the candidate");
+        return ExitCode::FAILURE;
+    };
+    let candidate = match route::load_file(route_file, endpoints) {
+        Ok(r) => r,
+        Err(problems) => {
+            problems.iter().for_each(|d| eprintln!("{d}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let opts = crate::replay_diff::Options {
+        route: route.unwrap_or_else(|| candidate.id.clone()),
+        since,
+        limit,
+        ignore,
+    };
+    let result = runtime.block_on(async {
+        let store = crate::store::open(&store.location()?, Default::default(), true)
+            .await
+            .map_err(|e| e.0)?;
+        let results = crate::replay_diff::compare(store.as_ref(), &candidate, &opts).await;
+        let _ = store.close().await;
+        results
+    });
+    match result {
+        Ok(results) => {
+            println!(
+                "route `{}`: {} message(s) received since {} through {} (version {}), nothing delivered\n",
+                opts.route,
+                results.len(),
+                humantime::format_rfc3339_seconds(since),
+                route_file.display(),
+                candidate.version
+            );
+            print!("{}", crate::replay_diff::report(&results));
+            let differ = results
+                .iter()
+                .any(|r| matches!(r.verdict, crate::replay_diff::Verdict::Different(_)));
+            if differ {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

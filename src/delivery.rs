@@ -20,6 +20,7 @@ use crate::message::Message;
 use crate::route::DeliveryPolicy;
 use crate::store::{Attempt, AttemptOutcome, Claim, Delivery, DeliveryKind, Processing};
 use crate::telemetry;
+use crate::throttle::Bucket;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -51,6 +52,8 @@ pub struct Destination {
     pub dead_letter: Option<(String, Arc<Notify>)>,
     /// Signalled when new deliveries for this destination were stored.
     pub wake: Arc<Notify>,
+    /// The destination's `rate`: an attempt takes a token.
+    pub rate: Option<Bucket>,
 }
 
 impl Destination {
@@ -140,6 +143,23 @@ async fn run_parallel(
             }
             continue;
         }
+        // A `rate`: claim only what may go now (claimed deliveries start at once, so none
+        // waits out its lease in memory); with nothing else to do, wait for the next token.
+        let room = match &dest.rate {
+            Some(bucket) if room > 0 => match bucket.take_up_to(room) {
+                Ok(n) => n,
+                Err(next_token) if made.is_empty() => {
+                    tokio::select! {
+                        Some(done) = sending.join_next(), if !sending.is_empty() => sort(done, &mut made, &mut unsent),
+                        _ = tokio::time::sleep(next_token) => {}
+                        _ = shutdown.cancelled(), if !stopping => {}
+                    }
+                    continue;
+                }
+                Err(_) => 0,
+            },
+            _ => room,
+        };
         let max_bytes = BATCH_BYTES.saturating_sub(held.bytes());
         let claim = (room > 0).then(|| Claim {
             route: dest.route.clone(),
@@ -159,6 +179,9 @@ async fn run_parallel(
                     .iter()
                     .map(|d| d.message.body.len() as u64)
                     .sum();
+                if let Some(bucket) = &dest.rate {
+                    bucket.give_back(room.saturating_sub(recorded.due.len()));
+                }
                 if room > 0 && recorded.due.len() < room && bytes < max_bytes {
                     drained = true;
                     look_again = Instant::now()
@@ -167,6 +190,9 @@ async fn run_parallel(
                 start(&dest, &limit, &shutdown, &held, recorded.due, &mut sending);
             }
             Err(e) => {
+                if let Some(bucket) = &dest.rate {
+                    bucket.give_back(room);
+                }
                 tracing::error!(route = %dest.route, destination = %dest.name, error = %e,
                     "cannot record attempts or claim deliveries; recording the attempts one by one");
                 for m in made.drain(..) {
@@ -312,6 +338,12 @@ async fn run_fifo(dest: Arc<Destination>, store: Arc<dyn Processing>, shutdown: 
                 _ = tokio::time::sleep(wait_for) => {}
             }
             continue;
+        }
+        if let Some(bucket) = &dest.rate {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = bucket.acquire() => {}
+            }
         }
         attempt(&dest, store.as_ref(), head).await;
     }

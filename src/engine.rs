@@ -430,6 +430,10 @@ impl Engine {
         intake.replies = running.replies.clone();
         intake.index = running.index.clone();
         intake.dedupe = route.dedupe.clone();
+        intake.throttle = route
+            .throttle
+            .as_ref()
+            .map(|t| Arc::new(crate::throttle::Bucket::new(t.rate, t.burst)));
         // One write per message: the steps run at intake and their outcome is committed with
         // the message. A split may be long (and makes many messages): such routes store first
         // and process after.
@@ -675,6 +679,11 @@ fn build(route: &Route, listeners: &Arc<Listeners>) -> anyhow::Result<RunningRou
                 on_error: route.on_error.delivery,
                 dead_letter: dead_letter.clone().map(|n| (n, dead_letter_wake.clone())),
                 wake,
+                rate: spec
+                    .config
+                    .delivery()
+                    .rate
+                    .map(|rate| crate::throttle::Bucket::new(rate, spec.config.delivery().burst)),
             }),
         );
     }

@@ -111,6 +111,16 @@ pub fn details_text(d: &Details) -> String {
             indent(&String::from_utf8_lossy(b), 4000)
         );
     }
+    if let Some(after) = d.out_headers.as_ref().filter(|h| **h != m.headers) {
+        let _ = writeln!(out, "headers after the steps");
+        for (k, v) in after.iter().filter(|(k, v)| m.headers.get(*k) != Some(v)) {
+            let _ = writeln!(out, "  {k}: {v}");
+        }
+        for k in m.headers.keys().filter(|k| !after.contains_key(*k)) {
+            let _ = writeln!(out, "  {k}: (removed)");
+        }
+        let _ = writeln!(out);
+    }
     let _ = writeln!(out, "transitions");
     for t in &d.transitions {
         let _ = writeln!(

@@ -1,5 +1,6 @@
 //! Integration patterns end to end through the real binary, real HTTP on 127.0.0.1 and a real
-//! SQLite store: the idempotent receiver (`dedupe`).
+//! SQLite store: the idempotent receiver (`dedupe`), a destination's `rate` and a route's
+//! `throttle`, the content enricher (`enrich`) against a real HTTP service.
 
 mod common;
 
@@ -58,7 +59,7 @@ const QUOTES: &str = r#"from:
   http: { listen: 127.0.0.1:0, paths: [/quote], response: reply }
 dedupe: { key: 'headers["http.header.idempotency-key"]', window: 10m }
 steps:
-  - transform: { script: '#{ price: 42 }' }
+  - transform: { script: 'body = #{ price: 42 }' }
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,4 +192,198 @@ fn wait_for_new_listener(ws: &Workspace, route: &str, old: &str) -> String {
         found.is_some()
     });
     found.unwrap_or_else(|| panic!("route {route} did not listen again"))
+}
+
+const PACED: &str = r#"from:
+  http: { listen: 127.0.0.1:0, paths: [/in] }
+to:
+  - file: { path: fast, name: "{{id}}.txt" }
+  - file:
+      path: slow
+      name: "{{id}}.txt"
+      delivery: { rate: 5/s, burst: 1 }
+"#;
+
+const GATED: &str = r#"from:
+  http: { listen: 127.0.0.1:0, paths: [/in] }
+throttle: { rate: 10/s, burst: 1 }
+to:
+  - file: { path: gated, name: "{{id}}.txt" }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_rate_and_a_route_throttle_hold_without_slowing_anything_else() {
+    let ws = Workspace::new();
+    ws.write_route("paced.yaml", PACED);
+    ws.write_route("gated.yaml", GATED);
+    let engine = ws.start();
+    let paced = format!("http://{}/in", listen_addr(&ws, "paced"));
+    let gated = format!("http://{}/in", listen_addr(&ws, "gated"));
+
+    // A destination at 5/s with a burst of 1: 20 deliveries take at least 19/5 s, while the
+    // route's other destination has all 20 at once.
+    let started = std::time::Instant::now();
+    for i in 0..20 {
+        assert_eq!(post(&paced, &format!("{{\"n\": {i}}}")).await.0, 202);
+    }
+    assert!(wait_until(Duration::from_secs(20), || ws
+        .files("fast")
+        .len()
+        == 20));
+    let slow_then = ws.files("slow").len();
+    assert!(
+        slow_then < 20,
+        "the paced destination kept up with the other one"
+    );
+    assert!(wait_until(Duration::from_secs(30), || ws
+        .files("slow")
+        .len()
+        == 20));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(3_700),
+        "20 deliveries at 5/s took only {took:?}"
+    );
+
+    // A route taking in at most 10/s with a burst of 1: the 11th acknowledgement comes a
+    // second after the first at the earliest; nothing is lost on the way.
+    let started = std::time::Instant::now();
+    for i in 0..11 {
+        assert_eq!(post(&gated, &format!("{{\"n\": {i}}}")).await.0, 202);
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(950),
+        "11 messages through a 10/s throttle in {took:?}"
+    );
+    assert!(wait_until(Duration::from_secs(20), || ws
+        .files("gated")
+        .len()
+        == 11));
+    engine.stop();
+}
+
+/// A customer service answering 503 once (retried inside the step), then 200, then 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrich_merges_an_answer_retries_a_transient_failure_caches_and_fails_on_404() {
+    let crm = common::net::HttpSink::start(vec![503, 200, 404]).await;
+    let ws = Workspace::new();
+    ws.write_route(
+        "enriched.yaml",
+        &format!(
+            r#"from:
+  http: {{ listen: 127.0.0.1:0, paths: [/orders], content: json }}
+steps:
+  - enrich:
+      url: "http://{}/customers/{{{{body.customer}}}}"
+      headers: {{ authorization: "Bearer crm-token" }}
+      into: customer_record
+      cache: {{ ttl: 1m }}
+to:
+  - file: {{ path: outbox, name: "{{{{id}}}}.json" }}
+"#,
+            crm.addr
+        ),
+    );
+    let engine = ws.start();
+    let orders = format!("http://{}/orders", listen_addr(&ws, "enriched"));
+    let read = |id: &serde_json::Value| -> serde_json::Value {
+        let path = ws.path(&format!("outbox/{}.json", id.as_str().unwrap()));
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+
+    let (_, first) = post(&orders, r#"{"customer": "c-1", "total": 10}"#).await;
+    assert!(wait_until(Duration::from_secs(20), || ws
+        .count("delivered")
+        == 1));
+    let out = read(&first["id"]);
+    assert_eq!(out["customer_record"], "answer 2", "{out}");
+    assert_eq!(out["total"], 10);
+    // The same customer again: from the cache, no call.
+    let (_, second) = post(&orders, r#"{"customer": "c-1", "total": 20}"#).await;
+    assert!(wait_until(Duration::from_secs(20), || ws
+        .count("delivered")
+        == 2));
+    assert_eq!(read(&second["id"])["customer_record"], "answer 2");
+    // A customer the service does not know: the message fails, saying what was called.
+    let (_, unknown) = post(&orders, r#"{"customer": "c/9", "total": 30}"#).await;
+    assert!(wait_until(Duration::from_secs(20), || ws.count("failed") == 1));
+    let error = ws.query_pairs(&format!(
+        "SELECT error, 1 FROM messages WHERE id = '{}'",
+        unknown["id"].as_str().unwrap()
+    ));
+    let error = error.keys().next().unwrap();
+    assert!(
+        error.contains(&format!(
+            "steps[0].enrich: GET http://{}/customers/c%2F9 answered HTTP 404: answer 3",
+            crm.addr
+        )),
+        "{error}"
+    );
+    let calls = crm.requests();
+    let paths: Vec<&str> = calls.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["/customers/c-1", "/customers/c-1", "/customers/c%2F9"],
+        "a 503 tried again, the cached answer not asked for"
+    );
+    assert_eq!(calls[0].header("authorization"), Some("Bearer crm-token"));
+    // The call is recorded with the message's headers.
+    let shown = ws.run(&["messages", "show", first["id"].as_str().unwrap()]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("headers after the steps")
+            && shown.contains("  enrich.customer_record.status: 200"),
+        "{shown}"
+    );
+    engine.stop();
+    crm.stop();
+}
+
+/// Request-reply through a backend: the caller's request mapped, POSTed to the backend, its
+/// answer mapped back and returned to the caller; a backend that keeps failing is a 422 with
+/// the backend's answer, after the step's tries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_route_answers_with_a_backends_answer_transformed_both_ways() {
+    let backend = common::net::HttpSink::start(vec![200, 500]).await;
+    let ws = Workspace::new();
+    ws.write_route(
+        "pricing.yaml",
+        &format!(
+            r#"from:
+  http: {{ listen: 127.0.0.1:0, paths: [/price], content: json, response: reply }}
+steps:
+  - map: {{ fields: {{ sku: item, qty: amount }} }}
+  - enrich: {{ url: "http://{}/prices", method: POST, send: $, into: $, retry: {{ backoff: 10ms }} }}
+  - transform: {{ script: 'body = #{{ quote: body, currency: "EUR" }}' }}
+"#,
+            backend.addr
+        ),
+    );
+    let engine = ws.start();
+    let url = format!("http://{}/price", listen_addr(&ws, "pricing"));
+    let (status, answer) = post(&url, r#"{"item": "A-7", "amount": 3}"#).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer,
+        serde_json::json!({ "quote": "answer 1", "currency": "EUR" })
+    );
+    let sent = &backend.requests()[0];
+    assert_eq!(
+        (sent.method.as_str(), sent.path.as_str()),
+        ("POST", "/prices")
+    );
+    let sent: serde_json::Value = serde_json::from_slice(&sent.body).unwrap();
+    assert_eq!(sent, serde_json::json!({ "sku": "A-7", "qty": 3 }));
+
+    let (status, answer) = post(&url, r#"{"item": "B-1", "amount": 1}"#).await;
+    assert_eq!(status, 422, "{answer}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(
+        error.contains("HTTP 500: answer 4 (after 3 tries)"),
+        "{error}"
+    );
+    assert_eq!(backend.requests().len(), 4);
+    engine.stop();
+    backend.stop();
 }

@@ -65,6 +65,10 @@ pub struct RouteFile {
     /// within the window is recorded as `duplicate` and not processed.
     #[serde(default)]
     pub dedupe: Option<DedupeConfig>,
+    /// At most this many messages taken in per time; a sender beyond it waits for its
+    /// acknowledgement (backpressure), nothing is buffered.
+    #[serde(default)]
+    pub throttle: Option<ThrottleConfig>,
     /// How many messages of this route run through the steps at the same time (default 4;
     /// 1 when a destination is `fifo`).
     #[serde(default)]
@@ -89,6 +93,18 @@ impl DedupeConfig {
     fn default_window() -> values::Duration {
         values::Duration::from_secs(24 * 3600)
     }
+}
+
+/// The route's `throttle` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottleConfig {
+    /// Messages per time: `100/s`, `600/min`.
+    pub rate: values::Rate,
+    /// Messages that may come in at once after a quiet spell (default: a second's worth of
+    /// `rate`, at least 1).
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 /// A route's `dedupe` key, compiled.
@@ -221,6 +237,7 @@ pub struct Route {
     pub index: Arc<Index>,
     /// The compiled `dedupe:` key.
     pub dedupe: Option<Arc<Dedupe>>,
+    pub throttle: Option<ThrottleConfig>,
     pub concurrency: usize,
     /// The first step, when it is a split: adapters that read streams (files) split while
     /// they read, so a large input is never loaded whole.
@@ -552,6 +569,7 @@ pub fn load_file(path: &Path, endpoints: &Endpoints) -> Result<Route, Vec<Diagno
         retention: file.retention,
         index: Arc::new(index),
         dedupe,
+        throttle: file.throttle,
         // Strict FIFO delivery needs the steps to finish in arrival order.
         concurrency: if fifo { 1 } else { concurrency },
     })

@@ -31,6 +31,48 @@ impl<'de> Deserialize<'de> for Duration {
     }
 }
 
+/// A rate: a number of messages per time, `20/s`, `600/min`, `5/h`, `3/10s`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub count: f64,
+    pub per: std::time::Duration,
+}
+
+impl Rate {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!("bad rate `{text}`: {why}; write a number per time, for example `20/s`, `600/min` or `5/h`")
+        };
+        let (count, per) = text.trim().split_once('/').ok_or_else(|| bad("no `/`"))?;
+        let count: f64 = count
+            .trim()
+            .parse()
+            .map_err(|_| bad("the count is not a number"))?;
+        let per = per.trim();
+        // `/s` means one second; `/10s` ten.
+        let per = if per.starts_with(|c: char| c.is_ascii_digit()) {
+            per.to_string()
+        } else {
+            format!("1{per}")
+        };
+        let per = humantime::parse_duration(&per).map_err(|_| bad("unknown time unit"))?;
+        if !(count > 0.0 && count.is_finite()) || per.is_zero() {
+            return Err(bad("it must be more than nothing"));
+        }
+        Ok(Rate { count, per })
+    }
+
+    pub fn per_second(&self) -> f64 {
+        self.count / self.per.as_secs_f64()
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Rate::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A size in bytes: a plain number or a number with a unit (`512KiB`, `64MiB`, `1GB`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
@@ -145,5 +187,17 @@ mod tests {
         assert_eq!(d.0.as_secs(), 90);
         let e = serde_yaml::from_str::<Duration>("5 sec0nds").unwrap_err();
         assert!(e.to_string().contains("bad duration"), "{e}");
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(Rate::parse("20/s").unwrap().per_second(), 20.0);
+        assert_eq!(Rate::parse("600/min").unwrap().per_second(), 10.0);
+        assert_eq!(Rate::parse("3 / 10s").unwrap().per_second(), 0.3);
+        assert_eq!(Rate::parse("0.5/s").unwrap().per_second(), 0.5);
+        for bad in ["20", "0/s", "-1/s", "x/s", "5/fortnight", "5/0s"] {
+            let e = Rate::parse(bad).unwrap_err();
+            assert!(e.contains("bad rate") && e.contains("20/s"), "{bad}: {e}");
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! by `switchyard check`, and nothing is compiled per message. Building has no side effects.
 
 pub mod csv_to_json;
+pub mod enrich;
 pub mod filter;
 pub mod fixed_width;
 pub mod hl7;
@@ -55,6 +56,8 @@ pub enum StepConfig {
     Split(split::Config),
     /// Parses HL7 v2, sets headers from MSH, optionally maps the body to JSON.
     Hl7(hl7::Config),
+    /// Calls an HTTP endpoint and puts its answer into the JSON body.
+    Enrich(enrich::Config),
 }
 
 /// What building a step may need: where the route file is, for relative file names.
@@ -110,6 +113,7 @@ impl StepConfig {
             StepConfig::Filter(_) => "filter",
             StepConfig::Split(_) => "split",
             StepConfig::Hl7(_) => "hl7",
+            StepConfig::Enrich(_) => "enrich",
         }
     }
 
@@ -136,12 +140,13 @@ impl StepConfig {
             StepConfig::Filter(c) => Arc::new(c.build(cx)?),
             StepConfig::Split(c) => Arc::new(c.build()?),
             StepConfig::Hl7(c) => Arc::new(c.build()?),
+            StepConfig::Enrich(c) => Arc::new(c.build()?),
         })
     }
 }
 
-/// A running step. Steps are synchronous, CPU-bound and never block on I/O; the engine runs
-/// them on blocking threads.
+/// A running step. Steps are synchronous and CPU-bound — but for `enrich`, which waits for
+/// its HTTP answer — and the engine runs them on blocking threads.
 pub trait Step: Send + Sync {
     fn apply(&self, msg: &mut Message) -> Result<(), StepError>;
 

@@ -332,6 +332,8 @@ pub struct Intake {
     /// The route's `dedupe` key: a message whose key was seen within the window is a
     /// duplicate.
     pub(crate) dedupe: Option<Arc<crate::route::Dedupe>>,
+    /// The route's `throttle`: each message taken in takes a token, waiting for one.
+    pub(crate) throttle: Option<Arc<crate::throttle::Bucket>>,
 }
 
 /// A message's result after its steps, for adapters that answer with it.
@@ -395,6 +397,7 @@ impl Intake {
             index: Arc::new(crate::route::Index::default()),
             steps: None,
             dedupe: None,
+            throttle: None,
         }
     }
 
@@ -652,6 +655,9 @@ impl Intake {
         key: Option<(String, String)>,
         at: &At,
     ) -> Result<Submitted, StoreError> {
+        if let Some(throttle) = &self.throttle {
+            throttle.acquire().await;
+        }
         let mut keys: Vec<Key> = key.into_iter().map(|(n, v)| Key::sender(n, v)).collect();
         if let Some(dedupe) = &self.dedupe {
             match dedupe.key(&msg) {

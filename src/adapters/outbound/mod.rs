@@ -181,6 +181,12 @@ pub struct DeliveryConfig {
     pub ordering: Option<Ordering>,
     /// Retry policy for failed deliveries.
     pub retry: RetryConfig,
+    /// At most this many attempts per time (`20/s`, `600/min`), retries included; what is
+    /// due beyond it waits in the store. Per node.
+    pub rate: Option<crate::route::values::Rate>,
+    /// Attempts that may go at once after a quiet spell (default: a second's worth of
+    /// `rate`, at least 1).
+    pub burst: Option<u32>,
 }
 
 impl Default for DeliveryConfig {
@@ -189,6 +195,8 @@ impl Default for DeliveryConfig {
             concurrency: 4,
             ordering: None,
             retry: RetryConfig::default(),
+            rate: None,
+            burst: None,
         }
     }
 }
