@@ -26,6 +26,33 @@ enum Part {
     Header(String),
 }
 
+/// Splits `source` into its text and its `{{name}}` placeholders, made into parts by `text`
+/// and `placeholder` (which gets the trimmed name). Shared with templates of other
+/// placeholders (`enrich`'s URL).
+pub fn split<P>(
+    source: &str,
+    text: impl Fn(String) -> P,
+    mut placeholder: impl FnMut(&str) -> Result<P, String>,
+) -> Result<Vec<P>, String> {
+    let mut parts = Vec::new();
+    let mut rest = source;
+    while let Some(start) = rest.find("{{") {
+        if start > 0 {
+            parts.push(text(rest[..start].to_string()));
+        }
+        let after = &rest[start + 2..];
+        let end = after.find("}}").ok_or_else(|| {
+            format!("template `{source}` has a `{{{{` that is never closed with `}}}}`")
+        })?;
+        parts.push(placeholder(after[..end].trim())?);
+        rest = &after[end + 2..];
+    }
+    if !rest.is_empty() {
+        parts.push(text(rest.to_string()));
+    }
+    Ok(parts)
+}
+
 /// A parsed template; render it with [`Template::render`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
@@ -46,18 +73,8 @@ const PLACEHOLDERS: &[&str] = &[
 
 impl Template {
     pub fn parse(source: &str) -> Result<Template, String> {
-        let mut parts = Vec::new();
-        let mut rest = source;
-        while let Some(start) = rest.find("{{") {
-            if start > 0 {
-                parts.push(Part::Text(rest[..start].to_string()));
-            }
-            let after = &rest[start + 2..];
-            let end = after.find("}}").ok_or_else(|| {
-                format!("template `{source}` has a `{{{{` that is never closed with `}}}}`")
-            })?;
-            let name = after[..end].trim();
-            parts.push(match name {
+        let parts = split(source, Part::Text, |name| {
+            Ok(match name {
                 "id" => Part::Id,
                 "route" => Part::Route,
                 "original_name" => Part::OriginalName,
@@ -77,12 +94,8 @@ impl Template {
                         PLACEHOLDERS.join(", ")
                     ));
                 }
-            });
-            rest = &after[end + 2..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Text(rest.to_string()));
-        }
+            })
+        })?;
         Ok(Template {
             source: source.to_string(),
             parts,

@@ -65,11 +65,15 @@ impl Config {
     }
 }
 
+/// Written `GET` / `POST` as the HTTP destination's `method`, or `get` / `post` as
+/// `http_poll`'s.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Method {
     #[default]
+    #[serde(alias = "get")]
     Get,
+    #[serde(alias = "post")]
     Post,
 }
 
@@ -186,27 +190,12 @@ impl Config {
 }
 
 fn parse_url(source: &str) -> Result<Vec<Part>, String> {
-    let mut parts = Vec::new();
-    let mut rest = source;
-    while let Some(start) = rest.find("{{") {
-        if start > 0 {
-            parts.push(Part::Text(rest[..start].to_string()));
-        }
-        let after = &rest[start + 2..];
-        let end = after
-            .find("}}")
-            .ok_or_else(|| format!("url `{source}` has a `{{{{` that is never closed"))?;
-        let name = after[..end].trim();
-        parts.push(match name.strip_prefix("body.") {
+    crate::template::split(source, Part::Text, |name| {
+        Ok(match name.strip_prefix("body.") {
             Some(path) => Part::Body(parse_path(path).map_err(|e| format!("url: {e}"))?),
             None => Part::Template(Template::parse(&format!("{{{{{name}}}}}"))?),
-        });
-        rest = &after[end + 2..];
-    }
-    if !rest.is_empty() {
-        parts.push(Part::Text(rest.to_string()));
-    }
-    Ok(parts)
+        })
+    })
 }
 
 /// Percent-encodes all but the unreserved characters: a value is one path segment or query
