@@ -107,6 +107,8 @@ struct RunningRoute {
     /// No destination at all (an HTTP `reply` route that only answers): a message is done,
     /// `delivered`, once its steps are, instead of `unrouted`.
     replies_only: bool,
+    /// Wakes the route's aggregator when a member joined its group.
+    joined: Arc<Notify>,
 }
 
 impl RunningRoute {
@@ -408,6 +410,17 @@ impl Engine {
             );
             tasks.spawn(async move { schedule(&r, tx, store.as_ref(), &stop).await });
         }
+        if let Some(step) = route.aggregate.clone() {
+            let aggregator = crate::aggregator::Aggregator {
+                route: route.id.clone(),
+                version: route.version.clone(),
+                step,
+                index: running.index.clone(),
+                joined: running.joined.clone(),
+                scheduled: running.scheduled.clone(),
+            };
+            tasks.spawn(aggregator.run(self.store.clone(), stop.clone()));
+        }
         let mut intake = Intake::new(&route.id, &route.version, self.store.clone(), tx);
         intake.wire_taps = running
             .destinations
@@ -703,6 +716,7 @@ fn build(route: &Route, listeners: &Arc<Listeners>) -> anyhow::Result<RunningRou
             .destinations
             .iter()
             .any(|d| d.kind == DeliveryKind::Main),
+        joined: Arc::new(Notify::new()),
     })
 }
 
@@ -875,6 +889,11 @@ fn decide(route: &RunningRoute, work: Pending, started: Instant) -> Decision {
             on_step_error(route, &work, error, route.on_error.transform)
         }
         (Outcome::Filtered(reason), _) => Processed::Filtered { reason },
+        (Outcome::Aggregate(join), _) => Processed::Aggregate {
+            headers: current.headers.clone(),
+            body: current.body.clone(),
+            join,
+        },
         (
             Outcome::Split {
                 children,
@@ -966,6 +985,9 @@ fn recorded(route: &Arc<RunningRoute>, after: After, state: MessageState) {
     }
     if after.rescheduled {
         route.scheduled.notify_one();
+    }
+    if state == MessageState::Aggregating {
+        route.joined.notify_one();
     }
     if let (Some(error), MessageState::Failed) = (after.failure, state) {
         let (route, original) = (route.clone(), after.original);

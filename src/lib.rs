@@ -8,6 +8,7 @@
 
 pub mod adapters;
 pub mod admin;
+pub mod aggregator;
 pub mod cli;
 pub mod codec;
 pub mod convert;

@@ -104,9 +104,19 @@ pub async fn compare(
 /// What the route did with a stored message, or why it cannot be compared.
 async fn before(store: &dyn Store, d: &Details) -> Result<Result<Outcome, String>, String> {
     let error = || d.message.error.clone().unwrap_or_default();
+    if d.message.headers.contains_key("aggregate.key") {
+        return Ok(Err(
+            "made by an aggregate group, not received from a sender".into(),
+        ));
+    }
     Ok(Ok(match d.message.state {
         MessageState::Received => return Ok(Err("still in its steps".into())),
         MessageState::Duplicate => return Ok(Err("a duplicate, never processed".into())),
+        MessageState::Aggregating | MessageState::Aggregated => {
+            return Ok(Err(
+                "a member of an aggregate group (groups are not combined again here)".into(),
+            ))
+        }
         MessageState::Failed => Outcome::Failed(error()),
         MessageState::Filtered => Outcome::Filtered(error()),
         MessageState::Unrouted => Outcome::Unrouted,
@@ -161,6 +171,9 @@ fn after(candidate: &Route, d: &Details) -> Outcome {
         End::Filtered(reason) => Outcome::Filtered(reason),
         End::Failed(error) => Outcome::Failed(error),
         End::Split(children) => Outcome::Split(children.len()),
+        End::Aggregated { key, .. } => {
+            Outcome::Failed(format!("joins the aggregate group of key `{key}`"))
+        }
     }
 }
 

@@ -71,6 +71,10 @@ pub struct Expect {
     /// The route's `dedupe` key of the input (checked before the steps, as at intake).
     #[serde(default)]
     pub dedupe_key: Option<String>,
+    /// The message must join the aggregate group of this key (the `aggregate` step). A test
+    /// runs one message, so the group's combined message is not run.
+    #[serde(default)]
+    pub aggregate_key: Option<String>,
 }
 
 /// Where a message ended up in a simulated run.
@@ -87,6 +91,11 @@ pub enum End {
     Failed(String),
     /// Each child's own end, in order.
     Split(Vec<End>),
+    /// Joined the aggregate group of `key` (and completes it, by `when`).
+    Aggregated {
+        key: String,
+        closes: bool,
+    },
 }
 
 /// Runs `msg` through the route's steps from `from` and through routing, as the engine
@@ -110,6 +119,10 @@ pub fn simulate(
                 .map(|c| simulate(route, c, resume_at, &mut |_, _| {}))
                 .collect(),
         ),
+        Outcome::Aggregate(join) => End::Aggregated {
+            key: join.key,
+            closes: join.closes,
+        },
         Outcome::Done => match route.router.destinations(&out) {
             Err(e) => End::Failed(e),
             Ok(d) if d.is_empty() => End::Unrouted { msg: out },
@@ -206,6 +219,18 @@ fn describe_end(end: &End, out: &mut String, prefix: &str) -> bool {
         End::Failed(e) => {
             let _ = writeln!(out, "{prefix}result: failed: {e}");
             false
+        }
+        End::Aggregated { key, closes } => {
+            let _ = writeln!(
+                out,
+                "{prefix}result: joins the aggregate group of key `{key}`{}",
+                if *closes {
+                    " and completes it (`when`)"
+                } else {
+                    ""
+                }
+            );
+            true
         }
         End::Split(children) => {
             let _ = writeln!(
@@ -367,6 +392,15 @@ fn run_case(route: &Route, base: &Path, case: &Case) -> Result<(), String> {
             return Err(format!(
                 "expected a failure containing `{wanted}`, but the steps succeeded"
             ))
+        }
+        (End::Aggregated { key, .. }, _) => {
+            return match &expect.aggregate_key {
+                Some(w) if *w == key => Ok(()),
+                Some(w) => Err(format!("joins the group of key `{key}`, not `{w}`")),
+                None => Err(format!(
+                    "the message joins the aggregate group of key `{key}`; expect `aggregate_key: {key}` (a test runs one message, not its group)"
+                )),
+            };
         }
         (End::Filtered(reason), _) => {
             return match &expect.filtered {

@@ -1506,6 +1506,249 @@ async fn dedupe_keys_count_within_their_window_and_not_after_a_failure(b: &Backe
     store.close().await.unwrap();
 }
 
+/// A member of an aggregate group: committed with its steps' outcome, as the intake does.
+async fn join(store: &Arc<dyn Store>, key: &str, body: &str, rule: &Join) -> Uuid {
+    let (m, mut ins) = insert("ag", "as received");
+    ins.index.clear();
+    let result = Processed::Aggregate {
+        headers: Headers::new(),
+        body: Bytes::from(body.to_string()),
+        join: Join {
+            key: key.into(),
+            ..rule.clone()
+        },
+    };
+    let stored = store
+        .insert_processed(ins, vec![step()], result, Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(stored, Stored::Processed(MessageState::Aggregating));
+    m.id
+}
+
+fn combined(group: &Group) -> Insert {
+    let (mut m, mut ins) = insert("ag", "[1,2,3]");
+    m.id = group.id;
+    ins.msg = m;
+    ins.index.clear();
+    ins.scheduled = true;
+    ins.resume_step = 2;
+    ins
+}
+
+async fn aggregate_groups_complete_once_and_become_one_message(b: &Backend) {
+    let store = b.open("node-a", LEASE).await;
+    let rule = Join {
+        key: String::new(),
+        closes: false,
+        count: Some(3),
+        size: 1 << 20,
+        timeout: None,
+        idle: None,
+    };
+    // By count: the third member completes the group; a fourth opens the next one.
+    let mut members = Vec::new();
+    for i in 0..3 {
+        members.push(join(&store, "A", &format!("a{i}"), &rule).await);
+    }
+    let next_a = join(&store, "A", "a3", &rule).await;
+    let other = b.other_node("node-b", LEASE).await;
+    let groups = store
+        .take_groups("ag", SystemTime::now(), 10)
+        .await
+        .unwrap();
+    assert_eq!(groups.ready.len(), 1);
+    let g = &groups.ready[0];
+    assert_eq!((g.key.as_str(), g.completed_by.as_str()), ("A", "count"));
+    assert_eq!(
+        g.members.iter().map(|m| m.id).collect::<Vec<_>>(),
+        members,
+        "members oldest first"
+    );
+    let bodies: Vec<&[u8]> = g.members.iter().map(|m| &m.body[..]).collect();
+    assert_eq!(bodies, [b"a0", b"a1", b"a2"], "as the steps left them");
+    assert_eq!(
+        store.message(next_a).await.unwrap().unwrap().state,
+        MessageState::Aggregating
+    );
+    // Claimed by node-a: node-b neither gets it nor can emit it.
+    assert!(other
+        .take_groups("ag", SystemTime::now(), 10)
+        .await
+        .unwrap()
+        .ready
+        .is_empty());
+    assert!(!other.emit_group(g.id, combined(g)).await.unwrap());
+    // Retention never takes a member still waiting in its group.
+    let all = Retention {
+        max_messages: Some(0),
+        ..Default::default()
+    };
+    store.prune("ag", &all, 100).await.unwrap();
+    assert!(store.message(next_a).await.unwrap().is_some());
+
+    assert!(store.emit_group(g.id, combined(g)).await.unwrap());
+    assert!(
+        !store.emit_group(g.id, combined(g)).await.unwrap(),
+        "a group is emitted once"
+    );
+    let made = store.message(g.id).await.unwrap().unwrap();
+    assert_eq!(made.state, MessageState::Received);
+    let due = store
+        .take_scheduled("ag", SystemTime::now(), 10)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!((due[0].msg.id, due[0].resume_step), (g.id, 2));
+    let found = store
+        .search(&Search {
+            field: Some(("aggregate".into(), g.id.to_string())),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 3, "members found by their group's id");
+    for m in found {
+        assert_eq!(m.state, MessageState::Aggregated);
+        assert!(m.error.unwrap().contains(&g.id.to_string()));
+    }
+    let details = store.details(g.id).await.unwrap().unwrap();
+    assert!(
+        details.transitions.iter().any(|t| t
+            .detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("combined from the 3 members")),
+        "{:?}",
+        details.transitions
+    );
+
+    // By `when`, by size, by timeout and by idle time.
+    let when = Join {
+        closes: true,
+        count: None,
+        ..rule.clone()
+    };
+    join(&store, "W", "w", &when).await;
+    let size = Join {
+        count: None,
+        size: 10,
+        ..rule.clone()
+    };
+    join(&store, "S", "123456", &size).await;
+    join(&store, "S", "123456", &size).await;
+    let timed = Join {
+        count: None,
+        timeout: Some(Duration::from_millis(300)),
+        idle: Some(Duration::from_secs(60)),
+        ..rule.clone()
+    };
+    join(&store, "T", "t", &timed).await;
+    let idle = Join {
+        count: None,
+        idle: Some(Duration::from_millis(200)),
+        ..rule.clone()
+    };
+    join(&store, "I", "i", &idle).await;
+    join(&store, "I", "i", &idle).await;
+    let now = store
+        .take_groups("ag", SystemTime::now(), 10)
+        .await
+        .unwrap();
+    let mut by: Vec<(String, String)> = now
+        .ready
+        .iter()
+        .map(|g| (g.key.clone(), g.completed_by.clone()))
+        .collect();
+    by.sort();
+    assert_eq!(
+        by,
+        [("S".into(), "size".into()), ("W".into(), "when".into())]
+    );
+    let next = now.next_due.expect("open groups time out");
+    assert!(next <= SystemTime::now() + Duration::from_millis(300));
+    for g in &now.ready {
+        assert!(store.emit_group(g.id, combined(g)).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let later = store
+        .take_groups("ag", SystemTime::now(), 10)
+        .await
+        .unwrap();
+    let mut by: Vec<(String, String, usize)> = later
+        .ready
+        .iter()
+        .map(|g| (g.key.clone(), g.completed_by.clone(), g.members.len()))
+        .collect();
+    by.sort();
+    assert_eq!(
+        by,
+        [
+            ("I".into(), "idle".into(), 2),
+            ("T".into(), "timeout".into(), 1)
+        ]
+    );
+
+    // A member whose steps ran after its commit joins through the same write.
+    let (m, ins) = insert("ag", "stored first");
+    store.insert(vec![ins]).await.unwrap();
+    let state = store
+        .finish_steps(
+            m.id,
+            vec![step()],
+            Processed::Aggregate {
+                headers: Headers::new(),
+                body: Bytes::from_static(b"late"),
+                join: Join {
+                    key: "L".into(),
+                    closes: true,
+                    ..rule.clone()
+                },
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(state, Some(MessageState::Aggregating));
+
+    // Members of one key committed by two nodes at once: every group has exactly `count`.
+    let stores = [store.clone(), other.clone()];
+    let four = Join {
+        count: Some(4),
+        ..rule.clone()
+    };
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let (store, four) = (stores[i % 2].clone(), four.clone());
+            tokio::spawn(async move { join(&store, "C", &format!("c{i}"), &four).await })
+        })
+        .collect();
+    let mut sent = std::collections::BTreeSet::new();
+    for t in tasks {
+        sent.insert(t.await.unwrap());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut groups = 0;
+    loop {
+        let page = store.take_groups("ag", SystemTime::now(), 3).await.unwrap();
+        if page.ready.is_empty() {
+            break;
+        }
+        for g in page.ready.iter().filter(|g| g.key == "C") {
+            assert_eq!(g.members.len(), 4, "group {} of key C", g.id);
+            seen.extend(g.members.iter().map(|m| m.id));
+            groups += 1;
+        }
+        for g in &page.ready {
+            assert!(store.emit_group(g.id, combined(g)).await.unwrap());
+        }
+    }
+    assert_eq!(groups, 10);
+    assert_eq!(seen, sent, "every member in exactly one group");
+    other.close().await.unwrap();
+    store.close().await.unwrap();
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -1550,6 +1793,7 @@ conformance!(
     search_by_time_range_state_and_route_newest_first,
     positions_are_committed_with_their_message,
     queues_counts_and_console_searches,
+    aggregate_groups_complete_once_and_become_one_message,
 );
 
 /// Needs no server: what an operator reads when the URL or the server is wrong.

@@ -242,6 +242,9 @@ pub struct Route {
     /// The first step, when it is a split: adapters that read streams (files) split while
     /// they read, so a large input is never loaded whole.
     pub split_first: Option<Arc<Split>>,
+    /// The route's `aggregate` step (at most one) and its place: its aggregator combines
+    /// completed groups, which carry on from the step after it.
+    pub aggregate: Option<(usize, Arc<crate::steps::aggregate::Aggregate>)>,
 }
 
 impl Route {
@@ -414,6 +417,24 @@ pub fn load_file(path: &Path, endpoints: &Endpoints) -> Result<Route, Vec<Diagno
     let cx = BuildContext {
         dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
     };
+    let aggregates: Vec<usize> = file
+        .steps
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| matches!(c, StepConfig::Aggregate(_)))
+        .map(|(i, _)| i)
+        .collect();
+    if let [_, second, ..] = aggregates[..] {
+        let (line, column) = yaml::locate_list_item(&source, "steps", second).unwrap_or((1, 1));
+        problems.push(Diagnostic {
+            file: path.to_path_buf(),
+            line,
+            column,
+            message: format!(
+                "steps[{second}].aggregate: a route has at most one `aggregate` step; combine in one, or pass the combined messages on to another route"
+            ),
+        });
+    }
     let mut steps = Vec::new();
     for (i, config) in file.steps.iter().enumerate() {
         let name = format!("steps[{i}].{}", config.kind());
@@ -565,6 +586,10 @@ pub fn load_file(path: &Path, endpoints: &Endpoints) -> Result<Route, Vec<Diagno
             Some(StepConfig::Split(c)) => c.build().ok().map(Arc::new),
             _ => None,
         },
+        aggregate: aggregates.first().and_then(|&i| match &file.steps[i] {
+            StepConfig::Aggregate(c) => c.build(&cx).ok().map(|a| (i, Arc::new(a))),
+            _ => None,
+        }),
         on_error: file.on_error,
         retention: file.retention,
         index: Arc::new(index),

@@ -5,6 +5,7 @@
 //! loaded — scripts are compiled, schemas and lookup tables read — so every mistake is found
 //! by `switchyard check`, and nothing is compiled per message. Building has no side effects.
 
+pub mod aggregate;
 pub mod csv_to_json;
 pub mod enrich;
 pub mod filter;
@@ -58,6 +59,8 @@ pub enum StepConfig {
     Hl7(hl7::Config),
     /// Calls an HTTP endpoint and puts its answer into the JSON body.
     Enrich(enrich::Config),
+    /// Combines messages that share a key into one (a group kept in the store).
+    Aggregate(aggregate::Config),
 }
 
 /// What building a step may need: where the route file is, for relative file names.
@@ -114,6 +117,7 @@ impl StepConfig {
             StepConfig::Split(_) => "split",
             StepConfig::Hl7(_) => "hl7",
             StepConfig::Enrich(_) => "enrich",
+            StepConfig::Aggregate(_) => "aggregate",
         }
     }
 
@@ -141,6 +145,7 @@ impl StepConfig {
             StepConfig::Split(c) => Arc::new(c.build()?),
             StepConfig::Hl7(c) => Arc::new(c.build()?),
             StepConfig::Enrich(c) => Arc::new(c.build()?),
+            StepConfig::Aggregate(c) => Arc::new(c.build(cx)?),
         })
     }
 }
@@ -165,6 +170,9 @@ pub enum Flow {
     Filter(String),
     /// Replace the message with these children; they carry on from the next step.
     Split(Vec<Message>),
+    /// The message joins its aggregate group and ends here; the group carries on from the
+    /// next step once complete.
+    Aggregate(crate::store::Join),
 }
 
 /// The kind of error, for the route's `on_error` settings.
@@ -227,6 +235,8 @@ pub enum Outcome {
         children: Vec<Message>,
         resume_at: usize,
     },
+    /// An `aggregate` step took the message into its group.
+    Aggregate(crate::store::Join),
     /// A step failed: `steps[N].kind: reason`.
     Failed { error: String, class: ErrorClass },
 }
@@ -287,6 +297,7 @@ pub fn run_all(
                     },
                 )
             }
+            Flow::Aggregate(join) => return (current, runs, Outcome::Aggregate(join)),
         }
     }
     (current, runs, Outcome::Done)

@@ -49,10 +49,15 @@ pub enum MessageState {
     /// a message whose commit it never heard of, or the route's `dedupe` key was seen within
     /// its window): kept for the record, never processed.
     Duplicate,
+    /// Waiting in its `aggregate` group for the group to complete.
+    Aggregating,
+    /// Combined with the other members of its group into a new message (named in its
+    /// error text), which carries on in its place.
+    Aggregated,
 }
 
 impl MessageState {
-    pub const ALL: [MessageState; 9] = [
+    pub const ALL: [MessageState; 11] = [
         MessageState::Received,
         MessageState::Delivering,
         MessageState::Delivered,
@@ -62,6 +67,8 @@ impl MessageState {
         MessageState::Split,
         MessageState::Dead,
         MessageState::Duplicate,
+        MessageState::Aggregating,
+        MessageState::Aggregated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -75,6 +82,8 @@ impl MessageState {
             MessageState::Split => "split",
             MessageState::Dead => "dead",
             MessageState::Duplicate => "duplicate",
+            MessageState::Aggregating => "aggregating",
+            MessageState::Aggregated => "aggregated",
         }
     }
 
@@ -83,7 +92,10 @@ impl MessageState {
     }
 
     pub fn is_terminal(self) -> bool {
-        !matches!(self, MessageState::Received | MessageState::Delivering)
+        !matches!(
+            self,
+            MessageState::Received | MessageState::Delivering | MessageState::Aggregating
+        )
     }
 }
 
@@ -189,6 +201,51 @@ pub enum Processed {
     },
     /// A split step made these children; the parent is done.
     Split { children: Vec<Insert> },
+    /// An `aggregate` step took the message, as the steps before it left it, into the open
+    /// group of its key (opening one when there is none).
+    Aggregate {
+        headers: Headers,
+        body: Bytes,
+        join: Join,
+    },
+}
+
+/// A message's entry into its aggregate group, and when that group completes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Join {
+    /// The correlation key: messages of a route with the same key go into one group.
+    pub key: String,
+    /// This member completes its group (the step's `when` held).
+    pub closes: bool,
+    /// The group completes with this many members.
+    pub count: Option<u64>,
+    /// The group completes once its members' bodies reach this many bytes.
+    pub size: u64,
+    /// The group completes this long after its first member.
+    pub timeout: Option<Duration>,
+    /// The group completes when no member joined for this long.
+    pub idle: Option<Duration>,
+}
+
+/// A completed aggregate group, claimed by this node to be combined (see
+/// [`Processing::take_groups`]).
+#[derive(Debug, Clone)]
+pub struct Group {
+    /// Also the id of the message the group becomes.
+    pub id: Uuid,
+    pub key: String,
+    /// What completed it: `count`, `size`, `when`, `timeout` or `idle`.
+    pub completed_by: String,
+    /// Its members, oldest first, as the steps before the `aggregate` step left them.
+    pub members: Vec<Message>,
+}
+
+/// What [`Processing::take_groups`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Groups {
+    pub ready: Vec<Group>,
+    /// When the route's next open group times out, if one may.
+    pub next_due: Option<SystemTime>,
 }
 
 /// What [`Processing::insert_processed`] committed.
@@ -736,6 +793,17 @@ pub trait Processing: Send + Sync {
     /// if any, ended), if any is pending.
     async fn next_due(&self, route: &str, destination: &str) -> StoreResult<Option<SystemTime>>;
 
+    /// Completes the groups of `route` whose timeout passed by `now`, and claims up to `limit`
+    /// completed groups no live node holds, with their members: the route's aggregator
+    /// combines them and hands each back through [`Processing::emit_group`].
+    async fn take_groups(&self, route: &str, now: SystemTime, limit: usize) -> StoreResult<Groups>;
+
+    /// Commits what a claimed group became — a new message whose id is the group's, with
+    /// the members as its links — and ends the group and its members (`aggregated`), in one
+    /// transaction. False, with nothing written, when this node no longer holds the group
+    /// (its claim ran out and another node emitted it): a group becomes one message, once.
+    async fn emit_group(&self, group: Uuid, combined: Insert) -> StoreResult<bool>;
+
     /// Sets a message's state and its error or reason text (a split made while reading
     /// records how it ended this way).
     async fn annotate(&self, id: Uuid, state: MessageState, text: &str) -> StoreResult<()>;
@@ -781,7 +849,8 @@ pub trait Operations: Send + Sync {
     async fn details(&self, id: Uuid) -> StoreResult<Option<Details>>;
 
     /// Sends a message through again: from the start (its steps run again, creating new
-    /// deliveries), or to one destination only (that delivery is pending again). The running
+    /// deliveries; a split's child or a group's message from the step after the split or
+    /// `aggregate` that made it), or to one destination only (that delivery is pending again). The running
     /// engine picks it up within seconds. Returns what was done, for the operator.
     async fn replay(&self, id: Uuid, destination: Option<&str>) -> StoreResult<String>;
 }

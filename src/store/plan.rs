@@ -5,7 +5,9 @@
 //! touches — its transitions, its deliveries, its state — cannot drift apart between the
 //! backends.
 
-use super::{Attempt, AttemptOutcome, DeliveryKind, Insert, MessageState, Processed, StepRecord};
+use super::{
+    Attempt, AttemptOutcome, DeliveryKind, Insert, Join, MessageState, Processed, StepRecord,
+};
 use crate::message::Headers;
 use bytes::Bytes;
 use std::borrow::Cow;
@@ -114,6 +116,17 @@ pub(crate) enum Change<'a> {
     /// routed elsewhere, split). Never one of `routed`, so that it may run in any order with
     /// the deliveries of the same plan.
     LeaveLines { message: Uuid, routed: Vec<&'a str> },
+    /// The message joins the open group of its key in its route's `aggregate` step (one is
+    /// opened when there is none); the backend reports the group's count and size to
+    /// [`joined`], which says whether the group completes.
+    Join {
+        message: Uuid,
+        route: &'a str,
+        join: &'a Join,
+        bytes: u64,
+    },
+    /// The members of `group` end: combined into the group's message.
+    Members { group: Uuid, text: String },
 }
 
 /// What the steps made of a new message, written into its row as it is inserted.
@@ -373,6 +386,26 @@ pub(crate) fn steps_outcome<'a>(
             });
             MessageState::Split
         }
+        Processed::Aggregate {
+            headers,
+            body,
+            join,
+        } => {
+            // The body is kept as the step found it: the group is combined from these.
+            plan.push(Change::Output {
+                message: id,
+                state: MessageState::Aggregating,
+                headers,
+                body,
+            });
+            plan.push(Change::Join {
+                message: id,
+                route,
+                join,
+                bytes: body.len() as u64,
+            });
+            MessageState::Aggregating
+        }
     };
     if stored {
         let routed = match result {
@@ -388,6 +421,85 @@ pub(crate) fn steps_outcome<'a>(
     }
     plan.push(entered(id, state));
     (plan, state)
+}
+
+/// The search field under which a member is found by its group's id (which is also the id
+/// of the message the group becomes): `messages list --field aggregate=<id>`.
+pub(crate) const GROUP_FIELD: &str = "aggregate";
+
+/// A new group's timeout (unix ms), when the step has one.
+pub(crate) fn group_timeout_at(join: &Join, now: i64) -> Option<i64> {
+    join.timeout.map(|t| now + t.as_millis() as i64)
+}
+
+/// After a member joined a group that now has `members` members and `bytes` bytes: when
+/// the group is due to time out (the earlier of its timeout and its idle time), and what
+/// completed it, if it is complete now.
+pub(crate) fn joined(
+    join: &Join,
+    members: u64,
+    bytes: u64,
+    timeout_at: Option<i64>,
+    now: i64,
+) -> (Option<i64>, Option<&'static str>) {
+    let completed = if join.closes {
+        Some("when")
+    } else if join.count.is_some_and(|c| members >= c) {
+        Some("count")
+    } else if bytes >= join.size {
+        Some("size")
+    } else {
+        None
+    };
+    if completed.is_some() {
+        return (Some(now), completed);
+    }
+    let idle = join.idle.map(|i| now + i.as_millis() as i64);
+    let due = match (timeout_at, idle) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    (due, None)
+}
+
+/// The line a member's history gets when it joins its group.
+pub(crate) fn join_text(group: Uuid, key: &str, members: u64, completed: Option<&str>) -> String {
+    match completed {
+        Some(by) => format!(
+            "joined aggregate group {group} (key `{key}`) as member {members}; the group is complete ({by})"
+        ),
+        None => format!("joined aggregate group {group} (key `{key}`) as member {members}"),
+    }
+}
+
+/// What emitting a group writes, beside ending the group's own row: the message it became
+/// (due for the steps after the `aggregate` step at once) and the end of its members.
+pub(crate) fn emitted<'a>(
+    ins: &'a Insert,
+    members: i64,
+    key: &str,
+    completed_by: &str,
+) -> Vec<Change<'a>> {
+    let group = ins.msg.id;
+    let mut plan = new_message(ins, false);
+    plan.push(Change::Transition {
+        message: group,
+        at: None,
+        event: "aggregate",
+        name: None,
+        outcome: "combined",
+        duration: None,
+        detail: Some(Cow::Owned(format!(
+            "combined from the {members} members of its group (key `{key}`, complete by {completed_by}); find them with the search field {GROUP_FIELD}={group}"
+        ))),
+    });
+    plan.push(Change::Members {
+        group,
+        text: format!(
+            "combined with the other members of its group into message {group} ({members} in all)"
+        ),
+    });
+    plan
 }
 
 /// The transition of a message into `state`.

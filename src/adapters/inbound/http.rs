@@ -573,7 +573,7 @@ fn reply_answer(id: uuid::Uuid, reply: Reply) -> Answer {
             StatusCode::CONFLICT,
             serde_json::json!({ "id": id, "state": "duplicate", "error": reply.error }),
         ),
-        MessageState::Filtered | MessageState::Split => json(
+        MessageState::Filtered | MessageState::Split | MessageState::Aggregating => json(
             StatusCode::OK,
             serde_json::json!({ "id": id, "state": reply.state.as_str(), "reason": reply.error }),
         ),

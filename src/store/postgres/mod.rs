@@ -38,6 +38,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, SCHEMA_V3),
     (4, SCHEMA_V4),
     (5, SCHEMA_V5),
+    (6, SCHEMA_V6),
 ];
 /// Any constant will do: it names the migration lock among the database's advisory locks.
 const MIGRATION_LOCK: i64 = 0x5357_4954_4348; // "SWITCH"
@@ -157,6 +158,11 @@ impl Db {
     async fn query(&self, sql: &str, params: Params<'_>) -> PgResult<Vec<Row>> {
         let s = self.prepare(sql).await?;
         self.client.query(&s, params).await
+    }
+
+    async fn query_one(&self, sql: &str, params: Params<'_>) -> PgResult<Row> {
+        let s = self.prepare(sql).await?;
+        self.client.query_one(&s, params).await
     }
 
     async fn query_opt(&self, sql: &str, params: Params<'_>) -> PgResult<Option<Row>> {
@@ -537,6 +543,28 @@ async fn migrate(db: &Db) -> PgResult<()> {
     Ok(())
 }
 
+/// Aggregate groups (the `aggregate` step): one row per group from its first member until it
+/// is emitted as a message. `open_key` is the key while the group takes members and NULL once
+/// complete, so that a route has one open group per key (a unique index ignores NULLs) and
+/// the next member of a completed group's key opens a new one.
+const SCHEMA_V6: &str = "
+    CREATE TABLE aggregates (
+        group_id     UUID PRIMARY KEY,   -- also the id of the message it becomes
+        route        TEXT NOT NULL,
+        key          TEXT NOT NULL,
+        open_key     TEXT,
+        members      BIGINT NOT NULL,
+        bytes        BIGINT NOT NULL,
+        opened_at    BIGINT NOT NULL,
+        timeout_at   BIGINT,             -- unix ms: opened_at + the step's timeout
+        due_at       BIGINT,             -- open: when it times out; complete: since when
+        completed_by TEXT,
+        owner        TEXT,               -- the node combining it, once complete
+        lease_until  BIGINT
+    );
+    CREATE UNIQUE INDEX aggregates_open ON aggregates (route, open_key);
+    CREATE INDEX aggregates_due ON aggregates (route, due_at)";
+
 /// Inbound positions (a database reader's watermark), written with the messages that reach
 /// them; one row per route and name, never pruned with the messages.
 const SCHEMA_V5: &str = "
@@ -857,9 +885,95 @@ fn apply<'a>(
                 )
                 .await?;
             }
+            Change::Join {
+                message,
+                route,
+                join,
+                bytes,
+            } => join_group(db, *message, route, join, *bytes, now).await?,
+            Change::Members { group, text } => {
+                // In this order: the transitions find the members still aggregating.
+                let group = group.to_string();
+                db.execute(
+                    "INSERT INTO transitions (message_id, at, event, name, outcome, duration_us, detail)
+                     SELECT i.message_id, $3, 'state', NULL, 'aggregated', NULL, $4
+                     FROM message_index i JOIN messages m ON m.id = i.message_id
+                     WHERE i.name = $1 AND i.value = $2 AND m.state = 'aggregating'",
+                    &[&plan::GROUP_FIELD, &group, &now, text],
+                )
+                .await?;
+                db.execute(
+                    "UPDATE messages SET state = 'aggregated', updated_at = $3, error = $4
+                     WHERE state = 'aggregating'
+                       AND id IN (SELECT message_id FROM message_index WHERE name = $1 AND value = $2)",
+                    &[&plan::GROUP_FIELD, &group, &now, text],
+                )
+                .await?;
+            }
         }
         Ok(())
     })
+}
+
+/// A member joins the open group of its key (see [`plan::joined`]). The upsert waits for
+/// another node's member of the same group to commit; when that one completed the group, it
+/// opens a new one.
+async fn join_group(
+    db: &Db,
+    message: Uuid,
+    route: &str,
+    join: &crate::store::Join,
+    bytes: u64,
+    now: i64,
+) -> PgResult<()> {
+    // Row locks on groups are taken after this lock, as by every other write that takes it:
+    // no two transactions wait for each other.
+    db.execute("SELECT pg_advisory_xact_lock($1)", &[&DELIVERY_ORDER_LOCK])
+        .await?;
+    let row = db
+        .query_one(
+            "INSERT INTO aggregates (group_id, route, key, open_key, members, bytes, opened_at, timeout_at)
+             VALUES ($1, $2, $3, $3, 1, $4, $5, $6)
+             ON CONFLICT (route, open_key) DO UPDATE
+               SET members = aggregates.members + 1, bytes = aggregates.bytes + EXCLUDED.bytes
+             RETURNING group_id, members, bytes, timeout_at",
+            &[
+                &Uuid::now_v7(),
+                &route,
+                &join.key,
+                &(bytes as i64),
+                &now,
+                &plan::group_timeout_at(join, now),
+            ],
+        )
+        .await?;
+    let group: Uuid = row.get(0);
+    let members = row.get::<_, i64>(1).max(0) as u64;
+    let total = row.get::<_, i64>(2).max(0) as u64;
+    let (due, completed) = plan::joined(join, members, total, row.get(3), now);
+    db.execute(
+        "UPDATE aggregates SET due_at = $2, completed_by = $3,
+           open_key = CASE WHEN $3::text IS NULL THEN open_key ELSE NULL END
+         WHERE group_id = $1",
+        &[&group, &due, &completed],
+    )
+    .await?;
+    db.execute(
+        "INSERT INTO message_index (name, value, message_id) VALUES ($1, $2, $3)",
+        &[&plan::GROUP_FIELD, &group.to_string(), &message],
+    )
+    .await?;
+    transition(
+        db,
+        message,
+        now,
+        "aggregate",
+        None,
+        "joined",
+        None,
+        Some(&plan::join_text(group, &join.key, members, completed)),
+    )
+    .await
 }
 
 /// Executes a plan, its statements pipelined. Statements pipelined together may run in any
@@ -1025,7 +1139,7 @@ fn stored_row(r: &Row) -> StoredMessage {
     }
 }
 
-const FINISHED: &str = "state IN ('delivered','failed','filtered','unrouted','split','dead','duplicate')
+const FINISHED: &str = "state IN ('delivered','failed','filtered','unrouted','split','dead','duplicate','aggregated')
     AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id AND d.state = 'pending')";
 
 #[cfg(test)]

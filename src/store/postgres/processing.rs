@@ -371,6 +371,96 @@ impl Processing for PgStore {
             .map(from_millis))
     }
 
+    async fn take_groups(&self, route: &str, now: SystemTime, limit: usize) -> StoreResult<Groups> {
+        let route = route.to_string();
+        let now = millis(now);
+        let (node, lease) = self.claim_args();
+        self.write(move |db| async move {
+            db.execute(
+                "UPDATE aggregates SET open_key = NULL,
+                   completed_by = CASE WHEN timeout_at IS NOT NULL AND timeout_at <= $2 THEN 'timeout' ELSE 'idle' END
+                 WHERE route = $1 AND open_key IS NOT NULL AND due_at <= $2",
+                &[&route, &now],
+            )
+            .await?;
+            let claimed = db
+                .query(
+                    "WITH c AS (
+                       SELECT group_id FROM aggregates
+                       WHERE route = $1 AND open_key IS NULL
+                         AND (owner IS NULL OR owner = $3 OR lease_until < $2)
+                       ORDER BY due_at LIMIT $5 FOR UPDATE SKIP LOCKED)
+                     UPDATE aggregates SET owner = $3, lease_until = $2 + $4 FROM c
+                     WHERE aggregates.group_id = c.group_id
+                     RETURNING aggregates.group_id, aggregates.key, aggregates.completed_by",
+                    &[&route, &now, &node, &lease, &(limit as i64)],
+                )
+                .await?;
+            let mut ready = Vec::with_capacity(claimed.len());
+            for row in claimed {
+                let id: Uuid = row.get(0);
+                let members = db
+                    .query(
+                        "SELECT m.id, m.route, COALESCE(m.out_headers, m.headers), COALESCE(m.out_body, m.body), m.received_at
+                         FROM message_index i JOIN messages m ON m.id = i.message_id
+                         WHERE i.name = $1 AND i.value = $2 ORDER BY m.id",
+                        &[&plan::GROUP_FIELD, &id.to_string()],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| Message {
+                        id: r.get(0),
+                        route: r.get(1),
+                        headers: parse_headers(r.get(2)),
+                        body: Bytes::from(r.get::<_, Option<Vec<u8>>>(3).unwrap_or_default()),
+                        received_at: from_millis(r.get(4)),
+                    })
+                    .collect();
+                ready.push(Group {
+                    id,
+                    key: row.get(1),
+                    completed_by: row.get::<_, Option<String>>(2).unwrap_or_default(),
+                    members,
+                });
+            }
+            ready.sort_by_key(|g| g.id);
+            let next_due: Option<i64> = db
+                .query_one(
+                    "SELECT MIN(due_at) FROM aggregates WHERE route = $1 AND open_key IS NOT NULL",
+                    &[&route],
+                )
+                .await?
+                .get(0);
+            Ok(Groups {
+                ready,
+                next_due: next_due.map(from_millis),
+            })
+        })
+        .await
+    }
+
+    async fn emit_group(&self, group: Uuid, combined: Insert) -> StoreResult<bool> {
+        let (node, lease) = self.claim_args();
+        self.write(move |db| async move {
+            let now = millis(SystemTime::now());
+            let ended = db
+                .query_opt(
+                    "DELETE FROM aggregates WHERE group_id = $1 AND owner = $2 AND open_key IS NULL
+                     RETURNING members, key, completed_by",
+                    &[&group, &node],
+                )
+                .await?;
+            let Some(row) = ended else {
+                return Ok(false);
+            };
+            let (key, by): (String, Option<String>) = (row.get(1), row.get(2));
+            let plan = plan::emitted(&combined, row.get(0), &key, by.as_deref().unwrap_or(""));
+            apply_all(&db, &plan, now, &node, lease).await?;
+            Ok(true)
+        })
+        .await
+    }
+
     async fn annotate(&self, id: Uuid, state: MessageState, text: &str) -> StoreResult<()> {
         let text = text.to_string();
         self.write(move |db| async move {

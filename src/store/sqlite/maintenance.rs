@@ -11,7 +11,7 @@ impl Maintenance for SqliteStore {
         let batch = batch.max(1) as i64;
         self.write(move |conn| {
             let now = millis(SystemTime::now());
-            const FINISHED: &str = "state IN ('delivered','failed','filtered','unrouted','split','dead','duplicate')
+            const FINISHED: &str = "state IN ('delivered','failed','filtered','unrouted','split','dead','duplicate','aggregated')
                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id AND d.state = 'pending')";
             let mut doomed: Vec<String> = Vec::new();
             if let Some(age) = policy.max_age {

@@ -391,6 +391,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, SCHEMA_V4),
     (5, SCHEMA_V5),
     (6, SCHEMA_V6),
+    (7, SCHEMA_V7),
 ];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -407,6 +408,28 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     }
     Ok(())
 }
+
+/// Aggregate groups (the `aggregate` step): one row per group from its first member until it
+/// is emitted as a message. `open_key` is the key while the group takes members and NULL once
+/// complete, so that a route has one open group per key (a unique index ignores NULLs) and
+/// the next member of a completed group's key opens a new one.
+const SCHEMA_V7: &str = "
+        CREATE TABLE aggregates (
+            group_id     TEXT PRIMARY KEY,   -- also the id of the message it becomes
+            route        TEXT NOT NULL,
+            key          TEXT NOT NULL,
+            open_key     TEXT,
+            members      INTEGER NOT NULL,
+            bytes        INTEGER NOT NULL,
+            opened_at    INTEGER NOT NULL,
+            timeout_at   INTEGER,            -- unix ms: opened_at + the step's timeout
+            due_at       INTEGER,            -- open: when it times out; complete: since when
+            completed_by TEXT,
+            owner        TEXT,               -- the node combining it, once complete
+            lease_until  INTEGER
+        );
+        CREATE UNIQUE INDEX aggregates_open ON aggregates (route, open_key);
+        CREATE INDEX aggregates_due ON aggregates (route, due_at)";
 
 /// Pending deliveries only, in the two orders their queries read them: a parallel
 /// destination's claims by due time (`deliveries_due`), a FIFO destination's head by id
@@ -729,8 +752,82 @@ fn apply(
             )?
             .execute([message.to_string()])?;
         }
+        Change::Join {
+            message,
+            route,
+            join,
+            bytes,
+        } => join_group(conn, *message, route, join, *bytes, now)?,
+        Change::Members { group, text } => {
+            let group = group.to_string();
+            conn.prepare_cached(
+                "INSERT INTO transitions (message_id, at, event, name, outcome, duration_us, detail)
+                 SELECT i.message_id, ?3, 'state', NULL, 'aggregated', NULL, ?4
+                 FROM message_index i JOIN messages m ON m.id = i.message_id
+                 WHERE i.name = ?1 AND i.value = ?2 AND m.state = 'aggregating'",
+            )?
+            .execute(params![plan::GROUP_FIELD, group, now, text])?;
+            conn.prepare_cached(
+                "UPDATE messages SET state = 'aggregated', updated_at = ?3, error = ?4
+                 WHERE state = 'aggregating'
+                   AND id IN (SELECT message_id FROM message_index WHERE name = ?1 AND value = ?2)",
+            )?
+            .execute(params![plan::GROUP_FIELD, group, now, text])?;
+        }
     }
     Ok(())
+}
+
+/// A member joins the open group of its key (see [`plan::joined`]).
+fn join_group(
+    conn: &Connection,
+    message: Uuid,
+    route: &str,
+    join: &crate::store::Join,
+    bytes: u64,
+    now: i64,
+) -> rusqlite::Result<()> {
+    let (group, members, total, timeout_at): (String, i64, i64, Option<i64>) = conn
+        .prepare_cached(
+            "INSERT INTO aggregates (group_id, route, key, open_key, members, bytes, opened_at, timeout_at)
+             VALUES (?1, ?2, ?3, ?3, 1, ?4, ?5, ?6)
+             ON CONFLICT (route, open_key) DO UPDATE
+               SET members = aggregates.members + 1, bytes = aggregates.bytes + excluded.bytes
+             RETURNING group_id, members, bytes, timeout_at",
+        )?
+        .query_row(
+            params![
+                Uuid::now_v7().to_string(),
+                route,
+                join.key,
+                bytes as i64,
+                now,
+                plan::group_timeout_at(join, now)
+            ],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
+    let (members, total) = (members.max(0) as u64, total.max(0) as u64);
+    let (due, completed) = plan::joined(join, members, total, timeout_at, now);
+    conn.prepare_cached(
+        "UPDATE aggregates SET due_at = ?2, completed_by = ?3,
+           open_key = CASE WHEN ?3 IS NULL THEN open_key ELSE NULL END
+         WHERE group_id = ?1",
+    )?
+    .execute(params![group, due, completed])?;
+    let id = message.to_string();
+    conn.prepare_cached("INSERT INTO message_index (name, value, message_id) VALUES (?1, ?2, ?3)")?
+        .execute(params![plan::GROUP_FIELD, group, id])?;
+    let group = parse_id(&group)?;
+    transition(
+        conn,
+        &id,
+        now,
+        "aggregate",
+        None,
+        "joined",
+        None,
+        Some(&plan::join_text(group, &join.key, members, completed)),
+    )
 }
 
 fn apply_all(

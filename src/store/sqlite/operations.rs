@@ -283,7 +283,7 @@ impl Operations for SqliteStore {
                             return Ok(Err(format!("message {id} is still waiting for its steps")));
                         }
                         conn.prepare_cached(
-                            "UPDATE messages SET state = 'received', resume_step = 0, attempts = 0, next_attempt_at = ?2,
+                            "UPDATE messages SET state = 'received', attempts = 0, next_attempt_at = ?2,
                              error = NULL, out_headers = NULL, out_body = NULL, updated_at = ?2, owner = NULL, lease_until = NULL
                              WHERE id = ?1",
                         )?

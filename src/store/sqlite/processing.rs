@@ -330,6 +330,101 @@ impl Processing for SqliteStore {
         .await
     }
 
+    async fn take_groups(&self, route: &str, now: SystemTime, limit: usize) -> StoreResult<Groups> {
+        let route = route.to_string();
+        let now = millis(now);
+        let (node, lease) = self.claim_args();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE aggregates SET open_key = NULL,
+                   completed_by = CASE WHEN timeout_at IS NOT NULL AND timeout_at <= ?2 THEN 'timeout' ELSE 'idle' END
+                 WHERE route = ?1 AND open_key IS NOT NULL AND due_at <= ?2",
+            )?
+            .execute(params![route, now])?;
+            let claimed: Vec<(String, String, String)> = conn
+                .prepare_cached(
+                    "UPDATE aggregates SET owner = ?3, lease_until = ?2 + ?4
+                     WHERE group_id IN (
+                       SELECT group_id FROM aggregates
+                       WHERE route = ?1 AND open_key IS NULL
+                         AND (owner IS NULL OR owner = ?3 OR lease_until < ?2)
+                       ORDER BY due_at LIMIT ?5)
+                     RETURNING group_id, key, completed_by",
+                )?
+                .query_map(params![route, now, node, lease, limit as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut ready = Vec::with_capacity(claimed.len());
+            let mut members = conn.prepare_cached(
+                "SELECT m.id, m.route, COALESCE(m.out_headers, m.headers), COALESCE(m.out_body, m.body), m.received_at
+                 FROM message_index i JOIN messages m ON m.id = i.message_id
+                 WHERE i.name = ?1 AND i.value = ?2 ORDER BY m.id",
+            )?;
+            for (group, key, completed_by) in claimed {
+                let members = members
+                    .query_map(params![plan::GROUP_FIELD, group], |r| {
+                        Ok(Message {
+                            id: parse_id(&r.get::<_, String>(0)?)?,
+                            route: r.get(1)?,
+                            headers: parse_headers(r.get(2)?),
+                            body: Bytes::from(r.get::<_, Option<Vec<u8>>>(3)?.unwrap_or_default()),
+                            received_at: from_millis(r.get(4)?),
+                        })
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                ready.push(Group {
+                    id: parse_id(&group)?,
+                    key,
+                    completed_by,
+                    members,
+                });
+            }
+            let next_due: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT MIN(due_at) FROM aggregates WHERE route = ?1 AND open_key IS NOT NULL",
+                )?
+                .query_row([&route], |r| r.get(0))?;
+            Ok(Groups {
+                ready,
+                next_due: next_due.map(from_millis),
+            })
+        })
+        .await
+    }
+
+    async fn emit_group(&self, group: Uuid, combined: Insert) -> StoreResult<bool> {
+        let (node, lease) = self.claim_args();
+        self.write(move |conn| {
+            let now = millis(SystemTime::now());
+            let ended = conn
+                .prepare_cached(
+                    "DELETE FROM aggregates WHERE group_id = ?1 AND owner = ?2 AND open_key IS NULL
+                     RETURNING members, key, completed_by",
+                )?
+                .query_row(params![group.to_string(), node], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                    ))
+                })
+                .optional()?;
+            let Some((members, key, by)) = ended else {
+                return Ok(false);
+            };
+            apply_all(
+                conn,
+                &plan::emitted(&combined, members, &key, &by),
+                now,
+                &node,
+                lease,
+            )?;
+            Ok(true)
+        })
+        .await
+    }
+
     async fn annotate(&self, id: Uuid, state: MessageState, text: &str) -> StoreResult<()> {
         let (id, text) = (id.to_string(), text.to_string());
         self.write(move |conn| {
