@@ -37,8 +37,27 @@ pub struct Case {
     /// Headers the message arrives with. `file.name` defaults to the input file's name.
     #[serde(default)]
     pub headers: Headers,
+    /// Instead of one input: the members of one aggregate group, in order. Each runs the
+    /// steps up to the route's `aggregate` step and must join the same group; the group is
+    /// combined and runs the rest, and `expect` is about the group's message.
+    #[serde(default)]
+    pub group: Vec<Member>,
     /// What the steps must produce.
     pub expect: Expect,
+}
+
+/// One member of a case's aggregate group.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    /// The body from a file, relative to the test file.
+    #[serde(default)]
+    pub input: Option<PathBuf>,
+    /// The body inline.
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub headers: Headers,
 }
 
 #[derive(Debug, Deserialize)]
@@ -323,31 +342,99 @@ pub fn run_file(
     Ok(results)
 }
 
-fn run_case(route: &Route, base: &Path, case: &Case) -> Result<(), String> {
-    let (body, name) = match (&case.input, &case.body) {
+/// A case's input body, from `input` (a file) or `body` (inline), and the file's name.
+fn read_input(
+    base: &Path,
+    input: Option<&Path>,
+    body: Option<&str>,
+) -> Result<(Bytes, Option<String>), String> {
+    match (input, body) {
         (Some(file), None) => {
             let p = base.join(file);
             let bytes =
                 std::fs::read(&p).map_err(|e| format!("cannot read input {}: {e}", p.display()))?;
             let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
-            (Bytes::from(bytes), name)
+            Ok((Bytes::from(bytes), name))
         }
-        (None, Some(text)) => (Bytes::from(text.clone()), None),
-        _ => return Err("give exactly one of `input` (a file) or `body` (inline)".into()),
-    };
-    let msg = input_message(route, body, name.as_deref(), &case.headers);
-    let expect = &case.expect;
-    if let Some(wanted) = &expect.dedupe_key {
-        let dedupe = route
-            .dedupe
-            .as_ref()
-            .ok_or("`expect.dedupe_key` is given, but the route has no `dedupe`")?;
-        let key = dedupe.key(&msg)?;
-        if key.value != *wanted {
-            return Err(format!("the dedupe key is `{}`, not `{wanted}`", key.value));
+        (None, Some(text)) => Ok((Bytes::from(text.to_string()), None)),
+        _ => Err("give exactly one of `input` (a file) or `body` (inline)".into()),
+    }
+}
+
+/// Runs a case's `group` as the engine would run one aggregate group: each member up to the
+/// `aggregate` step, the group combined (`aggregate.completed_by` is `test`), then the rest.
+fn simulate_group(route: &Route, base: &Path, case: &Case) -> Result<End, String> {
+    let (at, step) = route
+        .aggregate
+        .clone()
+        .ok_or("the case has a `group`, but the route has no `aggregate` step")?;
+    let mut key = None;
+    let mut members = Vec::new();
+    for (i, m) in case.group.iter().enumerate() {
+        let (body, name) = read_input(base, m.input.as_deref(), m.body.as_deref())
+            .map_err(|e| format!("group member {}: {e}", i + 1))?;
+        let msg = input_message(route, body, name.as_deref(), &m.headers);
+        let (out, _, outcome) = steps::run_all(&route.steps, 0, msg, |_, _| {});
+        match outcome {
+            Outcome::Aggregate(join) => {
+                if key.get_or_insert_with(|| join.key.clone()) != &join.key {
+                    return Err(format!(
+                        "group member {} joins the group of key `{}`, not `{}`: a case's group has one key",
+                        i + 1,
+                        join.key,
+                        key.unwrap_or_default()
+                    ));
+                }
+                members.push(out);
+            }
+            Outcome::Failed { error, .. } => {
+                return Err(format!("group member {} failed: {error}", i + 1))
+            }
+            other => {
+                return Err(format!(
+                    "group member {} did not reach the `aggregate` step ({other:?})",
+                    i + 1
+                ))
+            }
         }
     }
-    let end = simulate(route, msg, 0, &mut |_, _| {});
+    let group = crate::store::Group {
+        id: uuid::Uuid::now_v7(),
+        key: key.ok_or("`group` is empty")?,
+        completed_by: "test".into(),
+        members,
+    };
+    let (headers, body) = match step.combine(&group) {
+        Ok(combined) => combined,
+        Err(e) => return Ok(End::Failed(format!("steps[{at}].aggregate: {e}"))),
+    };
+    let mut msg = Message::new(&route.id, body);
+    msg.id = group.id;
+    msg.headers = headers;
+    Ok(simulate(route, msg, at + 1, &mut |_, _| {}))
+}
+
+fn run_case(route: &Route, base: &Path, case: &Case) -> Result<(), String> {
+    let expect = &case.expect;
+    let end = if case.group.is_empty() {
+        let (body, name) = read_input(base, case.input.as_deref(), case.body.as_deref())?;
+        let msg = input_message(route, body, name.as_deref(), &case.headers);
+        if let Some(wanted) = &expect.dedupe_key {
+            let dedupe = route
+                .dedupe
+                .as_ref()
+                .ok_or("`expect.dedupe_key` is given, but the route has no `dedupe`")?;
+            let key = dedupe.key(&msg)?;
+            if key.value != *wanted {
+                return Err(format!("the dedupe key is `{}`, not `{wanted}`", key.value));
+            }
+        }
+        simulate(route, msg, 0, &mut |_, _| {})
+    } else if case.input.is_some() || case.body.is_some() {
+        return Err("give either `group` or one input (`input` or `body`), not both".into());
+    } else {
+        simulate_group(route, base, case)?
+    };
     let out = match (end, &expect.error) {
         (End::Failed(actual), Some(wanted)) => {
             return if actual.contains(wanted.as_str()) {

@@ -246,3 +246,42 @@ async fn a_sigkill_neither_loses_a_member_nor_makes_a_group_twice() {
     );
     engine.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bundled_order_lines_example_runs_as_shipped() {
+    let ws = Workspace::new();
+    ws.copy_from_repo(
+        "examples/routes/order-lines-aggregate.yaml",
+        "routes/order-lines-aggregate.yaml",
+    );
+    let engine = ws.start_with_env(&[("LINES_LISTEN", "127.0.0.1:0")]);
+    let url = format!(
+        "http://{}/order-lines",
+        listen_addr(&ws, "order-lines-aggregate", &[])
+    );
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for n in 1..=3 {
+        let line =
+            std::fs::read_to_string(repo.join(format!("examples/lines/so-1001-{n}.json"))).unwrap();
+        post(&url, line).await.unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || outputs(
+            &ws,
+            "examples/lines/orders"
+        )
+        .len()
+            == 1),
+        "{:?}",
+        ws.states()
+    );
+    let (name, order) = outputs(&ws, "examples/lines/orders")
+        .into_iter()
+        .next()
+        .unwrap();
+    assert!(name.starts_with("order-SO-1001-"), "{name}");
+    assert_eq!(order["lines"].as_array().map(Vec::len), Some(3), "{order}");
+    assert_eq!(order["complete_by"], "when");
+    assert_eq!(order["total"], 21.0);
+    engine.stop();
+}

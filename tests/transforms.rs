@@ -29,7 +29,7 @@ fn run_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
 fn the_bundled_route_tests_pass() {
     let (code, stdout, stderr) = run_in(repo(), &["test", "examples/tests"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert!(stdout.contains("27 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("30 passed, 0 failed"), "{stdout}");
 }
 
 #[test]
