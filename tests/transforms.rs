@@ -317,3 +317,36 @@ fn a_test_file_beside_its_route_is_not_a_route() {
     let (code, stdout, stderr) = run_in(ws.dir.path(), &["test", "routes/upper.test.yaml"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
 }
+
+/// A build without libxml2 and libxslt says so when a route wants XSLT, and an XPath call says
+/// how to get it, instead of failing obscurely.
+#[cfg(not(feature = "xsd"))]
+#[test]
+fn xslt_and_xpath_without_the_feature_say_which_build_has_them() {
+    let ws = Workspace::new();
+    ws.write_route(
+        "x.yaml",
+        "from:\n  file: { path: inbox }\nsteps:\n  - xslt: { stylesheet: s.xsl }\nto:\n  - file: { path: outbox }\n",
+    );
+    let out = ws.run(&["check", "routes"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success());
+    assert!(
+        text.contains("x.yaml:4:5") && text.contains("--features xsd"),
+        "{text}"
+    );
+    ws.write_route(
+        "x.yaml",
+        "from:\n  file: { path: inbox }\nsteps:\n  - transform: { script: 'body = xpath(body, \"/a\");' }\nto:\n  - file: { path: outbox }\n",
+    );
+    let test = ws.run(&["test", "routes/x.yaml", "--input", "routes/x.yaml"]);
+    let text = String::from_utf8_lossy(&test.stdout);
+    assert!(
+        text.contains("xpath: XPath and XSLT need libxml2"),
+        "{text}"
+    );
+}

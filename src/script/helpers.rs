@@ -34,6 +34,18 @@ pub fn register(engine: &mut Engine) {
         .register_fn("to_json_pretty", |v: Dynamic| to_json(&v, true))
         .register_fn("parse_json", parse_json)
         .register_fn("parse_xml", parse_xml)
+        .register_fn("xpath", |xml: &str, expr: &str| {
+            xpath(xml, expr, None, false)
+        })
+        .register_fn("xpath", |xml: &str, expr: &str, ns: rhai::Map| {
+            xpath(xml, expr, Some(ns), false)
+        })
+        .register_fn("xpath_all", |xml: &str, expr: &str| {
+            xpath(xml, expr, None, true)
+        })
+        .register_fn("xpath_all", |xml: &str, expr: &str, ns: rhai::Map| {
+            xpath(xml, expr, Some(ns), true)
+        })
         .register_fn("to_xml", to_xml)
         .register_fn("pad_left", |s: &str, w: i64| pad(s, w, " ", true))
         .register_fn("pad_left", |s: &str, w: i64, p: &str| pad(s, w, p, true))
@@ -141,6 +153,36 @@ fn parse_json(text: &str) -> Res<Dynamic> {
     let v: serde_json::Value =
         serde_json::from_str(text).map_err(|e| format!("parse_json: {e}"))?;
     rhai::serde::to_dynamic(&v)
+}
+
+/// `xpath(body, expr [, #{prefix: uri}])`: a node-set gives the string value of its first
+/// node (`()` when empty), a number an integer when it is whole, a string or boolean itself.
+/// `xpath_all` gives every node's string value, as an array.
+fn xpath(xml: &str, expr: &str, ns: Option<rhai::Map>, all: bool) -> Res<Dynamic> {
+    use crate::convert::xpath::Value;
+    let ns: Vec<(String, String)> = ns
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let name = if all { "xpath_all" } else { "xpath" };
+    let value =
+        crate::convert::xpath::evaluate(xml, expr, &ns).map_err(|e| format!("{name}: {e}"))?;
+    Ok(match (value, all) {
+        (Value::Nodes(nodes), true) => nodes
+            .into_iter()
+            .map(Dynamic::from)
+            .collect::<rhai::Array>()
+            .into(),
+        (Value::Nodes(nodes), false) => nodes
+            .into_iter()
+            .next()
+            .map_or(Dynamic::UNIT, Dynamic::from),
+        (Value::Text(t), _) => Dynamic::from(t),
+        (Value::Bool(b), _) => Dynamic::from(b),
+        (Value::Number(n), _) if n.fract() == 0.0 && n.abs() < 9.0e15 => Dynamic::from(n as i64),
+        (Value::Number(n), _) => Dynamic::from(n),
+    })
 }
 
 fn parse_xml(text: &str) -> Res<Dynamic> {

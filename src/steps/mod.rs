@@ -20,6 +20,7 @@ pub mod transform;
 pub mod validate;
 pub mod xml_to_json;
 pub mod xsd;
+pub mod xslt;
 
 use crate::message::Message;
 use serde::Deserialize;
@@ -61,6 +62,8 @@ pub enum StepConfig {
     Enrich(enrich::Config),
     /// Combines messages that share a key into one (a group kept in the store).
     Aggregate(aggregate::Config),
+    /// Transforms an XML body with an XSLT 1.0 stylesheet.
+    Xslt(xslt::Config),
 }
 
 /// What building a step may need: where the route file is, for relative file names.
@@ -118,6 +121,7 @@ impl StepConfig {
             StepConfig::Hl7(_) => "hl7",
             StepConfig::Enrich(_) => "enrich",
             StepConfig::Aggregate(_) => "aggregate",
+            StepConfig::Xslt(_) => "xslt",
         }
     }
 
@@ -146,6 +150,7 @@ impl StepConfig {
             StepConfig::Hl7(c) => Arc::new(c.build()?),
             StepConfig::Enrich(c) => Arc::new(c.build()?),
             StepConfig::Aggregate(c) => Arc::new(c.build(cx)?),
+            StepConfig::Xslt(c) => Arc::new(c.build(cx)?),
         })
     }
 }
