@@ -4,7 +4,6 @@
 //! authors write: read fields, loop over lines, compute a total, set a header.
 
 use bytes::Bytes;
-use std::path::PathBuf;
 use std::time::Instant;
 use switchyard::message::Message;
 use switchyard::steps::{BuildContext, Step, StepConfig};
@@ -51,11 +50,9 @@ fn step(yaml: &str) -> std::sync::Arc<dyn Step> {
     let cfg: StepConfig =
         serde_yaml::with::singleton_map::deserialize(serde_yaml::Deserializer::from_str(yaml))
             .expect("step config");
-    cfg.build(&BuildContext {
-        dir: PathBuf::from("."),
-    })
-    .map_err(|e| e.message)
-    .expect("step builds")
+    cfg.build(&BuildContext::new("."))
+        .map_err(|e| e.message)
+        .expect("step builds")
 }
 
 fn measure(name: &str, step: &dyn Step, body: &Bytes, content_type: &str) {
@@ -182,15 +179,9 @@ OBX|1|NM|4548-4^HbA1c^LN||6.1|%^percent^UCUM|4.0-5.6|H\r";
         ),
     )
     .expect("routing");
-    let router = switchyard::routing::Router::build(
-        &[],
-        Some(&routing),
-        &BuildContext {
-            dir: PathBuf::from("."),
-        },
-    )
-    .map_err(|(n, e)| format!("{n}: {}", e.message))
-    .expect("router");
+    let router = switchyard::routing::Router::build(&[], Some(&routing), &BuildContext::new("."))
+        .map_err(|(n, e)| format!("{n}: {}", e.message))
+        .expect("router");
     let mut msg = Message::new(
         "bench",
         Bytes::from_static(br#"{"type": "ORU", "value": 6.1, "patient": "100234"}"#),

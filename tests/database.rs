@@ -661,6 +661,7 @@ fn the_bundled_database_examples_work_as_shipped() {
         ("SHOP_DB_NAME", my_db.as_str()),
         ("FULFILMENT_URL", fulfilment.as_str()),
         ("SHOP_DB_LISTEN", "127.0.0.1:0"),
+        ("HISTORY_LISTEN", "127.0.0.1:0"),
     ]);
     let puts = || sink.requests();
     assert!(
@@ -727,6 +728,63 @@ fn the_bundled_database_examples_work_as_shipped() {
             "SELECT CONCAT(customer, ' ', total) FROM shop_orders WHERE order_id = 'WS-7001'"
         ),
         vec!["ann@example.com 37.50".to_string()]
+    );
+
+    // The customer's history from the same database through the same endpoint (`enrich`
+    // with a query), in a route added while the engine runs.
+    ws.copy_from_repo(
+        "examples/routes/orders-credit-from-shop-db.yaml",
+        "routes/orders-credit-from-shop-db.yaml",
+    );
+    let mut history = None;
+    wait_until(Duration::from_secs(20), || {
+        history = ws
+            .log_events()
+            .iter()
+            .find(|e| {
+                e["message"] == "HTTP listener ready" && e["route"] == "orders-credit-from-shop-db"
+            })
+            .and_then(|e| e["listen"].as_str().map(str::to_string));
+        history.is_some()
+    });
+    let history = history.expect("the history route never listened");
+    let newcomer = order.replace("ann@example.com", "new@example.com");
+    for body in [&order, &newcomer] {
+        rt.block_on(async {
+            let r = reqwest::Client::new()
+                .post(format!("http://{history}/orders"))
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+        });
+    }
+    let enriched = |dir: &str| -> Vec<Value> {
+        ws.files(dir)
+            .iter()
+            .filter(|f| f.ends_with(".json"))
+            .filter_map(|f| serde_json::from_slice(&std::fs::read(ws.path(dir).join(f)).ok()?).ok())
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || enriched("examples/enriched")
+            .len()
+            == 2
+            && enriched("examples/enriched/welcome").len() == 1),
+        "{:?}",
+        ws.states()
+    );
+    let ann = enriched("examples/enriched")
+        .into_iter()
+        .find(|o| o["customer"]["email"] == "ann@example.com")
+        .unwrap();
+    assert_eq!(ann["history"]["orders"], 1, "{ann}");
+    assert_eq!(ann["history"]["spent"], "37.50", "{ann}");
+    assert_eq!(
+        enriched("examples/enriched/welcome")[0]["customer"]["email"],
+        "new@example.com"
     );
     engine.stop();
     sink.stop();
@@ -986,6 +1044,116 @@ to:
             "{failed}"
         );
         assert_eq!(ws.files("outbox").len(), 0);
+        engine.stop();
+    });
+}
+
+/// POSTs to an HTTP `reply` route; returns the status and the JSON answer.
+fn ask(rt: &tokio::runtime::Runtime, addr: &str, body: &str) -> (u16, Value) {
+    rt.block_on(async {
+        let r = reqwest::Client::new()
+            .post(format!("http://{addr}/"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let bytes = r.bytes().await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    })
+}
+
+#[test]
+fn enrich_asks_a_database_by_url_and_through_a_named_endpoint() {
+    on_each(|rt, db| {
+        let numeric = if db.is_postgres() {
+            "NUMERIC(12,2)"
+        } else {
+            "DECIMAL(12,2)"
+        };
+        db.exec(
+            rt,
+            &format!(
+                "CREATE TABLE customers (id VARCHAR(20) PRIMARY KEY, name VARCHAR(100) NOT NULL, credit_limit {numeric} NOT NULL);
+                 INSERT INTO customers VALUES ('C-1', 'ACME', 1500.00);
+                 INSERT INTO customers VALUES ('C-2', 'Globex', 10.00)"
+            ),
+        );
+        let ws = Workspace::new();
+        std::fs::create_dir_all(ws.path("adapters")).unwrap();
+        std::fs::write(
+            ws.path("adapters/crm-db.yaml"),
+            format!(
+                "database:\n  url: \"{}\"\n  statement: \"SELECT 1\"\n",
+                db.url()
+            ),
+        )
+        .unwrap();
+        ws.write_route(
+            "quote.yaml",
+            &format!(
+                r#"from:
+  http: {{ listen: "127.0.0.1:0", content: json, response: reply }}
+steps:
+  - enrich:
+      query:
+        database: "{url}"
+        sql: "SELECT name, credit_limit FROM customers WHERE id = :customer"
+      into: customer
+      cache: {{ ttl: 1m }}
+  - enrich:
+      endpoint: crm-db
+      query:
+        sql: "SELECT id FROM customers WHERE credit_limit >= :min ORDER BY id"
+        params: {{ min: order.min_credit }}
+        rows: all
+      into: eligible
+"#,
+                url = db.url()
+            ),
+        );
+        let engine = ws.start();
+        let addr = ws.http_addr();
+        let (status, answer) = ask(
+            rt,
+            &addr,
+            r#"{"customer": "C-1", "order": {"min_credit": 5}}"#,
+        );
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(
+            answer["customer"],
+            serde_json::json!({"name": "ACME", "credit_limit": "1500.00"})
+        );
+        assert_eq!(
+            answer["eligible"],
+            serde_json::json!([{"id": "C-1"}, {"id": "C-2"}])
+        );
+        // Values are bound, never spliced: this finds no customer instead of every one.
+        let (status, answer) = ask(
+            rt,
+            &addr,
+            r#"{"customer": "x' OR '1'='1", "order": {"min_credit": 5}}"#,
+        );
+        assert_eq!(status, 422, "{answer}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("found no row"),
+            "{answer}"
+        );
+        // A parameter the body lacks fails the message, naming it.
+        let (status, answer) = ask(rt, &addr, r#"{"order": {"min_credit": 5}}"#);
+        assert_eq!(status, 422);
+        assert!(
+            answer["error"].as_str().unwrap_or("").contains(":customer"),
+            "{answer}"
+        );
         engine.stop();
     });
 }

@@ -387,3 +387,158 @@ steps:
     engine.stop();
     backend.stop();
 }
+
+/// A lab system's query port: MLLP, one HL7 answer per query, its result taken from the
+/// specimen asked for; `silent` accepts and never answers. Returns its port and a count of
+/// the queries it answered.
+async fn lab_system(silent: bool) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = answered.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = sock.read(&mut chunk).await {
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(2).position(|w| w == [0x1c, 0x0d]) {
+                        let frame: Vec<u8> = buf.drain(..end + 2).collect();
+                        if silent {
+                            continue;
+                        }
+                        let text = String::from_utf8_lossy(&frame[1..frame.len() - 2]).into_owned();
+                        let control = text
+                            .split('\r')
+                            .next()
+                            .and_then(|msh| msh.split('|').nth(9))
+                            .unwrap_or("");
+                        let specimen = text
+                            .split('\r')
+                            .find(|s| s.starts_with("QRD|"))
+                            .and_then(|qrd| qrd.split('|').nth(4))
+                            .unwrap_or("");
+                        let value = if specimen == "S-1" { "5.4" } else { "7.1" };
+                        let answer = format!(
+                            "\x0bMSH|^~\\&|LAB|LAB|SWITCHYARD|HOSP|20261204||ORF^R04|A{control}|P|2.5\rMSA|AA|{control}\rOBX|1|NM|GLU^Glucose||{value}|mmol/L\r\x1c\r"
+                        );
+                        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        if sock.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (port, answered)
+}
+
+const LAB_QUERY: &str = r#"from:
+  http: { listen: 127.0.0.1:0, paths: [/glucose], content: json, response: reply, reply_timeout: 10s }
+steps:
+  - transform:
+      script: |
+        body = "MSH|^~\\&|SWITCHYARD|HOSP|LAB|LAB|20261204||QRY^R02|" + id + "|P|2.5\rQRD|20261204|R|I|" + body.specimen + "\r";
+  - enrich:
+      endpoint: lab-query
+      into: $
+      timeout: 1s
+      retry: { max_attempts: 2, backoff: 100ms }
+  - transform:
+      script: |
+        body = #{ result: hl7(body, "OBX-5"), unit: hl7(body, "OBX-6"), ack: hl7(body, "MSA-1") };
+"#;
+
+const LAB_SLOW: &str = r#"from:
+  http: { listen: 127.0.0.1:0, paths: [/slow], content: json, response: reply, reply_timeout: 1s }
+steps:
+  - enrich:
+      tcp: { host: 127.0.0.1, port: ${SILENT_PORT}, framing: mllp }
+      into: $
+      timeout: 3s
+      retry: { max_attempts: 1 }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_reply_through_an_mllp_backend_named_as_an_endpoint() {
+    let (port, answered) = lab_system(false).await;
+    let (silent, _) = lab_system(true).await;
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.path("adapters")).unwrap();
+    std::fs::write(
+        ws.path("adapters/lab-query.yaml"),
+        format!("tcp: {{ host: 127.0.0.1, port: {port}, framing: mllp }}\n"),
+    )
+    .unwrap();
+    ws.write_route("lab-query.yaml", LAB_QUERY);
+    ws.write_route("lab-slow.yaml", LAB_SLOW);
+    let engine = ws.start_with_env(&[("SILENT_PORT", &silent.to_string())]);
+    let url = format!("http://{}/glucose", listen_addr(&ws, "lab-query"));
+
+    // The JSON request becomes an HL7 query, the lab's HL7 answer the JSON reply.
+    for (specimen, result) in [("S-1", "5.4"), ("S-2", "7.1")] {
+        let (status, answer) = post(&url, &format!(r#"{{"specimen": "{specimen}"}}"#)).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(
+            answer,
+            serde_json::json!({"result": result, "unit": "mmol/L", "ack": "AA"})
+        );
+    }
+    assert_eq!(answered.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+    // A backend that never answers: the step's tries run out and the caller hears why.
+    let slow = format!("http://{}/slow", listen_addr(&ws, "lab-slow"));
+    let started = std::time::Instant::now();
+    let (status, answer) = post(&slow, "{}").await;
+    assert_eq!(status, 504, "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // Still finished and recorded: failed, saying the backend did not answer.
+    assert!(wait_until(Duration::from_secs(20), || ws.count("failed") == 1));
+    let errors = ws.query_pairs("SELECT error, 1 FROM messages WHERE state = 'failed'");
+    let error = errors.keys().next().unwrap();
+    assert!(
+        error.contains("no answer from 127.0.0.1:") && error.contains("in time"),
+        "{error}"
+    );
+    engine.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bundled_glucose_query_service_runs_as_shipped() {
+    let (port, answered) = lab_system(false).await;
+    let ws = Workspace::new();
+    ws.copy_from_repo(
+        "examples/routes/glucose-query-service.yaml",
+        "routes/glucose-query-service.yaml",
+    );
+    ws.copy_from_repo("adapters/lab-query.yaml", "adapters/lab-query.yaml");
+    let engine = ws.start_with_env(&[
+        ("GLUCOSE_LISTEN", "127.0.0.1:0"),
+        ("LAB_QUERY_PORT", &port.to_string()),
+    ]);
+    let url = format!(
+        "http://{}/glucose",
+        listen_addr(&ws, "glucose-query-service")
+    );
+    let (status, answer) = post(&url, r#"{"specimen": "S-1"}"#).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer,
+        serde_json::json!({"result": "5.4", "unit": "mmol/L", "test": "Glucose"})
+    );
+    let (status, answer) = post(&url, r#"{"specimen": 7}"#).await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answered.load(std::sync::atomic::Ordering::SeqCst), 1);
+    engine.stop();
+}

@@ -356,6 +356,11 @@ pub fn load_file(path: &Path, endpoints: &Endpoints) -> Result<Route, Vec<Diagno
             {
                 endpoints.resolve_outbound(cfg, path, &source, &mut used)?;
             }
+            for (i, step) in file.steps.iter_mut().enumerate() {
+                if let StepConfig::Enrich(enrich) = step {
+                    enrich_endpoint(enrich, i, endpoints, path, &source, &mut used)?;
+                }
+            }
             Ok(())
         };
         resolve().map_err(|d| vec![d])?;
@@ -414,9 +419,8 @@ pub fn load_file(path: &Path, endpoints: &Endpoints) -> Result<Route, Vec<Diagno
             "`concurrency` must be at least 1".into(),
         ));
     }
-    let cx = BuildContext {
-        dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
-    };
+    let mut cx = BuildContext::new(path.parent().map(Path::to_path_buf).unwrap_or_default());
+    cx.databases = Some(crate::adapters::database::enrich_queries());
     let aggregates: Vec<usize> = file
         .steps
         .iter()
@@ -598,6 +602,76 @@ pub fn load_file(path: &Path, endpoints: &Endpoints) -> Result<Route, Vec<Diagno
         // Strict FIFO delivery needs the steps to finish in arrival order.
         concurrency: if fifo { 1 } else { concurrency },
     })
+}
+
+/// An `enrich` step's `endpoint: NAME` becomes the backend it names: an `http` endpoint's URL
+/// and headers, a `tcp` endpoint's address, framing and charset, or a `database` endpoint's
+/// URL for the step's `query`.
+fn enrich_endpoint(
+    enrich: &mut crate::steps::enrich::Config,
+    index: usize,
+    endpoints: &Endpoints,
+    path: &Path,
+    source: &str,
+    used: &mut Vec<String>,
+) -> Result<(), Diagnostic> {
+    use crate::adapters::outbound::OutboundConfig;
+    let Some(name) = enrich.endpoint.take() else {
+        return Ok(());
+    };
+    let problem = |message: String| {
+        let (line, column) = yaml::locate_list_item(source, "steps", index).unwrap_or((1, 1));
+        Diagnostic {
+            file: path.to_path_buf(),
+            line,
+            column,
+            message: format!("steps[{index}].enrich: {message}"),
+        }
+    };
+    if enrich.url.is_some() || enrich.tcp.is_some() {
+        return Err(problem(format!(
+            "give `endpoint: {name}` or the backend itself (`url`, `tcp`), not both"
+        )));
+    }
+    let mut cfg = OutboundConfig::Endpoint(name.clone());
+    endpoints.resolve_outbound(&mut cfg, path, source, used)?;
+    match cfg {
+        OutboundConfig::Http(h) => {
+            enrich.url = Some(h.url.source().to_string());
+            for (k, v) in h.headers {
+                enrich.headers.entry(k).or_insert_with(|| v.source().to_string());
+            }
+        }
+        OutboundConfig::Tcp(t) => {
+            enrich.tcp = Some(crate::steps::enrich::tcp::Config {
+                host: t.host,
+                port: t.port,
+                framing: t.framing,
+                charset: t.charset,
+                max_frame: t.max_frame,
+            });
+        }
+        OutboundConfig::Database(d) => match &mut enrich.query {
+            Some(q) if q.database.is_none() => q.database = Some(d.url.to_string()),
+            Some(_) => {
+                return Err(problem(format!(
+                    "give `endpoint: {name}` or `query.database`, not both"
+                )))
+            }
+            None => {
+                return Err(problem(format!(
+                    "endpoint `{name}` is a database: say what to ask it in `query: {{ sql: ... }}`"
+                )))
+            }
+        },
+        other => {
+            return Err(problem(format!(
+                "endpoint `{name}` is a `{}` adapter; enrich asks `http`, `tcp` and `database` endpoints",
+                other.kind()
+            )))
+        }
+    }
+    Ok(())
 }
 
 /// Places a step's build error: in the script file, at the script's position inside the

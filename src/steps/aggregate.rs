@@ -415,8 +415,7 @@ mod tests {
 
     fn step(yaml: &str) -> Result<Aggregate, String> {
         let c: Config = serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
-        c.build(&BuildContext { dir: ".".into() })
-            .map_err(|e| e.message)
+        c.build(&BuildContext::new(".")).map_err(|e| e.message)
     }
 
     fn member(body: &str, ct: Option<&str>) -> Message {

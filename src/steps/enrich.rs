@@ -1,5 +1,7 @@
-//! `enrich`: the content enricher. Calls an HTTP endpoint with a request built from the
-//! message and puts the answer into the JSON body at a path.
+//! `enrich`: the content enricher. Asks a backend — an HTTP endpoint (`url`), a database
+//! (`query`), a TCP/MLLP system (`tcp`), or a named endpoint of one of those kinds
+//! (`endpoint`, resolved by the route file) — with a request built from the message, and puts
+//! the answer into the JSON body at a path (or in place of the body: `into: $`).
 //!
 //! ```yaml
 //! - enrich:
@@ -15,8 +17,11 @@
 //! answer, the step fails and the route's `on_error.transform` decides (fail, dead letter, or
 //! retry the steps later with backoff).
 
+pub mod query;
+pub mod tcp;
+
 use super::map::{parse_path, set, Segment};
-use super::{BuildError, Step, StepError};
+use super::{BuildContext, BuildError, Step, StepError};
 use crate::message::Message;
 use crate::route::values::Duration;
 use crate::template::Template;
@@ -30,22 +35,38 @@ use std::time::Instant;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// The URL: text with placeholders — `{{body.PATH}}` (a value of the JSON body, percent-
-    /// encoded), `{{header.NAME}}` (percent-encoded), and the other template placeholders.
-    pub url: String,
+    /// An HTTP backend's URL: text with placeholders — `{{body.PATH}}` (a value of the JSON
+    /// body, percent-encoded), `{{header.NAME}}` (percent-encoded), and the other template
+    /// placeholders. One of `url`, `query`, `tcp` or `endpoint`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A database query whose row (or rows) is the answer.
+    #[serde(default)]
+    pub query: Option<query::Config>,
+    /// A TCP backend (MLLP or another framing) that answers each request with one frame.
+    #[serde(default)]
+    pub tcp: Option<tcp::Config>,
+    /// A named endpoint (`adapters/NAME.yaml`) of kind `http` (its URL and headers), `tcp`
+    /// (its host, port, framing, charset) or `database` (its URL, with `query.sql` here).
+    #[serde(default)]
+    pub endpoint: Option<String>,
     /// `GET` (default) or `POST`.
     #[serde(default)]
     pub method: Method,
     /// Request headers (values may use the template placeholders).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// For `POST`: the JSON body path sent as the request body (`$` for the whole body).
+    /// What is sent: for HTTP `POST`, the JSON body path sent as the request body (`$` for the
+    /// whole body); for `tcp`, the body path whose value is sent (a string as it is, other
+    /// JSON as JSON text) — without it, the whole body as text (an HL7 message, say).
     #[serde(default)]
     pub send: Option<String>,
     /// Where the answer goes in the JSON body (`customer`, `order.customer`); created when
-    /// missing, replaced when there. A JSON answer goes in as JSON, any other as text.
+    /// missing, replaced when there. A JSON answer goes in as JSON, any other as text. `$`
+    /// replaces the whole body with the answer (then the body need not be JSON).
     pub into: String,
-    /// What a 404 means: `fail` (default) the message, or `skip`: leave the body as it is.
+    /// What "not found" (HTTP 404, no row) means: `fail` (default) the message, or `skip`:
+    /// leave the body as it is.
     #[serde(default)]
     pub not_found: NotFound,
     /// How long to wait for the whole answer (default `10s`).
@@ -129,6 +150,7 @@ enum Part {
 }
 
 pub struct Enrich {
+    source: Source,
     url: Vec<Part>,
     method: Method,
     headers: Vec<(String, Template)>,
@@ -137,17 +159,57 @@ pub struct Enrich {
     into_name: String,
     not_found: NotFound,
     retry: Retry,
+    timeout: std::time::Duration,
     client: reqwest::Client,
     cache: Option<Cache>,
 }
 
+/// Which kind of backend answers.
+enum Source {
+    Http,
+    Tcp(tcp::Exchange),
+    Query(query::Lookup),
+}
+
 impl Config {
-    pub fn build(&self) -> Result<Enrich, BuildError> {
-        let url = parse_url(&self.url).map_err(BuildError::new)?;
-        if !self.url.starts_with("http://") && !self.url.starts_with("https://") {
+    pub fn build(&self, cx: &BuildContext) -> Result<Enrich, BuildError> {
+        let given = [self.url.is_some(), self.query.is_some(), self.tcp.is_some()];
+        if self.endpoint.is_some() {
+            return Err(BuildError::new(
+                "`endpoint` is resolved when the route file is read; build the route with `switchyard check`",
+            ));
+        }
+        if given.iter().filter(|g| **g).count() != 1 {
+            return Err(BuildError::new(
+                "give exactly one backend: `url` (HTTP), `query` (a database), `tcp`, or `endpoint` (a named one)",
+            ));
+        }
+        let source = match (&self.query, &self.tcp) {
+            (Some(q), _) => {
+                if self.send.is_some() {
+                    return Err(BuildError::new(
+                        "`send` is for HTTP and TCP; a query takes its values through `query.params`",
+                    ));
+                }
+                Source::Query(
+                    q.build(cx.databases.as_ref())
+                        .map_err(|e| BuildError::new(format!("query: {e}")))?,
+                )
+            }
+            (None, Some(t)) => Source::Tcp(
+                t.build()
+                    .map_err(|e| BuildError::new(format!("tcp: {e}")))?,
+            ),
+            (None, None) => Source::Http,
+        };
+        let url_text = self.url.clone().unwrap_or_default();
+        let url = parse_url(&url_text).map_err(BuildError::new)?;
+        if matches!(source, Source::Http)
+            && !url_text.starts_with("http://")
+            && !url_text.starts_with("https://")
+        {
             return Err(BuildError::new(format!(
-                "url `{}` must start with http:// or https://",
-                self.url
+                "url `{url_text}` must start with http:// or https://"
             )));
         }
         let headers = self
@@ -156,12 +218,14 @@ impl Config {
             .map(|(k, v)| Template::parse(v).map(|t| (k.clone(), t)))
             .collect::<Result<_, _>>()
             .map_err(|e| BuildError::new(format!("headers: {e}")))?;
-        let send = match (&self.send, self.method) {
-            (Some(p), Method::Post) => {
+        let send = match (&self.send, self.method, &source) {
+            (Some(p), Method::Post, _) | (Some(p), _, Source::Tcp(_)) => {
                 Some(parse_path(p).map_err(|e| BuildError::new(format!("send: {e}")))?)
             }
-            (Some(_), Method::Get) => return Err(BuildError::new("`send` needs `method: POST`")),
-            (None, _) => None,
+            (Some(_), Method::Get, _) => {
+                return Err(BuildError::new("`send` needs `method: POST`"))
+            }
+            (None, _, _) => None,
         };
         let into = parse_path(&self.into).map_err(|e| BuildError::new(format!("into: {e}")))?;
         if self.retry.max_attempts == 0 {
@@ -172,6 +236,8 @@ impl Config {
             .build()
             .map_err(|e| BuildError::new(format!("cannot make an HTTP client: {e}")))?;
         Ok(Enrich {
+            source,
+            timeout: self.timeout.0,
             url,
             method: self.method,
             headers,
@@ -276,11 +342,14 @@ impl Enrich {
     }
 
     /// One call, with the step's retries of transient failures.
-    fn call(&self, req: &Request) -> Result<(u16, Bytes), String> {
+    fn with_retries<T, F: std::future::Future<Output = Result<T, Transient>>>(
+        &self,
+        call: impl Fn() -> F,
+    ) -> Result<T, String> {
         let mut wait = self.retry.backoff.0;
         let mut attempt = 1;
         loop {
-            match run(self.send_once(req)) {
+            match run(call()) {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(Transient(e))) | Err(Transient(e)) if attempt >= self.retry.max_attempts => {
                     return Err(match attempt {
@@ -295,6 +364,154 @@ impl Enrich {
                 }
             }
         }
+    }
+
+    /// The answer (cached, or asked for now) to `key`: `(status, body)`; `ask` runs with the
+    /// step's retries, and an answer is cached unless `keep` says not to.
+    fn cached_or(
+        &self,
+        key: String,
+        ask: impl FnOnce() -> Result<(u16, Bytes), String>,
+        keep: impl Fn(u16) -> bool,
+    ) -> Result<(u16, Bytes, bool), String> {
+        if let Some((status, answer)) = self.cache.as_ref().and_then(|c| c.get(&key)) {
+            return Ok((status, answer, true));
+        }
+        let (status, answer) = ask()?;
+        if keep(status) {
+            if let Some(c) = &self.cache {
+                c.put(key, status, answer.clone());
+            }
+        }
+        Ok((status, answer, false))
+    }
+
+    /// An HTTP backend's answer: `None` for a 404.
+    fn fetch_http(&self, msg: &mut Message, body: Option<&Value>) -> Result<Option<Value>, String> {
+        let req = self.request(msg, body)?;
+        let label = format!("{} {}", method(self.method), req.url);
+        let (status, answer, cached) = self
+            .cached_or(
+                req.cache_key(),
+                || self.with_retries(|| self.send_once(&req)),
+                |status| (200..300).contains(&status),
+            )
+            .map_err(|e| format!("{label}: {e}"))?;
+        let name = &self.into_name;
+        msg.headers
+            .insert(format!("enrich.{name}.url"), req.url.clone());
+        msg.headers
+            .insert(format!("enrich.{name}.status"), status.to_string());
+        if cached {
+            msg.headers
+                .insert(format!("enrich.{name}.cached"), "true".into());
+        }
+        match status {
+            200..=299 => Ok(Some(answer_value(&answer))),
+            404 => Ok(None),
+            _ => Err(format!(
+                "{label} answered HTTP {status}: {}",
+                excerpt(&answer)
+            )),
+        }
+    }
+
+    /// A TCP backend's answer to the request (`send`, or the whole body as text).
+    fn fetch_tcp(
+        &self,
+        exchange: &tcp::Exchange,
+        msg: &mut Message,
+        body: Option<&Value>,
+    ) -> Result<Option<Value>, String> {
+        let request = match (&self.send, body) {
+            (None, _) => msg.body_text()?.to_string(),
+            (Some(path), Some(b)) => match super::map::get(b, path) {
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => return Err("`send` names a part of the body that is not there".into()),
+            },
+            (Some(_), None) => {
+                return Err("`send` names a part of the body, which is not JSON".into())
+            }
+        };
+        let address = exchange.address();
+        let (_, answer, cached) = self
+            .cached_or(
+                request.clone(),
+                || {
+                    self.with_retries(|| async {
+                        exchange
+                            .call(&request, self.timeout)
+                            .await
+                            .map(|text| (200, Bytes::from(text)))
+                    })
+                },
+                |_| true,
+            )
+            .map_err(|e| format!("tcp {address}: {e}"))?;
+        let name = &self.into_name;
+        msg.headers
+            .insert(format!("enrich.{name}.address"), address);
+        if cached {
+            msg.headers
+                .insert(format!("enrich.{name}.cached"), "true".into());
+        }
+        Ok(Some(answer_value(&answer)))
+    }
+
+    /// A database's row (`rows: first`; `None` when there is none) or rows (`rows: all`).
+    fn fetch_query(
+        &self,
+        lookup: &query::Lookup,
+        msg: &mut Message,
+        body: Option<&Value>,
+    ) -> Result<Option<Value>, String> {
+        let values = lookup.values(body)?;
+        let key = serde_json::to_string(&values).unwrap_or_default();
+        let (status, answer, cached) = self
+            .cached_or(
+                key,
+                || {
+                    let rows = self.with_retries(|| async {
+                        match lookup.query.rows(values.clone()).await {
+                            Ok(rows) => Ok(Ok(rows)),
+                            Err(e) if e.transient => Err(Transient(e.message)),
+                            // Not worth another try (bad SQL, a type the column refuses).
+                            Err(e) => Ok(Err(e.message)),
+                        }
+                    })??;
+                    let value = match lookup.rows {
+                        query::Rows::All => {
+                            Value::Array(rows.into_iter().map(Value::Object).collect())
+                        }
+                        query::Rows::First => match rows.into_iter().next() {
+                            Some(row) => Value::Object(row),
+                            None => return Ok((404, Bytes::new())),
+                        },
+                    };
+                    Ok((
+                        200,
+                        Bytes::from(serde_json::to_vec(&value).unwrap_or_default()),
+                    ))
+                },
+                |_| true,
+            )
+            .map_err(|e| format!("query: {e}"))?;
+        let name = &self.into_name;
+        if cached {
+            msg.headers
+                .insert(format!("enrich.{name}.cached"), "true".into());
+        }
+        if status == 404 {
+            msg.headers
+                .insert(format!("enrich.{name}.rows"), "0".into());
+            return Ok(None);
+        }
+        let value = answer_value(&answer);
+        let rows = value.as_array().map_or(1, Vec::len);
+        msg.headers
+            .insert(format!("enrich.{name}.rows"), rows.to_string());
+        Ok(Some(value))
     }
 
     async fn send_once(&self, req: &Request) -> Result<(u16, Bytes), Transient> {
@@ -321,7 +538,7 @@ impl Enrich {
 }
 
 /// A failure worth another try.
-struct Transient(String);
+pub struct Transient(pub String);
 
 fn describe(e: &reqwest::Error) -> String {
     if e.is_timeout() {
@@ -369,56 +586,58 @@ fn run<T>(fut: impl std::future::Future<Output = T>) -> Result<T, Transient> {
 
 impl Step for Enrich {
     fn apply(&self, msg: &mut Message) -> Result<(), StepError> {
-        let mut body: Value = serde_json::from_slice(&msg.body).map_err(|e| {
-            StepError(format!(
-                "the body is not JSON ({e}); enrich puts its answer into a JSON body"
-            ))
-        })?;
-        let req = self.request(msg, Some(&body))?;
-        let cached = self.cache.as_ref().and_then(|c| c.get(&req.cache_key()));
-        let (status, answer, from_cache) = match cached {
-            Some((status, answer)) => (status, answer, true),
-            None => {
-                let (status, answer) = self
-                    .call(&req)
-                    .map_err(|e| StepError(format!("{} {}: {e}", method(self.method), req.url)))?;
-                (status, answer, false)
-            }
-        };
-        let name = &self.into_name;
-        msg.headers
-            .insert(format!("enrich.{name}.url"), req.url.clone());
-        msg.headers
-            .insert(format!("enrich.{name}.status"), status.to_string());
-        if from_cache {
-            msg.headers
-                .insert(format!("enrich.{name}.cached"), "true".into());
-        }
-        match status {
-            200..=299 => {}
-            404 if self.not_found == NotFound::Skip => return Ok(()),
-            _ => {
+        let whole = self.into.is_empty();
+        let body = match serde_json::from_slice::<Value>(&msg.body) {
+            Ok(v) => Some(v),
+            Err(_) if whole => None,
+            Err(e) => {
                 return Err(StepError(format!(
-                    "{} {} answered HTTP {status}: {}",
-                    method(self.method),
-                    req.url,
-                    excerpt(&answer)
+                    "the body is not JSON ({e}); enrich puts its answer into a JSON body (or in place of the body: `into: $`)"
                 )))
             }
+        };
+        let found = match &self.source {
+            Source::Http => self.fetch_http(msg, body.as_ref()),
+            Source::Tcp(t) => self.fetch_tcp(t, msg, body.as_ref()),
+            Source::Query(q) => self.fetch_query(q, msg, body.as_ref()),
         }
-        if !from_cache {
-            if let Some(c) = &self.cache {
-                c.put(req.cache_key(), status, answer.clone());
+        .map_err(StepError)?;
+        let Some(value) = found else {
+            return match self.not_found {
+                NotFound::Skip => Ok(()),
+                NotFound::Fail => Err(StepError(match &self.source {
+                    Source::Query(_) => "the query found no row (set `not_found: skip` to go on without)".into(),
+                    _ => format!(
+                        "{} {} answered HTTP 404: not found (set `not_found: skip` to go on without)",
+                        method(self.method),
+                        msg.header(&format!("enrich.{}.url", self.into_name)).unwrap_or_default()
+                    ),
+                })),
+            };
+        };
+        match (whole, value, body) {
+            // In place of the body: text stays text (an HL7 answer, say).
+            (true, Value::String(text), _) => {
+                msg.body = Bytes::from(text.into_bytes());
+                msg.headers
+                    .insert("content-type".into(), "text/plain".into());
+            }
+            (_, value, body) => {
+                let mut body = body.unwrap_or(Value::Null);
+                set(&mut body, &self.into, value).map_err(StepError)?;
+                msg.body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+                msg.headers
+                    .insert("content-type".into(), "application/json".into());
             }
         }
-        let value = serde_json::from_slice(&answer)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&answer).into_owned()));
-        set(&mut body, &self.into, value).map_err(StepError)?;
-        msg.body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-        msg.headers
-            .insert("content-type".into(), "application/json".into());
         Ok(())
     }
+}
+
+/// An answer as it goes into the body: JSON as JSON, anything else as text.
+fn answer_value(answer: &[u8]) -> Value {
+    serde_json::from_slice(answer)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(answer).into_owned()))
 }
 
 fn method(m: Method) -> &'static str {
@@ -489,7 +708,7 @@ mod tests {
     #[test]
     fn the_url_takes_encoded_values_from_the_body_and_headers() {
         let e = config("url: http://crm/customers/{{body.order.customer}}?src={{header.source}}\ninto: customer\n")
-            .build()
+            .build(&BuildContext::new("."))
             .unwrap();
         let mut msg = Message::new(
             "r",
@@ -512,7 +731,11 @@ mod tests {
             ("url: http://x/{{nope}}\ninto: a\n", "nope"),
             ("url: http://x\ninto: a\nsend: $\n", "needs `method: POST`"),
         ] {
-            let e = config(yaml).build().err().unwrap().message;
+            let e = config(yaml)
+                .build(&BuildContext::new("."))
+                .err()
+                .unwrap()
+                .message;
             assert!(e.contains(wanted), "{yaml}: {e}");
         }
     }

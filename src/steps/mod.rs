@@ -66,13 +66,24 @@ pub enum StepConfig {
     Xslt(xslt::Config),
 }
 
-/// What building a step may need: where the route file is, for relative file names.
+/// What building a step may need: where the route file is, for relative file names, and
+/// the connections to backends that only the layers above steps can make.
+#[derive(Clone, Default)]
 pub struct BuildContext {
     /// The directory of the route file.
     pub dir: PathBuf,
+    /// Makes database queries (`enrich` with `query`); `None` where none may be made.
+    pub databases: Option<enrich::query::Connect>,
 }
 
 impl BuildContext {
+    pub fn new(dir: impl Into<PathBuf>) -> BuildContext {
+        BuildContext {
+            dir: dir.into(),
+            databases: None,
+        }
+    }
+
     pub fn resolve(&self, file: &Path) -> PathBuf {
         self.dir.join(file)
     }
@@ -148,7 +159,7 @@ impl StepConfig {
             StepConfig::Filter(c) => Arc::new(c.build(cx)?),
             StepConfig::Split(c) => Arc::new(c.build()?),
             StepConfig::Hl7(c) => Arc::new(c.build()?),
-            StepConfig::Enrich(c) => Arc::new(c.build()?),
+            StepConfig::Enrich(c) => Arc::new(c.build(cx)?),
             StepConfig::Aggregate(c) => Arc::new(c.build(cx)?),
             StepConfig::Xslt(c) => Arc::new(c.build(cx)?),
         })

@@ -65,9 +65,7 @@ mod tests {
 
     fn transform(yaml: &str) -> Result<Transform, BuildError> {
         let cfg: Config = serde_yaml::from_str(yaml).unwrap();
-        cfg.build(&BuildContext {
-            dir: PathBuf::from("."),
-        })
+        cfg.build(&BuildContext::new(PathBuf::from(".")))
     }
 
     fn run(t: &Transform, body: &str, content_type: Option<&str>) -> Result<Message, StepError> {
@@ -146,7 +144,7 @@ script: |
         .unwrap();
         let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"));
         let t = cfg
-            .build(&BuildContext { dir })
+            .build(&BuildContext::new(dir))
             .map_err(|e| e.message)
             .unwrap();
         let out = run(&t, "{}", None).unwrap().body_json().unwrap();

@@ -183,10 +183,7 @@ mod tests {
 
     fn validate(yaml: &str) -> Validate {
         let cfg: Config = serde_yaml::from_str(yaml).unwrap();
-        cfg.build(&BuildContext {
-            dir: PathBuf::from("."),
-        })
-        .unwrap()
+        cfg.build(&BuildContext::new(PathBuf::from("."))).unwrap()
     }
 
     fn check(v: &Validate, body: &str) -> Result<(), StepError> {
@@ -235,9 +232,7 @@ mod tests {
     fn nothing_to_check_is_a_load_error() {
         let cfg: Config = serde_yaml::from_str("xml: false").unwrap();
         let e = cfg
-            .build(&BuildContext {
-                dir: PathBuf::from("."),
-            })
+            .build(&BuildContext::new(PathBuf::from(".")))
             .err()
             .unwrap();
         assert!(e.message.contains("validate checks nothing"));
@@ -253,9 +248,9 @@ mod xsd_tests {
     fn xsd_lists_every_violation_and_passes_valid_documents() {
         let cfg: Config = serde_yaml::from_str("xsd: examples/xsd/schemas/order.xsd").unwrap();
         let v = cfg
-            .build(&BuildContext {
-                dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
-            })
+            .build(&BuildContext::new(PathBuf::from(env!(
+                "CARGO_MANIFEST_DIR"
+            ))))
             .map_err(|e| e.message)
             .unwrap();
         let good = std::fs::read(concat!(
@@ -286,9 +281,7 @@ mod xsd_tests {
         });
         let missing: Config = serde_yaml::from_str("xsd: nowhere.xsd").unwrap();
         let e = missing
-            .build(&BuildContext {
-                dir: PathBuf::from("."),
-            })
+            .build(&BuildContext::new(PathBuf::from(".")))
             .err()
             .unwrap();
         assert!(
@@ -307,9 +300,7 @@ mod no_xsd_tests {
     fn xsd_without_the_feature_is_a_clear_load_error() {
         let cfg: Config = serde_yaml::from_str("xsd: schemas/order.xsd").unwrap();
         let e = cfg
-            .build(&BuildContext {
-                dir: PathBuf::from("."),
-            })
+            .build(&BuildContext::new(PathBuf::from(".")))
             .err()
             .unwrap();
         assert!(

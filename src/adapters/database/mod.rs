@@ -361,6 +361,53 @@ impl Database {
 
 type Guard<'a> = tokio::sync::MutexGuard<'a, Option<(Connection, Instant)>>;
 
+/// Database queries for the `enrich` step, which knows databases only by its `Query` trait:
+/// each step gets a connection of its own, made on first use (exact numbers as strings, a
+/// statement cancelled after 30 s, the connection remade every 30 minutes, as the database
+/// adapters do by default).
+pub fn enrich_queries() -> crate::steps::enrich::query::Connect {
+    Arc::new(|url: &str, sql: &str| {
+        if Dialect::of(url).is_none() {
+            return Err(format!(
+                "`{}` is not a database URL; write postgres://user@host:5432/database or mysql://user:password@host:3306/database",
+                crate::adapters::broker::redact(url)
+            ));
+        }
+        let sql = Sql::parse(sql).map_err(|e| format!("sql: {e}"))?;
+        let db = Database::new(Settings {
+            url: Url(url.to_string()),
+            statement_timeout: Duration::from_secs(30),
+            max_lifetime: Duration::from_secs(30 * 60),
+            decimals: Decimals::String,
+        });
+        Ok(Arc::new(EnrichQuery { db, sql }) as Arc<dyn crate::steps::enrich::query::Query>)
+    })
+}
+
+struct EnrichQuery {
+    db: Database,
+    sql: Sql,
+}
+
+#[async_trait::async_trait]
+impl crate::steps::enrich::query::Query for EnrichQuery {
+    fn names(&self) -> &[String] {
+        &self.sql.names
+    }
+
+    async fn rows(
+        &self,
+        values: Vec<Value>,
+    ) -> Result<Vec<Map<String, Value>>, crate::steps::enrich::query::QueryError> {
+        self.db.query(&self.sql, values).await.map_err(|e| {
+            crate::steps::enrich::query::QueryError {
+                message: e.message,
+                transient: e.retryable,
+            }
+        })
+    }
+}
+
 /// The parameters of `sql` taken from a JSON object by name; a name the object lacks is an
 /// error naming it.
 pub fn params_from(sql: &Sql, values: &Map<String, Value>, what: &str) -> Result<Params, String> {
