@@ -240,7 +240,25 @@ fn http_scenario_on(
         Some((name, yaml)) => Out::Named(name, yaml),
         None => Out::File,
     };
-    http_run(connections, with_transform, false, postgres, out)
+    http_run(
+        connections,
+        with_transform,
+        false,
+        postgres,
+        out,
+        Pattern::None,
+    )
+}
+
+/// An integration pattern on the HTTP scenario's route, to see what it costs beside the same
+/// route without it in one run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pattern {
+    None,
+    /// `dedupe` on a key every message has its own of (each intake looks the key up).
+    Dedupe,
+    /// An `aggregate` step making one message of every 10 (all members share one key).
+    Aggregate,
 }
 
 /// One HTTP run: `connections` keep-alive clients posting for `BENCH_SECONDS`; `reply`: the
@@ -251,6 +269,7 @@ fn http_run(
     reply: bool,
     postgres: Option<&str>,
     to: Out,
+    pattern: Pattern,
 ) -> Row {
     let pg = postgres.map(Postgres::new);
     let secs: f64 = std::env::var("BENCH_SECONDS")
@@ -259,10 +278,20 @@ fn http_run(
         .unwrap_or(20.0)
         * scale().clamp(0.05, 1.0);
     let ws = Workspace::new();
-    let steps = if with_transform {
-        format!("steps:\n{TRANSFORM}")
+    let aggregate = if pattern == Pattern::Aggregate {
+        "  - aggregate: { key: '\"all\"', count: 10, timeout: 1s }\n"
     } else {
-        String::new()
+        ""
+    };
+    let steps = match (with_transform, aggregate) {
+        (false, "") => String::new(),
+        (true, agg) => format!("steps:\n{TRANSFORM}{agg}"),
+        (false, agg) => format!("steps:\n{agg}"),
+    };
+    let dedupe = if pattern == Pattern::Dedupe {
+        "dedupe: { key: 'id', window: 1h }\n"
+    } else {
+        ""
     };
     let outputs = match &to {
         Out::Named(_, yaml) => format!("to:\n{yaml}"),
@@ -278,7 +307,7 @@ fn http_run(
     let response = if reply { ", response: reply" } else { "" };
     ws.write_route(
         "http.yaml",
-        &format!("from:\n  http: {{ listen: 127.0.0.1:0{response} }}\n{steps}{outputs}"),
+        &format!("from:\n  http: {{ listen: 127.0.0.1:0{response} }}\n{dedupe}{steps}{outputs}"),
     );
     let mut env = vec![(
         "SWITCHYARD_LOG",
@@ -305,6 +334,12 @@ fn http_run(
     } else {
         "delivered"
     };
+    // Members of aggregate groups end `aggregated` (their groups' messages `finished`).
+    let finished = if pattern == Pattern::Aggregate {
+        "aggregated"
+    } else {
+        finished
+    };
     let delivered = || match &pg {
         Some(pg) => pg.count(finished),
         None => ws.count(finished),
@@ -320,10 +355,15 @@ fn http_run(
     lat.sort();
     Row {
         scenario: format!(
-            "http {connections} conn{}{}{}{}{} (drain {drained:.1}s)",
+            "http {connections} conn{}{}{}{}{}{} (drain {drained:.1}s)",
             if connections > 1 { "s" } else { "" },
             if reply { " reply" } else { "" },
             if with_transform { " + transform" } else { "" },
+            match pattern {
+                Pattern::None => "",
+                Pattern::Dedupe => " + dedupe",
+                Pattern::Aggregate => " + aggregate by 10",
+            },
             if pg.is_some() { ", PostgreSQL" } else { "" },
             match &to {
                 Out::File => String::new(),
@@ -748,8 +788,15 @@ fn main() {
     }
     // Intake alone (nothing to deliver), acknowledged after the commit and as a reply.
     if want("http nowhere") {
-        rows.push(http_run(50, true, false, None, Out::Nowhere));
-        rows.push(http_run(50, false, true, None, Out::Nowhere));
+        rows.push(http_run(50, true, false, None, Out::Nowhere, Pattern::None));
+        rows.push(http_run(50, false, true, None, Out::Nowhere, Pattern::None));
+    }
+    // What the patterns cost on the intake (nothing to deliver), beside the same route
+    // without them in the same run.
+    if want("http patterns") {
+        for pattern in [Pattern::None, Pattern::Dedupe, Pattern::Aggregate] {
+            rows.push(http_run(50, true, false, None, Out::Nowhere, pattern));
+        }
     }
     // To an HTTP endpoint (a bare local sink answering 200), 16 deliveries in flight.
     if want("http sink") {
@@ -765,6 +812,7 @@ fn main() {
                     "  - http: {{ url: \"http://{sink}/\", delivery: {{ concurrency: 16 }} }}\n"
                 ),
             ),
+            Pattern::None,
         ));
     }
     // BENCH_POSTGRES=postgres://root@127.0.0.1/test: HTTP on a PostgreSQL store as well.

@@ -49,11 +49,14 @@ impl Aggregator {
                 }
             };
             let full = groups.ready.len() == PAGE;
-            for group in groups.ready {
-                if stop.is_cancelled() {
-                    return;
-                }
-                self.emit(store.as_ref(), group).await;
+            // All at once: their commits share the store's group commits.
+            let emits = groups
+                .ready
+                .into_iter()
+                .map(|g| self.emit(store.as_ref(), g));
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = futures_util::future::join_all(emits) => {}
             }
             if full {
                 continue;

@@ -60,6 +60,35 @@ fn outbox_bodies(ws: &Workspace) -> (BTreeSet<String>, usize) {
     (bodies, files.len())
 }
 
+/// For a failure's message: the messages (by `n`) no file holds, each one's stored rows if
+/// any, and what each duplicate says it repeats — to tell a broker that never redelivered
+/// from a key met twice.
+fn missing_and_duplicates(ws: &Workspace, total: usize) -> String {
+    let (bodies, _) = outbox_bodies(ws);
+    let held: BTreeSet<u64> = bodies
+        .iter()
+        .filter_map(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+        .filter_map(|v| v["n"].as_u64())
+        .collect();
+    let missing: Vec<u64> = (0..total as u64).filter(|n| !held.contains(n)).collect();
+    let stored: Vec<String> = missing
+        .iter()
+        .map(|n| {
+            let rows = ws.query_pairs(&format!(
+                "SELECT state || ' ' || id || ' ' || COALESCE(error, ''), 1 FROM messages WHERE body LIKE '%\"n\":{n},%'"
+            ));
+            format!("n={n}: {:?}", rows.keys().collect::<Vec<_>>())
+        })
+        .collect();
+    let duplicates = ws.query_pairs(
+        "SELECT id || ' ' || CAST(body AS TEXT) || ' ' || COALESCE(error, ''), 1 FROM messages WHERE state = 'duplicate'",
+    );
+    format!(
+        "missing: {stored:?}\nduplicates: {:?}",
+        duplicates.keys().collect::<Vec<_>>()
+    )
+}
+
 fn messages(prefix: &str, n: usize) -> Vec<(String, String)> {
     (0..n)
         .map(|i| {
@@ -172,9 +201,10 @@ async fn sigkill_while_consuming(b: Arc<dyn TestBroker>) {
     assert!(
         wait_until(Duration::from_secs(240), || ws.files("outbox").len()
             >= total),
-        "{} of {total} after the restart: {:?}",
+        "{} of {total} after the restart: {:?}\n{}",
         ws.files("outbox").len(),
-        ws.states()
+        ws.states(),
+        missing_and_duplicates(&ws, total)
     );
     std::thread::sleep(Duration::from_secs(2));
     let (bodies, files) = outbox_bodies(&ws);
