@@ -1113,6 +1113,11 @@ steps:
         params: {{ min: order.min_credit }}
         rows: all
       into: eligible
+  - enrich:
+      query:
+        database: "{url}"
+        sql: "SELECT COUNT(*) AS n FROM customers"
+      merge: 'body.customers_known = answer.n; headers["x-known"] = "yes";'
 "#,
                 url = db.url()
             ),
@@ -1133,6 +1138,7 @@ steps:
             answer["eligible"],
             serde_json::json!([{"id": "C-1"}, {"id": "C-2"}])
         );
+        assert_eq!(answer["customers_known"], 2, "merged by the script");
         // Values are bound, never spliced: this finds no customer instead of every one.
         let (status, answer) = ask(
             rt,
@@ -1144,7 +1150,7 @@ steps:
             answer["error"]
                 .as_str()
                 .unwrap_or("")
-                .contains("found no row"),
+                .contains(r#"no row for :customer = "x' OR '1'='1""#),
             "{answer}"
         );
         // A parameter the body lacks fails the message, naming it.

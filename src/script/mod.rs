@@ -155,8 +155,23 @@ impl Script {
         limits: &Limits,
         source: &str,
     ) -> Result<Script, CompileError> {
+        Script::compile_declaring(engine, limits, source, &[])
+    }
+
+    /// Compiles a whole script that also sees the variables `more` (given to
+    /// [`Script::run_with`]).
+    pub fn compile_declaring(
+        engine: Arc<Engine>,
+        limits: &Limits,
+        source: &str,
+        more: &[&'static str],
+    ) -> Result<Script, CompileError> {
+        let mut scope = declared_scope();
+        for name in more {
+            scope.push(*name, Dynamic::UNIT);
+        }
         let ast = engine
-            .compile_with_scope(&declared_scope(), source)
+            .compile_with_scope(&scope, source)
             .map_err(compile_error)?;
         Ok(Script {
             engine,
@@ -184,8 +199,21 @@ impl Script {
     /// Runs on `msg` with `body` already converted; returns the script's value and the scope
     /// as the script left it.
     pub fn run(&self, msg: &Message, body: Dynamic) -> Result<(Dynamic, Scope<'static>), RunError> {
+        self.run_with(msg, body, Vec::new())
+    }
+
+    /// As [`Script::run`], with more variables in scope (`answer` for `enrich`'s `merge`).
+    pub fn run_with(
+        &self,
+        msg: &Message,
+        body: Dynamic,
+        more: Vec<(&'static str, Dynamic)>,
+    ) -> Result<(Dynamic, Scope<'static>), RunError> {
         let mut scope = Scope::new();
         scope.push("body", body);
+        for (name, value) in more {
+            scope.push(name, value);
+        }
         scope.push("headers", headers_map(msg));
         scope.push_constant("id", msg.id.to_string());
         scope.push_constant("route", msg.route.clone());

@@ -63,8 +63,17 @@ pub struct Config {
     pub send: Option<String>,
     /// Where the answer goes in the JSON body (`customer`, `order.customer`); created when
     /// missing, replaced when there. A JSON answer goes in as JSON, any other as text. `$`
-    /// replaces the whole body with the answer (then the body need not be JSON).
-    pub into: String,
+    /// replaces the whole body with the answer (then the body need not be JSON). Or:
+    #[serde(default)]
+    pub into: Option<String>,
+    /// A Rhai script that merges the answer itself: `answer` holds it (a map or array when
+    /// JSON, else a string), `body` and `headers` the message as for a `transform`; the script
+    /// sets `body` (and may change `headers`).
+    #[serde(default)]
+    pub merge: Option<String>,
+    /// Sandbox limits for `merge`.
+    #[serde(default)]
+    pub limits: crate::script::Limits,
     /// What "not found" (HTTP 404, no row) means: `fail` (default) the message, or `skip`:
     /// leave the body as it is.
     #[serde(default)]
@@ -157,6 +166,7 @@ pub struct Enrich {
     send: Option<Vec<Segment>>,
     into: Vec<Segment>,
     into_name: String,
+    merge: Option<crate::script::Script>,
     not_found: NotFound,
     retry: Retry,
     timeout: std::time::Duration,
@@ -227,7 +237,35 @@ impl Config {
             }
             (None, _, _) => None,
         };
-        let into = parse_path(&self.into).map_err(|e| BuildError::new(format!("into: {e}")))?;
+        let (into, merge) = match (&self.into, &self.merge) {
+            (Some(into), None) => (
+                parse_path(into).map_err(|e| BuildError::new(format!("into: {e}")))?,
+                None,
+            ),
+            (None, Some(script)) => {
+                let engine = super::script_engine(&Default::default(), &self.limits, cx)?;
+                let script = crate::script::Script::compile_declaring(
+                    engine,
+                    &self.limits,
+                    script,
+                    &["answer"],
+                )
+                .map_err(|e| BuildError {
+                    message: format!("merge: script syntax error: {}", e.message),
+                    script: Some(super::ScriptPosition {
+                        file: None,
+                        line: e.line,
+                        column: e.column,
+                    }),
+                })?;
+                (Vec::new(), Some(script))
+            }
+            _ => {
+                return Err(BuildError::new(
+                    "say where the answer goes: `into` (a path, or `$` for the whole body) or `merge` (a script), one of them",
+                ))
+            }
+        };
         if self.retry.max_attempts == 0 {
             return Err(BuildError::new("retry.max_attempts must be at least 1"));
         }
@@ -243,7 +281,8 @@ impl Config {
             headers,
             send,
             into,
-            into_name: self.into.clone(),
+            into_name: self.into.clone().unwrap_or_else(|| "answer".into()),
+            merge,
             not_found: self.not_found,
             retry: self.retry.clone(),
             client,
@@ -408,7 +447,7 @@ impl Enrich {
         }
         match status {
             200..=299 => Ok(Some(answer_value(&answer))),
-            404 => Ok(None),
+            404 if self.not_found == NotFound::Skip => Ok(None),
             _ => Err(format!(
                 "{label} answered HTTP {status}: {}",
                 excerpt(&answer)
@@ -505,7 +544,13 @@ impl Enrich {
         if status == 404 {
             msg.headers
                 .insert(format!("enrich.{name}.rows"), "0".into());
-            return Ok(None);
+            return match self.not_found {
+                NotFound::Skip => Ok(None),
+                NotFound::Fail => Err(format!(
+                    "query: no row for {} (set `not_found: skip` to go on without)",
+                    lookup.describe(body)
+                )),
+            };
         }
         let value = answer_value(&answer);
         let rows = value.as_array().map_or(1, Vec::len);
@@ -602,19 +647,20 @@ impl Step for Enrich {
             Source::Query(q) => self.fetch_query(q, msg, body.as_ref()),
         }
         .map_err(StepError)?;
+        // Not found, and `not_found: skip`: the body stays as it is.
         let Some(value) = found else {
-            return match self.not_found {
-                NotFound::Skip => Ok(()),
-                NotFound::Fail => Err(StepError(match &self.source {
-                    Source::Query(_) => "the query found no row (set `not_found: skip` to go on without)".into(),
-                    _ => format!(
-                        "{} {} answered HTTP 404: not found (set `not_found: skip` to go on without)",
-                        method(self.method),
-                        msg.header(&format!("enrich.{}.url", self.into_name)).unwrap_or_default()
-                    ),
-                })),
-            };
+            return Ok(());
         };
+        if let Some(script) = &self.merge {
+            let answer = serde_json::from_value::<rhai::Dynamic>(value)
+                .map_err(|e| StepError(format!("the answer cannot be given to `merge`: {e}")))?;
+            let current = crate::script::body_to_dynamic(msg)?;
+            let (_, mut scope) = script
+                .run_with(msg, current, vec![("answer", answer)])
+                .map_err(|e| StepError(format!("merge: {e}")))?;
+            crate::script::write_back(msg, &mut scope)?;
+            return Ok(());
+        }
         match (whole, value, body) {
             // In place of the body: text stays text (an HL7 answer, say).
             (true, Value::String(text), _) => {
@@ -730,6 +776,13 @@ mod tests {
             ("url: http://x/{{body.a\ninto: a\n", "never closed"),
             ("url: http://x/{{nope}}\ninto: a\n", "nope"),
             ("url: http://x\ninto: a\nsend: $\n", "needs `method: POST`"),
+            ("url: http://x\n", "say where the answer goes"),
+            (
+                "url: http://x\ninto: a\nmerge: 'body = 1;'\n",
+                "say where the answer goes",
+            ),
+            ("url: http://x\nmerge: 'body = ;'\n", "syntax error"),
+            ("into: a\n", "exactly one backend"),
         ] {
             let e = config(yaml)
                 .build(&BuildContext::new("."))

@@ -102,6 +102,20 @@ impl Config {
 }
 
 impl Lookup {
+    /// The values asked for, for messages: `:customer = "C-9"`.
+    pub fn describe(&self, body: Option<&Value>) -> String {
+        self.sources
+            .iter()
+            .map(|(name, path)| {
+                let v = body
+                    .and_then(|b| get(b, path))
+                    .map_or("nothing".into(), Value::to_string);
+                format!(":{name} = {v}")
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// The query's values from the body, in the query's order.
     pub fn values(&self, body: Option<&Value>) -> Result<Vec<Value>, String> {
         self.sources
