@@ -160,7 +160,7 @@ async fn a_sigkill_neither_loses_a_member_nor_makes_a_group_twice() {
     let first = listen_addr(&ws, "batches", &[]);
     let url = std::sync::Arc::new(std::sync::Mutex::new(format!("http://{first}/in")));
 
-    // Eight batches of five, interleaved, sent by four senders at once; a batch of three that
+    // Sixteen batches of five, interleaved, sent by four senders at once; a batch of three that
     // can only complete by its timeout, after the restart.
     let taken = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let senders: Vec<_> = (0..4)
@@ -170,6 +170,8 @@ async fn a_sigkill_neither_loses_a_member_nor_makes_a_group_twice() {
                 for i in (s..80).step_by(4) {
                     let id = send(&url, format!(r#"{{"batch": "b{}", "n": {i}}}"#, i % 16)).await;
                     taken.lock().unwrap().push(id);
+                    // Paced, so that the kill falls while they send.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             })
         })
@@ -183,6 +185,8 @@ async fn a_sigkill_neither_loses_a_member_nor_makes_a_group_twice() {
         taken.lock().unwrap().len() >= 40
     });
     engine.kill();
+    let at_kill = taken.lock().unwrap().len();
+    assert!(at_kill < 83, "the senders had finished before the kill");
     let engine = ws.start();
     let second = listen_addr(&ws, "batches", std::slice::from_ref(&first));
     *url.lock().unwrap() = format!("http://{second}/in");
