@@ -9,21 +9,6 @@ use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-/// The address the HTTP listener of `route` bound to, other than any in `old`.
-fn listen_addr(ws: &Workspace, route: &str, old: &[String]) -> String {
-    let mut found = None;
-    wait_until(Duration::from_secs(20), || {
-        found = ws
-            .log_events()
-            .iter()
-            .filter(|e| e["message"] == "HTTP listener ready" && e["route"] == route)
-            .filter_map(|e| e["listen"].as_str().map(str::to_string))
-            .rfind(|a| !old.contains(a));
-        found.is_some()
-    });
-    found.unwrap_or_else(|| panic!("route {route}'s HTTP listener never became ready"))
-}
-
 async fn post(url: &str, body: String) -> Result<serde_json::Value, String> {
     let r = reqwest::Client::new()
         .post(url)
@@ -74,7 +59,7 @@ async fn groups_complete_by_count_and_by_timeout_and_carry_on_through_the_next_s
     let ws = Workspace::new();
     ws.write_route("lines.yaml", ORDER_LINES);
     let engine = ws.start();
-    let url = format!("http://{}/lines", listen_addr(&ws, "lines", &[]));
+    let url = format!("http://{}/lines", ws.route_listener("lines", &[]));
     let mut members = Vec::new();
     for (order, qty) in [("A", 1), ("B", 10), ("A", 2), ("A", 3), ("B", 20)] {
         let answer = post(&url, format!(r#"{{"order": "{order}", "qty": {qty}}}"#))
@@ -157,7 +142,7 @@ async fn a_sigkill_neither_loses_a_member_nor_makes_a_group_twice() {
     let ws = Workspace::new();
     ws.write_route("batches.yaml", BATCHES);
     let engine = ws.start();
-    let first = listen_addr(&ws, "batches", &[]);
+    let first = ws.route_listener("batches", &[]);
     let url = std::sync::Arc::new(std::sync::Mutex::new(format!("http://{first}/in")));
 
     // Sixteen batches of five, interleaved, sent by four senders at once; a batch of three that
@@ -188,7 +173,7 @@ async fn a_sigkill_neither_loses_a_member_nor_makes_a_group_twice() {
     let at_kill = taken.lock().unwrap().len();
     assert!(at_kill < 83, "the senders had finished before the kill");
     let engine = ws.start();
-    let second = listen_addr(&ws, "batches", std::slice::from_ref(&first));
+    let second = ws.route_listener("batches", &[&first]);
     *url.lock().unwrap() = format!("http://{second}/in");
     for s in senders {
         s.await.unwrap();
@@ -261,7 +246,7 @@ async fn the_bundled_order_lines_example_runs_as_shipped() {
     let engine = ws.start_with_env(&[("LINES_LISTEN", "127.0.0.1:0")]);
     let url = format!(
         "http://{}/order-lines",
-        listen_addr(&ws, "order-lines-aggregate", &[])
+        ws.route_listener("order-lines-aggregate", &[])
     );
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     for n in 1..=3 {

@@ -14,20 +14,6 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
-/// The address the HTTP listener of `route` bound to.
-fn listen_addr(ws: &Workspace, route: &str) -> String {
-    let mut found = None;
-    wait_until(Duration::from_secs(20), || {
-        found = ws
-            .log_events()
-            .iter()
-            .find(|e| e["message"] == "HTTP listener ready" && e["route"] == route)
-            .and_then(|e| e["listen"].as_str().map(str::to_string));
-        found.is_some()
-    });
-    found.unwrap_or_else(|| panic!("route {route}'s HTTP listener never became ready"))
-}
-
 async fn post(url: &str, body: &str) -> (u16, serde_json::Value) {
     let r = client()
         .post(url)
@@ -68,7 +54,7 @@ async fn dedupe_drops_a_key_seen_within_its_window_and_takes_a_resend_of_a_failu
     ws.write_route("orders.yaml", ORDERS);
     ws.write_route("quotes.yaml", QUOTES);
     let engine = ws.start();
-    let orders = format!("http://{}/orders", listen_addr(&ws, "orders"));
+    let orders = format!("http://{}/orders", ws.route_listener("orders", &[]));
 
     let (status, first) = post(&orders, r#"{"order": {"id": 1001}}"#).await;
     assert_eq!((status, first["status"].as_str()), (202, Some("accepted")));
@@ -130,7 +116,7 @@ async fn dedupe_drops_a_key_seen_within_its_window_and_takes_a_resend_of_a_failu
     );
 
     // Request-reply: a second request with the same idempotency key is answered 409 at once.
-    let quotes = format!("http://{}/quote", listen_addr(&ws, "quotes"));
+    let quotes = format!("http://{}/quote", ws.route_listener("quotes", &[]));
     let ask = || {
         client()
             .post(&quotes)
@@ -166,10 +152,7 @@ async fn dedupe_drops_a_key_seen_within_its_window_and_takes_a_resend_of_a_failu
     // The keys live in the store: after a SIGKILL and a restart, a resend is still dropped.
     engine.kill();
     let engine = ws.start();
-    let orders = format!(
-        "http://{}/orders",
-        wait_for_new_listener(&ws, "orders", &orders)
-    );
+    let orders = format!("http://{}/orders", ws.route_listener("orders", &[&orders]));
     let (status, after) = post(&orders, r#"{"order": {"id": 1002}}"#).await;
     assert_eq!((status, after["status"].as_str()), (202, Some("duplicate")));
     assert!(wait_until(Duration::from_secs(20), || ws
@@ -177,21 +160,6 @@ async fn dedupe_drops_a_key_seen_within_its_window_and_takes_a_resend_of_a_failu
         == 3));
     assert_eq!(ws.files("outbox").len(), 3);
     engine.stop();
-}
-
-/// The listener of `route` started after `old` (a restarted engine binds another port).
-fn wait_for_new_listener(ws: &Workspace, route: &str, old: &str) -> String {
-    let mut found = None;
-    wait_until(Duration::from_secs(20), || {
-        found = ws
-            .log_events()
-            .iter()
-            .filter(|e| e["message"] == "HTTP listener ready" && e["route"] == route)
-            .filter_map(|e| e["listen"].as_str().map(str::to_string))
-            .rfind(|a| !old.contains(a.as_str()));
-        found.is_some()
-    });
-    found.unwrap_or_else(|| panic!("route {route} did not listen again"))
 }
 
 const PACED: &str = r#"from:
@@ -217,8 +185,8 @@ async fn a_destination_rate_and_a_route_throttle_hold_without_slowing_anything_e
     ws.write_route("paced.yaml", PACED);
     ws.write_route("gated.yaml", GATED);
     let engine = ws.start();
-    let paced = format!("http://{}/in", listen_addr(&ws, "paced"));
-    let gated = format!("http://{}/in", listen_addr(&ws, "gated"));
+    let paced = format!("http://{}/in", ws.route_listener("paced", &[]));
+    let gated = format!("http://{}/in", ws.route_listener("gated", &[]));
 
     // A destination at 5/s with a burst of 1: 20 deliveries take at least 19/5 s, while the
     // route's other destination has all 20 at once.
@@ -286,7 +254,7 @@ to:
         ),
     );
     let engine = ws.start();
-    let orders = format!("http://{}/orders", listen_addr(&ws, "enriched"));
+    let orders = format!("http://{}/orders", ws.route_listener("enriched", &[]));
     let read = |id: &serde_json::Value| -> serde_json::Value {
         let path = ws.path(&format!("outbox/{}.json", id.as_str().unwrap()));
         serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
@@ -361,7 +329,7 @@ steps:
         ),
     );
     let engine = ws.start();
-    let url = format!("http://{}/price", listen_addr(&ws, "pricing"));
+    let url = format!("http://{}/price", ws.route_listener("pricing", &[]));
     let (status, answer) = post(&url, r#"{"item": "A-7", "amount": 3}"#).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(
@@ -480,7 +448,7 @@ async fn request_reply_through_an_mllp_backend_named_as_an_endpoint() {
     ws.write_route("lab-query.yaml", LAB_QUERY);
     ws.write_route("lab-slow.yaml", LAB_SLOW);
     let engine = ws.start_with_env(&[("SILENT_PORT", &silent.to_string())]);
-    let url = format!("http://{}/glucose", listen_addr(&ws, "lab-query"));
+    let url = format!("http://{}/glucose", ws.route_listener("lab-query", &[]));
 
     // The JSON request becomes an HL7 query, the lab's HL7 answer the JSON reply.
     for (specimen, result) in [("S-1", "5.4"), ("S-2", "7.1")] {
@@ -494,7 +462,7 @@ async fn request_reply_through_an_mllp_backend_named_as_an_endpoint() {
     assert_eq!(answered.load(std::sync::atomic::Ordering::SeqCst), 2);
 
     // A backend that never answers: the step's tries run out and the caller hears why.
-    let slow = format!("http://{}/slow", listen_addr(&ws, "lab-slow"));
+    let slow = format!("http://{}/slow", ws.route_listener("lab-slow", &[]));
     let started = std::time::Instant::now();
     let (status, answer) = post(&slow, "{}").await;
     assert_eq!(status, 504, "{answer}");
@@ -529,7 +497,7 @@ async fn the_bundled_glucose_query_service_runs_as_shipped() {
     ]);
     let url = format!(
         "http://{}/glucose",
-        listen_addr(&ws, "glucose-query-service")
+        ws.route_listener("glucose-query-service", &[])
     );
     let (status, answer) = post(&url, r#"{"specimen": "S-1"}"#).await;
     assert_eq!(status, 200, "{answer}");

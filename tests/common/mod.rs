@@ -124,6 +124,23 @@ impl Workspace {
         found.expect("the HTTP listener never became ready")
     }
 
+    /// The address the HTTP listener of `route` bound to (from the processing log), other
+    /// than any named in `old` (addresses or URLs: a restarted engine binds another port),
+    /// waiting for it.
+    pub fn route_listener(&self, route: &str, old: &[&str]) -> String {
+        let mut found = None;
+        wait_until(Duration::from_secs(20), || {
+            found = self
+                .log_events()
+                .iter()
+                .filter(|e| e["message"] == "HTTP listener ready" && e["route"] == route)
+                .filter_map(|e| e["listen"].as_str().map(str::to_string))
+                .rfind(|a| !old.iter().any(|o| o.contains(a.as_str())));
+            found.is_some()
+        });
+        found.unwrap_or_else(|| panic!("route {route}'s HTTP listener never became ready"))
+    }
+
     /// The admin API's address (from the processing log), waiting for it.
     pub fn admin_addr(&self) -> String {
         let mut found = None;
