@@ -704,7 +704,7 @@ fn the_bundled_database_examples_work_as_shipped() {
 
     let addr = ws.http_addr();
     let order = std::fs::read_to_string(repo.join("examples/webshop/order-7001.json")).unwrap();
-    let post = |body: &str| {
+    let post_to = |addr: &str, body: &str| {
         rt.block_on(async {
             let r = reqwest::Client::new()
                 .post(format!("http://{addr}/orders"))
@@ -716,8 +716,8 @@ fn the_bundled_database_examples_work_as_shipped() {
             assert!(r.status().is_success(), "{}", r.status());
         })
     };
-    post(&order);
-    post(&order); // the same order again: upserted, not doubled
+    post_to(&addr, &order);
+    post_to(&addr, &order); // the same order again: upserted, not doubled
     assert!(wait_until(Duration::from_secs(30), || ws
         .count("delivered")
         == 6));
@@ -736,31 +736,10 @@ fn the_bundled_database_examples_work_as_shipped() {
         "examples/routes/orders-credit-from-shop-db.yaml",
         "routes/orders-credit-from-shop-db.yaml",
     );
-    let mut history = None;
-    wait_until(Duration::from_secs(20), || {
-        history = ws
-            .log_events()
-            .iter()
-            .find(|e| {
-                e["message"] == "HTTP listener ready" && e["route"] == "orders-credit-from-shop-db"
-            })
-            .and_then(|e| e["listen"].as_str().map(str::to_string));
-        history.is_some()
-    });
-    let history = history.expect("the history route never listened");
+    let history = ws.route_listener("orders-credit-from-shop-db", &[]);
     let newcomer = order.replace("ann@example.com", "new@example.com");
-    for body in [&order, &newcomer] {
-        rt.block_on(async {
-            let r = reqwest::Client::new()
-                .post(format!("http://{history}/orders"))
-                .header("content-type", "application/json")
-                .body(body.to_string())
-                .send()
-                .await
-                .unwrap();
-            assert!(r.status().is_success(), "{}", r.status());
-        });
-    }
+    post_to(&history, &order);
+    post_to(&history, &newcomer);
     let enriched = |dir: &str| -> Vec<Value> {
         ws.files(dir)
             .iter()
