@@ -820,8 +820,12 @@ fn main() {
         rows.push(http_scenario_on(50, true, Some(&url), None));
     }
     if want("mllp") {
+        // Each connection waits for its ACK, so the rate is bounded by the store's group
+        // commit at 8 writers: measured before and after the engine, in the same run.
+        rows.push(baseline_group_commit(8, false));
         rows.push(mllp_scenario(true));
         rows.push(mllp_scenario(false));
+        rows.push(baseline_group_commit(8, false));
     }
     if want("search") {
         rows.extend(search_scenario());

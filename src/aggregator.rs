@@ -26,7 +26,7 @@ pub struct Aggregator {
     pub version: String,
     /// The `aggregate` step's place and the step.
     pub step: (usize, Arc<Aggregate>),
-    pub index: Arc<crate::route::Index>,
+    pub index: Arc<crate::keys::Index>,
     /// Woken when a member was committed (its group may be complete).
     pub joined: Arc<Notify>,
     /// The route's scheduler, woken when a group's message was committed.
@@ -110,7 +110,7 @@ fn combined(
     version: String,
     at: usize,
     step: &Aggregate,
-    index: &crate::route::Index,
+    index: &crate::keys::Index,
     group: Group,
 ) -> (Insert, usize) {
     let members = group.members.len();

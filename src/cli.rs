@@ -1,12 +1,13 @@
 //! The `switchyard` command line: `run` the engine, `check` route files.
 
+use crate::config::{values, Diagnostic};
 use crate::engine::Engine;
+use crate::route;
 use crate::route::endpoints::Endpoints;
-use crate::route::{self, values, Diagnostic};
 use crate::route_tests;
-use crate::settings::StoreLocation;
 use crate::settings::{RunArgs, Settings};
 use crate::store::sqlite::SqliteStore;
+use crate::store::StoreLocation;
 use crate::store::{MessageState, Store};
 use crate::telemetry;
 use clap::{Parser, Subcommand};
@@ -419,11 +420,7 @@ fn store_check(quick: bool, store: StoreArgs) -> ExitCode {
 }
 
 fn parse_since(s: &str) -> Result<std::time::SystemTime, String> {
-    if let Ok(t) = humantime::parse_rfc3339_weak(s.trim_end_matches('Z')) {
-        return Ok(t);
-    }
-    let ago = parse_duration(s)?;
-    Ok(std::time::SystemTime::now() - ago)
+    s.parse::<values::Since>().map(|s| s.0)
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
@@ -431,12 +428,6 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
         .map(|(k, v)| (k.trim().to_string(), v.to_string()))
         .filter(|(k, _)| !k.is_empty())
         .ok_or_else(|| format!("`{s}` is not `name=value`"))
-}
-
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    serde_yaml::from_str::<values::Duration>(&format!("\"{s}\""))
-        .map(|d| d.0)
-        .map_err(|e| e.to_string())
 }
 
 pub fn main() -> ExitCode {
@@ -765,7 +756,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    engine.watch_routes(dirs.routes.clone(), dirs.adapters.clone());
+    crate::reload::watch_routes(&engine, dirs.routes.clone(), dirs.adapters.clone());
     engine.keep_store_bounded(dirs.retention_every);
     engine.watch_store(dirs.store_check_every);
     let admin_stop = tokio_util::sync::CancellationToken::new();

@@ -530,7 +530,7 @@ pub fn backoff(retry: &RetryConfig, attempt: u32, salt: i64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::values::Duration as D;
+    use crate::config::values::Duration as D;
 
     #[test]
     fn backoff_grows_and_caps() {

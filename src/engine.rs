@@ -54,7 +54,25 @@ pub struct Engine {
     /// How long a stopping route version may take to finish its work in hand.
     drain: Duration,
     /// What the last reload round did, for the admin API.
-    last_reload: Mutex<Option<crate::reload::Summary>>,
+    last_reload: Mutex<Option<ReloadSummary>>,
+}
+
+/// What a reload round did ([`crate::reload`]), kept for the admin API.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ReloadSummary {
+    /// When the round ran (RFC 3339).
+    pub at: String,
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    /// `file:line:column: message` for each problem found.
+    pub rejected: Vec<String>,
+}
+
+/// A route version built and not started yet ([`Engine::build_version`]).
+pub(crate) struct BuiltVersion {
+    pub(crate) route: Arc<Route>,
+    running: Arc<RunningRoute>,
 }
 
 /// One running version of a route, with its own tasks and stop signals, so that a reload can
@@ -103,7 +121,7 @@ struct RunningRoute {
     /// Callers (HTTP `reply` mode) waiting for results.
     replies: Arc<Replies>,
     /// The route's search fields.
-    index: Arc<crate::route::Index>,
+    index: Arc<crate::keys::Index>,
     /// No destination at all (an HTTP `reply` route that only answers): a message is done,
     /// `delivered`, once its steps are, instead of `unrouted`.
     replies_only: bool,
@@ -275,9 +293,16 @@ impl Engine {
     }
 
     /// Builds and starts a route version.
-    pub(crate) fn start_version(&self, route: Arc<Route>) -> anyhow::Result<RouteVersion> {
+    /// Builds a route version's parts (adapters, destinations) without starting anything, so
+    /// that a reload finds every problem before it stops the running version.
+    pub(crate) fn build_version(&self, route: Arc<Route>) -> anyhow::Result<BuiltVersion> {
         let running = Arc::new(build(&route, &self.listeners)?);
-        Ok(self.launch(route, running))
+        Ok(BuiltVersion { route, running })
+    }
+
+    /// Starts a built version's intake, workers and deliveries.
+    pub(crate) fn launch_version(&self, built: BuiltVersion) -> RouteVersion {
+        self.launch(built.route, built.running)
     }
 
     /// Stops a route version: intake first (what it accepted is committed), then the rest,
@@ -316,12 +341,12 @@ impl Engine {
         &self.versions
     }
 
-    pub(crate) async fn set_last_reload(&self, summary: crate::reload::Summary) {
+    pub(crate) async fn set_last_reload(&self, summary: ReloadSummary) {
         *self.last_reload.lock().await = Some(summary);
     }
 
     /// What the last reload round did, if one ran.
-    pub async fn last_reload(&self) -> Option<crate::reload::Summary> {
+    pub async fn last_reload(&self) -> Option<ReloadSummary> {
         self.last_reload.lock().await.clone()
     }
 
@@ -329,17 +354,15 @@ impl Engine {
         &self.listeners
     }
 
-    /// Watches the routes directory and applies changes while the engine runs (see
-    /// [`crate::reload`]).
-    pub fn watch_routes(
-        self: &Arc<Self>,
-        routes: std::path::PathBuf,
-        adapters: std::path::PathBuf,
-    ) {
-        let engine = self.clone();
-        let stop = self.shutdown.clone();
-        self.tasks
-            .spawn(async move { crate::reload::watch(engine, routes, adapters, stop).await });
+    /// The signal that stops the engine and its tasks.
+    pub(crate) fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs `task` as one of the engine's own (waited for at shutdown), such as the reload
+    /// watcher of [`crate::reload`].
+    pub(crate) fn spawn_task(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
     }
 
     fn launch(&self, route: Arc<Route>, running: Arc<RunningRoute>) -> RouteVersion {

@@ -277,7 +277,7 @@ pub fn template(input: &[u8]) {
     if let Ok(t) = crate::template::Template::parse(&text) {
         let _ = t.render(&msg);
     }
-    let _ = crate::route::yaml::interpolate(Path::new("r.yaml"), &text);
+    let _ = crate::config::yaml::interpolate(Path::new("r.yaml"), &text);
 }
 
 /// One check: an input in, a panic when something that must hold did not.

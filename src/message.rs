@@ -34,15 +34,96 @@ impl Message {
     }
 }
 
+/// Where a message is in its life. All but the first two are terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MessageState {
+    /// Stored; the steps have not completed yet (or will run again later).
+    Received,
+    /// Steps done; one or more deliveries are pending.
+    Delivering,
+    /// Every destination has it.
+    Delivered,
+    /// A step or the intake refused it (see its error).
+    Failed,
+    /// A filter dropped it on purpose (see its error for the reason).
+    Filtered,
+    /// No routing rule matched and there is no `otherwise`.
+    Unrouted,
+    /// A split step turned it into child messages, which carry on by themselves.
+    Split,
+    /// At least one destination gave up after its last attempt.
+    Dead,
+    /// Received again with the key of an earlier message of its route (a broker redelivered
+    /// a message whose commit it never heard of, or the route's `dedupe` key was seen within
+    /// its window): kept for the record, never processed.
+    Duplicate,
+    /// Waiting in its `aggregate` group for the group to complete.
+    Aggregating,
+    /// Combined with the other members of its group into a new message (named in its
+    /// error text), which carries on in its place.
+    Aggregated,
+}
+
+impl MessageState {
+    pub const ALL: [MessageState; 11] = [
+        MessageState::Received,
+        MessageState::Delivering,
+        MessageState::Delivered,
+        MessageState::Failed,
+        MessageState::Filtered,
+        MessageState::Unrouted,
+        MessageState::Split,
+        MessageState::Dead,
+        MessageState::Duplicate,
+        MessageState::Aggregating,
+        MessageState::Aggregated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageState::Received => "received",
+            MessageState::Delivering => "delivering",
+            MessageState::Delivered => "delivered",
+            MessageState::Failed => "failed",
+            MessageState::Filtered => "filtered",
+            MessageState::Unrouted => "unrouted",
+            MessageState::Split => "split",
+            MessageState::Dead => "dead",
+            MessageState::Duplicate => "duplicate",
+            MessageState::Aggregating => "aggregating",
+            MessageState::Aggregated => "aggregated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<MessageState> {
+        MessageState::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(
+            self,
+            MessageState::Received | MessageState::Delivering | MessageState::Aggregating
+        )
+    }
+}
+
 /// The body as UTF-8 text, or an error saying where the first bad byte is.
 pub fn utf8<'a>(body: &'a [u8], what: &str) -> Result<&'a str, String> {
     std::str::from_utf8(body).map_err(|e| {
-        let (line, col) = crate::convert::xml::line_col(body, e.valid_up_to());
+        let (line, col) = line_col(body, e.valid_up_to());
         format!(
             "{what} body is not UTF-8: bad byte at line {line}, column {col} (offset {}); convert it to UTF-8 first",
             e.valid_up_to()
         )
     })
+}
+
+/// 1-based line and column of a byte offset, for error messages.
+pub fn line_col(body: &[u8], offset: usize) -> (usize, usize) {
+    let upto = &body[..offset.min(body.len())];
+    let line = upto.iter().filter(|b| **b == b'\n').count() + 1;
+    let col = upto.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+    (line, col)
 }
 
 /// Deepest JSON nesting the engine reads: serde_json's recursion limit (128) refuses a 128th

@@ -16,7 +16,7 @@
 //! Deliveries belong to destinations by name (`to[0]`, ...), so deliveries already queued when
 //! a destination's settings change are made with the new settings.
 
-use crate::engine::Engine;
+use crate::engine::{Engine, ReloadSummary as Summary};
 use crate::route::{self, Route};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -30,19 +30,14 @@ const POLL: Duration = Duration::from_secs(2);
 /// Quiet time after the last event before a round starts (editors write files in steps).
 const DEBOUNCE: Duration = Duration::from_millis(300);
 
-/// What a round did.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct Summary {
-    /// When the round ran (RFC 3339).
-    pub at: String,
-    pub added: Vec<String>,
-    pub changed: Vec<String>,
-    pub removed: Vec<String>,
-    /// `file:line:column: message` for each problem found.
-    pub rejected: Vec<String>,
+/// Watches the routes directory and applies changes while the engine runs, as one of the
+/// engine's own tasks (stopped with it).
+pub fn watch_routes(engine: &Arc<Engine>, routes: PathBuf, adapters: PathBuf) {
+    let (me, stop) = (engine.clone(), engine.shutdown_token());
+    engine.spawn_task(async move { watch(me, routes, adapters, stop).await });
 }
 
-pub async fn watch(engine: Arc<Engine>, dir: PathBuf, adapters: PathBuf, stop: CancellationToken) {
+async fn watch(engine: Arc<Engine>, dir: PathBuf, adapters: PathBuf, stop: CancellationToken) {
     let (tx, mut events) = mpsc::channel::<()>(1);
     let watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
         let _ = tx.try_send(());
@@ -120,12 +115,67 @@ pub async fn apply(engine: &Engine, dir: &Path, adapters: &Path) -> Summary {
         summary.rejected.push(d.to_string());
     }
     let mut versions = engine.versions().lock().await;
+
+    // Diff: what is new, what changed, what went away. A route whose file has problems is
+    // neither changed nor removed: its running version keeps working.
     let loaded_ids: HashSet<String> = loaded.iter().map(|r| r.id.clone()).collect();
     let removed: Vec<String> = versions
         .iter()
         .filter(|(id, v)| !loaded_ids.contains(*id) && !bad_files.contains(&v.route.file))
         .map(|(id, _)| id.clone())
         .collect();
+    let new_versions: Vec<Arc<Route>> = loaded
+        .into_iter()
+        .filter(|r| {
+            versions
+                .get(&r.id)
+                .is_none_or(|v| v.route.version != r.version)
+        })
+        .map(Arc::new)
+        .collect();
+
+    // Build every new version before stopping any running one: a version that cannot be
+    // built (an adapter refusing its settings, a listener that cannot be had) is rejected
+    // while the previous one still runs, untouched.
+    let mut built = Vec::new();
+    for route in new_versions {
+        // A socket is handed from the version that stops to the one that starts; one that
+        // another running route keeps cannot be.
+        let taken = route.from.listen_address().and_then(|addr| {
+            versions
+                .iter()
+                .find(|(id, v)| {
+                    **id != route.id
+                        && !removed.contains(id)
+                        && v.route.from.listen_address() == Some(addr)
+                })
+                .map(|(id, _)| (addr, id))
+        });
+        if let Some((addr, other)) = taken {
+            let problem = format!(
+                "{}: cannot listen on {addr}: route `{other}` listens there",
+                route.file.display()
+            );
+            tracing::error!(event = "reload", outcome = "rejected", route = %route.id, "{problem}");
+            summary.rejected.push(problem);
+            continue;
+        }
+        match engine.build_version(route.clone()) {
+            Ok(b) => built.push(b),
+            Err(e) => {
+                let keeps = if versions.contains_key(&route.id) {
+                    "; the previous version keeps running"
+                } else {
+                    ""
+                };
+                let problem = format!("{}: {e:#}{keeps}", route.file.display());
+                tracing::error!(event = "reload", outcome = "rejected", route = %route.id, "{problem}");
+                summary.rejected.push(problem);
+            }
+        }
+    }
+
+    // Apply: stop what went away, swap what changed, start what is new.
     for id in removed {
         if let Some(v) = versions.remove(&id) {
             tracing::info!(event = "reload", route = %id, old_version = %v.route.version, "route removed; stopping it");
@@ -133,52 +183,20 @@ pub async fn apply(engine: &Engine, dir: &Path, adapters: &Path) -> Summary {
             summary.removed.push(id);
         }
     }
-    for route in loaded {
-        let route: Arc<Route> = Arc::new(route);
+    for b in built {
+        let route = b.route.clone();
         match versions.remove(&route.id) {
-            Some(old) if old.route.version == route.version => {
-                versions.insert(route.id.clone(), old);
-            }
             Some(old) => {
-                let (old_route, id) = (old.route.clone(), route.id.clone());
-                tracing::info!(event = "reload", route = %id, old_version = %old_route.version, new_version = %route.version, "route changed; swapping versions");
+                tracing::info!(event = "reload", route = %route.id, old_version = %old.route.version, new_version = %route.version, "route changed; swapping versions");
                 engine.stop_version(old).await;
-                match engine.start_version(route.clone()) {
-                    Ok(v) => {
-                        versions.insert(id.clone(), v);
-                        summary.changed.push(id);
-                    }
-                    Err(e) => {
-                        let problem = format!(
-                            "{}: {e:#}; the previous version keeps running",
-                            route.file.display()
-                        );
-                        tracing::error!(event = "reload", outcome = "rejected", route = %id, "{problem}");
-                        summary.rejected.push(problem);
-                        match engine.start_version(old_route) {
-                            Ok(v) => {
-                                versions.insert(id, v);
-                            }
-                            Err(e) => {
-                                tracing::error!(route = %id, error = format!("{e:#}"), "the previous version could not be restarted either; the route is stopped")
-                            }
-                        }
-                    }
-                }
+                summary.changed.push(route.id.clone());
             }
-            None => match engine.start_version(route.clone()) {
-                Ok(v) => {
-                    tracing::info!(event = "reload", route = %route.id, new_version = %route.version, "route added");
-                    summary.added.push(route.id.clone());
-                    versions.insert(route.id.clone(), v);
-                }
-                Err(e) => {
-                    let problem = format!("{}: {e:#}", route.file.display());
-                    tracing::error!(event = "reload", outcome = "rejected", route = %route.id, "{problem}");
-                    summary.rejected.push(problem);
-                }
-            },
+            None => {
+                tracing::info!(event = "reload", route = %route.id, new_version = %route.version, "route added");
+                summary.added.push(route.id.clone());
+            }
         }
+        versions.insert(route.id.clone(), engine.launch_version(b));
     }
     let in_use: HashSet<String> = versions
         .values()

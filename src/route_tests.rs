@@ -4,8 +4,9 @@
 //! `switchyard test FILE.test.yaml...` runs route test files — inputs with the output or the
 //! failure they must give — and fails on any mismatch, for route authors' own CI.
 
+use crate::config::{yaml, Diagnostic};
 use crate::message::{Headers, Message};
-use crate::route::{self, yaml, Route};
+use crate::route::{self, Route};
 use crate::steps::{self, Outcome, StepRun};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -317,9 +318,9 @@ pub struct CaseResult {
 pub fn run_file(
     path: &Path,
     endpoints: &route::endpoints::Endpoints,
-) -> Result<Vec<CaseResult>, Vec<route::Diagnostic>> {
+) -> Result<Vec<CaseResult>, Vec<Diagnostic>> {
     let diag = |message: String| {
-        vec![route::Diagnostic {
+        vec![Diagnostic {
             file: path.to_path_buf(),
             line: 1,
             column: 1,

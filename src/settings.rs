@@ -3,8 +3,9 @@
 //! settings file (`switchyard.yaml`, or `--config`), or its default. Relative paths are
 //! relative to the working directory.
 
-use crate::route::values::{ByteSize, Duration};
-use crate::route::{yaml, Diagnostic};
+use crate::config::values::{ByteSize, Duration};
+use crate::config::{yaml, Diagnostic};
+use crate::store::StoreLocation;
 use crate::telemetry::Rotation;
 use clap::Args;
 use serde::Deserialize;
@@ -59,27 +60,28 @@ pub struct RunArgs {
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("bad duration `{s}`: {e}"))
+    s.parse::<Duration>().map(|d| d.0)
 }
 
 /// A duration from the environment variable `name`, if it is set; a clear error when it is
 /// not a duration (never a silent default).
 fn env_duration(name: &str) -> Result<Option<std::time::Duration>, Diagnostic> {
     match std::env::var(name) {
-        Ok(v) => humantime::parse_duration(&v)
-            .map(Some)
-            .map_err(|e| Diagnostic {
+        Ok(v) => v
+            .parse::<Duration>()
+            .map(|d| Some(d.0))
+            .map_err(|_| Diagnostic {
                 file: PathBuf::from(name),
                 line: 1,
                 column: 1,
-                message: format!("`{v}` is not a duration ({e}); write one such as 30s or 5m"),
+                message: format!("`{v}` is not a duration; write one such as 30s or 5m"),
             }),
         Err(_) => Ok(None),
     }
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
-    ByteSize::parse(s).map(|b| b.0)
+    s.parse::<ByteSize>().map(|b| b.0)
 }
 
 /// The settings file, `switchyard.yaml`. Every key is optional.
@@ -265,34 +267,6 @@ impl Settings {
                         .or(file.admin.as_ref().and_then(|f| f.read_token.clone())),
                 }),
         })
-    }
-}
-
-/// Where the message store is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreLocation {
-    /// The embedded store: one engine per file.
-    Sqlite(PathBuf),
-    /// A PostgreSQL database shared by any number of engines.
-    Postgres(String),
-}
-
-impl StoreLocation {
-    pub fn parse(s: &str) -> StoreLocation {
-        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            StoreLocation::Postgres(s.to_string())
-        } else {
-            StoreLocation::Sqlite(PathBuf::from(s))
-        }
-    }
-}
-
-impl std::fmt::Display for StoreLocation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StoreLocation::Sqlite(p) => write!(f, "{}", p.display()),
-            StoreLocation::Postgres(url) => write!(f, "{}", crate::store::postgres::redacted(url)),
-        }
     }
 }
 

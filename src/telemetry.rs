@@ -5,7 +5,7 @@
 //! them, so this file is the list of what the engine reports.
 
 use crate::message::Message;
-use crate::store::MessageState;
+use crate::message::MessageState;
 use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Duration;

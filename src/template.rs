@@ -86,7 +86,7 @@ impl Template {
                     Part::Header(h["header.".len()..].to_string())
                 }
                 other => {
-                    let hint = crate::route::did_you_mean(other, PLACEHOLDERS)
+                    let hint = crate::config::did_you_mean(other, PLACEHOLDERS)
                         .map(|s| format!(" (did you mean `{{{{{s}}}}}`?)"))
                         .unwrap_or_default();
                     return Err(format!(

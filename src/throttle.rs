@@ -4,7 +4,7 @@
 //! it — a destination's deliveries stay pending in the store, a sender waits for its
 //! acknowledgement.
 
-use crate::route::values::Rate;
+use crate::config::values::Rate;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -78,16 +78,16 @@ mod tests {
 
     #[test]
     fn a_full_bucket_gives_its_burst_then_says_when_the_next_token_comes() {
-        let b = Bucket::new(Rate::parse("10/s").unwrap(), Some(3));
+        let b = Bucket::new("10/s".parse::<Rate>().unwrap(), Some(3));
         assert_eq!(b.take_up_to(5), Ok(3));
         let wait = b.take_up_to(1).unwrap_err();
         assert!(wait <= Duration::from_millis(100), "{wait:?}");
         b.give_back(2);
         assert_eq!(b.take_up_to(5), Ok(2));
         // Without a burst: a second's worth.
-        let b = Bucket::new(Rate::parse("600/min").unwrap(), None);
+        let b = Bucket::new("600/min".parse::<Rate>().unwrap(), None);
         assert_eq!(b.take_up_to(50), Ok(10));
-        let slow = Bucket::new(Rate::parse("1/h").unwrap(), None);
+        let slow = Bucket::new("1/h".parse::<Rate>().unwrap(), None);
         assert_eq!(slow.take_up_to(2), Ok(1));
         assert!(slow.take_up_to(1).unwrap_err() > Duration::from_secs(3500));
     }

@@ -369,3 +369,75 @@ fn named_endpoints_are_resolved_and_a_change_reloads_the_routes_using_them() {
     assert_eq!(ws.files("outbox-one"), vec!["a.txt"]);
     engine.stop();
 }
+
+/// A reload builds every new version before it stops a running one: a version that cannot be
+/// built (here its TLS certificate is missing) is rejected while the running version goes on,
+/// never stopped; and a new route cannot take the port the running one listens on.
+#[test]
+fn a_version_that_cannot_be_built_leaves_the_running_one_untouched() {
+    let port = free_port();
+    let ws = Workspace::new();
+    let v1 = http_route(port, "v1");
+    let route = ws.write_route("api.yaml", &v1);
+    let engine = ws.start();
+    ws.http_addr();
+    let post = |body: &str| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        use std::io::{Read, Write};
+        write!(
+            s,
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    assert!(post("before").starts_with("HTTP/1.1 202"));
+
+    let broken = v1.replace(
+        &format!("listen: 127.0.0.1:{port}"),
+        &format!("listen: 127.0.0.1:{port}, tls: {{ cert: missing.pem, key: missing.pem }}"),
+    );
+    std::fs::write(&route, broken).unwrap();
+    let rejected = |what: &str| {
+        ws.log_events().into_iter().any(|e| {
+            e["outcome"] == "rejected" && e["message"].as_str().is_some_and(|m| m.contains(what))
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || rejected("missing.pem")),
+        "{:?}",
+        ws.log_events()
+    );
+    assert!(
+        !ws.log_events()
+            .iter()
+            .any(|e| e["message"] == "route changed; swapping versions"),
+        "the running version was stopped for a version that could not be built"
+    );
+    assert!(post("after").starts_with("HTTP/1.1 202"));
+
+    // Another route on the same port: refused, naming the route that listens there.
+    ws.write_route("other.yaml", &http_route(port, "other"));
+    assert!(
+        wait_until(Duration::from_secs(20), || rejected(&format!(
+            "address 127.0.0.1:{port} is already used by route `api`"
+        ))),
+        "{:?}",
+        ws.log_events()
+    );
+    assert!(post("still").starts_with("HTTP/1.1 202"));
+    assert!(wait_until(Duration::from_secs(20), || ws
+        .count("delivered")
+        == 3));
+    let versions =
+        ws.query_pairs("SELECT route_version, COUNT(*) FROM messages GROUP BY route_version");
+    assert_eq!(
+        versions,
+        BTreeMap::from([(switchyard::route::version_hash(v1.as_bytes()), 3)]),
+        "every message taken by the first version"
+    );
+    engine.stop();
+}

@@ -121,7 +121,7 @@ impl Server {
         let late = || format!("no FTP answer from {addr} within {:?}", self.timeout);
         let refused = |e: suppaftp::FtpError| format!("cannot connect to {addr}: {e}");
         let stream = if self.url.tls {
-            let config = crate::adapters::tls::client_config(self.tls.ca.as_deref())
+            let config = crate::tls::client_config(self.tls.ca.as_deref())
                 .map_err(|e| format!("FTPS: {e:#}"))?;
             let connector = AsyncRustlsConnector::from(tokio_rustls::TlsConnector::from(
                 std::sync::Arc::new(config),

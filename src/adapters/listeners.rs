@@ -4,7 +4,7 @@
 //! refused.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
@@ -18,17 +18,31 @@ pub trait Kept: Any + Send + Sync {
 pub struct Listeners {
     sockets: Mutex<HashMap<String, TcpListener>>,
     kept: Mutex<HashMap<String, Arc<dyn Kept>>>,
+    /// Addresses a running version listens on now (between `acquire` and `release`).
+    held: Mutex<HashSet<String>>,
 }
 
 impl Listeners {
     /// The listener handed back for `addr`, or a new one bound to it.
-    pub fn take_or_bind(&self, addr: &str) -> std::io::Result<TcpListener> {
+    fn take_or_bind(&self, addr: &str) -> std::io::Result<TcpListener> {
         if let Some(l) = self.sockets.lock().ok().and_then(|mut m| m.remove(addr)) {
             return Ok(l);
         }
         let l = TcpListener::bind(addr)?;
         l.set_nonblocking(true)?;
         Ok(l)
+    }
+
+    /// The listener for a version being built: bound now, so that a taken port is an error
+    /// before anything stops, or `None` while a running version listens on `addr` — the
+    /// reload stops that version first (checked in [`crate::reload`]), and it hands its
+    /// socket over to [`Listeners::acquire`].
+    pub fn reserve(&self, addr: &str) -> std::io::Result<Option<TcpListener>> {
+        let held = !addr.ends_with(":0") && self.held.lock().is_ok_and(|h| h.contains(addr));
+        if held {
+            return Ok(None);
+        }
+        self.take_or_bind(addr).map(Some)
     }
 
     /// Keeps a listener open for the next version of its route (not for port 0, which means
@@ -59,12 +73,18 @@ impl Listeners {
                 .take_or_bind(addr)
                 .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?,
         };
+        if let Ok(mut held) = self.held.lock() {
+            held.insert(addr.to_string());
+        }
         Ok(tokio::net::TcpListener::from_std(std_listener)?)
     }
 
     /// Keeps an adapter's socket open for the route's next version (a reload); the engine
     /// closes it when no version wants it.
     pub fn release(&self, addr: &str, listener: tokio::net::TcpListener) {
+        if let Ok(mut held) = self.held.lock() {
+            held.remove(addr);
+        }
         if let Ok(std) = listener.into_std() {
             self.give_back(addr, std);
         }

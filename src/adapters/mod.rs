@@ -11,4 +11,3 @@ pub mod listeners;
 pub mod outbound;
 pub mod remote;
 pub mod sftp;
-pub mod tls;

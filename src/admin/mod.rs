@@ -416,11 +416,8 @@ pub(crate) fn search_from(
     let get = |key: &str| q.get(key).map(|v| v.trim()).filter(|v| !v.is_empty());
     let when = |key: &str| -> Result<Option<std::time::SystemTime>, String> {
         let Some(v) = get(key) else { return Ok(None) };
-        if let Ok(t) = humantime::parse_rfc3339_weak(v.trim_end_matches('Z')) {
-            return Ok(Some(t));
-        }
-        humantime::parse_duration(v)
-            .map(|d| Some(std::time::SystemTime::now() - d))
+        v.parse::<crate::config::values::Since>()
+            .map(|s| Some(s.0))
             .map_err(|_| format!("`{key}={v}`: give a time (RFC 3339) or a duration such as 2h"))
     };
     let id = |key: &str| -> Result<Option<uuid::Uuid>, String> {

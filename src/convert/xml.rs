@@ -183,7 +183,7 @@ impl<'a> Tree<'a> {
         reader.config_mut().check_end_names = true;
         let mut stack: Vec<Open> = Vec::new();
         let at = |pos: u64, what: String| {
-            let (line, col) = line_col(body, pos as usize);
+            let (line, col) = crate::message::line_col(body, pos as usize);
             format!("malformed XML at line {line}, column {col}: {what}")
         };
         loop {
@@ -527,14 +527,6 @@ fn local<'s>(opts: &ReadOptions, raw: &'s str) -> &'s str {
     } else {
         raw
     }
-}
-
-/// 1-based line and column of a byte offset, for error messages.
-pub fn line_col(body: &[u8], offset: usize) -> (usize, usize) {
-    let upto = &body[..offset.min(body.len())];
-    let line = upto.iter().filter(|b| **b == b'\n').count() + 1;
-    let col = upto.iter().rev().take_while(|b| **b != b'\n').count() + 1;
-    (line, col)
 }
 
 /// Writes JSON as an XML document, following the convention in reverse.

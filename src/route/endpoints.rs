@@ -4,9 +4,9 @@
 //! route would write inline. A route's version includes the endpoints it uses, so changing
 //! an endpoint reloads every route that uses it.
 
-use super::{did_you_mean, yaml, Diagnostic};
 use crate::adapters::inbound::InboundConfig;
 use crate::adapters::outbound::OutboundConfig;
+use crate::config::{did_you_mean, yaml, Diagnostic};
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

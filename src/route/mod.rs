@@ -7,11 +7,11 @@
 //! here. Every problem is a [`Diagnostic`] naming `file:line:column`.
 
 pub mod endpoints;
-pub mod values;
-pub mod yaml;
 
 use crate::adapters::inbound::InboundConfig;
 use crate::adapters::outbound::{Ordering, OutboundConfig, RetryConfig};
+use crate::config::{values, yaml, Diagnostic};
+use crate::keys::{Dedupe, Index};
 use crate::routing::{self, Router, RoutingConfig};
 use crate::steps::split::Split;
 use crate::steps::{BuildContext, BuildError, BuiltStep, ErrorClass, StepConfig};
@@ -19,7 +19,6 @@ use crate::store::DeliveryKind;
 use endpoints::Endpoints;
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -105,56 +104,6 @@ pub struct ThrottleConfig {
     /// `rate`, at least 1).
     #[serde(default)]
     pub burst: Option<u32>,
-}
-
-/// A route's `dedupe` key, compiled.
-pub struct Dedupe {
-    key: crate::script::Script,
-    /// The expression as written, for errors.
-    source: String,
-    window: std::time::Duration,
-}
-
-impl fmt::Debug for Dedupe {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Dedupe")
-            .field("key", &self.source)
-            .field("window", &self.window)
-            .finish()
-    }
-}
-
-impl Dedupe {
-    /// The search field the key is stored under.
-    pub const FIELD: &'static str = "dedupe_key";
-
-    /// `msg`'s key, or why it has none.
-    pub fn key(&self, msg: &crate::message::Message) -> Result<crate::store::Key, String> {
-        let why = |e: String| {
-            format!(
-                "dedupe.key `{}` gave no key for this message ({e}); it cannot be checked for duplicates, so it was not processed",
-                self.source
-            )
-        };
-        let body = crate::script::body_to_dynamic(msg).map_err(|e| why(e.to_string()))?;
-        let (v, _) = self.key.run(msg, body).map_err(|e| why(e.to_string()))?;
-        if v.is_unit() {
-            return Err(why("it is `()`: nothing at that path".into()));
-        }
-        let value = if v.is_string() {
-            v.into_string().unwrap_or_default()
-        } else {
-            v.to_string()
-        };
-        if value.is_empty() {
-            return Err(why("it is empty".into()));
-        }
-        Ok(crate::store::Key {
-            name: Self::FIELD.into(),
-            value,
-            scope: crate::store::KeyScope::Window(self.window),
-        })
-    }
 }
 
 /// What to do when a step fails.
@@ -261,68 +210,6 @@ impl Route {
             .filter(|d| d.kind == DeliveryKind::WireTap)
             .map(|d| d.name.clone())
             .collect()
-    }
-}
-
-/// A route's search fields, compiled.
-#[derive(Default)]
-pub struct Index(pub Vec<(String, crate::script::Script)>);
-
-impl fmt::Debug for Index {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(self.0.iter().map(|(n, _)| n))
-            .finish()
-    }
-}
-
-impl Index {
-    /// The fields' values for `msg`; a field whose expression fails or gives `()` is left
-    /// out (a search field must never cost a message).
-    pub fn extract(&self, msg: &crate::message::Message) -> Vec<(String, String)> {
-        if self.0.is_empty() {
-            return Vec::new();
-        }
-        let Ok(body) = crate::script::body_to_dynamic(msg) else {
-            return Vec::new();
-        };
-        self.0
-            .iter()
-            .filter_map(|(name, script)| {
-                let (v, _) = script.run(msg, body.clone()).ok()?;
-                if v.is_unit() {
-                    return None;
-                }
-                let text = if v.is_string() {
-                    v.into_string().ok()?
-                } else {
-                    v.to_string()
-                };
-                Some((name.clone(), text))
-            })
-            .collect()
-    }
-}
-
-/// One problem found in a route file, printed as `file:line:column: message`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diagnostic {
-    pub file: PathBuf,
-    pub line: usize,
-    pub column: usize,
-    pub message: String,
-}
-
-impl fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file.display(),
-            self.line,
-            self.column,
-            self.message
-        )
     }
 }
 
@@ -801,33 +688,9 @@ pub fn version_hash(bytes: &[u8]) -> String {
     format!("{h:016x}")
 }
 
-/// The candidate closest to `word`, when it is close enough to be a likely typo.
-pub fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
-    candidates
-        .iter()
-        .map(|c| (strsim::damerau_levenshtein(word, c), *c))
-        // Near, and nearer than half the word: `sftp` is two letters from `http` but not a
-        // misspelling of it.
-        .filter(|(d, c)| *d <= 2.max(c.len() / 3) && *d * 2 < word.len().max(c.len()))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn suggests_near_names() {
-        assert_eq!(did_you_mean("pathh", &["path", "pattern"]), Some("path"));
-        assert_eq!(
-            did_you_mean("xml_to_jsn", &["xml_to_json", "set_header"]),
-            Some("xml_to_json")
-        );
-        assert_eq!(did_you_mean("zzz", &["path", "pattern"]), None);
-        assert_eq!(did_you_mean("sftp", &["file", "http", "tcp"]), None);
-        assert_eq!(did_you_mean("htp", &["file", "http", "tcp"]), Some("http"));
-    }
 
     #[test]
     fn broker_routes_run_their_steps_as_wide_as_the_broker_window() {

@@ -11,8 +11,8 @@
 pub mod helpers;
 pub mod lookup;
 
+use crate::config::values::{ByteSize, Duration};
 use crate::message::Message;
-use crate::route::values::{ByteSize, Duration};
 use rhai::{Dynamic, Engine, EvalAltResult, Map, Position, Scope, AST};
 use serde::Deserialize;
 use std::cell::Cell;

@@ -19,8 +19,8 @@
 use super::{
     compile_script, script_engine, BuildContext, BuildError, Flow, ScriptPosition, Step, StepError,
 };
+use crate::config::values::{ByteSize, Duration};
 use crate::message::{Headers, Message};
-use crate::route::values::{ByteSize, Duration};
 use crate::script::{body_to_dynamic, write_back, Limits, Script};
 use crate::store::{Group, Join};
 use bytes::Bytes;

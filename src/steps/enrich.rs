@@ -22,8 +22,8 @@ pub mod tcp;
 
 use super::map::{parse_path, set, Segment};
 use super::{BuildContext, BuildError, Step, StepError};
+use crate::config::values::Duration;
 use crate::message::Message;
-use crate::route::values::Duration;
 use crate::template::Template;
 use bytes::Bytes;
 use serde::Deserialize;

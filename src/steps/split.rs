@@ -7,9 +7,9 @@
 //! disk without loading it whole (see the file inbound adapter).
 
 use super::{BuildError, Flow, Step, StepError};
+use crate::config::values::ByteSize;
 use crate::convert::csv::{ascii, ReadOptions as CsvOptions};
 use crate::message::Message;
-use crate::route::values::ByteSize;
 use bytes::Bytes;
 use quick_xml::events::Event;
 use quick_xml::{Reader, Writer};

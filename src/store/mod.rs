@@ -19,83 +19,40 @@ pub(crate) mod plan;
 pub mod postgres;
 pub mod sqlite;
 
+pub use crate::message::MessageState;
 use crate::message::{Headers, Message};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 use uuid::Uuid;
 
-/// Where a message is in its life. All but the first two are terminal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum MessageState {
-    /// Stored; the steps have not completed yet (or will run again later).
-    Received,
-    /// Steps done; one or more deliveries are pending.
-    Delivering,
-    /// Every destination has it.
-    Delivered,
-    /// A step or the intake refused it (see its error).
-    Failed,
-    /// A filter dropped it on purpose (see its error for the reason).
-    Filtered,
-    /// No routing rule matched and there is no `otherwise`.
-    Unrouted,
-    /// A split step turned it into child messages, which carry on by themselves.
-    Split,
-    /// At least one destination gave up after its last attempt.
-    Dead,
-    /// Received again with the key of an earlier message of its route (a broker redelivered
-    /// a message whose commit it never heard of, or the route's `dedupe` key was seen within
-    /// its window): kept for the record, never processed.
-    Duplicate,
-    /// Waiting in its `aggregate` group for the group to complete.
-    Aggregating,
-    /// Combined with the other members of its group into a new message (named in its
-    /// error text), which carries on in its place.
-    Aggregated,
+/// Where the message store is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// The embedded store: one engine per file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database shared by any number of engines.
+    Postgres(String),
 }
 
-impl MessageState {
-    pub const ALL: [MessageState; 11] = [
-        MessageState::Received,
-        MessageState::Delivering,
-        MessageState::Delivered,
-        MessageState::Failed,
-        MessageState::Filtered,
-        MessageState::Unrouted,
-        MessageState::Split,
-        MessageState::Dead,
-        MessageState::Duplicate,
-        MessageState::Aggregating,
-        MessageState::Aggregated,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MessageState::Received => "received",
-            MessageState::Delivering => "delivering",
-            MessageState::Delivered => "delivered",
-            MessageState::Failed => "failed",
-            MessageState::Filtered => "filtered",
-            MessageState::Unrouted => "unrouted",
-            MessageState::Split => "split",
-            MessageState::Dead => "dead",
-            MessageState::Duplicate => "duplicate",
-            MessageState::Aggregating => "aggregating",
-            MessageState::Aggregated => "aggregated",
+impl StoreLocation {
+    pub fn parse(s: &str) -> StoreLocation {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            StoreLocation::Postgres(s.to_string())
+        } else {
+            StoreLocation::Sqlite(PathBuf::from(s))
         }
     }
+}
 
-    pub fn parse(s: &str) -> Option<MessageState> {
-        MessageState::ALL.into_iter().find(|m| m.as_str() == s)
-    }
-
-    pub fn is_terminal(self) -> bool {
-        !matches!(
-            self,
-            MessageState::Received | MessageState::Delivering | MessageState::Aggregating
-        )
+impl std::fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::Sqlite(p) => write!(f, "{}", p.display()),
+            StoreLocation::Postgres(url) => write!(f, "{}", postgres::redacted(url)),
+        }
     }
 }
 
@@ -347,17 +304,17 @@ pub struct StoredMessage {
 pub struct Retention {
     /// Delete finished messages this long after their last change.
     #[serde(default)]
-    pub max_age: Option<crate::route::values::Duration>,
+    pub max_age: Option<crate::config::values::Duration>,
     /// Drop the bodies (kept: headers, states, transitions) this long after the last change.
     #[serde(default)]
-    pub body_max_age: Option<crate::route::values::Duration>,
+    pub body_max_age: Option<crate::config::values::Duration>,
     /// Keep at most this many finished messages; the oldest go first.
     #[serde(default)]
     pub max_messages: Option<u64>,
     /// Keep the route's stored bodies under this size (`2GiB`); the oldest finished messages go
     /// first.
     #[serde(default)]
-    pub max_bytes: Option<crate::route::values::ByteSize>,
+    pub max_bytes: Option<crate::config::values::ByteSize>,
 }
 
 /// What one prune did.
@@ -443,11 +400,10 @@ pub use plan::id_range;
 /// Opens the store at `location` for an engine (`shared: false`: SQLite takes the file's
 /// lock) or beside one (`shared: true`: the `messages` command).
 pub async fn open(
-    location: &crate::settings::StoreLocation,
+    location: &StoreLocation,
     claims: Claims,
     shared: bool,
 ) -> StoreResult<std::sync::Arc<dyn Store>> {
-    use crate::settings::StoreLocation;
     Ok(match location {
         StoreLocation::Sqlite(path) if shared => {
             if !path.exists() {

@@ -277,7 +277,7 @@ pub fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 /// 127.0.0.1 with `cert`/`key` and relays each connection to `target`. Returns the port;
 /// the relay stops with the test's runtime.
 pub async fn tls_front(cert: &Path, key: &Path, target: String) -> u16 {
-    let config = switchyard::adapters::tls::server_config(cert, key).unwrap();
+    let config = switchyard::tls::server_config(cert, key).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -134,8 +134,7 @@ pub async fn open(url: &Url, tls: &Tls, login: &Login, container: &str) -> Resul
         });
     }
     let mut conn = if parts.tls || tls.ca.is_some() {
-        let config =
-            crate::adapters::tls::client_config(tls.ca.as_deref()).map_err(|e| failed(&e))?;
+        let config = crate::tls::client_config(tls.ca.as_deref()).map_err(|e| failed(&e))?;
         let name = tokio_rustls::rustls::pki_types::ServerName::try_from(parts.host.clone())
             .map_err(|e| failed(&e))?;
         let stream = tokio_rustls::TlsConnector::from(Arc::new(config))

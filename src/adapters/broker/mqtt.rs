@@ -103,8 +103,7 @@ pub fn options(
         o.set_credentials(user.clone(), broker.password.clone().unwrap_or_default());
     }
     if broker.tls {
-        let config =
-            crate::adapters::tls::client_config(tls.ca.as_deref()).map_err(|e| format!("{e:#}"))?;
+        let config = crate::tls::client_config(tls.ca.as_deref()).map_err(|e| format!("{e:#}"))?;
         o.set_transport(rumqttc::Transport::tls_with_config(
             rumqttc::TlsConfiguration::Rustls(Arc::new(config)),
         ));

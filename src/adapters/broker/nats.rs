@@ -3,7 +3,7 @@
 //! [`Link`] — and the stream either side may create.
 
 use super::{redact, scrub, Link, Tls};
-use crate::route::values::Duration;
+use crate::config::values::Duration;
 use async_nats::jetstream;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -139,8 +139,7 @@ pub async fn connect(
             }
         });
     if url.starts_with("tls://") || tls.ca.is_some() {
-        let config =
-            crate::adapters::tls::client_config(tls.ca.as_deref()).map_err(|e| e.to_string())?;
+        let config = crate::tls::client_config(tls.ca.as_deref()).map_err(|e| e.to_string())?;
         options = options.require_tls(true).tls_client_config(config);
     }
     let secret = url

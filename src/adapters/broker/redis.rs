@@ -44,7 +44,7 @@ pub fn check(tls: &Tls) -> Result<(), String> {
 
 /// A client for `url`: with `tls.ca`, `rediss://` trusts that CA.
 pub fn client(url: &Url, tls: &Tls) -> Result<redis::Client, String> {
-    crate::adapters::tls::install_crypto();
+    crate::tls::install_crypto();
     let secret = redis::parse_redis_url(url).and_then(|u| u.password().map(str::to_string));
     let made = match &tls.ca {
         Some(ca) => {

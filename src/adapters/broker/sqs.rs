@@ -122,7 +122,7 @@ impl Endpoint {
 
     /// A client for this queue.
     pub fn client(&self) -> Result<aws_sdk_sqs::Client, String> {
-        crate::adapters::tls::install_crypto();
+        crate::tls::install_crypto();
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
                 aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,

@@ -18,8 +18,8 @@
 use super::{Inbound, Intake, Submitted};
 use crate::adapters::broker::Link;
 use crate::adapters::database::{params_from, Database, Decimals, Settings, Sql, Url};
+use crate::config::values::Duration;
 use crate::message::{Headers, Message};
-use crate::route::values::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Deserialize;

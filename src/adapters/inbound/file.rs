@@ -13,8 +13,8 @@
 
 use super::{Inbound, Intake, SplitError};
 use crate::adapters::fs::{move_into, safe_file_name, write_temp};
+use crate::config::values::{ByteSize, Duration, Glob};
 use crate::message::{Headers, Message};
-use crate::route::values::{ByteSize, Duration, Glob};
 use crate::steps::split::Split;
 use anyhow::Context;
 use async_trait::async_trait;

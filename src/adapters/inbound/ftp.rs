@@ -4,7 +4,7 @@
 
 use super::remote::{Poll, RemoteInbound};
 use crate::adapters::ftp::{Server, Tls, Url};
-use crate::route::values::{ByteSize, Duration};
+use crate::config::values::{ByteSize, Duration};
 use serde::Deserialize;
 use std::sync::Arc;
 

@@ -15,8 +15,8 @@
 
 use super::{Inbound, Intake, Reply, Submitted};
 use crate::adapters::listeners::Listeners;
+use crate::config::values::{ByteSize, Duration};
 use crate::message::{Headers, Message};
-use crate::route::values::{ByteSize, Duration};
 use crate::store::MessageState;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -165,9 +165,9 @@ impl Config {
     /// Binds the listener now, so a taken port is an error at start, naming the address.
     pub fn build(&self, listeners: &Arc<Listeners>) -> anyhow::Result<HttpInbound> {
         let listener = listeners
-            .take_or_bind(&self.listen)
+            .reserve(&self.listen)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", self.listen))?;
-        let tls = crate::adapters::tls::acceptor(
+        let tls = crate::tls::acceptor(
             self.tls
                 .as_ref()
                 .map(|t| (t.cert.as_path(), t.key.as_path())),
@@ -178,7 +178,7 @@ impl Config {
         }
         Ok(HttpInbound {
             cfg: Arc::new(self.clone()),
-            listener: Mutex::new(Some(listener)),
+            listener: Mutex::new(listener),
             listeners: listeners.clone(),
             tls,
         })

@@ -12,8 +12,8 @@
 use super::schedule::Timing;
 use super::{Inbound, Intake};
 use crate::adapters::broker::{Backoff, Link};
+use crate::config::values::{ByteSize, Duration};
 use crate::message::{Headers, Message};
-use crate::route::values::{ByteSize, Duration};
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Deserialize;
@@ -88,7 +88,7 @@ impl Config {
             (_, every) => every,
         };
         let timing = Timing::new(self.cron.as_deref(), every, self.time_zone.as_deref())?;
-        crate::adapters::tls::install_crypto();
+        crate::tls::install_crypto();
         let client = reqwest::Client::builder()
             .timeout(self.timeout.0)
             .build()

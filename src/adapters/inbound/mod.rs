@@ -238,7 +238,7 @@ impl InboundConfig {
 /// declared `content`. Shared by every broker inbound, so the reasons read alike.
 pub fn refusal(
     body: &[u8],
-    max_size: crate::route::values::ByteSize,
+    max_size: crate::config::values::ByteSize,
     content: http::Content,
 ) -> Option<String> {
     if body.len() as u64 > max_size.0 {
@@ -326,12 +326,12 @@ pub struct Intake {
     /// Where callers wait for a message's result (request-reply).
     pub(crate) replies: Arc<Replies>,
     /// The route's search fields, extracted as each message is stored.
-    pub(crate) index: Arc<crate::route::Index>,
+    pub(crate) index: Arc<crate::keys::Index>,
     /// The route's steps, when they run before the commit (see [`Steps`]).
     pub(crate) steps: Option<Arc<dyn Steps>>,
     /// The route's `dedupe` key: a message whose key was seen within the window is a
     /// duplicate.
-    pub(crate) dedupe: Option<Arc<crate::route::Dedupe>>,
+    pub(crate) dedupe: Option<Arc<crate::keys::Dedupe>>,
     /// The route's `throttle`: each message taken in takes a token, waiting for one.
     pub(crate) throttle: Option<Arc<crate::throttle::Bucket>>,
 }
@@ -394,7 +394,7 @@ impl Intake {
             scheduled: Arc::new(Notify::new()),
             split_first: None,
             replies: Arc::new(Replies::default()),
-            index: Arc::new(crate::route::Index::default()),
+            index: Arc::new(crate::keys::Index::default()),
             steps: None,
             dedupe: None,
             throttle: None,

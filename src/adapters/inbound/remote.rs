@@ -59,17 +59,17 @@ impl Poll {
 pub(super) fn default_pattern() -> String {
     "*".into()
 }
-pub(super) fn default_interval() -> crate::route::values::Duration {
-    crate::route::values::Duration::from_secs(10)
+pub(super) fn default_interval() -> crate::config::values::Duration {
+    crate::config::values::Duration::from_secs(10)
 }
-pub(super) fn default_settle() -> crate::route::values::Duration {
-    crate::route::values::Duration::from_secs(2)
+pub(super) fn default_settle() -> crate::config::values::Duration {
+    crate::config::values::Duration::from_secs(2)
 }
-pub(super) fn default_max_size() -> crate::route::values::ByteSize {
-    crate::route::values::ByteSize(64 << 20)
+pub(super) fn default_max_size() -> crate::config::values::ByteSize {
+    crate::config::values::ByteSize(64 << 20)
 }
-pub(super) fn default_timeout() -> crate::route::values::Duration {
-    crate::route::values::Duration::from_secs(30)
+pub(super) fn default_timeout() -> crate::config::values::Duration {
+    crate::config::values::Duration::from_secs(30)
 }
 
 /// An inbound polling a remote directory through `connect`.

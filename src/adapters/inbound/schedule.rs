@@ -8,8 +8,8 @@
 //! node ran (`missed`) are skipped or caught up once.
 
 use super::{Inbound, Intake};
+use crate::config::values::Duration;
 use crate::message::{Headers, Message};
-use crate::route::values::Duration;
 use crate::template::Template;
 use async_trait::async_trait;
 use bytes::Bytes;

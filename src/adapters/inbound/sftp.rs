@@ -3,7 +3,7 @@
 
 use super::remote::{Poll, RemoteInbound};
 use crate::adapters::sftp::{Auth, HostKey, Server, Url};
-use crate::route::values::{ByteSize, Duration};
+use crate::config::values::{ByteSize, Duration};
 use serde::Deserialize;
 use std::sync::Arc;
 

@@ -13,9 +13,9 @@ use super::{Inbound, Intake};
 use crate::adapters::listeners::Listeners;
 use crate::codec::charset::Charset;
 use crate::codec::framing::{Decoded, Framing};
+use crate::config::values::{ByteSize, Duration};
 use crate::hl7::{self, Hl7};
 use crate::message::{Headers, Message};
-use crate::route::values::{ByteSize, Duration};
 use crate::store::MessageState;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -109,16 +109,16 @@ impl Config {
     pub fn build(&self, listeners: &Arc<Listeners>) -> anyhow::Result<TcpInbound> {
         self.framing.check().map_err(anyhow::Error::msg)?;
         let listener = listeners
-            .take_or_bind(&self.listen)
+            .reserve(&self.listen)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", self.listen))?;
-        let tls = crate::adapters::tls::acceptor(
+        let tls = crate::tls::acceptor(
             self.tls
                 .as_ref()
                 .map(|t| (t.cert.as_path(), t.key.as_path())),
         )?;
         Ok(TcpInbound {
             cfg: Arc::new(self.clone()),
-            listener: Mutex::new(Some(listener)),
+            listener: Mutex::new(listener),
             listeners: listeners.clone(),
             tls,
         })

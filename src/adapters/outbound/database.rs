@@ -11,8 +11,8 @@
 use super::{DeliveryConfig, Outbound, SendError, Sent};
 use crate::adapters::broker::Link;
 use crate::adapters::database::{Database, DbError, Decimals, Params, Settings, Sql, Url};
+use crate::config::values::Duration;
 use crate::message::Message;
-use crate::route::values::Duration;
 use crate::script::Script;
 use crate::steps::map::{get, parse_path, Segment};
 use async_trait::async_trait;

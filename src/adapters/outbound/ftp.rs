@@ -5,7 +5,7 @@
 use super::remote::RemoteOutbound;
 use super::DeliveryConfig;
 use crate::adapters::ftp::{Server, Tls, Url};
-use crate::route::values::Duration;
+use crate::config::values::Duration;
 use crate::template::Template;
 use serde::Deserialize;
 use std::sync::Arc;

@@ -6,8 +6,8 @@
 //! answer are recorded with each attempt.
 
 use super::{DeliveryConfig, Outbound, SendError, Sent};
+use crate::config::values::Duration;
 use crate::message::Message;
-use crate::route::values::Duration;
 use crate::template::Template;
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -127,7 +127,7 @@ impl Config {
     pub fn build(&self) -> anyhow::Result<HttpOutbound> {
         let method = reqwest::Method::from_bytes(self.method.to_ascii_uppercase().as_bytes())
             .map_err(|_| anyhow::anyhow!("`{}` is not an HTTP method", self.method))?;
-        crate::adapters::tls::install_crypto();
+        crate::tls::install_crypto();
         let mut client = reqwest::Client::builder()
             .timeout(self.timeout.0)
             .connect_timeout(self.connect_timeout.0)

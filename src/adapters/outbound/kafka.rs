@@ -15,8 +15,8 @@
 use super::{DeliveryConfig, Outbound, SendError, Sent};
 use crate::adapters::broker::kafka::{Connection, Context, Sasl};
 use crate::adapters::broker::{Link, Tls, ID_NAME};
+use crate::config::values::Duration;
 use crate::message::Message;
-use crate::route::values::Duration;
 use crate::template::Template;
 use async_trait::async_trait;
 use rdkafka::message::{Header, OwnedHeaders};

@@ -20,8 +20,8 @@ pub mod smtp;
 pub mod sqs;
 pub mod tcp;
 
+use crate::config::values::Duration;
 use crate::message::Message;
-use crate::route::values::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 use std::fmt;
@@ -183,7 +183,7 @@ pub struct DeliveryConfig {
     pub retry: RetryConfig,
     /// At most this many attempts per time (`20/s`, `600/min`), retries included; what is
     /// due beyond it waits in the store. Per node.
-    pub rate: Option<crate::route::values::Rate>,
+    pub rate: Option<crate::config::values::Rate>,
     /// Attempts that may go at once after a quiet spell (default: a second's worth of
     /// `rate`, at least 1).
     pub burst: Option<u32>,

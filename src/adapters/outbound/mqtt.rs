@@ -12,8 +12,8 @@
 use super::{DeliveryConfig, Outbound, SendError, Sent};
 use crate::adapters::broker::mqtt;
 use crate::adapters::broker::{redact, Link, Pace, Tls};
+use crate::config::values::Duration;
 use crate::message::Message;
-use crate::route::values::Duration;
 use crate::template::Template;
 use async_trait::async_trait;
 use rumqttc::v5::mqttbytes::v5::{

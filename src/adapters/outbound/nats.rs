@@ -14,8 +14,8 @@
 use super::{DeliveryConfig, Outbound, SendError, Sent};
 use crate::adapters::broker::nats::{self as nats, StreamDecl};
 use crate::adapters::broker::{redact, Link, Pace, Tls};
+use crate::config::values::Duration;
 use crate::message::Message;
-use crate::route::values::Duration;
 use crate::template::Template;
 use async_nats::jetstream::{self, context::PublishErrorKind};
 use async_trait::async_trait;

@@ -6,8 +6,8 @@
 //! the delivery at once.
 
 use super::{DeliveryConfig, Outbound, SendError, Sent};
+use crate::config::values::Duration;
 use crate::message::Message;
-use crate::route::values::Duration;
 use crate::template::Template;
 use async_trait::async_trait;
 use lettre::message::header::ContentType;
@@ -97,7 +97,7 @@ impl Config {
         if self.to.is_empty() {
             anyhow::bail!("`to` lists no recipient");
         }
-        crate::adapters::tls::install_crypto();
+        crate::tls::install_crypto();
         let (tls, port) = match self.security {
             Security::None => (Tls::None, 25),
             Security::Starttls => (Tls::Required(TlsParameters::new(self.host.clone())?), 587),

@@ -10,8 +10,8 @@
 use super::{DeliveryConfig, Outbound, SendError, Sent};
 use crate::adapters::broker::sqs::{error_text, Endpoint};
 use crate::adapters::broker::{Link, ID_NAME};
+use crate::config::values::Duration;
 use crate::message::Message;
-use crate::route::values::Duration;
 use crate::template::Template;
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};

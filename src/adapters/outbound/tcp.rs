@@ -9,8 +9,8 @@
 use super::{DeliveryConfig, Outbound, SendError, Sent};
 use crate::codec::charset::Charset;
 use crate::codec::framing::{Decoded, Framing};
+use crate::config::values::{ByteSize, Duration};
 use crate::message::Message;
-use crate::route::values::{ByteSize, Duration};
 use async_trait::async_trait;
 use bytes::BytesMut;
 use serde::Deserialize;

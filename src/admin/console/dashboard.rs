@@ -29,7 +29,9 @@ pub async fn page(ctx: &Ctx<'_>) -> Outcome {
         .map(String::as_str)
         .filter(|w| WINDOWS.contains(w))
         .unwrap_or(DEFAULT_WINDOW);
-    let span = humantime::parse_duration(window).unwrap_or(Duration::from_secs(3600));
+    let span = window
+        .parse::<crate::config::values::Duration>()
+        .map_or(Duration::from_secs(3600), |d| d.0);
     let now = SystemTime::now();
     let since = now - span;
     let store = ctx.engine.store();

@@ -5,7 +5,7 @@
 use super::Transient;
 use crate::codec::charset::Charset;
 use crate::codec::framing::{Decoded, Framing};
-use crate::route::values::ByteSize;
+use crate::config::values::ByteSize;
 use bytes::BytesMut;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -242,7 +242,7 @@ pub(crate) async fn open_client(url: &str, application_name: &str) -> Result<Cli
         config.application_name(application_name);
     }
     let tls = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-        let tls = crate::adapters::tls::client_config(root.as_deref())
+        let tls = crate::tls::client_config(root.as_deref())
             .map_err(|e| format!("PostgreSQL TLS: {e:#}"))?;
         Tls::On(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
     } else {
@@ -296,7 +296,7 @@ impl PgStore {
             config.application_name(format!("switchyard {}", claims.node));
         }
         let tls = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            let tls = crate::adapters::tls::client_config(root.as_deref())
+            let tls = crate::tls::client_config(root.as_deref())
                 .map_err(|e| StoreError(format!("PostgreSQL TLS: {e:#}")))?;
             Tls::On(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
         } else {

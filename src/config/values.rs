@@ -1,9 +1,12 @@
-//! Small typed values used in route files: durations (`500ms`, `5s`, `1m 30s`), byte sizes
-//! (`64MiB`) and file-name globs. Each validates while the YAML is parsed, so a bad value is
-//! reported with the `file:line:column` of the value itself.
+//! Small typed values of configuration files and command lines: durations (`500ms`, `5s`,
+//! `1m 30s`), byte sizes (`64MiB`), rates (`20/s`), points in time (`2h` ago or RFC 3339)
+//! and file-name globs. Each is parsed once, by its `FromStr`: YAML validates through it while
+//! it is parsed (so a bad value is reported at its own `file:line:column`), and so do the CLI's
+//! flags, the environment and the admin API's query parameters.
 
 use serde::{Deserialize, Deserializer};
 use std::fmt;
+use std::str::FromStr;
 
 /// A duration written the human way: `250ms`, `5s`, `2m`, `1h 30m`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,16 +21,46 @@ impl Duration {
     }
 }
 
-impl<'de> Deserialize<'de> for Duration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
+impl FromStr for Duration {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
         humantime::parse_duration(text.trim())
             .map(Duration)
             .map_err(|e| {
-                serde::de::Error::custom(format!(
+                format!(
                     "bad duration `{text}` ({e}); write a number with a unit, for example `500ms`, `5s`, `2m` or `1h 30m`"
-                ))
+                )
             })
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A point in time: a duration ago (`10m`, `2h`) or a time (RFC 3339, `2026-12-01T10:00:00Z`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Since(pub std::time::SystemTime);
+
+impl FromStr for Since {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if let Ok(t) = humantime::parse_rfc3339_weak(text.trim_end_matches('Z')) {
+            return Ok(Since(t));
+        }
+        let Ok(ago) = humantime::parse_duration(text) else {
+            return Err(format!(
+                "bad time `{text}`: give a duration ago (`10m`, `2h`) or a time (RFC 3339, `2026-12-01T10:00:00Z`)"
+            ));
+        };
+        Ok(Since(std::time::SystemTime::now() - ago))
     }
 }
 
@@ -38,8 +71,10 @@ pub struct Rate {
     pub per: std::time::Duration,
 }
 
-impl Rate {
-    pub fn parse(text: &str) -> Result<Self, String> {
+impl FromStr for Rate {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
         let bad = |why: &str| {
             format!("bad rate `{text}`: {why}; write a number per time, for example `20/s`, `600/min` or `5/h`")
         };
@@ -61,7 +96,9 @@ impl Rate {
         }
         Ok(Rate { count, per })
     }
+}
 
+impl Rate {
     pub fn per_second(&self) -> f64 {
         self.count / self.per.as_secs_f64()
     }
@@ -69,7 +106,9 @@ impl Rate {
 
 impl<'de> Deserialize<'de> for Rate {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Rate::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -77,8 +116,10 @@ impl<'de> Deserialize<'de> for Rate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
-impl ByteSize {
-    pub fn parse(text: &str) -> Result<Self, String> {
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
         let t = text.trim();
         let split = t
             .find(|c: char| !(c.is_ascii_digit() || c == '_'))
@@ -117,7 +158,7 @@ impl<'de> Deserialize<'de> for ByteSize {
         }
         match Raw::deserialize(d)? {
             Raw::Num(n) => Ok(ByteSize(n)),
-            Raw::Text(t) => ByteSize::parse(&t).map_err(serde::de::Error::custom),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
         }
     }
 }
@@ -173,11 +214,11 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(ByteSize::parse("64MiB").unwrap().0, 64 << 20);
-        assert_eq!(ByteSize::parse("10 KB").unwrap().0, 10_000);
-        assert_eq!(ByteSize::parse("123").unwrap().0, 123);
-        assert!(ByteSize::parse("12 parsecs").is_err());
-        assert!(ByteSize::parse("MiB").is_err());
+        assert_eq!("64MiB".parse::<ByteSize>().unwrap().0, 64 << 20);
+        assert_eq!("10 KB".parse::<ByteSize>().unwrap().0, 10_000);
+        assert_eq!("123".parse::<ByteSize>().unwrap().0, 123);
+        assert!("12 parsecs".parse::<ByteSize>().is_err());
+        assert!("MiB".parse::<ByteSize>().is_err());
         assert_eq!(ByteSize(64 << 20).to_string(), "64MiB");
     }
 
@@ -187,16 +228,35 @@ mod tests {
         assert_eq!(d.0.as_secs(), 90);
         let e = serde_yaml::from_str::<Duration>("5 sec0nds").unwrap_err();
         assert!(e.to_string().contains("bad duration"), "{e}");
+        assert_eq!("250ms".parse::<Duration>(), Ok(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn points_in_time() {
+        let now = std::time::SystemTime::now();
+        let ago = "2h".parse::<Since>().unwrap().0;
+        let two_hours = now.duration_since(ago).unwrap().as_secs();
+        assert!((7199..=7201).contains(&two_hours), "{two_hours}");
+        let at = "2026-12-01T10:00:00Z".parse::<Since>().unwrap().0;
+        assert_eq!(
+            humantime::format_rfc3339_seconds(at).to_string(),
+            "2026-12-01T10:00:00Z"
+        );
+        let e = "yesterday".parse::<Since>().unwrap_err();
+        assert!(
+            e.contains("bad time `yesterday`") && e.contains("RFC 3339"),
+            "{e}"
+        );
     }
 
     #[test]
     fn rates() {
-        assert_eq!(Rate::parse("20/s").unwrap().per_second(), 20.0);
-        assert_eq!(Rate::parse("600/min").unwrap().per_second(), 10.0);
-        assert_eq!(Rate::parse("3 / 10s").unwrap().per_second(), 0.3);
-        assert_eq!(Rate::parse("0.5/s").unwrap().per_second(), 0.5);
+        assert_eq!("20/s".parse::<Rate>().unwrap().per_second(), 20.0);
+        assert_eq!("600/min".parse::<Rate>().unwrap().per_second(), 10.0);
+        assert_eq!("3 / 10s".parse::<Rate>().unwrap().per_second(), 0.3);
+        assert_eq!("0.5/s".parse::<Rate>().unwrap().per_second(), 0.5);
         for bad in ["20", "0/s", "-1/s", "x/s", "5/fortnight", "5/0s"] {
-            let e = Rate::parse(bad).unwrap_err();
+            let e = bad.parse::<Rate>().unwrap_err();
             assert!(e.contains("bad rate") && e.contains("20/s"), "{bad}: {e}");
         }
     }

@@ -1,4 +1,5 @@
-//! TLS pieces shared by the adapters: the crypto provider and loading certificates.
+//! TLS pieces shared by the adapters and the PostgreSQL store: the crypto provider and loading
+//! certificates.
 
 use std::path::Path;
 use std::sync::Arc;
