@@ -471,12 +471,12 @@ fn judge(
             )
         }
     };
-    let outcome_name = match outcome {
-        AttemptOutcome::Delivered => "delivered",
-        AttemptOutcome::Retry { .. } => "retry",
-        AttemptOutcome::Dead { .. } => "dead",
+    let attempted = match outcome {
+        AttemptOutcome::Delivered => telemetry::Attempted::Delivered,
+        AttemptOutcome::Retry { .. } => telemetry::Attempted::Retry,
+        AttemptOutcome::Dead { .. } => telemetry::Attempted::Dead,
     };
-    telemetry::attempt(&msg, &dest.name, number, duration, outcome_name, &detail);
+    telemetry::attempt(&msg, &dest.name, number, duration, attempted, &detail);
     let attempt = Attempt {
         delivery: d.id,
         message: msg.id,

@@ -214,14 +214,35 @@ pub fn processed(msg: &Message, state: MessageState, destinations: usize, durati
         outcome = state.as_str(), destinations, duration_ms = ms(duration), "steps finished");
 }
 
+/// How a delivery attempt ended, as the log and the metrics name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempted {
+    Delivered,
+    /// Failed; another attempt is due later.
+    Retry,
+    /// Failed for the last time.
+    Dead,
+}
+
+impl Attempted {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Attempted::Delivered => "delivered",
+            Attempted::Retry => "retry",
+            Attempted::Dead => "dead",
+        }
+    }
+}
+
 pub fn attempt(
     msg: &Message,
     destination: &str,
     number: u32,
     duration: Duration,
-    outcome: &str,
+    attempted: Attempted,
     detail: &str,
 ) {
+    let outcome = attempted.as_str();
     let m = crate::metrics::global();
     m.inc(
         "switchyard_deliveries_total",
@@ -231,10 +252,10 @@ pub fn attempt(
             ("outcome", outcome.to_string()),
         ],
     );
-    if outcome != "delivered" {
+    if attempted != Attempted::Delivered {
         m.error(&msg.route, &format!("{destination}: {detail}"));
     }
-    if outcome == "delivered" {
+    if attempted == Attempted::Delivered {
         tracing::info!(target: TARGET, event = "attempt", message_id = %msg.id, route = %msg.route,
             destination, attempt = number, outcome, duration_ms = ms(duration), to = detail, "delivered");
     } else {

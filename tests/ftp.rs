@@ -44,10 +44,11 @@ struct Ftpd {
 
 impl Ftpd {
     fn start(root: &Path, tls: Option<(PathBuf, PathBuf)>) -> Ftpd {
+        // Both, whichever this server needs: pip replacing a package (pyopenssl brings a new
+        // `cryptography`) while another test's server imports it makes that server fail to
+        // start on a fresh machine.
         ensure_python_package("pyftpdlib", "pyftpdlib");
-        if tls.is_some() {
-            ensure_python_package("OpenSSL", "pyopenssl");
-        }
+        ensure_python_package("OpenSSL", "pyopenssl");
         let mut f = Ftpd {
             child: None,
             port: free_port(),
