@@ -51,6 +51,41 @@ pub enum Decoded {
     Broken(String),
 }
 
+/// Why no frame came from a stream.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The other side closed the connection first.
+    Closed,
+    /// The bytes broke the framing (a frame over the size limit, say).
+    Bad(String),
+    Io(std::io::Error),
+}
+
+/// Reads from `stream`, through `buf` (which keeps what follows for the next call), until
+/// `framing` yields a whole frame of at most `max` bytes: the answer a client waits for.
+/// Bytes outside frames and broken frames are passed over.
+pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+    framing: &Framing,
+    max: usize,
+) -> Result<Bytes, ReadError> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        match framing.decode(buf, max) {
+            Ok(Some(Decoded::Frame(f))) => return Ok(f),
+            Ok(Some(Decoded::Skipped(_) | Decoded::Broken(_))) => continue,
+            Ok(None) => {}
+            Err(e) => return Err(ReadError::Bad(e)),
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) => return Err(ReadError::Closed),
+            Ok(_) => {}
+            Err(e) => return Err(ReadError::Io(e)),
+        }
+    }
+}
+
 impl Framing {
     pub fn check(&self) -> Result<(), String> {
         match self {

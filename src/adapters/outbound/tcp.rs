@@ -8,13 +8,13 @@
 
 use super::{DeliveryConfig, Outbound, SendError, Sent};
 use crate::codec::charset::Charset;
-use crate::codec::framing::{Decoded, Framing};
+use crate::codec::framing::{read_frame, Framing, ReadError};
 use crate::config::values::{ByteSize, Duration};
 use crate::message::Message;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
@@ -113,29 +113,15 @@ impl TcpOutbound {
         }
         let max = self.cfg.max_frame.0 as usize;
         let wait = async {
-            loop {
-                match self.cfg.framing.decode(&mut conn.buf, max) {
-                    Ok(Some(Decoded::Frame(f))) => return Ok(f),
-                    Ok(Some(Decoded::Skipped(_) | Decoded::Broken(_))) => continue,
-                    Ok(None) => {}
-                    Err(e) => {
-                        return Err(SendError::retryable(format!("bad answer from {addr}: {e}")))
-                    }
-                }
-                match conn.stream.read_buf(&mut conn.buf).await {
-                    Ok(0) => {
-                        return Err(SendError::retryable(format!(
-                            "{addr} closed the connection without an ACK"
-                        )))
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        return Err(SendError::retryable(format!(
-                            "reading the ACK from {addr}: {e}"
-                        )))
-                    }
-                }
-            }
+            read_frame(&mut conn.stream, &mut conn.buf, &self.cfg.framing, max)
+                .await
+                .map_err(|e| {
+                    SendError::retryable(match e {
+                        ReadError::Closed => format!("{addr} closed the connection without an ACK"),
+                        ReadError::Bad(e) => format!("bad answer from {addr}: {e}"),
+                        ReadError::Io(e) => format!("reading the ACK from {addr}: {e}"),
+                    })
+                })
         };
         let frame = tokio::time::timeout(self.cfg.ack_timeout.0, wait)
             .await

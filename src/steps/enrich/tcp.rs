@@ -4,11 +4,11 @@
 
 use super::Transient;
 use crate::codec::charset::Charset;
-use crate::codec::framing::{Decoded, Framing};
+use crate::codec::framing::{read_frame, Framing, ReadError};
 use crate::config::values::ByteSize;
 use bytes::BytesMut;
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -106,22 +106,14 @@ impl Exchange {
             .await
             .map_err(|e| Transient(format!("cannot send to {addr}: {e}")))?;
         let max = self.cfg.max_frame.0 as usize;
-        loop {
-            match self.cfg.framing.decode(buf, max) {
-                Ok(Some(Decoded::Frame(f))) => return Ok(f),
-                Ok(Some(Decoded::Skipped(_) | Decoded::Broken(_))) => continue,
-                Ok(None) => {}
-                Err(e) => return Err(Transient(format!("bad answer from {addr}: {e}"))),
-            }
-            match stream.read_buf(buf).await {
-                Ok(0) => {
-                    return Err(Transient(format!(
-                        "{addr} closed the connection without an answer"
-                    )))
-                }
-                Ok(_) => {}
-                Err(e) => return Err(Transient(format!("reading the answer from {addr}: {e}"))),
-            }
-        }
+        read_frame(stream, buf, &self.cfg.framing, max)
+            .await
+            .map_err(|e| {
+                Transient(match e {
+                    ReadError::Closed => format!("{addr} closed the connection without an answer"),
+                    ReadError::Bad(e) => format!("bad answer from {addr}: {e}"),
+                    ReadError::Io(e) => format!("reading the answer from {addr}: {e}"),
+                })
+            })
     }
 }
