@@ -141,7 +141,9 @@ pub async fn apply(engine: &Engine, dir: &Path, adapters: &Path) -> Summary {
     for route in new_versions {
         // A socket is handed from the version that stops to the one that starts; one that
         // another running route keeps cannot be.
-        let taken = route.from.listen_address().and_then(|addr| {
+        // (`:0` is any free port: never the same socket twice.)
+        let fixed = route.from.listen_address().filter(|a| !a.ends_with(":0"));
+        let taken = fixed.and_then(|addr| {
             versions
                 .iter()
                 .find(|(id, v)| {

@@ -441,3 +441,20 @@ fn a_version_that_cannot_be_built_leaves_the_running_one_untouched() {
     );
     engine.stop();
 }
+
+/// Routes on any free port (`:0`) do not share a socket: one added while another runs starts
+/// on a port of its own.
+#[test]
+fn routes_on_any_free_port_are_added_beside_each_other() {
+    let ws = Workspace::new();
+    let route = |marker: &str| {
+        format!("from:\n  http: {{ listen: \"127.0.0.1:0\" }}\nsteps:\n  - set_header: {{ name: v, value: {marker} }}\nto:\n  - file: {{ path: outbox }}\n")
+    };
+    ws.write_route("first.yaml", &route("first"));
+    let engine = ws.start();
+    let first = ws.route_listener("first", &[]);
+    ws.write_route("second.yaml", &route("second"));
+    let second = ws.route_listener("second", &[]);
+    assert_ne!(first, second);
+    engine.stop();
+}
