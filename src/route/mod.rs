@@ -1,161 +1,28 @@
-//! The route model: what a route file says, loaded and validated.
+//! Routes: a route file ([`file`]) loaded, checked and compiled into a runnable [`Route`].
 //!
 //! A route file holds one route: `id`, `description`, `from` (one inbound adapter), `steps`
 //! (in order) and `to` (the destinations). Every adapter and step is written `kind: { options }`,
 //! which maps onto the closed enums [`InboundConfig`], [`StepConfig`] and [`OutboundConfig`].
-//! Parsing lives in [`yaml`]; checks that need the whole route or the whole set of routes live
-//! here. Every problem is a [`Diagnostic`] naming `file:line:column`.
+//! Parsing lives in [`crate::config::yaml`]; checks that need the whole route or the whole set
+//! of routes live here. Every problem is a [`Diagnostic`] naming `file:line:column`.
 
 pub mod endpoints;
+pub mod file;
+
+pub use file::{DedupeConfig, DeliveryPolicy, OnError, RouteFile, StepPolicy, ThrottleConfig};
 
 use crate::adapters::inbound::InboundConfig;
-use crate::adapters::outbound::{Ordering, OutboundConfig, RetryConfig};
-use crate::config::{values, yaml, Diagnostic};
+use crate::adapters::outbound::{Ordering, OutboundConfig};
+use crate::config::{yaml, Diagnostic};
 use crate::keys::{Dedupe, Index};
-use crate::routing::{self, Router, RoutingConfig};
+use crate::routing::{self, Router};
 use crate::steps::split::Split;
-use crate::steps::{BuildContext, BuildError, BuiltStep, ErrorClass, StepConfig};
+use crate::steps::{BuildContext, BuildError, BuiltStep, StepConfig};
 use crate::store::DeliveryKind;
 use endpoints::Endpoints;
-use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// What a route file contains. Every key is documented in `docs/routes.md`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteFile {
-    /// The route's id; defaults to the file name without its extension.
-    #[serde(default)]
-    pub id: Option<String>,
-    /// Free text for people reading the route list.
-    #[serde(default)]
-    pub description: Option<String>,
-    /// The one inbound adapter that feeds this route.
-    pub from: InboundConfig,
-    /// Steps run in order on every message.
-    #[serde(default)]
-    pub steps: Vec<StepConfig>,
-    /// Destinations that always get the processed message, each its own tracked, retried
-    /// delivery.
-    #[serde(default)]
-    pub to: Vec<OutboundConfig>,
-    /// Content-based routing: rules with predicates and their destinations.
-    #[serde(default)]
-    pub route: Option<RoutingConfig>,
-    /// Where messages go that failed (as `on_error` says) or whose delivery died.
-    #[serde(default)]
-    pub dead_letter: Option<OutboundConfig>,
-    /// Audit copies of every message as received; they never affect the main flow.
-    #[serde(default)]
-    pub wire_tap: Vec<OutboundConfig>,
-    /// What to do with validation, transform and delivery errors.
-    #[serde(default)]
-    pub on_error: OnError,
-    /// How long finished messages are kept in the store.
-    #[serde(default)]
-    pub retention: crate::store::Retention,
-    /// Search fields extracted when a message is stored: name to a Rhai expression over the
-    /// message as received (`order: 'body.order["@id"]'`, `patient: 'hl7(body, "PID-3.1")'`).
-    #[serde(default)]
-    pub index: serde_json::Map<String, serde_json::Value>,
-    /// Idempotent receiver: a message whose key was seen on an earlier message of this route
-    /// within the window is recorded as `duplicate` and not processed.
-    #[serde(default)]
-    pub dedupe: Option<DedupeConfig>,
-    /// At most this many messages taken in per time; a sender beyond it waits for its
-    /// acknowledgement (backpressure), nothing is buffered.
-    #[serde(default)]
-    pub throttle: Option<ThrottleConfig>,
-    /// How many messages of this route run through the steps at the same time (default 4;
-    /// 1 when a destination is `fifo`).
-    #[serde(default)]
-    pub concurrency: Option<usize>,
-}
-
-/// The route's `dedupe` section.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DedupeConfig {
-    /// A Rhai expression over the message as received, as for `index` (`body.order.id`,
-    /// `headers["http.header.idempotency-key"]`, `hl7(body, "MSH-10")`). A message for which
-    /// it fails or gives nothing is recorded as failed.
-    pub key: String,
-    /// How long a key is remembered (default 24h). Keep `retention.max_age` at least this
-    /// long: a message deleted from the store no longer holds its key.
-    #[serde(default = "DedupeConfig::default_window")]
-    pub window: values::Duration,
-}
-
-impl DedupeConfig {
-    fn default_window() -> values::Duration {
-        values::Duration::from_secs(24 * 3600)
-    }
-}
-
-/// The route's `throttle` section.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ThrottleConfig {
-    /// Messages per time: `100/s`, `600/min`.
-    pub rate: values::Rate,
-    /// Messages that may come in at once after a quiet spell (default: a second's worth of
-    /// `rate`, at least 1).
-    #[serde(default)]
-    pub burst: Option<u32>,
-}
-
-/// What to do when a step fails.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum StepPolicy {
-    /// The message fails (default).
-    #[default]
-    Fail,
-    /// The message fails and its original goes to the `dead_letter` destination.
-    DeadLetter,
-    /// Run the steps again later (`on_error.retry`); after the last try, fail (and
-    /// dead-letter when a `dead_letter` destination is set).
-    Retry,
-}
-
-/// What to do when a delivery fails.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum DeliveryPolicy {
-    /// Retry by the destination's policy; then the delivery is dead and goes to
-    /// `dead_letter` when one is set (default).
-    #[default]
-    Retry,
-    /// No retries: the first failure sends it to `dead_letter`.
-    DeadLetter,
-    /// No retries and no dead letter: the first failure makes the delivery dead.
-    Fail,
-}
-
-/// The route's `on_error` section.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OnError {
-    /// For `validate` steps: `fail` (default), `dead_letter` or `retry`.
-    pub validation: StepPolicy,
-    /// For every other step and for routing rules: `fail` (default), `dead_letter` or `retry`.
-    pub transform: StepPolicy,
-    /// For deliveries: `retry` (default), `dead_letter` or `fail`.
-    pub delivery: DeliveryPolicy,
-    /// How steps are retried when a policy says `retry`.
-    pub retry: RetryConfig,
-}
-
-impl OnError {
-    pub fn for_class(&self, class: ErrorClass) -> StepPolicy {
-        match class {
-            ErrorClass::Validation => self.validation,
-            ErrorClass::Transform => self.transform,
-        }
-    }
-}
 
 /// What a destination is for.
 #[derive(Debug, Clone)]
