@@ -292,7 +292,6 @@ impl Engine {
         });
     }
 
-    /// Builds and starts a route version.
     /// Builds a route version's parts (adapters, destinations) without starting anything, so
     /// that a reload finds every problem before it stops the running version.
     pub(crate) fn build_version(&self, route: Arc<Route>) -> anyhow::Result<BuiltVersion> {

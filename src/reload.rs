@@ -141,8 +141,10 @@ pub async fn apply(engine: &Engine, dir: &Path, adapters: &Path) -> Summary {
     for route in new_versions {
         // A socket is handed from the version that stops to the one that starts; one that
         // another running route keeps cannot be.
-        // (`:0` is any free port: never the same socket twice.)
-        let fixed = route.from.listen_address().filter(|a| !a.ends_with(":0"));
+        let fixed = route
+            .from
+            .listen_address()
+            .filter(|a| !crate::adapters::listeners::any_free_port(a));
         let taken = fixed.and_then(|addr| {
             versions
                 .iter()

@@ -22,6 +22,11 @@ pub struct Listeners {
     held: Mutex<HashSet<String>>,
 }
 
+/// Whether `addr` asks for any free port (`:0`): a new socket each time, never one handed over.
+pub fn any_free_port(addr: &str) -> bool {
+    addr.ends_with(":0")
+}
+
 impl Listeners {
     /// The listener handed back for `addr`, or a new one bound to it.
     fn take_or_bind(&self, addr: &str) -> std::io::Result<TcpListener> {
@@ -38,7 +43,7 @@ impl Listeners {
     /// reload stops that version first (checked in [`crate::reload`]), and it hands its
     /// socket over to [`Listeners::acquire`].
     pub fn reserve(&self, addr: &str) -> std::io::Result<Option<TcpListener>> {
-        let held = !addr.ends_with(":0") && self.held.lock().is_ok_and(|h| h.contains(addr));
+        let held = !any_free_port(addr) && self.held.lock().is_ok_and(|h| h.contains(addr));
         if held {
             return Ok(None);
         }
@@ -48,7 +53,7 @@ impl Listeners {
     /// Keeps a listener open for the next version of its route (not for port 0, which means
     /// "any free port" and so cannot be asked for again).
     pub fn give_back(&self, addr: &str, listener: TcpListener) {
-        if addr.ends_with(":0") {
+        if any_free_port(addr) {
             return;
         }
         if let Ok(mut m) = self.sockets.lock() {

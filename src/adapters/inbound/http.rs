@@ -603,7 +603,7 @@ impl HttpInbound {
     /// The connections of this route's address: kept across versions, except on port 0 (any
     /// free port), which a next version cannot ask for again.
     fn connections(&self) -> (Arc<Connections>, bool) {
-        let kept = (!self.cfg.listen.ends_with(":0"))
+        let kept = (!crate::adapters::listeners::any_free_port(&self.cfg.listen))
             .then(|| self.listeners.kept::<Connections>(&self.cfg.listen))
             .flatten();
         match kept {

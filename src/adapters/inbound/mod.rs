@@ -120,9 +120,9 @@ impl InboundConfig {
                 Some(format!("directory {}", p.display()))
             }
             // Port 0 asks for a fresh port each time: nothing to share.
-            InboundConfig::Http(c) if c.listen.ends_with(":0") => None,
+            InboundConfig::Http(c) if crate::adapters::listeners::any_free_port(&c.listen) => None,
             InboundConfig::Http(c) => Some(format!("address {}", c.listen)),
-            InboundConfig::Tcp(c) if c.listen.ends_with(":0") => None,
+            InboundConfig::Tcp(c) if crate::adapters::listeners::any_free_port(&c.listen) => None,
             InboundConfig::Tcp(c) => Some(format!("address {}", c.listen)),
             // Several consumers of one queue share its messages: nothing is taken for itself.
             InboundConfig::Amqp(_) | InboundConfig::Amqp1(_) => None,
