@@ -4,12 +4,12 @@ use crate::config::{values, Diagnostic};
 use crate::engine::Engine;
 use crate::route;
 use crate::route::endpoints::Endpoints;
-use crate::route_tests;
 use crate::settings::{RunArgs, Settings};
 use crate::store::sqlite::SqliteStore;
 use crate::store::StoreLocation;
 use crate::store::{MessageState, Store};
 use crate::telemetry;
+use crate::test_runner;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -133,6 +133,17 @@ enum Command {
         ignore: Vec<String>,
         #[command(flatten)]
         store: StoreArgs,
+    },
+    /// Print the JSON Schema of route files (or, with `--endpoint`, of endpoint files), for
+    /// editors: point a YAML language server at it (docs/routes.md#editor-support).
+    Schema {
+        /// The schema of named endpoint files (`adapters/*.yaml`) instead of route files.
+        #[arg(long)]
+        endpoint: bool,
+        /// Write both schemas into this directory (`route.schema.json`,
+        /// `endpoint.schema.json`) instead of printing one.
+        #[arg(long, value_name = "DIR", conflicts_with = "endpoint")]
+        write: Option<PathBuf>,
     },
 }
 
@@ -284,21 +295,21 @@ fn messages(command: MessagesCommand, store: StoreArgs) -> ExitCode {
                     .map_err(|e| e.0)?;
                 if json {
                     for m in &rows {
-                        println!("{}", crate::messages::json_row(m));
+                        println!("{}", crate::message_views::json_row(m));
                     }
                 } else {
-                    print!("{}", crate::messages::table(&rows));
+                    print!("{}", crate::message_views::table(&rows));
                 }
                 Ok(())
             }
             MessagesCommand::Show { id, json } => match store.details(id).await.map_err(|e| e.0)? {
                 None => Err(format!("no message {id}")),
                 Some(d) if json => {
-                    println!("{}", crate::messages::details_json(&d));
+                    println!("{}", crate::message_views::details_json(&d));
                     Ok(())
                 }
                 Some(d) => {
-                    print!("{}", crate::messages::details_text(&d));
+                    print!("{}", crate::message_views::details_text(&d));
                     Ok(())
                 }
             },
@@ -309,7 +320,7 @@ fn messages(command: MessagesCommand, store: StoreArgs) -> ExitCode {
                 state,
                 limit,
             } => {
-                let lines = crate::messages::replay(
+                let lines = crate::message_views::replay(
                     store.as_ref(),
                     id,
                     destination.as_deref(),
@@ -423,6 +434,32 @@ fn parse_since(s: &str) -> Result<std::time::SystemTime, String> {
     s.parse::<values::Since>().map(|s| s.0)
 }
 
+fn schema(endpoint: bool, write: Option<PathBuf>) -> ExitCode {
+    use crate::route::schema::{to_text, Kind};
+    let Some(dir) = write else {
+        print!(
+            "{}",
+            to_text(if endpoint {
+                Kind::Endpoint
+            } else {
+                Kind::Route
+            })
+        );
+        return ExitCode::SUCCESS;
+    };
+    for kind in [Kind::Route, Kind::Endpoint] {
+        let path = dir.join(kind.file_name());
+        if let Err(e) =
+            std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, to_text(kind)))
+        {
+            eprintln!("cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+        println!("wrote {}", path.display());
+    }
+    ExitCode::SUCCESS
+}
+
 fn parse_header(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.trim().to_string(), v.to_string()))
@@ -439,6 +476,7 @@ pub fn main() -> ExitCode {
             adapters,
         } => check(paths, routes, &Endpoints::load(&adapters)),
         Command::Messages { command, store } => messages(command, store),
+        Command::Schema { endpoint, write } => schema(endpoint, write),
         Command::Backup { file, force, store } => backup(file, force, store),
         Command::Store {
             command: StoreCommand::Check { quick },
@@ -596,14 +634,14 @@ fn test_one(
         }
     };
     let name = input.file_name().map(|n| n.to_string_lossy().into_owned());
-    let msg = route_tests::input_message(
+    let msg = test_runner::input_message(
         &route,
         body.into(),
         name.as_deref(),
         &headers.into_iter().collect(),
     );
     let mut out = String::new();
-    let ok = route_tests::show(&route, msg, &mut out);
+    let ok = test_runner::show(&route, msg, &mut out);
     print!("{out}");
     if ok {
         ExitCode::SUCCESS
@@ -682,7 +720,7 @@ fn test_replay(
 }
 
 fn test_files(paths: &[PathBuf], endpoints: &Endpoints) -> ExitCode {
-    let files = match route_tests::test_files(paths) {
+    let files = match test_runner::test_files(paths) {
         Ok(f) if !f.is_empty() => f,
         Ok(_) => {
             eprintln!("no test files (*.test.yaml) found");
@@ -695,7 +733,7 @@ fn test_files(paths: &[PathBuf], endpoints: &Endpoints) -> ExitCode {
     };
     let (mut passed, mut failed) = (0, 0);
     for file in &files {
-        match route_tests::run_file(file, endpoints) {
+        match test_runner::run_file(file, endpoints) {
             Err(problems) => {
                 problems.iter().for_each(|d| println!("ERROR {d}"));
                 failed += 1;

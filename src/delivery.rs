@@ -15,7 +15,9 @@
 //! `fifo` destinations take the oldest pending delivery and nothing else until it is
 //! delivered or dead, waiting out its backoff, so order holds across failures and restarts.
 
-use crate::adapters::outbound::{DeliveryConfig, Ordering, Outbound, RetryConfig, SendError, Sent};
+use crate::adapters::outbound::{
+    DeliveryConfig, DeliveryOrder, Outbound, RetryConfig, SendError, Sent,
+};
 use crate::message::Message;
 use crate::route::DeliveryPolicy;
 use crate::store::{Attempt, AttemptOutcome, Claim, Delivery, DeliveryKind, Processing};
@@ -79,7 +81,7 @@ impl Destination {
 /// Runs until `shutdown`; deliveries in flight then finish, nothing new starts.
 pub async fn run(dest: Arc<Destination>, store: Arc<dyn Processing>, shutdown: CancellationToken) {
     match dest.policy.ordering {
-        Some(Ordering::Fifo) => run_fifo(dest, store, shutdown).await,
+        Some(DeliveryOrder::Fifo) => run_fifo(dest, store, shutdown).await,
         _ => run_parallel(dest, store, shutdown).await,
     }
 }

@@ -456,7 +456,7 @@ impl Engine {
             .filter(|d| {
                 d.kind == DeliveryKind::Main
                     && d.config.delivery().ordering
-                        == Some(crate::adapters::outbound::Ordering::Fifo)
+                        == Some(crate::adapters::outbound::DeliveryOrder::Fifo)
             })
             .map(|d| d.name.clone())
             .collect();

@@ -1,161 +1,178 @@
-//! Counters and histograms for `/metrics` (Prometheus text format), fed by the telemetry
-//! events: one place records what happens, this keeps the numbers.
+//! The process's metrics, fed by the telemetry events: counters and the step-duration
+//! histogram go through the `metrics` facade to a Prometheus recorder
+//! (`metrics-exporter-prometheus`), which renders `/metrics`; gauges that describe the store
+//! (queue depth, dead messages) are set when `/metrics` is read.
+//!
+//! The facade only writes, so the few numbers the admin API and the console read back — a
+//! route's counts since start and its last error — are kept beside it, per route.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::{Mutex, OnceLock};
-use std::time::SystemTime;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, SystemTime};
 
 /// Upper bounds of the step-duration buckets, in seconds.
 const BUCKETS: [f64; 10] = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
 
-type Labels = Vec<(&'static str, String)>;
+const RECEIVED: &str = "switchyard_messages_received_total";
+const MESSAGES: &str = "switchyard_messages_total";
+const DELIVERIES: &str = "switchyard_deliveries_total";
+const STEP_DURATION: &str = "switchyard_step_duration_seconds";
 
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+/// What one route did since the engine started, for the admin API and the console.
+#[derive(Debug, Default)]
+struct Tally {
+    received: u64,
+    messages: BTreeMap<&'static str, u64>,
+    deliveries: BTreeMap<&'static str, u64>,
+    last_error: Option<(SystemTime, String)>,
 }
 
-#[derive(Default)]
-struct Inner {
-    counters: BTreeMap<(&'static str, Labels), u64>,
-    steps: BTreeMap<(String, String), Histogram>,
-    last_error: BTreeMap<String, (SystemTime, String)>,
+/// A route's counts since start, as `GET /routes` shows them.
+#[derive(Debug, Clone, Default)]
+pub struct Counts {
+    pub received: u64,
+    pub messages: BTreeMap<&'static str, u64>,
+    pub deliveries: BTreeMap<&'static str, u64>,
 }
 
-#[derive(Default)]
-pub struct Metrics(Mutex<Inner>);
+struct Metrics {
+    prometheus: PrometheusHandle,
+    // One lock per route: the outer map is only written when a route is first seen.
+    routes: RwLock<HashMap<String, Arc<Mutex<Tally>>>>,
+}
 
-/// The process's metrics.
-pub fn global() -> &'static Metrics {
+fn global() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();
-    M.get_or_init(Metrics::default)
+    M.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(STEP_DURATION.into()), &BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new())
+            // Gauges are set on every scrape; one not set for a while belongs to a route or
+            // destination that is gone.
+            .idle_timeout(MetricKindMask::GAUGE, Some(Duration::from_secs(30)))
+            .build_recorder();
+        let prometheus = recorder.handle();
+        // Another recorder may be installed already (an embedding program's): then ours
+        // renders nothing but the gauges, and the numbers go to theirs.
+        let _ = ::metrics::set_global_recorder(recorder);
+        ::metrics::describe_counter!(RECEIVED, "Messages committed to the store, by route.");
+        ::metrics::describe_counter!(
+            MESSAGES,
+            "Messages that reached a state after their steps or deliveries, by route and state."
+        );
+        ::metrics::describe_counter!(
+            DELIVERIES,
+            "Delivery attempts, by route, destination and outcome."
+        );
+        ::metrics::describe_histogram!(
+            STEP_DURATION,
+            ::metrics::Unit::Seconds,
+            "Time each step takes per message, by route and step."
+        );
+        Metrics {
+            prometheus,
+            routes: RwLock::new(HashMap::new()),
+        }
+    })
 }
 
-impl Metrics {
-    pub fn inc(&self, name: &'static str, labels: Labels) {
-        if let Ok(mut m) = self.0.lock() {
-            *m.counters.entry((name, labels)).or_default() += 1;
-        }
-    }
-
-    pub fn step(&self, route: &str, step: &str, seconds: f64) {
-        if let Ok(mut m) = self.0.lock() {
-            let h = m
-                .steps
-                .entry((route.to_string(), step.to_string()))
-                .or_default();
-            for (i, upper) in BUCKETS.iter().enumerate() {
-                if seconds <= *upper {
-                    h.counts[i] += 1;
-                }
-            }
-            h.count += 1;
-            h.sum += seconds;
-        }
-    }
-
-    pub fn error(&self, route: &str, text: &str) {
-        if let Ok(mut m) = self.0.lock() {
-            m.last_error
-                .insert(route.to_string(), (SystemTime::now(), text.to_string()));
-        }
-    }
-
-    /// The last error of a route, with when it happened.
-    pub fn last_error(&self, route: &str) -> Option<(SystemTime, String)> {
-        self.0.lock().ok()?.last_error.get(route).cloned()
-    }
-
-    /// Counter values of one metric for one route, by the value of `label`.
-    pub fn counts(&self, name: &str, route: &str, label: &str) -> BTreeMap<String, u64> {
-        let mut out = BTreeMap::new();
-        if let Ok(m) = self.0.lock() {
-            for ((n, labels), v) in &m.counters {
-                if *n != name || !labels.iter().any(|(k, val)| *k == "route" && val == route) {
-                    continue;
-                }
-                let key = labels
-                    .iter()
-                    .find(|(k, _)| *k == label)
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default();
-                *out.entry(key).or_default() += v;
-            }
-        }
-        out
-    }
-
-    /// Prometheus text exposition, with `gauges` (name, help, labels, value) added.
-    pub fn render(&self, gauges: &[(&str, &str, Labels, f64)]) -> String {
-        let mut out = String::new();
-        let Ok(m) = self.0.lock() else { return out };
-        let help: BTreeMap<&str, &str> = [
-            ("switchyard_messages_received_total", "Messages committed to the store, by route."),
-            ("switchyard_messages_total", "Messages that reached a state after their steps or deliveries, by route and state."),
-            ("switchyard_deliveries_total", "Delivery attempts, by route, destination and outcome."),
-        ]
-        .into_iter()
-        .collect();
-        let mut last = "";
-        for ((name, labels), v) in &m.counters {
-            if *name != last {
-                let _ = writeln!(out, "# HELP {name} {}", help.get(name).unwrap_or(&""));
-                let _ = writeln!(out, "# TYPE {name} counter");
-                last = name;
-            }
-            let _ = writeln!(out, "{name}{} {v}", fmt_labels(labels));
-        }
-        if !m.steps.is_empty() {
-            let name = "switchyard_step_duration_seconds";
-            let _ = writeln!(
-                out,
-                "# HELP {name} Time each step takes per message, by route and step."
-            );
-            let _ = writeln!(out, "# TYPE {name} histogram");
-            for ((route, step), h) in &m.steps {
-                let base: Labels = vec![("route", route.clone()), ("step", step.clone())];
-                for (i, upper) in BUCKETS.iter().enumerate() {
-                    let mut l = base.clone();
-                    l.push(("le", upper.to_string()));
-                    let _ = writeln!(out, "{name}_bucket{} {}", fmt_labels(&l), h.counts[i]);
-                }
-                let mut l = base.clone();
-                l.push(("le", "+Inf".into()));
-                let _ = writeln!(out, "{name}_bucket{} {}", fmt_labels(&l), h.count);
-                let _ = writeln!(out, "{name}_sum{} {}", fmt_labels(&base), h.sum);
-                let _ = writeln!(out, "{name}_count{} {}", fmt_labels(&base), h.count);
-            }
-        }
-        let mut last = "";
-        for (name, help, labels, value) in gauges {
-            if *name != last {
-                let _ = writeln!(out, "# HELP {name} {help}");
-                let _ = writeln!(out, "# TYPE {name} gauge");
-                last = name;
-            }
-            let _ = writeln!(out, "{name}{} {value}", fmt_labels(labels));
-        }
-        out
+fn tally(route: &str, change: impl FnOnce(&mut Tally)) {
+    let m = global();
+    let known = m.routes.read().ok().and_then(|r| r.get(route).cloned());
+    let entry = match known {
+        Some(t) => t,
+        None => match m.routes.write() {
+            Ok(mut r) => r.entry(route.to_string()).or_default().clone(),
+            Err(_) => return,
+        },
+    };
+    let locked = entry.lock();
+    if let Ok(mut t) = locked {
+        change(&mut t);
     }
 }
 
-fn fmt_labels(labels: &Labels) -> String {
-    if labels.is_empty() {
-        return String::new();
+/// A message committed to the store.
+pub fn received(route: &str) {
+    tally(route, |t| t.received += 1);
+    ::metrics::counter!(RECEIVED, "route" => route.to_string()).increment(1);
+}
+
+/// A message that reached `state` (after its steps, or its last delivery).
+pub fn message(route: &str, state: &'static str) {
+    tally(route, |t| *t.messages.entry(state).or_default() += 1);
+    ::metrics::counter!(MESSAGES, "route" => route.to_string(), "state" => state).increment(1);
+}
+
+/// A delivery attempt and how it ended.
+pub fn delivery(route: &str, destination: &str, outcome: &'static str) {
+    tally(route, |t| *t.deliveries.entry(outcome).or_default() += 1);
+    ::metrics::counter!(DELIVERIES, "route" => route.to_string(), "destination" => destination.to_string(), "outcome" => outcome)
+        .increment(1);
+}
+
+/// How long a step took on one message.
+pub fn step(route: &str, step: &str, seconds: f64) {
+    global();
+    ::metrics::histogram!(STEP_DURATION, "route" => route.to_string(), "step" => step.to_string())
+        .record(seconds);
+}
+
+/// The newest error of a route, for the admin API and the console.
+pub fn error(route: &str, text: &str) {
+    tally(route, |t| {
+        t.last_error = Some((SystemTime::now(), text.to_string()));
+    });
+}
+
+/// The last error of a route, with when it happened.
+pub fn last_error(route: &str) -> Option<(SystemTime, String)> {
+    let t = global().routes.read().ok()?.get(route).cloned()?;
+    let t = t.lock().ok()?;
+    t.last_error.clone()
+}
+
+/// A route's counts since the engine started.
+pub fn counts(route: &str) -> Counts {
+    let t = global()
+        .routes
+        .read()
+        .ok()
+        .and_then(|r| r.get(route).cloned());
+    let Some(t) = t else {
+        return Counts::default();
+    };
+    let Ok(t) = t.lock() else {
+        return Counts::default();
+    };
+    Counts {
+        received: t.received,
+        messages: t.messages.clone(),
+        deliveries: t.deliveries.clone(),
     }
-    let inner: Vec<String> = labels
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{k}=\"{}\"",
-                v.replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', "\\n")
-            )
-        })
-        .collect();
-    format!("{{{}}}", inner.join(","))
+}
+
+/// A gauge worked out when `/metrics` is read: name, help, labels, value.
+pub struct Gauge {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub labels: Vec<(&'static str, String)>,
+    pub value: f64,
+}
+
+/// The Prometheus text exposition, after setting `gauges`.
+pub fn render(gauges: Vec<Gauge>) -> String {
+    let m = global();
+    for g in gauges {
+        ::metrics::describe_gauge!(g.name, g.help);
+        let labels: Vec<::metrics::Label> = g
+            .labels
+            .into_iter()
+            .map(|(k, v)| ::metrics::Label::new(k, v))
+            .collect();
+        ::metrics::gauge!(g.name, labels).set(g.value);
+    }
+    m.prometheus.render()
 }

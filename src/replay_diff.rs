@@ -5,8 +5,8 @@
 
 use crate::message::{Headers, Message};
 use crate::route::Route;
-use crate::route_tests::{simulate, End};
 use crate::store::{Details, MessageState, Search, Store};
+use crate::test_runner::{simulate, End};
 use std::fmt::Write;
 use std::time::SystemTime;
 use uuid::Uuid;

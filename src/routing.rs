@@ -12,7 +12,9 @@ use crate::steps::{script_engine, BuildContext, BuildError, ScriptPosition};
 use serde::Deserialize;
 
 /// How rules combine.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// The first rule whose `when` is true decides (default).
@@ -23,7 +25,7 @@ pub enum Mode {
 }
 
 /// The `route:` section of a route file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingConfig {
     /// `first` (default) or `all`.
@@ -37,7 +39,7 @@ pub struct RoutingConfig {
     pub otherwise: Vec<OutboundConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     /// A Rhai expression over `body`, `headers`, `id` and `route`; the rule matches when it

@@ -148,52 +148,35 @@ fn ms(d: Duration) -> f64 {
 }
 
 pub fn received(msg: &Message) {
-    crate::metrics::global().inc(
-        "switchyard_messages_received_total",
-        vec![("route", msg.route.clone())],
-    );
+    crate::metrics::received(&msg.route);
     tracing::info!(target: TARGET, event = "received", message_id = %msg.id, route = %msg.route,
         bytes = msg.body.len(), file = msg.header("file.name").unwrap_or(""), outcome = "stored", "received");
 }
 
 pub fn refused(msg: &Message, reason: &str) {
-    let m = crate::metrics::global();
-    m.inc(
-        "switchyard_messages_received_total",
-        vec![("route", msg.route.clone())],
-    );
-    m.inc(
-        "switchyard_messages_total",
-        vec![("route", msg.route.clone()), ("state", "failed".into())],
-    );
-    m.error(&msg.route, reason);
+    crate::metrics::received(&msg.route);
+    crate::metrics::message(&msg.route, MessageState::Failed.as_str());
+    crate::metrics::error(&msg.route, reason);
     tracing::warn!(target: TARGET, event = "received", message_id = %msg.id, route = %msg.route,
         file = msg.header("file.name").unwrap_or(""), outcome = "failed", error = reason, "refused at intake");
 }
 
 pub fn duplicate(msg: &Message, first: uuid::Uuid) {
-    let m = crate::metrics::global();
-    m.inc(
-        "switchyard_messages_received_total",
-        vec![("route", msg.route.clone())],
-    );
-    m.inc(
-        "switchyard_messages_total",
-        vec![("route", msg.route.clone()), ("state", "duplicate".into())],
-    );
+    crate::metrics::received(&msg.route);
+    crate::metrics::message(&msg.route, MessageState::Duplicate.as_str());
     tracing::warn!(target: TARGET, event = "received", message_id = %msg.id, route = %msg.route,
         duplicate_of = %first, outcome = "duplicate", "received again (a sender's redelivery, or a dedupe key seen within its window); recorded, not processed");
 }
 
 pub fn step(msg: &Message, step: &str, duration: Duration, error: Option<&str>) {
-    crate::metrics::global().step(&msg.route, step, duration.as_secs_f64());
+    crate::metrics::step(&msg.route, step, duration.as_secs_f64());
     match error {
         None => {
             tracing::debug!(target: TARGET, event = "step", message_id = %msg.id, route = %msg.route,
             step, outcome = "ok", duration_ms = ms(duration), "step done")
         }
         Some(e) => {
-            crate::metrics::global().error(&msg.route, &format!("{step}: {e}"));
+            crate::metrics::error(&msg.route, &format!("{step}: {e}"));
             tracing::warn!(target: TARGET, event = "step", message_id = %msg.id, route = %msg.route,
             step, outcome = "error", duration_ms = ms(duration), error = e, "step failed")
         }
@@ -202,13 +185,7 @@ pub fn step(msg: &Message, step: &str, duration: Duration, error: Option<&str>) 
 
 pub fn processed(msg: &Message, state: MessageState, destinations: usize, duration: Duration) {
     if state.is_terminal() {
-        crate::metrics::global().inc(
-            "switchyard_messages_total",
-            vec![
-                ("route", msg.route.clone()),
-                ("state", state.as_str().into()),
-            ],
-        );
+        crate::metrics::message(&msg.route, state.as_str());
     }
     tracing::info!(target: TARGET, event = "processed", message_id = %msg.id, route = %msg.route,
         outcome = state.as_str(), destinations, duration_ms = ms(duration), "steps finished");
@@ -243,17 +220,9 @@ pub fn attempt(
     detail: &str,
 ) {
     let outcome = attempted.as_str();
-    let m = crate::metrics::global();
-    m.inc(
-        "switchyard_deliveries_total",
-        vec![
-            ("route", msg.route.clone()),
-            ("destination", destination.to_string()),
-            ("outcome", outcome.to_string()),
-        ],
-    );
+    crate::metrics::delivery(&msg.route, destination, outcome);
     if attempted != Attempted::Delivered {
-        m.error(&msg.route, &format!("{destination}: {detail}"));
+        crate::metrics::error(&msg.route, &format!("{destination}: {detail}"));
     }
     if attempted == Attempted::Delivered {
         tracing::info!(target: TARGET, event = "attempt", message_id = %msg.id, route = %msg.route,
@@ -265,13 +234,7 @@ pub fn attempt(
 }
 
 pub fn finished(msg: &Message, state: MessageState) {
-    crate::metrics::global().inc(
-        "switchyard_messages_total",
-        vec![
-            ("route", msg.route.clone()),
-            ("state", state.as_str().into()),
-        ],
-    );
+    crate::metrics::message(&msg.route, state.as_str());
     tracing::info!(target: TARGET, event = "finished", message_id = %msg.id, route = %msg.route,
         outcome = state.as_str(), "message complete");
 }

@@ -141,12 +141,24 @@ fn split_ext(name: &str) -> (&str, &str) {
     }
 }
 
+impl serde::Serialize for Template {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.source)
+    }
+}
+
 impl<'de> Deserialize<'de> for Template {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
         Template::parse(&text).map_err(serde::de::Error::custom)
     }
 }
+
+crate::config::schema::text_value!(
+    Template,
+    "Text with `{{ placeholders }}`: `{{header.NAME}}`, `{{body.PATH}}`, `{{id}}`, `{{original_stem}}`, … (docs/routes.md#templates).",
+    ["{{original_stem}}.json", "orders/{{header.customer}}"]
+);
 
 #[cfg(test)]
 mod tests {

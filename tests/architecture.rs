@@ -31,10 +31,10 @@ const LAYERS: &[(&str, &[&str])] = &[
         &[
             "admin",
             "cli",
-            "messages",
+            "message_views",
             "tail",
             "replay_diff",
-            "route_tests",
+            "test_runner",
             "fuzzing",
         ],
     ),

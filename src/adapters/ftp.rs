@@ -31,6 +31,15 @@ impl<'de> Deserialize<'de> for Url {
     }
 }
 
+crate::config::schema::text_value!(
+    Url,
+    "An FTP or FTPS (explicit TLS) URL: user, host, optional port and the remote directory.",
+    [
+        "ftp://user@ftp.example.com/outgoing",
+        "ftps://user@ftp.example.com:21//data/in"
+    ]
+);
+
 fn parse_url(text: &str) -> Result<Url, String> {
     let bad = |why: &str| {
         format!(
@@ -71,8 +80,9 @@ fn parse_url(text: &str) -> Result<Url, String> {
 }
 
 /// TLS settings for `ftps://`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "FtpTls")]
 pub struct Tls {
     /// CA certificate(s) to trust (PEM), for a server with a private CA or a self-signed
     /// certificate. Without it, the public web roots are trusted.

@@ -1,7 +1,7 @@
 //! Listening sockets that outlive a route version. When a route is reloaded, its old version
 //! hands its listener back here and the new version takes it over, so the socket is never
 //! closed: clients connecting during the swap wait in the kernel's backlog instead of being
-//! refused.
+//! refused. And the one accept loop every listener uses ([`accept`]).
 
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
@@ -125,5 +125,30 @@ impl Listeners {
     /// Closes everything (the engine stops).
     pub fn close_all(&self) {
         self.retain(|_| false);
+    }
+}
+
+/// The next connection on `listener`, or `None` once `stop` is cancelled. A failed accept
+/// (out of file descriptors, say) is logged and retried after a pause rather than at once,
+/// so a listener never spins on an error it cannot get out of.
+pub async fn accept(
+    listener: &tokio::net::TcpListener,
+    stop: &tokio_util::sync::CancellationToken,
+    what: &str,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => return Some(a),
+                Err(e) => {
+                    tracing::warn!(listener = what, error = %e, "accept failed; trying again in 50 ms");
+                    tokio::select! {
+                        _ = stop.cancelled() => return None,
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+                    }
+                }
+            },
+        }
     }
 }

@@ -31,6 +31,12 @@ impl<'de> Deserialize<'de> for Url {
     }
 }
 
+crate::config::schema::text_value!(
+    Url,
+    "An SFTP URL: user, host, optional port and the remote directory.",
+    ["sftp://partner@sftp.example.com:22/outgoing"]
+);
+
 fn parse_url(text: &str) -> Result<Url, String> {
     let bad = |why: &str| {
         format!("`{text}` is not an SFTP URL ({why}); write sftp://user@host:22/directory")
@@ -67,8 +73,9 @@ fn parse_url(text: &str) -> Result<Url, String> {
 }
 
 /// How Switchyard logs in: a private key file (OpenSSH format) or a password.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "SftpAuth")]
 pub struct Auth {
     /// A private key file (`keys/partner_ed25519`; Ed25519, ECDSA or RSA).
     #[serde(default)]
@@ -82,7 +89,7 @@ pub struct Auth {
 }
 
 /// How the server is recognised; one of the two is required.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HostKey {
     /// A `known_hosts` file holding the server's key (`ssh-keyscan -p 22 host >> known_hosts`).

@@ -4,24 +4,31 @@
 //! needs `Authorization: Bearer <token>` when a token is set; the read-only token may only GET.
 
 use crate::engine::Engine;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse as _, Response};
+use axum::routing::{any, get, post};
+use axum::Router;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
 
+mod api;
 mod console;
 
-pub(crate) type Answer = Response<BoxBody<Bytes, Infallible>>;
+pub(crate) type Answer = hyper::Response<BoxBody<Bytes, Infallible>>;
 
 pub(crate) fn answer(status: StatusCode, ctype: &'static str, body: String) -> Answer {
-    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
+    let mut r = hyper::Response::new(Full::new(Bytes::from(body)).boxed());
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
@@ -89,7 +96,111 @@ impl Access {
     }
 }
 
-/// Serves the admin API on `listener` until `stop`.
+/// What every handler may use.
+#[derive(Clone)]
+pub(crate) struct Admin {
+    engine: Arc<Engine>,
+    console: Arc<console::Console>,
+    stop: CancellationToken,
+}
+
+/// The peer of a connection, put on each of its requests.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer(pub std::net::SocketAddr);
+
+/// The admin listener's routes. `/health` and `/ready` are open to anyone who reaches the
+/// port; the console keeps its own sessions; the API needs a token.
+fn router(admin: Admin) -> Router {
+    let api = Router::new()
+        .route("/metrics", get(api::metrics))
+        .route("/routes", get(api::routes))
+        .route("/reload", get(api::reload))
+        .route("/messages", get(api::search))
+        .route("/messages/replay", post(api::replay_many))
+        .route("/messages/{id}", get(api::message))
+        .route("/messages/{id}/replay", post(api::replay_one))
+        .route("/routes/{id}/pause", post(api::pause))
+        .route("/routes/{id}/resume", post(api::resume))
+        .route_layer(middleware::from_fn_with_state(admin.clone(), require_token));
+    Router::new()
+        .route(
+            "/health",
+            get(|| async { answer(StatusCode::OK, "text/plain", "ok\n".into()) }),
+        )
+        .route("/ready", get(ready))
+        // A browser opened on the admin address finds the console.
+        .route("/", get(|| async { redirect("/ui") }))
+        .route("/ui", any(console_page))
+        .route("/ui/", any(console_page))
+        .route("/ui/{*page}", any(console_page))
+        .merge(api)
+        .fallback(not_found)
+        .with_state(admin)
+}
+
+async fn ready(State(admin): State<Admin>) -> Answer {
+    // The reason is in the log; this answer is open to anyone who reaches the port.
+    if admin.engine.store().damaged().is_some() {
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready: the store is damaged (see the log)\n".into(),
+        );
+    }
+    answer(StatusCode::OK, "text/plain", "ready\n".into())
+}
+
+async fn console_page(State(admin): State<Admin>, request: Request) -> Answer {
+    let peer = request
+        .extensions()
+        .get::<Peer>()
+        .map_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)), |p| p.0);
+    admin
+        .console
+        .handle(request, &admin.engine, peer, admin.stop.clone())
+        .await
+}
+
+/// The API's gate: a token that gives a role, and the read-only role only for GET.
+async fn require_token(State(admin): State<Admin>, request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match admin.console.access().role(given) {
+        None => json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"error": "missing or wrong admin token"}),
+        )
+        .into_response(),
+        Some(Role::ReadOnly) if request.method() != Method::GET => json(
+            StatusCode::FORBIDDEN,
+            serde_json::json!({"error": "the read-only token may only read (GET)"}),
+        )
+        .into_response(),
+        Some(_) => next.run(request).await,
+    }
+}
+
+async fn not_found(request: Request) -> Answer {
+    json(
+        StatusCode::NOT_FOUND,
+        serde_json::json!({"error": format!("no such admin endpoint: {} {}", request.method(), request.uri().path()),
+            "endpoints": ["GET /ui (the web console)", "GET /health", "GET /ready", "GET /metrics", "GET /routes", "GET /reload", "GET /messages", "GET /messages/{id}", "POST /messages/{id}/replay", "POST /messages/replay", "POST /routes/{id}/pause", "POST /routes/{id}/resume"]}),
+    )
+}
+
+fn redirect(to: &'static str) -> Answer {
+    let mut r = answer(StatusCode::SEE_OTHER, "text/plain", String::new());
+    r.headers_mut()
+        .insert(hyper::header::LOCATION, HeaderValue::from_static(to));
+    r
+}
+
+/// Serves the admin API on `listener` until `stop`. Connections are served by hyper with a
+/// header-read timeout (a client that never finishes its headers is dropped), each request
+/// going through the router.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     access: Access,
@@ -97,16 +208,19 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let console = Arc::new(console::Console::new(access));
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
-        };
-        let (engine, console, stop) = (engine.clone(), console.clone(), stop.clone());
+    let router = router(Admin {
+        engine,
+        console,
+        stop: stop.clone(),
+    });
+    while let Some((stream, peer)) =
+        crate::adapters::listeners::accept(&listener, &stop, "admin").await
+    {
+        let router = router.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let (engine, console, stop) = (engine.clone(), console.clone(), stop.clone());
-                async move { Ok::<_, Infallible>(handle(req, &engine, &console, peer, stop).await) }
+            let svc = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                request.extensions_mut().insert(Peer(peer));
+                router.clone().oneshot(request.map(axum::body::Body::new))
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -114,296 +228,6 @@ pub async fn serve(
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
-    }
-}
-
-async fn handle(
-    req: Request<Incoming>,
-    engine: &Arc<Engine>,
-    console: &Arc<console::Console>,
-    peer: std::net::SocketAddr,
-    stop: CancellationToken,
-) -> Answer {
-    let path = req.uri().path().trim_end_matches('/').to_string();
-    let method = req.method().clone();
-    match (&method, path.as_str()) {
-        (&Method::GET, "/health") => return answer(StatusCode::OK, "text/plain", "ok\n".into()),
-        // A browser opened on the admin address finds the console.
-        (&Method::GET, "") => {
-            let mut r = answer(StatusCode::SEE_OTHER, "text/plain", String::new());
-            r.headers_mut()
-                .insert(hyper::header::LOCATION, HeaderValue::from_static("/ui"));
-            return r;
-        }
-        (&Method::GET, "/ready") => {
-            // The reason is in the log; this answer is open to anyone who reaches the port.
-            if engine.store().damaged().is_some() {
-                return answer(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "not ready: the store is damaged (see the log)\n".into(),
-                );
-            }
-            return answer(StatusCode::OK, "text/plain", "ready\n".into());
-        }
-        _ => {}
-    }
-    if path == "/ui" || path.starts_with("/ui/") {
-        return console.handle(req, engine, peer, stop).await;
-    }
-    let given = req
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match console.access().role(given) {
-        None => {
-            return json(
-                StatusCode::UNAUTHORIZED,
-                serde_json::json!({"error": "missing or wrong admin token"}),
-            )
-        }
-        Some(crate::admin::Role::ReadOnly) if method != Method::GET => {
-            return json(
-                StatusCode::FORBIDDEN,
-                serde_json::json!({"error": "the read-only token may only read (GET)"}),
-            )
-        }
-        Some(_) => {}
-    }
-    let query: std::collections::HashMap<String, String> = req
-        .uri()
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match (&method, parts.as_slice()) {
-        (&Method::GET, ["metrics"]) => {
-            let mut gauges = Vec::new();
-            if let Ok(queues) = engine.store().queues().await {
-                let now = std::time::SystemTime::now();
-                for q in queues {
-                    let labels = vec![("route", q.route), ("destination", q.destination)];
-                    gauges.push((
-                        "switchyard_queue_depth",
-                        "Pending deliveries, by route and destination.",
-                        labels.clone(),
-                        q.depth as f64,
-                    ));
-                    let age = q
-                        .oldest
-                        .and_then(|t| now.duration_since(t).ok())
-                        .unwrap_or_default();
-                    gauges.push((
-                        "switchyard_queue_oldest_seconds",
-                        "Age of the oldest pending delivery's message, by route and destination.",
-                        labels,
-                        age.as_secs_f64(),
-                    ));
-                }
-            }
-            let status = engine.status().await;
-            let routes: Vec<String> = status.iter().map(|r| r.id.clone()).collect();
-            if let Ok(counts) = engine
-                .store()
-                .count_in_state(&routes, crate::store::MessageState::Dead)
-                .await
-            {
-                for (route, n) in counts {
-                    gauges.push((
-                        "switchyard_messages_dead",
-                        "Messages in the store that are dead (delivery given up), by route.",
-                        vec![("route", route)],
-                        n as f64,
-                    ));
-                }
-            }
-            for r in status {
-                // A destination that has not delivered yet has no connection to report.
-                let used = r
-                    .connections
-                    .iter()
-                    .filter(|(_, l)| l.state != crate::adapters::broker::LinkState::Idle);
-                for (adapter, link) in used {
-                    gauges.push((
-                        "switchyard_broker_connected",
-                        "1 while the adapter's broker connection is up, by route and adapter.",
-                        vec![("route", r.id.clone()), ("adapter", adapter.clone())],
-                        if link.state == crate::adapters::broker::LinkState::Connected {
-                            1.0
-                        } else {
-                            0.0
-                        },
-                    ));
-                }
-                for (adapter, link) in &r.connections {
-                    gauges.push((
-                        "switchyard_broker_reconnects",
-                        "Times the adapter's broker connection was made again since the route started.",
-                        vec![("route", r.id.clone()), ("adapter", adapter.clone())],
-                        link.reconnects as f64,
-                    ));
-                }
-                gauges.push((
-                    "switchyard_route_up",
-                    "1 when the route takes messages, 0 when it is paused.",
-                    vec![("route", r.id)],
-                    if r.state == "running" { 1.0 } else { 0.0 },
-                ));
-            }
-            gauges.push((
-                "switchyard_store_damaged",
-                "1 once damage was found in the store (intake paused, nothing more written).",
-                Vec::new(),
-                if engine.store().damaged().is_some() {
-                    1.0
-                } else {
-                    0.0
-                },
-            ));
-            // Prometheus wants each metric's samples together.
-            gauges.sort_by(|a, b| a.0.cmp(b.0));
-            answer(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                crate::metrics::global().render(&gauges),
-            )
-        }
-        (&Method::GET, ["routes"]) => {
-            let m = crate::metrics::global();
-            let routes: Vec<serde_json::Value> = engine
-                .status()
-                .await
-                .into_iter()
-                .map(|r| {
-                    let last_error = m.last_error(&r.id).map(|(at, text)| {
-                        serde_json::json!({"at": humantime::format_rfc3339_millis(at).to_string(), "error": text})
-                    });
-                    serde_json::json!({
-                        "id": r.id,
-                        "description": r.description,
-                        "state": r.state,
-                        "version": r.version,
-                        "file": r.file,
-                        "received": m.counts("switchyard_messages_received_total", &r.id, "route").values().sum::<u64>(),
-                        "messages": m.counts("switchyard_messages_total", &r.id, "state"),
-                        "deliveries": m.counts("switchyard_deliveries_total", &r.id, "outcome"),
-                        "last_error": last_error,
-                        "connections": r.connections.iter().map(|(adapter, link)| {
-                            let mut v = serde_json::to_value(link).unwrap_or_default();
-                            if let Some(o) = v.as_object_mut() {
-                                o.insert("adapter".into(), adapter.clone().into());
-                            }
-                            v
-                        }).collect::<Vec<_>>(),
-                    })
-                })
-                .collect();
-            json(StatusCode::OK, serde_json::Value::Array(routes))
-        }
-        (&Method::GET, ["messages"]) => {
-            let search = match search_from(&query) {
-                Ok(s) => s,
-                Err(e) => return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": e})),
-            };
-            match engine.store().search(&search).await {
-                Ok(rows) => json(
-                    StatusCode::OK,
-                    serde_json::Value::Array(rows.iter().map(crate::messages::json_row).collect()),
-                ),
-                Err(e) => json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    serde_json::json!({"error": e.0}),
-                ),
-            }
-        }
-        (&Method::GET, ["messages", id]) => match id.parse::<uuid::Uuid>() {
-            Err(_) => json(
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({"error": format!("`{id}` is not a message id")}),
-            ),
-            Ok(id) => match engine.store().details(id).await {
-                Ok(Some(d)) => json(StatusCode::OK, crate::messages::details_json(&d)),
-                Ok(None) => json(
-                    StatusCode::NOT_FOUND,
-                    serde_json::json!({"error": format!("no message {id}")}),
-                ),
-                Err(e) => json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    serde_json::json!({"error": e.0}),
-                ),
-            },
-        },
-        (&Method::POST, ["messages", "replay"]) => {
-            let search = match search_from(&query) {
-                Ok(s) if s.route.is_some() && s.state.is_some() => s,
-                Ok(_) => {
-                    return json(
-                        StatusCode::BAD_REQUEST,
-                        serde_json::json!({"error": "give route and state"}),
-                    )
-                }
-                Err(e) => return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": e})),
-            };
-            let rows = match engine.store().search(&search).await {
-                Ok(r) => r,
-                Err(e) => {
-                    return json(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        serde_json::json!({"error": e.0}),
-                    )
-                }
-            };
-            let mut done = Vec::new();
-            for m in rows {
-                let r = engine
-                    .store()
-                    .replay(m.id, query.get("destination").map(String::as_str))
-                    .await;
-                done.push(serde_json::json!({"id": m.id, "result": r.map_err(|e| e.0).unwrap_or_else(|e| e)}));
-            }
-            json(StatusCode::OK, serde_json::Value::Array(done))
-        }
-        (&Method::POST, ["messages", id, "replay"]) => match id.parse::<uuid::Uuid>() {
-            Err(_) => json(
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({"error": format!("`{id}` is not a message id")}),
-            ),
-            Ok(id) => match engine
-                .store()
-                .replay(id, query.get("destination").map(String::as_str))
-                .await
-            {
-                Ok(r) => json(StatusCode::OK, serde_json::json!({"id": id, "result": r})),
-                Err(e) => json(StatusCode::NOT_FOUND, serde_json::json!({"error": e.0})),
-            },
-        },
-        (&Method::GET, ["reload"]) => match engine.last_reload().await {
-            Some(s) => json(StatusCode::OK, serde_json::to_value(s).unwrap_or_default()),
-            None => json(
-                StatusCode::OK,
-                serde_json::json!({"at": null, "message": "no reload since start"}),
-            ),
-        },
-        (&Method::POST, ["routes", id, action @ ("pause" | "resume")]) => {
-            let result = if *action == "pause" {
-                engine.pause(id).await
-            } else {
-                engine.resume(id).await
-            };
-            match result {
-                Ok(()) => json(
-                    StatusCode::OK,
-                    serde_json::json!({"id": id, "state": if *action == "pause" { "paused" } else { "running" }}),
-                ),
-                Err(e) => json(StatusCode::NOT_FOUND, serde_json::json!({"error": e})),
-            }
-        }
-        _ => json(
-            StatusCode::NOT_FOUND,
-            serde_json::json!({"error": format!("no such admin endpoint: {method} {path}"),
-                "endpoints": ["GET /ui (the web console)", "GET /health", "GET /ready", "GET /metrics", "GET /routes", "GET /reload", "GET /messages", "GET /messages/{id}", "POST /messages/{id}/replay", "POST /messages/replay", "POST /routes/{id}/pause", "POST /routes/{id}/resume"]}),
-        ),
     }
 }
 

@@ -26,6 +26,12 @@ impl<'de> Deserialize<'de> for Charset {
     }
 }
 
+crate::config::schema::text_value!(
+    Charset,
+    "A character set by its WHATWG label.",
+    ["utf-8", "iso-8859-1", "windows-1252"]
+);
+
 impl Charset {
     /// Wire bytes to UTF-8. Bytes that are invalid in the charset are an error naming the
     /// charset, never silently replaced.

@@ -10,11 +10,19 @@
 //! which the connection is closed (there is no safe place to resynchronise). Bytes outside
 //! MLLP frames are skipped and reported; an MLLP frame cut short by the next start block is
 //! reported as broken, and the next frame is read from its start block.
+//!
+//! [`FrameCodec`] is the framing as a `tokio_util` codec: every TCP reader and writer (inbound
+//! TCP, the TCP destination, the TCP enricher) goes through it.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::StreamExt as _;
 use serde::Deserialize;
+use tokio::io::AsyncRead;
+use tokio_util::codec::{Decoder, Encoder, Framed};
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Framing {
     #[default]
@@ -24,14 +32,14 @@ pub enum Framing {
     Delimiter(DelimiterOptions),
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LengthPrefix {
     /// 2 or 4.
     pub bytes: u8,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DelimiterOptions {
     /// The bytes that end each message (YAML escapes such as "\u0003" work).
@@ -51,37 +59,91 @@ pub enum Decoded {
     Broken(String),
 }
 
-/// Why no frame came from a stream.
+/// Why no (more) frames come from a stream.
 #[derive(Debug)]
-pub enum ReadError {
-    /// The other side closed the connection first.
-    Closed,
-    /// The bytes broke the framing (a frame over the size limit, say).
+pub enum FrameError {
+    /// The bytes broke the framing (a frame over the size limit, say): there is no safe place
+    /// to pick up again, so the connection is closed.
     Bad(String),
+    /// The other side closed the connection inside a frame, or after bytes outside any.
+    Unfinished(String),
+    /// The other side closed the connection before a whole frame came (a client waiting for
+    /// its answer).
+    Closed,
     Io(std::io::Error),
 }
 
-/// Reads from `stream`, through `buf` (which keeps what follows for the next call), until
-/// `framing` yields a whole frame of at most `max` bytes: the answer a client waits for.
-/// Bytes outside frames and broken frames are passed over.
-pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
-    stream: &mut R,
-    buf: &mut BytesMut,
-    framing: &Framing,
-    max: usize,
-) -> Result<Bytes, ReadError> {
-    use tokio::io::AsyncReadExt;
-    loop {
-        match framing.decode(buf, max) {
-            Ok(Some(Decoded::Frame(f))) => return Ok(f),
-            Ok(Some(Decoded::Skipped(_) | Decoded::Broken(_))) => continue,
-            Ok(None) => {}
-            Err(e) => return Err(ReadError::Bad(e)),
+impl From<std::io::Error> for FrameError {
+    fn from(e: std::io::Error) -> Self {
+        FrameError::Io(e)
+    }
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::Bad(e) | FrameError::Unfinished(e) => f.write_str(e),
+            FrameError::Closed => f.write_str("the connection closed"),
+            FrameError::Io(e) => write!(f, "{e}"),
         }
-        match stream.read_buf(buf).await {
-            Ok(0) => return Err(ReadError::Closed),
-            Ok(_) => {}
-            Err(e) => return Err(ReadError::Io(e)),
+    }
+}
+
+/// A framing with its size limit as a `tokio_util` codec, for `Framed` streams: inbound TCP
+/// reads messages and writes its ACKs through it; the TCP destination and the TCP enricher
+/// write their requests and read the answers through it.
+#[derive(Debug, Clone)]
+pub struct FrameCodec {
+    framing: Framing,
+    max: usize,
+}
+
+impl FrameCodec {
+    /// Frames of at most `max` bytes.
+    pub fn new(framing: Framing, max: usize) -> Self {
+        FrameCodec { framing, max }
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Decoded;
+    type Error = FrameError;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, FrameError> {
+        self.framing.decode(buf, self.max).map_err(FrameError::Bad)
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, FrameError> {
+        if let Some(decoded) = self.decode(buf)? {
+            return Ok(Some(decoded));
+        }
+        let problem = self.framing.leftover(buf);
+        buf.clear();
+        problem.map_or(Ok(None), |p| Err(FrameError::Unfinished(p)))
+    }
+}
+
+impl Encoder<&[u8]> for FrameCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, payload: &[u8], dst: &mut BytesMut) -> Result<(), FrameError> {
+        self.framing
+            .encode_into(payload, dst)
+            .map_err(FrameError::Bad)
+    }
+}
+
+/// The next whole frame from `framed`: the answer a client waits for. Bytes outside frames
+/// and broken frames are passed over.
+pub async fn next_frame<T: AsyncRead + Unpin>(
+    framed: &mut Framed<T, FrameCodec>,
+) -> Result<Bytes, FrameError> {
+    loop {
+        match framed.next().await {
+            Some(Ok(Decoded::Frame(f))) => return Ok(f),
+            Some(Ok(Decoded::Skipped(_) | Decoded::Broken(_))) => continue,
+            Some(Err(e)) => return Err(e),
+            None => return Err(FrameError::Closed),
         }
     }
 }
@@ -228,44 +290,61 @@ impl Framing {
 
     /// Frames one message for the wire.
     pub fn encode(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
-        let mut out = Vec::with_capacity(payload.len() + 4);
+        let mut out = BytesMut::with_capacity(payload.len() + 4);
+        self.encode_into(payload, &mut out)?;
+        Ok(out.to_vec())
+    }
+
+    /// Whether this framing can carry `payload`: a line break cannot go in a line, the end
+    /// delimiter not in a delimited message, nor more than a 2-byte length in a 2-byte prefix.
+    pub fn can_carry(&self, payload: &[u8]) -> Result<(), String> {
+        match self {
+            Framing::Mllp => Ok(()),
+            Framing::Lines if payload.contains(&b'\n') => {
+                Err("the message holds a line break, which `lines` framing cannot carry".into())
+            }
+            Framing::LengthPrefixed(p) if p.bytes == 2 && payload.len() > usize::from(u16::MAX) => {
+                Err("the message is over 65,535 bytes, too long for a 2-byte length".into())
+            }
+            Framing::LengthPrefixed(_) if u32::try_from(payload.len()).is_err() => {
+                Err("the message is too long for a 4-byte length".into())
+            }
+            Framing::Delimiter(d) if find(payload, d.end.as_bytes()).is_some() => {
+                Err("the message holds the end delimiter itself".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Frames one message onto `out`; nothing is written when it cannot be framed.
+    pub fn encode_into(&self, payload: &[u8], out: &mut BytesMut) -> Result<(), String> {
+        self.can_carry(payload)?;
+        out.reserve(payload.len() + 4);
         match self {
             Framing::Mllp => {
-                out.push(SB);
+                out.put_u8(SB);
                 out.extend_from_slice(payload);
                 out.extend_from_slice(&EB);
             }
             Framing::Lines => {
-                if payload.contains(&b'\n') {
-                    return Err(
-                        "the message holds a line break, which `lines` framing cannot carry".into(),
-                    );
-                }
                 out.extend_from_slice(payload);
-                out.push(b'\n');
+                out.put_u8(b'\n');
             }
             Framing::LengthPrefixed(p) => {
+                // Checked by `can_carry`.
                 if p.bytes == 2 {
-                    let len = u16::try_from(payload.len()).map_err(|_| {
-                        "the message is over 65,535 bytes, too long for a 2-byte length"
-                    })?;
-                    out.extend_from_slice(&len.to_be_bytes());
+                    out.put_u16(payload.len() as u16);
                 } else {
-                    let len = u32::try_from(payload.len())
-                        .map_err(|_| "the message is too long for a 4-byte length")?;
-                    out.extend_from_slice(&len.to_be_bytes());
+                    out.put_u32(payload.len() as u32);
                 }
                 out.extend_from_slice(payload);
             }
             Framing::Delimiter(d) => {
-                if find(payload, d.end.as_bytes()).is_some() {
-                    return Err("the message holds the end delimiter itself".into());
-                }
                 out.extend_from_slice(payload);
                 out.extend_from_slice(d.end.as_bytes());
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 

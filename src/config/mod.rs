@@ -3,6 +3,7 @@
 //! and diagnostics. It imports nothing of the engine, so every layer above may use it.
 
 pub mod diagnostic;
+pub mod schema;
 pub mod values;
 pub mod yaml;
 

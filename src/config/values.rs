@@ -35,6 +35,25 @@ impl FromStr for Duration {
     }
 }
 
+/// Written as it is read (`30s`, `1h 30m`): the schema's defaults come from here.
+impl serde::Serialize for Duration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let d = self.0;
+        let (secs, ms) = (d.as_secs(), d.subsec_millis());
+        // The largest unit that writes it whole, as people write them (`24h`, `7d`, `90s`).
+        let text = match (secs, ms, d.subsec_nanos() % 1_000_000) {
+            (0, 0, 0) => "0s".to_string(),
+            (0, ms, 0) => format!("{ms}ms"),
+            (s, 0, 0) if s >= 2 * 86_400 && s % 86_400 == 0 => format!("{}d", s / 86_400),
+            (s, 0, 0) if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
+            (s, 0, 0) if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+            (s, 0, 0) => format!("{s}s"),
+            _ => humantime::format_duration(d).to_string(),
+        };
+        s.serialize_str(&text)
+    }
+}
+
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d)?
@@ -148,6 +167,17 @@ impl FromStr for ByteSize {
     }
 }
 
+/// Written as it is read: `64MiB` when a whole number of a binary unit, else bytes.
+impl serde::Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 >= 1 << 10 && self.0.is_multiple_of(1 << 10) {
+            s.collect_str(self)
+        } else {
+            s.serialize_u64(self.0)
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
@@ -194,6 +224,12 @@ impl Default for Glob {
     }
 }
 
+impl serde::Serialize for Glob {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0.as_str())
+    }
+}
+
 impl<'de> Deserialize<'de> for Glob {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
@@ -205,6 +241,39 @@ impl<'de> Deserialize<'de> for Glob {
         glob::Pattern::new(&text)
             .map(Glob)
             .map_err(|e| serde::de::Error::custom(format!("bad pattern `{text}`: {e}")))
+    }
+}
+
+super::schema::text_value!(
+    Duration,
+    "A duration: a number with a unit (`ms`, `s`, `m`, `h`, `d`), parts may be combined.",
+    ["500ms", "5s", "2m", "1h 30m"]
+);
+super::schema::text_value!(
+    Rate,
+    "Messages per time: a number, `/` and a time unit, optionally with a count.",
+    ["20/s", "600/min", "5/h", "3/10s"]
+);
+super::schema::text_value!(
+    Glob,
+    "A shell-style pattern matched against a file name, not its path (no `/`).",
+    ["*.xml", "order-??.csv"]
+);
+
+impl schemars::JsonSchema for ByteSize {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ByteSize".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": ["integer", "string"],
+            "minimum": 0,
+            "description": "A size: bytes, or a number with a unit (B, KiB, MiB, GiB, KB, MB, GB).",
+            "examples": ["64MiB", "512KiB", 1048576]
+        })
     }
 }
 
@@ -220,6 +289,25 @@ mod tests {
         assert!("12 parsecs".parse::<ByteSize>().is_err());
         assert!("MiB".parse::<ByteSize>().is_err());
         assert_eq!(ByteSize(64 << 20).to_string(), "64MiB");
+    }
+
+    #[test]
+    fn values_are_written_as_they_are_read() {
+        for text in ["0s", "250ms", "5s", "90s", "2m", "24h", "7d", "1h 30m"] {
+            let d: Duration = text.parse().unwrap();
+            let written = serde_json::to_value(d).unwrap();
+            assert_eq!(
+                written.as_str().unwrap().parse::<Duration>().unwrap(),
+                d,
+                "{text}"
+            );
+        }
+        assert_eq!(
+            serde_json::to_value(Duration::from_secs(86_400)).unwrap(),
+            "24h"
+        );
+        assert_eq!(serde_json::to_value(ByteSize(1 << 20)).unwrap(), "1MiB");
+        assert_eq!(serde_json::to_value(ByteSize(1000)).unwrap(), 1000);
     }
 
     #[test]

@@ -5,8 +5,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 /// How CSV is read (the options of the `csv_to_json` step).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
+#[schemars(rename = "CsvReadOptions")]
 pub struct ReadOptions {
     /// Field separator, one ASCII character (default `,`; `;` and `\t` are common).
     pub delimiter: char,
@@ -33,8 +34,9 @@ impl Default for ReadOptions {
 }
 
 /// How JSON is written as CSV (the options of the `json_to_csv` step).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
+#[schemars(rename = "CsvWriteOptions")]
 pub struct WriteOptions {
     /// Field separator, one ASCII character (default `,`).
     pub delimiter: char,

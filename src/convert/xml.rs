@@ -22,8 +22,9 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 /// How XML is read into JSON (the options of the `xml_to_json` step).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
+#[schemars(rename = "XmlReadOptions")]
 pub struct ReadOptions {
     /// Prefix for attribute keys (default `@`).
     pub attribute_prefix: String,
@@ -50,8 +51,9 @@ impl Default for ReadOptions {
 }
 
 /// How JSON is written as XML (the options of the `json_to_xml` step).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
+#[schemars(rename = "XmlWriteOptions")]
 pub struct WriteOptions {
     /// Name of the root element. When unset, the JSON must be an object with exactly one key,
     /// which names the root (the shape `xml_to_json` produces).

@@ -10,7 +10,7 @@ use crate::steps::{ErrorClass, StepConfig};
 use serde::Deserialize;
 
 /// What a route file contains. Every key is documented in `docs/routes.md`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteFile {
     /// The route's id; defaults to the file name without its extension.
@@ -62,7 +62,7 @@ pub struct RouteFile {
 }
 
 /// The route's `dedupe` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DedupeConfig {
     /// A Rhai expression over the message as received, as for `index` (`body.order.id`,
@@ -82,7 +82,7 @@ impl DedupeConfig {
 }
 
 /// The route's `throttle` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ThrottleConfig {
     /// Messages per time: `100/s`, `600/min`.
@@ -94,7 +94,9 @@ pub struct ThrottleConfig {
 }
 
 /// What to do when a step fails.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum StepPolicy {
     /// The message fails (default).
@@ -108,7 +110,9 @@ pub enum StepPolicy {
 }
 
 /// What to do when a delivery fails.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryPolicy {
     /// Retry by the destination's policy; then the delivery is dead and goes to
@@ -122,7 +126,7 @@ pub enum DeliveryPolicy {
 }
 
 /// The route's `on_error` section.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct OnError {
     /// For `validate` steps: `fail` (default), `dead_letter` or `retry`.

@@ -8,11 +8,12 @@
 
 pub mod endpoints;
 pub mod file;
+pub mod schema;
 
 pub use file::{DedupeConfig, DeliveryPolicy, OnError, RouteFile, StepPolicy, ThrottleConfig};
 
 use crate::adapters::inbound::InboundConfig;
-use crate::adapters::outbound::{Ordering, OutboundConfig};
+use crate::adapters::outbound::{DeliveryOrder, OutboundConfig};
 use crate::config::{yaml, Diagnostic};
 use crate::keys::{Dedupe, Index};
 use crate::routing::{self, Router};
@@ -311,7 +312,7 @@ pub fn load_file(path: &Path, endpoints: &Endpoints) -> Result<Route, Vec<Diagno
     }
     let fifo = destinations
         .iter()
-        .any(|d| d.config.delivery().ordering == Some(Ordering::Fifo));
+        .any(|d| d.config.delivery().ordering == Some(DeliveryOrder::Fifo));
     if !problems.is_empty() {
         return Err(problems);
     }

@@ -29,7 +29,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// How a completed group's members become one body.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Combine {
     /// A JSON array of the members' bodies (JSON bodies as JSON, others as strings).
@@ -45,8 +47,9 @@ pub enum Combine {
     Script,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "AggregateStep")]
 pub struct Config {
     /// A Rhai expression over the message as it reaches the step: its group's key
     /// (`body.order_id`, `headers["batch"]`, `hl7(body, "PID-3.1")`). A message for which it

@@ -32,8 +32,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Instant;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "EnrichStep")]
 pub struct Config {
     /// An HTTP backend's URL: text with placeholders — `{{body.PATH}}` (a value of the JSON
     /// body, percent-encoded), `{{header.NAME}}` (percent-encoded), and the other template
@@ -97,8 +98,11 @@ impl Config {
 
 /// Written `GET` / `POST` as the HTTP destination's `method`, or `get` / `post` as
 /// `http_poll`'s.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "UPPERCASE")]
+#[schemars(rename = "EnrichMethod")]
 pub enum Method {
     #[default]
     #[serde(alias = "get")]
@@ -107,7 +111,9 @@ pub enum Method {
     Post,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum NotFound {
     #[default]
@@ -115,7 +121,7 @@ pub enum NotFound {
     Skip,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Retry {
     /// Tries in all, the first included (default 3).
@@ -133,7 +139,7 @@ impl Default for Retry {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
     /// How long an answer is used (e.g. `5m`).
@@ -177,7 +183,7 @@ pub struct Enrich {
 /// Which kind of backend answers.
 enum Source {
     Http,
-    Tcp(tcp::Exchange),
+    Tcp(Box<tcp::Exchange>),
     Query(query::Lookup),
 }
 
@@ -206,10 +212,10 @@ impl Config {
                         .map_err(|e| BuildError::new(format!("query: {e}")))?,
                 )
             }
-            (None, Some(t)) => Source::Tcp(
+            (None, Some(t)) => Source::Tcp(Box::new(
                 t.build()
                     .map_err(|e| BuildError::new(format!("tcp: {e}")))?,
-            ),
+            )),
             (None, None) => Source::Http,
         };
         let url_text = self.url.clone().unwrap_or_default();

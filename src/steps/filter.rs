@@ -14,8 +14,9 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "FilterStep")]
 pub struct Config {
     /// Keep the message when this expression is true; drop it otherwise.
     #[serde(default)]

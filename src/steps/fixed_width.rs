@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Column {
     /// The field's name in the JSON records.
@@ -28,7 +28,9 @@ pub struct Column {
     pub pad: char,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Align {
     #[default]
@@ -37,7 +39,7 @@ pub enum Align {
 }
 
 /// Where a line says which kind of record it is, and the JSON field that holds it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecordType {
     /// First column of the code, counting from 1.
@@ -50,7 +52,9 @@ pub struct RecordType {
 }
 
 /// What a value wider than its columns does when writing.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Overflow {
     /// The message fails, saying which record and field (default).
@@ -73,8 +77,9 @@ fn yes() -> bool {
 }
 
 /// `fixed_width`: the reader's options.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "FixedWidthStep")]
 pub struct Config {
     /// The fields of a record (or give `record_type` and `records`).
     #[serde(default)]
@@ -96,8 +101,9 @@ pub struct Config {
 /// `json_to_fixed_width`: the writer's options. The layout keys repeat the reader's rather
 /// than sharing a flattened struct: serde cannot flatten under `deny_unknown_fields`, and a
 /// misspelt key must stay an error at load.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "JsonToFixedWidthStep")]
 pub struct WriteConfig {
     /// The fields of a record (or give `record_type` and `records`).
     #[serde(default)]

@@ -8,8 +8,9 @@ use crate::hl7::Hl7;
 use crate::message::Message;
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Hl7Step")]
 pub struct Config {
     /// Replace the body with the message's JSON mapping (see `docs/hl7.md`).
     #[serde(default)]

@@ -22,8 +22,9 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "MapStep")]
 pub struct Config {
     /// Target path to source: a path into the input, or `= expression`. In order.
     pub fields: Map<String, Value>,

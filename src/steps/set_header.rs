@@ -6,8 +6,9 @@ use crate::message::Message;
 use crate::template::Template;
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "SetHeaderStep")]
 pub struct Config {
     /// The header to set; an existing value is replaced.
     pub name: String,

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use std::io::{BufRead, Read};
 
 /// What to split on.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// Each non-blank line is a child (text).
@@ -31,18 +31,18 @@ pub enum Mode {
     Xml(XmlOptions),
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LinesOptions {
     /// Lines to skip at the start (default 0).
     pub skip_lines: usize,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JsonOptions {}
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct XmlOptions {
     /// Element path from the root, `/`-separated: `orders/order` takes each `order` directly
@@ -51,8 +51,9 @@ pub struct XmlOptions {
 }
 
 /// The step's options: exactly one of `lines`, `csv`, `json` or `xml`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "SplitStep")]
 pub struct Config {
     /// Each non-blank line is a child.
     #[serde(default)]

@@ -14,8 +14,9 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "ValidateStep")]
 pub struct Config {
     /// A JSON Schema: a file name (relative to the route file) or the schema itself, inline.
     /// Remote `$ref`s are not fetched.

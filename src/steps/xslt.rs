@@ -13,8 +13,9 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "XsltStep")]
 pub struct Config {
     /// The stylesheet file, relative to the route file; compiled when the route loads.
     pub stylesheet: PathBuf,

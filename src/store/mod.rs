@@ -299,7 +299,7 @@ pub struct StoredMessage {
 }
 
 /// How long a route's finished messages are kept. Unset fields keep everything.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Retention {
     /// Delete finished messages this long after their last change.

@@ -33,10 +33,19 @@ impl<'de> Deserialize<'de> for Url {
     }
 }
 
+crate::config::schema::text_value!(
+    Url,
+    "An AMQP 0-9-1 URL (RabbitMQ): `amqp://` or `amqps://`, with the virtual host as its path.",
+    [
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        "amqps://user:${AMQP_PASSWORD}@rabbit.example.com/orders"
+    ]
+);
+
 /// Exchanges, queues and bindings declared on every (re)connect, before consuming or
 /// publishing. Declaring what exists with the same settings changes nothing; with other
 /// settings the broker refuses, and the adapter says so and retries.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Declare {
     #[serde(default)]
@@ -47,7 +56,7 @@ pub struct Declare {
     pub bindings: Vec<BindingDecl>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExchangeDecl {
     pub name: String,
@@ -68,7 +77,7 @@ pub struct ExchangeDecl {
     pub arguments: serde_json::Map<String, serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueueDecl {
     pub name: String,
@@ -85,7 +94,7 @@ pub struct QueueDecl {
     pub arguments: serde_json::Map<String, serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BindingDecl {
     pub queue: String,

@@ -31,6 +31,15 @@ impl<'de> Deserialize<'de> for Url {
     }
 }
 
+crate::config::schema::text_value!(
+    Url,
+    "An AMQP 1.0 URL (`amqp://` or `amqps://`).",
+    [
+        "amqp://guest:guest@127.0.0.1:5672",
+        "amqps://broker.example.com:5671"
+    ]
+);
+
 /// A URL taken apart.
 #[derive(Debug)]
 struct Parts {

@@ -57,9 +57,27 @@ pub fn no_sqs<'de, D: serde::Deserializer<'de>>(_: D) -> Result<(), D::Error> {
     Err(serde::de::Error::custom(NO_SQS))
 }
 
+/// The schema of an adapter this build leaves out (`kafka`, `sqs` without their feature):
+/// any options, so an editor does not flag a route meant for another build.
+#[derive(Debug)]
+pub struct NotBuilt;
+
+impl schemars::JsonSchema for NotBuilt {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "NotBuilt".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "object" })
+    }
+}
+
 /// TLS for `amqps://` and `mqtts://` URLs (rustls with ring).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "BrokerTls")]
 pub struct Tls {
     /// CA certificate(s) to trust (PEM), for a broker with a private CA or a self-signed
     /// certificate. Without it, the public web roots are trusted.

@@ -26,6 +26,15 @@ impl<'de> Deserialize<'de> for Url {
     }
 }
 
+crate::config::schema::text_value!(
+    Url,
+    "An MQTT URL (`mqtt://` or `mqtts://`).",
+    [
+        "mqtt://127.0.0.1:1883",
+        "mqtts://user:${MQTT_PASSWORD}@broker.example.com:8883"
+    ]
+);
+
 /// An MQTT QoS level from a route file: 0, 1 or 2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Qos(pub u8);
@@ -35,6 +44,18 @@ impl<'de> Deserialize<'de> for Qos {
         let level = u8::deserialize(d)?;
         qos(level).map_err(serde::de::Error::custom)?;
         Ok(Qos(level))
+    }
+}
+
+impl schemars::JsonSchema for Qos {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Qos".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "integer", "enum": [0, 1, 2], "description": "An MQTT QoS level."})
     }
 }
 

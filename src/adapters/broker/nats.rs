@@ -36,9 +36,26 @@ impl<'de> Deserialize<'de> for Url {
     }
 }
 
+crate::config::schema::text_value!(
+    Url,
+    "A NATS URL (`nats://` or `tls://`).",
+    [
+        "nats://127.0.0.1:4222",
+        "tls://user:${NATS_PASSWORD}@nats.example.com:4222"
+    ]
+);
+
+fn retention_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "enum": ["limits", "workqueue", "interest"], "default": "limits" })
+}
+
+fn storage_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "enum": ["file", "memory"], "default": "file" })
+}
+
 /// A stream to create when it does not exist yet. An existing stream is used as it is:
 /// change one with `nats stream edit`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamDecl {
     /// The subjects the stream captures (`orders.>`).
@@ -50,9 +67,11 @@ pub struct StreamDecl {
     /// `limits` (default: kept until a limit), `workqueue` (removed once acknowledged) or
     /// `interest` (removed once every consumer acknowledged it).
     #[serde(default)]
+    #[schemars(schema_with = "retention_schema")]
     pub retention: jetstream::stream::RetentionPolicy,
     /// `file` (default) or `memory`.
     #[serde(default)]
+    #[schemars(schema_with = "storage_schema")]
     pub storage: jetstream::stream::StorageType,
     /// Oldest message kept (default: no limit).
     #[serde(default)]

@@ -37,6 +37,15 @@ impl<'de> Deserialize<'de> for Url {
     }
 }
 
+crate::config::schema::text_value!(
+    Url,
+    "A Redis URL (`redis://` or `rediss://`).",
+    [
+        "redis://127.0.0.1:6379/0",
+        "rediss://:${REDIS_PASSWORD}@redis.example.com:6380"
+    ]
+);
+
 /// Checks what can be checked before connecting.
 pub fn check(tls: &Tls) -> Result<(), String> {
     super::amqp::check(tls)

@@ -6,7 +6,7 @@ use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
 use serde::Deserialize;
 
 /// Where a queue is and how to sign requests to it: the keys both adapters share.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
     /// The queue's URL (`https://sqs.eu-west-1.amazonaws.com/123456789012/orders`); a FIFO

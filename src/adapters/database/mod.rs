@@ -42,6 +42,15 @@ impl<'de> Deserialize<'de> for Url {
     }
 }
 
+crate::config::schema::text_value!(
+    Url,
+    "A database URL: PostgreSQL or MySQL/MariaDB.",
+    [
+        "postgres://user@host:5432/database",
+        "mysql://user:${DB_PASSWORD}@host:3306/database"
+    ]
+);
+
 /// Which database speaks at the other end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -163,7 +172,9 @@ impl Sql {
 }
 
 /// How exact numbers (`numeric`, `decimal`) are written into a row's JSON.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Decimals {
     /// As strings (`"12.50"`), exact whatever their size (default).

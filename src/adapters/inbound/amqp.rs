@@ -29,8 +29,9 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "AmqpInbound")]
 pub struct Config {
     /// The broker: `amqp://user:${RABBIT_PASSWORD}@host:5672/vhost` (`%2f` is the default
     /// vhost `/`), or `amqps://` for TLS.

@@ -30,8 +30,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Amqp1Inbound")]
 pub struct Config {
     /// The broker: `amqp://user:${AMQP_PASSWORD}@host:5672`, or `amqps://…:5671` for TLS.
     pub url: amqp1::Url,

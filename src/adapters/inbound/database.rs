@@ -33,8 +33,9 @@ pub const KEY_NAME: &str = "database_key";
 /// The name of a route's watermark among its inbound positions in the store.
 const POSITION: &str = "database";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "DatabaseInbound")]
 pub struct Config {
     /// The database: `postgres://user@host:5432/db` (`?sslmode=verify-full&sslrootcert=ca.pem`
     /// for TLS) or `mysql://user:${DB_PASSWORD}@host:3306/db` (also `mariadb://`).
@@ -81,7 +82,7 @@ pub struct Config {
 }
 
 /// Where the next poll starts: after the last row read, by these columns.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Watermark {
     /// The query's `ORDER BY` columns, compared as one composite: `[updated_at, id]`. A
@@ -92,7 +93,9 @@ pub struct Watermark {
     pub start: Map<String, Value>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Each {
     #[default]

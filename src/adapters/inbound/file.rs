@@ -29,7 +29,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// What to do with a file once its message is committed.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum After {
     /// Move it to `archive_dir`.
@@ -39,8 +41,9 @@ pub enum After {
     Delete,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "FileInbound")]
 pub struct Config {
     /// The directory to watch (relative paths are relative to the engine's working directory).
     /// Only files directly inside it are taken, not those in subdirectories.

@@ -8,8 +8,9 @@ use crate::config::values::{ByteSize, Duration};
 use serde::Deserialize;
 use std::sync::Arc;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "FtpInbound")]
 pub struct Config {
     /// The server and directory: `ftps://partner@ftp.example.com:21/outgoing` (explicit TLS)
     /// or `ftp://…` in the clear.

@@ -37,7 +37,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::{TaskTracker, TaskTrackerToken};
 
 /// What the client gets back.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ResponseMode {
     /// `202 Accepted` with the message id, as soon as the message is committed (default).
@@ -48,7 +50,9 @@ pub enum ResponseMode {
 }
 
 /// What the body must be, checked before the message is accepted.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Content {
     /// Anything (default).
@@ -78,8 +82,9 @@ impl Content {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "HttpAuth")]
 pub struct Auth {
     /// Accepted bearer tokens (`Authorization: Bearer <token>`); use `${ENV}`.
     #[serde(default)]
@@ -89,14 +94,14 @@ pub struct Auth {
     pub basic: Vec<BasicUser>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BasicUser {
     pub username: String,
     pub password: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     /// Certificate chain, PEM.
@@ -105,8 +110,9 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "HttpInbound")]
 pub struct Config {
     /// Address to listen on, `host:port` (`127.0.0.1:8080`; port 0 picks a free one).
     pub listen: String,
@@ -619,18 +625,9 @@ impl HttpInbound {
         connections: &Arc<Connections>,
         stop: &CancellationToken,
     ) {
-        loop {
-            let (stream, remote) = tokio::select! {
-                _ = stop.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(listen = %self.cfg.listen, error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
+        while let Some((stream, remote)) =
+            crate::adapters::listeners::accept(&listener, stop, &self.cfg.listen).await
+        {
             tokio::spawn(connection(
                 connections.clone(),
                 stream,

@@ -27,8 +27,9 @@ const POSITION: &str = "http_poll";
 /// The search field holding an answer's validator and item number.
 pub const KEY_NAME: &str = "http_poll_item";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "HttpPollInbound")]
 pub struct Config {
     /// The URL to request (`https://partner.example.com/api/orders`).
     pub url: String,
@@ -61,8 +62,11 @@ pub struct Config {
     pub max_size: ByteSize,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "HttpPollMethod")]
 pub enum Method {
     #[default]
     Get,
@@ -110,7 +114,7 @@ pub struct HttpPollInbound {
 }
 
 /// What the last stored answer was, to ask for a newer one.
-#[derive(Debug, Default, serde::Serialize, Deserialize)]
+#[derive(Debug, Default, serde::Serialize, Deserialize, schemars::JsonSchema)]
 struct Seen {
     #[serde(default)]
     etag: Option<String>,

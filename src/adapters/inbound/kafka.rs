@@ -31,8 +31,9 @@ use std::sync::{Arc, Mutex};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "KafkaInbound")]
 pub struct Config {
     /// Bootstrap brokers, `host:port` each.
     pub brokers: Vec<String>,
@@ -75,7 +76,9 @@ pub struct Config {
 }
 
 /// Where a new consumer group starts reading.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Start {
     #[default]

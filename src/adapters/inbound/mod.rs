@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// The `from:` entry of a route.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum InboundConfig {
     /// Picks up files from a watched directory.
@@ -74,6 +74,7 @@ pub enum InboundConfig {
     /// Long-polls an Amazon SQS queue: this build has no SQS support (cargo feature `sqs`).
     #[cfg(not(feature = "sqs"))]
     #[serde(deserialize_with = "crate::adapters::broker::no_sqs")]
+    #[schemars(with = "crate::adapters::broker::NotBuilt")]
     Sqs(()),
     /// Consumes Apache Kafka topics as a member of a consumer group (cargo feature `kafka`).
     #[cfg(feature = "kafka")]
@@ -81,6 +82,7 @@ pub enum InboundConfig {
     /// Consumes Apache Kafka topics: this build has no Kafka support (cargo feature `kafka`).
     #[cfg(not(feature = "kafka"))]
     #[serde(deserialize_with = "crate::adapters::broker::no_kafka")]
+    #[schemars(with = "crate::adapters::broker::NotBuilt")]
     Kafka(()),
     /// A named endpoint from the adapters directory, replaced by its definition on load.
     Endpoint(String),

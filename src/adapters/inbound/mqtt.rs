@@ -31,8 +31,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "MqttInbound")]
 pub struct Config {
     /// The broker: `mqtt://host:1883`, `mqtt://user:${MQTT_PASSWORD}@host`, or `mqtts://`.
     pub url: mqtt::Url,

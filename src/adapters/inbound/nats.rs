@@ -26,8 +26,9 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "NatsInbound")]
 pub struct Config {
     /// The server: `nats://host:4222`, `nats://user:${NATS_PASSWORD}@host:4222`, or
     /// `tls://host:4222`.

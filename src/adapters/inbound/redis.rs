@@ -29,8 +29,9 @@ use std::sync::{Arc, Mutex};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "RedisInbound")]
 pub struct Config {
     /// The server: `redis://host:6379/0`, `redis://:${REDIS_PASSWORD}@host:6379`, or
     /// `rediss://host:6380` for TLS.
@@ -82,7 +83,9 @@ pub struct Config {
     pub tls: Tls,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Start {
     #[default]

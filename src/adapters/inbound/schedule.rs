@@ -23,8 +23,9 @@ const POSITION: &str = "schedule";
 /// The search field holding a fire's time, which makes a fire stored twice a duplicate.
 pub const KEY_NAME: &str = "schedule_fire";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "ScheduleInbound")]
 pub struct Config {
     /// A cron expression: five fields (`30 2 * * 1-5`: 02:30 Monday to Friday), or six with
     /// seconds first. Either `cron` or `every`.
@@ -50,7 +51,9 @@ pub struct Config {
     pub missed: Missed,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Missed {
     #[default]

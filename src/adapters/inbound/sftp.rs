@@ -7,8 +7,9 @@ use crate::config::values::{ByteSize, Duration};
 use serde::Deserialize;
 use std::sync::Arc;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "SftpInbound")]
 pub struct Config {
     /// The server and directory: `sftp://partner@sftp.example.com:22/outgoing`.
     pub url: Url,

@@ -24,8 +24,9 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "SqsInbound")]
 pub struct Config {
     /// The queue's URL (`https://sqs.eu-west-1.amazonaws.com/123456789012/orders`).
     pub queue_url: String,

@@ -12,23 +12,25 @@ use super::http::TlsFiles;
 use super::{Inbound, Intake};
 use crate::adapters::listeners::Listeners;
 use crate::codec::charset::Charset;
-use crate::codec::framing::{Decoded, Framing};
+use crate::codec::framing::{Decoded, FrameCodec, FrameError, Framing};
 use crate::config::values::{ByteSize, Duration};
 use crate::hl7::{self, Hl7};
 use crate::message::{Headers, Message};
 use crate::store::MessageState;
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use futures_util::{SinkExt as _, StreamExt as _};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 /// How messages are answered.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Ack {
     /// No answer.
@@ -38,7 +40,9 @@ pub enum Ack {
 }
 
 /// When an AA is sent.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum AckAfter {
     /// As soon as the message is committed (default).
@@ -48,8 +52,9 @@ pub enum AckAfter {
     Steps,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "TcpInbound")]
 pub struct Config {
     /// Address to listen on, `host:port` (port 0 picks a free one).
     pub listen: String,
@@ -143,16 +148,10 @@ impl Inbound for TcpInbound {
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 break;
             };
-            let (stream, remote) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(route = %intake.route, error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+            let Some((stream, remote)) =
+                crate::adapters::listeners::accept(&listener, &shutdown, &self.cfg.listen).await
+            else {
+                break;
             };
             while connections.try_join_next().is_some() {}
             let _ = stream.set_nodelay(true);
@@ -204,59 +203,49 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
-        &self,
-        mut stream: S,
-        stop: CancellationToken,
-    ) {
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: S, stop: CancellationToken) {
         let cfg = &self.cfg;
-        let max = cfg.max_frame.0 as usize;
-        let mut buf = BytesMut::with_capacity(8192);
+        let codec = FrameCodec::new(cfg.framing.clone(), cfg.max_frame.0 as usize);
+        let mut framed = Framed::with_capacity(stream, codec, 8192);
         loop {
-            // Answer every complete frame already buffered before reading more.
-            loop {
-                match cfg.framing.decode(&mut buf, max) {
-                    Ok(Some(Decoded::Frame(frame))) => {
-                        if !self.handle(frame, &mut stream).await {
-                            return;
-                        }
-                    }
-                    Ok(Some(Decoded::Skipped(n))) => {
-                        self.bad_input(
-                            &format!("{n} bytes outside any frame were skipped"),
-                            &mut stream,
-                            false,
-                        )
-                        .await;
-                    }
-                    Ok(Some(Decoded::Broken(why))) => {
-                        self.bad_input(&why, &mut stream, false).await;
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        // No safe place to pick up again: answer, record, close.
-                        self.bad_input(&e, &mut stream, true).await;
-                        return;
-                    }
-                }
-            }
-            let read = tokio::select! {
+            // Frames already buffered come first; then the stream reads more.
+            let next = tokio::select! {
                 _ = stop.cancelled() => return,
-                r = tokio::time::timeout(cfg.idle_timeout.0, stream.read_buf(&mut buf)) => r,
+                r = tokio::time::timeout(cfg.idle_timeout.0, framed.next()) => r,
             };
-            match read {
+            let decoded = match next {
                 Err(_) => {
                     tracing::debug!(remote = %self.remote, "idle connection closed");
                     return;
                 }
-                Ok(Ok(0)) => {
-                    if let Some(problem) = cfg.framing.leftover(&buf) {
-                        self.record(&problem).await;
+                Ok(None) => return,
+                Ok(Some(decoded)) => decoded,
+            };
+            match decoded {
+                Ok(Decoded::Frame(frame)) => {
+                    if !self.handle(frame, &mut framed).await {
+                        return;
                     }
+                }
+                Ok(Decoded::Skipped(n)) => {
+                    self.bad_input(
+                        &format!("{n} bytes outside any frame were skipped"),
+                        &mut framed,
+                        false,
+                    )
+                    .await;
+                }
+                Ok(Decoded::Broken(why)) => self.bad_input(&why, &mut framed, false).await,
+                Err(FrameError::Bad(e)) => {
+                    // No safe place to pick up again: answer, record, close.
+                    self.bad_input(&e, &mut framed, true).await;
                     return;
                 }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
+                Err(FrameError::Unfinished(problem)) => {
+                    self.record(&problem).await;
+                    return;
+                }
+                Err(e) => {
                     tracing::debug!(remote = %self.remote, error = %e, "connection failed");
                     return;
                 }
@@ -278,34 +267,40 @@ impl Connection {
         }
     }
 
-    async fn bad_input<S: AsyncWrite + Unpin>(&self, problem: &str, stream: &mut S, fatal: bool) {
+    async fn bad_input<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        problem: &str,
+        framed: &mut Framed<S, FrameCodec>,
+        fatal: bool,
+    ) {
         self.record(problem).await;
         if self.cfg.ack() == Ack::Hl7 {
-            let _ = self.send(stream, &hl7::reject_unparsed(problem)).await;
+            let _ = self.send(framed, &hl7::reject_unparsed(problem)).await;
         }
         if fatal {
-            let _ = stream.shutdown().await;
+            let _ = framed.get_mut().shutdown().await;
         }
     }
 
-    async fn send<S: AsyncWrite + Unpin>(&self, stream: &mut S, text: &str) -> std::io::Result<()> {
+    async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        framed: &mut Framed<S, FrameCodec>,
+        text: &str,
+    ) -> Result<(), FrameError> {
         let bytes = self
             .cfg
             .charset
             .encode(text)
-            .or_else(|_| Ok::<_, String>(text.as_bytes().to_vec()))
-            .unwrap_or_default();
-        let framed = self
-            .cfg
-            .framing
-            .encode(&bytes)
-            .map_err(std::io::Error::other)?;
-        stream.write_all(&framed).await?;
-        stream.flush().await
+            .unwrap_or_else(|_| text.as_bytes().to_vec());
+        framed.send(bytes.as_slice()).await
     }
 
     /// Takes one frame; returns false when the connection must close.
-    async fn handle<S: AsyncWrite + Unpin>(&self, frame: Bytes, stream: &mut S) -> bool {
+    async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        frame: Bytes,
+        stream: &mut Framed<S, FrameCodec>,
+    ) -> bool {
         let text = match self.cfg.charset.decode(&frame) {
             Ok(t) => t,
             Err(e) => {

@@ -24,8 +24,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::Mutex;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "AmqpOutbound")]
 pub struct Config {
     /// The broker: `amqp://user:${RABBIT_PASSWORD}@host:5672/vhost`, or `amqps://`.
     pub url: amqp::Url,
@@ -66,8 +67,9 @@ pub struct Config {
 }
 
 /// AMQP message properties, each a template.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "AmqpProperties")]
 pub struct Properties {
     #[serde(default)]
     pub content_type: Option<Template>,

@@ -26,8 +26,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::Mutex;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Amqp1Outbound")]
 pub struct Config {
     /// The broker: `amqp://user:${AMQP_PASSWORD}@host:5672`, or `amqps://…:5671` for TLS.
     pub url: amqp1::Url,
@@ -74,7 +75,7 @@ pub struct Config {
 }
 
 /// AMQP 1.0 message properties, each a template.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Properties1 {
     #[serde(default)]

@@ -21,8 +21,9 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "DatabaseOutbound")]
 pub struct Config {
     /// The database: `postgres://user@host:5432/db` or `mysql://user:${DB_PASSWORD}@host:3306/db`
     /// (also `mariadb://`).

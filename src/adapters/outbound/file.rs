@@ -27,7 +27,9 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 /// What to do when the target name is taken.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OnClash {
     /// Keep both: add `-2`, `-3`, … before the extension (default).
@@ -39,8 +41,9 @@ pub enum OnClash {
     Overwrite,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "FileOutbound")]
 pub struct Config {
     /// Target directory (relative paths are relative to the engine's working directory);
     /// created when missing.

@@ -10,8 +10,9 @@ use crate::template::Template;
 use serde::Deserialize;
 use std::sync::Arc;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "FtpOutbound")]
 pub struct Config {
     /// The server and directory: `ftps://switchyard@ftp.partner.com:21/incoming` (explicit
     /// TLS) or `ftp://…` in the clear.

@@ -17,8 +17,9 @@ use std::path::PathBuf;
 /// How much of an answer's body is kept with the attempt.
 const RECORDED_BODY: usize = 512;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "HttpOutbound")]
 pub struct Config {
     /// The URL, a template: `https://erp.example.com/orders/{{header.order-id}}`.
     pub url: Template,
@@ -49,7 +50,7 @@ pub struct Config {
     pub delivery: DeliveryConfig,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// Extra CA certificate (PEM) to trust, for servers with a private CA.
@@ -101,6 +102,22 @@ impl<'de> Deserialize<'de> for StatusPattern {
                 "bad status `{text}`: write a code such as 404 or a class such as 5xx"
             )))
         }
+    }
+}
+
+impl schemars::JsonSchema for StatusPattern {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "StatusPattern".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": ["integer", "string"],
+            "description": "An HTTP status, or a pattern with `x` for any digit.",
+            "examples": [409, "4xx"]
+        })
     }
 }
 

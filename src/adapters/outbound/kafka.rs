@@ -27,8 +27,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::Mutex;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "KafkaOutbound")]
 pub struct Config {
     /// Bootstrap brokers, `host:port` each.
     pub brokers: Vec<String>,

@@ -28,7 +28,7 @@ use std::fmt;
 use std::sync::Arc;
 
 /// One entry of a route's `to:` list.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OutboundConfig {
     /// Writes each message to a file in a directory.
@@ -63,6 +63,7 @@ pub enum OutboundConfig {
     /// feature `sqs`).
     #[cfg(not(feature = "sqs"))]
     #[serde(deserialize_with = "crate::adapters::broker::no_sqs")]
+    #[schemars(with = "crate::adapters::broker::NotBuilt")]
     Sqs(()),
     /// Produces each message to an Apache Kafka topic, done on the acknowledgement of all
     /// in-sync replicas (cargo feature `kafka`).
@@ -72,6 +73,7 @@ pub enum OutboundConfig {
     /// feature `kafka`).
     #[cfg(not(feature = "kafka"))]
     #[serde(deserialize_with = "crate::adapters::broker::no_kafka")]
+    #[schemars(with = "crate::adapters::broker::NotBuilt")]
     Kafka(()),
     /// A named endpoint from the adapters directory (`endpoint: lab-system`), replaced by its
     /// definition when the route is loaded.
@@ -103,24 +105,24 @@ impl OutboundConfig {
     /// (`fifo` for TCP, where legacy feeds need order; `parallel` for the others).
     pub fn delivery(&self) -> DeliveryConfig {
         let (d, default) = match self {
-            OutboundConfig::File(c) => (&c.delivery, Ordering::Parallel),
-            OutboundConfig::Http(c) => (&c.delivery, Ordering::Parallel),
-            OutboundConfig::Smtp(c) => (&c.delivery, Ordering::Parallel),
-            OutboundConfig::Tcp(c) => (&c.delivery, Ordering::Fifo),
-            OutboundConfig::Amqp(c) => (&c.delivery, Ordering::Parallel),
-            OutboundConfig::Amqp1(c) => (&c.delivery, Ordering::Parallel),
-            OutboundConfig::Mqtt(c) => (&c.delivery, Ordering::Parallel),
-            OutboundConfig::Nats(c) => (&c.delivery, Ordering::Parallel),
-            OutboundConfig::Redis(c) => (&c.delivery, Ordering::Parallel),
-            OutboundConfig::Database(c) => (&c.delivery, Ordering::Parallel),
-            OutboundConfig::Sftp(c) => (&c.delivery, Ordering::Parallel),
-            OutboundConfig::Ftp(c) => (&c.delivery, Ordering::Parallel),
+            OutboundConfig::File(c) => (&c.delivery, DeliveryOrder::Parallel),
+            OutboundConfig::Http(c) => (&c.delivery, DeliveryOrder::Parallel),
+            OutboundConfig::Smtp(c) => (&c.delivery, DeliveryOrder::Parallel),
+            OutboundConfig::Tcp(c) => (&c.delivery, DeliveryOrder::Fifo),
+            OutboundConfig::Amqp(c) => (&c.delivery, DeliveryOrder::Parallel),
+            OutboundConfig::Amqp1(c) => (&c.delivery, DeliveryOrder::Parallel),
+            OutboundConfig::Mqtt(c) => (&c.delivery, DeliveryOrder::Parallel),
+            OutboundConfig::Nats(c) => (&c.delivery, DeliveryOrder::Parallel),
+            OutboundConfig::Redis(c) => (&c.delivery, DeliveryOrder::Parallel),
+            OutboundConfig::Database(c) => (&c.delivery, DeliveryOrder::Parallel),
+            OutboundConfig::Sftp(c) => (&c.delivery, DeliveryOrder::Parallel),
+            OutboundConfig::Ftp(c) => (&c.delivery, DeliveryOrder::Parallel),
             #[cfg(feature = "sqs")]
-            OutboundConfig::Sqs(c) => (&c.delivery, Ordering::Parallel),
+            OutboundConfig::Sqs(c) => (&c.delivery, DeliveryOrder::Parallel),
             #[cfg(not(feature = "sqs"))]
             OutboundConfig::Sqs(_) => return DeliveryConfig::default(),
             #[cfg(feature = "kafka")]
-            OutboundConfig::Kafka(c) => (&c.delivery, Ordering::Parallel),
+            OutboundConfig::Kafka(c) => (&c.delivery, DeliveryOrder::Parallel),
             #[cfg(not(feature = "kafka"))]
             OutboundConfig::Kafka(_) => return DeliveryConfig::default(),
             OutboundConfig::Endpoint(_) => return DeliveryConfig::default(),
@@ -169,7 +171,7 @@ impl OutboundConfig {
 }
 
 /// How a destination takes its deliveries: how many at once, in what order, how retried.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
     /// Deliveries in flight at once (default 4; `fifo` always sends one at a time; file
@@ -178,7 +180,7 @@ pub struct DeliveryConfig {
     /// `parallel` or `fifo`: strictly one after the other in the order the messages were
     /// processed; a delivery that fails holds back the ones after it until it is delivered or
     /// dead (what HL7 feeds need). Default: `fifo` for TCP, `parallel` otherwise.
-    pub ordering: Option<Ordering>,
+    pub ordering: Option<DeliveryOrder>,
     /// Retry policy for failed deliveries.
     pub retry: RetryConfig,
     /// At most this many attempts per time (`20/s`, `600/min`), retries included; what is
@@ -201,16 +203,18 @@ impl Default for DeliveryConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
-pub enum Ordering {
+pub enum DeliveryOrder {
     #[default]
     Parallel,
     Fifo,
 }
 
 /// How a destination retries failed deliveries: exponential backoff with jitter.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     /// Attempts in all, the first included (default 10). After the last the delivery is dead.

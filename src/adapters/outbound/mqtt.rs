@@ -28,8 +28,9 @@ use std::sync::{Arc, Mutex as SyncMutex};
 use tokio::sync::{oneshot, Mutex};
 use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "MqttOutbound")]
 pub struct Config {
     /// The broker: `mqtt://host:1883`, `mqtt://user:${MQTT_PASSWORD}@host`, or `mqtts://`.
     pub url: mqtt::Url,
@@ -37,6 +38,7 @@ pub struct Config {
     pub topic: Template,
     /// 1 (default) or 2.
     #[serde(default = "default_qos", deserialize_with = "confirmed_qos")]
+    #[schemars(range(min = 1, max = 2))]
     pub qos: u8,
     /// Publish as the topic's retained message (default false).
     #[serde(default)]

@@ -24,8 +24,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::Mutex;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "NatsOutbound")]
 pub struct Config {
     /// The server: `nats://host:4222`, `nats://user:${NATS_PASSWORD}@host:4222`, or
     /// `tls://host:4222`.

@@ -23,8 +23,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::Mutex;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "RedisOutbound")]
 pub struct Config {
     /// The server: `redis://host:6379/0`, `redis://:${REDIS_PASSWORD}@host:6379`, or
     /// `rediss://host:6380` for TLS.
@@ -55,7 +56,9 @@ pub struct Config {
     pub delivery: DeliveryConfig,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Command {
     #[default]

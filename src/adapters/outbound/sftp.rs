@@ -10,8 +10,9 @@ use crate::template::Template;
 use serde::Deserialize;
 use std::sync::Arc;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "SftpOutbound")]
 pub struct Config {
     /// The server and directory: `sftp://switchyard@sftp.partner.com:22/incoming`.
     pub url: Url,

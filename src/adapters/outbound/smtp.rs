@@ -18,7 +18,9 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde::Deserialize;
 
 /// How the connection is protected.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Security {
     /// Plain connection upgraded with STARTTLS, which the server must offer (default; port 587).
@@ -31,7 +33,9 @@ pub enum Security {
 }
 
 /// What the message body becomes.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum BodyAs {
     /// The mail's text (default).
@@ -41,8 +45,9 @@ pub enum BodyAs {
     Attachment,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "SmtpOutbound")]
 pub struct Config {
     /// The SMTP server.
     pub host: String,

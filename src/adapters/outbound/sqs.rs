@@ -19,8 +19,9 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "SqsOutbound")]
 pub struct Config {
     /// The queue's URL; a FIFO queue's ends in `.fifo`.
     pub queue_url: String,

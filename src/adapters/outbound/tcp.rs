@@ -8,18 +8,18 @@
 
 use super::{DeliveryConfig, Outbound, SendError, Sent};
 use crate::codec::charset::Charset;
-use crate::codec::framing::{read_frame, Framing, ReadError};
+use crate::codec::framing::{next_frame, FrameCodec, FrameError, Framing};
 use crate::config::values::{ByteSize, Duration};
 use crate::message::Message;
 use async_trait::async_trait;
-use bytes::BytesMut;
+use futures_util::SinkExt as _;
 use serde::Deserialize;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
+use tokio_util::codec::Framed;
 
 /// What the receiver answers.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Expect {
     /// Nothing: written is delivered.
@@ -28,8 +28,9 @@ pub enum Expect {
     Hl7,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "TcpOutbound")]
 pub struct Config {
     /// The receiver's host.
     pub host: String,
@@ -87,10 +88,7 @@ impl Config {
     }
 }
 
-struct Conn {
-    stream: TcpStream,
-    buf: BytesMut,
-}
+type Conn = Framed<TcpStream, FrameCodec>;
 
 pub struct TcpOutbound {
     cfg: Config,
@@ -102,26 +100,25 @@ impl TcpOutbound {
         format!("{}:{}", self.cfg.host, self.cfg.port)
     }
 
-    async fn exchange(&self, conn: &mut Conn, wire: &[u8]) -> Result<String, SendError> {
+    async fn exchange(&self, conn: &mut Conn, payload: &[u8]) -> Result<String, SendError> {
         let addr = self.addr();
-        conn.stream
-            .write_all(wire)
-            .await
-            .map_err(|e| SendError::retryable(format!("cannot send to {addr}: {e}")))?;
+        conn.send(payload).await.map_err(|e| match e {
+            FrameError::Bad(e) => SendError::permanent(format!("cannot frame the message: {e}")),
+            e => SendError::retryable(format!("cannot send to {addr}: {e}")),
+        })?;
         if self.cfg.expect() == Expect::None {
-            return Ok(format!("sent {} bytes to {addr}", wire.len()));
+            return Ok(format!("sent {} bytes to {addr}", payload.len()));
         }
-        let max = self.cfg.max_frame.0 as usize;
         let wait = async {
-            read_frame(&mut conn.stream, &mut conn.buf, &self.cfg.framing, max)
-                .await
-                .map_err(|e| {
-                    SendError::retryable(match e {
-                        ReadError::Closed => format!("{addr} closed the connection without an ACK"),
-                        ReadError::Bad(e) => format!("bad answer from {addr}: {e}"),
-                        ReadError::Io(e) => format!("reading the ACK from {addr}: {e}"),
-                    })
+            next_frame(conn).await.map_err(|e| {
+                SendError::retryable(match e {
+                    FrameError::Closed | FrameError::Unfinished(_) => {
+                        format!("{addr} closed the connection without an ACK")
+                    }
+                    FrameError::Bad(e) => format!("bad answer from {addr}: {e}"),
+                    FrameError::Io(e) => format!("reading the ACK from {addr}: {e}"),
                 })
+            })
         };
         let frame = tokio::time::timeout(self.cfg.ack_timeout.0, wait)
             .await
@@ -163,10 +160,9 @@ impl Outbound for TcpOutbound {
             .charset
             .encode(text)
             .map_err(SendError::permanent)?;
-        let wire = self
-            .cfg
+        self.cfg
             .framing
-            .encode(&bytes)
+            .can_carry(&bytes)
             .map_err(SendError::permanent)?;
         let addr = self.addr();
         // One exchange at a time on the connection: an ACK must match its message.
@@ -183,13 +179,11 @@ impl Outbound for TcpOutbound {
                     })?
                     .map_err(|e| SendError::retryable(format!("cannot connect to {addr}: {e}")))?;
             let _ = stream.set_nodelay(true);
-            *slot = Some(Conn {
-                stream,
-                buf: BytesMut::with_capacity(4096),
-            });
+            let codec = FrameCodec::new(self.cfg.framing.clone(), self.cfg.max_frame.0 as usize);
+            *slot = Some(Framed::with_capacity(stream, codec, 4096));
         }
         let conn = slot.as_mut().expect("connected above");
-        match self.exchange(conn, &wire).await {
+        match self.exchange(conn, &bytes).await {
             Ok(done) => Ok(Sent(done)),
             Err(e) => {
                 // After any failure the stream may be out of step: start afresh next time.

@@ -39,7 +39,6 @@ pub async fn page(ctx: &Ctx<'_>) -> Outcome {
     let ids: Vec<String> = routes.iter().map(|r| r.id.clone()).collect();
     let (counts, queues) = (store.counts_since(&ids, since).await, store.queues().await);
     let reload = ctx.engine.last_reload().await;
-    let metrics = crate::metrics::global();
     let since_text = humantime::format_rfc3339_seconds(since).to_string();
     let content = html! {
         form.filters method="get" action="/ui" {
@@ -89,7 +88,7 @@ pub async fn page(ctx: &Ctx<'_>) -> Outcome {
                                 }
                             }
                             td.error {
-                                @if let Some((at, text)) = metrics.last_error(&r.id) {
+                                @if let Some((at, text)) = crate::metrics::last_error(&r.id) {
                                     span.muted { (layout::time(at)) } " " (text)
                                 }
                             }

@@ -17,10 +17,10 @@ mod session;
 
 use super::{answer, Access, Answer, Role};
 use crate::engine::Engine;
+use axum::extract::Request;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, StatusCode};
+use hyper::{Method, StatusCode};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -82,7 +82,7 @@ impl Console {
 
     pub async fn handle(
         &self,
-        req: Request<Incoming>,
+        req: Request,
         engine: &Arc<Engine>,
         peer: std::net::SocketAddr,
         stop: CancellationToken,
@@ -280,7 +280,7 @@ fn req_path_and_query(path: &str, query: &HashMap<String, String>) -> String {
 
 /// A state-changing request must come from a page of this console: a browser names the page's
 /// origin in `Origin` (and `Sec-Fetch-Site`); tools that send neither rely on the CSRF token.
-fn same_origin(req: &Request<Incoming>) -> bool {
+fn same_origin(req: &Request) -> bool {
     let h = req.headers();
     if let Some(site) = h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
         if !matches!(site, "same-origin" | "none") {
@@ -300,7 +300,7 @@ fn same_origin(req: &Request<Incoming>) -> bool {
     origin_host == Some(host)
 }
 
-async fn read_form(req: Request<Incoming>) -> Result<HashMap<String, String>, String> {
+async fn read_form(req: Request) -> Result<HashMap<String, String>, String> {
     match Limited::new(req.into_body(), MAX_FORM).collect().await {
         Ok(body) => Ok(form_urlencoded::parse(&body.to_bytes())
             .into_owned()

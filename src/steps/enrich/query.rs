@@ -9,8 +9,9 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "QueryEnrich")]
 pub struct Config {
     /// `postgres://user@host:5432/db` or `mysql://user:password@host:3306/db` — or leave it
     /// out and name a `database` endpoint with the step's `endpoint`.
@@ -29,7 +30,9 @@ pub struct Config {
     pub rows: Rows,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Rows {
     #[default]

@@ -4,15 +4,16 @@
 
 use super::Transient;
 use crate::codec::charset::Charset;
-use crate::codec::framing::{read_frame, Framing, ReadError};
+use crate::codec::framing::{next_frame, FrameCodec, FrameError, Framing};
 use crate::config::values::ByteSize;
-use bytes::BytesMut;
+use futures_util::SinkExt as _;
 use serde::Deserialize;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "TcpEnrich")]
 pub struct Config {
     /// The backend's host.
     pub host: String,
@@ -48,7 +49,7 @@ impl Config {
 /// one request at a time on it, so that each answer is its request's.
 pub struct Exchange {
     cfg: Config,
-    conn: tokio::sync::Mutex<Option<(TcpStream, BytesMut)>>,
+    conn: tokio::sync::Mutex<Option<Framed<TcpStream, FrameCodec>>>,
 }
 
 impl Exchange {
@@ -68,7 +69,7 @@ impl Exchange {
             .cfg
             .charset
             .encode(request)
-            .and_then(|b| self.cfg.framing.encode(&b))
+            .and_then(|b| self.cfg.framing.can_carry(&b).map(|()| b))
             .map_err(|e| Transient(format!("cannot frame the request for {addr}: {e}")))?;
         let mut slot = self.conn.lock().await;
         let answer = tokio::time::timeout(timeout, self.exchange(&mut slot, &wire))
@@ -87,8 +88,8 @@ impl Exchange {
 
     async fn exchange(
         &self,
-        slot: &mut Option<(TcpStream, BytesMut)>,
-        wire: &[u8],
+        slot: &mut Option<Framed<TcpStream, FrameCodec>>,
+        payload: &[u8],
     ) -> Result<bytes::Bytes, Transient> {
         let addr = self.address();
         if slot.is_none() {
@@ -96,24 +97,24 @@ impl Exchange {
                 .await
                 .map_err(|e| Transient(format!("cannot connect to {addr}: {e}")))?;
             let _ = stream.set_nodelay(true);
-            *slot = Some((stream, BytesMut::with_capacity(4096)));
+            let codec = FrameCodec::new(self.cfg.framing.clone(), self.cfg.max_frame.0 as usize);
+            *slot = Some(Framed::with_capacity(stream, codec, 4096));
         }
-        let Some((stream, buf)) = slot.as_mut() else {
+        let Some(framed) = slot.as_mut() else {
             return Err(Transient(format!("not connected to {addr}")));
         };
-        stream
-            .write_all(wire)
+        framed
+            .send(payload)
             .await
             .map_err(|e| Transient(format!("cannot send to {addr}: {e}")))?;
-        let max = self.cfg.max_frame.0 as usize;
-        read_frame(stream, buf, &self.cfg.framing, max)
-            .await
-            .map_err(|e| {
-                Transient(match e {
-                    ReadError::Closed => format!("{addr} closed the connection without an answer"),
-                    ReadError::Bad(e) => format!("bad answer from {addr}: {e}"),
-                    ReadError::Io(e) => format!("reading the answer from {addr}: {e}"),
-                })
+        next_frame(framed).await.map_err(|e| {
+            Transient(match e {
+                FrameError::Closed | FrameError::Unfinished(_) => {
+                    format!("{addr} closed the connection without an answer")
+                }
+                FrameError::Bad(e) => format!("bad answer from {addr}: {e}"),
+                FrameError::Io(e) => format!("reading the answer from {addr}: {e}"),
             })
+        })
     }
 }
