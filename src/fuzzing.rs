@@ -227,17 +227,17 @@ pub fn fixed_width(input: &[u8]) {
     use crate::steps::Step;
     static STEPS: OnceLock<(FixedWidth, FixedWidth, JsonToFixedWidth)> = OnceLock::new();
     let (plain, typed, write) = STEPS.get_or_init(|| {
-        let plain: Config = serde_yaml::from_str(
+        let plain: Config = crate::config::yaml::parse_str(
             "columns: [ { name: employee, start: 1, width: 5 }, { name: name, start: 7, width: 20 }, { name: hours, start: 33, width: 4 } ]\nskip_lines: 1\n",
         )
         .expect("the layout parses");
         let typed = "record_type: { start: 1, width: 1 }\nrecords:\n  H: [ { name: batch, start: 2, width: 6 } ]\n  D: [ { name: sku, start: 2, width: 4 }, { name: qty, start: 7, width: 3, align: right, pad: '0' } ]\n";
-        let read: Config = serde_yaml::from_str(typed).expect("the layout parses");
-        let write: WriteConfig = serde_yaml::from_str(typed).expect("the layout parses");
+        let read: Config = crate::config::yaml::parse_str(typed).expect("the layout parses");
+        let write: WriteConfig = crate::config::yaml::parse_str(typed).expect("the layout parses");
         (
-            plain.build().expect("the layout builds"),
-            read.build().expect("the layout builds"),
-            write.build().expect("the layout builds"),
+            plain.build(&Default::default()).expect("the layout builds"),
+            read.build(&Default::default()).expect("the layout builds"),
+            write.build(&Default::default()).expect("the layout builds"),
         )
     });
     let mut m = crate::message::Message::new("r", bytes::Bytes::from(input.to_vec()));

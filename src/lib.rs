@@ -19,6 +19,7 @@ pub mod engine;
 pub mod fuzzing;
 pub mod hl7;
 pub mod keys;
+pub mod listeners;
 pub mod message;
 pub mod message_views;
 pub mod metrics;

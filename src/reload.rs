@@ -144,7 +144,7 @@ pub async fn apply(engine: &Engine, dir: &Path, adapters: &Path) -> Summary {
         let fixed = route
             .from
             .listen_address()
-            .filter(|a| !crate::adapters::listeners::any_free_port(a));
+            .filter(|a| !crate::listeners::any_free_port(a));
         let taken = fixed.and_then(|addr| {
             versions
                 .iter()

@@ -66,7 +66,7 @@ pub struct Member {
 pub struct Expect {
     /// The output body: text, or a map or list compared as JSON.
     #[serde(default)]
-    pub body: Option<serde_yaml::Value>,
+    pub body: Option<crate::config::yaml::Value>,
     /// The output body from a file, relative to the test file.
     #[serde(default)]
     pub body_file: Option<PathBuf>,
@@ -545,7 +545,7 @@ fn run_case(route: &Route, base: &Path, case: &Case) -> Result<(), String> {
     }
     let expected = match (&expect.body, &expect.body_file) {
         (Some(_), Some(_)) => return Err("give `body` or `body_file` in `expect`, not both".into()),
-        (Some(serde_yaml::Value::String(s)), None) => Some(Expected::Text(s.clone())),
+        (Some(crate::config::yaml::Value::String(s)), None) => Some(Expected::Text(s.clone())),
         (Some(other), None) => Some(Expected::Json(
             serde_json::to_value(other).map_err(|e| format!("expected body: {e}"))?,
         )),

@@ -7,7 +7,10 @@ use std::path::Path;
 
 /// From the ground floor up; the order within a layer means nothing.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("ground floor", &["config", "tls", "metrics", "codec"]),
+    (
+        "ground floor",
+        &["config", "tls", "metrics", "codec", "listeners"],
+    ),
     (
         "messages and their formats",
         &[
@@ -173,4 +176,34 @@ fn the_layer_map_in_the_docs_is_this_one() {
             );
         }
     }
+}
+
+/// serde_yaml is reached through `config::yaml` only (`parse`, `parse_str`, `parse_data`,
+/// `Value`), so route files, snippets and data files are read one way and the YAML crate could
+/// be swapped in one file.
+#[test]
+fn only_config_yaml_names_the_yaml_crate() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut found = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs")
+                && !path.ends_with("config/yaml.rs")
+                && std::fs::read_to_string(&path)
+                    .unwrap()
+                    .lines()
+                    .any(|l| l.split("//").next().unwrap().contains("serde_yaml"))
+            {
+                found.push(path.strip_prefix(&root).unwrap().display().to_string());
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "serde_yaml named outside src/config/yaml.rs (use config::yaml): {found:?}"
+    );
 }

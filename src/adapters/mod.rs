@@ -7,7 +7,6 @@ pub mod database;
 pub mod fs;
 pub mod ftp;
 pub mod inbound;
-pub mod listeners;
 pub mod outbound;
 pub mod remote;
 pub mod sftp;

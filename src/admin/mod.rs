@@ -213,9 +213,7 @@ pub async fn serve(
         console,
         stop: stop.clone(),
     });
-    while let Some((stream, peer)) =
-        crate::adapters::listeners::accept(&listener, &stop, "admin").await
-    {
+    while let Some((stream, peer)) = crate::listeners::accept(&listener, &stop, "admin").await {
         let router = router.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {

@@ -62,7 +62,7 @@ mod tests {
 
     #[test]
     fn latin1_round_trip() {
-        let c: Charset = serde_yaml::from_str("iso-8859-1").unwrap();
+        let c: Charset = crate::config::yaml::parse_str("iso-8859-1").unwrap();
         assert_eq!(
             c.decode(&[0x4d, 0xfc, 0x6c, 0x6c, 0x65, 0x72]).unwrap(),
             "Müller"
@@ -71,7 +71,7 @@ mod tests {
             c.encode("Müller").unwrap(),
             vec![0x4d, 0xfc, 0x6c, 0x6c, 0x65, 0x72]
         );
-        assert!(serde_yaml::from_str::<Charset>("klingon").is_err());
+        assert!(crate::config::yaml::parse_str::<Charset>("klingon").is_err());
         let utf8 = Charset::default();
         assert!(utf8.decode(&[0xff]).is_err());
     }

@@ -312,9 +312,9 @@ mod tests {
 
     #[test]
     fn durations() {
-        let d: Duration = serde_yaml::from_str("1m 30s").unwrap();
+        let d: Duration = crate::config::yaml::parse_str("1m 30s").unwrap();
         assert_eq!(d.0.as_secs(), 90);
-        let e = serde_yaml::from_str::<Duration>("5 sec0nds").unwrap_err();
+        let e = crate::config::yaml::parse_str::<Duration>("5 sec0nds").unwrap_err();
         assert!(e.to_string().contains("bad duration"), "{e}");
         assert_eq!("250ms".parse::<Duration>(), Ok(Duration::from_millis(250)));
     }

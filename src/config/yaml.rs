@@ -73,10 +73,28 @@ fn is_env_name(name: &str) -> bool {
             .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
 }
 
+/// A YAML document as a tree, for data files (lookup tables) and free-form values (a route
+/// test's expected body).
+pub use serde_yaml::Value;
+
 /// Parses `source` (read from `path`) into `T`, after `${ENV}` interpolation.
 pub fn parse<T: DeserializeOwned>(path: &Path, source: &str) -> Result<T, Diagnostic> {
     let interpolated = interpolate(path, source)?;
-    let source = interpolated.as_str();
+    deserialize(path, &interpolated)
+}
+
+/// Parses a snippet that belongs to no file, as [`parse`] parses a file.
+pub fn parse_str<T: DeserializeOwned>(source: &str) -> Result<T, Diagnostic> {
+    parse(Path::new("<text>"), source)
+}
+
+/// Parses a data file (a lookup table): no `${ENV}` interpolation, which is for configuration,
+/// but the same positions in errors.
+pub fn parse_data<T: DeserializeOwned>(path: &Path, source: &str) -> Result<T, Diagnostic> {
+    deserialize(path, source)
+}
+
+fn deserialize<T: DeserializeOwned>(path: &Path, source: &str) -> Result<T, Diagnostic> {
     // `singleton_map_recursive` reads enums written as `kind: { options }`, the shape every
     // adapter and step uses, instead of serde_yaml's default `!kind` tags.
     let de = serde_yaml::Deserializer::from_str(source);

@@ -61,6 +61,39 @@ pub struct RouteFile {
     pub concurrency: Option<usize>,
 }
 
+impl RouteFile {
+    /// Every destination the file names, each with the name records and logs give it:
+    /// `to[0]` and the routing rules' (`route.rules[1].to[0]`, `route.otherwise[0]`),
+    /// `dead_letter`, `wire_tap[0]`.
+    pub fn destinations(&self) -> Vec<super::DestinationSpec> {
+        use crate::store::DeliveryKind;
+        let mut all: Vec<super::DestinationSpec> =
+            crate::routing::destination_names(&self.to, self.route.as_ref())
+                .into_iter()
+                .map(|(name, config)| super::DestinationSpec {
+                    name,
+                    kind: DeliveryKind::Main,
+                    config,
+                })
+                .collect();
+        if let Some(dl) = &self.dead_letter {
+            all.push(super::DestinationSpec {
+                name: "dead_letter".into(),
+                kind: DeliveryKind::DeadLetter,
+                config: dl.clone(),
+            });
+        }
+        for (i, tap) in self.wire_tap.iter().enumerate() {
+            all.push(super::DestinationSpec {
+                name: format!("wire_tap[{i}]"),
+                kind: DeliveryKind::WireTap,
+                config: tap.clone(),
+            });
+        }
+        all
+    }
+}
+
 /// The route's `dedupe` section.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

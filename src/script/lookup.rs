@@ -5,6 +5,7 @@
 //!   the value is the second column's text; with more, a map of the row.
 //! - YAML: a mapping from key to value (any YAML value).
 
+use crate::config::yaml::{self, Value};
 use rhai::{Dynamic, Engine, EvalAltResult};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -61,16 +62,16 @@ fn load_csv(path: &Path) -> Result<Table, String> {
 
 fn load_yaml(path: &Path) -> Result<Table, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| e.to_string())?;
-    let serde_yaml::Value::Mapping(map) = doc else {
+    let doc: Value = yaml::parse_data(path, &text).map_err(|e| e.to_string())?;
+    let Value::Mapping(map) = doc else {
         return Err("the file must hold a mapping from keys to values".into());
     };
     let mut table = Table::new();
     for (k, v) in map {
         let key = match k {
-            serde_yaml::Value::String(s) => s,
-            serde_yaml::Value::Number(n) => n.to_string(),
-            serde_yaml::Value::Bool(b) => b.to_string(),
+            Value::String(s) => s,
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
             other => return Err(format!("key {other:?} is not a string or number")),
         };
         let json = serde_json::to_value(&v).map_err(|e| format!("value of `{key}`: {e}"))?;

@@ -417,7 +417,7 @@ mod tests {
     use super::*;
 
     fn step(yaml: &str) -> Result<Aggregate, String> {
-        let c: Config = serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
+        let c: Config = crate::config::yaml::parse_str(yaml).map_err(|e| e.to_string())?;
         c.build(&BuildContext::new(".")).map_err(|e| e.message)
     }
 

@@ -1,16 +1,18 @@
 //! `csv_to_json`: a CSV body becomes a JSON array of records (see [`crate::convert::csv`]).
 
-use super::{BuildError, Step, StepError};
+use super::{BuildContext, BuildError, Step, StepError};
 use crate::convert::csv::{ascii, csv_to_value, ReadOptions};
 use crate::message::Message;
 
 /// The step's options: see [`ReadOptions`].
 pub type Config = ReadOptions;
 
-pub fn build(cfg: &Config) -> Result<CsvToJson, BuildError> {
-    ascii(cfg.delimiter, "delimiter").map_err(BuildError::new)?;
-    ascii(cfg.quote, "quote").map_err(BuildError::new)?;
-    Ok(CsvToJson(cfg.clone()))
+impl Config {
+    pub fn build(&self, _cx: &BuildContext) -> Result<CsvToJson, BuildError> {
+        ascii(self.delimiter, "delimiter").map_err(BuildError::new)?;
+        ascii(self.quote, "quote").map_err(BuildError::new)?;
+        Ok(CsvToJson(self.clone()))
+    }
 }
 
 pub struct CsvToJson(ReadOptions);

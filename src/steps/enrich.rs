@@ -754,7 +754,7 @@ mod tests {
     use super::*;
 
     fn config(yaml: &str) -> Config {
-        serde_yaml::from_str(yaml).unwrap()
+        crate::config::yaml::parse_str(yaml).unwrap()
     }
 
     #[test]

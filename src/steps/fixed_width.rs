@@ -4,7 +4,7 @@
 //! where a value is wider than its columns. A layout is one list of columns, or one list per
 //! record type (header, detail, trailer lines told apart by a code at fixed columns).
 
-use super::{BuildError, Step, StepError};
+use super::{BuildContext, BuildError, Step, StepError};
 use crate::message::Message;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -225,7 +225,7 @@ impl Layout {
 }
 
 impl Config {
-    pub fn build(&self) -> Result<FixedWidth, BuildError> {
+    pub fn build(&self, _cx: &BuildContext) -> Result<FixedWidth, BuildError> {
         let layout = Layout::new(&self.columns, &self.record_type, &self.records)?;
         Ok(FixedWidth {
             layout,
@@ -236,7 +236,7 @@ impl Config {
 }
 
 impl WriteConfig {
-    pub fn build(&self) -> Result<JsonToFixedWidth, BuildError> {
+    pub fn build(&self, _cx: &BuildContext) -> Result<JsonToFixedWidth, BuildError> {
         let layout = Layout::new(&self.columns, &self.record_type, &self.records)?;
         Ok(JsonToFixedWidth {
             layout,
@@ -438,12 +438,12 @@ mod tests {
 
     #[test]
     fn slices_records() {
-        let cfg: Config = serde_yaml::from_str(
+        let cfg: Config = crate::config::yaml::parse_str(
             "columns:\n  - {name: id, start: 1, width: 4}\n  - {name: name, start: 5, width: 8}\n  - {name: qty, start: 13, width: 3}\nskip_lines: 1\n",
         )
         .unwrap();
         let m = run(
-            &cfg.build().unwrap(),
+            &cfg.build(&BuildContext::default()).unwrap(),
             "HEADER\n0001Bolt M8 200\n0002Nüt\n\n",
         )
         .unwrap();
@@ -469,8 +469,12 @@ records:
             {"record_type": "D", "sku": "B-22", "qty": "120", "text": "Nüt"},
             {"record_type": "T", "count": 2}
         ]);
-        let write: WriteConfig = serde_yaml::from_str(TYPED).unwrap();
-        let m = run(&write.build().unwrap(), &json.to_string()).unwrap();
+        let write: WriteConfig = crate::config::yaml::parse_str(TYPED).unwrap();
+        let m = run(
+            &write.build(&BuildContext::default()).unwrap(),
+            &json.to_string(),
+        )
+        .unwrap();
         let text = String::from_utf8(m.body.to_vec()).unwrap();
         assert_eq!(
             text,
@@ -478,8 +482,8 @@ records:
         );
         assert_eq!(m.headers["content-type"], "text/plain");
         // Read back with the same layout: the same records, as text.
-        let read: Config = serde_yaml::from_str(TYPED).unwrap();
-        let back = run(&read.build().unwrap(), &text).unwrap();
+        let read: Config = crate::config::yaml::parse_str(TYPED).unwrap();
+        let back = run(&read.build(&BuildContext::default()).unwrap(), &text).unwrap();
         assert_eq!(
             back.body_json().unwrap(),
             serde_json::json!([
@@ -490,7 +494,11 @@ records:
             ])
         );
         // A line of a kind the layout does not know says which line and which kinds it knows.
-        let e = run(&read.build().unwrap(), "H000042\nX123\n").unwrap_err();
+        let e = run(
+            &read.build(&BuildContext::default()).unwrap(),
+            "H000042\nX123\n",
+        )
+        .unwrap_err();
         assert!(
             e.0.contains("line 2") && e.0.contains("`X`") && e.0.contains("`D`, `H`, `T`"),
             "{e}"
@@ -500,29 +508,41 @@ records:
     #[test]
     fn overflow_is_an_error_unless_truncation_is_asked_for() {
         let yaml = "columns:\n  - {name: name, start: 1, width: 5}\n  - {name: qty, start: 7, width: 3, align: right}\n";
-        let strict: WriteConfig = serde_yaml::from_str(yaml).unwrap();
+        let strict: WriteConfig = crate::config::yaml::parse_str(yaml).unwrap();
         let body = r#"[{"name": "Bolts", "qty": 5}, {"name": "Washers", "qty": 12}]"#;
-        let e = run(&strict.build().unwrap(), body).unwrap_err();
+        let e = run(&strict.build(&BuildContext::default()).unwrap(), body).unwrap_err();
         assert!(
             e.0.contains("record 2, field `name`: `Washers` is 7 characters, wider than its 5 column(s) (1–5)"),
             "{e}"
         );
         let cut: WriteConfig =
-            serde_yaml::from_str(&format!("{yaml}overflow: truncate\ncrlf: true\n")).unwrap();
-        let m = run(&cut.build().unwrap(), body).unwrap();
+            crate::config::yaml::parse_str(&format!("{yaml}overflow: truncate\ncrlf: true\n"))
+                .unwrap();
+        let m = run(&cut.build(&BuildContext::default()).unwrap(), body).unwrap();
         assert_eq!(&m.body[..], b"Bolts   5\r\nWashe  12\r\n");
         // One object is one line; nested values are refused.
-        let m = run(&cut.build().unwrap(), r#"{"name": "Nut"}"#).unwrap();
+        let m = run(
+            &cut.build(&BuildContext::default()).unwrap(),
+            r#"{"name": "Nut"}"#,
+        )
+        .unwrap();
         assert_eq!(&m.body[..], b"Nut      \r\n");
-        let e = run(&strict.build().unwrap(), r#"[{"name": ["x"]}]"#).unwrap_err();
+        let e = run(
+            &strict.build(&BuildContext::default()).unwrap(),
+            r#"[{"name": ["x"]}]"#,
+        )
+        .unwrap_err();
         assert!(e.0.contains("an array cannot be written"), "{e}");
     }
 
     #[test]
     fn layouts_are_checked_when_the_route_loads() {
         let bad = |yaml: &str| {
-            let cfg: WriteConfig = serde_yaml::from_str(yaml).unwrap();
-            cfg.build().err().map(|e| e.message).unwrap_or_default()
+            let cfg: WriteConfig = crate::config::yaml::parse_str(yaml).unwrap();
+            cfg.build(&BuildContext::default())
+                .err()
+                .map(|e| e.message)
+                .unwrap_or_default()
         };
         assert!(bad(
             "columns:\n  - {name: a, start: 1, width: 4}\n  - {name: b, start: 3, width: 2}\n"

@@ -3,7 +3,7 @@
 //! `hl7.sending_facility`) and, with `to_json: true`, replaces the body with its JSON mapping.
 //! Scripts and `when:` rules read any field with `hl7(body, "PID-3.1")`.
 
-use super::{Step, StepError};
+use super::{BuildContext, Step, StepError};
 use crate::hl7::Hl7;
 use crate::message::Message;
 use serde::Deserialize;
@@ -21,7 +21,7 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn build(&self) -> Result<Hl7Step, super::BuildError> {
+    pub fn build(&self, _cx: &BuildContext) -> Result<Hl7Step, super::BuildError> {
         let probe = Hl7::parse("MSH|^~\\&|\r").map_err(super::BuildError::new)?;
         for path in &self.require {
             probe

@@ -1,15 +1,17 @@
 //! `json_to_csv`: a JSON array of records becomes CSV (see [`crate::convert::csv`]).
 
-use super::{BuildError, Step, StepError};
+use super::{BuildContext, BuildError, Step, StepError};
 use crate::convert::csv::{ascii, value_to_csv, WriteOptions};
 use crate::message::Message;
 
 /// The step's options: see [`WriteOptions`].
 pub type Config = WriteOptions;
 
-pub fn build(cfg: &Config) -> Result<JsonToCsv, BuildError> {
-    ascii(cfg.delimiter, "delimiter").map_err(BuildError::new)?;
-    Ok(JsonToCsv(cfg.clone()))
+impl Config {
+    pub fn build(&self, _cx: &BuildContext) -> Result<JsonToCsv, BuildError> {
+        ascii(self.delimiter, "delimiter").map_err(BuildError::new)?;
+        Ok(JsonToCsv(self.clone()))
+    }
 }
 
 pub struct JsonToCsv(WriteOptions);

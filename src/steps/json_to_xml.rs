@@ -1,17 +1,19 @@
 //! `json_to_xml`: writes a JSON body as XML by the convention in [`crate::convert::xml`].
 
-use super::{BuildError, Step, StepError};
+use super::{BuildContext, BuildError, Step, StepError};
 use crate::convert::xml::{value_to_xml, WriteOptions};
 use crate::message::Message;
 
 /// The step's options: see [`WriteOptions`].
 pub type Config = WriteOptions;
 
-pub fn build(cfg: &Config) -> Result<JsonToXml, BuildError> {
-    if cfg.item_name.is_empty() {
-        return Err(BuildError::new("`item_name` must not be empty"));
+impl Config {
+    pub fn build(&self, _cx: &BuildContext) -> Result<JsonToXml, BuildError> {
+        if self.item_name.is_empty() {
+            return Err(BuildError::new("`item_name` must not be empty"));
+        }
+        Ok(JsonToXml(self.clone()))
     }
-    Ok(JsonToXml(cfg.clone()))
 }
 
 pub struct JsonToXml(WriteOptions);

@@ -66,21 +66,34 @@ pub enum StepConfig {
     Xslt(xslt::Config),
 }
 
-/// What building a step may need: where the route file is, for relative file names, and
-/// the connections to backends that only the layers above steps can make.
+/// What building any component of a route may need — every step's, inbound's and outbound's
+/// `build` takes it: where the route file is (for relative file names), the connections to
+/// backends that only the layers above steps can make, and the listening sockets that outlive
+/// a route version.
 #[derive(Clone, Default)]
 pub struct BuildContext {
     /// The directory of the route file.
     pub dir: PathBuf,
     /// Makes database queries (`enrich` with `query`); `None` where none may be made.
     pub databases: Option<enrich::query::Connect>,
+    /// Where HTTP and TCP inbounds take their listening sockets (handed over between versions).
+    pub listeners: Arc<crate::listeners::Listeners>,
+}
+
+impl fmt::Debug for BuildContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BuildContext")
+            .field("dir", &self.dir)
+            .field("databases", &self.databases.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl BuildContext {
     pub fn new(dir: impl Into<PathBuf>) -> BuildContext {
         BuildContext {
             dir: dir.into(),
-            databases: None,
+            ..BuildContext::default()
         }
     }
 
@@ -146,19 +159,19 @@ impl StepConfig {
 
     pub fn build(&self, cx: &BuildContext) -> Result<Arc<dyn Step>, BuildError> {
         Ok(match self {
-            StepConfig::SetHeader(c) => Arc::new(c.build()),
+            StepConfig::SetHeader(c) => Arc::new(c.build(cx)?),
             StepConfig::Transform(c) => Arc::new(c.build(cx)?),
             StepConfig::Validate(c) => Arc::new(c.build(cx)?),
             StepConfig::Map(c) => Arc::new(c.build(cx)?),
-            StepConfig::XmlToJson(c) => Arc::new(xml_to_json::build(c)),
-            StepConfig::JsonToXml(c) => Arc::new(json_to_xml::build(c)?),
-            StepConfig::CsvToJson(c) => Arc::new(csv_to_json::build(c)?),
-            StepConfig::JsonToCsv(c) => Arc::new(json_to_csv::build(c)?),
-            StepConfig::FixedWidth(c) => Arc::new(c.build()?),
-            StepConfig::JsonToFixedWidth(c) => Arc::new(c.build()?),
+            StepConfig::XmlToJson(c) => Arc::new(c.build(cx)?),
+            StepConfig::JsonToXml(c) => Arc::new(c.build(cx)?),
+            StepConfig::CsvToJson(c) => Arc::new(c.build(cx)?),
+            StepConfig::JsonToCsv(c) => Arc::new(c.build(cx)?),
+            StepConfig::FixedWidth(c) => Arc::new(c.build(cx)?),
+            StepConfig::JsonToFixedWidth(c) => Arc::new(c.build(cx)?),
             StepConfig::Filter(c) => Arc::new(c.build(cx)?),
-            StepConfig::Split(c) => Arc::new(c.build()?),
-            StepConfig::Hl7(c) => Arc::new(c.build()?),
+            StepConfig::Split(c) => Arc::new(c.build(cx)?),
+            StepConfig::Hl7(c) => Arc::new(c.build(cx)?),
             StepConfig::Enrich(c) => Arc::new(c.build(cx)?),
             StepConfig::Aggregate(c) => Arc::new(c.build(cx)?),
             StepConfig::Xslt(c) => Arc::new(c.build(cx)?),

@@ -1,7 +1,7 @@
 //! `set_header`: sets one header to a static or templated value, for example
 //! `{ name: target-file, value: "{{original_stem}}.json" }`.
 
-use super::{Step, StepError};
+use super::{BuildContext, BuildError, Step, StepError};
 use crate::message::Message;
 use crate::template::Template;
 use serde::Deserialize;
@@ -17,8 +17,8 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn build(&self) -> SetHeader {
-        SetHeader(self.clone())
+    pub fn build(&self, _cx: &BuildContext) -> Result<SetHeader, BuildError> {
+        Ok(SetHeader(self.clone()))
     }
 }
 
@@ -39,10 +39,13 @@ mod tests {
     #[test]
     fn sets_templated_header() {
         let cfg: Config =
-            serde_yaml::from_str("name: out\nvalue: \"{{original_stem}}.json\"").unwrap();
+            crate::config::yaml::parse_str("name: out\nvalue: \"{{original_stem}}.json\"").unwrap();
         let mut m = Message::new("r", bytes::Bytes::new());
         m.headers.insert("file.name".into(), "a.xml".into());
-        cfg.build().apply(&mut m).unwrap();
+        cfg.build(&BuildContext::default())
+            .unwrap()
+            .apply(&mut m)
+            .unwrap();
         assert_eq!(m.header("out"), Some("a.json"));
     }
 }

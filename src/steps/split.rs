@@ -6,7 +6,7 @@
 //! memory and, when `split` is a file route's first step, a file of any size straight from
 //! disk without loading it whole (see the file inbound adapter).
 
-use super::{BuildError, Flow, Step, StepError};
+use super::{BuildContext, BuildError, Flow, Step, StepError};
 use crate::config::values::ByteSize;
 use crate::convert::csv::{ascii, ReadOptions as CsvOptions};
 use crate::message::Message;
@@ -77,7 +77,7 @@ fn default_max_child() -> ByteSize {
 }
 
 impl Config {
-    pub fn build(&self) -> Result<Split, BuildError> {
+    pub fn build(&self, _cx: &BuildContext) -> Result<Split, BuildError> {
         let modes = [
             self.lines.clone().map(Mode::Lines),
             self.csv.clone().map(Mode::Csv),
@@ -363,8 +363,8 @@ mod tests {
     use super::*;
 
     fn split(yaml: &str, input: &str) -> Result<Vec<String>, String> {
-        let cfg: Config = serde_yaml::from_str(yaml).unwrap();
-        let s = cfg.build().map_err(|e| e.message)?;
+        let cfg: Config = crate::config::yaml::parse_str(yaml).unwrap();
+        let s = cfg.build(&BuildContext::default()).map_err(|e| e.message)?;
         let mut out = Vec::new();
         s.split(input.as_bytes(), &mut |b| {
             out.push(String::from_utf8(b.to_vec()).unwrap());

@@ -65,7 +65,7 @@ mod tests {
     use bytes::Bytes;
 
     fn transform(yaml: &str) -> Result<Transform, BuildError> {
-        let cfg: Config = serde_yaml::from_str(yaml).unwrap();
+        let cfg: Config = crate::config::yaml::parse_str(yaml).unwrap();
         cfg.build(&BuildContext::new(PathBuf::from(".")))
     }
 
@@ -121,7 +121,7 @@ mod tests {
 
     #[test]
     fn helpers_and_lookup_tables_work_from_scripts() {
-        let cfg: Config = serde_yaml::from_str(
+        let cfg: Config = crate::config::yaml::parse_str(
             r#"
 lookups: { countries: lookups/countries.csv, items: lookups/items.yaml }
 script: |

@@ -183,7 +183,7 @@ mod tests {
     use bytes::Bytes;
 
     fn validate(yaml: &str) -> Validate {
-        let cfg: Config = serde_yaml::from_str(yaml).unwrap();
+        let cfg: Config = crate::config::yaml::parse_str(yaml).unwrap();
         cfg.build(&BuildContext::new(PathBuf::from("."))).unwrap()
     }
 
@@ -231,7 +231,7 @@ mod tests {
 
     #[test]
     fn nothing_to_check_is_a_load_error() {
-        let cfg: Config = serde_yaml::from_str("xml: false").unwrap();
+        let cfg: Config = crate::config::yaml::parse_str("xml: false").unwrap();
         let e = cfg
             .build(&BuildContext::new(PathBuf::from(".")))
             .err()
@@ -247,7 +247,8 @@ mod xsd_tests {
 
     #[test]
     fn xsd_lists_every_violation_and_passes_valid_documents() {
-        let cfg: Config = serde_yaml::from_str("xsd: examples/xsd/schemas/order.xsd").unwrap();
+        let cfg: Config =
+            crate::config::yaml::parse_str("xsd: examples/xsd/schemas/order.xsd").unwrap();
         let v = cfg
             .build(&BuildContext::new(PathBuf::from(env!(
                 "CARGO_MANIFEST_DIR"
@@ -280,7 +281,7 @@ mod xsd_tests {
                 });
             }
         });
-        let missing: Config = serde_yaml::from_str("xsd: nowhere.xsd").unwrap();
+        let missing: Config = crate::config::yaml::parse_str("xsd: nowhere.xsd").unwrap();
         let e = missing
             .build(&BuildContext::new(PathBuf::from(".")))
             .err()
@@ -299,7 +300,7 @@ mod no_xsd_tests {
 
     #[test]
     fn xsd_without_the_feature_is_a_clear_load_error() {
-        let cfg: Config = serde_yaml::from_str("xsd: schemas/order.xsd").unwrap();
+        let cfg: Config = crate::config::yaml::parse_str("xsd: schemas/order.xsd").unwrap();
         let e = cfg
             .build(&BuildContext::new(PathBuf::from(".")))
             .err()

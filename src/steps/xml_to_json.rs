@@ -1,14 +1,16 @@
 //! `xml_to_json`: parses an XML body into JSON by the convention in [`crate::convert::xml`].
 
-use super::{Step, StepError};
+use super::{BuildContext, BuildError, Step, StepError};
 use crate::convert::xml::{xml_to_json, ReadOptions};
 use crate::message::Message;
 
 /// The step's options: see [`ReadOptions`].
 pub type Config = ReadOptions;
 
-pub fn build(cfg: &Config) -> XmlToJson {
-    XmlToJson(cfg.clone())
+impl Config {
+    pub fn build(&self, _cx: &BuildContext) -> Result<XmlToJson, BuildError> {
+        Ok(XmlToJson(self.clone()))
+    }
 }
 
 pub struct XmlToJson(ReadOptions);

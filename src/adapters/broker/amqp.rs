@@ -294,14 +294,15 @@ mod tests {
             Some(&AMQPValue::LongLongInt(100))
         );
         assert_eq!(text(t.inner().get("x-queue-type").unwrap()), "quorum");
-        let url = |u: &str| serde_yaml::from_str::<Url>(u);
+        let url = |u: &str| crate::config::yaml::parse_str::<Url>(u);
         assert!(url("amqp://guest:guest@127.0.0.1:5672/%2f").is_ok());
         let e = url("http://app:s3cret@x").unwrap_err().to_string();
         assert!(
             e.contains("is not an AMQP URL") && !e.contains("s3cret"),
             "{e}"
         );
-        let e = serde_yaml::from_str::<ExchangeDecl>("{ name: e, type: topik }").unwrap_err();
+        let e =
+            crate::config::yaml::parse_str::<ExchangeDecl>("{ name: e, type: topik }").unwrap_err();
         assert!(
             e.to_string().contains("unknown exchange type `topik`"),
             "{e}"

@@ -149,15 +149,15 @@ mod tests {
 
     #[test]
     fn urls_and_qos_are_checked_where_they_are_written() {
-        assert!(serde_yaml::from_str::<Url>("mqtt://h:1883").is_ok());
-        let e = serde_yaml::from_str::<Url>("http://u:s3cret@h")
+        assert!(crate::config::yaml::parse_str::<Url>("mqtt://h:1883").is_ok());
+        let e = crate::config::yaml::parse_str::<Url>("http://u:s3cret@h")
             .unwrap_err()
             .to_string();
         assert!(
             e.contains("must start with mqtt://") && !e.contains("s3cret"),
             "{e}"
         );
-        assert!(serde_yaml::from_str::<Qos>("3")
+        assert!(crate::config::yaml::parse_str::<Qos>("3")
             .unwrap_err()
             .to_string()
             .contains("QoS 0, 1 and 2"));

@@ -15,6 +15,7 @@ use crate::adapters::broker::amqp::{self as amqp, Declare};
 use crate::adapters::broker::{keep_connected, redact, Link, Tls};
 use crate::config::values::ByteSize;
 use crate::message::{Headers, Message};
+use crate::steps::BuildContext;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -68,7 +69,7 @@ fn default_max_size() -> ByteSize {
 }
 
 impl Config {
-    pub fn build(&self) -> anyhow::Result<AmqpInbound> {
+    pub fn build(&self, _cx: &BuildContext) -> anyhow::Result<AmqpInbound> {
         amqp::check(&self.tls).map_err(anyhow::Error::msg)?;
         self.declare.check().map_err(anyhow::Error::msg)?;
         if self.prefetch == 0 {

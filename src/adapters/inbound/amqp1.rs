@@ -18,6 +18,7 @@ use crate::adapters::broker::amqp1;
 use crate::adapters::broker::{keep_connected, redact, Link, Tls};
 use crate::config::values::ByteSize;
 use crate::message::{Headers, Message};
+use crate::steps::BuildContext;
 use async_trait::async_trait;
 use bytes::Bytes;
 use fe2o3_amqp::link::delivery::DeliveryInfo;
@@ -83,7 +84,7 @@ impl Config {
         }
     }
 
-    pub fn build(&self) -> anyhow::Result<Amqp1Inbound> {
+    pub fn build(&self, _cx: &BuildContext) -> anyhow::Result<Amqp1Inbound> {
         amqp1::check(&self.tls).map_err(anyhow::Error::msg)?;
         if self.prefetch == 0 {
             anyhow::bail!("`prefetch` must be at least 1");

@@ -20,6 +20,7 @@ use crate::adapters::broker::Link;
 use crate::adapters::database::{params_from, Database, Decimals, Settings, Sql, Url};
 use crate::config::values::Duration;
 use crate::message::{Headers, Message};
+use crate::steps::BuildContext;
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Deserialize;
@@ -117,7 +118,7 @@ fn default_prefetch() -> usize {
 }
 
 impl Config {
-    pub fn build(&self) -> anyhow::Result<DatabaseInbound> {
+    pub fn build(&self, _cx: &BuildContext) -> anyhow::Result<DatabaseInbound> {
         let query = Sql::parse(&self.query).map_err(|e| anyhow::anyhow!("query: {e}"))?;
         let mark = match (&self.mark, &self.watermark) {
             (Some(_), Some(_)) | (None, None) => anyhow::bail!(

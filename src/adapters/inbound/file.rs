@@ -16,6 +16,7 @@ use crate::adapters::fs::{move_into, safe_file_name, write_temp};
 use crate::config::values::{ByteSize, Duration, Glob};
 use crate::message::{Headers, Message};
 use crate::steps::split::Split;
+use crate::steps::BuildContext;
 use anyhow::Context;
 use async_trait::async_trait;
 use notify::Watcher;
@@ -117,7 +118,7 @@ impl Config {
             .unwrap_or_else(|| self.path.join("error"))
     }
 
-    pub fn build(&self) -> anyhow::Result<FileInbound> {
+    pub fn build(&self, _cx: &BuildContext) -> anyhow::Result<FileInbound> {
         if !self.path.is_dir() {
             if self.create {
                 std::fs::create_dir_all(&self.path).with_context(|| {

@@ -5,6 +5,7 @@
 use super::remote::{Poll, RemoteInbound};
 use crate::adapters::ftp::{Server, Tls, Url};
 use crate::config::values::{ByteSize, Duration};
+use crate::steps::BuildContext;
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -42,7 +43,7 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn build(&self) -> anyhow::Result<RemoteInbound> {
+    pub fn build(&self, _cx: &BuildContext) -> anyhow::Result<RemoteInbound> {
         let server = Server {
             url: self.url.clone(),
             password: self.password.clone(),

@@ -14,9 +14,10 @@
 //! on a connection just as the server closes it fails, and a POST is not sent again.
 
 use super::{Inbound, Intake, Reply, Submitted};
-use crate::adapters::listeners::Listeners;
 use crate::config::values::{ByteSize, Duration};
+use crate::listeners::Listeners;
 use crate::message::{Headers, Message};
+use crate::steps::BuildContext;
 use crate::store::MessageState;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -169,8 +170,9 @@ fn default_body_timeout() -> Duration {
 
 impl Config {
     /// Binds the listener now, so a taken port is an error at start, naming the address.
-    pub fn build(&self, listeners: &Arc<Listeners>) -> anyhow::Result<HttpInbound> {
-        let listener = listeners
+    pub fn build(&self, cx: &BuildContext) -> anyhow::Result<HttpInbound> {
+        let listener = cx
+            .listeners
             .reserve(&self.listen)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", self.listen))?;
         let tls = crate::tls::acceptor(
@@ -185,7 +187,7 @@ impl Config {
         Ok(HttpInbound {
             cfg: Arc::new(self.clone()),
             listener: Mutex::new(listener),
-            listeners: listeners.clone(),
+            listeners: cx.listeners.clone(),
             tls,
         })
     }
@@ -301,7 +303,7 @@ impl Default for Connections {
     }
 }
 
-impl crate::adapters::listeners::Kept for Connections {
+impl crate::listeners::Kept for Connections {
     fn close(&self) {
         self.closed.cancel();
     }
@@ -609,7 +611,7 @@ impl HttpInbound {
     /// The connections of this route's address: kept across versions, except on port 0 (any
     /// free port), which a next version cannot ask for again.
     fn connections(&self) -> (Arc<Connections>, bool) {
-        let kept = (!crate::adapters::listeners::any_free_port(&self.cfg.listen))
+        let kept = (!crate::listeners::any_free_port(&self.cfg.listen))
             .then(|| self.listeners.kept::<Connections>(&self.cfg.listen))
             .flatten();
         match kept {
@@ -626,7 +628,7 @@ impl HttpInbound {
         stop: &CancellationToken,
     ) {
         while let Some((stream, remote)) =
-            crate::adapters::listeners::accept(&listener, stop, &self.cfg.listen).await
+            crate::listeners::accept(&listener, stop, &self.cfg.listen).await
         {
             tokio::spawn(connection(
                 connections.clone(),

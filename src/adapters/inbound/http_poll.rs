@@ -14,6 +14,7 @@ use super::{Inbound, Intake};
 use crate::adapters::broker::{Backoff, Link};
 use crate::config::values::{ByteSize, Duration};
 use crate::message::{Headers, Message};
+use crate::steps::BuildContext;
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Deserialize;
@@ -81,7 +82,7 @@ fn default_max_size() -> ByteSize {
 }
 
 impl Config {
-    pub fn build(&self) -> anyhow::Result<HttpPollInbound> {
+    pub fn build(&self, _cx: &BuildContext) -> anyhow::Result<HttpPollInbound> {
         let url = reqwest::Url::parse(&self.url)
             .map_err(|e| anyhow::anyhow!("url `{}`: {e}", self.url))?;
         if !matches!(url.scheme(), "http" | "https") {

@@ -21,6 +21,7 @@ use crate::adapters::broker::kafka::{record_id, Connection, Context, Sasl};
 use crate::adapters::broker::{Backoff, Link, LinkState, Tls, ID_NAME};
 use crate::config::values::{ByteSize, Duration};
 use crate::message::Headers;
+use crate::steps::BuildContext;
 use async_trait::async_trait;
 use bytes::Bytes;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -109,7 +110,7 @@ impl Config {
         }
     }
 
-    pub fn build(&self) -> anyhow::Result<KafkaInbound> {
+    pub fn build(&self, _cx: &BuildContext) -> anyhow::Result<KafkaInbound> {
         let connection = self.connection();
         connection.check().map_err(anyhow::Error::msg)?;
         if self.topics.is_empty() || self.topics.iter().any(|t| t.trim().is_empty()) {

@@ -20,6 +20,7 @@ use crate::adapters::broker::mqtt;
 use crate::adapters::broker::{redact, Backoff, Link, Tls};
 use crate::config::values::{ByteSize, Duration};
 use crate::message::{Headers, Message};
+use crate::steps::BuildContext;
 use async_trait::async_trait;
 use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
@@ -95,7 +96,7 @@ fn default_max_size() -> ByteSize {
 }
 
 impl Config {
-    pub fn build(&self) -> anyhow::Result<MqttInbound> {
+    pub fn build(&self, _cx: &BuildContext) -> anyhow::Result<MqttInbound> {
         let broker = mqtt::parse_url(&self.url).map_err(anyhow::Error::msg)?;
         if self.topics.is_empty() {
             anyhow::bail!("`topics` is empty: name at least one topic filter");

@@ -18,6 +18,7 @@ use crate::adapters::broker::nats::{self as nats, StreamDecl};
 use crate::adapters::broker::{keep_connected, redact, Link, Tls};
 use crate::config::values::{ByteSize, Duration};
 use crate::message::{Headers, Message};
+use crate::steps::BuildContext;
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use async_trait::async_trait;
 use futures_util::{FutureExt, StreamExt};
@@ -83,7 +84,7 @@ fn default_max_size() -> ByteSize {
 }
 
 impl Config {
-    pub fn build(&self) -> anyhow::Result<NatsInbound> {
+    pub fn build(&self, _cx: &BuildContext) -> anyhow::Result<NatsInbound> {
         nats::check(&self.tls).map_err(anyhow::Error::msg)?;
         if self.prefetch == 0 {
             anyhow::bail!("`prefetch` must be at least 1");

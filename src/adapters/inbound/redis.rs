@@ -19,6 +19,7 @@ use crate::adapters::broker::redis::{self as redis_broker, Entry};
 use crate::adapters::broker::{keep_connected, redact, Link, Tls};
 use crate::config::values::{ByteSize, Duration};
 use crate::message::{Headers, Message};
+use crate::steps::BuildContext;
 use async_trait::async_trait;
 use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
@@ -119,7 +120,7 @@ fn default_max_size() -> ByteSize {
 }
 
 impl Config {
-    pub fn build(&self) -> anyhow::Result<RedisInbound> {
+    pub fn build(&self, _cx: &BuildContext) -> anyhow::Result<RedisInbound> {
         redis_broker::check(&self.tls).map_err(anyhow::Error::msg)?;
         if self.prefetch == 0 {
             anyhow::bail!("`prefetch` must be at least 1");

@@ -10,6 +10,7 @@
 use super::{Inbound, Intake};
 use crate::config::values::Duration;
 use crate::message::{Headers, Message};
+use crate::steps::BuildContext;
 use crate::template::Template;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -136,7 +137,7 @@ impl Timing {
 }
 
 impl Config {
-    pub fn build(&self) -> anyhow::Result<ScheduleInbound> {
+    pub fn build(&self, _cx: &BuildContext) -> anyhow::Result<ScheduleInbound> {
         Ok(ScheduleInbound {
             timing: Timing::new(self.cron.as_deref(), self.every, self.time_zone.as_deref())?,
             config: self.clone(),

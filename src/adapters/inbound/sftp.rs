@@ -4,6 +4,7 @@
 use super::remote::{Poll, RemoteInbound};
 use crate::adapters::sftp::{Auth, HostKey, Server, Url};
 use crate::config::values::{ByteSize, Duration};
+use crate::steps::BuildContext;
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -49,7 +50,7 @@ impl Config {
         }
     }
 
-    pub fn build(&self) -> anyhow::Result<RemoteInbound> {
+    pub fn build(&self, _cx: &BuildContext) -> anyhow::Result<RemoteInbound> {
         let server = self.server();
         server.check().map_err(anyhow::Error::msg)?;
         let poll = Poll::new(

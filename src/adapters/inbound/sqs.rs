@@ -16,6 +16,7 @@ use crate::adapters::broker::sqs::{error_text, Endpoint};
 use crate::adapters::broker::{Backoff, Link};
 use crate::config::values::{ByteSize, Duration};
 use crate::message::{Headers, Message};
+use crate::steps::BuildContext;
 use async_trait::async_trait;
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use bytes::Bytes;
@@ -92,7 +93,7 @@ impl Config {
         }
     }
 
-    pub fn build(&self) -> anyhow::Result<SqsInbound> {
+    pub fn build(&self, _cx: &BuildContext) -> anyhow::Result<SqsInbound> {
         let endpoint = self.endpoint();
         endpoint.check().map_err(anyhow::Error::msg)?;
         if self.prefetch == 0 || self.max_receives == 0 {

@@ -10,12 +10,13 @@
 
 use super::http::TlsFiles;
 use super::{Inbound, Intake};
-use crate::adapters::listeners::Listeners;
 use crate::codec::charset::Charset;
 use crate::codec::framing::{Decoded, FrameCodec, FrameError, Framing};
 use crate::config::values::{ByteSize, Duration};
 use crate::hl7::{self, Hl7};
+use crate::listeners::Listeners;
 use crate::message::{Headers, Message};
+use crate::steps::BuildContext;
 use crate::store::MessageState;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -111,9 +112,10 @@ impl Config {
         })
     }
 
-    pub fn build(&self, listeners: &Arc<Listeners>) -> anyhow::Result<TcpInbound> {
+    pub fn build(&self, cx: &BuildContext) -> anyhow::Result<TcpInbound> {
         self.framing.check().map_err(anyhow::Error::msg)?;
-        let listener = listeners
+        let listener = cx
+            .listeners
             .reserve(&self.listen)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", self.listen))?;
         let tls = crate::tls::acceptor(
@@ -124,7 +126,7 @@ impl Config {
         Ok(TcpInbound {
             cfg: Arc::new(self.clone()),
             listener: Mutex::new(listener),
-            listeners: listeners.clone(),
+            listeners: cx.listeners.clone(),
             tls,
         })
     }
@@ -149,7 +151,7 @@ impl Inbound for TcpInbound {
                 break;
             };
             let Some((stream, remote)) =
-                crate::adapters::listeners::accept(&listener, &shutdown, &self.cfg.listen).await
+                crate::listeners::accept(&listener, &shutdown, &self.cfg.listen).await
             else {
                 break;
             };

@@ -14,6 +14,7 @@ use crate::adapters::broker::amqp::{self as amqp, Declare};
 use crate::adapters::broker::{redact, Link, Pace, Tls};
 use crate::config::values::Duration;
 use crate::message::Message;
+use crate::steps::BuildContext;
 use crate::template::Template;
 use async_trait::async_trait;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -98,7 +99,7 @@ fn default_connect_timeout() -> Duration {
 }
 
 impl Config {
-    pub fn build(&self) -> anyhow::Result<AmqpOutbound> {
+    pub fn build(&self, _cx: &BuildContext) -> anyhow::Result<AmqpOutbound> {
         amqp::check(&self.tls).map_err(anyhow::Error::msg)?;
         self.declare.check().map_err(anyhow::Error::msg)?;
         let target = if self.exchange.is_empty() {

@@ -13,6 +13,7 @@ use crate::adapters::broker::amqp1;
 use crate::adapters::broker::{redact, Link, Pace, Tls};
 use crate::config::values::Duration;
 use crate::message::Message;
+use crate::steps::BuildContext;
 use crate::template::Template;
 use async_trait::async_trait;
 use fe2o3_amqp::link::delivery::Sendable;
@@ -110,7 +111,7 @@ impl Config {
         }
     }
 
-    pub fn build(&self) -> anyhow::Result<Amqp1Outbound> {
+    pub fn build(&self, _cx: &BuildContext) -> anyhow::Result<Amqp1Outbound> {
         amqp1::check(&self.tls).map_err(anyhow::Error::msg)?;
         Ok(Amqp1Outbound {
             link: Arc::new(Link::idle(format!(

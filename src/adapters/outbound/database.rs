@@ -15,6 +15,7 @@ use crate::config::values::Duration;
 use crate::message::Message;
 use crate::script::Script;
 use crate::steps::map::{get, parse_path, Segment};
+use crate::steps::BuildContext;
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
@@ -63,7 +64,7 @@ enum Source {
 }
 
 impl Config {
-    pub fn build(&self) -> anyhow::Result<DatabaseOutbound> {
+    pub fn build(&self, _cx: &BuildContext) -> anyhow::Result<DatabaseOutbound> {
         let sql = Sql::parse(&self.statement).map_err(|e| anyhow::anyhow!("statement: {e}"))?;
         if let Some(n) = self.params.keys().find(|n| !sql.names.contains(n)) {
             anyhow::bail!("params.{n}: the statement has no parameter :{n}");

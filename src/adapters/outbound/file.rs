@@ -18,6 +18,7 @@ use crate::adapters::fs::{
     create_temp, mark, marked, safe_file_name, sync_dir, sync_files, with_suffix,
 };
 use crate::message::Message;
+use crate::steps::BuildContext;
 use crate::template::Template;
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -64,7 +65,7 @@ fn default_name() -> Template {
 }
 
 impl Config {
-    pub fn build(&self) -> anyhow::Result<FileOutbound> {
+    pub fn build(&self, _cx: &BuildContext) -> anyhow::Result<FileOutbound> {
         // A missing directory is created now; one that cannot be created (yet) is not fatal:
         // each delivery tries again and fails with the reason, so messages wait, not vanish.
         if let Err(e) = std::fs::create_dir_all(&self.path) {
@@ -242,8 +243,8 @@ mod tests {
 
     fn outbound(dir: &Path, yaml: &str) -> FileOutbound {
         let cfg: Config =
-            serde_yaml::from_str(&format!("path: {}\n{yaml}", dir.display())).unwrap();
-        cfg.build().unwrap()
+            crate::config::yaml::parse_str(&format!("path: {}\n{yaml}", dir.display())).unwrap();
+        cfg.build(&BuildContext::default()).unwrap()
     }
 
     fn msg(name: &str, body: &str) -> Message {

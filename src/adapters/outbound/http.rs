@@ -8,6 +8,7 @@
 use super::{DeliveryConfig, Outbound, SendError, Sent};
 use crate::config::values::Duration;
 use crate::message::Message;
+use crate::steps::BuildContext;
 use crate::template::Template;
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -141,7 +142,7 @@ fn default_retry_on() -> Vec<StatusPattern> {
 }
 
 impl Config {
-    pub fn build(&self) -> anyhow::Result<HttpOutbound> {
+    pub fn build(&self, _cx: &BuildContext) -> anyhow::Result<HttpOutbound> {
         let method = reqwest::Method::from_bytes(self.method.to_ascii_uppercase().as_bytes())
             .map_err(|_| anyhow::anyhow!("`{}` is not an HTTP method", self.method))?;
         crate::tls::install_crypto();
@@ -253,11 +254,11 @@ mod tests {
 
     #[test]
     fn status_patterns() {
-        let p: Vec<StatusPattern> = serde_yaml::from_str("[2xx, 404, '5x3']").unwrap();
+        let p: Vec<StatusPattern> = crate::config::yaml::parse_str("[2xx, 404, '5x3']").unwrap();
         assert!(p[0].matches(201) && !p[0].matches(301));
         assert!(p[1].matches(404) && !p[1].matches(405));
         assert!(p[2].matches(503) && !p[2].matches(502));
-        assert!(serde_yaml::from_str::<Vec<StatusPattern>>("[600]").is_err());
-        assert!(serde_yaml::from_str::<Vec<StatusPattern>>("[2x]").is_err());
+        assert!(crate::config::yaml::parse_str::<Vec<StatusPattern>>("[600]").is_err());
+        assert!(crate::config::yaml::parse_str::<Vec<StatusPattern>>("[2x]").is_err());
     }
 }

@@ -17,6 +17,7 @@ use crate::adapters::broker::kafka::{Connection, Context, Sasl};
 use crate::adapters::broker::{Link, Tls, ID_NAME};
 use crate::config::values::Duration;
 use crate::message::Message;
+use crate::steps::BuildContext;
 use crate::template::Template;
 use async_trait::async_trait;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -81,7 +82,7 @@ impl Config {
         }
     }
 
-    pub fn build(&self) -> anyhow::Result<KafkaOutbound> {
+    pub fn build(&self, _cx: &BuildContext) -> anyhow::Result<KafkaOutbound> {
         let connection = self.connection();
         connection.check().map_err(anyhow::Error::msg)?;
         if self.timeout.0 < std::time::Duration::from_secs(1) {

@@ -22,6 +22,7 @@ pub mod tcp;
 
 use crate::config::values::Duration;
 use crate::message::Message;
+use crate::steps::BuildContext;
 use async_trait::async_trait;
 use serde::Deserialize;
 use std::fmt;
@@ -134,35 +135,35 @@ impl OutboundConfig {
 
     /// What is wrong with the settings, found without connecting, for `switchyard check` and
     /// the route's load (see [`crate::adapters::inbound::InboundConfig::check`]).
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self, cx: &BuildContext) -> Result<(), String> {
         match self {
-            OutboundConfig::Database(c) => c.build().map(drop).map_err(|e| format!("{e:#}")),
-            OutboundConfig::Sftp(c) => c.build().map(drop).map_err(|e| format!("{e:#}")),
-            OutboundConfig::Ftp(c) => c.build().map(drop).map_err(|e| format!("{e:#}")),
+            OutboundConfig::Database(c) => c.build(cx).map(drop).map_err(|e| format!("{e:#}")),
+            OutboundConfig::Sftp(c) => c.build(cx).map(drop).map_err(|e| format!("{e:#}")),
+            OutboundConfig::Ftp(c) => c.build(cx).map(drop).map_err(|e| format!("{e:#}")),
             _ => Ok(()),
         }
     }
 
-    pub fn build(&self) -> anyhow::Result<Arc<dyn Outbound>> {
+    pub fn build(&self, cx: &BuildContext) -> anyhow::Result<Arc<dyn Outbound>> {
         Ok(match self {
-            OutboundConfig::File(c) => Arc::new(c.build()?),
-            OutboundConfig::Http(c) => Arc::new(c.build()?),
-            OutboundConfig::Smtp(c) => Arc::new(c.build()?),
-            OutboundConfig::Tcp(c) => Arc::new(c.build()?),
-            OutboundConfig::Amqp(c) => Arc::new(c.build()?),
-            OutboundConfig::Amqp1(c) => Arc::new(c.build()?),
-            OutboundConfig::Mqtt(c) => Arc::new(c.build()?),
-            OutboundConfig::Nats(c) => Arc::new(c.build()?),
-            OutboundConfig::Redis(c) => Arc::new(c.build()?),
-            OutboundConfig::Database(c) => Arc::new(c.build()?),
-            OutboundConfig::Sftp(c) => Arc::new(c.build()?),
-            OutboundConfig::Ftp(c) => Arc::new(c.build()?),
+            OutboundConfig::File(c) => Arc::new(c.build(cx)?),
+            OutboundConfig::Http(c) => Arc::new(c.build(cx)?),
+            OutboundConfig::Smtp(c) => Arc::new(c.build(cx)?),
+            OutboundConfig::Tcp(c) => Arc::new(c.build(cx)?),
+            OutboundConfig::Amqp(c) => Arc::new(c.build(cx)?),
+            OutboundConfig::Amqp1(c) => Arc::new(c.build(cx)?),
+            OutboundConfig::Mqtt(c) => Arc::new(c.build(cx)?),
+            OutboundConfig::Nats(c) => Arc::new(c.build(cx)?),
+            OutboundConfig::Redis(c) => Arc::new(c.build(cx)?),
+            OutboundConfig::Database(c) => Arc::new(c.build(cx)?),
+            OutboundConfig::Sftp(c) => Arc::new(c.build(cx)?),
+            OutboundConfig::Ftp(c) => Arc::new(c.build(cx)?),
             #[cfg(feature = "sqs")]
-            OutboundConfig::Sqs(c) => Arc::new(c.build()?),
+            OutboundConfig::Sqs(c) => Arc::new(c.build(cx)?),
             #[cfg(not(feature = "sqs"))]
             OutboundConfig::Sqs(_) => anyhow::bail!(crate::adapters::broker::NO_SQS),
             #[cfg(feature = "kafka")]
-            OutboundConfig::Kafka(c) => Arc::new(c.build()?),
+            OutboundConfig::Kafka(c) => Arc::new(c.build(cx)?),
             #[cfg(not(feature = "kafka"))]
             OutboundConfig::Kafka(_) => anyhow::bail!(crate::adapters::broker::NO_KAFKA),
             OutboundConfig::Endpoint(name) => anyhow::bail!("endpoint `{name}` was not resolved"),

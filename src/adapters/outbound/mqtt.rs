@@ -14,6 +14,7 @@ use crate::adapters::broker::mqtt;
 use crate::adapters::broker::{redact, Link, Pace, Tls};
 use crate::config::values::Duration;
 use crate::message::Message;
+use crate::steps::BuildContext;
 use crate::template::Template;
 use async_trait::async_trait;
 use rumqttc::v5::mqttbytes::v5::{
@@ -83,7 +84,7 @@ fn default_keep_alive() -> Duration {
 }
 
 impl Config {
-    pub fn build(&self) -> anyhow::Result<MqttOutbound> {
+    pub fn build(&self, _cx: &BuildContext) -> anyhow::Result<MqttOutbound> {
         let broker = mqtt::parse_url(&self.url).map_err(anyhow::Error::msg)?;
         let qos = mqtt::qos(self.qos).map_err(anyhow::Error::msg)?;
         let client_id = self.client_id.clone().unwrap_or_else(|| {

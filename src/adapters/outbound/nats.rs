@@ -16,6 +16,7 @@ use crate::adapters::broker::nats::{self as nats, StreamDecl};
 use crate::adapters::broker::{redact, Link, Pace, Tls};
 use crate::config::values::Duration;
 use crate::message::Message;
+use crate::steps::BuildContext;
 use crate::template::Template;
 use async_nats::jetstream::{self, context::PublishErrorKind};
 use async_trait::async_trait;
@@ -59,7 +60,7 @@ fn default_ack_timeout() -> Duration {
 }
 
 impl Config {
-    pub fn build(&self) -> anyhow::Result<NatsOutbound> {
+    pub fn build(&self, _cx: &BuildContext) -> anyhow::Result<NatsOutbound> {
         nats::check(&self.tls).map_err(anyhow::Error::msg)?;
         if self.create_stream.is_some() && self.stream.is_none() {
             anyhow::bail!("`create_stream` needs `stream:`, the name of the stream to create");

@@ -14,6 +14,7 @@ use crate::adapters::broker::redis as redis_broker;
 use crate::adapters::broker::{redact, Link, Pace, Tls};
 use crate::config::values::Duration;
 use crate::message::Message;
+use crate::steps::BuildContext;
 use crate::template::Template;
 use async_trait::async_trait;
 use redis::aio::MultiplexedConnection;
@@ -76,7 +77,7 @@ fn default_timeout() -> Duration {
 }
 
 impl Config {
-    pub fn build(&self) -> anyhow::Result<RedisOutbound> {
+    pub fn build(&self, _cx: &BuildContext) -> anyhow::Result<RedisOutbound> {
         redis_broker::check(&self.tls).map_err(anyhow::Error::msg)?;
         if self.command != Command::Xadd && (self.maxlen.is_some() || !self.fields.is_empty()) {
             anyhow::bail!("`maxlen` and `fields` are for `command: xadd` only");

@@ -6,6 +6,7 @@ use super::remote::RemoteOutbound;
 use super::DeliveryConfig;
 use crate::adapters::sftp::{Auth, HostKey, Server, Url};
 use crate::config::values::Duration;
+use crate::steps::BuildContext;
 use crate::template::Template;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -43,7 +44,7 @@ fn default_timeout() -> Duration {
 }
 
 impl Config {
-    pub fn build(&self) -> anyhow::Result<RemoteOutbound> {
+    pub fn build(&self, _cx: &BuildContext) -> anyhow::Result<RemoteOutbound> {
         let server = Server {
             url: self.url.clone(),
             auth: self.auth.clone(),

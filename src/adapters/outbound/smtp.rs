@@ -8,6 +8,7 @@
 use super::{DeliveryConfig, Outbound, SendError, Sent};
 use crate::config::values::Duration;
 use crate::message::Message;
+use crate::steps::BuildContext;
 use crate::template::Template;
 use async_trait::async_trait;
 use lettre::message::header::ContentType;
@@ -98,7 +99,7 @@ fn default_timeout() -> Duration {
 }
 
 impl Config {
-    pub fn build(&self) -> anyhow::Result<SmtpOutbound> {
+    pub fn build(&self, _cx: &BuildContext) -> anyhow::Result<SmtpOutbound> {
         if self.to.is_empty() {
             anyhow::bail!("`to` lists no recipient");
         }

@@ -12,6 +12,7 @@ use crate::adapters::broker::sqs::{error_text, Endpoint};
 use crate::adapters::broker::{Link, ID_NAME};
 use crate::config::values::Duration;
 use crate::message::Message;
+use crate::steps::BuildContext;
 use crate::template::Template;
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
@@ -74,7 +75,7 @@ impl Config {
         }
     }
 
-    pub fn build(&self) -> anyhow::Result<SqsOutbound> {
+    pub fn build(&self, _cx: &BuildContext) -> anyhow::Result<SqsOutbound> {
         let endpoint = self.endpoint();
         endpoint.check().map_err(anyhow::Error::msg)?;
         let fifo = endpoint.fifo();

@@ -11,6 +11,7 @@ use crate::codec::charset::Charset;
 use crate::codec::framing::{next_frame, FrameCodec, FrameError, Framing};
 use crate::config::values::{ByteSize, Duration};
 use crate::message::Message;
+use crate::steps::BuildContext;
 use async_trait::async_trait;
 use futures_util::SinkExt as _;
 use serde::Deserialize;
@@ -79,7 +80,7 @@ impl Config {
         })
     }
 
-    pub fn build(&self) -> anyhow::Result<TcpOutbound> {
+    pub fn build(&self, _cx: &BuildContext) -> anyhow::Result<TcpOutbound> {
         self.framing.check().map_err(anyhow::Error::msg)?;
         Ok(TcpOutbound {
             cfg: self.clone(),

@@ -1,92 +1,7 @@
-//! XML ⇄ JSON, both directions, with one documented convention (`docs/mapping.md`):
-//!
-//! - the document is an object with one key, the root element's name;
-//! - an element with neither attributes nor child elements is its text as a string, or `null`
-//!   when empty;
-//! - otherwise it is an object: attributes as `"@name"`, child elements by name, and any
-//!   non-blank text as `"#text"`;
-//! - a child name that occurs more than once is an array in document order; names listed in
-//!   `always_array` are arrays even when they occur once;
-//! - values stay strings (XML has no types); comments and processing instructions are dropped;
-//!   CDATA is text.
-//!
-//! Reading is safe on hostile input: a DOCTYPE is refused (so no external entities and no
-//! entity-expansion bombs), only the predefined entities and character references are
-//! resolved, and nesting depth is limited.
+//! XML to JSON: the document read into a compact tree that points into the body, then written
+//! as JSON text or a value.
 
-use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
-use quick_xml::{Reader, Writer};
-use serde::Deserialize;
-use serde_json::{Map, Value};
-use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
-
-/// How XML is read into JSON (the options of the `xml_to_json` step).
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-#[schemars(rename = "XmlReadOptions")]
-pub struct ReadOptions {
-    /// Prefix for attribute keys (default `@`).
-    pub attribute_prefix: String,
-    /// Key for the text of an element that also has attributes or children (default `#text`).
-    pub text_key: String,
-    /// Element names that always become arrays, so consumers see one shape for one or many.
-    pub always_array: Vec<String>,
-    /// Drop namespace prefixes (`ns:order` becomes `order`) and `xmlns` attributes.
-    pub strip_namespaces: bool,
-    /// Deepest element nesting accepted (default 256).
-    pub max_depth: usize,
-}
-
-impl Default for ReadOptions {
-    fn default() -> Self {
-        ReadOptions {
-            attribute_prefix: "@".into(),
-            text_key: "#text".into(),
-            always_array: Vec::new(),
-            strip_namespaces: false,
-            max_depth: 256,
-        }
-    }
-}
-
-/// How JSON is written as XML (the options of the `json_to_xml` step).
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-#[schemars(rename = "XmlWriteOptions")]
-pub struct WriteOptions {
-    /// Name of the root element. When unset, the JSON must be an object with exactly one key,
-    /// which names the root (the shape `xml_to_json` produces).
-    pub root: Option<String>,
-    /// Keys with this prefix become attributes (default `@`).
-    pub attribute_prefix: String,
-    /// This key becomes the element's text (default `#text`).
-    pub text_key: String,
-    /// Element name for the items of an array that has no name of its own (an array at the
-    /// root, or inside an array); default `item`.
-    pub item_name: String,
-    /// Namespace declarations put on the root element: prefix to URI; the prefix `""` is the
-    /// default namespace. Element and attribute names carry their prefixes as written (`x:order`).
-    pub namespaces: BTreeMap<String, String>,
-    /// Write `<?xml version="1.0" encoding="UTF-8"?>` first (default `true`).
-    pub declaration: bool,
-    /// Indent nested elements by this many spaces; 0 (default) writes everything on one line.
-    pub indent: usize,
-}
-
-impl Default for WriteOptions {
-    fn default() -> Self {
-        WriteOptions {
-            root: None,
-            attribute_prefix: "@".into(),
-            text_key: "#text".into(),
-            item_name: "item".into(),
-            namespaces: BTreeMap::new(),
-            declaration: true,
-            indent: 0,
-        }
-    }
-}
+use super::*;
 
 /// Reads an XML document into JSON text by the convention. Errors name the line and column.
 ///
@@ -124,17 +39,17 @@ pub fn check_xml(body: &[u8]) -> Result<(), String> {
 
 /// A piece of text: a range of the document, or of the tree's buffer of decoded text.
 #[derive(Clone, Copy, Default)]
-struct Span {
+pub(super) struct Span {
     start: u32,
     len: u32,
     decoded: bool,
 }
 
-const NONE: u32 = u32::MAX;
+pub(super) const NONE: u32 = u32::MAX;
 
 /// One element. Children are a linked list, so a node's size does not depend on how many
 /// children it has.
-struct Node {
+pub(super) struct Node {
     name: Span,
     text: Span,
     first_attr: u32,
@@ -144,7 +59,7 @@ struct Node {
 }
 
 /// An element being read: its node, its last child so far and its text so far.
-struct Open {
+pub(super) struct Open {
     node: u32,
     last_child: u32,
     text: Pending,
@@ -152,13 +67,13 @@ struct Open {
 
 /// Text of an open element: most elements have one piece, which stays where it is in the
 /// document; several pieces (text around entities, CDATA, mixed content) are joined.
-enum Pending {
+pub(super) enum Pending {
     None,
     InBody(Span),
     Joined(String),
 }
 
-struct Tree<'a> {
+pub(super) struct Tree<'a> {
     body: &'a str,
     decoded: String,
     nodes: Vec<Node>,
@@ -512,305 +427,21 @@ impl<'a> Tree<'a> {
     }
 }
 
-enum Member {
+pub(super) enum Member {
     Text(Span),
     Children(Vec<u32>),
 }
 
 /// Writes `s` as a JSON string.
-fn string(out: &mut Vec<u8>, s: &str) {
+pub(super) fn string(out: &mut Vec<u8>, s: &str) {
     // Writing into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
-fn local<'s>(opts: &ReadOptions, raw: &'s str) -> &'s str {
+pub(super) fn local<'s>(opts: &ReadOptions, raw: &'s str) -> &'s str {
     if opts.strip_namespaces {
         raw.rsplit(':').next().unwrap_or(raw)
     } else {
         raw
-    }
-}
-
-/// Writes JSON as an XML document, following the convention in reverse.
-pub fn value_to_xml(value: &Value, opts: &WriteOptions) -> Result<String, String> {
-    let (root, content) = match (&opts.root, value) {
-        (Some(name), v) => (name.as_str(), v),
-        (None, Value::Object(m)) if m.len() == 1 => {
-            let (k, v) = m.iter().next().expect("one entry");
-            (k.as_str(), v)
-        }
-        (None, _) => {
-            return Err("json_to_xml needs an object with exactly one key (the root element's name), or the `root` option".into())
-        }
-    };
-    let mut out = Vec::new();
-    {
-        let mut w = if opts.indent > 0 {
-            Writer::new_with_indent(&mut out, b' ', opts.indent)
-        } else {
-            Writer::new(&mut out)
-        };
-        let io = |e: std::io::Error| e.to_string();
-        if opts.declaration {
-            w.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)))
-                .map_err(io)?;
-        }
-        let mut xmlns: Vec<(String, String)> = opts
-            .namespaces
-            .iter()
-            .map(|(p, uri)| {
-                let key = if p.is_empty() {
-                    "xmlns".to_string()
-                } else {
-                    format!("xmlns:{p}")
-                };
-                (key, uri.clone())
-            })
-            .collect();
-        write_element(&mut w, opts, root, content, &mut xmlns, &format!("/{root}"))?;
-    }
-    String::from_utf8(out).map_err(|e| e.to_string())
-}
-
-fn check_name(name: &str, path: &str) -> Result<(), String> {
-    let mut chars = name.chars();
-    let ok_start = |c: char| c.is_alphabetic() || c == '_';
-    let ok = |c: char| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | ':');
-    match chars.next() {
-        Some(c) if ok_start(c) && chars.all(ok) => Ok(()),
-        _ => Err(format!(
-            "`{name}` at {path} is not a valid XML name (it must start with a letter or `_` and hold only letters, digits, `_`, `-`, `.` and `:`)"
-        )),
-    }
-}
-
-fn scalar_text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Null => Some(String::new()),
-        _ => None,
-    }
-}
-
-fn write_element<W: std::io::Write>(
-    w: &mut Writer<W>,
-    opts: &WriteOptions,
-    name: &str,
-    value: &Value,
-    extra_attrs: &mut Vec<(String, String)>,
-    path: &str,
-) -> Result<(), String> {
-    check_name(name, path)?;
-    let io = |e: std::io::Error| e.to_string();
-    let mut start = BytesStart::new(name);
-    for (k, v) in extra_attrs.drain(..) {
-        start.push_attribute((k.as_str(), v.as_str()));
-    }
-    match value {
-        Value::Null => {
-            w.write_event(Event::Empty(start)).map_err(io)?;
-        }
-        Value::Object(map) => {
-            let mut text = None;
-            let mut children = Vec::new();
-            for (k, v) in map {
-                if let Some(attr) = k
-                    .strip_prefix(&opts.attribute_prefix)
-                    .filter(|_| !opts.attribute_prefix.is_empty())
-                {
-                    check_name(attr, &format!("{path}/{k}"))?;
-                    let t = scalar_text(v).ok_or_else(|| {
-                        format!("attribute {path}/{k} must be a string, number, boolean or null")
-                    })?;
-                    start.push_attribute((attr, t.as_str()));
-                } else if *k == opts.text_key {
-                    text = Some(scalar_text(v).ok_or_else(|| {
-                        format!("text {path}/{k} must be a string, number, boolean or null")
-                    })?);
-                } else {
-                    children.push((k, v));
-                }
-            }
-            if text.is_none() && children.is_empty() {
-                w.write_event(Event::Empty(start)).map_err(io)?;
-                return Ok(());
-            }
-            w.write_event(Event::Start(start)).map_err(io)?;
-            if let Some(t) = text {
-                w.write_event(Event::Text(BytesText::new(&t))).map_err(io)?;
-            }
-            for (k, v) in children {
-                write_child(w, opts, k, v, &format!("{path}/{k}"))?;
-            }
-            w.write_event(Event::End(BytesEnd::new(name))).map_err(io)?;
-        }
-        Value::Array(items) => {
-            w.write_event(Event::Start(start)).map_err(io)?;
-            for (i, item) in items.iter().enumerate() {
-                let p = format!("{path}/{}[{i}]", opts.item_name);
-                write_element(w, opts, &opts.item_name, item, &mut Vec::new(), &p)?;
-            }
-            w.write_event(Event::End(BytesEnd::new(name))).map_err(io)?;
-        }
-        scalar => {
-            let t = scalar_text(scalar).unwrap_or_default();
-            w.write_event(Event::Start(start)).map_err(io)?;
-            w.write_event(Event::Text(BytesText::new(&t))).map_err(io)?;
-            w.write_event(Event::End(BytesEnd::new(name))).map_err(io)?;
-        }
-    }
-    Ok(())
-}
-
-/// A named child: an array repeats the element once per item.
-fn write_child<W: std::io::Write>(
-    w: &mut Writer<W>,
-    opts: &WriteOptions,
-    name: &str,
-    value: &Value,
-    path: &str,
-) -> Result<(), String> {
-    match value {
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                write_element(
-                    w,
-                    opts,
-                    name,
-                    item,
-                    &mut Vec::new(),
-                    &format!("{path}[{i}]"),
-                )?;
-            }
-            Ok(())
-        }
-        v => write_element(w, opts, name, v, &mut Vec::new(), path),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn read(xml: &str) -> Result<Value, String> {
-        xml_to_value(xml.as_bytes(), &ReadOptions::default())
-    }
-
-    #[test]
-    fn reads_by_the_convention() {
-        let v = read(
-            r#"<?xml version="1.0"?>
-<order id="17" xmlns:x="urn:x">
-  <!-- a comment -->
-  <customer>ACME &amp; Sons</customer>
-  <line sku="A1">2</line>
-  <line sku="B2">5</line>
-  <note/>
-  <x:flag>&#65;<![CDATA[<b>]]></x:flag>
-</order>"#,
-        )
-        .unwrap();
-        assert_eq!(
-            v,
-            json!({"order": {
-                "@id": "17", "@xmlns:x": "urn:x",
-                "customer": "ACME & Sons",
-                "line": [{"@sku": "A1", "#text": "2"}, {"@sku": "B2", "#text": "5"}],
-                "note": null,
-                "x:flag": "A<b>"
-            }})
-        );
-    }
-
-    #[test]
-    fn always_array_and_namespaces() {
-        let opts = ReadOptions {
-            always_array: vec!["line".into()],
-            strip_namespaces: true,
-            ..ReadOptions::default()
-        };
-        let v = xml_to_value(
-            br#"<p:order xmlns:p="urn:p"><p:line>1</p:line></p:order>"#,
-            &opts,
-        )
-        .unwrap();
-        assert_eq!(v, json!({"order": {"line": ["1"]}}));
-    }
-
-    #[test]
-    fn reports_line_and_column_of_malformed_xml() {
-        let e = read("<a>\n  <b>x</c>\n</a>").unwrap_err();
-        assert!(e.starts_with("malformed XML at line 2"), "{e}");
-        let e = read("<a>\n<b>").unwrap_err();
-        assert!(e.contains("`<b>` is closed"), "{e}");
-        let e = read("").unwrap_err();
-        assert!(e.contains("no XML element"), "{e}");
-        let e = read("<a/><b/>").unwrap_err();
-        assert!(e.contains("after the root"), "{e}");
-        let e = xml_to_value(b"<a>\xff</a>", &ReadOptions::default()).unwrap_err();
-        assert!(e.contains("not UTF-8"), "{e}");
-    }
-
-    #[test]
-    fn refuses_doctype_and_unknown_entities() {
-        let xxe = r#"<?xml version="1.0"?>
-<!DOCTYPE foo [ <!ENTITY xxe SYSTEM "file:///etc/passwd"> ]>
-<foo>&xxe;</foo>"#;
-        let e = read(xxe).unwrap_err();
-        assert!(e.contains("DOCTYPE declarations are refused"), "{e}");
-        let bomb = r#"<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;">]><lolz>&lol2;</lolz>"#;
-        assert!(read(bomb).unwrap_err().contains("DOCTYPE"));
-        let e = read("<foo>&xxe;</foo>").unwrap_err();
-        assert!(e.contains("unknown entity `&xxe;`"), "{e}");
-    }
-
-    #[test]
-    fn writes_by_the_convention_and_round_trips() {
-        let v = json!({"order": {
-            "@id": "17",
-            "customer": "ACME & Sons",
-            "line": [{"@sku": "A1", "#text": "2"}, {"@sku": "B2", "#text": 5}],
-            "note": null
-        }});
-        let opts = WriteOptions {
-            declaration: false,
-            ..WriteOptions::default()
-        };
-        let xml = value_to_xml(&v, &opts).unwrap();
-        assert_eq!(
-            xml,
-            r#"<order id="17"><customer>ACME &amp; Sons</customer><line sku="A1">2</line><line sku="B2">5</line><note/></order>"#
-        );
-        let back = read(&xml).unwrap();
-        assert_eq!(back["order"]["line"][1]["#text"], "5");
-        assert_eq!(back["order"]["customer"], "ACME & Sons");
-    }
-
-    #[test]
-    fn writes_root_option_arrays_and_namespaces() {
-        let opts = WriteOptions {
-            root: Some("x:orders".into()),
-            namespaces: [("x".to_string(), "urn:x".to_string())]
-                .into_iter()
-                .collect(),
-            declaration: false,
-            ..WriteOptions::default()
-        };
-        let xml = value_to_xml(&json!([{"id": 1}, "two"]), &opts).unwrap();
-        assert_eq!(
-            xml,
-            r#"<x:orders xmlns:x="urn:x"><item><id>1</id></item><item>two</item></x:orders>"#
-        );
-        let e = value_to_xml(&json!({"a": 1, "b": 2}), &WriteOptions::default()).unwrap_err();
-        assert!(e.contains("exactly one key"), "{e}");
-        let e =
-            value_to_xml(&json!({"order": {"1bad": "x"}}), &WriteOptions::default()).unwrap_err();
-        assert!(
-            e.contains("`1bad` at /order/1bad is not a valid XML name"),
-            "{e}"
-        );
     }
 }
