@@ -17,8 +17,13 @@
 //! answer, the step fails and the route's `on_error.transform` decides (fail, dead letter, or
 //! retry the steps later with backoff).
 
+mod cache;
 pub mod query;
+mod request;
 pub mod tcp;
+
+use cache::Cache;
+use request::{describe, encode, excerpt, parse_url, run, Request};
 
 use super::map::{parse_path, set, Segment};
 use super::{BuildContext, BuildError, Step, StepError};
@@ -28,9 +33,7 @@ use crate::template::Template;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Mutex;
-use std::time::Instant;
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -300,51 +303,6 @@ impl Config {
     }
 }
 
-fn parse_url(source: &str) -> Result<Vec<Part>, String> {
-    crate::template::split(source, Part::Text, |name| {
-        Ok(match name.strip_prefix("body.") {
-            Some(path) => Part::Body(parse_path(path).map_err(|e| format!("url: {e}"))?),
-            None => Part::Template(Template::parse(&format!("{{{{{name}}}}}"))?),
-        })
-    })
-}
-
-/// Percent-encodes all but the unreserved characters: a value is one path segment or query
-/// value, whatever it holds.
-fn encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
-/// The request of one message: URL, headers, body.
-struct Request {
-    url: String,
-    headers: Vec<(String, String)>,
-    body: Option<Vec<u8>>,
-}
-
-impl Request {
-    fn cache_key(&self) -> String {
-        format!(
-            "{}\n{:?}\n{}",
-            self.url,
-            self.headers,
-            self.body
-                .as_deref()
-                .map(String::from_utf8_lossy)
-                .unwrap_or_default()
-        )
-    }
-}
-
 impl Enrich {
     fn request(&self, msg: &Message, body: Option<&Value>) -> Result<Request, String> {
         let mut url = String::new();
@@ -591,50 +549,6 @@ impl Enrich {
 /// A failure worth another try.
 pub struct Transient(pub String);
 
-fn describe(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "no answer in time".into()
-    } else if e.is_connect() {
-        "cannot connect".into()
-    } else {
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            text.push_str(&format!(": {s}"));
-            source = s.source();
-        }
-        text
-    }
-}
-
-fn excerpt(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let mut cut: String = text.chars().take(200).collect();
-    if text.chars().count() > 200 {
-        cut.push('…');
-    }
-    cut
-}
-
-/// Runs a future to completion from a step: on the engine's blocking threads through its
-/// runtime; elsewhere (`switchyard test`) on a runtime of this module's own.
-fn run<T>(fut: impl std::future::Future<Output = T>) -> Result<T, Transient> {
-    if let Ok(handle) = tokio::runtime::Handle::try_current() {
-        return Ok(handle.block_on(fut));
-    }
-    static OWN: std::sync::OnceLock<Option<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
-    let rt = OWN.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .ok()
-    });
-    match rt {
-        Some(rt) => Ok(rt.block_on(fut)),
-        None => Err(Transient("cannot start an async runtime".into())),
-    }
-}
-
 impl Step for Enrich {
     fn apply(&self, msg: &mut Message) -> Result<(), StepError> {
         let whole = self.into.is_empty();
@@ -696,56 +610,6 @@ fn method(m: Method) -> &'static str {
     match m {
         Method::Get => "GET",
         Method::Post => "POST",
-    }
-}
-
-/// Answers by request, each for `ttl`, at most `max` of them (the oldest go first).
-struct Cache {
-    ttl: std::time::Duration,
-    max: usize,
-    entries: Mutex<Entries>,
-}
-
-/// The answers by request (when stored, status, body), and the requests oldest first.
-type Entries = (HashMap<String, (Instant, u16, Bytes)>, VecDeque<String>);
-
-impl Cache {
-    fn new(ttl: std::time::Duration, max: usize) -> Cache {
-        Cache {
-            ttl,
-            max: max.max(1),
-            entries: Mutex::new((HashMap::new(), VecDeque::new())),
-        }
-    }
-
-    fn get(&self, key: &str) -> Option<(u16, Bytes)> {
-        let entries = self.entries.lock().ok()?;
-        entries
-            .0
-            .get(key)
-            .filter(|(at, _, _)| at.elapsed() < self.ttl)
-            .map(|(_, status, body)| (*status, body.clone()))
-    }
-
-    fn put(&self, key: String, status: u16, body: Bytes) {
-        let Ok(mut entries) = self.entries.lock() else {
-            return;
-        };
-        let (map, order) = &mut *entries;
-        if map
-            .insert(key.clone(), (Instant::now(), status, body))
-            .is_none()
-        {
-            order.push_back(key);
-        }
-        while map.len() > self.max {
-            match order.pop_front() {
-                Some(old) => {
-                    map.remove(&old);
-                }
-                None => break,
-            }
-        }
     }
 }
 

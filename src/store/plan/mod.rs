@@ -5,6 +5,13 @@
 //! touches — its transitions, its deliveries, its state — cannot drift apart between the
 //! backends.
 
+mod groups;
+mod search;
+
+pub(crate) use groups::*;
+pub use search::id_range;
+pub(crate) use search::{first_id_at, search};
+
 use super::{
     Attempt, AttemptOutcome, DeliveryKind, Insert, Join, MessageState, Processed, StepRecord,
 };
@@ -427,81 +434,6 @@ pub(crate) fn steps_outcome<'a>(
 /// of the message the group becomes): `messages list --field aggregate=<id>`.
 pub(crate) const GROUP_FIELD: &str = "aggregate";
 
-/// A new group's timeout (unix ms), when the step has one.
-pub(crate) fn group_timeout_at(join: &Join, now: i64) -> Option<i64> {
-    join.timeout.map(|t| now + t.as_millis() as i64)
-}
-
-/// After a member joined a group that now has `members` members and `bytes` bytes: when
-/// the group is due to time out (the earlier of its timeout and its idle time), and what
-/// completed it, if it is complete now.
-pub(crate) fn joined(
-    join: &Join,
-    members: u64,
-    bytes: u64,
-    timeout_at: Option<i64>,
-    now: i64,
-) -> (Option<i64>, Option<&'static str>) {
-    let completed = if join.closes {
-        Some("when")
-    } else if join.count.is_some_and(|c| members >= c) {
-        Some("count")
-    } else if bytes >= join.size {
-        Some("size")
-    } else {
-        None
-    };
-    if completed.is_some() {
-        return (Some(now), completed);
-    }
-    let idle = join.idle.map(|i| now + i.as_millis() as i64);
-    let due = match (timeout_at, idle) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    (due, None)
-}
-
-/// The line a member's history gets when it joins its group.
-pub(crate) fn join_text(group: Uuid, key: &str, members: u64, completed: Option<&str>) -> String {
-    match completed {
-        Some(by) => format!(
-            "joined aggregate group {group} (key `{key}`) as member {members}; the group is complete ({by})"
-        ),
-        None => format!("joined aggregate group {group} (key `{key}`) as member {members}"),
-    }
-}
-
-/// What emitting a group writes, beside ending the group's own row: the message it became
-/// (due for the steps after the `aggregate` step at once) and the end of its members.
-pub(crate) fn emitted<'a>(
-    ins: &'a Insert,
-    members: i64,
-    key: &str,
-    completed_by: &str,
-) -> Vec<Change<'a>> {
-    let group = ins.msg.id;
-    let mut plan = new_message(ins, false);
-    plan.push(Change::Transition {
-        message: group,
-        at: None,
-        event: "aggregate",
-        name: None,
-        outcome: "combined",
-        duration: None,
-        detail: Some(Cow::Owned(format!(
-            "combined from the {members} members of its group (key `{key}`, complete by {completed_by}); find them with the search field {GROUP_FIELD}={group}"
-        ))),
-    });
-    plan.push(Change::Members {
-        group,
-        text: format!(
-            "combined with the other members of its group into message {group} ({members} in all)"
-        ),
-    });
-    plan
-}
-
 /// The transition of a message into `state`.
 fn entered(message: Uuid, state: MessageState) -> Change<'static> {
     Change::Transition {
@@ -647,69 +579,4 @@ pub(crate) enum Condition<'a> {
     Text(&'a str),
     /// Text in the last error: a scan of what the other conditions leave.
     Error(&'a str),
-}
-
-/// The range of ids that start with `prefix` (hex digits; dashes and case ignored), or why
-/// it is not an id prefix.
-pub fn id_range(prefix: &str) -> Result<(Uuid, Uuid), String> {
-    let hex: String = prefix.chars().filter(|c| *c != '-').collect();
-    if hex.is_empty() || hex.len() > 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(format!(
-            "`{prefix}` is not the start of a message id (hex digits, such as 0193a4f2)"
-        ));
-    }
-    let pad = |c: char| format!("{hex:c<32}").replace('c', &c.to_string());
-    let (lo, hi) = (pad('0'), pad('f'));
-    let parse = |h: &str| u128::from_str_radix(h, 16).map(Uuid::from_u128);
-    match (parse(&lo), parse(&hi)) {
-        (Ok(lo), Ok(hi)) => Ok((lo, hi)),
-        _ => Err(format!("`{prefix}` is not the start of a message id")),
-    }
-}
-
-/// The lowest UUIDv7 possible at `t`: ids at or above it were made at `t` or later.
-pub(crate) fn first_id_at(t: SystemTime) -> Uuid {
-    Uuid::from_u128((super::millis(t).max(0) as u128) << 80)
-}
-
-/// The conditions of `search`; those it leaves unset are left out (not `? IS NULL OR ...`,
-/// which keeps a database from using any index).
-pub(crate) fn search(search: &super::Search) -> Vec<Condition<'_>> {
-    let ms = |t: SystemTime| super::millis(t).max(0) as u128;
-    let mut out = Vec::new();
-    if let Some((name, value)) = &search.field {
-        out.push(Condition::Field(name, value));
-    }
-    if let Some(route) = &search.route {
-        out.push(Condition::Route(route));
-    }
-    if let Some(state) = search.state {
-        out.push(Condition::State(state.as_str()));
-    }
-    if let Some(since) = search.since {
-        out.push(Condition::Since(first_id_at(since), ms(since) as i64));
-    }
-    if let Some(until) = search.until {
-        let t = ms(until);
-        out.push(Condition::Until(
-            Uuid::from_u128((t << 80) | ((1u128 << 80) - 1)),
-            t as i64,
-        ));
-    }
-    if let Some(parent) = search.parent {
-        out.push(Condition::Parent(parent));
-    }
-    if let Some((lo, hi)) = search.id_prefix.as_deref().and_then(|p| id_range(p).ok()) {
-        out.push(Condition::Ids(lo, hi));
-    }
-    if let Some(before) = search.before {
-        out.push(Condition::Before(before));
-    }
-    if let Some(text) = &search.text {
-        out.push(Condition::Text(text));
-    }
-    if let Some(error) = &search.error {
-        out.push(Condition::Error(error));
-    }
-    out
 }
