@@ -28,6 +28,7 @@ pub mod replay_diff;
 pub mod route;
 pub mod routing;
 pub mod script;
+pub mod secrets;
 pub mod settings;
 pub mod steps;
 pub mod store;

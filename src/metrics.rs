@@ -20,13 +20,18 @@ const MESSAGES: &str = "switchyard_messages_total";
 const DELIVERIES: &str = "switchyard_deliveries_total";
 const STEP_DURATION: &str = "switchyard_step_duration_seconds";
 
-/// What one route did since the engine started, for the admin API and the console.
-#[derive(Debug, Default)]
+/// What one route did since the engine started, for the admin API and the console, and the
+/// handles of its counters (registered once, so counting is an atomic add, not a look-up).
+#[derive(Default)]
 struct Tally {
     received: u64,
     messages: BTreeMap<&'static str, u64>,
     deliveries: BTreeMap<&'static str, u64>,
     last_error: Option<(SystemTime, String)>,
+    received_counter: Option<::metrics::Counter>,
+    message_counters: HashMap<&'static str, ::metrics::Counter>,
+    delivery_counters: HashMap<&'static str, HashMap<String, ::metrics::Counter>>,
+    step_histograms: HashMap<String, ::metrics::Histogram>,
 }
 
 /// A route's counts since start, as `GET /routes` shows them.
@@ -78,7 +83,7 @@ fn global() -> &'static Metrics {
     })
 }
 
-fn tally(route: &str, change: impl FnOnce(&mut Tally)) {
+fn tally(route: &str, change: impl FnOnce(&str, &mut Tally)) {
     let m = global();
     let known = m.routes.read().ok().and_then(|r| r.get(route).cloned());
     let entry = match known {
@@ -90,39 +95,64 @@ fn tally(route: &str, change: impl FnOnce(&mut Tally)) {
     };
     let locked = entry.lock();
     if let Ok(mut t) = locked {
-        change(&mut t);
+        change(route, &mut t);
     }
 }
 
 /// A message committed to the store.
 pub fn received(route: &str) {
-    tally(route, |t| t.received += 1);
-    ::metrics::counter!(RECEIVED, "route" => route.to_string()).increment(1);
+    tally(route, |route, t| {
+        t.received += 1;
+        t.received_counter
+            .get_or_insert_with(|| ::metrics::counter!(RECEIVED, "route" => route.to_string()))
+            .increment(1);
+    });
 }
 
 /// A message that reached `state` (after its steps, or its last delivery).
 pub fn message(route: &str, state: &'static str) {
-    tally(route, |t| *t.messages.entry(state).or_default() += 1);
-    ::metrics::counter!(MESSAGES, "route" => route.to_string(), "state" => state).increment(1);
+    tally(route, |route, t| {
+        *t.messages.entry(state).or_default() += 1;
+        t.message_counters
+            .entry(state)
+            .or_insert_with(
+                || ::metrics::counter!(MESSAGES, "route" => route.to_string(), "state" => state),
+            )
+            .increment(1);
+    });
 }
 
 /// A delivery attempt and how it ended.
 pub fn delivery(route: &str, destination: &str, outcome: &'static str) {
-    tally(route, |t| *t.deliveries.entry(outcome).or_default() += 1);
-    ::metrics::counter!(DELIVERIES, "route" => route.to_string(), "destination" => destination.to_string(), "outcome" => outcome)
-        .increment(1);
+    tally(route, |route, t| {
+        *t.deliveries.entry(outcome).or_default() += 1;
+        let by_destination = t.delivery_counters.entry(outcome).or_default();
+        if let Some(c) = by_destination.get(destination) {
+            c.increment(1);
+            return;
+        }
+        let c = ::metrics::counter!(DELIVERIES, "route" => route.to_string(), "destination" => destination.to_string(), "outcome" => outcome);
+        c.increment(1);
+        by_destination.insert(destination.to_string(), c);
+    });
 }
 
 /// How long a step took on one message.
 pub fn step(route: &str, step: &str, seconds: f64) {
-    global();
-    ::metrics::histogram!(STEP_DURATION, "route" => route.to_string(), "step" => step.to_string())
-        .record(seconds);
+    tally(route, |route, t| {
+        if let Some(h) = t.step_histograms.get(step) {
+            h.record(seconds);
+            return;
+        }
+        let h = ::metrics::histogram!(STEP_DURATION, "route" => route.to_string(), "step" => step.to_string());
+        h.record(seconds);
+        t.step_histograms.insert(step.to_string(), h);
+    });
 }
 
 /// The newest error of a route, for the admin API and the console.
 pub fn error(route: &str, text: &str) {
-    tally(route, |t| {
+    tally(route, |_, t| {
         t.last_error = Some((SystemTime::now(), text.to_string()));
     });
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "ground floor",
-        &["config", "tls", "metrics", "codec", "listeners"],
+        &["config", "tls", "metrics", "codec", "listeners", "secrets"],
     ),
     (
         "messages and their formats",

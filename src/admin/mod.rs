@@ -68,16 +68,6 @@ impl Role {
     }
 }
 
-/// Equal without saying where they differ (no timing side channel).
-fn same(given: &str, expected: &str) -> bool {
-    given.len() == expected.len()
-        && given
-            .bytes()
-            .zip(expected.bytes())
-            .fold(0, |a, (x, y)| a | (x ^ y))
-            == 0
-}
-
 impl Access {
     /// The role a presented token gives, if any. With no token configured, everyone is admin
     /// (the listener is for this machine; `switchyard run` warns).
@@ -86,9 +76,13 @@ impl Access {
             return Some(Role::Admin);
         };
         let given = given?;
-        if same(given, token) {
+        if crate::secrets::same(given.as_bytes(), token.as_bytes()) {
             Some(Role::Admin)
-        } else if self.read_token.as_deref().is_some_and(|t| same(given, t)) {
+        } else if self
+            .read_token
+            .as_deref()
+            .is_some_and(|t| crate::secrets::same(given.as_bytes(), t.as_bytes()))
+        {
             Some(Role::ReadOnly)
         } else {
             None

@@ -154,7 +154,7 @@ impl Console {
         };
         if method == Method::POST {
             let given = form.get("csrf").map(String::as_str).unwrap_or("");
-            if !super::same(given, &session.csrf) {
+            if !crate::secrets::same(given.as_bytes(), session.csrf.as_bytes()) {
                 return refuse(
                     StatusCode::FORBIDDEN,
                     "This form is out of date or did not come from the console (its CSRF token is missing or wrong). Reload the page and try again.",

@@ -236,11 +236,6 @@ fn problem(status: StatusCode, error: &str) -> Answer {
     json(status, serde_json::json!({ "error": error }))
 }
 
-/// Compares without stopping at the first difference, so timing does not reveal a secret.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn authorized(auth: &Auth, header: Option<&HeaderValue>) -> bool {
     let Some(value) = header.and_then(|h| h.to_str().ok()) else {
         return false;
@@ -249,7 +244,7 @@ fn authorized(auth: &Auth, header: Option<&HeaderValue>) -> bool {
         return auth
             .bearer
             .iter()
-            .any(|t| same(t.as_bytes(), token.trim().as_bytes()));
+            .any(|t| crate::secrets::same(t.as_bytes(), token.trim().as_bytes()));
     }
     if let Some(encoded) = value.strip_prefix("Basic ") {
         use base64::Engine as _;
@@ -263,8 +258,8 @@ fn authorized(auth: &Auth, header: Option<&HeaderValue>) -> bool {
             return false;
         };
         return auth.basic.iter().any(|b| {
-            same(b.username.as_bytes(), user.as_bytes())
-                & same(b.password.as_bytes(), pass.as_bytes())
+            crate::secrets::same(b.username.as_bytes(), user.as_bytes())
+                & crate::secrets::same(b.password.as_bytes(), pass.as_bytes())
         });
     }
     false
