@@ -75,6 +75,10 @@ async fn health_metrics_routes_pause_and_resume() {
 
     let routes: serde_json::Value =
         serde_json::from_slice(&get("/routes").await.unwrap().bytes().await.unwrap()).unwrap();
+    // A trailing slash names the same endpoint.
+    let slashed: serde_json::Value =
+        serde_json::from_slice(&get("/routes/").await.unwrap().bytes().await.unwrap()).unwrap();
+    assert_eq!(slashed[0]["id"], "orders");
     let r = &routes[0];
     assert_eq!(r["id"], "orders");
     assert_eq!(r["state"], "running");

@@ -125,7 +125,6 @@ fn router(admin: Admin) -> Router {
         // A browser opened on the admin address finds the console.
         .route("/", get(|| async { redirect("/ui") }))
         .route("/ui", any(console_page))
-        .route("/ui/", any(console_page))
         .route("/ui/{*page}", any(console_page))
         .merge(api)
         .fallback(not_found)
@@ -192,6 +191,26 @@ fn redirect(to: &'static str) -> Answer {
     r
 }
 
+/// `/routes/` is `/routes`, `/ui/` is `/ui`: the path's trailing slashes are dropped before
+/// routing, as they always were.
+fn without_trailing_slash<B>(request: &mut hyper::Request<B>) {
+    let path = request.uri().path();
+    if path.len() < 2 || !path.ends_with('/') {
+        return;
+    }
+    let trimmed = match path.trim_end_matches('/') {
+        "" => "/",
+        p => p,
+    };
+    let rebuilt = match request.uri().query() {
+        Some(q) => format!("{trimmed}?{q}"),
+        None => trimmed.to_string(),
+    };
+    if let Ok(uri) = rebuilt.parse() {
+        *request.uri_mut() = uri;
+    }
+}
+
 /// Serves the admin API on `listener` until `stop`. Connections are served by hyper with a
 /// header-read timeout (a client that never finishes its headers is dropped), each request
 /// going through the router.
@@ -212,6 +231,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
                 request.extensions_mut().insert(Peer(peer));
+                without_trailing_slash(&mut request);
                 router.clone().oneshot(request.map(axum::body::Body::new))
             });
             let _ = hyper::server::conn::http1::Builder::new()
