@@ -42,12 +42,15 @@ impl Listeners {
     /// before anything stops, or `None` while a running version listens on `addr` — the
     /// reload stops that version first (checked in [`crate::reload`]), and it hands its
     /// socket over to [`Listeners::acquire`].
+    /// A failure names the address, so a taken port is an error at start that says which.
     pub fn reserve(&self, addr: &str) -> std::io::Result<Option<TcpListener>> {
         let held = !any_free_port(addr) && self.held.lock().is_ok_and(|h| h.contains(addr));
         if held {
             return Ok(None);
         }
-        self.take_or_bind(addr).map(Some)
+        self.take_or_bind(addr)
+            .map(Some)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
     }
 
     /// Keeps a listener open for the next version of its route (not for port 0, which means

@@ -114,15 +114,8 @@ impl Config {
 
     pub fn build(&self, cx: &BuildContext) -> anyhow::Result<TcpInbound> {
         self.framing.check().map_err(anyhow::Error::msg)?;
-        let listener = cx
-            .listeners
-            .reserve(&self.listen)
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", self.listen))?;
-        let tls = crate::tls::acceptor(
-            self.tls
-                .as_ref()
-                .map(|t| (t.cert.as_path(), t.key.as_path())),
-        )?;
+        let listener = cx.listeners.reserve(&self.listen)?;
+        let tls = TlsFiles::acceptor(self.tls.as_ref())?;
         Ok(TcpInbound {
             cfg: Arc::new(self.clone()),
             listener: Mutex::new(listener),

@@ -117,6 +117,13 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+impl TlsFiles {
+    /// The acceptor a listener serves TLS with, when `tls` is set (the HTTP and TCP inbounds).
+    pub fn acceptor(tls: Option<&TlsFiles>) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+        crate::tls::acceptor(tls.map(|t| (t.cert.as_path(), t.key.as_path())))
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "HttpInbound")]
@@ -177,15 +184,8 @@ fn default_body_timeout() -> Duration {
 impl Config {
     /// Binds the listener now, so a taken port is an error at start, naming the address.
     pub fn build(&self, cx: &BuildContext) -> anyhow::Result<HttpInbound> {
-        let listener = cx
-            .listeners
-            .reserve(&self.listen)
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", self.listen))?;
-        let tls = crate::tls::acceptor(
-            self.tls
-                .as_ref()
-                .map(|t| (t.cert.as_path(), t.key.as_path())),
-        )?;
+        let listener = cx.listeners.reserve(&self.listen)?;
+        let tls = TlsFiles::acceptor(self.tls.as_ref())?;
         for m in &self.methods {
             hyper::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
                 .map_err(|_| anyhow::anyhow!("`{m}` is not an HTTP method"))?;
