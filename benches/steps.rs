@@ -179,7 +179,7 @@ OBX|1|NM|4548-4^HbA1c^LN||6.1|%^percent^UCUM|4.0-5.6|H\r";
         ),
     )
     .expect("routing");
-    let router = switchyard::routing::Router::build(&[], Some(&routing), &BuildContext::new("."))
+    let router = switchyard::routing::Router::build(&[], Some(&routing))
         .map_err(|(n, e)| format!("{n}: {}", e.message))
         .expect("router");
     let mut msg = Message::new(

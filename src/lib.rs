@@ -18,6 +18,7 @@ pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hl7;
+pub mod http_answer;
 pub mod keys;
 pub mod listeners;
 pub mod message;

@@ -8,7 +8,8 @@
 use crate::adapters::outbound::OutboundConfig;
 use crate::message::Message;
 use crate::script::{body_to_dynamic, Script};
-use crate::steps::{script_engine, BuildContext, BuildError, ScriptPosition};
+use crate::steps::script_options::plain_engine;
+use crate::steps::{BuildError, ScriptPosition};
 use serde::Deserialize;
 
 /// How rules combine.
@@ -96,7 +97,6 @@ impl Router {
     pub fn build(
         to: &[OutboundConfig],
         routing: Option<&RoutingConfig>,
-        cx: &BuildContext,
     ) -> Result<Router, (String, BuildError)> {
         let always = (0..to.len()).map(|i| format!("to[{i}]")).collect();
         let Some(r) = routing else {
@@ -108,8 +108,7 @@ impl Router {
             });
         };
         let limits = crate::script::Limits::default();
-        let engine = script_engine(&Default::default(), &limits, cx)
-            .map_err(|e| ("route".to_string(), e))?;
+        let engine = plain_engine();
         let mut rules = Vec::new();
         for (i, rule) in r.rules.iter().enumerate() {
             let name = format!("route.rules[{i}].when");

@@ -9,7 +9,15 @@ use std::path::Path;
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "ground floor",
-        &["config", "tls", "metrics", "codec", "listeners", "secrets"],
+        &[
+            "config",
+            "tls",
+            "metrics",
+            "codec",
+            "listeners",
+            "secrets",
+            "http_answer",
+        ],
     ),
     (
         "messages and their formats",

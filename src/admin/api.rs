@@ -1,7 +1,7 @@
 //! The JSON API's handlers: metrics, routes, messages and their replay, reload status, pause
 //! and resume. The router in the parent module decides who may call them.
 
-use super::{json, Admin, Answer};
+use super::{error, json, Admin, Answer};
 use crate::adapters::broker::LinkState;
 use crate::metrics::Gauge;
 use crate::store::MessageState;
@@ -11,10 +11,6 @@ use serde_json::json as value;
 use std::collections::HashMap;
 
 type Params = Query<HashMap<String, String>>;
-
-fn error(status: StatusCode, text: impl std::fmt::Display) -> Answer {
-    json(status, value!({ "error": text.to_string() }))
-}
 
 fn message_id(id: &str) -> Result<uuid::Uuid, String> {
     id.parse()

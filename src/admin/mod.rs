@@ -4,6 +4,7 @@
 //! needs `Authorization: Bearer <token>` when a token is set; the read-only token may only GET.
 
 use crate::engine::Engine;
+use crate::http_answer;
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse as _, Response};
@@ -11,9 +12,9 @@ use axum::routing::{any, get, post};
 use axum::Router;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION};
 use hyper::{Method, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
@@ -28,15 +29,15 @@ mod console;
 pub(crate) type Answer = hyper::Response<BoxBody<Bytes, Infallible>>;
 
 pub(crate) fn answer(status: StatusCode, ctype: &'static str, body: String) -> Answer {
-    let mut r = hyper::Response::new(Full::new(Bytes::from(body)).boxed());
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
-    r
+    http_answer::answer(status, ctype, body).map(BodyExt::boxed)
 }
 
 fn json(status: StatusCode, v: serde_json::Value) -> Answer {
-    answer(status, "application/json", v.to_string())
+    http_answer::json(status, v).map(BodyExt::boxed)
+}
+
+fn error(status: StatusCode, text: impl std::fmt::Display) -> Answer {
+    http_answer::error(status, text).map(BodyExt::boxed)
 }
 
 /// Who may use the admin listener, and what the console reads.

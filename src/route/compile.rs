@@ -34,8 +34,8 @@ pub(super) fn compile(
             Err(e) => problems.push(step_diagnostic(src, i, &name, e)),
         }
     }
-    let (index, dedupe) = keys(&file, &cx, src, &mut problems);
-    let router = match Router::build(&file.to, file.route.as_ref(), &cx) {
+    let (index, dedupe) = keys(&file, src, &mut problems);
+    let router = match Router::build(&file.to, file.route.as_ref()) {
         Ok(r) => Some(Arc::new(r)),
         Err((name, e)) => {
             let place = yaml::locate_key(src.text, "when")
@@ -90,7 +90,6 @@ pub(super) fn compile(
 /// The route's compiled search fields (`index`) and `dedupe` key.
 fn keys(
     file: &RouteFile,
-    cx: &BuildContext,
     src: &Source<'_>,
     problems: &mut Vec<Diagnostic>,
 ) -> (Index, Option<Arc<Dedupe>>) {
@@ -99,13 +98,7 @@ fn keys(
         return (index, None);
     }
     let limits = crate::script::Limits::default();
-    let engine = match crate::steps::script_engine(&Default::default(), &limits, cx) {
-        Ok(engine) => engine,
-        Err(e) => {
-            problems.push(src.at(None, e.message));
-            return (index, None);
-        }
-    };
+    let engine = crate::steps::script_options::plain_engine();
     let compile = |expr: &str| {
         crate::script::Script::compile_expression(engine.clone(), &limits, expr)
             .map_err(|e| e.message)

@@ -16,16 +16,14 @@
 //! members become `aggregated`. Groups live in the store, so a crash neither loses a member
 //! nor makes a group twice (docs/patterns.md#aggregator).
 
-use super::{
-    compile_script, script_engine, BuildContext, BuildError, Flow, ScriptPosition, Step, StepError,
-};
+use super::script_options::scripted_step_config;
+use super::{BuildContext, BuildError, Flow, Step, StepError};
 use crate::config::values::{ByteSize, Duration};
 use crate::message::{Headers, Message};
-use crate::script::{body_to_dynamic, write_back, Limits, Script};
+use crate::script::{body_to_dynamic, write_back, Script};
 use crate::store::{Group, Join};
 use bytes::Bytes;
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// How a completed group's members become one body.
@@ -47,49 +45,45 @@ pub enum Combine {
     Script,
 }
 
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(rename = "AggregateStep")]
-pub struct Config {
-    /// A Rhai expression over the message as it reaches the step: its group's key
-    /// (`body.order_id`, `headers["batch"]`, `hl7(body, "PID-3.1")`). A message for which it
-    /// fails or gives nothing fails.
-    pub key: String,
-    /// The group is complete with this many members.
-    #[serde(default)]
-    pub count: Option<u64>,
-    /// The group is complete once its members' bodies reach this size (default 16MiB: a
-    /// group is combined in memory, so this bounds it).
-    #[serde(default)]
-    pub size: Option<ByteSize>,
-    /// The group is complete this long after its first member joined.
-    #[serde(default)]
-    pub timeout: Option<Duration>,
-    /// The group is complete when no member joined for this long.
-    #[serde(default)]
-    pub idle: Option<Duration>,
-    /// A Rhai expression over the message: when true, this message completes its group
-    /// (a trailer, `body.last == true`).
-    #[serde(default)]
-    pub when: Option<String>,
-    /// How the members become one body (default `json_array`).
-    #[serde(default)]
-    pub combine: Combine,
-    /// The root element around the members (`combine: xml`; default `messages`).
-    #[serde(default)]
-    pub root: Option<String>,
-    /// The combining script, inline (`combine: script`).
-    #[serde(default)]
-    pub script: Option<String>,
-    /// The combining script in its own file, relative to the route file.
-    #[serde(default)]
-    pub script_file: Option<PathBuf>,
-    /// Lookup tables for the expressions and the script, as in `transform`.
-    #[serde(default)]
-    pub lookups: BTreeMap<String, PathBuf>,
-    /// Sandbox limits for the expressions and the script.
-    #[serde(default)]
-    pub limits: Limits,
+scripted_step_config! {
+    #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    #[schemars(rename = "AggregateStep")]
+    pub struct Config {
+        /// A Rhai expression over the message as it reaches the step: its group's key
+        /// (`body.order_id`, `headers["batch"]`, `hl7(body, "PID-3.1")`). A message for which it
+        /// fails or gives nothing fails.
+        pub key: String,
+        /// The group is complete with this many members.
+        #[serde(default)]
+        pub count: Option<u64>,
+        /// The group is complete once its members' bodies reach this size (default 16MiB: a
+        /// group is combined in memory, so this bounds it).
+        #[serde(default)]
+        pub size: Option<ByteSize>,
+        /// The group is complete this long after its first member joined.
+        #[serde(default)]
+        pub timeout: Option<Duration>,
+        /// The group is complete when no member joined for this long.
+        #[serde(default)]
+        pub idle: Option<Duration>,
+        /// A Rhai expression over the message: when true, this message completes its group
+        /// (a trailer, `body.last == true`).
+        #[serde(default)]
+        pub when: Option<String>,
+        /// How the members become one body (default `json_array`).
+        #[serde(default)]
+        pub combine: Combine,
+        /// The root element around the members (`combine: xml`; default `messages`).
+        #[serde(default)]
+        pub root: Option<String>,
+        /// The combining script, inline (`combine: script`).
+        #[serde(default)]
+        pub script: Option<String>,
+        /// The combining script in its own file, relative to the route file.
+        #[serde(default)]
+        pub script_file: Option<PathBuf>,
+    }
 }
 
 /// The default and largest group: members are combined in memory.
@@ -118,28 +112,16 @@ impl Config {
                 return Err(BuildError::new(format!("`{name}` must be more than 0")));
             }
         }
-        let engine = script_engine(&self.lookups, &self.limits, cx)?;
-        let expression = |what: &str, source: &str| {
-            Script::compile_expression(engine.clone(), &self.limits, source).map_err(|e| {
-                BuildError {
-                    message: format!("{what}: expression error: {}", e.message),
-                    script: Some(ScriptPosition {
-                        file: None,
-                        line: e.line,
-                        column: e.column,
-                    }),
-                }
-            })
-        };
-        let key = expression("key", &self.key)?;
+        let options = self.script_options();
+        let engine = options.engine(cx)?;
+        let key = options.expression(&engine, "key", &self.key)?;
         let when = self
             .when
             .as_deref()
-            .map(|w| expression("when", w))
+            .map(|w| options.expression(&engine, "when", w))
             .transpose()?;
-        let script = compile_script(
+        let script = options.script(
             &engine,
-            &self.limits,
             self.script.as_deref(),
             self.script_file.as_deref(),
             cx,

@@ -26,6 +26,7 @@ use cache::Cache;
 use request::{describe, encode, excerpt, parse_url, run, Request};
 
 use super::map::{parse_path, set, Segment};
+use super::script_options::scripted_step_config;
 use super::{BuildContext, BuildError, Step, StepError};
 use crate::config::values::Duration;
 use crate::message::Message;
@@ -35,62 +36,61 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(rename = "EnrichStep")]
-pub struct Config {
-    /// An HTTP backend's URL: text with placeholders — `{{body.PATH}}` (a value of the JSON
-    /// body, percent-encoded), `{{header.NAME}}` (percent-encoded), and the other template
-    /// placeholders. One of `url`, `query`, `tcp` or `endpoint`.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// A database query whose row (or rows) is the answer.
-    #[serde(default)]
-    pub query: Option<query::Config>,
-    /// A TCP backend (MLLP or another framing) that answers each request with one frame.
-    #[serde(default)]
-    pub tcp: Option<tcp::Config>,
-    /// A named endpoint (`adapters/NAME.yaml`) of kind `http` (its URL and headers), `tcp`
-    /// (its host, port, framing, charset) or `database` (its URL, with `query.sql` here).
-    #[serde(default)]
-    pub endpoint: Option<String>,
-    /// `GET` (default) or `POST`.
-    #[serde(default)]
-    pub method: Method,
-    /// Request headers (values may use the template placeholders).
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// What is sent: for HTTP `POST`, the JSON body path sent as the request body (`$` for the
-    /// whole body); for `tcp`, the body path whose value is sent (a string as it is, other
-    /// JSON as JSON text) — without it, the whole body as text (an HL7 message, say).
-    #[serde(default)]
-    pub send: Option<String>,
-    /// Where the answer goes in the JSON body (`customer`, `order.customer`); created when
-    /// missing, replaced when there. A JSON answer goes in as JSON, any other as text. `$`
-    /// replaces the whole body with the answer (then the body need not be JSON). Or:
-    #[serde(default)]
-    pub into: Option<String>,
-    /// A Rhai script that merges the answer itself: `answer` holds it (a map or array when
-    /// JSON, else a string), `body` and `headers` the message as for a `transform`; the script
-    /// sets `body` (and may change `headers`).
-    #[serde(default)]
-    pub merge: Option<String>,
-    /// Sandbox limits for `merge`.
-    #[serde(default)]
-    pub limits: crate::script::Limits,
-    /// What "not found" (HTTP 404, no row) means: `fail` (default) the message, or `skip`:
-    /// leave the body as it is.
-    #[serde(default)]
-    pub not_found: NotFound,
-    /// How long to wait for the whole answer (default `10s`).
-    #[serde(default = "Config::default_timeout")]
-    pub timeout: Duration,
-    /// Transient failures tried again inside the step before it fails.
-    #[serde(default)]
-    pub retry: Retry,
-    /// Answers kept for the same request, so that a busy route does not call per message.
-    #[serde(default)]
-    pub cache: Option<CacheConfig>,
+scripted_step_config! {
+    #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    #[schemars(rename = "EnrichStep")]
+    pub struct Config {
+        /// An HTTP backend's URL: text with placeholders — `{{body.PATH}}` (a value of the JSON
+        /// body, percent-encoded), `{{header.NAME}}` (percent-encoded), and the other template
+        /// placeholders. One of `url`, `query`, `tcp` or `endpoint`.
+        #[serde(default)]
+        pub url: Option<String>,
+        /// A database query whose row (or rows) is the answer.
+        #[serde(default)]
+        pub query: Option<query::Config>,
+        /// A TCP backend (MLLP or another framing) that answers each request with one frame.
+        #[serde(default)]
+        pub tcp: Option<tcp::Config>,
+        /// A named endpoint (`adapters/NAME.yaml`) of kind `http` (its URL and headers), `tcp`
+        /// (its host, port, framing, charset) or `database` (its URL, with `query.sql` here).
+        #[serde(default)]
+        pub endpoint: Option<String>,
+        /// `GET` (default) or `POST`.
+        #[serde(default)]
+        pub method: Method,
+        /// Request headers (values may use the template placeholders).
+        #[serde(default)]
+        pub headers: BTreeMap<String, String>,
+        /// What is sent: for HTTP `POST`, the JSON body path sent as the request body (`$` for the
+        /// whole body); for `tcp`, the body path whose value is sent (a string as it is, other
+        /// JSON as JSON text) — without it, the whole body as text (an HL7 message, say).
+        #[serde(default)]
+        pub send: Option<String>,
+        /// Where the answer goes in the JSON body (`customer`, `order.customer`); created when
+        /// missing, replaced when there. A JSON answer goes in as JSON, any other as text. `$`
+        /// replaces the whole body with the answer (then the body need not be JSON). Or:
+        #[serde(default)]
+        pub into: Option<String>,
+        /// A Rhai script that merges the answer itself: `answer` holds it (a map or array when
+        /// JSON, else a string), `body` and `headers` the message as for a `transform`; the script
+        /// sets `body` (and may change `headers`).
+        #[serde(default)]
+        pub merge: Option<String>,
+        /// What "not found" (HTTP 404, no row) means: `fail` (default) the message, or `skip`:
+        /// leave the body as it is.
+        #[serde(default)]
+        pub not_found: NotFound,
+        /// How long to wait for the whole answer (default `10s`).
+        #[serde(default = "Config::default_timeout")]
+        pub timeout: Duration,
+        /// Transient failures tried again inside the step before it fails.
+        #[serde(default)]
+        pub retry: Retry,
+        /// Answers kept for the same request, so that a busy route does not call per message.
+        #[serde(default)]
+        pub cache: Option<CacheConfig>,
+    }
 }
 
 impl Config {
@@ -252,10 +252,10 @@ impl Config {
                 None,
             ),
             (None, Some(script)) => {
-                let engine = super::script_engine(&Default::default(), &self.limits, cx)?;
+                let options = self.script_options();
                 let script = crate::script::Script::compile_declaring(
-                    engine,
-                    &self.limits,
+                    options.engine(cx)?,
+                    options.limits,
                     script,
                     &["answer"],
                 )
@@ -417,110 +417,6 @@ impl Enrich {
                 excerpt(&answer)
             )),
         }
-    }
-
-    /// A TCP backend's answer to the request (`send`, or the whole body as text).
-    fn fetch_tcp(
-        &self,
-        exchange: &tcp::Exchange,
-        msg: &mut Message,
-        body: Option<&Value>,
-    ) -> Result<Option<Value>, String> {
-        let request = match (&self.send, body) {
-            (None, _) => msg.body_text()?.to_string(),
-            (Some(path), Some(b)) => match super::map::get(b, path) {
-                Some(Value::String(s)) => s.clone(),
-                Some(other) => other.to_string(),
-                None => return Err("`send` names a part of the body that is not there".into()),
-            },
-            (Some(_), None) => {
-                return Err("`send` names a part of the body, which is not JSON".into())
-            }
-        };
-        let address = exchange.address();
-        let (_, answer, cached) = self
-            .cached_or(
-                request.clone(),
-                || {
-                    self.with_retries(|| async {
-                        exchange
-                            .call(&request, self.timeout)
-                            .await
-                            .map(|text| (200, Bytes::from(text)))
-                    })
-                },
-                |_| true,
-            )
-            .map_err(|e| format!("tcp {address}: {e}"))?;
-        let name = &self.into_name;
-        msg.headers
-            .insert(format!("enrich.{name}.address"), address);
-        if cached {
-            msg.headers
-                .insert(format!("enrich.{name}.cached"), "true".into());
-        }
-        Ok(Some(answer_value(&answer)))
-    }
-
-    /// A database's row (`rows: first`; `None` when there is none) or rows (`rows: all`).
-    fn fetch_query(
-        &self,
-        lookup: &query::Lookup,
-        msg: &mut Message,
-        body: Option<&Value>,
-    ) -> Result<Option<Value>, String> {
-        let values = lookup.values(body)?;
-        let key = serde_json::to_string(&values).unwrap_or_default();
-        let (status, answer, cached) = self
-            .cached_or(
-                key,
-                || {
-                    let rows = self.with_retries(|| async {
-                        match lookup.query.rows(values.clone()).await {
-                            Ok(rows) => Ok(Ok(rows)),
-                            Err(e) if e.transient => Err(Transient(e.message)),
-                            // Not worth another try (bad SQL, a type the column refuses).
-                            Err(e) => Ok(Err(e.message)),
-                        }
-                    })??;
-                    let value = match lookup.rows {
-                        query::Rows::All => {
-                            Value::Array(rows.into_iter().map(Value::Object).collect())
-                        }
-                        query::Rows::First => match rows.into_iter().next() {
-                            Some(row) => Value::Object(row),
-                            None => return Ok((404, Bytes::new())),
-                        },
-                    };
-                    Ok((
-                        200,
-                        Bytes::from(serde_json::to_vec(&value).unwrap_or_default()),
-                    ))
-                },
-                |_| true,
-            )
-            .map_err(|e| format!("query: {e}"))?;
-        let name = &self.into_name;
-        if cached {
-            msg.headers
-                .insert(format!("enrich.{name}.cached"), "true".into());
-        }
-        if status == 404 {
-            msg.headers
-                .insert(format!("enrich.{name}.rows"), "0".into());
-            return match self.not_found {
-                NotFound::Skip => Ok(None),
-                NotFound::Fail => Err(format!(
-                    "query: no row for {} (set `not_found: skip` to go on without)",
-                    lookup.describe(body)
-                )),
-            };
-        }
-        let value = answer_value(&answer);
-        let rows = value.as_array().map_or(1, Vec::len);
-        msg.headers
-            .insert(format!("enrich.{name}.rows"), rows.to_string());
-        Ok(Some(value))
     }
 
     async fn send_once(&self, req: &Request) -> Result<(u16, Bytes), Transient> {

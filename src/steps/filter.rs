@@ -7,32 +7,27 @@
 //!     reason: "test orders are not forwarded"
 //! ```
 
-use super::{script_engine, BuildContext, BuildError, Flow, ScriptPosition, Step, StepError};
+use super::script_options::scripted_step_config;
+use super::{BuildContext, BuildError, Flow, Step, StepError};
 use crate::message::Message;
-use crate::script::{body_to_dynamic, Limits, Script};
+use crate::script::{body_to_dynamic, Script};
 use serde::Deserialize;
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(rename = "FilterStep")]
-pub struct Config {
-    /// Keep the message when this expression is true; drop it otherwise.
-    #[serde(default)]
-    pub keep: Option<String>,
-    /// Drop the message when this expression is true.
-    #[serde(default)]
-    pub drop: Option<String>,
-    /// The reason recorded with a dropped message (default: the expression).
-    #[serde(default)]
-    pub reason: Option<String>,
-    /// Lookup tables for the expression, as in `transform`.
-    #[serde(default)]
-    pub lookups: BTreeMap<String, PathBuf>,
-    /// Sandbox limits for the expression.
-    #[serde(default)]
-    pub limits: Limits,
+scripted_step_config! {
+    #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    #[schemars(rename = "FilterStep")]
+    pub struct Config {
+        /// Keep the message when this expression is true; drop it otherwise.
+        #[serde(default)]
+        pub keep: Option<String>,
+        /// Drop the message when this expression is true.
+        #[serde(default)]
+        pub drop: Option<String>,
+        /// The reason recorded with a dropped message (default: the expression).
+        #[serde(default)]
+        pub reason: Option<String>,
+    }
 }
 
 impl Config {
@@ -42,16 +37,8 @@ impl Config {
             (None, Some(d)) => (d, true),
             _ => return Err(BuildError::new("give exactly one of `keep` or `drop`")),
         };
-        let engine = script_engine(&self.lookups, &self.limits, cx)?;
-        let script =
-            Script::compile_expression(engine, &self.limits, expr).map_err(|e| BuildError {
-                message: format!("expression error: {}", e.message),
-                script: Some(ScriptPosition {
-                    file: None,
-                    line: e.line,
-                    column: e.column,
-                }),
-            })?;
+        let options = self.script_options();
+        let script = options.expression(&options.engine(cx)?, "", expr)?;
         let reason = self.reason.clone().unwrap_or_else(|| {
             if drop_when_true {
                 format!("dropped because `{}` is true", expr.trim())

@@ -14,29 +14,24 @@
 //! arrays they pass through. A source path that does not exist, and an expression that gives
 //! `()`, leave the target out. `$` is the whole input.
 
-use super::{script_engine, BuildContext, BuildError, ScriptPosition, Step, StepError};
+use super::script_options::scripted_step_config;
+use super::{BuildContext, BuildError, Step, StepError};
 use crate::message::Message;
-use crate::script::{body_to_dynamic, to_json, Limits, Script};
+use crate::script::{body_to_dynamic, to_json, Script};
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(rename = "MapStep")]
-pub struct Config {
-    /// Target path to source: a path into the input, or `= expression`. In order.
-    pub fields: Map<String, Value>,
-    /// Start from a copy of the input instead of an empty object (default `false`).
-    #[serde(default)]
-    pub keep_input: bool,
-    /// Lookup tables for expressions, as in `transform`.
-    #[serde(default)]
-    pub lookups: BTreeMap<String, PathBuf>,
-    /// Sandbox limits for expressions.
-    #[serde(default)]
-    pub limits: Limits,
+scripted_step_config! {
+    #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    #[schemars(rename = "MapStep")]
+    pub struct Config {
+        /// Target path to source: a path into the input, or `= expression`. In order.
+        pub fields: Map<String, Value>,
+        /// Start from a copy of the input instead of an empty object (default `false`).
+        #[serde(default)]
+        pub keep_input: bool,
+    }
 }
 
 /// One segment of a path: an object key or an array index.
@@ -168,8 +163,9 @@ impl Config {
             .fields
             .values()
             .any(|v| v.as_str().is_some_and(|s| s.trim_start().starts_with('=')));
+        let options = self.script_options();
         let engine = if needs_engine {
-            Some(script_engine(&self.lookups, &self.limits, cx)?)
+            Some(options.engine(cx)?)
         } else {
             None
         };
@@ -183,18 +179,11 @@ impl Config {
                 )));
             };
             let source = match (source.trim_start().strip_prefix('='), &engine) {
-                (Some(expr), Some(engine)) => Source::Expression(
-                    Script::compile_expression(engine.clone(), &self.limits, expr).map_err(
-                        |e| BuildError {
-                            message: format!("fields.{target}: expression error: {}", e.message),
-                            script: Some(ScriptPosition {
-                                file: None,
-                                line: e.line,
-                                column: e.column,
-                            }),
-                        },
-                    )?,
-                ),
+                (Some(expr), Some(engine)) => Source::Expression(options.expression(
+                    engine,
+                    &format!("fields.{target}"),
+                    expr,
+                )?),
                 _ => Source::Path(
                     parse_path(source)
                         .map_err(|e| BuildError::new(format!("fields.{target}: {e}")))?,

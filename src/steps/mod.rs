@@ -14,6 +14,7 @@ pub mod hl7;
 pub mod json_to_csv;
 pub mod json_to_xml;
 pub mod map;
+pub mod script_options;
 pub mod set_header;
 pub mod split;
 pub mod transform;
@@ -330,51 +331,4 @@ pub fn run_all(
         }
     }
     (current, runs, Outcome::Done)
-}
-
-/// The script engine for one step, with the step's lookup tables loaded.
-pub fn script_engine(
-    lookups: &std::collections::BTreeMap<String, PathBuf>,
-    limits: &crate::script::Limits,
-    cx: &BuildContext,
-) -> Result<Arc<rhai::Engine>, BuildError> {
-    let tables = crate::script::lookup::Tables::load(lookups, &cx.dir).map_err(BuildError::new)?;
-    Ok(Arc::new(crate::script::engine(limits, Arc::new(tables))))
-}
-
-/// Compiles a step's script from `script:` (inline) or `script_file:` (relative to the route
-/// file); at most one may be given. Errors point at the script's line and column.
-pub(crate) fn compile_script(
-    engine: &Arc<rhai::Engine>,
-    limits: &crate::script::Limits,
-    inline: Option<&str>,
-    file: Option<&Path>,
-    cx: &BuildContext,
-) -> Result<Option<crate::script::Script>, BuildError> {
-    let (source, file) = match (inline, file) {
-        (Some(_), Some(_)) => {
-            return Err(BuildError::new(
-                "give either `script` or `script_file`, not both",
-            ))
-        }
-        (Some(s), None) => (s.to_string(), None),
-        (None, Some(f)) => {
-            let path = cx.resolve(f);
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                BuildError::new(format!("cannot read script_file {}: {e}", path.display()))
-            })?;
-            (text, Some(path))
-        }
-        (None, None) => return Ok(None),
-    };
-    crate::script::Script::compile(engine.clone(), limits, &source)
-        .map(Some)
-        .map_err(|e| BuildError {
-            message: format!("script syntax error: {}", e.message),
-            script: Some(ScriptPosition {
-                file,
-                line: e.line,
-                column: e.column,
-            }),
-        })
 }

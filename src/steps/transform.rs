@@ -2,43 +2,39 @@
 //! `headers`, reads `id` and `route`, and may call `reject("reason")` to fail the message on
 //! purpose. See `docs/scripting.md`.
 
-use super::{compile_script, script_engine, BuildContext, BuildError, Step, StepError};
+use super::script_options::scripted_step_config;
+use super::{BuildContext, BuildError, Step, StepError};
 use crate::message::Message;
-use crate::script::{body_to_dynamic, write_back, Limits, Script};
+use crate::script::{body_to_dynamic, write_back, Script};
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(rename = "TransformStep")]
-pub struct Config {
-    /// The script, inline.
-    #[serde(default)]
-    pub script: Option<String>,
-    /// The script in its own file, relative to the route file.
-    #[serde(default)]
-    pub script_file: Option<PathBuf>,
-    /// Lookup tables for `lookup(...)`: name to a `.csv` or `.yaml` file, relative to the
-    /// route file.
-    #[serde(default)]
-    pub lookups: BTreeMap<String, PathBuf>,
-    /// Sandbox limits.
-    #[serde(default)]
-    pub limits: Limits,
+scripted_step_config! {
+    #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    #[schemars(rename = "TransformStep")]
+    pub struct Config {
+        /// The script, inline.
+        #[serde(default)]
+        pub script: Option<String>,
+        /// The script in its own file, relative to the route file.
+        #[serde(default)]
+        pub script_file: Option<PathBuf>,
+    }
 }
 
 impl Config {
     pub fn build(&self, cx: &BuildContext) -> Result<Transform, BuildError> {
-        let engine = script_engine(&self.lookups, &self.limits, cx)?;
-        let script = compile_script(
-            &engine,
-            &self.limits,
-            self.script.as_deref(),
-            self.script_file.as_deref(),
-            cx,
-        )?
-        .ok_or_else(|| BuildError::new("a transform needs `script` or `script_file`"))?;
+        let options = self.script_options();
+        let engine = options.engine(cx)?;
+        let script = options
+            .script(
+                &engine,
+                self.script.as_deref(),
+                self.script_file.as_deref(),
+                cx,
+            )?
+            .ok_or_else(|| BuildError::new("a transform needs `script` or `script_file`"))?;
         Ok(Transform { script })
     }
 }

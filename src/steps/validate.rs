@@ -4,44 +4,40 @@
 //! `xml` (well-formedness, with DOCTYPEs refused), `xsd` (with the `xsd` cargo feature) and
 //! `script` (a predicate).
 
+use super::script_options::scripted_step_config;
 use super::xsd::Xsd;
-use super::{compile_script, script_engine, BuildContext, BuildError, Step, StepError};
+use super::{BuildContext, BuildError, Step, StepError};
 use crate::convert::xml::check_xml;
 use crate::message::Message;
-use crate::script::{body_to_dynamic, Limits, Script};
+use crate::script::{body_to_dynamic, Script};
 use rhai::Dynamic;
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(rename = "ValidateStep")]
-pub struct Config {
-    /// A JSON Schema: a file name (relative to the route file) or the schema itself, inline.
-    /// Remote `$ref`s are not fetched.
-    #[serde(default)]
-    pub json_schema: Option<serde_json::Value>,
-    /// Check that the body is well-formed XML.
-    #[serde(default)]
-    pub xml: bool,
-    /// An XSD file (relative to the route file) the XML body must match; implies `xml`.
-    /// Needs a build with the `xsd` feature.
-    #[serde(default)]
-    pub xsd: Option<PathBuf>,
-    /// A predicate script: it passes by returning `true` (or nothing); `false`, a string (the
-    /// reason) or an array of strings (several reasons) fail the message.
-    #[serde(default)]
-    pub script: Option<String>,
-    /// The predicate script in its own file, relative to the route file.
-    #[serde(default)]
-    pub script_file: Option<PathBuf>,
-    /// Lookup tables for the script, as in `transform`.
-    #[serde(default)]
-    pub lookups: BTreeMap<String, PathBuf>,
-    /// Sandbox limits for the script.
-    #[serde(default)]
-    pub limits: Limits,
+scripted_step_config! {
+    #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    #[schemars(rename = "ValidateStep")]
+    pub struct Config {
+        /// A JSON Schema: a file name (relative to the route file) or the schema itself, inline.
+        /// Remote `$ref`s are not fetched.
+        #[serde(default)]
+        pub json_schema: Option<serde_json::Value>,
+        /// Check that the body is well-formed XML.
+        #[serde(default)]
+        pub xml: bool,
+        /// An XSD file (relative to the route file) the XML body must match; implies `xml`.
+        /// Needs a build with the `xsd` feature.
+        #[serde(default)]
+        pub xsd: Option<PathBuf>,
+        /// A predicate script: it passes by returning `true` (or nothing); `false`, a string (the
+        /// reason) or an array of strings (several reasons) fail the message.
+        #[serde(default)]
+        pub script: Option<String>,
+        /// The predicate script in its own file, relative to the route file.
+        #[serde(default)]
+        pub script_file: Option<PathBuf>,
+    }
 }
 
 impl Config {
@@ -67,10 +63,9 @@ impl Config {
             })
             .transpose()?;
         let script = if self.script.is_some() || self.script_file.is_some() {
-            let engine = script_engine(&self.lookups, &self.limits, cx)?;
-            compile_script(
-                &engine,
-                &self.limits,
+            let options = self.script_options();
+            options.script(
+                &options.engine(cx)?,
                 self.script.as_deref(),
                 self.script_file.as_deref(),
                 cx,

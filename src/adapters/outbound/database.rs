@@ -77,9 +77,7 @@ impl Config {
             let source = match written.trim_start().strip_prefix('=') {
                 Some(expr) => {
                     let engine = engine
-                        .get_or_insert_with(|| {
-                            Arc::new(crate::script::engine(&limits, Default::default()))
-                        })
+                        .get_or_insert_with(crate::steps::script_options::plain_engine)
                         .clone();
                     Source::Expression(Script::compile_expression(engine, &limits, expr).map_err(
                         |e| {

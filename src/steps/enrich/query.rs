@@ -4,6 +4,9 @@
 //! step's build context, so this step knows databases only by this module's trait.
 
 use super::super::map::{get, parse_path, Segment};
+use super::Transient;
+use crate::message::Message;
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -129,5 +132,66 @@ impl Lookup {
                 })
             })
             .collect()
+    }
+}
+
+impl super::Enrich {
+    /// A database's row (`rows: first`; `None` when there is none) or rows (`rows: all`).
+    pub(super) fn fetch_query(
+        &self,
+        lookup: &Lookup,
+        msg: &mut Message,
+        body: Option<&Value>,
+    ) -> Result<Option<Value>, String> {
+        let values = lookup.values(body)?;
+        let key = serde_json::to_string(&values).unwrap_or_default();
+        let (status, answer, cached) = self
+            .cached_or(
+                key,
+                || {
+                    let rows = self.with_retries(|| async {
+                        match lookup.query.rows(values.clone()).await {
+                            Ok(rows) => Ok(Ok(rows)),
+                            Err(e) if e.transient => Err(Transient(e.message)),
+                            // Not worth another try (bad SQL, a type the column refuses).
+                            Err(e) => Ok(Err(e.message)),
+                        }
+                    })??;
+                    let value = match lookup.rows {
+                        Rows::All => Value::Array(rows.into_iter().map(Value::Object).collect()),
+                        Rows::First => match rows.into_iter().next() {
+                            Some(row) => Value::Object(row),
+                            None => return Ok((404, Bytes::new())),
+                        },
+                    };
+                    Ok((
+                        200,
+                        Bytes::from(serde_json::to_vec(&value).unwrap_or_default()),
+                    ))
+                },
+                |_| true,
+            )
+            .map_err(|e| format!("query: {e}"))?;
+        let name = &self.into_name;
+        if cached {
+            msg.headers
+                .insert(format!("enrich.{name}.cached"), "true".into());
+        }
+        if status == 404 {
+            msg.headers
+                .insert(format!("enrich.{name}.rows"), "0".into());
+            return match self.not_found {
+                super::NotFound::Skip => Ok(None),
+                super::NotFound::Fail => Err(format!(
+                    "query: no row for {} (set `not_found: skip` to go on without)",
+                    lookup.describe(body)
+                )),
+            };
+        }
+        let value = super::answer_value(&answer);
+        let rows = value.as_array().map_or(1, Vec::len);
+        msg.headers
+            .insert(format!("enrich.{name}.rows"), rows.to_string());
+        Ok(Some(value))
     }
 }

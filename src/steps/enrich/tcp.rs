@@ -6,8 +6,11 @@ use super::Transient;
 use crate::codec::charset::Charset;
 use crate::codec::framing::{next_frame, FrameCodec, FrameError, Framing};
 use crate::config::values::ByteSize;
+use crate::message::Message;
+use bytes::Bytes;
 use futures_util::SinkExt as _;
 use serde::Deserialize;
+use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
@@ -116,5 +119,50 @@ impl Exchange {
                 FrameError::Io(e) => format!("reading the answer from {addr}: {e}"),
             })
         })
+    }
+}
+
+impl super::Enrich {
+    /// A TCP backend's answer to the request (`send`, or the whole body as text).
+    pub(super) fn fetch_tcp(
+        &self,
+        exchange: &Exchange,
+        msg: &mut Message,
+        body: Option<&Value>,
+    ) -> Result<Option<Value>, String> {
+        let request = match (&self.send, body) {
+            (None, _) => msg.body_text()?.to_string(),
+            (Some(path), Some(b)) => match crate::steps::map::get(b, path) {
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => return Err("`send` names a part of the body that is not there".into()),
+            },
+            (Some(_), None) => {
+                return Err("`send` names a part of the body, which is not JSON".into())
+            }
+        };
+        let address = exchange.address();
+        let (_, answer, cached) = self
+            .cached_or(
+                request.clone(),
+                || {
+                    self.with_retries(|| async {
+                        exchange
+                            .call(&request, self.timeout)
+                            .await
+                            .map(|text| (200, Bytes::from(text)))
+                    })
+                },
+                |_| true,
+            )
+            .map_err(|e| format!("tcp {address}: {e}"))?;
+        let name = &self.into_name;
+        msg.headers
+            .insert(format!("enrich.{name}.address"), address);
+        if cached {
+            msg.headers
+                .insert(format!("enrich.{name}.cached"), "true".into());
+        }
+        Ok(Some(super::answer_value(&answer)))
     }
 }

@@ -15,16 +15,13 @@ impl Handler {
         let cfg = &self.cfg;
         let path = req.uri().path().to_string();
         if !cfg.paths.contains(&path) {
-            return problem(
-                StatusCode::NOT_FOUND,
-                &format!("no route listens on {path}"),
-            );
+            return problem(StatusCode::NOT_FOUND, format!("no route listens on {path}"));
         }
         let method = req.method().as_str().to_ascii_uppercase();
         if !cfg.methods.iter().any(|m| m.eq_ignore_ascii_case(&method)) {
             return problem(
                 StatusCode::METHOD_NOT_ALLOWED,
-                &format!(
+                format!(
                     "{method} is not accepted here; use {}",
                     cfg.methods.join(" or ")
                 ),
@@ -53,7 +50,7 @@ impl Handler {
         if declared.is_some_and(|n| n > max) {
             return problem(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("the body is over this route's limit of {}", cfg.max_body),
+                format!("the body is over this route's limit of {}", cfg.max_body),
             );
         }
         let headers = self.message_headers(&req, remote);
@@ -67,7 +64,7 @@ impl Handler {
             Err(_) => {
                 return problem(
                     StatusCode::REQUEST_TIMEOUT,
-                    &format!("the body did not arrive within {:?}", cfg.body_timeout.0),
+                    format!("the body did not arrive within {:?}", cfg.body_timeout.0),
                 )
             }
             Ok(Err(e))
@@ -76,13 +73,13 @@ impl Handler {
             {
                 return problem(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!("the body is over this route's limit of {}", cfg.max_body),
+                    format!("the body is over this route's limit of {}", cfg.max_body),
                 )
             }
             Ok(Err(e)) => {
                 return problem(
                     StatusCode::BAD_REQUEST,
-                    &format!("cannot read the body: {e}"),
+                    format!("cannot read the body: {e}"),
                 )
             }
             Ok(Ok(collected)) => collected.to_bytes(),
@@ -93,7 +90,7 @@ impl Handler {
                     StatusCode::BAD_REQUEST,
                     serde_json::json!({ "id": id, "error": error }),
                 ),
-                Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+                Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
             };
         }
         match cfg.response {
@@ -109,7 +106,7 @@ impl Handler {
                 ),
                 Err(e) => problem(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("not stored, send it again: {e}"),
+                    format!("not stored, send it again: {e}"),
                 ),
             },
             ResponseMode::Reply => match self
@@ -119,7 +116,7 @@ impl Handler {
             {
                 Err(e) => problem(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("not stored, send it again: {e}"),
+                    format!("not stored, send it again: {e}"),
                 ),
                 Ok((id, None)) => json(
                     StatusCode::GATEWAY_TIMEOUT,

@@ -26,7 +26,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use std::convert::Infallible;
@@ -217,24 +217,7 @@ impl HttpInbound {
     }
 }
 
-type Answer = Response<Full<Bytes>>;
-
-fn answer(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Answer {
-    let mut r = Response::new(Full::new(body.into()));
-    *r.status_mut() = status;
-    if let Ok(v) = HeaderValue::from_str(content_type) {
-        r.headers_mut().insert(CONTENT_TYPE, v);
-    }
-    r
-}
-
-fn json(status: StatusCode, value: serde_json::Value) -> Answer {
-    answer(status, "application/json", value.to_string())
-}
-
-fn problem(status: StatusCode, error: &str) -> Answer {
-    json(status, serde_json::json!({ "error": error }))
-}
+use crate::http_answer::{answer, error as problem, json, Answer};
 
 fn authorized(auth: &Auth, header: Option<&HeaderValue>) -> bool {
     let Some(value) = header.and_then(|h| h.to_str().ok()) else {

@@ -14,6 +14,10 @@ use serde_json::Value;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+mod compare;
+pub use compare::json_difference;
+use compare::{compare_json, first_text_difference, Expected};
+
 /// A route test file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -576,67 +580,6 @@ fn run_case(route: &Route, base: &Path, case: &Case) -> Result<(), String> {
     }
 }
 
-enum Expected {
-    Text(String),
-    Json(Value),
-}
-
-fn compare_json(want: &Value, out: &Message) -> Result<(), String> {
-    let actual: Value = serde_json::from_slice(&out.body)
-        .map_err(|e| format!("expected a JSON body, but the output is not JSON ({e})"))?;
-    match json_difference(want, &actual, "") {
-        None => Ok(()),
-        Some(d) => Err(d),
-    }
-}
-
-/// The first place where two JSON values differ, as a JSON pointer with both values.
-pub fn json_difference(want: &Value, got: &Value, path: &str) -> Option<String> {
-    let here = if path.is_empty() { "/" } else { path };
-    match (want, got) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in a {
-                let p = format!("{path}/{k}");
-                match b.get(k) {
-                    None => return Some(format!("at {p}: missing, expected {v}")),
-                    Some(g) => {
-                        if let Some(d) = json_difference(v, g, &p) {
-                            return Some(d);
-                        }
-                    }
-                }
-            }
-            b.keys()
-                .find(|k| !a.contains_key(*k))
-                .map(|k| format!("at {path}/{k}: not expected, got {}", b[k]))
-        }
-        (Value::Array(a), Value::Array(b)) => {
-            for (i, (x, y)) in a.iter().zip(b).enumerate() {
-                if let Some(d) = json_difference(x, y, &format!("{path}/{i}")) {
-                    return Some(d);
-                }
-            }
-            (a.len() != b.len())
-                .then(|| format!("at {here}: expected {} items, got {}", a.len(), b.len()))
-        }
-        (a, b) if a == b => None,
-        (a, b) => Some(format!("at {here}: expected {a}, got {b}")),
-    }
-}
-
-fn first_text_difference(want: &str, got: &str) -> String {
-    for (i, (w, g)) in want.lines().zip(got.lines()).enumerate() {
-        if w != g {
-            return format!("body differs at line {}: expected `{w}`, got `{g}`", i + 1);
-        }
-    }
-    format!(
-        "body differs in length: expected {} lines, got {}",
-        want.lines().count(),
-        got.lines().count()
-    )
-}
-
 /// Test files in the given paths: files as they are, directories' `*.test.yaml`.
 pub fn test_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
@@ -653,26 +596,4 @@ pub fn test_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
         }
     }
     Ok(files)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn finds_the_first_json_difference() {
-        let a = json!({"order": {"id": "1", "lines": [1, 2]}});
-        assert_eq!(json_difference(&a, &a, ""), None);
-        let b = json!({"order": {"id": "1", "lines": [1, 3]}});
-        assert_eq!(
-            json_difference(&a, &b, "").unwrap(),
-            "at /order/lines/1: expected 2, got 3"
-        );
-        let c = json!({"order": {"id": "1", "lines": [1, 2], "x": true}});
-        assert_eq!(
-            json_difference(&a, &c, "").unwrap(),
-            "at /order/x: not expected, got true"
-        );
-    }
 }
