@@ -302,6 +302,16 @@ impl Outbound for AmqpOutbound {
         )))
     }
 
+    /// The confirm-mode channel pipelines: a batch is published at once and its confirms
+    /// awaited together.
+    fn batched(&self) -> bool {
+        true
+    }
+
+    async fn send_batch(&self, msgs: &[Message]) -> Vec<Result<Sent, SendError>> {
+        super::pipelined(self, msgs).await
+    }
+
     fn link(&self) -> Option<Arc<Link>> {
         Some(self.link.clone())
     }

@@ -303,6 +303,16 @@ impl Outbound for Amqp1Outbound {
         }
     }
 
+    /// The link pipelines: a batch's transfers go out at once (as credit allows) and their
+    /// outcomes are awaited together.
+    fn batched(&self) -> bool {
+        true
+    }
+
+    async fn send_batch(&self, msgs: &[Message]) -> Vec<Result<Sent, SendError>> {
+        super::pipelined(self, msgs).await
+    }
+
     fn link(&self) -> Option<Arc<Link>> {
         Some(self.link.clone())
     }

@@ -233,9 +233,8 @@ impl Outbound for KafkaOutbound {
     }
 
     async fn send_batch(&self, msgs: &[Message]) -> Vec<Result<Sent, SendError>> {
-        // Queued in order (join_all polls in order): the idempotent producer keeps that
-        // order within each partition.
-        futures_util::future::join_all(msgs.iter().map(|m| self.send(m))).await
+        // Queued in order: the idempotent producer keeps that order within each partition.
+        super::pipelined(self, msgs).await
     }
 
     fn link(&self) -> Option<Arc<Link>> {

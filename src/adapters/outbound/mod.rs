@@ -175,8 +175,10 @@ impl OutboundConfig {
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
-    /// Deliveries in flight at once (default 4; `fifo` always sends one at a time; file
-    /// destinations write whole batches of up to 64 files, one batch at a time, instead).
+    /// Deliveries in flight at once (default 4; `fifo` always sends one at a time). File
+    /// destinations write whole batches of up to 64 files, and broker destinations (AMQP,
+    /// AMQP 1.0, NATS, Redis, Kafka) send batches of up to 64 as one pipeline, one batch at
+    /// a time, instead.
     pub concurrency: usize,
     /// `parallel` or `fifo`: strictly one after the other in the order the messages were
     /// processed; a delivery that fails holds back the ones after it until it is delivered or
@@ -244,8 +246,9 @@ pub trait Outbound: Send + Sync {
     async fn send(&self, msg: &Message) -> Result<Sent, SendError>;
 
     /// True when [`Outbound::send_batch`] costs less per message than `send` — a file
-    /// destination syncs a whole batch to disk once. The delivery worker then hands it its
-    /// due deliveries in batches.
+    /// destination syncs a whole batch to disk once, a broker destination sends it as one
+    /// pipeline ([`pipelined`]). The delivery worker then hands it its due deliveries in
+    /// batches, one batch at a time.
     fn batched(&self) -> bool {
         false
     }
@@ -264,6 +267,18 @@ pub trait Outbound: Send + Sync {
         }
         results
     }
+}
+
+/// A batch sent as one pipeline, for destinations whose broker client pipelines (Kafka, NATS,
+/// Redis, AMQP 0-9-1 and 1.0): every message is put on the destination's one connection in
+/// order (`join_all` polls its futures in order) and the broker's confirmations are awaited
+/// together — about one round trip for the batch instead of one per message, each message
+/// still done only on its own confirmation.
+pub(crate) async fn pipelined<O: Outbound + ?Sized>(
+    out: &O,
+    msgs: &[Message],
+) -> Vec<Result<Sent, SendError>> {
+    futures_util::future::join_all(msgs.iter().map(|m| out.send(m))).await
 }
 
 /// What a successful delivery did, for the log (a path, a status code).

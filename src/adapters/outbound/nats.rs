@@ -186,6 +186,15 @@ impl Outbound for NatsOutbound {
         )))
     }
 
+    /// The client pipelines: a batch is published at once and its PubAcks awaited together.
+    fn batched(&self) -> bool {
+        true
+    }
+
+    async fn send_batch(&self, msgs: &[Message]) -> Vec<Result<Sent, SendError>> {
+        super::pipelined(self, msgs).await
+    }
+
     fn link(&self) -> Option<Arc<Link>> {
         Some(self.link.clone())
     }

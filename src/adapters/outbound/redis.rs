@@ -212,6 +212,16 @@ impl Outbound for RedisOutbound {
         }
     }
 
+    /// The multiplexed connection pipelines: a batch's commands go out at once and their
+    /// replies are awaited together.
+    fn batched(&self) -> bool {
+        true
+    }
+
+    async fn send_batch(&self, msgs: &[Message]) -> Vec<Result<Sent, SendError>> {
+        super::pipelined(self, msgs).await
+    }
+
     fn link(&self) -> Option<Arc<Link>> {
         Some(self.link.clone())
     }
