@@ -250,6 +250,56 @@ fn http_scenario_on(
     )
 }
 
+/// A destination on its own, without the intake in front of it: HTTP posts for half of
+/// `BENCH_SECONDS` are stored while the destination is held (`rate: 1/h`, one attempt goes),
+/// then the route file is rewritten without the rate and the time until the stored backlog is
+/// delivered is taken (the reload's own start, a few hundred milliseconds, counts against it).
+/// `to` is the destination's YAML with `delivery: { retry: … }`, as the broker helpers write it.
+fn backlog_drain(name: &str, to: &str) -> Row {
+    let secs: f64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20.0)
+        * scale().clamp(0.05, 1.0)
+        / 2.0;
+    let held = to.replace("delivery: { retry:", "delivery: { rate: 1/h, retry:");
+    assert_ne!(
+        held, to,
+        "the destination's YAML has no `delivery: {{ retry: … }}`"
+    );
+    let route = |to: &str| format!("from:\n  http: {{ listen: 127.0.0.1:0 }}\nto:\n{to}");
+    let ws = Workspace::new();
+    ws.write_route("drain.yaml", &route(&held));
+    let engine = ws.start_with_env(&[(
+        "SWITCHYARD_LOG",
+        "warn,switchyard::adapters::inbound::http=info",
+    )]);
+    let addr = ws.http_addr();
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let accepted = http_load(&addr, 50, deadline, "HTTP/1.1 202").len() as u64;
+    let (cpu0, _) = usage(engine.pid());
+    let started = Instant::now();
+    ws.write_route("drain.yaml", &route(to));
+    assert!(
+        wait_until(Duration::from_secs(600), || ws.count("delivered")
+            == accepted),
+        "{:?}",
+        ws.states()
+    );
+    let seconds = started.elapsed().as_secs_f64();
+    let (cpu, rss) = usage(engine.pid());
+    engine.stop();
+    Row {
+        scenario: format!("{name}: a stored backlog delivered"),
+        messages: accepted as usize,
+        seconds,
+        p50_ms: None,
+        p99_ms: None,
+        cpu_per_1000: (cpu - cpu0) / accepted.max(1) as f64 * 1000.0,
+        rss_mib: rss as f64 / 1024.0,
+    }
+}
+
 /// An integration pattern on the HTTP scenario's route, to see what it costs beside the same
 /// route without it in one run.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1351,7 +1401,7 @@ mod broker {
         // HTTP in → amqp out, publisher confirms, batches of 64 pipelined.
         let window = window();
         let destination = format!(
-            "  - amqp:\n      url: {}\n      routing_key: published\n      declare: {{ queues: [ {{ name: published }} ] }}\n",
+            "  - amqp:\n      url: {}\n      routing_key: published\n      declare: {{ queues: [ {{ name: published }} ] }}\n      delivery: {{ retry: {{ max_attempts: 100 }} }}\n",
             rabbit.url()
         );
         let label = "amqp (batches of 64, pipelined)".to_string();
@@ -1359,8 +1409,9 @@ mod broker {
             50,
             false,
             None,
-            Some((label.as_str(), destination)),
+            Some((label.as_str(), destination.clone())),
         ));
+        rows.push(backlog_drain("amqp", &destination));
 
         // Baseline: the bare client publishing with confirms, as many in flight.
         let n = scaled(20_000);
@@ -1576,6 +1627,10 @@ mod broker {
             None,
             Some((label.as_str(), direct(nats.outbound_yaml("published")))),
         ));
+        rows.push(backlog_drain(
+            "nats",
+            &direct(nats.outbound_yaml("drained")),
+        ));
 
         // Baseline: the bare client publishing and awaiting each PubAck, as many in flight.
         let body = payloads(1).remove(0).1;
@@ -1673,6 +1728,7 @@ mod broker {
                 kafka.outbound_yaml("published"),
             )),
         ));
+        rows.push(backlog_drain("kafka", &kafka.outbound_yaml("drained")));
 
         kafka.create("bare-out");
         let body = payloads(1).remove(0).1;
@@ -1892,6 +1948,10 @@ mod broker {
             None,
             Some((label.as_str(), direct(redis.outbound_yaml("published")))),
         ));
+        rows.push(backlog_drain(
+            "redis xadd",
+            &direct(redis.outbound_yaml("drained")),
+        ));
 
         // Baseline: the bare client adding entries and awaiting each reply, as many in flight.
         let body = payloads(1).remove(0).1;
@@ -1985,6 +2045,10 @@ mod broker {
             false,
             None,
             Some((label.as_str(), direct(broker.outbound_yaml("published")))),
+        ));
+        rows.push(backlog_drain(
+            "amqp1",
+            &direct(broker.outbound_yaml("drained")),
         ));
 
         // Baseline: bare senders awaiting each outcome, as many in flight (a link each).

@@ -16,7 +16,8 @@
 //! delivered or dead, waiting out its backoff, so order holds across failures and restarts.
 
 use crate::adapters::outbound::{
-    DeliveryConfig, DeliveryOrder, Outbound, RetryConfig, SendError, Sent,
+    pipelined, Batching, DeliveryConfig, DeliveryOrder, Outbound, RetryConfig, SendError, Sent,
+    PIPELINED_BATCHES,
 };
 use crate::message::Message;
 use crate::route::DeliveryPolicy;
@@ -104,6 +105,7 @@ async fn run_parallel(
     let mut look_again = Instant::now();
     // Bytes of the bodies claimed and not yet sent.
     let held = Held::default();
+    let batching = dest.outbound.batching();
     loop {
         while let Some(done) = sending.try_join_next() {
             sort(done, &mut made, &mut unsent);
@@ -124,8 +126,17 @@ async fn run_parallel(
             _ if held.bytes() >= BATCH_BYTES => 0,
             // One batch at a time: the batch shares one durability point, and batches side by
             // side in one directory only contend for its lock (docs/performance.md).
-            _ if dest.outbound.batched() => {
+            _ if batching == Batching::Whole => {
                 if sending.is_empty() {
+                    BATCH
+                } else {
+                    0
+                }
+            }
+            // A few pipelines at once: one batch's confirmations and record overlap the next
+            // one's sending.
+            _ if batching == Batching::Pipelined => {
+                if sending.len() < PIPELINED_BATCHES {
                     BATCH
                 } else {
                     0
@@ -260,7 +271,7 @@ fn start(
     if due.is_empty() {
         return;
     }
-    if dest.outbound.batched() {
+    if dest.outbound.batching() != Batching::No {
         let dest = dest.clone();
         let bytes = held.take(due.iter().map(|d| d.message.body.len() as u64).sum());
         sending.spawn(async move {
@@ -375,7 +386,10 @@ async fn attempt(dest: &Destination, store: &dyn Processing, d: Delivery) {
 async fn send_batch(dest: &Destination, batch: Vec<Delivery>) -> Vec<Made> {
     let (tickets, msgs): (Vec<Ticket>, Vec<Message>) = batch.into_iter().map(outgoing).unzip();
     let started = Instant::now();
-    let results = dest.outbound.send_batch(&msgs).await;
+    let results = match dest.outbound.batching() {
+        Batching::Pipelined => pipelined(dest.outbound.as_ref(), &msgs).await,
+        _ => dest.outbound.send_batch(&msgs).await,
+    };
     let duration = started.elapsed();
     tickets
         .into_iter()

@@ -9,7 +9,7 @@
 //! flight; after a failure the next delivery reconnects, at most as often as the reconnect
 //! backoff allows.
 
-use super::{DeliveryConfig, Outbound, SendError, Sent};
+use super::{Batching, DeliveryConfig, Outbound, SendError, Sent};
 use crate::adapters::broker::amqp::{self as amqp, Declare};
 use crate::adapters::broker::{redact, Link, Pace, Tls};
 use crate::config::values::Duration;
@@ -304,12 +304,8 @@ impl Outbound for AmqpOutbound {
 
     /// The confirm-mode channel pipelines: a batch is published at once and its confirms
     /// awaited together.
-    fn batched(&self) -> bool {
-        true
-    }
-
-    async fn send_batch(&self, msgs: &[Message]) -> Vec<Result<Sent, SendError>> {
-        super::pipelined(self, msgs).await
+    fn batching(&self) -> Batching {
+        Batching::Pipelined
     }
 
     fn link(&self) -> Option<Arc<Link>> {

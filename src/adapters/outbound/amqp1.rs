@@ -8,7 +8,7 @@
 //! again after a crash or a lost outcome (and brokers with duplicate detection drop it).
 //! One connection and one sender link per destination, shared by its deliveries in flight.
 
-use super::{DeliveryConfig, Outbound, SendError, Sent};
+use super::{Batching, DeliveryConfig, Outbound, SendError, Sent};
 use crate::adapters::broker::amqp1;
 use crate::adapters::broker::{redact, Link, Pace, Tls};
 use crate::config::values::Duration;
@@ -305,12 +305,8 @@ impl Outbound for Amqp1Outbound {
 
     /// The link pipelines: a batch's transfers go out at once (as credit allows) and their
     /// outcomes are awaited together.
-    fn batched(&self) -> bool {
-        true
-    }
-
-    async fn send_batch(&self, msgs: &[Message]) -> Vec<Result<Sent, SendError>> {
-        super::pipelined(self, msgs).await
+    fn batching(&self) -> Batching {
+        Batching::Pipelined
     }
 
     fn link(&self) -> Option<Arc<Link>> {

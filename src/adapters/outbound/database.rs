@@ -8,7 +8,7 @@
 //! cannot take fails the delivery without retry (it goes dead, to the dead letter if there is
 //! one); a lost connection, a timeout or a deadlock is retried with backoff.
 
-use super::{DeliveryConfig, Outbound, SendError, Sent};
+use super::{Batching, DeliveryConfig, Outbound, SendError, Sent};
 use crate::adapters::broker::Link;
 use crate::adapters::database::{Database, DbError, Decimals, Params, Settings, Sql, Url};
 use crate::config::values::Duration;
@@ -184,8 +184,8 @@ impl Outbound for DatabaseOutbound {
             .unwrap_or_else(|| Err(SendError::retryable("no result")))
     }
 
-    fn batched(&self) -> bool {
-        true
+    fn batching(&self) -> Batching {
+        Batching::Whole
     }
 
     fn link(&self) -> Option<Arc<Link>> {

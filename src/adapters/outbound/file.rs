@@ -13,7 +13,7 @@
 //! After a crash a delivery may run again. When the target name already holds a file with
 //! exactly this content, the delivery counts as done, so a retry does not duplicate it.
 
-use super::{DeliveryConfig, Outbound, SendError, Sent};
+use super::{Batching, DeliveryConfig, Outbound, SendError, Sent};
 use crate::adapters::fs::{
     create_temp, mark, marked, safe_file_name, sync_dir, sync_files, with_suffix,
 };
@@ -209,8 +209,8 @@ impl Outbound for FileOutbound {
             .unwrap_or_else(|| Err(SendError::retryable("the file writer returned no result")))
     }
 
-    fn batched(&self) -> bool {
-        true
+    fn batching(&self) -> Batching {
+        Batching::Whole
     }
 
     async fn send_batch(&self, msgs: &[Message]) -> Vec<Result<Sent, SendError>> {

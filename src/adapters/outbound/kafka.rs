@@ -12,7 +12,7 @@
 //! due deliveries in batches of up to 64, queued at once, which librdkafka sends together.
 //! librdkafka keeps its own connections.
 
-use super::{DeliveryConfig, Outbound, SendError, Sent};
+use super::{Batching, DeliveryConfig, Outbound, SendError, Sent};
 use crate::adapters::broker::kafka::{Connection, Context, Sasl};
 use crate::adapters::broker::{Link, Tls, ID_NAME};
 use crate::config::values::Duration;
@@ -228,13 +228,8 @@ impl Outbound for KafkaOutbound {
 
     /// librdkafka sends what is queued together (one produce request per partition), so a
     /// batch of due deliveries is queued at once and costs about one round trip.
-    fn batched(&self) -> bool {
-        true
-    }
-
-    async fn send_batch(&self, msgs: &[Message]) -> Vec<Result<Sent, SendError>> {
-        // Queued in order: the idempotent producer keeps that order within each partition.
-        super::pipelined(self, msgs).await
+    fn batching(&self) -> Batching {
+        Batching::Pipelined
     }
 
     fn link(&self) -> Option<Arc<Link>> {

@@ -175,10 +175,10 @@ impl OutboundConfig {
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
-    /// Deliveries in flight at once (default 4; `fifo` always sends one at a time). File
-    /// destinations write whole batches of up to 64 files, and broker destinations (AMQP,
-    /// AMQP 1.0, NATS, Redis, Kafka) send batches of up to 64 as one pipeline, one batch at
-    /// a time, instead.
+    /// Deliveries in flight at once (default 4; `fifo` always sends one at a time). Not for
+    /// destinations that take whole batches of up to 64 instead: file, database and SQS
+    /// destinations one batch at a time, broker destinations (AMQP, AMQP 1.0, NATS, Redis,
+    /// Kafka) up to four batches at once, each sent as one pipeline.
     pub concurrency: usize,
     /// `parallel` or `fifo`: strictly one after the other in the order the messages were
     /// processed; a delivery that fails holds back the ones after it until it is delivered or
@@ -245,12 +245,9 @@ pub trait Outbound: Send + Sync {
     /// so it should be idempotent where it can be.
     async fn send(&self, msg: &Message) -> Result<Sent, SendError>;
 
-    /// True when [`Outbound::send_batch`] costs less per message than `send` — a file
-    /// destination syncs a whole batch to disk once, a broker destination sends it as one
-    /// pipeline ([`pipelined`]). The delivery worker then hands it its due deliveries in
-    /// batches, one batch at a time.
-    fn batched(&self) -> bool {
-        false
+    /// How the delivery worker hands this destination its due deliveries.
+    fn batching(&self) -> Batching {
+        Batching::No
     }
 
     /// The destination's connection to a broker, for the admin API and metrics.
@@ -269,12 +266,29 @@ pub trait Outbound: Send + Sync {
     }
 }
 
-/// A batch sent as one pipeline, for destinations whose broker client pipelines (Kafka, NATS,
-/// Redis, AMQP 0-9-1 and 1.0): every message is put on the destination's one connection in
+/// How a destination takes its due deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batching {
+    /// One delivery per [`Outbound::send`], `concurrency` at a time.
+    No,
+    /// Whole batches through [`Outbound::send_batch`], one batch at a time: it costs less per
+    /// message than `send` (a file destination syncs a batch once; a database commits it once;
+    /// SQS sends ten to a call).
+    Whole,
+    /// Whole batches as pipelines ([`pipelined`]), several batches at once, so that one
+    /// batch's confirmations and its record overlap the next batch's sending: for broker
+    /// clients that pipeline on one connection (Kafka, NATS, Redis, AMQP 0-9-1 and 1.0).
+    Pipelined,
+}
+
+/// Batches a pipelined destination has in flight at once.
+pub const PIPELINED_BATCHES: usize = 4;
+
+/// A batch sent as one pipeline: every message is put on the destination's one connection in
 /// order (`join_all` polls its futures in order) and the broker's confirmations are awaited
 /// together — about one round trip for the batch instead of one per message, each message
 /// still done only on its own confirmation.
-pub(crate) async fn pipelined<O: Outbound + ?Sized>(
+pub async fn pipelined<O: Outbound + ?Sized>(
     out: &O,
     msgs: &[Message],
 ) -> Vec<Result<Sent, SendError>> {

@@ -11,7 +11,7 @@
 //! itself once connected. A first connection that fails is tried again on a later delivery,
 //! at most as often as the reconnect backoff allows.
 
-use super::{DeliveryConfig, Outbound, SendError, Sent};
+use super::{Batching, DeliveryConfig, Outbound, SendError, Sent};
 use crate::adapters::broker::nats::{self as nats, StreamDecl};
 use crate::adapters::broker::{redact, Link, Pace, Tls};
 use crate::config::values::Duration;
@@ -187,12 +187,8 @@ impl Outbound for NatsOutbound {
     }
 
     /// The client pipelines: a batch is published at once and its PubAcks awaited together.
-    fn batched(&self) -> bool {
-        true
-    }
-
-    async fn send_batch(&self, msgs: &[Message]) -> Vec<Result<Sent, SendError>> {
-        super::pipelined(self, msgs).await
+    fn batching(&self) -> Batching {
+        Batching::Pipelined
     }
 
     fn link(&self) -> Option<Arc<Link>> {

@@ -9,7 +9,7 @@
 //! `PUBLISH` keeps nothing: a message no subscriber listens to is gone, and counts as
 //! delivered — the reply's subscriber count is in the attempt's log.
 
-use super::{DeliveryConfig, Outbound, SendError, Sent};
+use super::{Batching, DeliveryConfig, Outbound, SendError, Sent};
 use crate::adapters::broker::redis as redis_broker;
 use crate::adapters::broker::{redact, Link, Pace, Tls};
 use crate::config::values::Duration;
@@ -214,12 +214,8 @@ impl Outbound for RedisOutbound {
 
     /// The multiplexed connection pipelines: a batch's commands go out at once and their
     /// replies are awaited together.
-    fn batched(&self) -> bool {
-        true
-    }
-
-    async fn send_batch(&self, msgs: &[Message]) -> Vec<Result<Sent, SendError>> {
-        super::pipelined(self, msgs).await
+    fn batching(&self) -> Batching {
+        Batching::Pipelined
     }
 
     fn link(&self) -> Option<Arc<Link>> {

@@ -7,7 +7,7 @@
 //! also the deduplication id (unless `deduplication_id` says otherwise), so SQS itself drops a
 //! copy sent within its five-minute window.
 
-use super::{DeliveryConfig, Outbound, SendError, Sent};
+use super::{Batching, DeliveryConfig, Outbound, SendError, Sent};
 use crate::adapters::broker::sqs::{error_text, Endpoint};
 use crate::adapters::broker::{Link, ID_NAME};
 use crate::config::values::Duration;
@@ -278,8 +278,8 @@ impl Outbound for SqsOutbound {
 
     /// Due deliveries go out ten to a `SendMessageBatch` call (within 240 KiB), each
     /// entry's outcome its own delivery's.
-    fn batched(&self) -> bool {
-        true
+    fn batching(&self) -> Batching {
+        Batching::Whole
     }
 
     async fn send_batch(&self, msgs: &[Message]) -> Vec<Result<Sent, SendError>> {
