@@ -250,18 +250,22 @@ fn http_scenario_on(
     )
 }
 
+/// How long a timed load runs: `BENCH_SECONDS` (default 20) times the scale, within limits.
+fn load_seconds() -> f64 {
+    std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(20.0)
+        * scale().clamp(0.05, 1.0)
+}
+
 /// A destination on its own, without the intake in front of it: HTTP posts for half of
 /// `BENCH_SECONDS` are stored while the destination is held (`rate: 1/h`, one attempt goes),
 /// then the route file is rewritten without the rate and the time until the stored backlog is
 /// delivered is taken (the reload's own start, a few hundred milliseconds, counts against it).
 /// `to` is the destination's YAML with `delivery: { retry: … }`, as the broker helpers write it.
 fn backlog_drain(name: &str, to: &str) -> Row {
-    let secs: f64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20.0)
-        * scale().clamp(0.05, 1.0)
-        / 2.0;
+    let secs = load_seconds() / 2.0;
     let held = to.replace("delivery: { retry:", "delivery: { rate: 1/h, retry:");
     assert_ne!(
         held, to,
@@ -322,11 +326,7 @@ fn http_run(
     pattern: Pattern,
 ) -> Row {
     let pg = postgres.map(Postgres::new);
-    let secs: f64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20.0)
-        * scale().clamp(0.05, 1.0);
+    let secs = load_seconds();
     let ws = Workspace::new();
     let aggregate = if pattern == Pattern::Aggregate {
         "  - aggregate: { key: '\"all\"', count: 10, timeout: 1s }\n"
@@ -1148,11 +1148,7 @@ fn baseline_sqlite(batch: usize) -> Row {
 /// store's share of the engine's cost, beside the floor.
 fn baseline_group_commit(clients: usize, processed: bool) -> Row {
     use switchyard::store::{Insert, MessageState, Processed, StepRecord, Store};
-    let secs: f64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20.0)
-        * scale().clamp(0.05, 1.0);
+    let secs = load_seconds();
     let tmp = tempfile::tempdir().expect("temp dir");
     let path = tmp.path().join("store.db");
     let store: std::sync::Arc<dyn Store> =
