@@ -314,12 +314,22 @@ fn large_messages_stay_inside_the_memory_bound() {
         &format!("{}to:\n  - file: {{ path: out }}\n", from("plain")),
     );
     let engine = ws.start();
-    // Idle means started: on a machine busy with other tests, 500 ms may not be enough, and
-    // an idle figure taken too early counts the start-up's own memory as the messages'.
+    // Idle means started and warm: on a machine busy with other tests, 500 ms may not be
+    // enough, and an idle figure taken too early counts the start-up's own memory as the
+    // messages'. One small message through each route first, so that what is made on first
+    // use and then kept whatever the size (metric handles, step and delivery threads, the
+    // store's page cache) is in the idle figure, not counted against the large messages.
     assert!(wait_until(Duration::from_secs(30), || ws
         .log_events()
         .iter()
         .any(|e| e["message"] == "engine started")));
+    ws.drop_file("xml", "warm.xml", &large_order(4 << 10));
+    ws.drop_file("plain", "warm.dat", b"warm");
+    assert!(
+        wait_until(Duration::from_secs(60), || ws.count("delivered") == 2),
+        "{:?}",
+        ws.states()
+    );
     std::thread::sleep(Duration::from_millis(500));
     let idle = engine.memory_kib("VmRSS") << 10;
     let above =
@@ -328,11 +338,16 @@ fn large_messages_stay_inside_the_memory_bound() {
     let xml = large_order(16 << 20);
     ws.drop_file("xml", "big.xml", &xml);
     assert!(
-        wait_until(Duration::from_secs(120), || ws.count("delivered") == 1),
+        wait_until(Duration::from_secs(120), || ws.count("delivered") == 3),
         "{:?}",
         ws.states()
     );
-    let json = std::fs::read(ws.path("json").join(&ws.files("json")[0])).unwrap();
+    let json = ws
+        .files("json")
+        .iter()
+        .map(|f| std::fs::read(ws.path("json").join(f)).unwrap())
+        .max_by_key(Vec::len)
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
     assert_eq!(v["order"]["lines"]["line"][7]["@sku"], "A7");
     let xml_peak = above(xml.len());
@@ -347,13 +362,15 @@ fn large_messages_stay_inside_the_memory_bound() {
         ws.drop_file("plain", &format!("big{i}.dat"), &plain);
     }
     assert!(
-        wait_until(Duration::from_secs(120), || ws.count("delivered") == 7),
+        wait_until(Duration::from_secs(120), || ws.count("delivered") == 8),
         "{:?}",
         ws.states()
     );
+    // Two files being read (the intake's 64 MiB cap), up to four copies of one in the store's
+    // writer, one in the destination: 7× and the allocator's slack (docs/operations.md#memory).
     let files_peak = above(plain.len());
     assert!(
-        files_peak <= 8.0,
+        files_peak <= 9.0,
         "six files of {} bytes peaked at {files_peak:.1}× one",
         plain.len()
     );
