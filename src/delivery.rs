@@ -16,7 +16,7 @@
 //! delivered or dead, waiting out its backoff, so order holds across failures and restarts.
 
 use crate::adapters::outbound::{
-    pipelined, Batching, DeliveryConfig, DeliveryOrder, Outbound, RetryConfig, SendError, Sent,
+    Batching, DeliveryConfig, DeliveryOrder, Outbound, RetryConfig, SendError, Sent,
     PIPELINED_BATCHES,
 };
 use crate::message::Message;
@@ -386,10 +386,7 @@ async fn attempt(dest: &Destination, store: &dyn Processing, d: Delivery) {
 async fn send_batch(dest: &Destination, batch: Vec<Delivery>) -> Vec<Made> {
     let (tickets, msgs): (Vec<Ticket>, Vec<Message>) = batch.into_iter().map(outgoing).unzip();
     let started = Instant::now();
-    let results = match dest.outbound.batching() {
-        Batching::Pipelined => pipelined(dest.outbound.as_ref(), &msgs).await,
-        _ => dest.outbound.send_batch(&msgs).await,
-    };
+    let results = dest.outbound.send_batch(&msgs).await;
     let duration = started.elapsed();
     tickets
         .into_iter()

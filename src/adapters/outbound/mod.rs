@@ -256,13 +256,11 @@ pub trait Outbound: Send + Sync {
     }
 
     /// Delivers several messages; one result per message, in order. A result is final for
-    /// its message only: one failure does not fail the others.
+    /// its message only: one failure does not fail the others. By default a pipeline
+    /// ([`pipelined`]), what [`Batching::Pipelined`] destinations use; [`Batching::Whole`]
+    /// destinations write the batch their own way.
     async fn send_batch(&self, msgs: &[Message]) -> Vec<Result<Sent, SendError>> {
-        let mut results = Vec::with_capacity(msgs.len());
-        for msg in msgs {
-            results.push(self.send(msg).await);
-        }
-        results
+        pipelined(self, msgs).await
     }
 }
 
@@ -275,7 +273,7 @@ pub enum Batching {
     /// message than `send` (a file destination syncs a batch once; a database commits it once;
     /// SQS sends ten to a call).
     Whole,
-    /// Whole batches as pipelines ([`pipelined`]), several batches at once, so that one
+    /// Whole batches as pipelines (the default [`Outbound::send_batch`]), several batches at once, so that one
     /// batch's confirmations and its record overlap the next batch's sending: for broker
     /// clients that pipeline on one connection (Kafka, NATS, Redis, AMQP 0-9-1 and 1.0).
     Pipelined,
@@ -288,7 +286,7 @@ pub const PIPELINED_BATCHES: usize = 4;
 /// order (`join_all` polls its futures in order) and the broker's confirmations are awaited
 /// together — about one round trip for the batch instead of one per message, each message
 /// still done only on its own confirmation.
-pub async fn pipelined<O: Outbound + ?Sized>(
+async fn pipelined<O: Outbound + ?Sized>(
     out: &O,
     msgs: &[Message],
 ) -> Vec<Result<Sent, SendError>> {
