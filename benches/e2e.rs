@@ -840,6 +840,8 @@ fn main() {
     if want("http nowhere") {
         rows.push(http_run(50, true, false, None, Out::Nowhere, Pattern::None));
         rows.push(http_run(50, false, true, None, Out::Nowhere, Pattern::None));
+        // The target is a share of the disk's floor of the same minutes.
+        rows.push(baseline_group_commit(50, false));
     }
     // What the patterns cost on the intake (nothing to deliver), beside the same route
     // without them in the same run.
@@ -864,6 +866,7 @@ fn main() {
             ),
             Pattern::None,
         ));
+        rows.push(baseline_group_commit(50, false));
     }
     // BENCH_POSTGRES=postgres://root@127.0.0.1/test: HTTP on a PostgreSQL store as well.
     if let (true, Ok(url)) = (want("http postgres"), std::env::var("BENCH_POSTGRES")) {

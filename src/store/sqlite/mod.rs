@@ -1,21 +1,14 @@
 //! The embedded SQLite store (WAL, `synchronous=FULL`).
 //!
-//! All writes go through one writer thread that owns the write connection. It takes every job
-//! waiting in its queue, runs them one after another in one transaction, commits, and only
-//! then answers each caller. This is group commit: one fsync covers many messages, and no
-//! caller hears "stored" before it is. A job that fails does not take the others with it: the
-//! transaction is rolled back and run again without that job (jobs are plain functions of the
-//! connection, so running one twice is safe). That costs a rerun when a job fails, which is
-//! rare, instead of a savepoint around every job, which is paid on every message (each
-//! savepoint copies the pages it touches into a statement journal). Reads use a second
-//! connection, which WAL lets run beside the writer.
+//! All writes go through one writer thread with group commit (`writer`): one fsync covers
+//! many messages, and no caller hears "stored" before it is. Reads use a second connection,
+//! which WAL lets run beside the writer.
 
 use super::plan::{self, Change, Line};
 use super::*;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{mpsc, oneshot};
 
 mod changes;
 mod integrity;
@@ -23,67 +16,18 @@ mod maintenance;
 mod operations;
 mod processing;
 mod schema;
+mod writer;
 
 use changes::*;
 use schema::*;
 
 use integrity::Damage;
 pub use integrity::{check_file, report as damage_report, Checked};
-
-/// Jobs a single transaction may hold; bounds the latency one commit adds.
-const MAX_BATCH: usize = 512;
-
-/// One caller's writes, run by the writer thread inside its transaction.
-trait Job: Send {
-    /// Runs the job's statements in the open transaction; false when they failed (the error
-    /// is kept for the caller). May run more than once: only the last run counts.
-    fn run(&mut self, conn: &Connection) -> bool;
-    /// Answers the caller once the transaction's fate (`commit`) is known.
-    fn answer(self: Box<Self>, commit: Result<(), String>);
-    /// The damage the last run met (a damaged page, a file that is no database), if any.
-    fn damage(&self) -> Option<String>;
-}
-
-struct Call<R, F> {
-    f: F,
-    result: Option<rusqlite::Result<R>>,
-    tx: oneshot::Sender<StoreResult<R>>,
-}
-
-impl<R, F> Job for Call<R, F>
-where
-    R: Send,
-    F: Fn(&Connection) -> rusqlite::Result<R> + Send,
-{
-    fn run(&mut self, conn: &Connection) -> bool {
-        let result = (self.f)(conn);
-        let ok = result.is_ok();
-        self.result = Some(result);
-        ok
-    }
-
-    fn answer(self: Box<Self>, commit: Result<(), String>) {
-        let out = match (self.result, commit) {
-            (None, Err(e)) => Err(StoreError(e)),
-            (None, Ok(())) => Err(StoreError("the write did not run".into())),
-            (Some(Err(e)), _) => Err(sql_err(e)),
-            (Some(Ok(_)), Err(e)) => Err(StoreError(format!("commit failed: {e}"))),
-            (Some(Ok(r)), Ok(())) => Ok(r),
-        };
-        let _ = self.tx.send(out);
-    }
-
-    fn damage(&self) -> Option<String> {
-        match &self.result {
-            Some(Err(e)) if integrity::is_damage(e) => Some(e.to_string()),
-            _ => None,
-        }
-    }
-}
+use writer::Jobs;
 
 pub struct SqliteStore {
     path: PathBuf,
-    jobs: Mutex<Option<mpsc::Sender<Box<dyn Job>>>>,
+    jobs: Mutex<Option<Jobs>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     reader: Arc<Mutex<Connection>>,
     /// Held while an engine uses the store; released by `close`.
@@ -220,13 +164,8 @@ impl SqliteStore {
         migrate(&conn).map_err(damaged)?;
         let reader = open_connection(path).map_err(sql_err)?;
 
-        let (tx, rx) = mpsc::channel::<Box<dyn Job>>(4096);
         let damage = Arc::new(Damage::default());
-        let (writer_damage, writer_path) = (damage.clone(), path.to_path_buf());
-        let writer = std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || write_loop(conn, rx, &writer_damage, &writer_path))
-            .map_err(sql_err)?;
+        let (tx, writer) = writer::start(conn, path, damage.clone())?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
             jobs: Mutex::new(Some(tx)),
@@ -277,14 +216,7 @@ impl SqliteStore {
             .map_err(|_| closed())?
             .clone()
             .ok_or_else(closed)?;
-        let (tx, rx) = oneshot::channel();
-        let job: Box<dyn Job> = Box::new(Call {
-            f,
-            result: None,
-            tx,
-        });
-        jobs.send(job).await.map_err(|_| closed())?;
-        rx.await.map_err(|_| closed())?
+        writer::write(jobs, f).await
     }
 
     async fn read<R, F>(&self, f: F) -> StoreResult<R>
@@ -302,89 +234,6 @@ impl SqliteStore {
         .await
         .map_err(sql_err)?
     }
-}
-
-fn write_loop(
-    conn: Connection,
-    mut rx: mpsc::Receiver<Box<dyn Job>>,
-    damage: &Damage,
-    path: &Path,
-) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        if let Some(report) = damage.get() {
-            // Found since these were queued (by a read, a check): nothing more goes in.
-            batch
-                .into_iter()
-                .for_each(|job| job.answer(Err(report.clone())));
-            continue;
-        }
-        if let Some(problem) = commit_batch(&conn, batch) {
-            damage.set(integrity::report(
-                path,
-                &[problem],
-                integrity::WRITES_STOPPED,
-            ));
-        }
-    }
-    // Dropping the connection must not copy the log into a damaged file.
-    damage.seal(&conn);
-}
-
-/// Runs `batch` in one transaction and answers every job. A failing job is answered with its
-/// error and the transaction is run again without it, so each job's writes are committed
-/// whole or not at all, whatever the others do. Returns the damage met, if any: then the
-/// jobs not yet answered are refused rather than run again on a damaged file.
-fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn Job>>) -> Option<String> {
-    let refuse = |batch: Vec<Box<dyn Job>>, msg: String| {
-        batch
-            .into_iter()
-            .for_each(|job| job.answer(Err(msg.clone())));
-    };
-    while !batch.is_empty() {
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            // Nothing ran, and running jobs outside a transaction would not be atomic: every
-            // caller hears the error and keeps its message unacknowledged.
-            refuse(batch, format!("cannot begin a transaction: {e}"));
-            return integrity::is_damage(&e).then(|| e.to_string());
-        }
-        match batch.iter_mut().position(|job| !job.run(conn)) {
-            Some(failed) => {
-                // Some errors (a full disk) end the transaction by themselves: then there is
-                // nothing left to roll back.
-                let _ = conn.execute_batch("ROLLBACK");
-                // Its own error is what it answers with; the commit is not its business.
-                let job = batch.remove(failed);
-                let damage = job.damage();
-                job.answer(Ok(()));
-                if let Some(problem) = damage {
-                    refuse(batch, format!("the store is damaged: {problem}"));
-                    return Some(problem);
-                }
-            }
-            None => {
-                let commit = conn.execute_batch("COMMIT");
-                let damage = commit
-                    .as_ref()
-                    .err()
-                    .filter(|e| integrity::is_damage(e))
-                    .map(|e| e.to_string());
-                let commit = commit.map_err(|e| e.to_string());
-                if commit.is_err() {
-                    let _ = conn.execute_batch("ROLLBACK");
-                }
-                batch.into_iter().for_each(|job| job.answer(commit.clone()));
-                return damage;
-            }
-        }
-    }
-    None
 }
 
 const SELECT_PENDING: &str =
