@@ -321,7 +321,6 @@ pub(super) fn insert_one(
     apply_all(conn, &plan::new_message(ins, held), now, node, lease)
 }
 
-/// The first message of `route` stored under the search field `key`, if any.
 /// The first message of `route` holding one of `keys` (see [`Key`]), with the key it holds.
 pub(super) fn first_with_keys<'k>(
     conn: &Connection,
