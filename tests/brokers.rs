@@ -198,14 +198,24 @@ async fn sigkill_while_consuming(b: Arc<dyn TestBroker>) {
     feed.await.unwrap();
     // Messages in hand at the kill come back after the broker's redelivery delay (SQS: the
     // visibility timeout, on a Python server): the wait is generous, the passing run short.
-    assert!(
-        wait_until(Duration::from_secs(240), || ws.files("outbox").len()
-            >= total),
-        "{} of {total} after the restart: {:?}\n{}",
-        ws.files("outbox").len(),
-        ws.states(),
-        missing_and_duplicates(&ws, total)
-    );
+    let arrived = wait_until(Duration::from_secs(240), || {
+        ws.files("outbox").len() >= total
+    });
+    if !arrived {
+        let held = b.holds("stream").await.unwrap_or_default();
+        let warned: Vec<String> = ws
+            .log_events()
+            .iter()
+            .filter(|e| e["level"] == "WARN" || e["level"] == "ERROR")
+            .map(|e| e.to_string())
+            .collect();
+        panic!(
+            "{} of {total} after the restart: {:?}\n{}\n{held}\nthe engine's warnings: {warned:#?}",
+            ws.files("outbox").len(),
+            ws.states(),
+            missing_and_duplicates(&ws, total),
+        );
+    }
     std::thread::sleep(Duration::from_secs(2));
     let (bodies, files) = outbox_bodies(&ws);
     let states = ws.states();

@@ -48,6 +48,12 @@ pub trait TestBroker: Send + Sync {
     fn reload_pause(&self) -> Duration {
         Duration::ZERO
     }
+    /// What the broker still holds of `source`, for a failure's message: a message missing
+    /// from the outbox but held here was never handed out again; one held nowhere was lost
+    /// (taken off the queue without being stored, or by the broker itself).
+    async fn holds(&self, _source: &str) -> Option<String> {
+        None
+    }
 }
 
 /// `SWITCHYARD_TEST_AMQP` (`amqp://guest:guest@127.0.0.1:5672`), or `None` with a note.
@@ -955,6 +961,13 @@ impl TestBroker for Sqs {
 
     async fn cut(&self) {
         self.relay.cut();
+    }
+
+    async fn holds(&self, source: &str) -> Option<String> {
+        let (visible, in_flight) = self.depth(source).await;
+        Some(format!(
+            "moto holds {visible} visible and {in_flight} in flight in {source}'s queue"
+        ))
     }
 
     fn envelope_header(&self) -> &'static str {
