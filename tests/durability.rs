@@ -70,6 +70,20 @@ fn calls(out: &str) -> Vec<Call> {
     done
 }
 
+/// One POST on a connection of its own, answered `202`.
+fn post(addr: &str, body: &str) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST /in HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+}
+
 #[test]
 fn each_sender_is_answered_after_the_log_holding_its_message_is_synced() {
     if Command::new("strace").arg("-V").output().is_err() {
@@ -98,22 +112,20 @@ fn each_sender_is_answered_after_the_log_holding_its_message_is_synced() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start strace");
-    // Time to attach to every thread of the engine.
-    std::thread::sleep(Duration::from_secs(1));
+    // Attached once strace has seen the engine answer (a loaded machine may take a while).
+    let seen = wait_until(Duration::from_secs(30), || {
+        post(&addr, "{\"warm\": true}");
+        std::fs::read_to_string(&trace).is_ok_and(|t| t.contains("HTTP/1.1 202"))
+    });
+    assert!(seen, "strace did not attach to the engine within 30 s");
+    let warm = std::fs::read_to_string(&trace)
+        .unwrap_or_default()
+        .matches("HTTP/1.1 202")
+        .count();
     // Sequential requests, each body with a mark of its own to find its page in the log.
     let marks: Vec<String> = (0..12).map(|i| format!("durability-mark-{i:04}")).collect();
     for mark in &marks {
-        let body = format!("{{\"mark\": \"{mark}\"}}");
-        let mut s = std::net::TcpStream::connect(&addr).unwrap();
-        write!(
-            s,
-            "POST /in HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).unwrap();
-        assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+        post(&addr, &format!("{{\"mark\": \"{mark}\"}}"));
     }
     std::thread::sleep(Duration::from_millis(300));
     let _ = Command::new("kill")
@@ -136,12 +148,14 @@ fn each_sender_is_answered_after_the_log_holding_its_message_is_synced() {
         .iter()
         .filter(|c| c.name != "pwrite64" && c.line.contains("HTTP/1.1 202"))
         .collect();
+    // The marked requests' answers, after the warm-up's.
+    let answers = &answers[warm.min(answers.len())..];
     assert_eq!(answers.len(), marks.len(), "one 202 per request");
     let syncs: Vec<&Call> = calls
         .iter()
         .filter(|c| (c.name == "fdatasync" || c.name == "fsync") && c.line.contains("-wal>"))
         .collect();
-    for (mark, answer) in marks.iter().zip(&answers) {
+    for (mark, answer) in marks.iter().zip(answers.iter()) {
         let written = calls
             .iter()
             .find(|c| {
