@@ -134,13 +134,10 @@ async fn run_parallel(
                 }
             }
             // A few pipelines at once: one batch's confirmations and record overlap the next
-            // one's sending.
+            // one's sending. Every free pipeline is claimed for in the same write, so that a
+            // backlog is not held to one batch per commit.
             _ if batching == Batching::Pipelined => {
-                if sending.len() < PIPELINED_BATCHES {
-                    BATCH
-                } else {
-                    0
-                }
+                PIPELINED_BATCHES.saturating_sub(sending.len()) * BATCH
             }
             _ => BATCH.saturating_sub(sending.len()),
         };
@@ -258,8 +255,8 @@ async fn until_next_due(
     next.max(Duration::from_millis(10))
 }
 
-/// Sends what was claimed: a whole batch in one call (destinations that write batches), or
-/// each delivery as a task of its own, `concurrency` at a time.
+/// Sends what was claimed: in batches of up to [`BATCH`], one call each (destinations that
+/// write batches), or each delivery as a task of its own, `concurrency` at a time.
 fn start(
     dest: &Arc<Destination>,
     limit: &Arc<Semaphore>,
@@ -272,12 +269,16 @@ fn start(
         return;
     }
     if dest.outbound.batching() != Batching::No {
-        let dest = dest.clone();
-        let bytes = held.take(due.iter().map(|d| d.message.body.len() as u64).sum());
-        sending.spawn(async move {
-            let _bytes = bytes;
-            send_batch(&dest, due).await.into_iter().map(Ok).collect()
-        });
+        let mut due = due.into_iter().peekable();
+        while due.peek().is_some() {
+            let batch: Vec<Delivery> = due.by_ref().take(BATCH).collect();
+            let dest = dest.clone();
+            let bytes = held.take(batch.iter().map(|d| d.message.body.len() as u64).sum());
+            sending.spawn(async move {
+                let _bytes = bytes;
+                send_batch(&dest, batch).await.into_iter().map(Ok).collect()
+            });
+        }
         return;
     }
     for delivery in due {
