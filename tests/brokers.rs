@@ -1655,6 +1655,100 @@ async fn the_bundled_kafka_example_works_as_shipped() {
     .await;
 }
 
+/// Kafka over TLS with SCRAM-SHA-256 (`SASL_SSL`, a private CA): the outbound produces and the
+/// inbound consumes, both authenticated through the TLS front. With a wrong password the
+/// broker refuses the connection: the delivery is not done, waits with the broker's reason,
+/// and is delivered once the password is right.
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_over_tls_with_scram() {
+    let Some(tansu) = kafka_server("Kafka TLS and SASL") else {
+        return;
+    };
+    let ws = Workspace::new();
+    let (cert, key, ca) = net::test_ca(ws.dir.path());
+    let topic = format!("sy-secure-{}", std::process::id());
+    let kafka = SecureKafka::start(
+        &tansu,
+        ws.dir.path(),
+        (&cert, &key),
+        ("switchyard", "s3cret-pw"),
+        &[&topic],
+    )
+    .await;
+    let secured = format!(
+        "tls: {{ ca: {} }}\n    sasl: {{ mechanism: SCRAM-SHA-256, username: switchyard, password: \"${{KAFKA_PASSWORD}}\" }}",
+        ca.display()
+    );
+    let port = net::free_port();
+    ws.write_route(
+        "publish.yaml",
+        &format!(
+            "from:\n  http: {{ listen: 127.0.0.1:{port} }}\nto:\n  - kafka:\n      brokers: [ \"{}\" ]\n      topic: {topic}\n      timeout: 5s\n      delivery: {{ retry: {{ backoff: 200ms, max_backoff: 1s, max_attempts: 1000 }} }}\n      {}\n",
+            kafka.bootstrap(),
+            secured.replace("\n    ", "\n      ")
+        ),
+    );
+    ws.write_route(
+        "consume.yaml",
+        &format!(
+            "from:\n{}    {secured}\nto:\n  - file: {{ path: outbox, name: \"{{{{id}}}}.txt\" }}\n",
+            kafka_client::inbound_yaml(&kafka.bootstrap(), &topic, &format!("{topic}-group"), "")
+        ),
+    );
+    let engine = ws.start_with_env(&[("KAFKA_PASSWORD", "s3cret-pw")]);
+    wait_consuming(&ws, "consume");
+    let client = reqwest::Client::new();
+    for n in 0..3 {
+        post(&client, port, &[], format!("secure {n}")).await;
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || outbox_bodies(&ws).1 == 3),
+        "{:?} {:?}",
+        outbox_bodies(&ws),
+        ws.states()
+    );
+    assert_eq!(
+        outbox_bodies(&ws).0,
+        (0..3)
+            .map(|n| format!("secure {n}"))
+            .collect::<BTreeSet<_>>()
+    );
+    engine.stop();
+
+    // The wrong password: refused by the broker, said, and nothing lost.
+    std::fs::remove_file(ws.path("routes/consume.yaml")).unwrap();
+    let engine = ws.start_with_env(&[("KAFKA_PASSWORD", "not-the-password")]);
+    assert!(wait_until(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    post(&client, port, &[], "kept").await;
+    let refused = || {
+        ws.query_pairs(
+            "SELECT COALESCE(last_error, ''), COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY last_error",
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || refused()
+            .keys()
+            .any(|e| e.contains("SASL authentication error"))),
+        "{:?} {:?}",
+        refused(),
+        ws.states()
+    );
+    assert_eq!((ws.count("failed"), ws.count("dead")), (0, 0));
+    engine.stop();
+    let engine = ws.start_with_env(&[("KAFKA_PASSWORD", "s3cret-pw")]);
+    assert!(
+        // Three sent and three read in the first run, and the one kept.
+        wait_until(Duration::from_secs(30), || ws.count("delivered") == 7),
+        "{:?} {:?}",
+        refused(),
+        ws.states()
+    );
+    engine.stop();
+}
+
 /// A build without the `kafka` feature refuses a Kafka route when it is checked, saying how
 /// to build one that takes it.
 #[cfg(not(feature = "kafka"))]

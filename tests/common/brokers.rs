@@ -1094,25 +1094,11 @@ impl Kafka {
         let port = super::net::free_port();
         let relay = Relay::start(&format!("127.0.0.1:{port}"));
         let advertised = if through_relay { relay.port } else { port };
-        let child = Command::new(tansu)
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://127.0.0.1:{port}"),
-                "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{advertised}"),
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {tansu}: {e}"));
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "tansu did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child = tansu_broker(
+            &mut Command::new(tansu),
+            (port, advertised),
+            &["--storage-engine", "memory://tansu/"],
+        );
         Kafka {
             advertised,
             relay,
@@ -1188,6 +1174,107 @@ impl TestBroker for Kafka {
 
     fn envelope_header(&self) -> &'static str {
         "kafka.offset"
+    }
+}
+
+/// Starts `tansu` as a broker on 127.0.0.1:`port` advertising `advertised`, with `args`
+/// after (its storage), and waits until it listens.
+#[cfg(feature = "kafka")]
+fn tansu_broker(
+    tansu: &mut Command,
+    (port, advertised): (u16, u16),
+    args: &[&str],
+) -> std::process::Child {
+    let child = tansu
+        .args([
+            "broker",
+            "--listener-url",
+            &format!("tcp://127.0.0.1:{port}"),
+            "--advertised-listener-url",
+            &format!("tcp://127.0.0.1:{advertised}"),
+        ])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", tansu.get_program().to_string_lossy()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "tansu did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+/// Kafka reached over TLS with SCRAM authentication (`SASL_SSL`), as Confluent Cloud, MSK and
+/// Event Hubs are: tansu with `--authentication`, keeping its logs and its users in SQLite (its
+/// in-memory storage keeps no SCRAM credentials), behind a TLS front with the test's CA (tansu
+/// 0.6 takes `--cert` and `--key` but does not use them). The user and the topics are made
+/// while the broker runs without authentication; it then starts again on the same file with
+/// it, advertising the front.
+#[cfg(feature = "kafka")]
+pub struct SecureKafka {
+    front: u16,
+    child: std::process::Child,
+}
+
+#[cfg(feature = "kafka")]
+impl SecureKafka {
+    pub async fn start(
+        tansu: &str,
+        dir: &std::path::Path,
+        (cert, key): (&std::path::Path, &std::path::Path),
+        (user, password): (&str, &str),
+        topics: &[&str],
+    ) -> SecureKafka {
+        let port = super::net::free_port();
+        let broker = |advertised: u16, authentication: bool| {
+            let storage = ["--storage-engine", "sqlite://tansu.db", "--authentication"];
+            let args = if authentication {
+                &storage[..]
+            } else {
+                &storage[..2]
+            };
+            tansu_broker(
+                Command::new(tansu).current_dir(dir),
+                (port, advertised),
+                args,
+            )
+        };
+        let mut open = broker(port, false);
+        let made = Command::new(tansu)
+            .args(["user", "create", user, password, "--mechanism", "scram256"])
+            .args(["--broker", &format!("tcp://127.0.0.1:{port}")])
+            .output()
+            .unwrap();
+        assert!(
+            made.status.success(),
+            "tansu user create: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        for topic in topics {
+            kafka_client::create(&format!("127.0.0.1:{port}"), topic).await;
+        }
+        let _ = open.kill();
+        let _ = open.wait();
+        let front = super::net::tls_front(cert, key, format!("127.0.0.1:{port}")).await;
+        SecureKafka {
+            front,
+            child: broker(front, true),
+        }
+    }
+
+    /// The TLS front, the one address the broker advertises.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.front)
+    }
+}
+
+#[cfg(feature = "kafka")]
+impl Drop for SecureKafka {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

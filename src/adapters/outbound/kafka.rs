@@ -14,7 +14,7 @@
 
 use super::{Batching, DeliveryConfig, Outbound, SendError, Sent};
 use crate::adapters::broker::kafka::{Connection, Context, Sasl};
-use crate::adapters::broker::{Link, Tls, ID_NAME};
+use crate::adapters::broker::{Link, LinkState, Tls, ID_NAME};
 use crate::config::values::Duration;
 use crate::message::Message;
 use crate::steps::BuildContext;
@@ -215,8 +215,17 @@ impl Outbound for KafkaOutbound {
                     | Some(RDKafkaErrorCode::InvalidMessageSize)
                     | Some(RDKafkaErrorCode::InvalidRecord) => Err(SendError::permanent(why)),
                     Some(RDKafkaErrorCode::MessageTimedOut) => {
+                        // librdkafka's own reason (a refused password, a certificate it does
+                        // not trust) came through its error callback, not with the record.
+                        let status = self.link.status();
+                        let why = match status.error {
+                            Some(e) if status.state == LinkState::Down => {
+                                format!("the cluster cannot be reached: {e}")
+                            }
+                            _ => "the cluster is down, or the topic does not exist".into(),
+                        };
                         Err(SendError::retryable(format!(
-                            "no acknowledgement for topic `{topic}` within {:?} (the cluster is down, or the topic does not exist)",
+                            "no acknowledgement for topic `{topic}` within {:?}: {why}",
                             self.cfg.timeout.0
                         )))
                     }
