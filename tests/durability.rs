@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -72,15 +72,7 @@ fn calls(out: &str) -> Vec<Call> {
 
 /// One POST on a connection of its own, answered `202`.
 fn post(addr: &str, body: &str) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "POST /in HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
+    let answer = net::post_once(addr, "/in", Some("application/json"), body);
     assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
 }
 

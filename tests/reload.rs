@@ -381,19 +381,8 @@ fn a_version_that_cannot_be_built_leaves_the_running_one_untouched() {
     let route = ws.write_route("api.yaml", &v1);
     let engine = ws.start();
     ws.http_addr();
-    let post = |body: &str| {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        use std::io::{Read, Write};
-        write!(
-            s,
-            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).unwrap();
-        answer
-    };
+    let addr = format!("127.0.0.1:{port}");
+    let post = |body: &str| common::net::post_once(&addr, "/", None, body);
     assert!(post("before").starts_with("HTTP/1.1 202"));
 
     let broken = v1.replace(

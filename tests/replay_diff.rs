@@ -18,17 +18,9 @@ to:
   - file: { path: outbox, name: "{{id}}.json" }
 "#;
 
+/// One POST on a connection of its own, answered `202`.
 fn post(addr: &str, body: &str) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    use std::io::{Read, Write};
-    write!(
-        s,
-        "POST /orders HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
+    let answer = net::post_once(addr, "/orders", Some("application/json"), body);
     assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
 }
 
