@@ -1655,10 +1655,63 @@ async fn the_bundled_kafka_example_works_as_shipped() {
     .await;
 }
 
-/// Kafka over TLS with SCRAM-SHA-256 (`SASL_SSL`, a private CA): the outbound produces and the
-/// inbound consumes, both authenticated through the TLS front. With a wrong password the
-/// broker refuses the connection: the delivery is not done, waits with the broker's reason,
-/// and is delivered once the password is right.
+/// Kafka over TLS with SASL (`SASL_SSL`, a private CA) through a TLS front to tansu: writes a
+/// route that produces what is POSTed to `port` and one that consumes it into `outbox`, both
+/// authenticated with `mechanism`, starts the engine with the password in `KAFKA_PASSWORD`,
+/// and checks that three messages make the round trip.
+#[cfg(feature = "kafka")]
+async fn secure_kafka_round_trip(
+    ws: &Workspace,
+    kafka: &SecureKafka,
+    (topic, ca): (&str, &std::path::Path),
+    mechanism: &str,
+    port: u16,
+) -> Engine {
+    let secured = format!(
+        "tls: {{ ca: {} }}\n    sasl: {{ mechanism: {mechanism}, username: switchyard, password: \"${{KAFKA_PASSWORD}}\" }}",
+        ca.display()
+    );
+    ws.write_route(
+        "publish.yaml",
+        &format!(
+            "from:\n  http: {{ listen: 127.0.0.1:{port} }}\nto:\n  - kafka:\n      brokers: [ \"{}\" ]\n      topic: {topic}\n      timeout: 5s\n      delivery: {{ retry: {{ backoff: 200ms, max_backoff: 1s, max_attempts: 1000 }} }}\n      {}\n",
+            kafka.bootstrap(),
+            secured.replace("\n    ", "\n      ")
+        ),
+    );
+    ws.write_route(
+        "consume.yaml",
+        &format!(
+            "from:\n{}    {secured}\nto:\n  - file: {{ path: outbox, name: \"{{{{id}}}}.txt\" }}\n",
+            kafka_client::inbound_yaml(&kafka.bootstrap(), topic, &format!("{topic}-group"), "")
+        ),
+    );
+    let engine = ws.start_with_env(&[("KAFKA_PASSWORD", "s3cret-pw")]);
+    wait_consuming(ws, "consume");
+    let client = reqwest::Client::new();
+    for n in 0..3 {
+        post(&client, port, &[], format!("secure {n}")).await;
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || outbox_bodies(ws).1 == 3),
+        "{mechanism}: {:?} {:?}",
+        outbox_bodies(ws),
+        ws.states()
+    );
+    assert_eq!(
+        outbox_bodies(ws).0,
+        (0..3)
+            .map(|n| format!("secure {n}"))
+            .collect::<BTreeSet<_>>(),
+        "{mechanism}"
+    );
+    engine
+}
+
+/// Kafka over TLS with SCRAM-SHA-256: the outbound produces and the inbound consumes, both
+/// authenticated through the TLS front. With a wrong password the broker refuses the
+/// connection: the delivery is not done, waits with the broker's reason, and is delivered
+/// once the password is right.
 #[cfg(feature = "kafka")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_over_tls_with_scram() {
@@ -1672,48 +1725,13 @@ async fn kafka_over_tls_with_scram() {
         &tansu,
         ws.dir.path(),
         (&cert, &key),
-        ("switchyard", "s3cret-pw"),
+        ("switchyard", "s3cret-pw", "scram256"),
         &[&topic],
     )
     .await;
-    let secured = format!(
-        "tls: {{ ca: {} }}\n    sasl: {{ mechanism: SCRAM-SHA-256, username: switchyard, password: \"${{KAFKA_PASSWORD}}\" }}",
-        ca.display()
-    );
     let port = net::free_port();
-    ws.write_route(
-        "publish.yaml",
-        &format!(
-            "from:\n  http: {{ listen: 127.0.0.1:{port} }}\nto:\n  - kafka:\n      brokers: [ \"{}\" ]\n      topic: {topic}\n      timeout: 5s\n      delivery: {{ retry: {{ backoff: 200ms, max_backoff: 1s, max_attempts: 1000 }} }}\n      {}\n",
-            kafka.bootstrap(),
-            secured.replace("\n    ", "\n      ")
-        ),
-    );
-    ws.write_route(
-        "consume.yaml",
-        &format!(
-            "from:\n{}    {secured}\nto:\n  - file: {{ path: outbox, name: \"{{{{id}}}}.txt\" }}\n",
-            kafka_client::inbound_yaml(&kafka.bootstrap(), &topic, &format!("{topic}-group"), "")
-        ),
-    );
-    let engine = ws.start_with_env(&[("KAFKA_PASSWORD", "s3cret-pw")]);
-    wait_consuming(&ws, "consume");
+    let engine = secure_kafka_round_trip(&ws, &kafka, (&topic, &ca), "SCRAM-SHA-256", port).await;
     let client = reqwest::Client::new();
-    for n in 0..3 {
-        post(&client, port, &[], format!("secure {n}")).await;
-    }
-    assert!(
-        wait_until(Duration::from_secs(30), || outbox_bodies(&ws).1 == 3),
-        "{:?} {:?}",
-        outbox_bodies(&ws),
-        ws.states()
-    );
-    assert_eq!(
-        outbox_bodies(&ws).0,
-        (0..3)
-            .map(|n| format!("secure {n}"))
-            .collect::<BTreeSet<_>>()
-    );
     engine.stop();
 
     // The wrong password: refused by the broker, said, and nothing lost.
@@ -1746,6 +1764,38 @@ async fn kafka_over_tls_with_scram() {
         refused(),
         ws.states()
     );
+    engine.stop();
+}
+
+/// SCRAM-SHA-512, against a broker of its own: the same round trip as SCRAM-SHA-256. (PLAIN,
+/// the third mechanism the adapters take, cannot be tested here: tansu 0.6 does not offer it —
+/// librdkafka reports "SASL PLAIN mechanism handshake failed … broker's supported mechanisms:
+/// (n/a)" — and librdkafka's mock cluster has no SASL.)
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_over_tls_with_scram_sha_512() {
+    let Some(tansu) = kafka_server("Kafka TLS and SASL") else {
+        return;
+    };
+    let ws = Workspace::new();
+    let (cert, key, ca) = net::test_ca(ws.dir.path());
+    let topic = format!("sy-scram512-{}", std::process::id());
+    let kafka = SecureKafka::start(
+        &tansu,
+        ws.dir.path(),
+        (&cert, &key),
+        ("switchyard", "s3cret-pw", "scram512"),
+        &[&topic],
+    )
+    .await;
+    let engine = secure_kafka_round_trip(
+        &ws,
+        &kafka,
+        (&topic, &ca),
+        "SCRAM-SHA-512",
+        net::free_port(),
+    )
+    .await;
     engine.stop();
 }
 

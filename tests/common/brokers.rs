@@ -1206,7 +1206,7 @@ fn tansu_broker(
     child
 }
 
-/// Kafka reached over TLS with SCRAM authentication (`SASL_SSL`), as Confluent Cloud, MSK and
+/// Kafka reached over TLS with SASL authentication (`SASL_SSL`), as Confluent Cloud, MSK and
 /// Event Hubs are: tansu with `--authentication`, keeping its logs and its users in SQLite (its
 /// in-memory storage keeps no SCRAM credentials), behind a TLS front with the test's CA (tansu
 /// 0.6 takes `--cert` and `--key` but does not use them). The user and the topics are made
@@ -1224,7 +1224,7 @@ impl SecureKafka {
         tansu: &str,
         dir: &std::path::Path,
         (cert, key): (&std::path::Path, &std::path::Path),
-        (user, password): (&str, &str),
+        (user, password, mechanism): (&str, &str, &str),
         topics: &[&str],
     ) -> SecureKafka {
         let port = super::net::free_port();
@@ -1243,7 +1243,7 @@ impl SecureKafka {
         };
         let mut open = broker(port, false);
         let made = Command::new(tansu)
-            .args(["user", "create", user, password, "--mechanism", "scram256"])
+            .args(["user", "create", user, password, "--mechanism", mechanism])
             .args(["--broker", &format!("tcp://127.0.0.1:{port}")])
             .output()
             .unwrap();
