@@ -1655,6 +1655,27 @@ async fn the_bundled_kafka_example_works_as_shipped() {
     .await;
 }
 
+/// A workspace with a private CA, and tansu behind a TLS front signed by it, holding a topic
+/// of its own and the user `switchyard` stored for `stored` (tansu's name of the mechanism).
+#[cfg(feature = "kafka")]
+async fn secure_kafka(
+    tansu: &str,
+    stored: &str,
+) -> (Workspace, SecureKafka, String, std::path::PathBuf) {
+    let ws = Workspace::new();
+    let (cert, key, ca) = net::test_ca(ws.dir.path());
+    let topic = format!("sy-{stored}-{}", std::process::id());
+    let kafka = SecureKafka::start(
+        tansu,
+        ws.dir.path(),
+        (&cert, &key),
+        ("switchyard", "s3cret-pw", stored),
+        &[&topic],
+    )
+    .await;
+    (ws, kafka, topic, ca)
+}
+
 /// Kafka over TLS with SASL (`SASL_SSL`, a private CA) through a TLS front to tansu: writes a
 /// route that produces what is POSTed to `port` and one that consumes it into `outbox`, both
 /// authenticated with `mechanism`, starts the engine with the password in `KAFKA_PASSWORD`,
@@ -1718,17 +1739,7 @@ async fn kafka_over_tls_with_scram() {
     let Some(tansu) = kafka_server("Kafka TLS and SASL") else {
         return;
     };
-    let ws = Workspace::new();
-    let (cert, key, ca) = net::test_ca(ws.dir.path());
-    let topic = format!("sy-secure-{}", std::process::id());
-    let kafka = SecureKafka::start(
-        &tansu,
-        ws.dir.path(),
-        (&cert, &key),
-        ("switchyard", "s3cret-pw", "scram256"),
-        &[&topic],
-    )
-    .await;
+    let (ws, kafka, topic, ca) = secure_kafka(&tansu, "scram256").await;
     let port = net::free_port();
     let engine = secure_kafka_round_trip(&ws, &kafka, (&topic, &ca), "SCRAM-SHA-256", port).await;
     let client = reqwest::Client::new();
@@ -1777,17 +1788,7 @@ async fn kafka_over_tls_with_scram_sha_512() {
     let Some(tansu) = kafka_server("Kafka TLS and SASL") else {
         return;
     };
-    let ws = Workspace::new();
-    let (cert, key, ca) = net::test_ca(ws.dir.path());
-    let topic = format!("sy-scram512-{}", std::process::id());
-    let kafka = SecureKafka::start(
-        &tansu,
-        ws.dir.path(),
-        (&cert, &key),
-        ("switchyard", "s3cret-pw", "scram512"),
-        &[&topic],
-    )
-    .await;
+    let (ws, kafka, topic, ca) = secure_kafka(&tansu, "scram512").await;
     let engine = secure_kafka_round_trip(
         &ws,
         &kafka,
