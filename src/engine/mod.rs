@@ -21,7 +21,7 @@ mod upkeep;
 mod work;
 
 use build::{build, spawn_inbound};
-use work::{decide_off_thread, record, resume, schedule, InlineSteps};
+use work::{decide_on_fitting_thread, record, resume, schedule, InlineSteps};
 
 use crate::adapters::inbound::{Inbound, Intake, Ran, Replies, Reply};
 use crate::delivery::{self, Destination};
@@ -300,7 +300,7 @@ impl Engine {
                     let Ok(permit) = committing.clone().acquire_owned().await else {
                         break;
                     };
-                    let Some(decision) = decide_off_thread(&r, work).await else {
+                    let Some(decision) = decide_on_fitting_thread(&r, work).await else {
                         continue;
                     };
                     let (r, store) = (r.clone(), store.clone());

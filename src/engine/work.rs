@@ -284,19 +284,33 @@ pub(super) fn recorded(route: &Arc<RunningRoute>, after: After, state: MessageSt
     }
 }
 
-/// Runs the steps on a stored message (off the I/O threads); `None` when the worker died.
-pub(super) async fn decide_off_thread(
+/// Runs the steps on a stored message (off the I/O threads unless they are quick and the
+/// message small); `None` when the worker died.
+pub(super) async fn decide_on_fitting_thread(
     route: &Arc<RunningRoute>,
     work: Pending,
 ) -> Option<Decision> {
     let started = Instant::now();
     let id = work.msg.id;
-    // Steps are CPU work (parsing, mapping): keep them off the threads that serve I/O, so a
-    // large message never delays intake acknowledgements or deliveries.
-    let r = route.clone();
-    match tokio::task::spawn_blocking(move || decide(&r, work, started)).await {
+    // A small message through quick steps only (an HL7 parse, a header): the hand-over to a
+    // blocking thread and back would cost more than the steps (docs/performance.md).
+    let decided = if crate::steps::runs_in_place(&route.steps, work.msg.body.len()) {
+        // Caught like a blocking thread's panic would be: the caller's task lives on.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            decide(route, work, started)
+        }))
+        .map_err(|_| ())
+    } else {
+        // Steps are CPU work (parsing, mapping): keep them off the threads that serve I/O,
+        // so a large message never delays intake acknowledgements or deliveries.
+        let r = route.clone();
+        tokio::task::spawn_blocking(move || decide(&r, work, started))
+            .await
+            .map_err(|_| ())
+    };
+    match decided {
         Ok(d) => Some(d),
-        Err(_) => {
+        Err(()) => {
             tracing::error!(route = %route.id, message_id = %id,
                 "step worker failed; the message stays received and is processed again");
             None
@@ -336,7 +350,7 @@ impl crate::adapters::inbound::Steps for InlineSteps {
             resume_step: 0,
             attempts: 0,
         };
-        let d = decide_off_thread(&self.route, work).await?;
+        let d = decide_on_fitting_thread(&self.route, work).await?;
         let route = self.route.clone();
         let after = d.after;
         Some(Ran {

@@ -18,6 +18,10 @@ impl Config {
 pub struct CsvToJson(ReadOptions);
 
 impl Step for CsvToJson {
+    fn quick(&self) -> bool {
+        true
+    }
+
     fn apply(&self, msg: &mut Message) -> Result<(), StepError> {
         let json = csv_to_value(&msg.body, &self.0)?;
         msg.set_json(&json);

@@ -45,6 +45,10 @@ pub const HEADERS: [(&str, &str); 6] = [
 ];
 
 impl Step for Hl7Step {
+    fn quick(&self) -> bool {
+        true
+    }
+
     fn apply(&self, msg: &mut Message) -> Result<(), StepError> {
         let text = msg.body_text()?.to_string();
         let m = Hl7::parse(&text)?;

@@ -17,6 +17,10 @@ impl Config {
 pub struct JsonToCsv(WriteOptions);
 
 impl Step for JsonToCsv {
+    fn quick(&self) -> bool {
+        true
+    }
+
     fn apply(&self, msg: &mut Message) -> Result<(), StepError> {
         let json = msg.body_json()?;
         let csv = value_to_csv(&json, &self.0)?;

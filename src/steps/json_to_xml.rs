@@ -19,6 +19,10 @@ impl Config {
 pub struct JsonToXml(WriteOptions);
 
 impl Step for JsonToXml {
+    fn quick(&self) -> bool {
+        true
+    }
+
     fn apply(&self, msg: &mut Message) -> Result<(), StepError> {
         let json = msg.body_json()?;
         let xml = value_to_xml(&json, &self.0)?;

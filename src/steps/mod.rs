@@ -181,7 +181,8 @@ impl StepConfig {
 }
 
 /// A running step. Steps are synchronous and CPU-bound — but for `enrich`, which waits for
-/// its HTTP answer — and the engine runs them on blocking threads.
+/// its HTTP answer — and the engine runs them on blocking threads, unless all of a route's
+/// steps are [`Step::quick`] and the message is small.
 pub trait Step: Send + Sync {
     fn apply(&self, msg: &mut Message) -> Result<(), StepError>;
 
@@ -190,6 +191,24 @@ pub trait Step: Send + Sync {
     fn control(&self, msg: &mut Message) -> Result<Flow, StepError> {
         self.apply(msg).map(|()| Flow::Continue)
     }
+
+    /// True for a step whose cost is a short pass over the message — no script, no
+    /// look-up, no I/O: on a small message it costs less than the hand-over to a blocking
+    /// thread, so the engine may run it where the message arrived (see
+    /// [`runs_in_place`]).
+    fn quick(&self) -> bool {
+        false
+    }
+}
+
+/// Largest body whose quick steps run where the message arrived: parsing this much takes
+/// tens of microseconds, about what the hand-over to a blocking thread and back costs.
+pub const IN_PLACE_BYTES: usize = 8 * 1024;
+
+/// Whether `steps` may run on the thread that received a message of `body` bytes, rather
+/// than on a blocking thread: every step is [`Step::quick`] and the body is small.
+pub fn runs_in_place(steps: &[BuiltStep], body: usize) -> bool {
+    body <= IN_PLACE_BYTES && steps.iter().all(|s| s.step.quick())
 }
 
 /// What happens after a step.
@@ -331,4 +350,34 @@ pub fn run_all(
         }
     }
     (current, runs, Outcome::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn steps(yaml: &[&str]) -> Vec<BuiltStep> {
+        yaml.iter()
+            .enumerate()
+            .map(|(i, y)| {
+                let cfg: StepConfig = crate::config::yaml::parse_str(y).unwrap();
+                BuiltStep {
+                    name: format!("steps[{i}].{}", cfg.kind()),
+                    step: cfg.build(&BuildContext::default()).unwrap(),
+                    class: cfg.class(),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_quick_steps_on_small_messages_run_in_place() {
+        let quick = steps(&["hl7: {}", "set_header: { name: a, value: b }"]);
+        assert!(runs_in_place(&quick, 0));
+        assert!(runs_in_place(&quick, IN_PLACE_BYTES));
+        assert!(!runs_in_place(&quick, IN_PLACE_BYTES + 1));
+        let scripted = steps(&["hl7: {}", "transform: { script: 'body' }"]);
+        assert!(!runs_in_place(&scripted, 10));
+        assert!(runs_in_place(&[], 10), "no steps: routing only");
+    }
 }

@@ -25,6 +25,10 @@ impl Config {
 pub struct SetHeader(Config);
 
 impl Step for SetHeader {
+    fn quick(&self) -> bool {
+        true
+    }
+
     fn apply(&self, msg: &mut Message) -> Result<(), StepError> {
         let value = self.0.value.render(msg);
         msg.headers.insert(self.0.name.clone(), value);

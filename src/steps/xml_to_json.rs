@@ -16,6 +16,10 @@ impl Config {
 pub struct XmlToJson(ReadOptions);
 
 impl Step for XmlToJson {
+    fn quick(&self) -> bool {
+        true
+    }
+
     fn apply(&self, msg: &mut Message) -> Result<(), StepError> {
         let json = xml_to_json(&msg.body, &self.0)?;
         msg.body = json.into();
