@@ -836,6 +836,87 @@ async fn a_declared_json_route_reads_a_text_plain_body_as_json() {
     engine.stop();
 }
 
+/// A small message's script runs where the request arrived, within a budget of a few
+/// hundred microseconds; one that runs longer is stopped there and run again on a blocking
+/// thread. Each message ends with its script's full result, and what a script printed is
+/// logged once, even for the messages whose first run was stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_over_its_in_place_budget_runs_again_whole() {
+    let ws = Workspace::new();
+    let port = net::free_port();
+    ws.write_route(
+        "orders.yaml",
+        &format!(
+            "from:\n  http: {{ listen: 127.0.0.1:{port}, content: json }}\nsteps:\n  - transform:\n      script: 'print(\"counting for \" + body.tag); let i = 0; while i < body.n {{ i += 1; }} print(\"counted \" + i + \" for \" + body.tag); body.counted = i; headers.tag = body.tag;'\n      limits: {{ max_operations: 10000000 }}\nto:\n  - file: {{ path: outbox, name: \"{{{{header.tag}}}}.json\" }}\n"
+        ),
+    );
+    let engine = ws.start();
+    ws.http_addr();
+    // Slow (about 10 ms of script), quick, slow again, then quick ones while the route
+    // sends its messages to blocking threads after the overrun.
+    let sent: [(&str, i64); 5] = [("a", 300_000), ("b", 1), ("c", 300_000), ("d", 5), ("e", 2)];
+    for (tag, n) in sent {
+        let r = client()
+            .post(format!("http://127.0.0.1:{port}/"))
+            .body(format!(r#"{{"tag": "{tag}", "n": {n}}}"#))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{tag}");
+    }
+    assert!(
+        wait_for(Duration::from_secs(30), || ws.count("delivered")
+            == sent.len() as u64)
+        .await,
+        "{:?}",
+        ws.states()
+    );
+    for (tag, n) in sent {
+        let out: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(ws.path("outbox").join(format!("{tag}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(out["counted"], n, "{tag}: {out}");
+    }
+    assert_eq!(ws.count("failed"), 0);
+    // The engine logs each printed line once.
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            ws.log_events()
+                .iter()
+                .filter(|e| {
+                    e["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("counted "))
+                })
+                .count()
+                >= sent.len()
+        })
+        .await
+    );
+    let printed: Vec<String> = ws
+        .log_events()
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .filter(|m| m.starts_with("count"))
+        .map(str::to_string)
+        .collect();
+    for (tag, n) in sent {
+        // The first line is printed before the loop: a stopped run printed it too.
+        for line in [
+            format!("counting for {tag}"),
+            format!("counted {n} for {tag}"),
+        ] {
+            assert_eq!(
+                printed.iter().filter(|p| **p == line).count(),
+                1,
+                "{line} in {printed:?}"
+            );
+        }
+    }
+    engine.stop();
+}
+
 /// A `reply` route without destinations is a request-reply service: it is accepted, answers
 /// with the steps' result, and its messages end `delivered` (not `unrouted`) once answered.
 /// The bundled example is run as shipped.

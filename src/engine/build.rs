@@ -138,5 +138,6 @@ pub(super) fn build(route: &Route, listeners: &Arc<Listeners>) -> anyhow::Result
             .iter()
             .any(|d| d.kind == DeliveryKind::Main),
         joined: Arc::new(Notify::new()),
+        over_budget: AtomicU32::new(0),
     })
 }

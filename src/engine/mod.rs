@@ -29,6 +29,7 @@ use crate::listeners::Listeners;
 use crate::message::Message;
 use crate::route::{OnError, Route, StepPolicy};
 use crate::routing::Router;
+use crate::script;
 use crate::steps::{self, BuildContext, BuiltStep, Outcome};
 use crate::store::{
     DeliveryKind, Insert, MessageState, Pending, Processed, Processing, StepRecord, Store,
@@ -36,12 +37,14 @@ use crate::store::{
 use crate::telemetry;
 use anyhow::Context;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, Mutex, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use uuid::Uuid;
 
 /// Messages a route's queue holds between intake and its step workers, per worker.
 const QUEUE_PER_WORKER: usize = 16;
@@ -134,9 +137,20 @@ struct RunningRoute {
     replies_only: bool,
     /// Wakes the route's aggregator when a member joined its group.
     joined: Arc<Notify>,
+    /// Messages left to send to blocking threads since a script ran over its budget in
+    /// place (see `work::decide_on_fitting_thread`).
+    over_budget: AtomicU32,
 }
 
 impl RunningRoute {
+    /// Whether a script of this route ran over its in-place budget in the last few messages
+    /// (counting this one down).
+    fn recently_over_budget(&self) -> bool {
+        self.over_budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
     /// The state of each broker connection the route's adapters hold.
     fn links(&self) -> Vec<(String, crate::adapters::broker::LinkStatus)> {
         let inbound = self

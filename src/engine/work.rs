@@ -284,38 +284,62 @@ pub(super) fn recorded(route: &Arc<RunningRoute>, after: After, state: MessageSt
     }
 }
 
-/// Runs the steps on a stored message (off the I/O threads unless they are quick and the
-/// message small); `None` when the worker died.
+/// How long scripts may run on the thread that received their message before they are
+/// stopped and the message handed to a blocking thread: several times a typical transform
+/// (20–60 µs), short enough not to hold the thread's other connections.
+const IN_PLACE_BUDGET: Duration = Duration::from_micros(250);
+
+/// Messages a route sends to blocking threads after one of its scripts ran over
+/// [`IN_PLACE_BUDGET`]: a route whose scripts are slow stops trying in place.
+const AFTER_OVER_BUDGET: u32 = 64;
+
+/// Runs the steps and routing on a stored message, where that is cheapest: on this thread
+/// for a small message through cheap steps (`steps::placement`), else on a blocking thread;
+/// `None` when the steps' worker died.
 pub(super) async fn decide_on_fitting_thread(
     route: &Arc<RunningRoute>,
     work: Pending,
 ) -> Option<Decision> {
     let started = Instant::now();
     let id = work.msg.id;
-    // A small message through quick steps only (an HL7 parse, a header): the hand-over to a
-    // blocking thread and back would cost more than the steps (docs/performance.md).
-    let decided = if crate::steps::runs_in_place(&route.steps, work.msg.body.len()) {
-        // Caught like a blocking thread's panic would be: the caller's task lives on.
+    // A panic is caught as a blocking thread's would be: the caller's task lives on.
+    let in_place = |work| {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             decide(route, work, started)
         }))
         .map_err(|_| ())
-    } else {
-        // Steps are CPU work (parsing, mapping): keep them off the threads that serve I/O,
-        // so a large message never delays intake acknowledgements or deliveries.
-        let r = route.clone();
-        tokio::task::spawn_blocking(move || decide(&r, work, started))
-            .await
-            .map_err(|_| ())
     };
-    match decided {
-        Ok(d) => Some(d),
-        Err(()) => {
-            tracing::error!(route = %route.id, message_id = %id,
-                "step worker failed; the message stays received and is processed again");
-            None
+    let work = match steps::placement(&route.steps, work.msg.body.len()) {
+        steps::Placement::InPlace => return died(route, id, in_place(work)),
+        steps::Placement::InPlaceWithinBudget if !route.recently_over_budget() => {
+            let spare = work.clone();
+            match script::within_budget(IN_PLACE_BUDGET, || in_place(work)) {
+                Some(decided) => return died(route, id, decided),
+                None => {
+                    route
+                        .over_budget
+                        .store(AFTER_OVER_BUDGET, Ordering::Relaxed);
+                    spare
+                }
+            }
         }
+        _ => work,
+    };
+    // Steps are CPU work (parsing, mapping): keep them off the threads that serve I/O, so a
+    // large message or a slow script never delays intake acknowledgements or deliveries.
+    let r = route.clone();
+    let decided = tokio::task::spawn_blocking(move || decide(&r, work, started))
+        .await
+        .map_err(|_| ());
+    died(route, id, decided)
+}
+
+fn died(route: &RunningRoute, id: Uuid, decided: Result<Decision, ()>) -> Option<Decision> {
+    if decided.is_err() {
+        tracing::error!(route = %route.id, message_id = %id,
+            "step worker failed; the message stays received and is processed again");
     }
+    decided.ok()
 }
 
 /// Records the steps' outcome of a stored message and does what follows.

@@ -15,7 +15,7 @@ use crate::config::values::{ByteSize, Duration};
 use crate::message::Message;
 use rhai::{Dynamic, Engine, EvalAltResult, Map, Position, Scope, AST};
 use serde::Deserialize;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -53,6 +53,52 @@ impl Default for Limits {
 thread_local! {
     /// When the script running on this thread must stop; checked from `on_progress`.
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Set by [`within_budget`]: when a script on this thread is stopped so that its work can
+    /// be run again elsewhere, and whether that happened.
+    static BUDGET: Cell<Option<Instant>> = const { Cell::new(None) };
+    static OVER_BUDGET: Cell<bool> = const { Cell::new(false) };
+    /// What scripts printed within a budget: logged once the run stands, dropped if it is
+    /// run again, so that nothing is logged twice.
+    static HELD: RefCell<Vec<Printed>> = const { RefCell::new(Vec::new()) };
+}
+
+enum Printed {
+    Print(String),
+    Debug(String, Position),
+}
+
+fn log(p: Printed) {
+    match p {
+        Printed::Print(s) => tracing::info!(target: "switchyard::script", "{s}"),
+        Printed::Debug(s, pos) => {
+            tracing::debug!(target: "switchyard::script", position = %pos, "{s}")
+        }
+    }
+}
+
+fn print_or_hold(p: Printed) {
+    if BUDGET.with(|b| b.get().is_some()) {
+        HELD.with(|h| h.borrow_mut().push(p));
+    } else {
+        log(p);
+    }
+}
+
+/// Runs `f` — synchronous work on this thread that may run scripts — with every script
+/// stopped once `budget` has passed since the start. `None` when one was: `f`'s result is
+/// then partial and to be thrown away, and the work run again without a budget. Lets a
+/// thread that must stay responsive try cheap work itself (see `steps::placement`).
+pub fn within_budget<R>(budget: std::time::Duration, f: impl FnOnce() -> R) -> Option<R> {
+    BUDGET.with(|b| b.set(Some(Instant::now() + budget)));
+    OVER_BUDGET.with(|o| o.set(false));
+    let result = f();
+    BUDGET.with(|b| b.set(None));
+    let held = HELD.with(|h| std::mem::take(&mut *h.borrow_mut()));
+    if OVER_BUDGET.with(|o| o.replace(false)) {
+        return None;
+    }
+    held.into_iter().for_each(log);
+    Some(result)
 }
 
 /// What `reject("reason")` throws, told apart from script errors when it surfaces.
@@ -78,15 +124,18 @@ pub fn engine(limits: &Limits, tables: Arc<lookup::Tables>) -> Engine {
         if ops % 1024 != 0 {
             return None;
         }
+        let now = Instant::now();
+        if BUDGET.with(|b| b.get().is_some_and(|t| now > t)) {
+            OVER_BUDGET.with(|o| o.set(true));
+            return Some(Dynamic::from("budget"));
+        }
         DEADLINE.with(|d| match d.get() {
-            Some(t) if Instant::now() > t => Some(Dynamic::from("timeout")),
+            Some(t) if now > t => Some(Dynamic::from("timeout")),
             _ => None,
         })
     });
-    engine.on_print(|s| tracing::info!(target: "switchyard::script", "{s}"));
-    engine.on_debug(
-        |s, _src, pos| tracing::debug!(target: "switchyard::script", position = %pos, "{s}"),
-    );
+    engine.on_print(|s| print_or_hold(Printed::Print(s.to_string())));
+    engine.on_debug(|s, _src, pos| print_or_hold(Printed::Debug(s.to_string(), pos)));
     engine.register_fn(
         "reject",
         |reason: &str| -> Result<Dynamic, Box<EvalAltResult>> {
@@ -347,4 +396,56 @@ pub fn write_back(msg: &mut Message, scope: &mut Scope) -> Result<(), String> {
         msg.body = bytes::Bytes::from(body.to_string().into_bytes());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn script(source: &str) -> Script {
+        let limits = Limits {
+            max_operations: 100_000_000,
+            ..Limits::default()
+        };
+        let engine = Arc::new(engine(&limits, Arc::new(lookup::Tables::default())));
+        Script::compile(engine, &limits, source).unwrap()
+    }
+
+    fn run(s: &Script) -> Result<(Dynamic, Scope<'static>), RunError> {
+        s.run(&Message::new("r", bytes::Bytes::new()), Dynamic::UNIT)
+    }
+
+    #[test]
+    fn a_budget_stops_a_long_script_and_lets_a_short_one_finish() {
+        let long = script("let i = 0; while i < 10000000 { i += 1; } i");
+        let t = Instant::now();
+        assert!(within_budget(Duration::from_micros(250), || run(&long)).is_none());
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+        let short = script("40 + 2");
+        let (v, _) = within_budget(Duration::from_micros(250), || run(&short))
+            .expect("within budget")
+            .unwrap();
+        assert_eq!(v.as_int().unwrap(), 42);
+        // Outside a budget the same long script is only held to its own limits.
+        let counted = script("let i = 0; while i < 200000 { i += 1; } i");
+        assert_eq!(run(&counted).unwrap().0.as_int().unwrap(), 200_000);
+    }
+
+    #[test]
+    fn what_a_stopped_run_printed_is_dropped() {
+        let long = script("print(\"started\"); let i = 0; while i < 10000000 { i += 1; }");
+        assert!(within_budget(Duration::from_micros(250), || run(&long)).is_none());
+        assert!(HELD.with(|h| h.borrow().is_empty()));
+        let short = script("print(\"done\")");
+        assert!(within_budget(Duration::from_millis(250), || run(&short)).is_some());
+        assert!(
+            HELD.with(|h| h.borrow().is_empty()),
+            "logged once the run stood"
+        );
+    }
 }

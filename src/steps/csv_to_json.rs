@@ -18,8 +18,8 @@ impl Config {
 pub struct CsvToJson(ReadOptions);
 
 impl Step for CsvToJson {
-    fn quick(&self) -> bool {
-        true
+    fn cost(&self) -> super::Cost {
+        super::Cost::Pass
     }
 
     fn apply(&self, msg: &mut Message) -> Result<(), StepError> {

@@ -61,6 +61,10 @@ pub struct Filter {
 }
 
 impl Step for Filter {
+    fn cost(&self) -> super::Cost {
+        super::Cost::Script
+    }
+
     fn apply(&self, msg: &mut Message) -> Result<(), StepError> {
         self.control(msg).map(|_| ())
     }

@@ -45,8 +45,8 @@ pub const HEADERS: [(&str, &str); 6] = [
 ];
 
 impl Step for Hl7Step {
-    fn quick(&self) -> bool {
-        true
+    fn cost(&self) -> super::Cost {
+        super::Cost::Pass
     }
 
     fn apply(&self, msg: &mut Message) -> Result<(), StepError> {

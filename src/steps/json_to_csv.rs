@@ -17,8 +17,8 @@ impl Config {
 pub struct JsonToCsv(WriteOptions);
 
 impl Step for JsonToCsv {
-    fn quick(&self) -> bool {
-        true
+    fn cost(&self) -> super::Cost {
+        super::Cost::Pass
     }
 
     fn apply(&self, msg: &mut Message) -> Result<(), StepError> {

@@ -19,8 +19,8 @@ impl Config {
 pub struct JsonToXml(WriteOptions);
 
 impl Step for JsonToXml {
-    fn quick(&self) -> bool {
-        true
+    fn cost(&self) -> super::Cost {
+        super::Cost::Pass
     }
 
     fn apply(&self, msg: &mut Message) -> Result<(), StepError> {

@@ -207,6 +207,10 @@ pub struct MapStep {
 }
 
 impl Step for MapStep {
+    fn cost(&self) -> super::Cost {
+        super::Cost::Script
+    }
+
     fn apply(&self, msg: &mut Message) -> Result<(), StepError> {
         let input = msg.body_json()?;
         let mut script_body = None;

@@ -181,8 +181,8 @@ impl StepConfig {
 }
 
 /// A running step. Steps are synchronous and CPU-bound — but for `enrich`, which waits for
-/// its HTTP answer — and the engine runs them on blocking threads, unless all of a route's
-/// steps are [`Step::quick`] and the message is small.
+/// its HTTP answer — and the engine runs them on blocking threads, unless the message is
+/// small and the route's steps cheap to stop (see [`placement`]).
 pub trait Step: Send + Sync {
     fn apply(&self, msg: &mut Message) -> Result<(), StepError>;
 
@@ -192,23 +192,53 @@ pub trait Step: Send + Sync {
         self.apply(msg).map(|()| Flow::Continue)
     }
 
-    /// True for a step whose cost is a short pass over the message — no script, no
-    /// look-up, no I/O: on a small message it costs less than the hand-over to a blocking
-    /// thread, so the engine may run it where the message arrived (see
-    /// [`runs_in_place`]).
-    fn quick(&self) -> bool {
-        false
+    /// What running the step may cost, which decides where the engine runs it (see
+    /// [`placement`]).
+    fn cost(&self) -> Cost {
+        Cost::Open
     }
 }
 
-/// Largest body whose quick steps run where the message arrived: parsing this much takes
+/// What running a step may cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Cost {
+    /// A short pass over the message: no script, no look-up, no I/O.
+    Pass,
+    /// Runs scripts (and passes): unbounded in general, but the sandbox can stop a script
+    /// part-way (`script::within_budget`).
+    Script,
+    /// Anything else: I/O, an external library, a fan-out.
+    Open,
+}
+
+/// Largest body whose steps may run where the message arrived: parsing this much takes
 /// tens of microseconds, about what the hand-over to a blocking thread and back costs.
 pub const IN_PLACE_BYTES: usize = 8 * 1024;
 
-/// Whether `steps` may run on the thread that received a message of `body` bytes, rather
-/// than on a blocking thread: every step is [`Step::quick`] and the body is small.
-pub fn runs_in_place(steps: &[BuiltStep], body: usize) -> bool {
-    body <= IN_PLACE_BYTES && steps.iter().all(|s| s.step.quick())
+/// Where a route's steps run for one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// On the thread that received it: every step is a [`Cost::Pass`].
+    InPlace,
+    /// On the thread that received it, with its scripts stopped at a small budget (and the
+    /// message then run again on a blocking thread).
+    InPlaceWithinBudget,
+    /// On a blocking thread.
+    OffThread,
+}
+
+/// Where `steps` run for a message of `body` bytes: a small message through passes and
+/// scripts only stays where it arrived, since the hand-over to a blocking thread and back
+/// would cost more than the steps; anything else goes to a blocking thread.
+pub fn placement(steps: &[BuiltStep], body: usize) -> Placement {
+    if body > IN_PLACE_BYTES {
+        return Placement::OffThread;
+    }
+    match steps.iter().map(|s| s.step.cost()).max() {
+        None | Some(Cost::Pass) => Placement::InPlace,
+        Some(Cost::Script) => Placement::InPlaceWithinBudget,
+        Some(Cost::Open) => Placement::OffThread,
+    }
 }
 
 /// What happens after a step.
@@ -371,13 +401,20 @@ mod tests {
     }
 
     #[test]
-    fn only_quick_steps_on_small_messages_run_in_place() {
-        let quick = steps(&["hl7: {}", "set_header: { name: a, value: b }"]);
-        assert!(runs_in_place(&quick, 0));
-        assert!(runs_in_place(&quick, IN_PLACE_BYTES));
-        assert!(!runs_in_place(&quick, IN_PLACE_BYTES + 1));
+    fn small_messages_through_passes_and_scripts_stay_in_place() {
+        use Placement::*;
+        let passes = steps(&["hl7: {}", "set_header: { name: a, value: b }"]);
+        assert_eq!(placement(&passes, 0), InPlace);
+        assert_eq!(placement(&passes, IN_PLACE_BYTES), InPlace);
+        assert_eq!(placement(&passes, IN_PLACE_BYTES + 1), OffThread);
+        assert_eq!(placement(&[], 10), InPlace, "no steps: routing only");
         let scripted = steps(&["hl7: {}", "transform: { script: 'body' }"]);
-        assert!(!runs_in_place(&scripted, 10));
-        assert!(runs_in_place(&[], 10), "no steps: routing only");
+        assert_eq!(placement(&scripted, 10), InPlaceWithinBudget);
+        assert_eq!(placement(&scripted, IN_PLACE_BYTES + 1), OffThread);
+        let calls = steps(&[
+            "transform: { script: 'body' }",
+            "enrich: { url: 'http://127.0.0.1:1/', into: x }",
+        ]);
+        assert_eq!(placement(&calls, 10), OffThread);
     }
 }

@@ -25,8 +25,8 @@ impl Config {
 pub struct SetHeader(Config);
 
 impl Step for SetHeader {
-    fn quick(&self) -> bool {
-        true
+    fn cost(&self) -> super::Cost {
+        super::Cost::Pass
     }
 
     fn apply(&self, msg: &mut Message) -> Result<(), StepError> {

@@ -44,6 +44,10 @@ pub struct Transform {
 }
 
 impl Step for Transform {
+    fn cost(&self) -> super::Cost {
+        super::Cost::Script
+    }
+
     fn apply(&self, msg: &mut Message) -> Result<(), StepError> {
         let body = body_to_dynamic(msg)?;
         let (_, mut scope) = self

@@ -16,8 +16,8 @@ impl Config {
 pub struct XmlToJson(ReadOptions);
 
 impl Step for XmlToJson {
-    fn quick(&self) -> bool {
-        true
+    fn cost(&self) -> super::Cost {
+        super::Cost::Pass
     }
 
     fn apply(&self, msg: &mut Message) -> Result<(), StepError> {
