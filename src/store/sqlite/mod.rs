@@ -56,11 +56,9 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     // it lets retention hand freed pages back to the file system (the file shrinks).
     // temp_store=MEMORY: a statement that may fail halfway keeps its undo pages in memory,
     // not in a temporary file created for it.
-    // wal_autocheckpoint=8192: the writer copies the log into the database every 32 MiB of
-    // log instead of every 4 MiB. The pages every commit touches (the last leaf of each
-    // index) are copied once per checkpoint however often they were logged, and each
-    // checkpoint syncs the database file: the checkpoint's share of the writer's CPU went
-    // from 7.8% to 4.2% (docs/performance.md).
+    // wal_autocheckpoint=8192: a connection that commits copies the log into the database
+    // every 32 MiB of log instead of every 4 MiB (fewer copies of the same hot pages). The
+    // store's writer replaces this with its checkpointer thread (`writer`).
     conn.execute_batch("PRAGMA auto_vacuum=INCREMENTAL; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA journal_size_limit=67108864; PRAGMA temp_store=MEMORY; PRAGMA wal_autocheckpoint=8192;")?;
     // A statement keeps the plan it was prepared with. Without this, SQLite compiles a
     // statement again whenever a bound value might change its plan — the delivery claim, with

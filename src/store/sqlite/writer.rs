@@ -8,17 +8,44 @@
 //! plain functions of the connection, so running one twice is safe). That costs a rerun when a
 //! job fails, which is rare, instead of a savepoint around every job, which is paid on every
 //! message (each savepoint copies the pages it touches into a statement journal).
+//!
+//! Copying the log into the database file (a checkpoint) is not the writer's work either: a
+//! checkpoint inside a commit held every caller of that commit for the whole copy and its
+//! sync. A thread of its own copies the log beside the writer once it has grown
+//! ([`CHECKPOINT_PAGES`]), which SQLite allows while writes go on; the writer then copies only
+//! what was committed meanwhile, so that the log can start afresh (or everything, if the log
+//! outgrows [`CHECKPOINT_PAGES_MAX`]): the log stays bounded.
 
 use super::integrity::{self, Damage};
 use super::StoreResult;
 use super::{closed, sql_err, StoreError};
 use rusqlite::Connection;
+use std::cell::Cell;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc};
 use tokio::sync::{mpsc, oneshot};
 
 /// Jobs a single transaction may hold; bounds the latency one commit adds.
 const MAX_BATCH: usize = 512;
+
+/// Log pages (4 KiB each) after which the checkpointer copies the log into the database:
+/// the pages every commit touches (the last leaf of each index) are copied once per
+/// checkpoint however often they were logged, so a longer log costs fewer copies.
+pub(super) const CHECKPOINT_PAGES: i32 = 8192;
+/// Log pages after which the writer checkpoints itself, the checkpointer having fallen
+/// behind (256 MiB).
+const CHECKPOINT_PAGES_MAX: i32 = 8 * CHECKPOINT_PAGES;
+
+thread_local! {
+    /// Pages in the log after the writer's last commit (SQLite's WAL hook, on its thread).
+    static LOG_PAGES: Cell<i32> = const { Cell::new(0) };
+}
+
+fn note_log_pages(_: &rusqlite::hooks::Wal, pages: std::ffi::c_int) -> rusqlite::Result<()> {
+    LOG_PAGES.with(|p| p.set(pages));
+    Ok(())
+}
 
 /// The writer's queue.
 pub(super) type Jobs = mpsc::Sender<Box<dyn Job>>;
@@ -94,12 +121,86 @@ pub(super) fn start(
     damage: Arc<Damage>,
 ) -> StoreResult<(Jobs, std::thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel::<Box<dyn Job>>(4096);
+    let checkpointer = Checkpointer::start(path, damage.clone())?;
+    // Instead of SQLite's own checkpoint inside the commit (the hook replaces it).
+    conn.wal_hook(Some(note_log_pages));
     let path = path.to_path_buf();
     let handle = std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || write_loop(conn, rx, &damage, &path))
+        .spawn(move || write_loop(conn, rx, &damage, &path, checkpointer))
         .map_err(sql_err)?;
     Ok((tx, handle))
+}
+
+/// The thread that copies the log into the database beside the writer.
+struct Checkpointer {
+    kick: std_mpsc::SyncSender<()>,
+    handle: std::thread::JoinHandle<()>,
+    /// Set by the thread when it has copied what the log held when it was asked.
+    copied: Arc<AtomicBool>,
+    /// Asked for the log as it is now (until the log starts afresh).
+    asked: bool,
+}
+
+impl Checkpointer {
+    fn start(path: &Path, damage: Arc<Damage>) -> StoreResult<Checkpointer> {
+        let conn = super::open_connection(path).map_err(sql_err)?;
+        let (kick, kicks) = std_mpsc::sync_channel::<()>(1);
+        let copied = Arc::new(AtomicBool::new(false));
+        let done = copied.clone();
+        let path = path.to_path_buf();
+        let handle = std::thread::Builder::new()
+            .name("store-checkpoint".into())
+            .spawn(move || {
+                while kicks.recv().is_ok() {
+                    if damage.get().is_some() {
+                        continue; // never copy into a damaged file
+                    }
+                    // PASSIVE: copies what no reader still needs, without waiting for anyone.
+                    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        Ok(()) => done.store(true, Ordering::Release),
+                        Err(e) => {
+                            let e = damage.note(&path, e);
+                            tracing::warn!(error = %e, "could not copy the store's log into its file; trying again");
+                        }
+                    }
+                }
+                damage.seal(&conn);
+            })
+            .map_err(sql_err)?;
+        Ok(Checkpointer {
+            kick,
+            handle,
+            copied,
+            asked: false,
+        })
+    }
+
+    /// After a commit: once the log has grown, the checkpointer copies it beside the writer;
+    /// once that is done, the writer copies the little committed since (the log can only
+    /// start afresh when all of it is in the file), so its own pause is short.
+    fn after_commit(&mut self, conn: &Connection, damage: &Damage, path: &Path) {
+        let pages = LOG_PAGES.with(|p| p.get());
+        if pages < CHECKPOINT_PAGES {
+            self.asked = false;
+            return;
+        }
+        if pages >= CHECKPOINT_PAGES_MAX || self.copied.swap(false, Ordering::Acquire) {
+            if damage.get().is_none() {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    damage.note(path, e);
+                }
+            }
+            self.asked = false;
+        } else if !self.asked {
+            self.asked = self.kick.try_send(()).is_ok();
+        }
+    }
+
+    fn stop(self) {
+        drop(self.kick);
+        let _ = self.handle.join();
+    }
 }
 
 fn write_loop(
@@ -107,6 +208,7 @@ fn write_loop(
     mut rx: mpsc::Receiver<Box<dyn Job>>,
     damage: &Damage,
     path: &Path,
+    mut checkpointer: Checkpointer,
 ) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
@@ -130,7 +232,9 @@ fn write_loop(
                 integrity::WRITES_STOPPED,
             ));
         }
+        checkpointer.after_commit(&conn, damage, path);
     }
+    checkpointer.stop();
     // Dropping the connection must not copy the log into a damaged file.
     damage.seal(&conn);
 }
@@ -228,6 +332,41 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 2000);
+    }
+
+    /// The log is copied into the database file beside the writer once it has grown: with
+    /// nobody checkpointing, the file would keep only its first pages.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_log_is_copied_into_the_file_as_it_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, handle, path) = writer(dir.path());
+        write(tx.clone(), |c: &Connection| {
+            c.execute_batch("CREATE TABLE b (v BLOB)")
+        })
+        .await
+        .unwrap();
+        let log_bytes = CHECKPOINT_PAGES as u64 * 4096;
+        for _ in 0..(log_bytes / (256 << 10) + 8) {
+            write(tx.clone(), |c: &Connection| {
+                c.execute("INSERT INTO b (v) VALUES (zeroblob(262144))", [])
+            })
+            .await
+            .unwrap();
+        }
+        // Without a checkpoint the file keeps its first few pages; the log repeats some pages,
+        // so the file holds less than the log did.
+        let copied = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) >= log_bytes / 2;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !copied() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(
+            copied(),
+            "{} bytes",
+            std::fs::metadata(&path).unwrap().len()
+        );
+        drop(tx);
+        handle.join().unwrap();
     }
 
     /// The writer's commits sync the log: "stored" is on the disk when the caller hears it.
