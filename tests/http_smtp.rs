@@ -356,6 +356,10 @@ to:
       url: "http://127.0.0.1:{down}/down"
       connect_timeout: 1s
       delivery: {{ retry: {{ max_attempts: 2, backoff: 100ms }} }}
+  # Renders to `o1.json`, not a URL: never sent, dead at once.
+  - http:
+      url: "{{{{header.file.name}}}}"
+      delivery: {{ retry: {{ max_attempts: 5, backoff: 100ms }} }}
 dead_letter:
   file: {{ path: dead, name: "{{{{original_name}}}}" }}
 "#,
@@ -397,7 +401,8 @@ dead_letter:
             "dead_letter delivered 1",
             "to[0] delivered 3",
             "to[1] dead 1",
-            "to[2] dead 2"
+            "to[2] dead 2",
+            "to[3] dead 1"
         ],
         "{states:?}"
     );
@@ -421,6 +426,12 @@ dead_letter:
         details
             .iter()
             .any(|d| d.starts_with("to[2]: attempt 2: cannot connect to 127.0.0.1")),
+        "{details:?}"
+    );
+    assert!(
+        details.iter().any(|d| d.starts_with(
+            "to[3]: attempt 1: bad request for the configured URL: relative URL without a base"
+        )),
         "{details:?}"
     );
     // The dead delivery's message went to the dead letter once (two dead deliveries, one copy each would be two files; names clash into -2).

@@ -185,10 +185,20 @@ fn excerpt(body: &[u8]) -> String {
 #[async_trait]
 impl Outbound for HttpOutbound {
     async fn send(&self, msg: &Message) -> Result<Sent, SendError> {
-        let url = self.cfg.url.render(msg);
+        // Parsed once: reqwest takes the parsed URL as it is, and errors name its host.
+        let url = match reqwest::Url::parse(&self.cfg.url.render(msg)) {
+            Ok(url) => url,
+            Err(e) => {
+                return Err(SendError::permanent(format!(
+                    "bad request for the configured URL: {e}"
+                )));
+            }
+        };
+        // The URL may carry credentials or tokens: errors name the host only.
+        let host = url.host_str().unwrap_or("the configured URL").to_string();
         let mut req = self
             .client
-            .request(self.method.clone(), &url)
+            .request(self.method.clone(), url)
             .body(msg.body.clone());
         let mut has_type = false;
         for (name, value) in &self.cfg.headers {
@@ -201,11 +211,6 @@ impl Outbound for HttpOutbound {
             }
         }
         req = req.header("x-message-id", msg.id.to_string());
-        // The URL may carry credentials or tokens: errors name the host only.
-        let host = reqwest::Url::parse(&url)
-            .ok()
-            .and_then(|u| u.host_str().map(str::to_string))
-            .unwrap_or_else(|| "the configured URL".into());
         let response = match req.send().await {
             Ok(r) => r,
             Err(e) => {

@@ -64,7 +64,9 @@ pub(super) trait Job: Send {
 struct Call<R, F> {
     f: F,
     result: Option<rusqlite::Result<R>>,
-    tx: oneshot::Sender<StoreResult<R>>,
+    /// The job goes back with its answer: what it owns (a message's bodies and headers, its
+    /// steps' records) is freed by the caller, not by the one thread every write waits for.
+    tx: oneshot::Sender<(StoreResult<R>, F)>,
 }
 
 impl<R, F> Job for Call<R, F>
@@ -80,14 +82,15 @@ where
     }
 
     fn answer(self: Box<Self>, commit: Result<(), String>) {
-        let out = match (self.result, commit) {
+        let Call { f, result, tx } = *self;
+        let out = match (result, commit) {
             (None, Err(e)) => Err(StoreError(e)),
             (None, Ok(())) => Err(StoreError("the write did not run".into())),
             (Some(Err(e)), _) => Err(sql_err(e)),
             (Some(Ok(_)), Err(e)) => Err(StoreError(format!("commit failed: {e}"))),
             (Some(Ok(r)), Ok(())) => Ok(r),
         };
-        let _ = self.tx.send(out);
+        let _ = tx.send((out, f));
     }
 
     fn damage(&self) -> Option<String> {
@@ -111,7 +114,8 @@ where
         tx,
     });
     jobs.send(job).await.map_err(|_| closed())?;
-    rx.await.map_err(|_| closed())?
+    let (out, _job) = rx.await.map_err(|_| closed())?;
+    out
 }
 
 /// Starts the writer on `conn`, the store's write connection.
