@@ -32,7 +32,7 @@ const MAX_BATCH: usize = 512;
 /// Log pages (4 KiB each) after which the checkpointer copies the log into the database:
 /// the pages every commit touches (the last leaf of each index) are copied once per
 /// checkpoint however often they were logged, so a longer log costs fewer copies.
-pub(super) const CHECKPOINT_PAGES: i32 = 8192;
+const CHECKPOINT_PAGES: i32 = 8192;
 /// Log pages after which the writer checkpoints itself, the checkpointer having fallen
 /// behind (256 MiB).
 const CHECKPOINT_PAGES_MAX: i32 = 8 * CHECKPOINT_PAGES;
@@ -157,16 +157,8 @@ impl Checkpointer {
             .name("store-checkpoint".into())
             .spawn(move || {
                 while kicks.recv().is_ok() {
-                    if damage.get().is_some() {
-                        continue; // never copy into a damaged file
-                    }
-                    // PASSIVE: copies what no reader still needs, without waiting for anyone.
-                    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                        Ok(()) => done.store(true, Ordering::Release),
-                        Err(e) => {
-                            let e = damage.note(&path, e);
-                            tracing::warn!(error = %e, "could not copy the store's log into its file; trying again");
-                        }
+                    if copy_log(&conn, &damage, &path) {
+                        done.store(true, Ordering::Release);
                     }
                 }
                 damage.seal(&conn);
@@ -190,11 +182,7 @@ impl Checkpointer {
             return;
         }
         if pages >= CHECKPOINT_PAGES_MAX || self.copied.swap(false, Ordering::Acquire) {
-            if damage.get().is_none() {
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    damage.note(path, e);
-                }
-            }
+            copy_log(conn, damage, path);
             self.asked = false;
         } else if !self.asked {
             self.asked = self.kick.try_send(()).is_ok();
@@ -204,6 +192,22 @@ impl Checkpointer {
     fn stop(self) {
         drop(self.kick);
         let _ = self.handle.join();
+    }
+}
+
+/// Copies what no reader still needs of the log into the database file (PASSIVE: waits for
+/// no one), never into a damaged file; true when it did.
+fn copy_log(conn: &Connection, damage: &Damage, path: &Path) -> bool {
+    if damage.get().is_some() {
+        return false;
+    }
+    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        Ok(()) => true,
+        Err(e) => {
+            let e = damage.note(path, e);
+            tracing::warn!(error = %e, "could not copy the store's log into its file; trying again");
+            false
+        }
     }
 }
 
