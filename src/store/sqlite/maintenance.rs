@@ -3,6 +3,13 @@
 
 use super::*;
 
+/// The first id made at `cutoff` (unix ms): a message last changed before it arrived before
+/// it, so age limits read the route's oldest messages in `messages_route_id` up to this id
+/// instead of an index of update times, which every change of state would have to move.
+fn before(cutoff: i64) -> String {
+    plan::first_id_at(from_millis(cutoff)).to_string()
+}
+
 #[async_trait]
 impl Maintenance for SqliteStore {
     async fn prune(&self, route: &str, policy: &Retention, batch: usize) -> StoreResult<Pruned> {
@@ -17,9 +24,9 @@ impl Maintenance for SqliteStore {
             if let Some(age) = policy.max_age {
                 let cutoff = now - age.0.as_millis() as i64;
                 let mut stmt = conn.prepare_cached(&format!(
-                    "SELECT id FROM messages WHERE route = ?1 AND updated_at < ?2 AND {FINISHED} ORDER BY id LIMIT ?3"
+                    "SELECT id FROM messages WHERE route = ?1 AND id < ?4 AND updated_at < ?2 AND {FINISHED} ORDER BY id LIMIT ?3"
                 ))?;
-                doomed.extend(stmt.query_map(params![route, cutoff, batch], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()?);
+                doomed.extend(stmt.query_map(params![route, cutoff, batch, before(cutoff)], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()?);
             }
             if let Some(max) = policy.max_messages {
                 let room = batch - doomed.len() as i64;
@@ -76,10 +83,10 @@ impl Maintenance for SqliteStore {
                 bodies = conn
                     .prepare_cached(&format!(
                         "UPDATE messages SET body = NULL, out_body = NULL WHERE id IN (
-                           SELECT id FROM messages WHERE route = ?1 AND updated_at < ?2 AND {FINISHED}
+                           SELECT id FROM messages WHERE route = ?1 AND id < ?4 AND updated_at < ?2 AND {FINISHED}
                            AND (body IS NOT NULL OR out_body IS NOT NULL) ORDER BY id LIMIT ?3)"
                     ))?
-                    .execute(params![route, cutoff, batch])? as u64;
+                    .execute(params![route, cutoff, batch, before(cutoff)])? as u64;
             }
             Ok(Pruned {
                 deleted: doomed.len() as u64,

@@ -107,7 +107,7 @@ impl SqliteStore {
         conn.execute_batch(
             "BEGIN;
              UPDATE messages SET owner = NULL, lease_until = NULL WHERE owner IS NOT NULL;
-             UPDATE deliveries SET owner = NULL, lease_until = NULL WHERE owner IS NOT NULL;
+             UPDATE deliveries SET owner = NULL, lease_until = NULL WHERE state = 'pending' AND owner IS NOT NULL;
              DELETE FROM destination_leases;
              COMMIT;",
         )
