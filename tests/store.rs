@@ -970,6 +970,53 @@ async fn attempts_and_the_next_claim_are_one_write(b: &Backend) {
     let recorded = store.record_and_claim(last, None).await.unwrap();
     assert_eq!(recorded.ended, [Some(MessageState::Delivered); 3]);
     assert!(recorded.due.is_empty());
+    // Both main deliveries of one message end in one write, one of them dead: the message
+    // ends once, dead, at the later attempt; its error says which destination gave up, and
+    // its history has both attempts before its end.
+    let (m, ins) = insert("rc2", "both");
+    store
+        .insert_processed(ins, vec![step()], routed(&["to[0]", "to[1]"]), vec![])
+        .await
+        .unwrap();
+    let now = SystemTime::now();
+    let (a, z) = (
+        claim_due(&store, "rc2", "to[0]", now, 10).await.unwrap(),
+        claim_due(&store, "rc2", "to[1]", now, 10).await.unwrap(),
+    );
+    let mut dead = attempt(
+        &z[0],
+        1,
+        AttemptOutcome::Dead {
+            error: "410 gone".into(),
+            dead_letter: None,
+        },
+    );
+    dead.destination = "to[1]".into();
+    let recorded = store
+        .record_and_claim(
+            vec![attempt(&a[0], 1, AttemptOutcome::Delivered), dead],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(recorded.ended, [None, Some(MessageState::Dead)]);
+    let details = store.details(m.id).await.unwrap().unwrap();
+    assert_eq!(details.message.state, MessageState::Dead);
+    assert_eq!(details.message.error.as_deref(), Some("to[1]: 410 gone"));
+    let history: Vec<(&str, &str)> = details
+        .transitions
+        .iter()
+        .map(|t| (t.event.as_str(), t.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        history[history.len() - 3..],
+        [
+            ("attempt", "delivered"),
+            ("attempt", "dead"),
+            ("state", "dead")
+        ],
+        "{history:?}"
+    );
     other.close().await.unwrap();
     store.close().await.unwrap();
 }

@@ -298,6 +298,10 @@ pub(super) fn join_group(
     )
 }
 
+/// Executes a plan. Its history lines go in together at the end, a few statements for all of
+/// them (see [`insert_lines`]); a message's own lines keep their order, and nothing in a plan
+/// reads the history back — except a group's join and its members' lines, which write lines
+/// of their own, so the lines before them go in first.
 pub(super) fn apply_all(
     conn: &Connection,
     plan: &[Change<'_>],
@@ -305,8 +309,97 @@ pub(super) fn apply_all(
     node: &str,
     lease: i64,
 ) -> rusqlite::Result<()> {
-    plan.iter()
-        .try_for_each(|c| apply(conn, c, now, node, lease))
+    let mut lines = Vec::new();
+    for change in plan {
+        match change {
+            Change::Transition { .. } => lines.push(change),
+            Change::Join { .. } | Change::Members { .. } => {
+                insert_lines(conn, &lines, now)?;
+                lines.clear();
+                apply(conn, change, now, node, lease)?;
+            }
+            _ => apply(conn, change, now, node, lease)?,
+        }
+    }
+    insert_lines(conn, &lines, now)
+}
+
+/// Rows per multi-row insert of history lines, largest first: a few cached statements cover
+/// any number of lines (SQLite runs one statement's rows without a step, a reset and a
+/// statement look-up each). The inserts are `OR FAIL`: a statement of several rows that may
+/// abort halfway otherwise copies every page it changes into a statement journal to undo
+/// its own rows; here a failed job's whole transaction is rolled back instead (`writer`).
+const LINES_PER_INSERT: [usize; 6] = [32, 8, 4, 3, 2, 1];
+
+/// Inserts history lines (the plan's [`Change::Transition`]s; other changes are not lines
+/// and are skipped), in their order.
+pub(super) fn insert_lines(
+    conn: &Connection,
+    lines: &[&Change<'_>],
+    now: i64,
+) -> rusqlite::Result<()> {
+    struct Line<'a> {
+        message: String,
+        at: i64,
+        event: &'a str,
+        name: Option<&'a str>,
+        outcome: &'a str,
+        duration: Option<i64>,
+        detail: Option<&'a str>,
+    }
+    let rows: Vec<Line<'_>> = lines
+        .iter()
+        .filter_map(|c| match c {
+            Change::Transition {
+                message,
+                at,
+                event,
+                name,
+                outcome,
+                duration,
+                detail,
+            } => Some(Line {
+                message: message.to_string(),
+                at: at.map(millis).unwrap_or(now),
+                event,
+                name: *name,
+                outcome,
+                duration: duration.map(|d| d.as_micros() as i64),
+                detail: detail.as_deref(),
+            }),
+            _ => None,
+        })
+        .collect();
+    let mut rest = &rows[..];
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        LINES_PER_INSERT
+            .iter()
+            .map(|&size| {
+                let values = vec!["(?, ?, ?, ?, ?, ?, ?)"; size].join(", ");
+                format!("INSERT OR FAIL INTO transitions (message_id, at, event, name, outcome, duration_us, detail) VALUES {values}")
+            })
+            .collect()
+    });
+    for (&size, sql) in LINES_PER_INSERT.iter().zip(sql) {
+        while rest.len() >= size {
+            let (chunk, after) = rest.split_at(size);
+            conn.prepare_cached(sql)?
+                .execute(rusqlite::params_from_iter(chunk.iter().flat_map(|l| {
+                    [
+                        &l.message as &dyn rusqlite::ToSql,
+                        &l.at,
+                        &l.event,
+                        &l.name,
+                        &l.outcome,
+                        &l.duration,
+                        &l.detail,
+                    ]
+                })))?;
+            rest = after;
+        }
+    }
+    Ok(())
 }
 
 /// Writes one new message (see [`plan::new_message`]).

@@ -118,10 +118,7 @@ impl Processing for SqliteStore {
         let result = self
             .write(move |conn| {
                 let now = millis(SystemTime::now());
-                let ended = attempts
-                    .iter()
-                    .map(|a| record_one(conn, a, now, &node, lease))
-                    .collect::<rusqlite::Result<_>>()?;
+                let ended = record_all(conn, &attempts, now, &node, lease)?;
                 let due = match &claim {
                     Some(c) => claim_due(conn, c, &node, lease)?,
                     None => Vec::new(),
@@ -464,59 +461,137 @@ impl Processing for SqliteStore {
     }
 }
 
-/// Records one attempt (see [`Processing::record_and_claim`]); the message's terminal state
-/// when it was the last open main delivery.
-fn record_one(
+/// The main deliveries still open and those dead, of each message in a JSON array of ids.
+pub(super) const COUNT_OPEN: &str =
+    "SELECT message_id, SUM(state = 'pending'), SUM(state = 'dead') FROM deliveries
+     WHERE message_id IN (SELECT value FROM json_each(?1)) AND kind = 'main'
+     GROUP BY message_id";
+
+/// Messages (a JSON array of ids) whose deliveries are over, to their final state ?2: see
+/// [`Change::Final`]. `OR FAIL`, as every statement of several rows here: no statement
+/// journal (see [`insert_lines`]).
+pub(super) const END_MESSAGES: &str = "UPDATE OR FAIL messages SET state = ?2, updated_at = ?3,
+     error = CASE WHEN ?2 = 'delivered' THEN NULL ELSE error END
+     WHERE id IN (SELECT value FROM json_each(?1))";
+
+/// Deliveries (a JSON array of ids) claimed by node ?2 until ?3.
+pub(super) const CLAIM_ROWS: &str = "UPDATE OR FAIL deliveries SET owner = ?2, lease_until = ?3
+     WHERE id IN (SELECT value FROM json_each(?1))";
+
+/// Records a batch's attempts (see [`Processing::record_and_claim`]) with a few statements
+/// for the whole batch besides each delivery's own row: the history lines in multi-row
+/// inserts, the open deliveries of every message whose main delivery ended counted at once,
+/// and the messages that ended moved to their final state together. Per attempt, in order:
+/// the message's terminal state when the attempt closed it (for a message with two attempts
+/// in the batch, the later one).
+fn record_all(
     conn: &Connection,
-    a: &Attempt,
+    attempts: &[Attempt],
     now: i64,
     node: &str,
     lease: i64,
-) -> rusqlite::Result<Option<MessageState>> {
-    let (row, transition) = plan::attempt(a);
-    let ended: Option<(String, String)> = conn
-        .prepare_cached(
-            "UPDATE deliveries SET state = ?2, attempts = ?3, next_attempt_at = ?4, last_error = ?5, updated_at = ?6,
-             owner = NULL, lease_until = NULL WHERE id = ?1 RETURNING kind, route",
-        )?
-        .query_row(
-            params![
-                a.delivery,
-                row.state,
-                a.number,
-                row.next_attempt_at.map(millis).unwrap_or(now),
-                row.error,
-                now
-            ],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    apply(conn, &transition, now, node, lease)?;
-    let Some((kind, route)) = ended else {
-        return Ok(None);
-    };
-    // Copies (dead letter, wire tap) never change the message's state.
-    if !row.ended() || DeliveryKind::parse(&kind) != DeliveryKind::Main {
-        return Ok(None);
-    }
-    apply_all(
-        conn,
-        &plan::main_delivery_ended(a, &route),
-        now,
-        node,
-        lease,
+) -> rusqlite::Result<Vec<Option<MessageState>>> {
+    let mut row_update = conn.prepare_cached(
+        "UPDATE deliveries SET state = ?2, attempts = ?3, next_attempt_at = ?4, last_error = ?5, updated_at = ?6,
+         owner = NULL, lease_until = NULL WHERE id = ?1 RETURNING kind, route",
     )?;
-    let (open, dead): (i64, i64) = conn
-        .prepare_cached(
-            "SELECT COALESCE(SUM(state = 'pending'), 0), COALESCE(SUM(state = 'dead'), 0)
-             FROM deliveries WHERE message_id = ?1 AND kind = 'main'",
-        )?
-        .query_row([a.message.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let Some((changes, state)) = plan::message_ended(a.message, open, dead) else {
-        return Ok(None);
-    };
-    apply_all(conn, &changes, now, node, lease)?;
-    Ok(Some(state))
+    let mut lines = Vec::with_capacity(attempts.len() * 2);
+    // Attempts that ended a main delivery, with the route the delivery named.
+    let mut ended_main: Vec<(usize, String)> = Vec::new();
+    for (i, a) in attempts.iter().enumerate() {
+        let (row, line) = plan::attempt(a);
+        let ended: Option<(String, String)> = row_update
+            .query_row(
+                params![
+                    a.delivery,
+                    row.state,
+                    a.number,
+                    row.next_attempt_at.map(millis).unwrap_or(now),
+                    row.error,
+                    now
+                ],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        lines.push(line);
+        // Copies (dead letter, wire tap) never change the message's state.
+        if let Some((kind, route)) = ended {
+            if row.ended() && DeliveryKind::parse(&kind) == DeliveryKind::Main {
+                ended_main.push((i, route));
+            }
+        }
+    }
+    let mut ended = vec![None; attempts.len()];
+    if ended_main.is_empty() {
+        insert_lines(conn, &lines.iter().collect::<Vec<_>>(), now)?;
+        return Ok(ended);
+    }
+    for (i, route) in &ended_main {
+        apply_all(
+            conn,
+            &plan::main_delivery_ended(&attempts[*i], route),
+            now,
+            node,
+            lease,
+        )?;
+    }
+    // Each message once, at its last attempt in the batch.
+    let mut last: Vec<(Uuid, usize)> = Vec::with_capacity(ended_main.len());
+    for (i, _) in &ended_main {
+        let message = attempts[*i].message;
+        match last.iter_mut().find(|(m, _)| *m == message) {
+            Some(seen) => seen.1 = *i,
+            None => last.push((message, *i)),
+        }
+    }
+    let ids = serde_json::to_string(&last.iter().map(|(m, _)| m.to_string()).collect::<Vec<_>>())
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    let mut counts = std::collections::HashMap::with_capacity(last.len());
+    {
+        let mut count = conn.prepare_cached(COUNT_OPEN)?;
+        let mut rows = count.query([&ids])?;
+        while let Some(r) = rows.next()? {
+            counts.insert(
+                r.get::<_, String>(0)?,
+                (r.get::<_, i64>(1)?, r.get::<_, i64>(2)?),
+            );
+        }
+    }
+    let mut finals: Vec<Change<'_>> = Vec::new();
+    for (message, i) in &last {
+        let (open, dead) = counts.get(&message.to_string()).copied().unwrap_or((0, 0));
+        if let Some((changes, state)) = plan::message_ended(*message, open, dead) {
+            ended[*i] = Some(state);
+            finals.extend(changes);
+        }
+    }
+    // The final rows, one statement per final state; their lines go with the attempts'.
+    for state in [MessageState::Delivered, MessageState::Dead] {
+        let of_state: Vec<String> = finals
+            .iter()
+            .filter_map(|c| match c {
+                Change::Final { message, state: s } if *s == state => Some(message.to_string()),
+                _ => None,
+            })
+            .collect();
+        if of_state.is_empty() {
+            continue;
+        }
+        let of_state = serde_json::to_string(&of_state)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        conn.prepare_cached(END_MESSAGES)?
+            .execute(params![of_state, state.as_str(), now])?;
+    }
+    let lines: Vec<&Change<'_>> = lines
+        .iter()
+        .chain(
+            finals
+                .iter()
+                .filter(|c| matches!(c, Change::Transition { .. })),
+        )
+        .collect();
+    insert_lines(conn, &lines, now)?;
+    Ok(ended)
 }
 
 /// Claims a destination's due deliveries (see [`Processing::record_and_claim`]).
@@ -537,10 +612,11 @@ fn claim_due(
         bytes += d.message.body.len() as u64;
         due.push(d);
     }
-    let mut claim =
-        conn.prepare_cached("UPDATE deliveries SET owner = ?2, lease_until = ?3 WHERE id = ?1")?;
-    for d in &due {
-        claim.execute(params![d.id, node, now + lease])?;
+    if !due.is_empty() {
+        let ids = serde_json::to_string(&due.iter().map(|d| d.id).collect::<Vec<_>>())
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        conn.prepare_cached(CLAIM_ROWS)?
+            .execute(params![ids, node, now + lease])?;
     }
     Ok(due)
 }
