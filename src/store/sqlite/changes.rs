@@ -58,7 +58,7 @@ pub(super) fn parse_id(text: &str) -> rusqlite::Result<Uuid> {
 }
 
 /// Executes one planned change (see [`plan`]).
-pub(super) fn apply(
+fn apply(
     conn: &Connection,
     change: &Change<'_>,
     now: i64,
@@ -137,26 +137,7 @@ pub(super) fn apply(
             )?
             .execute(params![name, value, message.to_string()])?;
         }
-        Change::Transition {
-            message,
-            at,
-            event,
-            name,
-            outcome,
-            duration,
-            detail,
-        } => {
-            transition(
-                conn,
-                &message.to_string(),
-                at.map(millis).unwrap_or(now),
-                event,
-                *name,
-                outcome,
-                *duration,
-                detail.as_deref(),
-            )?;
-        }
+        Change::Transition { .. } => insert_lines(conn, &[change], now)?,
         Change::Output {
             message,
             state,

@@ -354,6 +354,18 @@ mod tests {
         assert_eq!(pragma("wal_autocheckpoint"), "Integer(8192)");
     }
 
+    /// SQLite's plan for `query` with `args`, one line per step.
+    fn query_plan(conn: &Connection, query: &str, args: &[&dyn rusqlite::ToSql]) -> String {
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {query}"))
+            .unwrap()
+            .query_map(args, |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        plan.join("\n")
+    }
+
     /// Claims and a FIFO head read their rows in an index's order: no sort of the queue,
     /// however long it is.
     #[test]
@@ -367,14 +379,7 @@ mod tests {
             (DUE, due, "deliveries_due"),
             (HEAD, head, "deliveries_pending"),
         ] {
-            let plan: Vec<String> = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {SELECT_DELIVERY}{query}"))
-                .unwrap()
-                .query_map(args, |r| r.get::<_, String>(3))
-                .unwrap()
-                .collect::<rusqlite::Result<_>>()
-                .unwrap();
-            let plan = plan.join("\n");
+            let plan = query_plan(&conn, &format!("{SELECT_DELIVERY}{query}"), args);
             assert!(plan.contains(index), "{plan}");
             assert!(!plan.contains("TEMP B-TREE"), "{plan}");
             if query == HEAD {
@@ -398,14 +403,7 @@ mod tests {
             (processing::END_MESSAGES, end, "sqlite_autoindex_messages_1"),
             (processing::CLAIM_ROWS, claim, "INTEGER PRIMARY KEY"),
         ] {
-            let plan: Vec<String> = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {query}"))
-                .unwrap()
-                .query_map(args, |r| r.get::<_, String>(3))
-                .unwrap()
-                .collect::<rusqlite::Result<_>>()
-                .unwrap();
-            let plan = plan.join("\n");
+            let plan = query_plan(&conn, query, args);
             assert!(plan.contains(key), "{query}\n{plan}");
             assert!(!plan.contains("SCAN messages"), "{plan}");
             assert!(!plan.contains("SCAN deliveries"), "{plan}");
