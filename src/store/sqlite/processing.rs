@@ -478,6 +478,12 @@ pub(super) const END_MESSAGES: &str = "UPDATE OR FAIL messages SET state = ?2, u
 pub(super) const CLAIM_ROWS: &str = "UPDATE OR FAIL deliveries SET owner = ?2, lease_until = ?3
      WHERE id IN (SELECT value FROM json_each(?1))";
 
+/// Ids as one JSON array, bound as one parameter and read back by `json_each` in the
+/// statements above (a message id as its text, as the tables keep it).
+fn id_list<T: serde::Serialize>(ids: &[T]) -> rusqlite::Result<String> {
+    serde_json::to_string(ids).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+}
+
 /// Records a batch's attempts (see [`Processing::record_and_claim`]) with a few statements
 /// for the whole batch besides each delivery's own row: the history lines in multi-row
 /// inserts, the open deliveries of every message whose main delivery ended counted at once,
@@ -544,8 +550,7 @@ fn record_all(
             None => last.push((message, *i)),
         }
     }
-    let ids = serde_json::to_string(&last.iter().map(|(m, _)| m.to_string()).collect::<Vec<_>>())
-        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    let ids = id_list(&last.iter().map(|(m, _)| *m).collect::<Vec<_>>())?;
     let mut counts = std::collections::HashMap::with_capacity(last.len());
     {
         let mut count = conn.prepare_cached(COUNT_OPEN)?;
@@ -567,18 +572,17 @@ fn record_all(
     }
     // The final rows, one statement per final state; their lines go with the attempts'.
     for state in [MessageState::Delivered, MessageState::Dead] {
-        let of_state: Vec<String> = finals
+        let of_state: Vec<Uuid> = finals
             .iter()
             .filter_map(|c| match c {
-                Change::Final { message, state: s } if *s == state => Some(message.to_string()),
+                Change::Final { message, state: s } if *s == state => Some(*message),
                 _ => None,
             })
             .collect();
         if of_state.is_empty() {
             continue;
         }
-        let of_state = serde_json::to_string(&of_state)
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        let of_state = id_list(&of_state)?;
         conn.prepare_cached(END_MESSAGES)?
             .execute(params![of_state, state.as_str(), now])?;
     }
@@ -613,8 +617,7 @@ fn claim_due(
         due.push(d);
     }
     if !due.is_empty() {
-        let ids = serde_json::to_string(&due.iter().map(|d| d.id).collect::<Vec<_>>())
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        let ids = id_list(&due.iter().map(|d| d.id).collect::<Vec<_>>())?;
         conn.prepare_cached(CLAIM_ROWS)?
             .execute(params![ids, node, now + lease])?;
     }
