@@ -106,6 +106,14 @@ impl Template {
         &self.source
     }
 
+    /// The text every message renders to, when the template has no placeholder.
+    pub fn fixed(&self) -> Option<&str> {
+        self.parts
+            .iter()
+            .all(|p| matches!(p, Part::Text(_)))
+            .then_some(self.source.as_str())
+    }
+
     pub fn render(&self, msg: &Message) -> String {
         let mut out = String::new();
         let original = msg.header("file.name").unwrap_or("");

@@ -158,9 +158,18 @@ impl Config {
             })?;
             client = client.add_root_certificate(cert);
         }
+        // A URL without placeholders is parsed (and checked) once, not for every message.
+        let fixed_url = match self.url.fixed() {
+            Some(text) => Some(
+                reqwest::Url::parse(text)
+                    .map_err(|e| anyhow::anyhow!("`{text}` is not a URL: {e}"))?,
+            ),
+            None => None,
+        };
         Ok(HttpOutbound {
             client: client.build()?,
             method,
+            fixed_url,
             cfg: self.clone(),
         })
     }
@@ -169,6 +178,7 @@ impl Config {
 pub struct HttpOutbound {
     client: reqwest::Client,
     method: reqwest::Method,
+    fixed_url: Option<reqwest::Url>,
     cfg: Config,
 }
 
@@ -186,7 +196,11 @@ fn excerpt(body: &[u8]) -> String {
 impl Outbound for HttpOutbound {
     async fn send(&self, msg: &Message) -> Result<Sent, SendError> {
         // Parsed once: reqwest takes the parsed URL as it is, and errors name its host.
-        let url = match reqwest::Url::parse(&self.cfg.url.render(msg)) {
+        let parsed = match &self.fixed_url {
+            Some(url) => Ok(url.clone()),
+            None => reqwest::Url::parse(&self.cfg.url.render(msg)),
+        };
+        let url = match parsed {
             Ok(url) => url,
             Err(e) => {
                 return Err(SendError::permanent(format!(

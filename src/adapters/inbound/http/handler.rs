@@ -95,9 +95,12 @@ impl Handler {
         }
         match cfg.response {
             ResponseMode::Ack => match self.intake.submit_once(headers, body, None).await {
-                Ok(Submitted::New(id)) => json(
+                // Every accepted request's answer: written out rather than built as a JSON
+                // value (an id needs no escaping).
+                Ok(Submitted::New(id)) => answer(
                     StatusCode::ACCEPTED,
-                    serde_json::json!({ "id": id, "status": "accepted" }),
+                    "application/json",
+                    format!(r#"{{"id":"{id}","status":"accepted"}}"#),
                 ),
                 // Taken (recorded as a duplicate): the sender must not send it again.
                 Ok(Submitted::Duplicate { id, first }) => json(
