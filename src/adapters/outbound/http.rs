@@ -272,6 +272,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_fixed_url_is_checked_when_built() {
+        let build = |yaml: &str| {
+            let cfg: Config = crate::config::yaml::parse_str(yaml).unwrap();
+            cfg.build(&BuildContext::new(PathBuf::from(".")))
+                .map(|_| ())
+        };
+        let e = build("url: erp.example.com/orders")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("`erp.example.com/orders` is not a URL: relative URL without a base"),
+            "{e}"
+        );
+        assert!(build("url: http://erp.example.com/orders").is_ok());
+        // With a placeholder it can only be checked per message.
+        assert!(build("url: \"{{header.target}}\"").is_ok());
+    }
+
+    #[test]
     fn status_patterns() {
         let p: Vec<StatusPattern> = crate::config::yaml::parse_str("[2xx, 404, '5x3']").unwrap();
         assert!(p[0].matches(201) && !p[0].matches(301));
