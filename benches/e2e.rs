@@ -838,7 +838,7 @@ fn main() {
     }
     // Intake alone (nothing to deliver), acknowledged after the commit and as a reply.
     // Each target is a share of the disk's floor of the same minutes, and that floor drifts
-    // (44,000–61,000 writes/s within an hour here): it is measured before and after the
+    // (44,000–69,000 writes/s within an hour here): it is measured before and after the
     // scenario, and the share is of the two's mean.
     let mut shares = Vec::new();
     if want("http nowhere") {
