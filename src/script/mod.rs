@@ -221,21 +221,12 @@ impl Script {
         source: &str,
         more: &[&'static str],
     ) -> Result<Script, CompileError> {
-        let compile = |headers: bool| {
+        Script::build(engine, limits, |engine, headers| {
             let mut scope = declared_scope(headers);
             for name in more {
                 scope.push(*name, Dynamic::UNIT);
             }
             engine.compile_with_scope(&scope, source)
-        };
-        let ast = compile(true).map_err(compile_error)?;
-        // Variables are strict: a script that compiles without `headers` never reads them.
-        let uses_headers = compile(false).is_err();
-        Ok(Script {
-            engine,
-            ast,
-            limits: limits.clone(),
-            uses_headers,
         })
     }
 
@@ -245,10 +236,20 @@ impl Script {
         limits: &Limits,
         source: &str,
     ) -> Result<Script, CompileError> {
-        let compile =
-            |headers| engine.compile_expression_with_scope(&declared_scope(headers), source);
-        let ast = compile(true).map_err(compile_error)?;
-        let uses_headers = compile(false).is_err();
+        Script::build(engine, limits, |engine, headers| {
+            engine.compile_expression_with_scope(&declared_scope(headers), source)
+        })
+    }
+
+    /// `compile` with `headers` in scope gives the script; without them, whether it names
+    /// them: variables are strict, so a script that compiles without `headers` never reads them.
+    fn build(
+        engine: Arc<Engine>,
+        limits: &Limits,
+        compile: impl Fn(&Engine, bool) -> Result<AST, rhai::ParseError>,
+    ) -> Result<Script, CompileError> {
+        let ast = compile(&engine, true).map_err(compile_error)?;
+        let uses_headers = compile(&engine, false).is_err();
         Ok(Script {
             engine,
             ast,
