@@ -808,9 +808,18 @@ async fn the_bundled_broker_examples_work_as_shipped() {
         let rt = tokio::runtime::Handle::current();
         tokio::task::block_in_place(|| rt.block_on(rabbit.ready("telemetry.all"))) == 1
     }));
-    let sensors = ws.query_pairs(
-        "SELECT state, COUNT(*) FROM messages WHERE route = 'sensors-mqtt-to-rabbitmq' GROUP BY state",
-    );
+    // The broker holds the reading as soon as it confirms; the store records the delivery
+    // just after, so wait for that record rather than read it in between.
+    let sensors_by_state = || {
+        ws.query_pairs(
+            "SELECT state, COUNT(*) FROM messages WHERE route = 'sensors-mqtt-to-rabbitmq' GROUP BY state",
+        )
+    };
+    wait_until(Duration::from_secs(20), || {
+        let states = sensors_by_state();
+        states.get("delivered") == Some(&1) && states.get("failed") == Some(&1)
+    });
+    let sensors = sensors_by_state();
     assert_eq!(sensors.get("delivered"), Some(&1), "{sensors:?}");
     assert_eq!(sensors.get("failed"), Some(&1), "{sensors:?}");
 

@@ -174,7 +174,12 @@ to:
     let taken = wait_until(Duration::from_secs(20), || ws.files("outbox").len() == 1);
     assert!(taken, "complete file never taken: {:?}", ws.states());
     assert_eq!(std::fs::read(ws.path("outbox/big.dat")).unwrap(), content);
-    assert_eq!(ws.count("delivered"), 1);
+    // The file is in place before the store records the delivery.
+    assert!(
+        wait_until(Duration::from_secs(20), || ws.count("delivered") == 1),
+        "{:?}",
+        ws.states()
+    );
     engine.stop();
 }
 
