@@ -2,7 +2,7 @@
 //! answered only after a sync of the store's log that began once its message was written
 //! into the log. An answer from the page cache (a relaxed `synchronous`, an answer sent
 //! before the commit's sync) would survive a crash of the process and not a power cut, so no
-//! crash test sees it; this one does.
+//! crash test sees it; this one does. It also sees each commit reach the log in one write.
 
 mod common;
 
@@ -94,7 +94,7 @@ fn each_sender_is_answered_after_the_log_holding_its_message_is_synced() {
     let addr = ws.http_addr();
     let trace = ws.path("strace.out");
     let mut strace = Command::new("strace")
-        .args(["-f", "-ttt", "-T", "-y", "-s", "6000", "-o"])
+        .args(["-f", "-ttt", "-T", "-y", "-s", "200000", "-o"])
         .arg(&trace)
         .args([
             "-e",
@@ -166,6 +166,26 @@ fn each_sender_is_answered_after_the_log_holding_its_message_is_synced() {
         let synced = syncs
             .iter()
             .any(|s| s.start >= written.end && s.end <= answer.start);
+        // The commit's frames went to the log in one write (`store/sqlite/log_writes.rs`):
+        // no other write to the log since the sync before it.
+        let since = syncs
+            .iter()
+            .filter(|s| s.end <= written.start)
+            .map(|s| s.end)
+            .fold(0.0, f64::max);
+        let writes = calls
+            .iter()
+            .filter(|c| {
+                c.name.starts_with("pwrite")
+                    && c.line.contains("-wal>")
+                    && c.start >= since
+                    && c.end <= written.end
+            })
+            .count();
+        assert_eq!(
+            writes, 1,
+            "{mark}: its commit took {writes} writes to the log"
+        );
         assert!(
             synced,
             "{mark}: answered at {:.6} without a sync of the log between its write (ended {:.6}) and the answer; syncs: {:?}",

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 mod changes;
 mod integrity;
+mod log_writes;
 mod maintenance;
 mod operations;
 mod processing;
@@ -49,7 +50,12 @@ fn closed() -> StoreError {
 }
 
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
+    // Each commit's log frames go to the file in one write (`log_writes`).
+    let conn = if log_writes::register() {
+        Connection::open_with_flags_and_vfs(path, rusqlite::OpenFlags::default(), log_writes::NAME)?
+    } else {
+        Connection::open(path)?
+    };
     conn.busy_timeout(Duration::from_secs(10))?;
     // FULL: a commit survives power loss, not only a process crash — "stored" must mean stored.
     // auto_vacuum first: it only takes on a new database, and only before WAL mode is set;
