@@ -272,37 +272,34 @@ unsafe extern "C" fn write(
     ffi::SQLITE_OK
 }
 
-unsafe extern "C" fn truncate(f: *mut ffi::sqlite3_file, size: i64) -> c_int {
-    let rc = flush(f);
-    if rc != ffi::SQLITE_OK {
-        return rc;
+/// Writes out what `f` holds, then asks the real file: what must see the file as SQLite
+/// wrote it (a truncation, a sync, its size) comes after the buffer.
+unsafe fn after_flush(f: *mut ffi::sqlite3_file, then: impl FnOnce() -> c_int) -> c_int {
+    match flush(f) {
+        ffi::SQLITE_OK => then(),
+        rc => rc,
     }
-    match real_methods(f).xTruncate {
+}
+
+unsafe extern "C" fn truncate(f: *mut ffi::sqlite3_file, size: i64) -> c_int {
+    after_flush(f, || match real_methods(f).xTruncate {
         Some(truncate) => truncate(real(f), size),
         None => ffi::SQLITE_IOERR_TRUNCATE,
-    }
+    })
 }
 
 unsafe extern "C" fn sync(f: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
-    let rc = flush(f);
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
-    match real_methods(f).xSync {
+    after_flush(f, || match real_methods(f).xSync {
         Some(sync) => sync(real(f), flags),
         None => ffi::SQLITE_IOERR_FSYNC,
-    }
+    })
 }
 
 unsafe extern "C" fn file_size(f: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
-    let rc = flush(f);
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
-    match real_methods(f).xFileSize {
+    after_flush(f, || match real_methods(f).xFileSize {
         Some(file_size) => file_size(real(f), size),
         None => ffi::SQLITE_IOERR_FSTAT,
-    }
+    })
 }
 
 unsafe extern "C" fn lock(f: *mut ffi::sqlite3_file, level: c_int) -> c_int {
