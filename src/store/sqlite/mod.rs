@@ -416,6 +416,119 @@ mod tests {
         }
     }
 
+    /// The queries by a state read the state indexes, which hold every message but the
+    /// delivered (`schema::NOT_DELIVERED`): each must repeat the indexes' condition, or SQLite
+    /// reads the whole route.
+    #[test]
+    fn queries_by_state_read_the_partial_state_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_connection(&dir.path().join("s.db")).unwrap();
+        migrate(&conn).unwrap();
+        let claim: &[&dyn rusqlite::ToSql] = &[&"r", &0, &64];
+        let count: &[&dyn rusqlite::ToSql] = &[&"r", &"failed", &""];
+        let delivered: &[&dyn rusqlite::ToSql] = &[&"r", &""];
+        for (query, args, index) in [
+            (
+                format!("{SELECT_PENDING}{}", processing::RECEIVED),
+                claim,
+                "messages_route_state",
+            ),
+            (
+                operations::COUNT_STATE.to_string(),
+                count,
+                "messages_route_state",
+            ),
+            (
+                operations::COUNT_DELIVERED.to_string(),
+                delivered,
+                "messages_route_id",
+            ),
+            (
+                operations::COUNT_DELIVERED.to_string(),
+                delivered,
+                "messages_route_state",
+            ),
+            (
+                operations::COUNT_OTHERS_OF_ROUTE.to_string(),
+                &[&"r"],
+                "messages_route_state",
+            ),
+            (
+                operations::COUNT_OTHERS.to_string(),
+                &[&rusqlite::types::Null],
+                "messages_state",
+            ),
+        ] {
+            let plan = query_plan(&conn, &query, args);
+            assert!(plan.contains(index), "{query}\n{plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+            assert!(!plan.lines().any(|l| l == "SCAN messages"), "{plan}");
+        }
+        let plan = query_plan(
+            &conn,
+            &format!("{SELECT_PENDING}{}", processing::SCHEDULED),
+            &[&"r", &0, &64],
+        );
+        assert!(!plan.contains("SCAN messages"), "{plan}");
+    }
+
+    /// A store written at version 8 (full state indexes) is upgraded at start, and its
+    /// messages are counted and claimed alike through the partial indexes.
+    #[test]
+    fn a_version_8_store_is_upgraded_to_partial_state_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_connection(&dir.path().join("s.db")).unwrap();
+        conn.execute_batch("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            .unwrap();
+        for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= 8) {
+            conn.execute_batch(&format!(
+                "BEGIN; {sql}; INSERT INTO schema_version (version) VALUES ({v}); COMMIT;"
+            ))
+            .unwrap();
+        }
+        for (id, state) in [
+            ("a", "delivered"),
+            ("b", "failed"),
+            ("c", "received"),
+            ("d", "delivered"),
+        ] {
+            conn.execute(
+                "INSERT INTO messages (id, route, route_version, state, received_at, updated_at, headers)
+                 VALUES (?1, 'r', 'v', ?2, 0, 0, '{}')",
+                params![id, state],
+            )
+            .unwrap();
+        }
+        migrate(&conn).unwrap();
+        let version: i64 = conn
+            .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 9);
+        let mut others = conn.prepare(operations::COUNT_OTHERS_OF_ROUTE).unwrap();
+        let others: Vec<(String, i64)> = others
+            .query_map(["r"], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(others, [("failed".into(), 1), ("received".into(), 1)]);
+        let delivered: i64 = conn
+            .query_row(operations::COUNT_DELIVERED, ["r", ""], |r| r.get(0))
+            .unwrap();
+        assert_eq!(delivered, 2);
+        let claimed: Vec<String> = conn
+            .prepare(&format!("SELECT id FROM messages{}", processing::RECEIVED))
+            .unwrap()
+            .query_map(params!["r", 0, 10], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(claimed, ["c"]);
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+    }
+
     /// The claim runs several times a second per destination with a new `now` each time: it
     /// must run the plan it was prepared with, not be compiled again for every value.
     #[test]

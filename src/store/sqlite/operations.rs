@@ -58,13 +58,11 @@ impl Operations for SqliteStore {
     ) -> StoreResult<Vec<(String, u64)>> {
         let routes = routes.to_vec();
         self.read(move |conn| {
-            let mut count = conn
-                .prepare_cached("SELECT COUNT(*) FROM messages WHERE route = ?1 AND state = ?2")?;
             routes
                 .into_iter()
                 .map(|route| {
-                    let n: i64 = count.query_row(params![route, state.as_str()], |r| r.get(0))?;
-                    Ok((route, n as u64))
+                    let n = count_route(conn, &route, state, None)?;
+                    Ok((route, n))
                 })
                 .collect()
         })
@@ -79,16 +77,12 @@ impl Operations for SqliteStore {
         let first = plan::first_id_at(since).to_string();
         let routes = routes.to_vec();
         self.read(move |conn| {
-            let mut count = conn.prepare_cached(
-                "SELECT COUNT(*) FROM messages WHERE route = ?1 AND state = ?2 AND id >= ?3",
-            )?;
             let mut out = BTreeMap::new();
             for route in routes {
                 for state in MessageState::ALL {
-                    let n: i64 =
-                        count.query_row(params![route, state.as_str(), first], |r| r.get(0))?;
+                    let n = count_route(conn, &route, state, Some(&first))?;
                     if n > 0 {
-                        out.insert((route.clone(), state), n as u64);
+                        out.insert((route.clone(), state), n);
                     }
                 }
             }
@@ -113,18 +107,35 @@ impl Operations for SqliteStore {
     ) -> StoreResult<BTreeMap<MessageState, u64>> {
         let route = route.map(str::to_string);
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT state, COUNT(*) FROM messages WHERE ?1 IS NULL OR route = ?1 GROUP BY state",
-            )?;
-            let rows = stmt.query_map([route], |r| {
+            // The others from a state index; the delivered are what remains of all.
+            let (others, all) = match &route {
+                Some(_) => (
+                    COUNT_OTHERS_OF_ROUTE,
+                    "SELECT COUNT(*) FROM messages WHERE route = ?1",
+                ),
+                None => (
+                    COUNT_OTHERS,
+                    "SELECT COUNT(*) FROM messages WHERE ?1 IS NULL",
+                ),
+            };
+            let mut stmt = conn.prepare_cached(others)?;
+            let rows = stmt.query_map([&route], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
             })?;
             let mut out = BTreeMap::new();
+            let mut counted = 0;
             for row in rows {
                 let (state, n) = row?;
+                counted += n;
                 if let Some(s) = MessageState::parse(&state) {
                     out.insert(s, n as u64);
                 }
+            }
+            let all: i64 = conn
+                .prepare_cached(all)?
+                .query_row([&route], |r| r.get(0))?;
+            if all > counted {
+                out.insert(MessageState::Delivered, (all - counted) as u64);
             }
             Ok(out)
         })
@@ -147,6 +158,9 @@ impl Operations for SqliteStore {
                     arg(text(value))
                 ),
                 plan::Condition::Route(route) => format!("route = {}", arg(text(route))),
+                plan::Condition::State(state) if state != MessageState::Delivered.as_str() => {
+                    format!("state = {} AND {NOT_DELIVERED}", arg(text(state)))
+                }
                 plan::Condition::State(state) => format!("state = {}", arg(text(state))),
                 plan::Condition::Since(id, ms) => format!(
                     "id >= {} AND received_at >= {}",
@@ -307,4 +321,42 @@ impl Operations for SqliteStore {
             .await?;
         result.map_err(StoreError)
     }
+}
+
+/// A route's delivered messages from id ?2 on: all of them (`messages_route_id`) less the others
+/// (`messages_route_state`). Without statistics SQLite would count the others in
+/// `messages_route_id` too, looking up every delivered message's row for its state: hence
+/// `INDEXED BY`.
+pub(super) const COUNT_DELIVERED: &str =
+    "SELECT (SELECT COUNT(*) FROM messages WHERE route = ?1 AND id >= ?2)
+          - (SELECT COUNT(*) FROM messages INDEXED BY messages_route_state
+             WHERE route = ?1 AND id >= ?2 AND state <> 'delivered')";
+
+/// The messages not delivered, by state: of route ?1, and of all routes (?1 unused).
+pub(super) const COUNT_OTHERS_OF_ROUTE: &str = "SELECT state, COUNT(*) FROM messages
+     INDEXED BY messages_route_state WHERE route = ?1 AND state <> 'delivered' GROUP BY state";
+pub(super) const COUNT_OTHERS: &str = "SELECT state, COUNT(*) FROM messages
+     INDEXED BY messages_state WHERE state <> 'delivered' AND ?1 IS NULL GROUP BY state";
+
+/// A route's messages in state ?2 (not delivered) from id ?3 on.
+pub(super) const COUNT_STATE: &str = "SELECT COUNT(*) FROM messages
+     WHERE route = ?1 AND state = ?2 AND state <> 'delivered' AND id >= ?3";
+
+/// A route's messages in `state` (from the message id `first` on): a state index's range, or
+/// for the delivered — who are not in the state indexes — the route's messages less the others.
+fn count_route(
+    conn: &Connection,
+    route: &str,
+    state: MessageState,
+    first: Option<&str>,
+) -> rusqlite::Result<u64> {
+    let first = first.unwrap_or("");
+    let n: i64 = if state == MessageState::Delivered {
+        conn.prepare_cached(COUNT_DELIVERED)?
+            .query_row(params![route, first], |r| r.get(0))?
+    } else {
+        conn.prepare_cached(COUNT_STATE)?
+            .query_row(params![route, state.as_str(), first], |r| r.get(0))?
+    };
+    Ok(n as u64)
 }

@@ -135,10 +135,7 @@ impl Processing for SqliteStore {
         let (node, lease) = self.claim_args();
         self.write(move |conn| {
             let now = millis(SystemTime::now());
-            let mut stmt = conn.prepare_cached(&format!(
-                "{SELECT_PENDING} WHERE route = ?1 AND state = 'received' AND next_attempt_at IS NULL
-                 AND (owner IS NULL OR lease_until < ?2) ORDER BY id LIMIT ?3"
-            ))?;
+            let mut stmt = conn.prepare_cached(&format!("{SELECT_PENDING}{RECEIVED}"))?;
             let taken: Vec<Pending> = stmt
                 .query_map(params![route, now, limit as i64], pending_row)?
                 .collect::<rusqlite::Result<_>>()?;
@@ -233,10 +230,7 @@ impl Processing for SqliteStore {
         let now = millis(now);
         let (node, lease) = self.claim_args();
         self.write(move |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "{SELECT_PENDING} WHERE route = ?1 AND state = 'received' AND next_attempt_at IS NOT NULL
-                 AND next_attempt_at <= ?2 ORDER BY next_attempt_at, id LIMIT ?3"
-            ))?;
+            let mut stmt = conn.prepare_cached(&format!("{SELECT_PENDING}{SCHEDULED}"))?;
             let taken: Vec<Pending> = stmt
                 .query_map(params![route, now, limit as i64], pending_row)?
                 .collect::<rusqlite::Result<_>>()?;
@@ -466,6 +460,16 @@ pub(super) const COUNT_OPEN: &str =
     "SELECT message_id, SUM(state = 'pending'), SUM(state = 'dead') FROM deliveries
      WHERE message_id IN (SELECT value FROM json_each(?1)) AND kind = 'main'
      GROUP BY message_id";
+
+/// A route's received messages whose steps have not run and no live claim holds, oldest first.
+/// The repeated state term lets SQLite read the state index (see `schema::NOT_DELIVERED`).
+pub(super) const RECEIVED: &str =
+    " WHERE route = ?1 AND state = 'received' AND state <> 'delivered'
+     AND next_attempt_at IS NULL AND (owner IS NULL OR lease_until < ?2) ORDER BY id LIMIT ?3";
+
+/// A route's received messages whose steps are scheduled to run again by now, soonest first.
+pub(super) const SCHEDULED: &str = " WHERE route = ?1 AND state = 'received' AND state <> 'delivered'
+     AND next_attempt_at IS NOT NULL AND next_attempt_at <= ?2 ORDER BY next_attempt_at, id LIMIT ?3";
 
 /// Messages (a JSON array of ids) whose deliveries are over, to their final state ?2: see
 /// [`Change::Final`]. `OR FAIL`, as every statement of several rows here: no statement
