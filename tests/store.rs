@@ -16,6 +16,20 @@ use switchyard::store::sqlite::SqliteStore;
 use switchyard::store::*;
 use uuid::Uuid;
 
+/// How many of `route`'s messages are in `state`.
+async fn in_state(store: &dyn Store, route: &str, state: MessageState) -> u64 {
+    let counts = store
+        .count_in_state(&[route.to_string()], state)
+        .await
+        .unwrap();
+    counts[0].1
+}
+
+/// A message's record, if it exists (what `messages show` reads).
+async fn record(store: &dyn Store, id: Uuid) -> Option<StoredMessage> {
+    store.details(id).await.unwrap().map(|d| d.message)
+}
+
 enum Backend {
     Sqlite(tempfile::TempDir),
     Postgres(String),
@@ -182,8 +196,7 @@ async fn inserts_commit_and_resume_after_restart(b: &Backend) {
 
     // After a restart, everything unfinished resumes, oldest first, once.
     let reopened = b.open("a", LEASE).await;
-    let counts = reopened.count_by_state(Some("r")).await.unwrap();
-    assert_eq!(counts.get(&MessageState::Received), Some(&500));
+    assert_eq!(in_state(&*reopened, "r", MessageState::Received).await, 500);
     let page = reopened.claim_received("r", 1000).await.unwrap();
     assert_eq!(page.len(), 500);
     assert!(
@@ -283,7 +296,7 @@ async fn lifecycle_transitions_and_idempotent_steps(b: &Backend) {
         Some(MessageState::Dead)
     );
     assert_eq!(
-        store.message(m.id).await.unwrap().unwrap().state,
+        record(&*store, m.id).await.unwrap().state,
         MessageState::Dead
     );
     // The dead delivery went to the dead-letter destination, with the processed body.
@@ -417,7 +430,7 @@ async fn failures_filters_retries_and_splits(b: &Backend) {
         .unwrap();
     assert_eq!(kids.len(), 2);
     assert!(kids.iter().all(|k| k.resume_step == 1));
-    let kid = store.message(kids[0].msg.id).await.unwrap().unwrap();
+    let kid = record(&*store, kids[0].msg.id).await.unwrap();
     assert_eq!(kid.parent, Some(parent.id));
     store.close().await.unwrap();
 }
@@ -444,8 +457,8 @@ async fn retention_by_age_count_and_size(b: &Backend) {
     };
     let p = store.prune("r", &by_size, 100).await.unwrap();
     assert_eq!(p.deleted, 6);
-    assert!(store.message(ids[0]).await.unwrap().is_none());
-    assert!(store.message(ids[9]).await.unwrap().is_some());
+    assert!(record(&*store, ids[0]).await.is_none());
+    assert!(record(&*store, ids[9]).await.is_some());
     // By count.
     let by_count = Retention {
         max_messages: Some(2),
@@ -472,7 +485,7 @@ async fn retention_by_age_count_and_size(b: &Backend) {
         ..Retention::default()
     };
     assert_eq!(store.prune("r", &by_age, 100).await.unwrap().deleted, 2);
-    assert!(store.message(pending.id).await.unwrap().is_some());
+    assert!(record(&*store, pending.id).await.is_some());
     if b.is_sqlite() {
         // The file hands freed pages back (PostgreSQL's autovacuum does this by itself).
         assert!(store.reclaim(1000).await.unwrap() > 0);
@@ -516,7 +529,7 @@ async fn search_details_and_replay(b: &Backend) {
 
     deliver_the_one_due(&store, "orders", "to[0]").await;
     assert_eq!(
-        store.message(m.id).await.unwrap().unwrap().state,
+        record(&*store, m.id).await.unwrap().state,
         MessageState::Delivered
     );
     // Re-delivery to one destination, then a full reprocess.
@@ -551,7 +564,7 @@ async fn search_details_and_replay(b: &Backend) {
         .unwrap();
     deliver_the_one_due(&store, "orders", "to[0]").await;
     assert_eq!(
-        store.message(m.id).await.unwrap().unwrap().state,
+        record(&*store, m.id).await.unwrap().state,
         MessageState::Delivered
     );
     let kinds: Vec<(String, String)> = store
@@ -795,10 +808,9 @@ async fn a_failing_write_does_not_undo_the_others(b: &Backend) {
         assert_eq!(result.is_err(), dup, "{result:?}");
     }
     for id in ids.iter().chain([&first.id]) {
-        assert!(store.message(*id).await.unwrap().is_some(), "{id} lost");
+        assert!(record(&*store, *id).await.is_some(), "{id} lost");
     }
-    let counts = store.count_by_state(Some("r")).await.unwrap();
-    assert_eq!(counts.get(&MessageState::Received), Some(&100));
+    assert_eq!(in_state(&*store, "r", MessageState::Received).await, 100);
     store.close().await.unwrap();
 }
 
@@ -951,7 +963,7 @@ async fn attempts_and_the_next_claim_are_one_write(b: &Backend) {
         .is_empty());
     let state = |id| {
         let store = store.clone();
-        async move { store.message(id).await.unwrap().unwrap().state }
+        async move { record(&*store, id).await.unwrap().state }
     };
     assert_eq!(state(ids[0]).await, MessageState::Delivered);
     assert_eq!(state(ids[1]).await, MessageState::Delivering);
@@ -1041,7 +1053,7 @@ async fn keyed_inserts_record_a_redelivery_as_duplicate(b: &Backend) {
     // Another route may see the same broker id: its own message.
     let (other, ins) = keyed("s");
     assert_eq!(store.insert_once(ins, sender(key())).await.unwrap(), None);
-    let dup = store.message(again.id).await.unwrap().unwrap();
+    let dup = record(&*store, again.id).await.unwrap();
     assert_eq!(dup.state, MessageState::Duplicate);
     assert!(
         dup.error
@@ -1061,7 +1073,7 @@ async fn keyed_inserts_record_a_redelivery_as_duplicate(b: &Backend) {
         [("r", 1), ("s", 1)]
     );
     assert_eq!(
-        store.message(other.id).await.unwrap().unwrap().state,
+        record(&*store, other.id).await.unwrap().state,
         MessageState::Received
     );
     // Searchable by the key, both copies.
@@ -1076,8 +1088,7 @@ async fn keyed_inserts_record_a_redelivery_as_duplicate(b: &Backend) {
         .unwrap();
     assert_eq!(found.len(), 2);
     // A duplicate is finished: retention removes it like any other.
-    let counts = store.count_by_state(Some("r")).await.unwrap();
-    assert_eq!(counts.get(&MessageState::Duplicate), Some(&1));
+    assert_eq!(in_state(&*store, "r", MessageState::Duplicate).await, 1);
     store.close().await.unwrap();
 }
 
@@ -1244,7 +1255,7 @@ async fn processed_inserts_commit_message_and_outcome_together(b: &Backend) {
         .unwrap();
     assert_eq!(stored, Stored::Duplicate { first: first.id });
     assert_eq!(
-        store.message(again.id).await.unwrap().unwrap().state,
+        record(&*store, again.id).await.unwrap().state,
         MessageState::Duplicate
     );
     let due = claim_due(&store, "k", "to[0]", SystemTime::now(), 10)
@@ -1275,8 +1286,7 @@ async fn processed_inserts_commit_message_and_outcome_together(b: &Backend) {
         let (dup, result) = r.unwrap();
         assert_eq!(result.is_err(), dup, "{result:?}");
     }
-    let counts = store.count_by_state(Some("m")).await.unwrap();
-    assert_eq!(counts.get(&MessageState::Delivering), Some(&59));
+    assert_eq!(in_state(&*store, "m", MessageState::Delivering).await, 59);
     store.close().await.unwrap();
 }
 
@@ -1493,7 +1503,7 @@ async fn dedupe_keys_count_within_their_window_and_not_after_a_failure(b: &Backe
         store.insert_once(ins, vec![window("A")]).await.unwrap(),
         Some(first.id)
     );
-    let dup = store.message(again.id).await.unwrap().unwrap();
+    let dup = record(&*store, again.id).await.unwrap();
     assert_eq!(dup.state, MessageState::Duplicate);
     let error = dup.error.unwrap();
     assert!(
@@ -1615,7 +1625,7 @@ async fn aggregate_groups_complete_once_and_become_one_message(b: &Backend) {
     let bodies: Vec<&[u8]> = g.members.iter().map(|m| &m.body[..]).collect();
     assert_eq!(bodies, [b"a0", b"a1", b"a2"], "as the steps left them");
     assert_eq!(
-        store.message(next_a).await.unwrap().unwrap().state,
+        record(&*store, next_a).await.unwrap().state,
         MessageState::Aggregating
     );
     // Claimed by node-a: node-b neither gets it nor can emit it.
@@ -1632,14 +1642,14 @@ async fn aggregate_groups_complete_once_and_become_one_message(b: &Backend) {
         ..Default::default()
     };
     store.prune("ag", &all, 100).await.unwrap();
-    assert!(store.message(next_a).await.unwrap().is_some());
+    assert!(record(&*store, next_a).await.is_some());
 
     assert!(store.emit_group(g.id, combined(g)).await.unwrap());
     assert!(
         !store.emit_group(g.id, combined(g)).await.unwrap(),
         "a group is emitted once"
     );
-    let made = store.message(g.id).await.unwrap().unwrap();
+    let made = record(&*store, g.id).await.unwrap();
     assert_eq!(made.state, MessageState::Received);
     let due = store
         .take_scheduled("ag", SystemTime::now(), 10)
@@ -1918,7 +1928,7 @@ async fn postgres_over_verified_tls() {
     .unwrap();
     let (m, ins) = insert("r", "over tls");
     store.insert(vec![ins]).await.unwrap();
-    assert!(store.message(m.id).await.unwrap().is_some());
+    assert!(record(&store, m.id).await.is_some());
     let encrypted: i64 = admin
         .query_one(
             "SELECT COUNT(*) FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid

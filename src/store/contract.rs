@@ -166,13 +166,6 @@ pub trait Operations: Send + Sync {
         since: SystemTime,
     ) -> StoreResult<BTreeMap<(String, MessageState), u64>>;
 
-    /// One message's record, if it exists.
-    async fn message(&self, id: Uuid) -> StoreResult<Option<StoredMessage>>;
-
-    /// How many messages are in each state (of one route, or of all).
-    async fn count_by_state(&self, route: Option<&str>)
-        -> StoreResult<BTreeMap<MessageState, u64>>;
-
     /// Messages matching `filter`, newest first.
     async fn search(&self, filter: &Search) -> StoreResult<Vec<StoredMessage>>;
 

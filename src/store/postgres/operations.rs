@@ -80,39 +80,6 @@ impl Operations for PgStore {
             .collect())
     }
 
-    async fn message(&self, id: Uuid) -> StoreResult<Option<StoredMessage>> {
-        let db = self.reader().await?;
-        let row = db
-            .query_opt(
-                &format!("SELECT {STORED_COLUMNS} FROM messages WHERE id = $1"),
-                &[&id],
-            )
-            .await
-            .map_err(pg_err)?;
-        Ok(row.as_ref().map(stored_row))
-    }
-
-    async fn count_by_state(
-        &self,
-        route: Option<&str>,
-    ) -> StoreResult<BTreeMap<MessageState, u64>> {
-        let db = self.reader().await?;
-        let rows = db
-            .query(
-                "SELECT state, COUNT(*) FROM messages WHERE $1::TEXT IS NULL OR route = $1 GROUP BY state",
-                &[&route],
-            )
-            .await
-            .map_err(pg_err)?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| {
-                let state: String = r.get(0);
-                MessageState::parse(&state).map(|s| (s, r.get::<_, i64>(1) as u64))
-            })
-            .collect())
-    }
-
     async fn search(&self, f: &Search) -> StoreResult<Vec<StoredMessage>> {
         let mut sql = format!("SELECT {STORED_COLUMNS} FROM messages WHERE true");
         let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();

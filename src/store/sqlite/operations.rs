@@ -91,57 +91,6 @@ impl Operations for SqliteStore {
         .await
     }
 
-    async fn message(&self, id: Uuid) -> StoreResult<Option<StoredMessage>> {
-        let id = id.to_string();
-        self.read(move |conn| {
-            conn.prepare_cached(&format!("{SELECT_STORED} WHERE id = ?1"))?
-                .query_row([id], stored_row)
-                .optional()
-        })
-        .await
-    }
-
-    async fn count_by_state(
-        &self,
-        route: Option<&str>,
-    ) -> StoreResult<BTreeMap<MessageState, u64>> {
-        let route = route.map(str::to_string);
-        self.read(move |conn| {
-            // The others from a state index; the delivered are what remains of all.
-            let (others, all) = match &route {
-                Some(_) => (
-                    COUNT_OTHERS_OF_ROUTE,
-                    "SELECT COUNT(*) FROM messages WHERE route = ?1",
-                ),
-                None => (
-                    COUNT_OTHERS,
-                    "SELECT COUNT(*) FROM messages WHERE ?1 IS NULL",
-                ),
-            };
-            let mut stmt = conn.prepare_cached(others)?;
-            let rows = stmt.query_map([&route], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-            })?;
-            let mut out = BTreeMap::new();
-            let mut counted = 0;
-            for row in rows {
-                let (state, n) = row?;
-                counted += n;
-                if let Some(s) = MessageState::parse(&state) {
-                    out.insert(s, n as u64);
-                }
-            }
-            let all: i64 = conn
-                .prepare_cached(all)?
-                .query_row([&route], |r| r.get(0))?;
-            if all > counted {
-                out.insert(MessageState::Delivered, (all - counted) as u64);
-            }
-            Ok(out)
-        })
-        .await
-    }
-
     async fn search(&self, f: &Search) -> StoreResult<Vec<StoredMessage>> {
         let mut sql = format!("{SELECT_STORED} WHERE 1 = 1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
@@ -331,12 +280,6 @@ pub(super) const COUNT_DELIVERED: &str =
     "SELECT (SELECT COUNT(*) FROM messages WHERE route = ?1 AND id >= ?2)
           - (SELECT COUNT(*) FROM messages INDEXED BY messages_route_state
              WHERE route = ?1 AND id >= ?2 AND state <> 'delivered')";
-
-/// The messages not delivered, by state: of route ?1, and of all routes (?1 unused).
-pub(super) const COUNT_OTHERS_OF_ROUTE: &str = "SELECT state, COUNT(*) FROM messages
-     INDEXED BY messages_route_state WHERE route = ?1 AND state <> 'delivered' GROUP BY state";
-pub(super) const COUNT_OTHERS: &str = "SELECT state, COUNT(*) FROM messages
-     INDEXED BY messages_state WHERE state <> 'delivered' AND ?1 IS NULL GROUP BY state";
 
 /// A route's messages in state ?2 (not delivered) from id ?3 on.
 pub(super) const COUNT_STATE: &str = "SELECT COUNT(*) FROM messages
