@@ -159,7 +159,7 @@ pub trait Operations: Send + Sync {
     ) -> StoreResult<Vec<(String, u64)>>;
 
     /// Messages of `routes` per route and state received since `since` (ids are UUIDv7, so
-    /// this reads the `(route, state, id)` index from that time on, nothing older).
+    /// this reads index ranges from that time on, nothing older).
     async fn counts_since(
         &self,
         routes: &[String],

@@ -39,7 +39,8 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 /// The state indexes hold every message but the delivered: a message leaves them when it is
 /// delivered instead of moving to the far end of a tree that grows with the store, so a
 /// delivery changes only the small, hot pages of the in-flight and the failed (−14% of the log's
-/// pages a commit, docs/performance.md). Delivered messages are found by route and id
+/// pages a commit in a replay of the writer's statements; about −10% of the writer's CPU a
+/// message in the engine: docs/performance.md). Delivered messages are found by route and id
 /// (`messages_route_id`), and counted as all of a route's messages less the others.
 pub(super) const SCHEMA_V9: &str = "
         DROP INDEX messages_route_state;
