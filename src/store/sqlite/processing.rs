@@ -123,9 +123,19 @@ impl Processing for SqliteStore {
                     Some(c) => claim_due(conn, c, &node, lease)?,
                     None => Vec::new(),
                 };
-                Ok(Recorded { ended, due })
+                Ok((ended, due))
             })
-            .await;
+            .await
+            .map(|(ended, due)| Recorded {
+                ended,
+                due: due
+                    .into_iter()
+                    .map(|(mut d, headers)| {
+                        d.message.headers = parse_headers(headers);
+                        d
+                    })
+                    .collect(),
+            });
         self.in_hand.recorded(&recorded, &result);
         result
     }
@@ -602,13 +612,14 @@ fn record_all(
     Ok(ended)
 }
 
-/// Claims a destination's due deliveries (see [`Processing::record_and_claim`]).
+/// Claims a destination's due deliveries (see [`Processing::record_and_claim`]), each with
+/// its message's headers unparsed (see [`unparsed_delivery_row`]).
 fn claim_due(
     conn: &Connection,
     c: &Claim,
     node: &str,
     lease: i64,
-) -> rusqlite::Result<Vec<Delivery>> {
+) -> rusqlite::Result<Vec<(Delivery, Option<String>)>> {
     let now = millis(c.now);
     let mut stmt = conn.prepare_cached(&format!("{SELECT_DELIVERY}{DUE}"))?;
     let mut rows = stmt.query(params![c.route, c.destination, now, c.limit as i64])?;
@@ -616,12 +627,12 @@ fn claim_due(
     // Rows are read one at a time: the bodies past `max_bytes` are never loaded.
     while bytes < c.max_bytes {
         let Some(r) = rows.next()? else { break };
-        let d = delivery_row(r, &c.route, &c.destination)?;
-        bytes += d.message.body.len() as u64;
+        let d = unparsed_delivery_row(r, &c.route, &c.destination)?;
+        bytes += d.0.message.body.len() as u64;
         due.push(d);
     }
     if !due.is_empty() {
-        let ids = id_list(&due.iter().map(|d| d.id).collect::<Vec<_>>())?;
+        let ids = id_list(&due.iter().map(|(d, _)| d.id).collect::<Vec<_>>())?;
         conn.prepare_cached(CLAIM_ROWS)?
             .execute(params![ids, node, now + lease])?;
     }
