@@ -146,9 +146,10 @@ const WRITER_PRIORITY: i32 = 5;
 /// core: every commit waits for the writer, so while it is off a core the whole engine's
 /// intake and delivery wait, whereas a runtime thread off a core delays only its own tasks.
 /// Measured on two cores (HTTP → HTTP sink, docs/performance.md): a larger share of the
-/// disk's floor in each of five alternated runs (26.2% against 23.8% on average). Raising a priority needs root, `CAP_SYS_NICE` or an
-/// `RLIMIT_NICE` that allows it (systemd's `LimitNICE=`); without them the writer runs at
-/// the process's own priority, as before, and says so in the debug log.
+/// disk's floor in each of five alternated runs (26.2% against 23.8% on average). Raising a
+/// priority needs root, `CAP_SYS_NICE` or an `RLIMIT_NICE` that allows it (systemd's
+/// `LimitNICE=`); without them the writer runs at the process's own priority, as before, and
+/// says so in the debug log.
 fn raise_priority() {
     if let Err(e) = nice_by(-WRITER_PRIORITY) {
         tracing::debug!(error = %e,
