@@ -1247,6 +1247,7 @@ fn baseline_group_commit(clients: usize, processed: bool) -> Row {
                                 headers: ins.msg.headers.clone(),
                                 body: ins.msg.body.clone(),
                                 destinations: vec!["to[0]".into()],
+                                held: Vec::new(),
                             };
                             store
                                 .insert_processed(ins, vec![step], result, vec![])

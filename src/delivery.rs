@@ -14,6 +14,13 @@
 //!
 //! `fifo` destinations take the oldest pending delivery and nothing else until it is
 //! delivered or dead, waiting out its backoff, so order holds across failures and restarts.
+//!
+//! Hand-over: while a parallel destination's last claim found nothing more due, a message
+//! whose steps ran before its commit has its delivery stored as already claimed by this node
+//! and handed to the worker in memory once the write commits ([`Handoff`]) — the worker then
+//! skips the claim's read and update in the store. The row is the record either way: a
+//! delivery handed over and never sent is released (shutdown, reload) or, after a crash,
+//! pending again when the store opens.
 
 use crate::adapters::outbound::{
     Batching, DeliveryConfig, DeliveryOrder, Outbound, RetryConfig, SendError, Sent,
@@ -25,9 +32,10 @@ use crate::store::{Attempt, AttemptOutcome, Claim, Delivery, DeliveryKind, Proce
 use crate::telemetry;
 use crate::throttle::Bucket;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +48,49 @@ const BATCH_BYTES: u64 = 16 << 20;
 const BLOCKED_POLL: Duration = Duration::from_millis(100);
 /// Longest sleep between looks at the store, in case a wake-up was missed.
 const IDLE_POLL: Duration = Duration::from_secs(5);
+/// Deliveries waiting in a worker's hand-over queue, at most (then the intake stores them
+/// to be claimed, as before).
+const HANDOFF: usize = BATCH;
+/// Largest body handed over in memory: the queue holds at most [`HANDOFF`] × this (4 MiB);
+/// larger messages are claimed from the store, within [`BATCH_BYTES`].
+const HANDOFF_BYTES: usize = 64 << 10;
+
+/// A parallel destination's hand-over queue: deliveries committed as claimed by this node,
+/// handed from the intake to the worker in memory (see the module's docs).
+pub struct Handoff {
+    tx: mpsc::Sender<Delivery>,
+    rx: std::sync::Mutex<Option<mpsc::Receiver<Delivery>>>,
+    /// Set while the worker's last claim found nothing more due: only then are deliveries
+    /// handed over, so that new messages never pass a backlog in the store.
+    open: AtomicBool,
+}
+
+impl Default for Handoff {
+    fn default() -> Self {
+        let (tx, rx) = mpsc::channel(HANDOFF);
+        Handoff {
+            tx,
+            rx: std::sync::Mutex::new(Some(rx)),
+            open: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Handoff {
+    /// A place in the queue for the delivery of a `bytes`-long message, when the worker takes
+    /// deliveries in memory now. Taken before the message's write; sent once it commits (the
+    /// place goes back if the permit is dropped).
+    pub fn reserve(&self, bytes: usize) -> Option<mpsc::OwnedPermit<Delivery>> {
+        if bytes > HANDOFF_BYTES || !self.open.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.tx.clone().try_reserve_owned().ok()
+    }
+
+    fn receiver(&self) -> Option<mpsc::Receiver<Delivery>> {
+        self.rx.lock().ok()?.take()
+    }
+}
 
 /// A route's destination, ready to run.
 pub struct Destination {
@@ -57,6 +108,8 @@ pub struct Destination {
     pub wake: Arc<Notify>,
     /// The destination's `rate`: an attempt takes a token.
     pub rate: Option<Bucket>,
+    /// Deliveries handed over in memory: parallel main destinations without a `rate`.
+    pub handoff: Option<Handoff>,
 }
 
 impl Destination {
@@ -106,23 +159,50 @@ async fn run_parallel(
     // Bytes of the bodies claimed and not yet sent.
     let held = Held::default();
     let batching = dest.outbound.batching();
+    let mut handed = dest.handoff.as_ref().and_then(Handoff::receiver);
+    let handed_over = handed
+        .as_ref()
+        .map(|_| crate::metrics::handed_over(&dest.route, &dest.name));
+    // Handed over and not yet started.
+    let mut taken: Vec<Delivery> = Vec::new();
     loop {
         while let Some(done) = sending.try_join_next() {
             sort(done, &mut made, &mut unsent);
+        }
+        let stopping = shutdown.is_cancelled();
+        if stopping {
+            // No more hand-overs; what was handed over and not started is released below.
+            if let Some(rx) = handed.as_mut() {
+                rx.close();
+                while let Ok(d) = rx.try_recv() {
+                    taken.push(d);
+                }
+            }
+            unsent.extend(taken.drain(..).map(|d| d.id));
         }
         if !unsent.is_empty() {
             // Claimed but never started (shutdown): due again at once, for anyone.
             let _ = store.release_deliveries(std::mem::take(&mut unsent)).await;
         }
-        let stopping = shutdown.is_cancelled();
         if stopping && sending.is_empty() && made.is_empty() {
+            if let Some(mut rx) = handed.take() {
+                // Hand-overs whose places were taken before the close come in still: wait
+                // for each (its intake's write is under way) and release it.
+                let mut late = Vec::new();
+                while let Some(d) = rx.recv().await {
+                    late.push(d.id);
+                }
+                if !late.is_empty() {
+                    let _ = store.release_deliveries(late).await;
+                }
+            }
             return;
         }
         if drained && Instant::now() >= look_again {
             drained = false;
         }
-        let room = match () {
-            _ if stopping || drained => 0,
+        let free = match () {
+            _ if stopping => 0,
             _ if held.bytes() >= BATCH_BYTES => 0,
             // One batch at a time: the batch shares one durability point, and batches side by
             // side in one directory only contend for its lock (docs/performance.md).
@@ -141,11 +221,32 @@ async fn run_parallel(
             }
             _ => BATCH.saturating_sub(sending.len()),
         };
+        // Nothing more due in the store: start what the intake handed over.
+        let mut free = free;
+        if drained && free > 0 {
+            if let Some(rx) = handed.as_mut() {
+                while taken.len() < free {
+                    match rx.try_recv() {
+                        Ok(d) => taken.push(d),
+                        Err(_) => break,
+                    }
+                }
+            }
+            free -= taken.len().min(free);
+            if let (Some(counter), false) = (&handed_over, taken.is_empty()) {
+                counter.increment(taken.len() as u64);
+            }
+            let now: Vec<Delivery> = std::mem::take(&mut taken);
+            start(&dest, &limit, &shutdown, &held, now, &mut sending);
+        }
+        let room = if drained { 0 } else { free };
         // Nothing to record and little room: wait for sends to finish, so that claims come
         // in batches rather than one by one.
         if made.is_empty() && (room == 0 || (room < BATCH / 2 && !sending.is_empty())) {
+            let take_handed = drained && free > 0 && handed.is_some();
             tokio::select! {
                 Some(done) = sending.join_next(), if !sending.is_empty() => sort(done, &mut made, &mut unsent),
+                Some(d) = recv(&mut handed), if take_handed => taken.push(d),
                 _ = dest.wake.notified(), if drained => drained = false,
                 _ = tokio::time::sleep_until(look_again.into()), if drained => drained = false,
                 _ = shutdown.cancelled(), if !stopping => {}
@@ -192,16 +293,25 @@ async fn run_parallel(
                 if let Some(bucket) = &dest.rate {
                     bucket.give_back(room.saturating_sub(recorded.due.len()));
                 }
-                if room > 0 && recorded.due.len() < room && bytes < max_bytes {
-                    drained = true;
-                    look_again = Instant::now()
-                        + until_next_due(&dest, &store, &recorded.due, &sending).await;
+                if room > 0 {
+                    let short = recorded.due.len() < room && bytes < max_bytes;
+                    if let Some(h) = &dest.handoff {
+                        h.open.store(short, Ordering::Relaxed);
+                    }
+                    if short {
+                        drained = true;
+                        look_again = Instant::now()
+                            + until_next_due(&dest, &store, &recorded.due, &sending).await;
+                    }
                 }
                 start(&dest, &limit, &shutdown, &held, recorded.due, &mut sending);
             }
             Err(e) => {
                 if let Some(bucket) = &dest.rate {
                     bucket.give_back(room);
+                }
+                if let Some(h) = &dest.handoff {
+                    h.open.store(false, Ordering::Relaxed);
                 }
                 tracing::error!(route = %dest.route, destination = %dest.name, error = %e,
                     "cannot record attempts or claim deliveries; recording the attempts one by one");
@@ -216,6 +326,14 @@ async fn run_parallel(
                 look_again = Instant::now() + Duration::from_secs(1);
             }
         }
+    }
+}
+
+/// The next delivery handed over, on a worker that takes them.
+async fn recv(handed: &mut Option<mpsc::Receiver<Delivery>>) -> Option<Delivery> {
+    match handed {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -19,6 +19,7 @@ const RECEIVED: &str = "switchyard_messages_received_total";
 const MESSAGES: &str = "switchyard_messages_total";
 const DELIVERIES: &str = "switchyard_deliveries_total";
 const STEP_DURATION: &str = "switchyard_step_duration_seconds";
+const HANDED_OVER: &str = "switchyard_deliveries_handed_over_total";
 
 /// What one route did since the engine started, for the admin API and the console, and the
 /// handles of its counters (registered once, so counting is an atomic add, not a look-up).
@@ -70,6 +71,10 @@ fn global() -> &'static Metrics {
         ::metrics::describe_counter!(
             DELIVERIES,
             "Delivery attempts, by route, destination and outcome."
+        );
+        ::metrics::describe_counter!(
+            HANDED_OVER,
+            "Deliveries a destination's worker got from the intake in memory instead of claiming them from the store, by route and destination."
         );
         ::metrics::describe_histogram!(
             STEP_DURATION,
@@ -135,6 +140,13 @@ pub fn delivery(route: &str, destination: &str, outcome: &'static str) {
         c.increment(1);
         by_destination.insert(destination.to_string(), c);
     });
+}
+
+/// The counter of deliveries handed to a destination's worker in memory (taken once per
+/// worker; counting is then an atomic add).
+pub fn handed_over(route: &str, destination: &str) -> ::metrics::Counter {
+    global();
+    ::metrics::counter!(HANDED_OVER, "route" => route.to_string(), "destination" => destination.to_string())
 }
 
 /// How long a step took on one message.

@@ -72,6 +72,21 @@ async fn health_metrics_routes_pause_and_resume() {
     ] {
         assert!(metrics.contains(line), "missing `{line}` in:\n{metrics}");
     }
+    // The destination's worker had nothing due in the store when the files came (it looked at
+    // start): their deliveries were handed to it in memory, not claimed from the store.
+    let handed: u64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "switchyard_deliveries_handed_over_total{route=\"orders\",destination=\"to[0]\"} ",
+            )
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        (1..=5).contains(&handed),
+        "{handed} handed over:\n{metrics}"
+    );
 
     let routes: serde_json::Value =
         serde_json::from_slice(&get("/routes").await.unwrap().bytes().await.unwrap()).unwrap();

@@ -168,6 +168,7 @@ fn routed(destinations: &[&str]) -> Processed {
         headers: Headers::new(),
         body: Bytes::from_static(b"{}"),
         destinations: destinations.iter().map(|d| d.to_string()).collect(),
+        held: Vec::new(),
     }
 }
 
@@ -838,6 +839,118 @@ async fn named_leases_pass_to_another_node_when_not_renewed(b: &Backend) {
     a.close().await.unwrap();
 }
 
+/// A new message's delivery held for this node in its one write (handed to the destination's
+/// worker in memory): pending, reported with its id, claimed by nobody while this node renews
+/// its lease, recorded like a claimed one — and due again for any node once released, or once
+/// the lease runs out unrenewed.
+async fn held_deliveries_are_claimed_by_nobody_else(b: &Backend) {
+    let lease = Duration::from_millis(1500);
+    let a = b.open("node-a", lease).await;
+    let other = b.other_node("node-b", lease).await;
+    let held_insert = |body: &str| {
+        let (m, ins) = insert("rh", body);
+        let mut result = routed(&["to[0]", "to[1]"]);
+        if let Processed::Routed { held, .. } = &mut result {
+            held.push("to[0]".into());
+        }
+        (m, ins, result)
+    };
+    let (m, ins, result) = held_insert("one");
+    let stored = a
+        .insert_processed(ins, vec![step()], result, vec![])
+        .await
+        .unwrap();
+    let Stored::Processed(MessageState::Delivering, held) = stored else {
+        panic!("{stored:?}");
+    };
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0].0, "to[0]");
+    // The other destination's delivery is claimed as always; the held one by nobody.
+    let now = SystemTime::now();
+    assert!(claim_due(&a, "rh", "to[0]", now, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(claim_due(&other, "rh", "to[0]", now, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let to1 = claim_due(&other, "rh", "to[1]", now, 10).await.unwrap();
+    assert_eq!(to1.len(), 1);
+    let details = a.details(m.id).await.unwrap().unwrap();
+    assert!(details.deliveries.iter().all(|d| d.state == "pending"));
+    // While node A renews, the held delivery stays its own.
+    for _ in 0..4 {
+        tokio::time::sleep(lease / 3).await;
+        a.renew_leases().await.unwrap();
+    }
+    assert!(claim_due(&other, "rh", "to[0]", SystemTime::now(), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // Recorded by its id like any claimed delivery: the message ends with its last one.
+    let sent = |id: i64, destination: &str| Attempt {
+        delivery: id,
+        message: m.id,
+        destination: destination.into(),
+        number: 1,
+        duration: Duration::from_millis(1),
+        outcome: AttemptOutcome::Delivered,
+        receipt: None,
+    };
+    assert_eq!(
+        a.record_attempt(sent(held[0].1, "to[0]")).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        other
+            .record_attempt(sent(to1[0].id, "to[1]"))
+            .await
+            .unwrap(),
+        Some(MessageState::Delivered)
+    );
+
+    // Released (the worker stopped before sending it): due at once, for any node.
+    let (_, ins, result) = held_insert("two");
+    let Stored::Processed(_, held) = a
+        .insert_processed(ins, vec![step()], result, vec![])
+        .await
+        .unwrap()
+    else {
+        panic!("stored as a duplicate");
+    };
+    a.release_deliveries(vec![held[0].1]).await.unwrap();
+    let again = claim_due(&other, "rh", "to[0]", SystemTime::now(), 10)
+        .await
+        .unwrap();
+    assert_eq!(again.iter().map(|d| d.id).collect::<Vec<_>>(), [held[0].1]);
+    other
+        .record_attempt(attempt(&again[0], 1, AttemptOutcome::Delivered))
+        .await
+        .unwrap();
+
+    // Never handed over and never renewed (the node died after the commit): taken over
+    // after the lease.
+    let (m3, ins, result) = held_insert("three");
+    a.insert_processed(ins, vec![step()], result, vec![])
+        .await
+        .unwrap();
+    assert!(claim_due(&other, "rh", "to[0]", SystemTime::now(), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    let taken = claim_due(&other, "rh", "to[0]", SystemTime::now(), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        taken.iter().map(|d| d.message.id).collect::<Vec<_>>(),
+        [m3.id]
+    );
+    other.close().await.unwrap();
+    a.close().await.unwrap();
+}
+
 async fn released_deliveries_are_due_again_for_any_node(b: &Backend) {
     let a = b.open("node-a", LEASE).await;
     let other = b.other_node("node-b", LEASE).await;
@@ -878,6 +991,7 @@ async fn claims_stop_at_their_byte_bound(b: &Backend) {
             headers: Headers::new(),
             body: Bytes::from(vec![b'x'; 1000]),
             destinations: vec!["to[0]".into()],
+            held: Vec::new(),
         };
         store.finish_steps(m.id, vec![], out).await.unwrap();
     }
@@ -923,7 +1037,7 @@ async fn attempts_and_the_next_claim_are_one_write(b: &Backend) {
             .insert_processed(ins, vec![step()], routed(&["to[0]"]), vec![])
             .await
             .unwrap();
-        assert_eq!(state, Stored::Processed(MessageState::Delivering));
+        assert_eq!(state, Stored::Processed(MessageState::Delivering, vec![]));
         ids.push(m.id);
     }
     let first = claim_due(&store, "rc", "to[0]", SystemTime::now(), 2)
@@ -1163,7 +1277,7 @@ async fn processed_inserts_commit_message_and_outcome_together(b: &Backend) {
         .insert_processed(ins, vec![step()], routed(&["to[0]"]), vec![])
         .await
         .unwrap();
-    assert_eq!(stored, Stored::Processed(MessageState::Delivering));
+    assert_eq!(stored, Stored::Processed(MessageState::Delivering, vec![]));
     let due = claim_due(&store, "r", "to[0]", SystemTime::now(), 10)
         .await
         .unwrap();
@@ -1202,7 +1316,7 @@ async fn processed_inserts_commit_message_and_outcome_together(b: &Backend) {
         )
         .await
         .unwrap();
-    assert_eq!(stored, Stored::Processed(MessageState::Failed));
+    assert_eq!(stored, Stored::Processed(MessageState::Failed, vec![]));
     let dl = claim_due(&store, "r", "dead_letter", SystemTime::now(), 10)
         .await
         .unwrap();
@@ -1224,7 +1338,7 @@ async fn processed_inserts_commit_message_and_outcome_together(b: &Backend) {
         )
         .await
         .unwrap();
-    assert_eq!(stored, Stored::Processed(MessageState::Received));
+    assert_eq!(stored, Stored::Processed(MessageState::Received, vec![]));
     assert!(store.claim_received("q", 10).await.unwrap().is_empty());
     assert!(store
         .take_scheduled("q", SystemTime::now(), 10)
@@ -1246,7 +1360,7 @@ async fn processed_inserts_commit_message_and_outcome_together(b: &Backend) {
         .insert_processed(ins, vec![step()], routed(&["to[0]"]), sender(key()))
         .await
         .unwrap();
-    assert_eq!(stored, Stored::Processed(MessageState::Delivering));
+    assert_eq!(stored, Stored::Processed(MessageState::Delivering, vec![]));
     let (again, mut ins) = insert("k", "one");
     ins.index.push(key());
     let stored = store
@@ -1579,7 +1693,7 @@ async fn join(store: &Arc<dyn Store>, key: &str, body: &str, rule: &Join) -> Uui
         .insert_processed(ins, vec![step()], result, Vec::new())
         .await
         .unwrap();
-    assert_eq!(stored, Stored::Processed(MessageState::Aggregating));
+    assert_eq!(stored, Stored::Processed(MessageState::Aggregating, vec![]));
     m.id
 }
 
@@ -1842,6 +1956,7 @@ conformance!(
     a_failing_write_does_not_undo_the_others,
     named_leases_pass_to_another_node_when_not_renewed,
     released_deliveries_are_due_again_for_any_node,
+    held_deliveries_are_claimed_by_nobody_else,
     claims_stop_at_their_byte_bound,
     attempts_and_the_next_claim_are_one_write,
     keyed_inserts_record_a_redelivery_as_duplicate,

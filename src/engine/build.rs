@@ -102,6 +102,11 @@ pub(super) fn build(route: &Route, listeners: &Arc<Listeners>) -> anyhow::Result
         } else {
             Arc::new(Notify::new())
         };
+        let policy = spec.config.delivery();
+        let handoff = (spec.kind == DeliveryKind::Main
+            && policy.ordering != Some(crate::adapters::outbound::DeliveryOrder::Fifo)
+            && policy.rate.is_none())
+        .then(crate::delivery::Handoff::default);
         destinations.insert(
             spec.name.clone(),
             Arc::new(Destination {
@@ -118,6 +123,7 @@ pub(super) fn build(route: &Route, listeners: &Arc<Listeners>) -> anyhow::Result
                     .delivery()
                     .rate
                     .map(|rate| crate::throttle::Bucket::new(rate, spec.config.delivery().burst)),
+                handoff,
             }),
         );
     }

@@ -32,7 +32,8 @@ use crate::routing::Router;
 use crate::script;
 use crate::steps::{self, BuildContext, BuiltStep, Outcome};
 use crate::store::{
-    DeliveryKind, Insert, MessageState, Pending, Processed, Processing, StepRecord, Store,
+    self, Delivery, DeliveryKind, Insert, MessageState, Pending, Processed, Processing, StepRecord,
+    Store,
 };
 use crate::telemetry;
 use anyhow::Context;

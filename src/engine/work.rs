@@ -163,6 +163,7 @@ pub(super) fn decide(route: &RunningRoute, work: Pending, started: Instant) -> D
             headers: current.headers.clone(),
             body: current.body.clone(),
             destinations,
+            held: Vec::new(),
         },
         (Outcome::Done, routed) => {
             let error = match routed {
@@ -240,9 +241,15 @@ pub(super) fn decide(route: &RunningRoute, work: Pending, started: Instant) -> D
 }
 
 /// Everything that follows the commit of a message's outcome: the log, wake-ups of the
-/// destinations and the scheduler, the answer to a waiting caller, and a failed message
-/// handed back to the inbound side (the file adapter's error directory).
-pub(super) fn recorded(route: &Arc<RunningRoute>, after: After, state: MessageState) {
+/// destinations (but those in `handed`, whose workers got their delivery in memory) and the
+/// scheduler, the answer to a waiting caller, and a failed message handed back to the inbound
+/// side (the file adapter's error directory).
+pub(super) fn recorded(
+    route: &Arc<RunningRoute>,
+    after: After,
+    state: MessageState,
+    handed: &[String],
+) {
     let current = &after.current;
     for r in &after.records {
         telemetry::step(current, &r.step, r.duration, r.detail.as_deref());
@@ -261,7 +268,11 @@ pub(super) fn recorded(route: &Arc<RunningRoute>, after: After, state: MessageSt
             error: after.reason.clone(),
         });
     }
-    after.destinations.iter().for_each(|d| route.wake(d));
+    after
+        .destinations
+        .iter()
+        .filter(|d| !handed.contains(d))
+        .for_each(|d| route.wake(d));
     if after.dead_lettered {
         if let Some(dl) = &route.dead_letter {
             route.wake(dl);
@@ -346,7 +357,7 @@ fn died(route: &RunningRoute, id: Uuid, decided: Result<Decision, ()>) -> Option
 pub(super) async fn record(route: &Arc<RunningRoute>, store: &dyn Processing, d: Decision) {
     let id = d.after.current.id;
     match store.finish_steps(id, d.records, d.result).await {
-        Ok(Some(state)) => recorded(route, d.after, state),
+        Ok(Some(state)) => recorded(route, d.after, state, &[]),
         Ok(None) => {} // processed already, by an earlier pass
         Err(e) => {
             tracing::error!(route = %route.id, message_id = %id, error = %e,
@@ -374,15 +385,76 @@ impl crate::adapters::inbound::Steps for InlineSteps {
             resume_step: 0,
             attempts: 0,
         };
-        let d = decide_on_fitting_thread(&self.route, work).await?;
+        let mut d = decide_on_fitting_thread(&self.route, work).await?;
+        let places = hand_over_places(&self.route, &mut d.result);
         let route = self.route.clone();
         let after = d.after;
         Some(Ran {
             steps: d.records,
             result: d.result,
-            then: Box::new(move |state| recorded(&route, after, state)),
+            then: Box::new(move |state, held| {
+                let handed = hand_over(&after.current, places, held);
+                recorded(&route, after, state, &handed);
+            }),
         })
     }
+}
+
+/// Places in the hand-over queues of the destinations a routed message goes to, where their
+/// workers take deliveries in memory now (`delivery::Handoff`); those deliveries are then
+/// stored as held by this node.
+fn hand_over_places(
+    route: &RunningRoute,
+    result: &mut Processed,
+) -> Vec<(String, tokio::sync::mpsc::OwnedPermit<Delivery>)> {
+    let Processed::Routed {
+        body,
+        destinations,
+        held,
+        ..
+    } = result
+    else {
+        return Vec::new();
+    };
+    let places: Vec<_> = destinations
+        .iter()
+        .filter_map(|name| {
+            let handoff = route.destinations.get(name)?.handoff.as_ref()?;
+            Some((name.clone(), handoff.reserve(body.len())?))
+        })
+        .collect();
+    held.extend(places.iter().map(|(name, _)| name.clone()));
+    places
+}
+
+/// Hands each delivery held for this node (`held`: by destination and id) to its worker;
+/// returns the destinations handed to. A place without its delivery (the outcome was recorded
+/// apart, or as a duplicate) goes back unused.
+fn hand_over(
+    current: &Message,
+    places: Vec<(String, tokio::sync::mpsc::OwnedPermit<Delivery>)>,
+    held: Vec<(String, i64)>,
+) -> Vec<String> {
+    let mut handed = Vec::with_capacity(held.len());
+    for (name, place) in places {
+        let Some((_, id)) = held.iter().find(|(d, _)| *d == name) else {
+            continue;
+        };
+        let mut message = current.clone();
+        // As the store keeps it, so that a delivery is the same handed over or claimed.
+        message.received_at = store::from_millis(store::millis(message.received_at));
+        place.send(Delivery {
+            id: *id,
+            destination: name.clone(),
+            kind: DeliveryKind::Main,
+            attempts: 0,
+            next_attempt_at: SystemTime::now(),
+            message,
+            error: None,
+        });
+        handed.push(name);
+    }
+    handed
 }
 
 /// What the route's `on_error` makes of a failed step.

@@ -147,6 +147,11 @@ pub enum Processed {
         headers: Headers,
         body: Bytes,
         destinations: Vec<String>,
+        /// Destinations (of `destinations`) whose delivery this node holds from the commit on,
+        /// to hand to their workers in memory instead of their claiming it from the store.
+        /// Only a new message's one write ([`Processing::insert_processed`]) holds them;
+        /// elsewhere this is ignored.
+        held: Vec<String>,
     },
     /// No rule matched and there is no `otherwise`: keep the result, deliver nothing.
     Unrouted { headers: Headers, body: Bytes },
@@ -211,11 +216,17 @@ pub struct Groups {
     pub next_due: Option<SystemTime>,
 }
 
+/// Deliveries held for this node in a new message's write (`Processed::Routed::held`), by
+/// destination and delivery id.
+pub type HeldDeliveries = Vec<(String, i64)>;
+
 /// What [`Processing::insert_processed`] committed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stored {
-    /// The message and its steps' outcome; it is now in this state.
-    Processed(MessageState),
+    /// The message and its steps' outcome; it is now in this state. With the deliveries held
+    /// for this node (`Processed::Routed::held`), by destination and id: they are pending, and
+    /// no claim returns them while this node's lease on them lasts.
+    Processed(MessageState, HeldDeliveries),
     /// The message as `duplicate` of `first` (same key), its steps' outcome dropped.
     Duplicate { first: Uuid },
 }

@@ -6,7 +6,8 @@
 use crate::message::{Headers, Message};
 use crate::steps::split::Split;
 use crate::store::{
-    Insert, Key, MessageState, Pending, Processed, Processing, StepRecord, StoreError, Stored,
+    HeldDeliveries, Insert, Key, MessageState, Pending, Processed, Processing, StepRecord,
+    StoreError, Stored,
 };
 use crate::telemetry;
 use async_trait::async_trait;
@@ -34,9 +35,11 @@ pub trait Steps: Send + Sync {
 pub struct Ran {
     pub steps: Vec<StepRecord>,
     pub result: Processed,
-    /// Called once the message and its outcome are committed, with its state: logs the
-    /// steps, wakes the destinations, answers a waiting caller.
-    pub then: Box<dyn FnOnce(MessageState) + Send>,
+    /// Called once the message and its outcome are committed, with its state and the
+    /// deliveries held for this node (see [`Stored::Processed`]; none when the steps' outcome
+    /// was recorded apart): logs the steps, hands the held deliveries to their workers, wakes
+    /// the other destinations, answers a waiting caller.
+    pub then: Box<dyn FnOnce(MessageState, HeldDeliveries) + Send>,
 }
 
 /// The adapter's way into the store and on to the route's steps.
@@ -252,10 +255,10 @@ impl Intake {
             .insert_processed(insert, ran.steps, ran.result, keys)
             .await;
         Ok(stored.map(|stored| match stored {
-            Stored::Processed(state) => {
+            Stored::Processed(state, held) => {
                 telemetry::received(&msg);
                 self.wake_taps();
-                (ran.then)(state);
+                (ran.then)(state, held);
                 Submitted::New(msg.id)
             }
             Stored::Duplicate { first } => {
@@ -284,7 +287,7 @@ impl Intake {
             let recorded = match running.await {
                 Some(ran) => match store.finish_steps(id, ran.steps, ran.result).await {
                     Ok(Some(state)) => {
-                        (ran.then)(state);
+                        (ran.then)(state, Vec::new());
                         true
                     }
                     Ok(None) => true, // processed already

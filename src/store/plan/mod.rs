@@ -110,7 +110,8 @@ pub(crate) enum Change<'a> {
         at: SystemTime,
         error: &'a str,
     },
-    /// A pending delivery, due at once (or a place kept, see [`Line`]).
+    /// A pending delivery, due at once (or a place kept, see [`Line`]). `held`: claimed by
+    /// this node in the same write (its worker gets it in memory); the backend reports its id.
     Delivery {
         message: Uuid,
         route: &'a str,
@@ -118,6 +119,7 @@ pub(crate) enum Change<'a> {
         kind: DeliveryKind,
         payload: Payload,
         line: Line,
+        held: bool,
     },
     /// The places kept for a message in lines it does not go to after all (filtered, failed,
     /// routed elsewhere, split). Never one of `routed`, so that it may run in any order with
@@ -184,6 +186,7 @@ pub(crate) fn new_message(ins: &Insert, held: bool) -> Vec<Change<'_>> {
         kind: DeliveryKind::WireTap,
         payload: Payload::In,
         line: Line::End,
+        held: false,
     }));
     if ins.state == MessageState::Received {
         plan.extend(ins.fifo.iter().map(|d| Change::Delivery {
@@ -193,6 +196,7 @@ pub(crate) fn new_message(ins: &Insert, held: bool) -> Vec<Change<'_>> {
             kind: DeliveryKind::Main,
             payload: Payload::Out,
             line: Line::Kept,
+            held: false,
         }));
     }
     plan
@@ -207,7 +211,22 @@ pub(crate) fn processed_message<'a>(
     result: &'a Processed,
 ) -> (Vec<Change<'a>>, MessageState) {
     let id = ins.msg.id;
-    let (outcome, state) = steps_outcome(id, &ins.msg.route, steps, result, false);
+    let (mut outcome, state) = steps_outcome(id, &ins.msg.route, steps, result, false);
+    // Only here, where the message's whole life so far is this one write, are deliveries
+    // held for the caller: it hands them to their workers once the write commits.
+    if let Processed::Routed { held, .. } = result {
+        for change in &mut outcome {
+            if let Change::Delivery {
+                destination,
+                kind: DeliveryKind::Main,
+                held: h,
+                ..
+            } = change
+            {
+                *h = held.iter().any(|d| d == destination);
+            }
+        }
+    }
     let mut finish = Finish {
         state,
         output: None,
@@ -281,12 +300,14 @@ pub(crate) fn steps_outcome<'a>(
             (true, DeliveryKind::Main) => Line::InPlace,
             _ => Line::End,
         },
+        held: false,
     };
     let state = match result {
         Processed::Routed {
             headers,
             body,
             destinations,
+            ..
         } if destinations.is_empty() => {
             // Nowhere to deliver (a route that only replies): done once its steps are.
             plan.push(Change::Output {
@@ -302,6 +323,7 @@ pub(crate) fn steps_outcome<'a>(
             headers,
             body,
             destinations,
+            ..
         } => {
             plan.push(Change::Output {
                 message: id,
@@ -530,6 +552,7 @@ pub(crate) fn main_delivery_ended<'a>(a: &'a Attempt, route: &'a str) -> Vec<Cha
             kind: DeliveryKind::DeadLetter,
             payload: Payload::Out,
             line: Line::End,
+            held: false,
         });
     }
     plan

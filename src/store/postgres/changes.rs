@@ -201,6 +201,7 @@ pub(super) fn apply<'a>(
                 kind,
                 payload,
                 line,
+                held,
             } => {
                 add_delivery(
                     db,
@@ -209,6 +210,7 @@ pub(super) fn apply<'a>(
                     destination,
                     (*kind, payload.as_str(), *line),
                     now,
+                    held.then_some((node, now + lease)),
                 )
                 .await?
             }
@@ -375,6 +377,7 @@ pub(super) async fn add_delivery(
     destination: &str,
     (kind, payload, line): (DeliveryKind, &str, Line),
     now: i64,
+    held: Option<(&str, i64)>,
 ) -> PgResult<()> {
     // Re-entrant: the transaction's later deliveries take it again at no cost.
     db.execute("SELECT pg_advisory_xact_lock($1)", &[&DELIVERY_ORDER_LOCK])
@@ -398,10 +401,12 @@ pub(super) async fn add_delivery(
         .await?;
         return Ok(());
     }
+    let (owner, lease_until) = held.unzip();
     db.execute(
-        "INSERT INTO deliveries (message_id, route, destination, kind, payload, state, next_attempt_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $7, $6, $6)",
-        &[&message, &route, &destination, &kind, &payload, &now, &state],
+        "INSERT INTO deliveries (message_id, route, destination, kind, payload, state, next_attempt_at, updated_at,
+                                 owner, lease_until)
+         VALUES ($1, $2, $3, $4, $5, $7, $6, $6, $8, $9)",
+        &[&message, &route, &destination, &kind, &payload, &now, &state, &owner, &lease_until],
     )
     .await?;
     Ok(())

@@ -66,19 +66,42 @@ impl Processing for PgStore {
         keys: Vec<Key>,
     ) -> StoreResult<Stored> {
         let (node, lease) = self.claim_args();
-        self.write(move |db| async move {
-            let now = millis(SystemTime::now());
-            if let Some((first, key)) = first_with_keys(&db, &ins.msg.route, &keys).await? {
-                let dup = duplicate_of(ins, &first.to_string(), key);
-                let plan = plan::new_message(&dup, false);
-                apply_all(&db, &plan, now, &node, lease).await?;
-                return Ok(Stored::Duplicate { first });
-            }
-            let (changes, state) = plan::processed_message(&ins, &steps, &result);
-            apply_all(&db, &changes, now, &node, lease).await?;
-            Ok(Stored::Processed(state))
-        })
-        .await
+        let stored = self
+            .write(move |db| async move {
+                let now = millis(SystemTime::now());
+                if let Some((first, key)) = first_with_keys(&db, &ins.msg.route, &keys).await? {
+                    let dup = duplicate_of(ins, &first.to_string(), key);
+                    let plan = plan::new_message(&dup, false);
+                    apply_all(&db, &plan, now, &node, lease).await?;
+                    return Ok(Stored::Duplicate { first });
+                }
+                let (changes, state) = plan::processed_message(&ins, &steps, &result);
+                apply_all(&db, &changes, now, &node, lease).await?;
+                let holds = changes
+                    .iter()
+                    .any(|c| matches!(c, Change::Delivery { held: true, .. }));
+                let held = match holds {
+                    // The pipelined inserts report no ids: the new message's rows held by this
+                    // node are the held deliveries.
+                    true => db
+                        .query(
+                            "SELECT destination, id FROM deliveries
+                             WHERE message_id = $1 AND owner = $2 AND state = 'pending'",
+                            &[&ins.msg.id, &node],
+                        )
+                        .await?
+                        .iter()
+                        .map(|r| (r.get(0), r.get(1)))
+                        .collect(),
+                    false => Vec::new(),
+                };
+                Ok(Stored::Processed(state, held))
+            })
+            .await;
+        if let Ok(Stored::Processed(_, held)) = &stored {
+            self.in_hand.take_deliveries(held.iter().map(|(_, id)| *id));
+        }
+        stored
     }
 
     async fn finish_steps(

@@ -57,14 +57,14 @@ pub(super) fn parse_id(text: &str) -> rusqlite::Result<Uuid> {
     })
 }
 
-/// Executes one planned change (see [`plan`]).
+/// Executes one planned change (see [`plan`]); returns the id of a held delivery.
 fn apply(
     conn: &Connection,
     change: &Change<'_>,
     now: i64,
     node: &str,
     lease: i64,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<Option<i64>> {
     match change {
         Change::Message { ins, held, finish } => {
             let m = &ins.msg;
@@ -186,14 +186,19 @@ fn apply(
             kind,
             payload,
             line,
-        } => add_delivery(
-            conn,
-            &message.to_string(),
-            route,
-            destination,
-            (*kind, payload.as_str(), *line),
-            now,
-        )?,
+            held,
+        } => {
+            let id = add_delivery(
+                conn,
+                &message.to_string(),
+                route,
+                destination,
+                (*kind, payload.as_str(), *line),
+                now,
+                held.then_some((node, now + lease)),
+            )?;
+            return Ok(id.filter(|_| *held));
+        }
         Change::LeaveLines { message, .. } => {
             // Runs after the plan's deliveries took their places: what is left is not routed.
             conn.prepare_cached(
@@ -224,7 +229,7 @@ fn apply(
             .execute(params![plan::GROUP_FIELD, group, now, text])?;
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// A member joins the open group of its key (see [`plan::joined`]).
@@ -289,8 +294,8 @@ pub(super) fn apply_all(
     now: i64,
     node: &str,
     lease: i64,
-) -> rusqlite::Result<()> {
-    let mut lines = Vec::new();
+) -> rusqlite::Result<Vec<(String, i64)>> {
+    let (mut lines, mut held) = (Vec::new(), Vec::new());
     for change in plan {
         match change {
             Change::Transition { .. } => lines.push(change),
@@ -299,10 +304,17 @@ pub(super) fn apply_all(
                 lines.clear();
                 apply(conn, change, now, node, lease)?;
             }
-            _ => apply(conn, change, now, node, lease)?,
+            _ => {
+                if let (Some(id), Change::Delivery { destination, .. }) =
+                    (apply(conn, change, now, node, lease)?, change)
+                {
+                    held.push((destination.to_string(), id));
+                }
+            }
         }
     }
-    insert_lines(conn, &lines, now)
+    insert_lines(conn, &lines, now)?;
+    Ok(held)
 }
 
 /// Rows per multi-row insert of history lines, largest first: a few cached statements cover
@@ -392,7 +404,7 @@ pub(super) fn insert_one(
     node: &str,
     lease: i64,
 ) -> rusqlite::Result<()> {
-    apply_all(conn, &plan::new_message(ins, held), now, node, lease)
+    apply_all(conn, &plan::new_message(ins, held), now, node, lease).map(drop)
 }
 
 /// The first message of `route` holding one of `keys` (see [`Key`]), with the key it holds.
@@ -434,7 +446,8 @@ pub(super) fn add_delivery(
     destination: &str,
     (kind, payload, line): (DeliveryKind, &str, Line),
     now: i64,
-) -> rusqlite::Result<()> {
+    held: Option<(&str, i64)>,
+) -> rusqlite::Result<Option<i64>> {
     if line == Line::InPlace {
         let kept = conn
             .prepare_cached(
@@ -443,19 +456,22 @@ pub(super) fn add_delivery(
             )?
             .execute(params![message, destination, kind.as_str(), payload, now])?;
         if kept > 0 {
-            return Ok(());
+            // A FIFO line's place (never held: FIFO destinations read their lines in order).
+            return Ok(None);
         }
     }
     let state = match line {
         Line::Kept => "waiting",
         Line::End | Line::InPlace => "pending",
     };
+    let (owner, lease_until) = held.unzip();
     conn.prepare_cached(
-        "INSERT INTO deliveries (message_id, route, destination, kind, payload, state, next_attempt_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+        "INSERT INTO deliveries (message_id, route, destination, kind, payload, state, next_attempt_at, updated_at,
+                                 owner, lease_until)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
     )?
-    .execute(params![message, route, destination, kind.as_str(), payload, state, now])?;
-    Ok(())
+    .execute(params![message, route, destination, kind.as_str(), payload, state, now, owner, lease_until])?;
+    Ok(Some(conn.last_insert_rowid()))
 }
 
 pub(super) fn set_state(

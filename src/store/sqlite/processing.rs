@@ -61,20 +61,25 @@ impl Processing for SqliteStore {
         keys: Vec<Key>,
     ) -> StoreResult<Stored> {
         let (node, lease) = self.claim_args();
-        self.write(move |conn| {
-            let now = millis(SystemTime::now());
-            if let Some((first, key)) = first_with_keys(conn, &ins.msg.route, &keys)? {
-                let dup = duplicate_of(ins.clone(), &first, key);
-                insert_one(conn, &dup, false, now, &node, lease)?;
-                return Ok(Stored::Duplicate {
-                    first: parse_id(&first)?,
-                });
-            }
-            let (changes, state) = plan::processed_message(&ins, &steps, &result);
-            apply_all(conn, &changes, now, &node, lease)?;
-            Ok(Stored::Processed(state))
-        })
-        .await
+        let stored = self
+            .write(move |conn| {
+                let now = millis(SystemTime::now());
+                if let Some((first, key)) = first_with_keys(conn, &ins.msg.route, &keys)? {
+                    let dup = duplicate_of(ins.clone(), &first, key);
+                    insert_one(conn, &dup, false, now, &node, lease)?;
+                    return Ok(Stored::Duplicate {
+                        first: parse_id(&first)?,
+                    });
+                }
+                let (changes, state) = plan::processed_message(&ins, &steps, &result);
+                let held = apply_all(conn, &changes, now, &node, lease)?;
+                Ok(Stored::Processed(state, held))
+            })
+            .await;
+        if let Ok(Stored::Processed(_, held)) = &stored {
+            self.in_hand.take_deliveries(held.iter().map(|(_, id)| *id));
+        }
+        stored
     }
 
     async fn finish_steps(
