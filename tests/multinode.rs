@@ -807,7 +807,9 @@ fn a_schedule_fires_on_one_node_and_is_taken_over() {
     );
     assert_eq!(twice, 0, "a fire time was stored twice");
     // The fire times follow each other half a second apart, but for the gap of the take-over
-    // (one fire for it, not one per missed time).
+    // (one fire for it, not one per missed time). A fire late by more than a period (a
+    // stalled machine: CI runs these tests side by side) also goes on from then, once, which
+    // leaves a shorter gap of whole periods.
     let times: Vec<String> = rt
         .block_on(db.query(
             "SELECT headers::json->>'schedule.fire_time' FROM messages WHERE state != 'duplicate' ORDER BY 1",
@@ -824,10 +826,19 @@ fn a_schedule_fires_on_one_node_and_is_taken_over() {
             (t(&w[1]) - t(&w[0])).num_milliseconds()
         })
         .collect();
-    assert_eq!(
-        gaps.iter().filter(|g| **g != 500).count(),
-        1,
+    assert!(
+        gaps.iter().all(|g| *g >= 500 && g % 500 == 0),
+        "fire times a whole number of periods apart: {gaps:?}"
+    );
+    // The lease is 2 s: the take-over's gap is the largest, and at least that long less the
+    // period the dead node may have fired in.
+    assert!(
+        gaps.iter().max().is_some_and(|g| *g >= 1500),
         "one gap, the take-over: {gaps:?}"
+    );
+    assert!(
+        gaps.iter().filter(|g| **g > 500).count() <= 2,
+        "one gap for the take-over, not one per missed time: {gaps:?}"
     );
     for e in engines.into_iter().flatten() {
         e.stop();
