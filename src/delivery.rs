@@ -201,7 +201,7 @@ async fn run_parallel(
         if drained && Instant::now() >= look_again {
             drained = false;
         }
-        let free = match () {
+        let mut free = match () {
             _ if stopping => 0,
             _ if held.bytes() >= BATCH_BYTES => 0,
             // One batch at a time: the batch shares one durability point, and batches side by
@@ -222,7 +222,6 @@ async fn run_parallel(
             _ => BATCH.saturating_sub(sending.len()),
         };
         // Nothing more due in the store: start what the intake handed over.
-        let mut free = free;
         if drained && free > 0 {
             if let Some(rx) = handed.as_mut() {
                 while taken.len() < free {
