@@ -856,23 +856,28 @@ fn main() {
             rows.push(http_run(50, true, false, None, Out::Nowhere, pattern));
         }
     }
-    // To an HTTP endpoint (a bare local sink answering 200), 16 deliveries in flight.
+    // To an HTTP endpoint (a bare local sink answering 200), 16 deliveries in flight; beside
+    // it, the same load through a bare proxy (no store, no script) to the same sink: what
+    // HTTP in and out alone cost these two cores.
     if want("http sink") {
         let sink = http_sink();
         beside_the_floor(&mut rows, &mut shares, || {
-            vec![http_run(
-                50,
-                true,
-                false,
-                None,
-                Out::Named(
-                    "http sink (16 in flight)",
-                    format!(
+            vec![
+                baseline_http_proxy(50, 16, &sink),
+                http_run(
+                    50,
+                    true,
+                    false,
+                    None,
+                    Out::Named(
+                        "http sink (16 in flight)",
+                        format!(
                         "  - http: {{ url: \"http://{sink}/\", delivery: {{ concurrency: 16 }} }}\n"
                     ),
+                    ),
+                    Pattern::None,
                 ),
-                Pattern::None,
-            )]
+            ]
         });
     }
     // BENCH_POSTGRES=postgres://root@127.0.0.1/test: HTTP on a PostgreSQL store as well.
@@ -1013,6 +1018,102 @@ fn beside_the_floor(
 }
 
 // ---- Baselines: the machine's own limits, measured in the same run. ----
+
+/// HTTP in → HTTP out with nothing between: `connections` clients (the scenarios' load)
+/// post to a bare hyper server on two runtime threads, which answers `202` at once and hands
+/// each body to `in_flight` senders posting it to `sink` with reqwest — what the engine's
+/// HTTP intake and HTTP destination do, without the store, the steps or the routing. No
+/// durable engine can deliver faster on these cores; its rate is the ceiling the
+/// HTTP-destination scenario is read against. CPU is this process's: the proxy, the load and
+/// the sink's threads together.
+fn baseline_http_proxy(connections: usize, in_flight: usize, sink: &str) -> Row {
+    use http_body_util::{BodyExt, Full};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let secs = load_seconds();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("proxy runtime");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let forwarded = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1024);
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let client = reqwest::Client::new();
+    let url = format!("http://{sink}/");
+    for _ in 0..in_flight {
+        let (rx, client, url, forwarded) =
+            (rx.clone(), client.clone(), url.clone(), forwarded.clone());
+        rt.spawn(async move {
+            loop {
+                let Some(body) = rx.lock().await.recv().await else {
+                    return;
+                };
+                let answer = client.post(&url).body(body).send().await.expect("post");
+                assert_eq!(answer.status(), 200);
+                answer.bytes().await.expect("answer");
+                forwarded.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    rt.spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            s.set_nodelay(true).ok();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let tx = tx.clone();
+                        async move {
+                            let body = req.into_body().collect().await?.to_bytes();
+                            tx.send(body).await.ok();
+                            let mut answer = hyper::Response::new(Full::new(bytes::Bytes::new()));
+                            *answer.status_mut() = hyper::StatusCode::ACCEPTED;
+                            Ok::<_, hyper::Error>(answer)
+                        }
+                    },
+                );
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), service)
+                    .await
+                    .ok();
+            });
+        }
+    });
+    let cpu0 = self_cpu();
+    let started = Instant::now();
+    let mut lat = http_load(
+        &addr,
+        connections,
+        started + Duration::from_secs_f64(secs),
+        "HTTP/1.1 202",
+    );
+    lat.sort();
+    let seconds = started.elapsed().as_secs_f64();
+    let accepted = lat.len();
+    assert!(wait_until(Duration::from_secs(600), || forwarded
+        .load(Ordering::Relaxed)
+        == accepted));
+    let drained = started.elapsed().as_secs_f64() - seconds;
+    let mut row = Row::baseline(
+        format!("baseline: bare proxy → http sink, {in_flight} in flight (drain {drained:.1}s)"),
+        accepted,
+        started,
+        cpu0,
+    );
+    row.seconds = seconds;
+    row.p50_ms = Some(percentile(&lat, 0.5));
+    row.p99_ms = Some(percentile(&lat, 0.99));
+    rt.shutdown_background();
+    row
+}
 
 /// How a batch of files is made durable.
 #[derive(Debug, Clone, Copy)]
