@@ -863,7 +863,8 @@ fn main() {
         let sink = http_sink();
         beside_the_floor(&mut rows, &mut shares, || {
             vec![
-                baseline_http_proxy(50, 16, &sink),
+                baseline_http_proxy(50, 16, &sink, false),
+                baseline_http_proxy(50, 16, &sink, true),
                 http_run(
                     50,
                     true,
@@ -1020,17 +1021,27 @@ fn beside_the_floor(
 // ---- Baselines: the machine's own limits, measured in the same run. ----
 
 /// HTTP in → HTTP out with nothing between: `connections` clients (the scenarios' load)
-/// post to a bare hyper server on two runtime threads, which answers `202` at once and hands
-/// each body to `in_flight` senders posting it to `sink` with reqwest — what the engine's
-/// HTTP intake and HTTP destination do, without the store, the steps or the routing. No
-/// durable engine can deliver faster on these cores; its rate is the ceiling the
-/// HTTP-destination scenario is read against. CPU is this process's: the proxy, the load and
-/// the sink's threads together.
-fn baseline_http_proxy(connections: usize, in_flight: usize, sink: &str) -> Row {
+/// post to a bare hyper server on two runtime threads, which answers `202` and hands each body
+/// to `in_flight` senders posting it to `sink` with reqwest — what the engine's HTTP intake
+/// and HTTP destination do, without the store, the steps or the routing. No durable engine
+/// can deliver faster on these cores; its rate is the ceiling the HTTP-destination scenario
+/// is read against. With `durable`, each request is first stored through the store's own
+/// writer and schema (one group-committed write a message, as in the floor) before its
+/// `202`: the least a durable intake adds. CPU is this process's: the proxy, its store, the
+/// load and the sink's threads together.
+fn baseline_http_proxy(connections: usize, in_flight: usize, sink: &str, durable: bool) -> Row {
     use http_body_util::{BodyExt, Full};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+    use switchyard::store::Store;
     let secs = load_seconds();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let store: Option<Arc<dyn Store>> = durable.then(|| {
+        Arc::new(
+            switchyard::store::sqlite::SqliteStore::open(&tmp.path().join("store.db"))
+                .expect("store"),
+        ) as Arc<dyn Store>
+    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -1060,19 +1071,26 @@ fn baseline_http_proxy(connections: usize, in_flight: usize, sink: &str) -> Row 
             }
         });
     }
+    let accepting = store.clone();
     rt.spawn(async move {
         loop {
             let Ok((s, _)) = listener.accept().await else {
                 return;
             };
             s.set_nodelay(true).ok();
-            let tx = tx.clone();
+            let (tx, store) = (tx.clone(), accepting.clone());
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
-                        let tx = tx.clone();
+                        let (tx, store) = (tx.clone(), store.clone());
                         async move {
                             let body = req.into_body().collect().await?.to_bytes();
+                            if let Some(store) = store {
+                                store
+                                    .insert(vec![floor_insert(body.clone(), true)])
+                                    .await
+                                    .expect("insert");
+                            }
                             tx.send(body).await.ok();
                             let mut answer = hyper::Response::new(Full::new(bytes::Bytes::new()));
                             *answer.status_mut() = hyper::StatusCode::ACCEPTED;
@@ -1103,7 +1121,14 @@ fn baseline_http_proxy(connections: usize, in_flight: usize, sink: &str) -> Row 
         == accepted));
     let drained = started.elapsed().as_secs_f64() - seconds;
     let mut row = Row::baseline(
-        format!("baseline: bare proxy → http sink, {in_flight} in flight (drain {drained:.1}s)"),
+        format!(
+            "baseline: {} → http sink, {in_flight} in flight (drain {drained:.1}s)",
+            if durable {
+                "proxy + 1 store write/msg"
+            } else {
+                "bare proxy"
+            }
+        ),
         accepted,
         started,
         cpu0,
@@ -1111,6 +1136,9 @@ fn baseline_http_proxy(connections: usize, in_flight: usize, sink: &str) -> Row 
     row.seconds = seconds;
     row.p50_ms = Some(percentile(&lat, 0.5));
     row.p99_ms = Some(percentile(&lat, 0.99));
+    if let Some(store) = store {
+        rt.block_on(store.close()).ok();
+    }
     rt.shutdown_background();
     row
 }
@@ -1288,7 +1316,7 @@ fn baseline_sqlite(batch: usize) -> Row {
 /// message with one step's outcome and one delivery ([`Store::insert_processed`]) — the
 /// store's share of the engine's cost, beside the floor.
 fn baseline_group_commit(clients: usize, processed: bool) -> Row {
-    use switchyard::store::{Insert, MessageState, Processed, StepRecord, Store};
+    use switchyard::store::{Processed, StepRecord, Store};
     let secs = load_seconds();
     let tmp = tempfile::tempdir().expect("temp dir");
     let path = tmp.path().join("store.db");
@@ -1317,26 +1345,10 @@ fn baseline_group_commit(clients: usize, processed: bool) -> Row {
                 tokio::spawn(async move {
                     let mut n = 0;
                     while Instant::now() < deadline {
-                        let mut msg = switchyard::message::Message::new(
-                            "bench",
+                        let ins = floor_insert(
                             bytes::Bytes::from_static(br#"{"order": 42, "lines": [1, 2, 3]}"#),
+                            !processed,
                         );
-                        msg.headers.insert("http.method".into(), "POST".into());
-                        msg.headers
-                            .insert("content-type".into(), "application/json".into());
-                        let ins = Insert {
-                            msg,
-                            route_version: "v1".into(),
-                            state: MessageState::Received,
-                            error: None,
-                            parent: None,
-                            resume_step: 0,
-                            scheduled: !processed,
-                            wire_taps: Vec::new(),
-                            fifo: Vec::new(),
-                            index: Vec::new(),
-                            position: None,
-                        };
                         if processed {
                             let step = StepRecord {
                                 step: "steps[0].transform".into(),
@@ -1387,6 +1399,27 @@ fn baseline_group_commit(clients: usize, processed: bool) -> Row {
         started,
         cpu0,
     )
+}
+
+/// A new message as the floor stores it: `body` with the two headers an HTTP intake records.
+fn floor_insert(body: bytes::Bytes, scheduled: bool) -> switchyard::store::Insert {
+    let mut msg = switchyard::message::Message::new("bench", body);
+    msg.headers.insert("http.method".into(), "POST".into());
+    msg.headers
+        .insert("content-type".into(), "application/json".into());
+    switchyard::store::Insert {
+        msg,
+        route_version: "v1".into(),
+        state: switchyard::store::MessageState::Received,
+        error: None,
+        parent: None,
+        resume_step: 0,
+        scheduled,
+        wire_taps: Vec::new(),
+        fifo: Vec::new(),
+        index: Vec::new(),
+        position: None,
+    }
 }
 
 impl Row {
