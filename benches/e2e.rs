@@ -900,36 +900,38 @@ fn main() {
         rows.extend(memory_scenario());
     }
     // Brokers, each beside its bare client at the same window (SWITCHYARD_TEST_AMQP and
-    // SWITCHYARD_TEST_MQTT name the servers, as for the tests).
+    // SWITCHYARD_TEST_MQTT name the servers, as for the tests) and between two measures of
+    // the store's floor: a bare client that outruns the floor sets a pace no engine that
+    // stores each message before its ack can follow.
     if want("broker amqp") {
         if let Ok(url) = std::env::var("SWITCHYARD_TEST_AMQP") {
-            rows.extend(broker::amqp(&url));
+            beside_the_floor(&mut rows, &mut shares, || broker::amqp(&url));
         }
     }
     if want("broker mqtt") {
         if let Ok(url) = std::env::var("SWITCHYARD_TEST_MQTT") {
-            rows.extend(broker::mqtt(&url));
+            beside_the_floor(&mut rows, &mut shares, || broker::mqtt(&url));
         }
     }
     if want("broker amqp1") {
         if let Ok(url) = std::env::var("SWITCHYARD_TEST_AMQP1") {
-            rows.extend(broker::amqp1(&url));
+            beside_the_floor(&mut rows, &mut shares, || broker::amqp1(&url));
         }
     }
     if want("broker nats") {
         if let Ok(url) = std::env::var("SWITCHYARD_TEST_NATS") {
-            rows.extend(broker::nats(&url));
+            beside_the_floor(&mut rows, &mut shares, || broker::nats(&url));
         }
     }
     if want("broker redis") {
         if let Ok(url) = std::env::var("SWITCHYARD_TEST_REDIS") {
-            rows.extend(broker::redis(&url));
+            beside_the_floor(&mut rows, &mut shares, || broker::redis(&url));
         }
     }
     #[cfg(feature = "kafka")]
     if want("broker kafka") {
         if let Ok(tansu) = std::env::var("SWITCHYARD_TEST_KAFKA") {
-            rows.extend(broker::kafka(&tansu));
+            beside_the_floor(&mut rows, &mut shares, || broker::kafka(&tansu));
         }
     }
     // SWITCHYARD_TEST_SQS=moto: SQS against moto's server, started here.
