@@ -1836,6 +1836,12 @@ mod broker {
         rows
     }
 
+    /// Waits at most 5 s for an AMQP 1.0 goodbye: once a bare client hung in its close after
+    /// all its sends were accepted, and the bench with it.
+    async fn closed<T>(goodbye: impl std::future::Future<Output = T>) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), goodbye).await;
+    }
+
     /// Kafka as tansu serves it (a broker of the bench's own, its logs in memory): records
     /// loaded beforehand drained by the engine's consumer group, beside a bare consumer in a
     /// group of its own that stores and commits offsets the same way; and HTTP → kafka beside
@@ -2199,9 +2205,9 @@ mod broker {
                 let d = receiver.recv::<Body<Value>>().await.unwrap();
                 receiver.accept(&d).await.unwrap();
             }
-            let _ = receiver.close().await;
-            let _ = session.end().await;
-            let _ = conn.close().await;
+            closed(receiver.close()).await;
+            closed(session.end()).await;
+            closed(conn.close()).await;
         });
         rows.push(Row::baseline(
             "baseline: bare receiver + accept, credit 64".into(),
@@ -2248,14 +2254,14 @@ mod broker {
                         let outcome = sender.send(m).await.unwrap();
                         assert!(matches!(outcome, Outcome::Accepted(_)));
                     }
-                    let _ = sender.close().await;
+                    closed(sender.close()).await;
                 }));
             }
             for w in workers {
                 w.await.unwrap();
             }
-            let _ = session.end().await;
-            let _ = conn.close().await;
+            closed(session.end()).await;
+            closed(conn.close()).await;
         });
         rows.push(Row::baseline(
             format!("baseline: bare send + accepted, {window} in flight"),
