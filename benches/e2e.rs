@@ -857,8 +857,9 @@ fn main() {
         }
     }
     // To an HTTP endpoint (a bare local sink answering 200), 16 deliveries in flight; beside
-    // it, the same load through a bare proxy (no store, no script) to the same sink: what
-    // HTTP in and out alone cost these two cores.
+    // it, the same load through two proxies to the same sink — bare, and with one store write
+    // a message — what HTTP in and out cost these two cores, and the least a durable intake
+    // adds ([`baseline_http_proxy`]).
     if want("http sink") {
         let sink = http_sink();
         beside_the_floor(&mut rows, &mut shares, || {
