@@ -95,7 +95,7 @@ fn file_scenario() -> Row {
         );
     }
     assert!(
-        wait_until(Duration::from_secs(1800), || ws.count("delivered")
+        Progress::new(&ws).wait(Duration::from_secs(1800), |_, delivered| delivered
             == n as u64),
         "{:?}",
         ws.states()
@@ -259,6 +259,63 @@ fn load_seconds() -> f64 {
         * scale().clamp(0.05, 1.0)
 }
 
+/// Stored and delivered counts of a workspace's store, cheap enough to poll every few
+/// milliseconds under a load: one kept read-only connection, the highest rowid of
+/// `messages` (nothing is deleted during a bench, so it is the count) and the messages not
+/// delivered, read from the partial state index. `Workspace::states` opens the file and
+/// reads every stored body (20 MB at 20,000 messages) on each call: polled under a load it
+/// took a share of the two cores from the engine it measured.
+struct Progress {
+    path: std::path::PathBuf,
+    conn: Option<rusqlite::Connection>,
+}
+
+impl Progress {
+    fn new(ws: &Workspace) -> Progress {
+        Progress {
+            path: ws.path("data/switchyard.db"),
+            conn: None,
+        }
+    }
+
+    /// (stored, delivered); zeros until the store and its schema exist.
+    fn read(&mut self) -> (u64, u64) {
+        if self.conn.is_none() && self.path.exists() {
+            self.conn = rusqlite::Connection::open_with_flags(
+                &self.path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .ok();
+        }
+        let Some(conn) = &self.conn else {
+            return (0, 0);
+        };
+        conn.query_row(
+            "SELECT COALESCE((SELECT MAX(rowid) FROM messages), 0), \
+                    (SELECT COUNT(*) FROM messages WHERE state <> 'delivered')",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )
+        .map(|(stored, open)| (stored, stored.saturating_sub(open)))
+        .unwrap_or((0, 0))
+    }
+
+    /// Polls every 5 ms until `done(stored, delivered)`, or false after `timeout`.
+    fn wait(&mut self, timeout: Duration, done: impl Fn(u64, u64) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (stored, delivered) = self.read();
+            if done(stored, delivered) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
 /// A destination on its own, without the intake in front of it: HTTP posts for half of
 /// `BENCH_SECONDS` are stored while the destination is held (`rate: 1/h`, one attempt goes),
 /// then the route file is rewritten without the rate and the time until the stored backlog is
@@ -285,7 +342,7 @@ fn backlog_drain(name: &str, to: &str) -> Row {
     let started = Instant::now();
     ws.write_route("drain.yaml", &route(to));
     assert!(
-        wait_until(Duration::from_secs(600), || ws.count("delivered")
+        Progress::new(&ws).wait(Duration::from_secs(600), |_, delivered| delivered
             == accepted),
         "{:?}",
         ws.states()
@@ -1493,28 +1550,63 @@ mod broker {
         }
     }
 
-    /// The engine drains `n` messages its inbound `from` finds loaded beforehand, into one
-    /// file each; the scenario's figure is the whole run, intake is in its label.
-    pub(super) fn drain(label: &str, from: String, n: usize) -> Row {
+    /// A route's destination in a drain: one file each (synced), or the bench's HTTP sink.
+    #[derive(Clone, Copy)]
+    pub(super) enum To {
+        File,
+        Http,
+    }
+
+    impl To {
+        fn label(self) -> &'static str {
+            match self {
+                To::File => "file",
+                To::Http => "http sink",
+            }
+        }
+
+        fn yaml(self) -> String {
+            match self {
+                To::File => "  - file: { path: outbox, name: \"{{id}}.json\" }\n".into(),
+                // As the `http sink` group's destination.
+                To::Http => format!(
+                    "  - http: {{ url: \"http://{}/\", delivery: {{ concurrency: 16 }} }}\n",
+                    super::http_sink()
+                ),
+            }
+        }
+    }
+
+    /// The engine drains `n` messages its inbound `from` finds loaded beforehand, to `to`;
+    /// the scenario's figure is the whole run, intake is in its label.
+    pub(super) fn drain(label: &str, from: String, n: usize, to: To) -> Row {
         let ws = Workspace::new();
         ws.write_route(
             "consume.yaml",
             &format!(
-                "from:\n{from}{}to:\n  - file: {{ path: outbox, name: \"{{{{id}}}}.json\" }}\n",
-                std::env::var("BENCH_ROUTE_EXTRA").unwrap_or_default()
+                "from:\n{from}{}to:\n{}",
+                std::env::var("BENCH_ROUTE_EXTRA").unwrap_or_default(),
+                to.yaml()
             ),
         );
         let engine = ws.start_with_env(&[("SWITCHYARD_LOG", "warn")]);
+        let mut progress = Progress::new(&ws);
         let started = Instant::now();
-        let stored = || ws.states().values().sum::<u64>();
-        assert!(wait_until(Duration::from_secs(1800), || stored() >= n as u64));
+        let n = n as u64;
+        assert!(progress.wait(Duration::from_secs(1800), |stored, _| stored >= n));
         let intake = started.elapsed().as_secs_f64();
-        assert!(wait_until(Duration::from_secs(1800), || ws
-            .count("delivered")
-            == n as u64));
+        assert!(
+            progress.wait(Duration::from_secs(1800), |_, delivered| delivered == n),
+            "{:?}",
+            ws.states()
+        );
         engine_row(
-            &format!("{label} (intake {:.0}/s)", n as f64 / intake),
-            n,
+            &format!(
+                "{label} → {} (intake {:.0}/s)",
+                to.label(),
+                n as f64 / intake
+            ),
+            n as usize,
             started.elapsed().as_secs_f64(),
             engine,
         )
@@ -1536,12 +1628,11 @@ mod broker {
         let mut rows = Vec::new();
 
         // amqp in → file out: a queue loaded beforehand, drained by the engine.
-        rt.block_on(rabbit.publish("engine", &payloads(n)));
-        rows.push(drain(
-            "amqp in (prefetch 64) → file",
-            rabbit.inbound_yaml("engine", ""),
-            n,
-        ));
+        for (source, to) in [("engine", To::File), ("engine-http", To::Http)] {
+            rt.block_on(rabbit.publish(source, &payloads(n)));
+            let from = rabbit.inbound_yaml(source, "");
+            rows.push(drain("amqp in (prefetch 64)", from, n, to));
+        }
 
         // Baseline: the bare client drains the same load, acking each message.
         rt.block_on(rabbit.publish("bare", &payloads(n)));
@@ -1655,46 +1746,52 @@ mod broker {
         let slice = 500.min(n);
         let mut rows = Vec::new();
 
-        let ws = Workspace::new();
-        ws.write_route(
-            "consume.yaml",
-            &format!(
-                "from:\n{}{}to:\n  - file: {{ path: outbox, name: \"{{{{id}}}}.json\" }}\n",
-                broker.inbound_yaml("engine", ""),
-                std::env::var("BENCH_ROUTE_EXTRA").unwrap_or_default()
-            ),
-        );
-        let engine =
-            ws.start_with_env(&[("SWITCHYARD_LOG", "warn,switchyard::adapters::inbound=info")]);
-        assert!(wait_until(Duration::from_secs(20), || ws
-            .log_events()
-            .iter()
-            .any(|e| e["message"] == "consuming")));
         let all = payloads(n);
-        let started = Instant::now();
-        for (i, chunk) in all.chunks(slice).enumerate() {
-            rt.block_on(broker.publish("engine", chunk));
-            let want = ((i + 1) * slice).min(n) as u64;
-            // Polled as often as the baseline polls its counter, so both pay the same wait.
-            let deadline = Instant::now() + Duration::from_secs(600);
-            while ws.states().values().sum::<u64>() < want {
-                assert!(Instant::now() < deadline, "{:?}", ws.states());
-                std::thread::sleep(Duration::from_millis(5));
+        for (source, to) in [("engine", To::File), ("engine-http", To::Http)] {
+            let ws = Workspace::new();
+            ws.write_route(
+                "consume.yaml",
+                &format!(
+                    "from:\n{}{}to:\n{}",
+                    broker.inbound_yaml(source, ""),
+                    std::env::var("BENCH_ROUTE_EXTRA").unwrap_or_default(),
+                    to.yaml()
+                ),
+            );
+            let engine =
+                ws.start_with_env(&[("SWITCHYARD_LOG", "warn,switchyard::adapters::inbound=info")]);
+            assert!(wait_until(Duration::from_secs(20), || ws
+                .log_events()
+                .iter()
+                .any(|e| e["message"] == "consuming")));
+            let mut progress = Progress::new(&ws);
+            let started = Instant::now();
+            for (i, chunk) in all.chunks(slice).enumerate() {
+                rt.block_on(broker.publish(source, chunk));
+                let want = ((i + 1) * slice).min(n) as u64;
+                // Polled every 5 ms, as the baseline polls its counter every 2 ms.
+                assert!(
+                    progress.wait(Duration::from_secs(600), |stored, _| stored >= want),
+                    "{:?}",
+                    ws.states()
+                );
             }
+            let intake = started.elapsed().as_secs_f64();
+            assert!(
+                progress.wait(Duration::from_secs(1800), |_, delivered| delivered
+                    == n as u64)
+            );
+            rows.push(engine_row(
+                &format!(
+                    "mqtt in (QoS 1, rcv max 64) → {} (intake {:.0}/s)",
+                    to.label(),
+                    n as f64 / intake
+                ),
+                n,
+                started.elapsed().as_secs_f64(),
+                engine,
+            ));
         }
-        let intake = started.elapsed().as_secs_f64();
-        assert!(wait_until(Duration::from_secs(1800), || ws
-            .count("delivered")
-            == n as u64));
-        rows.push(engine_row(
-            &format!(
-                "mqtt in (QoS 1, rcv max 64) → file (intake {:.0}/s)",
-                n as f64 / intake
-            ),
-            n,
-            started.elapsed().as_secs_f64(),
-            engine,
-        ));
 
         // Baseline: a bare subscriber with manual acks at the same receive maximum.
         let cpu0 = self_cpu();
@@ -1752,14 +1849,14 @@ mod broker {
         // Straight to the server, not through the tests' relay.
         let direct = |yaml: String| yaml.replace(&nats.engine_url(), url);
 
-        rt.block_on(nats.publish("engine", &payloads(n)));
-        rows.push(drain(
-            "nats in (prefetch 64, double ack) → file",
-            direct(nats.inbound_yaml("engine", "")),
-            n,
-        ));
+        for (source, to) in [("engine", To::File), ("engine-http", To::Http)] {
+            rt.block_on(nats.publish(source, &payloads(n)));
+            let from = direct(nats.inbound_yaml(source, ""));
+            rows.push(drain("nats in (prefetch 64, double ack)", from, n, to));
+        }
 
-        // Baseline: a bare pull consumer drains the same load, acknowledging each message.
+        // Baseline: a bare pull consumer drains the same load with the engine's guarantee —
+        // a double ack per message (the server confirms it), up to 64 awaited at once.
         rt.block_on(nats.publish("bare", &payloads(n)));
         let cpu0 = self_cpu();
         let started = Instant::now();
@@ -1780,13 +1877,21 @@ mod broker {
                 .await
                 .unwrap();
             let mut messages = consumer.messages().await.unwrap();
-            for _ in 0..n {
-                let m = messages.next().await.unwrap().unwrap();
-                m.ack().await.unwrap();
+            let mut acks = futures_util::stream::FuturesUnordered::new();
+            let mut taken = 0;
+            while taken < n || !acks.is_empty() {
+                tokio::select! {
+                    m = messages.next(), if taken < n => {
+                        let m = m.unwrap().unwrap();
+                        taken += 1;
+                        acks.push(async move { m.double_ack().await.unwrap() });
+                    }
+                    Some(()) = acks.next(), if !acks.is_empty() => {}
+                }
             }
         });
         rows.push(Row::baseline(
-            "baseline: bare pull consumer + ack, 64 pending".into(),
+            "baseline: bare pull consumer + double ack, 64 pending".into(),
             n,
             started,
             cpu0,
@@ -1806,7 +1911,8 @@ mod broker {
             &direct(nats.outbound_yaml("drained")),
         ));
 
-        // Baseline: the bare client publishing and awaiting each PubAck, as many in flight.
+        // Baseline: the bare client publishing, each with a `Nats-Msg-Id`, and awaiting each
+        // PubAck, as many in flight.
         let body = payloads(1).remove(0).1;
         let cpu0 = self_cpu();
         let started = Instant::now();
@@ -1818,7 +1924,16 @@ mod broker {
                     let (js, body, subject) = (js.clone(), body.clone(), nats.subject("bare-out"));
                     tokio::spawn(async move {
                         for _ in 0..n / window {
-                            let ack = js.publish(subject.clone(), body.clone().into());
+                            // With a message id, as the destination sends: the stream keeps
+                            // it for its duplicate window.
+                            let mut headers = async_nats::HeaderMap::new();
+                            headers
+                                .insert("Nats-Msg-Id", uuid::Uuid::now_v7().to_string().as_str());
+                            let ack = js.publish_with_headers(
+                                subject.clone(),
+                                headers,
+                                body.clone().into(),
+                            );
                             ack.await.unwrap().await.unwrap();
                         }
                     })
@@ -1858,17 +1973,16 @@ mod broker {
         let mut rows = Vec::new();
         let bootstrap = kafka.bootstrap();
 
-        kafka.create("engine");
-        rt.block_on(kafka_client::publish(
-            &bootstrap,
-            &kafka.topic("engine"),
-            &payloads(n),
-        ));
-        rows.push(drain(
-            "kafka in (prefetch 256, 3 partitions) → file",
-            kafka.inbound_yaml("engine", ""),
-            n,
-        ));
+        for (source, to) in [("engine", To::File), ("engine-http", To::Http)] {
+            kafka.create(source);
+            rt.block_on(kafka_client::publish(
+                &bootstrap,
+                &kafka.topic(source),
+                &payloads(n),
+            ));
+            let from = kafka.inbound_yaml(source, "");
+            rows.push(drain("kafka in (prefetch 256, 3 partitions)", from, n, to));
+        }
 
         kafka.create("bare");
         rt.block_on(kafka_client::publish(
@@ -1964,10 +2078,11 @@ mod broker {
         // The tests' 5 s visibility timeout is for their redelivery checks; under a bench
         // load moto can take longer than that to answer, and a message would come back.
         rows.push(drain(
-            "sqs in (long poll, batches of 10) → file",
+            "sqs in (long poll, batches of 10)",
             direct("engine", sqs.inbound_yaml("engine", ""))
                 .replace("visibility_timeout: 5s", "visibility_timeout: 120s"),
             n,
+            To::File,
         ));
 
         rt.block_on(sqs.publish("bare", &payloads(n)));
@@ -2070,12 +2185,11 @@ mod broker {
         let mut rows = Vec::new();
         let direct = |yaml: String| yaml.replace(&redis.engine_url(), url);
 
-        rt.block_on(redis.publish("engine", &payloads(n)));
-        rows.push(drain(
-            "redis in (group, prefetch 64) → file",
-            direct(redis.inbound_yaml("engine", "")),
-            n,
-        ));
+        for (source, to) in [("engine", To::File), ("engine-http", To::Http)] {
+            rt.block_on(redis.publish(source, &payloads(n)));
+            let from = direct(redis.inbound_yaml(source, ""));
+            rows.push(drain("redis in (group, prefetch 64)", from, n, to));
+        }
 
         // Baseline: a bare group reader drains the same load, XACK after each read of 64.
         rt.block_on(redis.publish("bare", &payloads(n)));
@@ -2174,7 +2288,7 @@ mod broker {
     }
 
     pub fn amqp1(url: &str) -> Vec<Row> {
-        use fe2o3_amqp::types::messaging::{Body, Message, Outcome};
+        use fe2o3_amqp::types::messaging::{Body, Header, Message, Outcome};
         use fe2o3_amqp::types::primitives::{Binary, Value};
         let rt = runtime();
         let broker = Amqp1::new(url);
@@ -2182,12 +2296,11 @@ mod broker {
         let mut rows = Vec::new();
         let direct = |yaml: String| yaml.replace(&broker.engine_url(), url);
 
-        rt.block_on(broker.publish("engine", &payloads(n)));
-        rows.push(drain(
-            "amqp1 in (credit 64) → file",
-            direct(broker.inbound_yaml("engine", "")),
-            n,
-        ));
+        for (source, to) in [("engine", To::File), ("engine-http", To::Http)] {
+            rt.block_on(broker.publish(source, &payloads(n)));
+            let from = direct(broker.inbound_yaml(source, ""));
+            rows.push(drain("amqp1 in (credit 64)", from, n, to));
+        }
 
         // Baseline: a bare receiver drains the same load, accepting each delivery.
         rt.block_on(broker.publish("bare", &payloads(n)));
@@ -2249,7 +2362,13 @@ mod broker {
                 let body = body.clone();
                 workers.push(tokio::spawn(async move {
                     for _ in 0..n / window {
+                        // Durable, as the destination sends by default: the broker
+                        // keeps (and syncs) it before it accepts.
                         let m = Message::builder()
+                            .header(Header {
+                                durable: true,
+                                ..Default::default()
+                            })
                             .data(Binary::from(body.as_bytes().to_vec()))
                             .build();
                         let outcome = sender.send(m).await.unwrap();
@@ -2345,11 +2464,12 @@ mod database {
         // database in (watermark, pages of 500) → file.
         let query = format!("SELECT id, note FROM source WHERE id > :id ORDER BY id LIMIT {PAGE}");
         rows.push(super::broker::drain(
-            &format!("database in ({name}, pages of {PAGE}) → file"),
+            &format!("database in ({name}, pages of {PAGE})"),
             format!(
                 "  database:\n    url: \"{url}\"\n    query: {query}\n    watermark: {{ columns: [id], start: {{ id: 0 }} }}\n    interval: 100ms\n"
             ),
             n,
+            super::broker::To::File,
         ));
         // Baseline: the bare client reads the same pages.
         let cpu0 = self_cpu();

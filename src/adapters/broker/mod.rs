@@ -36,6 +36,14 @@ use std::time::{Duration, SystemTime};
 /// message attribute), and where its inbounds look for it.
 pub const ID_NAME: &str = "switchyard-message-id";
 
+/// How many of a pulling inbound's `prefetch` places must be free before it pulls again: half.
+/// A pull is a round trip (for JetStream also an API call the server answers), so pulling as
+/// soon as one place was free fetched one message a pull once the window was full, and held
+/// the NATS intake to about 6,000 messages a second (docs/performance.md).
+pub fn pull_when_free(prefetch: usize) -> usize {
+    prefetch.div_ceil(2)
+}
+
 /// What a route using SQS hears from a build without it.
 #[cfg(not(feature = "sqs"))]
 pub const NO_SQS: &str = "this Switchyard was built without Amazon SQS support: build it with `cargo build --release --features sqs`";

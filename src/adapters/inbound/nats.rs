@@ -15,7 +15,7 @@
 use super::http::Content;
 use super::{Inbound, Intake};
 use crate::adapters::broker::nats::{self as nats, StreamDecl};
-use crate::adapters::broker::{keep_connected, redact, Link, Tls};
+use crate::adapters::broker::{keep_connected, pull_when_free, redact, Link, Tls};
 use crate::config::values::{ByteSize, Duration};
 use crate::message::{Headers, Message};
 use crate::steps::BuildContext;
@@ -187,13 +187,14 @@ impl NatsInbound {
             if shutdown.is_cancelled() {
                 break Ok(());
             }
-            if in_hand.len() >= cfg.prefetch as usize {
+            let window = cfg.prefetch as usize;
+            if window - in_hand.len().min(window) < pull_when_free(window) {
                 tokio::select! {
                     _ = shutdown.cancelled() => break Ok(()),
                     _ = in_hand.join_next() => continue,
                 }
             }
-            let room = cfg.prefetch as usize - in_hand.len();
+            let room = window - in_hand.len();
             // What is there now, at once; when nothing was, wait (up to a second) for one.
             let batch = if idle {
                 consumer

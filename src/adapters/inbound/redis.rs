@@ -16,7 +16,7 @@
 use super::http::Content;
 use super::{Inbound, Intake};
 use crate::adapters::broker::redis::{self as redis_broker, Entry};
-use crate::adapters::broker::{keep_connected, redact, Link, Tls};
+use crate::adapters::broker::{keep_connected, pull_when_free, redact, Link, Tls};
 use crate::config::values::{ByteSize, Duration};
 use crate::message::{Headers, Message};
 use crate::steps::BuildContext;
@@ -230,7 +230,7 @@ impl RedisInbound {
             if shutdown.is_cancelled() {
                 break Ok(());
             }
-            if in_hand.len() >= cfg.prefetch {
+            if cfg.prefetch - in_hand.len().min(cfg.prefetch) < pull_when_free(cfg.prefetch) {
                 tokio::select! {
                     _ = shutdown.cancelled() => break Ok(()),
                     _ = in_hand.join_next() => continue,
