@@ -188,7 +188,7 @@ impl NatsInbound {
                 break Ok(());
             }
             let window = cfg.prefetch as usize;
-            if window - in_hand.len().min(window) < pull_when_free(window) {
+            if window.saturating_sub(in_hand.len()) < pull_when_free(window) {
                 tokio::select! {
                     _ = shutdown.cancelled() => break Ok(()),
                     _ = in_hand.join_next() => continue,

@@ -230,7 +230,7 @@ impl RedisInbound {
             if shutdown.is_cancelled() {
                 break Ok(());
             }
-            if cfg.prefetch - in_hand.len().min(cfg.prefetch) < pull_when_free(cfg.prefetch) {
+            if cfg.prefetch.saturating_sub(in_hand.len()) < pull_when_free(cfg.prefetch) {
                 tokio::select! {
                     _ = shutdown.cancelled() => break Ok(()),
                     _ = in_hand.join_next() => continue,
