@@ -1565,6 +1565,16 @@ mod broker {
             }
         }
 
+        /// A route from the inbound `from` (its YAML under `from:`) to here, with
+        /// `BENCH_ROUTE_EXTRA` (steps, say) between them.
+        fn route(self, from: &str) -> String {
+            format!(
+                "from:\n{from}{}to:\n{}",
+                std::env::var("BENCH_ROUTE_EXTRA").unwrap_or_default(),
+                self.yaml()
+            )
+        }
+
         fn yaml(self) -> String {
             match self {
                 To::File => "  - file: { path: outbox, name: \"{{id}}.json\" }\n".into(),
@@ -1581,14 +1591,7 @@ mod broker {
     /// the scenario's figure is the whole run, intake is in its label.
     pub(super) fn drain(label: &str, from: String, n: usize, to: To) -> Row {
         let ws = Workspace::new();
-        ws.write_route(
-            "consume.yaml",
-            &format!(
-                "from:\n{from}{}to:\n{}",
-                std::env::var("BENCH_ROUTE_EXTRA").unwrap_or_default(),
-                to.yaml()
-            ),
-        );
+        ws.write_route("consume.yaml", &to.route(&from));
         let engine = ws.start_with_env(&[("SWITCHYARD_LOG", "warn")]);
         let mut progress = Progress::new(&ws);
         let started = Instant::now();
@@ -1749,15 +1752,7 @@ mod broker {
         let all = payloads(n);
         for (source, to) in [("engine", To::File), ("engine-http", To::Http)] {
             let ws = Workspace::new();
-            ws.write_route(
-                "consume.yaml",
-                &format!(
-                    "from:\n{}{}to:\n{}",
-                    broker.inbound_yaml(source, ""),
-                    std::env::var("BENCH_ROUTE_EXTRA").unwrap_or_default(),
-                    to.yaml()
-                ),
-            );
+            ws.write_route("consume.yaml", &to.route(&broker.inbound_yaml(source, "")));
             let engine =
                 ws.start_with_env(&[("SWITCHYARD_LOG", "warn,switchyard::adapters::inbound=info")]);
             assert!(wait_until(Duration::from_secs(20), || ws
