@@ -2283,8 +2283,9 @@ mod broker {
     }
 
     pub fn amqp1(url: &str) -> Vec<Row> {
-        use fe2o3_amqp::types::messaging::{Body, Header, Message, Outcome};
-        use fe2o3_amqp::types::primitives::{Binary, Value};
+        use fe2o3_amqp::types::messaging::{Body, Header, Message, MessageId, Outcome, Properties};
+        use fe2o3_amqp::types::primitives::{Binary, Timestamp, Value};
+        use std::time::SystemTime;
         let rt = runtime();
         let broker = Amqp1::new(url);
         let n = scaled(20_000);
@@ -2358,10 +2359,25 @@ mod broker {
                 workers.push(tokio::spawn(async move {
                     for _ in 0..n / window {
                         // Durable, as the destination sends by default: the broker
-                        // keeps (and syncs) it before it accepts.
+                        // keeps (and syncs) it before it accepts. With the properties the
+                        // destination sets: a message id (so a consumer can drop a
+                        // duplicate), the content type and the creation time.
                         let m = Message::builder()
                             .header(Header {
                                 durable: true,
+                                ..Default::default()
+                            })
+                            .properties(Properties {
+                                message_id: Some(MessageId::String(
+                                    uuid::Uuid::now_v7().to_string(),
+                                )),
+                                content_type: Some("application/json".into()),
+                                creation_time: Some(Timestamp::from_milliseconds(
+                                    SystemTime::now()
+                                        .duration_since(SystemTime::UNIX_EPOCH)
+                                        .map(|d| d.as_millis() as i64)
+                                        .unwrap_or(0),
+                                )),
                                 ..Default::default()
                             })
                             .data(Binary::from(body.as_bytes().to_vec()))

@@ -8,9 +8,12 @@
 //! loses nothing: pending rows are simply found again.
 //!
 //! Ordering: `parallel` destinations take due deliveries in batches and send `concurrency` at
-//! a time (a destination that sends whole batches at once, like the file destination, takes
-//! one batch at a time). Their worker writes once per batch: the attempts finished since its
-//! last write, and the claim of what is due next, in one transaction, while the sends go on;
+//! a time (a destination that sends whole batches at once, like the file destination, sends
+//! one batch at a time, a broker's a few). Their worker writes once per batch: the attempts
+//! finished since its last write, and the claim of what is due next, in one transaction,
+//! while the sends go on. It claims ahead of its sends — a batch destination up to as many
+//! batches again as it sends at once, each waiting its turn — so that a send finishing during
+//! the write is followed at once by the next, not by the end of the write;
 //!
 //! `fifo` destinations take the oldest pending delivery and nothing else until it is
 //! delivered or dead, waiting out its backoff, so order holds across failures and restarts.
@@ -24,7 +27,6 @@
 
 use crate::adapters::outbound::{
     Batching, DeliveryConfig, DeliveryOrder, Outbound, RetryConfig, SendError, Sent,
-    PIPELINED_BATCHES,
 };
 use crate::message::Message;
 use crate::route::DeliveryPolicy;
@@ -145,7 +147,12 @@ async fn run_parallel(
     store: Arc<dyn Processing>,
     shutdown: CancellationToken,
 ) {
-    let limit = Arc::new(Semaphore::new(dest.policy.concurrency.max(1)));
+    let batching = dest.outbound.batching();
+    // Sends under way at once: deliveries, or batches for a destination that sends batches.
+    let limit = Arc::new(Semaphore::new(match batching {
+        Batching::No => dest.policy.concurrency.max(1),
+        batches => batches.at_once(),
+    }));
     // Attempts in flight, each ending in what it made (or its delivery unsent, at shutdown).
     let mut sending: JoinSet<Vec<Result<Made, i64>>> = JoinSet::new();
     // Attempts made and not yet recorded: the worker's next write records them all and claims
@@ -158,7 +165,6 @@ async fn run_parallel(
     let mut look_again = Instant::now();
     // Bytes of the bodies claimed and not yet sent.
     let held = Held::default();
-    let batching = dest.outbound.batching();
     let mut handed = dest.handoff.as_ref().and_then(Handoff::receiver);
     let handed_over = handed
         .as_ref()
@@ -204,21 +210,19 @@ async fn run_parallel(
         let mut free = match () {
             _ if stopping => 0,
             _ if held.bytes() >= BATCH_BYTES => 0,
-            // One batch at a time: the batch shares one durability point, and batches side by
-            // side in one directory only contend for its lock (docs/performance.md).
-            _ if batching == Batching::Whole => {
-                if sending.is_empty() {
-                    BATCH
-                } else {
-                    0
-                }
+            // Batches: `at_once` sending (one for a file destination: the batch shares one
+            // durability point, and batches side by side in one directory only contend for
+            // its lock; a few pipelines for a broker, so that one batch's confirmations
+            // overlap the next one's sending) and as many again claimed, waiting their turn.
+            // Every free place is claimed for in the same write, so that a backlog is not held
+            // to one batch per commit, and a batch that ends while the worker writes is
+            // followed at once (docs/performance.md, "Claimed ahead"). Not with a `rate`,
+            // whose tokens are taken at the claim: a batch claimed is sent at once.
+            _ if batching != Batching::No => {
+                let ahead = if dest.rate.is_some() { 1 } else { 2 };
+                (ahead * batching.at_once()).saturating_sub(sending.len()) * BATCH
             }
-            // A few pipelines at once: one batch's confirmations and record overlap the next
-            // one's sending. Every free pipeline is claimed for in the same write, so that a
-            // backlog is not held to one batch per commit.
-            _ if batching == Batching::Pipelined => {
-                PIPELINED_BATCHES.saturating_sub(sending.len()) * BATCH
-            }
+            // One by one: `concurrency` sending, the rest of a batch waiting its turn.
             _ => BATCH.saturating_sub(sending.len()),
         };
         // Nothing more due in the store: start what the intake handed over.
@@ -372,8 +376,9 @@ async fn until_next_due(
     next.max(Duration::from_millis(10))
 }
 
-/// Sends what was claimed: in batches of up to [`BATCH`], one call each (destinations that
-/// write batches), or each delivery as a task of its own, `concurrency` at a time.
+/// Sends what was claimed: in batches of up to [`BATCH`], one call each, [`Batching::at_once`]
+/// at a time (destinations that write batches), or each delivery as a task of its own,
+/// `concurrency` at a time.
 fn start(
     dest: &Arc<Destination>,
     limit: &Arc<Semaphore>,
@@ -389,10 +394,17 @@ fn start(
         let mut due = due.into_iter().peekable();
         while due.peek().is_some() {
             let batch: Vec<Delivery> = due.by_ref().take(BATCH).collect();
-            let dest = dest.clone();
+            let (dest, limit, shutdown) = (dest.clone(), limit.clone(), shutdown.clone());
             let bytes = held.take(batch.iter().map(|d| d.message.body.len() as u64).sum());
             sending.spawn(async move {
                 let _bytes = bytes;
+                let permit = tokio::select! {
+                    p = limit.acquire_owned() => p.ok(),
+                    _ = shutdown.cancelled() => None,
+                };
+                if permit.is_none() {
+                    return batch.into_iter().map(|d| Err(d.id)).collect();
+                }
                 send_batch(&dest, batch).await.into_iter().map(Ok).collect()
             });
         }

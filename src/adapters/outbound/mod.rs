@@ -282,6 +282,17 @@ pub enum Batching {
 /// Batches a pipelined destination has in flight at once.
 pub const PIPELINED_BATCHES: usize = 4;
 
+impl Batching {
+    /// Batches sent at once (`No`: none, its deliveries go one by one).
+    pub fn at_once(self) -> usize {
+        match self {
+            Batching::No => 0,
+            Batching::Whole => 1,
+            Batching::Pipelined => PIPELINED_BATCHES,
+        }
+    }
+}
+
 /// A batch sent as one pipeline: every message is put on the destination's one connection in
 /// order (`join_all` polls its futures in order) and the broker's confirmations are awaited
 /// together — about one round trip for the batch instead of one per message, each message
