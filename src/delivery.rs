@@ -398,9 +398,11 @@ fn start(
             let bytes = held.take(batch.iter().map(|d| d.message.body.len() as u64).sum());
             sending.spawn(async move {
                 let _bytes = bytes;
+                // At a shutdown, a batch waiting its turn does not start.
                 let permit = tokio::select! {
-                    p = limit.acquire_owned() => p.ok(),
+                    biased;
                     _ = shutdown.cancelled() => None,
+                    p = limit.acquire_owned() => p.ok(),
                 };
                 if permit.is_none() {
                     return batch.into_iter().map(|d| Err(d.id)).collect();
@@ -674,6 +676,144 @@ pub fn backoff(retry: &RetryConfig, attempt: u32, salt: i64) -> Duration {
 mod tests {
     use super::*;
     use crate::config::values::Duration as D;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{Insert, MessageState};
+    use std::sync::atomic::AtomicUsize;
+
+    /// A batch destination that sends only while the test lets it, and counts what it does.
+    struct Gated {
+        batching: Batching,
+        sending: AtomicUsize,
+        most: AtomicUsize,
+        batches: AtomicUsize,
+        sent: std::sync::Mutex<Vec<uuid::Uuid>>,
+        open: Semaphore,
+    }
+
+    #[async_trait::async_trait]
+    impl Outbound for Gated {
+        async fn send(&self, _: &Message) -> Result<Sent, SendError> {
+            Err(SendError::retryable("batches only"))
+        }
+
+        fn batching(&self) -> Batching {
+            self.batching
+        }
+
+        async fn send_batch(&self, msgs: &[Message]) -> Vec<Result<Sent, SendError>> {
+            let now = self.sending.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            self.batches.fetch_add(1, Ordering::SeqCst);
+            // Each batch takes a pass of its own (the test hands them out).
+            if let Ok(pass) = self.open.acquire().await {
+                pass.forget();
+            }
+            self.sent.lock().unwrap().extend(msgs.iter().map(|m| m.id));
+            self.sending.fetch_sub(1, Ordering::SeqCst);
+            msgs.iter().map(|_| Ok(Sent("sent".into()))).collect()
+        }
+    }
+
+    async fn until(what: &str, ok: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ok() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A batch destination sends `at_once` batches and no more while the ones claimed ahead
+    /// wait their turn; at shutdown the waiting ones are released, and the next worker sends
+    /// every delivery exactly once — on a real store.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_claimed_ahead_wait_their_turn_and_are_released_at_shutdown() {
+        for batching in [Batching::Whole, Batching::Pipelined] {
+            let dir = tempfile::tempdir().unwrap();
+            let store: Arc<dyn Processing> =
+                Arc::new(SqliteStore::open(&dir.path().join("store.db")).unwrap());
+            let n = 64 * (2 * batching.at_once() + 3);
+            let inserts = (0..n)
+                .map(|i| Insert {
+                    msg: Message::new("r", bytes::Bytes::from(format!("m{i}"))),
+                    route_version: "v1".into(),
+                    state: MessageState::Received,
+                    error: None,
+                    parent: None,
+                    resume_step: 0,
+                    scheduled: true,
+                    wire_taps: vec!["tap".into()],
+                    fifo: Vec::new(),
+                    index: Vec::new(),
+                    position: None,
+                })
+                .collect();
+            store.insert(inserts).await.unwrap();
+            let out = Arc::new(Gated {
+                batching,
+                sending: AtomicUsize::new(0),
+                most: AtomicUsize::new(0),
+                batches: AtomicUsize::new(0),
+                sent: Default::default(),
+                open: Semaphore::new(0),
+            });
+            let dest = |outbound: Arc<Gated>| {
+                Arc::new(Destination {
+                    route: "r".into(),
+                    name: "tap".into(),
+                    kind: DeliveryKind::WireTap,
+                    outbound,
+                    policy: DeliveryConfig::default(),
+                    on_error: DeliveryPolicy::Retry,
+                    dead_letter: None,
+                    wake: Arc::new(Notify::new()),
+                    rate: None,
+                    handoff: None,
+                })
+            };
+            let stop = CancellationToken::new();
+            let worker = tokio::spawn(run(dest(out.clone()), store.clone(), stop.clone()));
+            let at_once = batching.at_once();
+            until("the first batches", || {
+                out.sending.load(Ordering::SeqCst) == at_once
+            })
+            .await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(out.most.load(Ordering::SeqCst), at_once, "{batching:?}");
+            // As many batches again claimed, waiting their turn.
+            let claimed: usize = rusqlite::Connection::open(dir.path().join("store.db"))
+                .unwrap()
+                .query_row(
+                    "SELECT COUNT(*) FROM deliveries WHERE state = 'pending' AND owner IS NOT NULL",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(claimed, 2 * at_once * 64, "{batching:?}");
+            // Let one batch through: the next one claimed ahead starts without a write.
+            out.open.add_permits(1);
+            until("the batch claimed ahead", || {
+                out.batches.load(Ordering::SeqCst) == at_once + 1
+            })
+            .await;
+            stop.cancel();
+            out.open.add_permits(n);
+            worker.await.unwrap();
+            // What was sending at the shutdown finished; what waited its turn did not start.
+            let first = out.sent.lock().unwrap().len();
+            assert_eq!(first, 64 * (at_once + 1), "{batching:?}");
+            // The batches waiting at the shutdown are due again for the next worker.
+            let stop = CancellationToken::new();
+            let worker = tokio::spawn(run(dest(out.clone()), store.clone(), stop.clone()));
+            until("every delivery", || out.sent.lock().unwrap().len() >= n).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            stop.cancel();
+            worker.await.unwrap();
+            let sent = out.sent.lock().unwrap().clone();
+            let unique: std::collections::BTreeSet<_> = sent.iter().collect();
+            assert_eq!((sent.len(), unique.len()), (n, n), "{batching:?}");
+            assert_eq!(out.most.load(Ordering::SeqCst), at_once, "{batching:?}");
+        }
+    }
 
     #[test]
     fn backoff_grows_and_caps() {
