@@ -2140,12 +2140,12 @@ mod broker {
         ));
 
         // The pair to read: moto slows as a queue grows (the HTTP scenario above leaves
-        // tens of thousands in it), so a backlog of a few thousand is delivered into a fresh
-        // queue, and the bare client sends as many into another.
+        // thousands in it), so a backlog taken in for a tenth of the load's time is delivered
+        // into a fresh queue, and the bare client sends as many into another.
         let backlog = backlog_drain_for(
             "sqs (batches of 10)",
             &direct("drained", sqs.outbound_yaml("drained")),
-            0.3,
+            (load_seconds() / 10.0).max(0.02),
         );
         let rounds = backlog.messages.div_ceil(80).max(1);
         rows.push(backlog);
