@@ -460,7 +460,7 @@ mod tests {
     #[test]
     fn the_consumer_reads_ahead_within_a_bound_and_refills_it_soon() {
         let cfg = |max_size: &str, options: &str| -> Config {
-            serde_yaml::from_str(&format!(
+            crate::config::yaml::parse_str(&format!(
                 "{{ brokers: [ \"127.0.0.1:9092\" ], topics: [ t ], group: g, max_size: {max_size}, options: {{ {options} }} }}"
             ))
             .expect("a valid config")
